@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make run   — set up and run the whole suite on this machine (cloud, edge agent, broker, sims)
+#   make test  — set up and run the tests (unit, integration against real servers, end to end)
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: setup run test lint proto bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $@
+
+run: setup
+	$(VENV)/bin/fieldgate up $(ARGS)
+
+test: setup
+	bash scripts/test.sh $(VENV)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy fieldgate
+
+proto: setup
+	$(PY) scripts/gen_proto.py
+
+bench: setup
+	$(PY) benchmarks/bench_ingest.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .fieldgate

@@ -1,0 +1,97 @@
+"""The bus: durable publish/subscribe with consumer groups, committed offsets and replay.
+
+Two implementations sit behind :class:`Bus`: the embedded SQLite log (one machine, this
+package's ``embedded`` module) and Kafka (a later issue). Topics are named by
+:func:`topic_name`, one per tenant per stage; records carry a key (the device token) so that
+per-device order holds on partitioned backends.
+
+Delivery is at-least-once: a consumer that crashes before committing gets the records again,
+so every stage's effect must be idempotent (events are keyed by their alternate id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+# Stages (topic suffixes). SiteWhere's names in brackets.
+DECODED = "decoded"  # events accepted from edges [decoded-events]
+UNREGISTERED = "unregistered"  # events of unknown devices [unregistered-device-events]
+ENRICHED = "enriched"  # events with device/assignment context [inbound-events]
+PERSISTED = "persisted"  # events stored [outbound-events]
+COMMAND_INVOCATIONS = "command-invocations"  # [command-invocations]
+UNDELIVERED_COMMANDS = "undelivered-commands"  # [undelivered-command-invocations]
+FAILED_DECODE = "failed-decode"  # dead letters [failed-decode-events]
+
+STAGES = (DECODED, UNREGISTERED, ENRICHED, PERSISTED, COMMAND_INVOCATIONS, UNDELIVERED_COMMANDS, FAILED_DECODE)
+
+
+def topic_name(tenant: str, stage: str, prefix: str = "fieldgate") -> str:
+    """``fieldgate.tenant.<tenant>.<stage>`` (SiteWhere's layout)."""
+    return f"{prefix}.tenant.{tenant}.{stage}"
+
+
+def parse_topic(topic: str, prefix: str = "fieldgate") -> tuple[str, str]:
+    """Inverse of :func:`topic_name`: ``(tenant, stage)``. Raises ValueError if not ours."""
+    head = f"{prefix}.tenant."
+    if not topic.startswith(head):
+        raise ValueError(f"not a fieldgate topic: {topic!r}")
+    tenant, _, stage = topic[len(head):].rpartition(".")
+    if not tenant or stage not in STAGES:
+        raise ValueError(f"not a fieldgate topic: {topic!r}")
+    return tenant, stage
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a producer hands to :meth:`Bus.publish`."""
+
+    key: bytes
+    value: bytes
+
+
+class Consumer(Protocol):
+    """A member of a consumer group, reading every topic whose stage is ``stage``.
+
+    Use as ``async with bus.consumer(group, stage) as c:``; ``poll`` returns records after the
+    group's committed position; ``commit`` moves that position past the given records.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records; waits up to ``timeout_s`` for the first one."""
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        """Commit the highest offset of each (topic, partition) in ``records``."""
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Replay: the next poll of that topic-partition starts at ``offset``."""
+
+
+class Bus(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Append ``messages`` to ``topic``; returns once they are durable."""
+
+    def consumer(self, group: str, stage: str) -> Consumer:
+        """A consumer of ``stage`` across all tenants' topics (pattern subscription)."""

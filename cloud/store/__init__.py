@@ -1,0 +1,107 @@
+"""Storage interfaces of the cloud: the event store (SQLite now, Cassandra later) and the
+registry of tenants, device types, devices, assignments, invocations and users.
+
+Implementations keep each tenant's data apart (a database or keyspace per tenant); no method
+takes a query that spans tenants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import model_pb2 as model
+from fieldgate.v1 import services_pb2 as svc
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    tenant: str
+    device: str
+    # Payload field name of pb.Event ("measurement", "location", ...); None = all.
+    kind: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    page: int = 1
+    page_size: int = 100
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    page: int
+    page_size: int
+
+
+class EventStore(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def add(self, tenant: str, events: Sequence[pb.Event]) -> list[pb.Event]:
+        """Store ``events`` idempotently: an event whose (device, alternate_id) is already
+        stored is skipped. Returns the events that were newly stored."""
+
+    async def list_device_events(self, query: EventQuery) -> Page[pb.Event]:
+        """A device's events, newest first."""
+
+    async def get_event(self, tenant: str, event_id: str) -> pb.Event | None: ...
+
+
+class Registry(Protocol):
+    """Device management data, per tenant."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    # tenants
+    async def ensure_tenant(self, tenant: model.Tenant) -> model.Tenant: ...
+    async def get_tenant(self, token: str) -> model.Tenant | None: ...
+    async def list_tenants(self) -> list[model.Tenant]: ...
+
+    # device types
+    async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType: ...
+    async def get_device_type(self, tenant: str, token: str) -> model.DeviceType | None: ...
+    async def list_device_types(self, tenant: str, page: int, page_size: int) -> Page[model.DeviceType]: ...
+
+    # devices
+    async def create_device(self, device: model.Device) -> model.Device: ...
+    async def get_device(self, tenant: str, token: str) -> model.Device | None: ...
+    async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]: ...
+
+    # assignments
+    async def create_assignment(self, assignment: model.Assignment) -> model.Assignment: ...
+    async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None: ...
+    async def list_assignments(
+        self, tenant: str, device: str | None, page: int, page_size: int
+    ) -> Page[model.Assignment]: ...
+    async def release_assignment(self, tenant: str, token: str) -> model.Assignment: ...
+
+
+class InvocationStore(Protocol):
+    """Command invocations and their status (queued, delivered, answered, failed, expired)."""
+
+    async def create(self, inv: svc.InvocationState) -> svc.InvocationState: ...
+    async def get(self, tenant: str, invocation_id: str) -> svc.InvocationState | None: ...
+
+    async def update_status(
+        self,
+        tenant: str,
+        invocation_id: str,
+        status: svc.CommandStatus.ValueType,
+        *,
+        reason: str = "",
+        response_json: str | None = None,
+    ) -> svc.InvocationState | None:
+        """Move an invocation forward. Terminal states (answered, failed, expired) are final;
+        an update that would move backwards is ignored and the current state returned."""
+
+    async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
+        """Invocations still queued for a device, oldest first."""

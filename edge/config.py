@@ -1,0 +1,82 @@
+"""Typed configuration of the edge agent (see docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from fieldgate.config import Frozen
+
+
+class MqttConfig(Frozen):
+    """The MQTT adapter. ``embedded`` runs amqtt in-process and takes device messages straight
+    from its protocol handler; ``external`` subscribes to another broker (e.g. Mosquitto)."""
+
+    enabled: bool = True
+    mode: Literal["embedded", "external"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = "fieldgate-edge"
+    # Subscriptions to the external broker use this QoS (1: nothing lost across reconnects).
+    qos: Literal[0, 1] = 1
+    # Larger payloads are refused into the failed-decode lane.
+    max_payload_bytes: int = Field(256 * 1024, ge=64)
+    # Also accept SiteWhere's JSON device messages on SiteWhere/<tenant>/input/json.
+    sitewhere_compat: bool = True
+    keepalive_s: int = Field(30, ge=5)
+
+
+class BufferConfig(Frozen):
+    """The durable store-and-forward buffer (SQLite)."""
+
+    # Relative paths are below the agent's data_dir.
+    path: Path = Path("buffer.db")
+    max_events: int = Field(1_000_000, ge=10)
+    # drop_oldest: evict the oldest unsent events (counted in fieldgate_buffer_dropped_total);
+    # reject_new: refuse new events; an MQTT QoS 1 message is then not acknowledged.
+    overflow: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    # Group commit: appends arriving within this window share one transaction/fsync.
+    commit_window_ms: float = Field(2.0, ge=0)
+    max_failed_decodes: int = Field(10_000, ge=1)
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class UplinkConfig(Frozen):
+    """The gRPC stream to the cloud."""
+
+    target: str = "127.0.0.1:50051"
+    batch_max_events: int = Field(1000, ge=1, le=10_000)
+    batch_max_delay_ms: float = Field(10.0, ge=0)
+    # Batches sent but not yet acknowledged; beyond this the uplink waits (backpressure).
+    max_inflight_batches: int = Field(16, ge=1)
+    backoff_initial_s: float = Field(0.1, gt=0)
+    backoff_max_s: float = Field(10.0, gt=0)
+
+
+class CommandsConfig(Frozen):
+    """The command router."""
+
+    # A delivered command not answered in this time is reported failed (reason "timeout").
+    response_timeout_s: float = Field(30.0, gt=0)
+    # Commands waiting for an offline device; beyond this new ones are failed ("edge queue full").
+    max_pending: int = Field(10_000, ge=1)
+
+
+class EdgeConfig(Frozen):
+    edge_id: str = "edge-1"
+    data_dir: Path = Path(".fieldgate/edge")
+    # Tenants whose devices this agent accepts; others go to the failed-decode lane.
+    tenants: tuple[str, ...] = ("default",)
+    mqtt: MqttConfig = MqttConfig()
+    buffer: BufferConfig = BufferConfig()
+    uplink: UplinkConfig = UplinkConfig()
+    commands: CommandsConfig = CommandsConfig()
+    # Prometheus metrics on http://127.0.0.1:<port>/metrics; 0 disables.
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.data_dir / path

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything fieldgate needs on a fresh Debian machine: Debian packages (Mosquitto for
+# the external-broker tests and the tour's mosquitto_pub), then a virtualenv with fieldgate and
+# its test tools. Safe to run again.
+set -euo pipefail
+VENV=${1:-.venv}
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian package starts a system broker on port 1883; fieldgate brings its own.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+  pkill -x mosquitto >/dev/null 2>&1 || true
+fi
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -e ".[test]"
+echo "fieldgate installed in $VENV"
