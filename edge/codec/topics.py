@@ -1,0 +1,64 @@
+"""The MQTT topic contract (docs/protocols/mqtt.md). Pure functions, no I/O.
+
+Devices publish to ``fieldgate/<tenant>/devices/<device>/events`` (JSON) or
+``.../events/pb`` (a protobuf ``EventBatch``) and receive commands on
+``fieldgate/<tenant>/devices/<device>/commands``. SiteWhere devices publish JSON to
+``SiteWhere/<tenant>/input/json`` and name their device inside the payload.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+ROOT = "fieldgate"
+EVENTS_FILTER = f"{ROOT}/+/devices/+/events"
+EVENTS_PB_FILTER = f"{ROOT}/+/devices/+/events/pb"
+SITEWHERE_FILTER = "SiteWhere/+/input/json"
+SUBSCRIPTIONS = (EVENTS_FILTER, EVENTS_PB_FILTER, SITEWHERE_FILTER)
+
+# Tenant and device tokens: what fits in a topic level and a URL path segment.
+TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+Format = Literal["json", "protobuf", "sitewhere"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundTopic:
+    tenant: str
+    device: str | None  # None for SiteWhere topics: the payload names the device
+    format: Format
+
+
+def parse_inbound(topic: str) -> InboundTopic | None:
+    """The meaning of an inbound topic, or None if it is not one of fieldgate's."""
+    parts = topic.split("/")
+    if len(parts) in (5, 6) and parts[0] == ROOT and parts[2] == "devices" and parts[4] == "events":
+        if len(parts) == 6 and parts[5] != "pb":
+            return None
+        tenant, device = parts[1], parts[3]
+        if not (TOKEN_RE.match(tenant) and TOKEN_RE.match(device)):
+            return None
+        return InboundTopic(tenant, device, "protobuf" if len(parts) == 6 else "json")
+    if len(parts) == 4 and parts[0] == "SiteWhere" and parts[2] == "input" and parts[3] == "json":
+        if not TOKEN_RE.match(parts[1]):
+            return None
+        return InboundTopic(parts[1], None, "sitewhere")
+    return None
+
+
+def events_topic(tenant: str, device: str) -> str:
+    return f"{ROOT}/{tenant}/devices/{device}/events"
+
+
+def commands_topic(tenant: str, device: str) -> str:
+    return f"{ROOT}/{tenant}/devices/{device}/commands"
+
+
+def parse_commands_topic(topic: str) -> tuple[str, str] | None:
+    """``(tenant, device)`` of a commands topic, or None."""
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[0] == ROOT and parts[2] == "devices" and parts[4] == "commands":
+        return parts[1], parts[3]
+    return None
