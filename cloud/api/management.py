@@ -1,0 +1,219 @@
+"""Device management and event queries as plain async methods, shared by REST and gRPC.
+
+The REST routes (``fieldgate.cloud.api.*``) and the gRPC servicers (``fieldgate.cloud.grpc_api``)
+are thin adapters over :class:`Management`: the rules (a device's type must exist, tokens are
+unique, a device has at most one active assignment, page limits, event kinds) live here once, so
+both APIs refuse the same things with the same messages. Every method takes the caller's tenant
+first and passes it to the stores, which keep tenants in separate databases; nothing here can
+reach across tenants. This module imports no web or RPC framework.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+
+from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.store import EventQuery, EventStore, Page, Registry
+from fieldgate.timeutil import now_ms
+from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import model_pb2 as model
+
+# Tokens end up in MQTT topic levels and URL paths: no '/', '+', '#' or whitespace.
+TOKEN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
+
+MAX_PAGE = 1_000_000_000  # keeps (page - 1) * page_size inside SQLite's 64-bit integers
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+# Epoch ms of 9999-12-31T23:59:59.999Z: the last instant an ISO 8601 timestamp can name.
+MAX_TIME_MS = 253_402_300_799_999
+
+# pb.Event payload field names; also the ``type`` values of the REST API.
+EVENT_KINDS = ("measurement", "location", "alert", "command_invocation", "command_response", "state_change")
+
+
+def check_token(what: str, token: str) -> None:
+    if not _TOKEN_RE.fullmatch(token):
+        raise InvalidRequest(
+            f"{what} token {token[:140]!r} is invalid: 1-128 characters, letters, digits and _.:@- "
+            "starting with a letter or digit"
+        )
+
+
+def check_page(page: int, page_size: int) -> None:
+    if not 1 <= page <= MAX_PAGE:
+        raise InvalidRequest(f"page must be between 1 and {MAX_PAGE}, got {page}")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
+
+
+def check_time_range(since_ms: int | None, until_ms: int | None) -> None:
+    for name, value in (("since", since_ms), ("until", until_ms)):
+        if value is not None and not 0 <= value <= MAX_TIME_MS:
+            raise InvalidRequest(f"{name} must be between 0 and {MAX_TIME_MS} epoch milliseconds")
+
+
+def check_device_type(dt: model.DeviceType) -> None:
+    """Structural rules the protobuf types cannot express (names, uniqueness, param types)."""
+    check_token("device type", dt.token)
+    seen_commands: set[str] = set()
+    for cmd in dt.commands:
+        if not _NAME_RE.fullmatch(cmd.name):
+            raise InvalidRequest(f"command name {cmd.name[:70]!r} is invalid (letters, digits, _.- ; max 64)")
+        if cmd.name in seen_commands:
+            raise InvalidRequest(f"command '{cmd.name}' is defined twice")
+        seen_commands.add(cmd.name)
+        seen_params: set[str] = set()
+        for param in cmd.params:
+            if not _NAME_RE.fullmatch(param.name):
+                raise InvalidRequest(
+                    f"parameter name {param.name[:70]!r} of command '{cmd.name}' is invalid "
+                    "(letters, digits, _.- ; max 64)"
+                )
+            if param.name in seen_params:
+                raise InvalidRequest(f"parameter '{param.name}' of command '{cmd.name}' is defined twice")
+            seen_params.add(param.name)
+            if param.type not in (
+                model.PARAM_TYPE_STRING,
+                model.PARAM_TYPE_INT,
+                model.PARAM_TYPE_FLOAT,
+                model.PARAM_TYPE_BOOL,
+            ):
+                raise InvalidRequest(
+                    f"parameter '{param.name}' of command '{cmd.name}' needs a type: string, int, float or bool"
+                )
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> None:
+    if len(metadata) > 100:
+        raise InvalidRequest("metadata may hold at most 100 entries")
+    for key, value in metadata.items():
+        if not key or len(key) > 128 or len(value) > 4096:
+            raise InvalidRequest("metadata keys must be 1-128 characters and values at most 4096")
+
+
+class Management:
+    """Registry and event-store operations for one caller's tenant (see the module docstring)."""
+
+    def __init__(self, registry: Registry, event_store: EventStore) -> None:
+        self._registry = registry
+        self._events = event_store
+
+    # device types -----------------------------------------------------------------------------
+
+    async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        check_device_type(dt)
+        if await self._registry.get_device_type(tenant, dt.token) is not None:
+            raise Conflict(f"device type '{dt.token}' already exists")
+        return await self._registry.create_device_type(tenant, dt)
+
+    async def get_device_type(self, tenant: str, token: str) -> model.DeviceType:
+        dt = await self._registry.get_device_type(tenant, token)
+        if dt is None:
+            raise NotFound(f"device type '{token}' does not exist")
+        return dt
+
+    async def list_device_types(self, tenant: str, page: int, page_size: int) -> Page[model.DeviceType]:
+        check_page(page, page_size)
+        return await self._registry.list_device_types(tenant, page, page_size)
+
+    # devices ----------------------------------------------------------------------------------
+
+    async def create_device(self, tenant: str, device: model.Device) -> model.Device:
+        check_token("device", device.token)
+        _check_metadata(device.metadata)
+        if not device.device_type:
+            raise InvalidRequest("device_type is required")
+        if await self._registry.get_device_type(tenant, device.device_type) is None:
+            raise InvalidRequest(f"device type '{device.device_type}' does not exist")
+        if await self._registry.get_device(tenant, device.token) is not None:
+            raise Conflict(f"device '{device.token}' already exists")
+        new = model.Device()
+        new.CopyFrom(device)
+        new.tenant = tenant
+        new.created_ms = now_ms()
+        return await self._registry.create_device(new)
+
+    async def get_device(self, tenant: str, token: str) -> model.Device:
+        device = await self._registry.get_device(tenant, token)
+        if device is None:
+            raise NotFound(f"device '{token}' does not exist")
+        return device
+
+    async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
+        check_page(page, page_size)
+        return await self._registry.list_devices(tenant, page, page_size)
+
+    # assignments ------------------------------------------------------------------------------
+
+    async def create_assignment(self, tenant: str, assignment: model.Assignment) -> model.Assignment:
+        _check_metadata(assignment.metadata)
+        if not assignment.device:
+            raise InvalidRequest("device is required")
+        if await self._registry.get_device(tenant, assignment.device) is None:
+            raise InvalidRequest(f"device '{assignment.device}' does not exist")
+        active = await self._registry.active_assignment(tenant, assignment.device)
+        if active is not None:
+            raise Conflict(
+                f"device '{assignment.device}' already has active assignment '{active.token}'; release it first"
+            )
+        new = model.Assignment()
+        new.CopyFrom(assignment)
+        new.token = uuid.uuid4().hex
+        new.tenant = tenant
+        new.status = model.ASSIGNMENT_STATUS_ACTIVE
+        new.active_ms = now_ms()
+        new.released_ms = 0
+        return await self._registry.create_assignment(new)
+
+    async def list_assignments(
+        self, tenant: str, device: str | None, page: int, page_size: int
+    ) -> Page[model.Assignment]:
+        check_page(page, page_size)
+        return await self._registry.list_assignments(tenant, device or None, page, page_size)
+
+    async def device_assignments(
+        self, tenant: str, device: str, page: int, page_size: int
+    ) -> Page[model.Assignment]:
+        await self.get_device(tenant, device)
+        return await self.list_assignments(tenant, device, page, page_size)
+
+    async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
+        # The registry raises NotFound for an unknown token (mapped to 404 / NOT_FOUND).
+        return await self._registry.release_assignment(tenant, token)
+
+    # events -----------------------------------------------------------------------------------
+
+    async def list_events(
+        self,
+        tenant: str,
+        device: str,
+        *,
+        kind: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        page: int = 1,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> Page[pb.Event]:
+        """A device's events, newest first. Unknown device → NotFound (never an empty page, so
+        a typo is not mistaken for a silent device)."""
+        if kind is not None and kind not in EVENT_KINDS:
+            raise InvalidRequest(f"unknown event type {kind[:40]!r}; one of {', '.join(EVENT_KINDS)}")
+        check_page(page, page_size)
+        check_time_range(since_ms, until_ms)
+        await self.get_device(tenant, device)
+        return await self._events.list_device_events(
+            EventQuery(
+                tenant=tenant,
+                device=device,
+                kind=kind,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                page=page,
+                page_size=page_size,
+            )
+        )

@@ -1,0 +1,144 @@
+"""Shared plumbing of the cloud's SQLite backends (event store, registry, invocations, bus).
+
+SQLite calls block, so each backend owns one :class:`SqliteWorker`: a single worker thread
+that owns every connection of that backend and runs every statement. One thread means no
+locking between our own connections, transactions that never interleave, and an event loop
+that never waits on disk. Connections are opened in WAL mode with ``synchronous=FULL`` by
+default: a transaction that returned is on disk (the pipeline acknowledges edges and commits
+bus offsets on that promise); batching many rows per transaction pays for the fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, ParamSpec, TypeVar
+
+from fieldgate.cloud.errors import CloudError, InvalidRequest
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+# Same rule as cloud.config.TenantConfig.token: safe as part of a file name.
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def valid_tenant(token: str) -> bool:
+    """True when ``token`` may name a tenant (and hence a database file)."""
+    return bool(_TENANT_RE.match(token))
+
+
+def require_tenant(token: str) -> str:
+    """``token`` if valid; InvalidRequest otherwise (guards file names against traversal)."""
+    if not valid_tenant(token):
+        raise InvalidRequest(f"invalid tenant token {token!r}: expected [a-z0-9][a-z0-9_-]{{0,62}}")
+    return token
+
+
+def check_page(page: int, page_size: int, max_page_size: int = 10_000) -> tuple[int, int]:
+    """``(limit, offset)`` for a 1-based page; InvalidRequest for nonsense."""
+    if page < 1:
+        raise InvalidRequest(f"page must be >= 1, got {page}")
+    if not 1 <= page_size <= max_page_size:
+        raise InvalidRequest(f"page_size must be between 1 and {max_page_size}, got {page_size}")
+    return page_size, (page - 1) * page_size
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error): take the write lock up front so
+    that a reader-turned-writer never fails with SQLITE_BUSY halfway."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class SqliteWorker:
+    """One thread and the connections it owns; ``run`` executes a function there.
+
+    Errors of sqlite3 become ``error`` (the backend's CloudError subclass) with the original
+    chained; CloudErrors raised by the function itself (NotFound, Conflict, ...) pass through.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        error: type[CloudError],
+        synchronous: Synchronous = "FULL",
+    ) -> None:
+        self._name = name
+        self._error = error
+        self._synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        # Touched only in the worker thread.
+        self._conns: dict[Path, sqlite3.Connection] = {}
+
+    @property
+    def running(self) -> bool:
+        return self._executor is not None
+
+    def start(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+
+    async def stop(self) -> None:
+        """Close every connection (in the worker thread) and end the thread."""
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_all)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._executor is None:
+            self.start()
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except sqlite3.Error as err:
+            raise self._error(f"{self._name}: {type(err).__name__}: {err}") from err
+
+    # ----------------------------------------------------------- worker-thread side
+
+    def connect(self, path: Path, schema: str, *, create: bool = True) -> sqlite3.Connection | None:
+        """The connection to ``path`` (opened and given ``schema`` on first use).
+
+        With ``create=False`` a missing file gives None instead of a new empty database, so
+        that reads for a tenant that never stored anything leave no files behind.
+        """
+        conn = self._conns.get(path)
+        if conn is not None:
+            return conn
+        if not create and not path.exists():
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        # Bound the WAL file after checkpoints (it otherwise keeps its high-water size).
+        conn.execute("PRAGMA journal_size_limit=67108864")
+        conn.executescript(schema)
+        self._conns[path] = conn
+        return conn
+
+    def _close_all(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()

@@ -1,0 +1,210 @@
+"""The whole suite end to end: MQTT device → edge agent → cloud → REST, and commands back down.
+
+Everything is real: the embedded amqtt broker, paho clients, the gRPC uplink, the embedded bus,
+the SQLite stores and the REST API over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fieldgate.suite import Suite
+from tests.helpers.publisher import AckedPublisher
+from tests.helpers.waiting import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+async def events_of(api: httpx.AsyncClient, device: str, **params: Any) -> list[dict[str, Any]]:
+    r = await api.get(f"/api/v1/devices/{device}/events", params={"page_size": 1000, **params})
+    if r.status_code == 404:
+        return []
+    r.raise_for_status()
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def publish_once(port: int, topic: str, payload: Any) -> None:
+    pub = AckedPublisher("127.0.0.1", port)
+    pub.connect()
+    pub.publish(topic, payload, "x")
+    assert pub.wait_all_acked(10), "broker never acknowledged the QoS 1 publish"
+    pub.close()
+
+
+async def test_measurement_reaches_rest(suite: Suite, api: httpx.AsyncClient) -> None:
+    await asyncio.to_thread(
+        publish_once, suite.mqtt_port, "fieldgate/default/devices/thermo-1/events",
+        {"type": "measurement", "values": {"temperature": 21.5}},
+    )
+
+    async def stored() -> list[dict[str, Any]]:
+        return [e for e in await events_of(api, "thermo-1", type="measurement")]
+
+    events = await eventually(stored, timeout=10, what="measurement in REST")
+    assert events[0]["values"] == {"temperature": 21.5}
+    # The unknown device was auto-registered with the default device type.
+    r = await api.get("/api/v1/devices/thermo-1")
+    assert r.status_code == 200 and r.json()["device_type"] == "default"
+
+
+async def test_all_event_types_and_sitewhere(suite: Suite, api: httpx.AsyncClient) -> None:
+    topic = "fieldgate/default/devices/multi-1/events"
+    batch = [
+        {"type": "measurement", "values": {"t": 1.0}, "ts": "2026-01-01T00:00:00Z"},
+        {"type": "location", "lat": 52.5, "lon": 13.4, "ele": 34.0},
+        {"type": "alert", "alert_type": "overheat", "level": "critical", "message": "hot"},
+    ]
+    await asyncio.to_thread(publish_once, suite.mqtt_port, topic, batch)
+    sw = {"deviceToken": "sw-1", "type": "DeviceMeasurement",
+          "request": {"name": "humidity", "value": 40.5, "eventDate": 1767225600000}}
+    await asyncio.to_thread(publish_once, suite.mqtt_port, "SiteWhere/default/input/json", sw)
+
+    async def multi() -> bool:
+        return len(await events_of(api, "multi-1")) >= 3
+
+    await eventually(multi, timeout=10, what="three events of multi-1")
+    kinds = {e["type"] for e in await events_of(api, "multi-1")}
+    assert {"measurement", "location", "alert"} <= kinds
+
+    async def sw_stored() -> list[dict[str, Any]]:
+        return await events_of(api, "sw-1", type="measurement")
+
+    sw_events = await eventually(sw_stored, timeout=10, what="SiteWhere measurement")
+    assert sw_events[0]["values"] == {"humidity": 40.5}
+
+
+class CommandDevice:
+    """A paho client that subscribes to its commands topic and answers like firmware would."""
+
+    def __init__(self, port: int, device: str) -> None:
+        self.device = device
+        self.received: list[dict[str, Any]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device}")
+        self.client.on_connect = lambda c, *a: c.subscribe(f"fieldgate/default/devices/{device}/commands", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        cmd = json.loads(msg.payload)
+        self.received.append(cmd)
+        answer = {"type": "command_response", "invocation": cmd["invocation"], "response": {"pong": True}}
+        client.publish(f"fieldgate/default/devices/{self.device}/events", json.dumps(answer), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def test_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
+    dev = CommandDevice(suite.mqtt_port, "actor-1")
+    try:
+        assert await asyncio.to_thread(dev.subscribed.wait, 10)
+        # The device must be known to the cloud (and routed through this edge): one event first.
+        await asyncio.to_thread(
+            publish_once, suite.mqtt_port, "fieldgate/default/devices/actor-1/events",
+            {"type": "measurement", "values": {"x": 1}},
+        )
+        await eventually(lambda: events_of(api, "actor-1"), timeout=10, what="first event")
+
+        r = await api.post("/api/v1/devices/actor-1/commands", json={"command": "ping", "params": {}})
+        assert r.status_code == 201, r.text
+        inv = r.json()
+
+        async def answered() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await api.get(f"/api/v1/invocations/{inv['id']}")).json()
+            return body if body["status"] == "answered" else None
+
+        final = await eventually(answered, timeout=15, what="invocation answered")
+        assert final["response"] == {"pong": True}
+        assert dev.received and dev.received[0]["command"] == "ping"
+        # The invocation and the response are both in the device's event history.
+        kinds = {e["type"] for e in await events_of(api, "actor-1")}
+        assert {"command_invocation", "command_response"} <= kinds
+    finally:
+        dev.close()
+
+
+async def test_command_validation(suite: Suite, api: httpx.AsyncClient) -> None:
+    await asyncio.to_thread(
+        publish_once, suite.mqtt_port, "fieldgate/default/devices/val-1/events",
+        {"type": "measurement", "values": {"x": 1}},
+    )
+    await eventually(lambda: events_of(api, "val-1"), timeout=10, what="device registered")
+    bad = await api.post("/api/v1/devices/val-1/commands", json={"command": "self-destruct", "params": {}})
+    assert bad.status_code == 422
+    wrong = await api.post("/api/v1/devices/val-1/commands",
+                           json={"command": "set-interval", "params": {"seconds": "soon"}})
+    assert wrong.status_code == 422
+    missing = await api.post("/api/v1/devices/nope/commands", json={"command": "ping", "params": {}})
+    assert missing.status_code == 404
+
+
+async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncClient) -> None:
+    """A command for a device that is not subscribed waits at the edge until it comes online."""
+    await asyncio.to_thread(
+        publish_once, suite.mqtt_port, "fieldgate/default/devices/sleepy-1/events",
+        {"type": "measurement", "values": {"x": 1}},
+    )
+    await eventually(lambda: events_of(api, "sleepy-1"), timeout=10, what="device registered")
+    r = await api.post("/api/v1/devices/sleepy-1/commands",
+                       json={"command": "set-interval", "params": {"seconds": 5}, "ttl_s": 600})
+    assert r.status_code == 201, r.text
+    inv_id = r.json()["id"]
+    await asyncio.sleep(1.0)
+    state = (await api.get(f"/api/v1/invocations/{inv_id}")).json()
+    assert state["status"] == "queued"
+
+    dev = CommandDevice(suite.mqtt_port, "sleepy-1")
+    try:
+        async def answered() -> bool:
+            return (await api.get(f"/api/v1/invocations/{inv_id}")).json()["status"] == "answered"
+
+        await eventually(answered, timeout=15, what="queued command delivered once the device is online")
+        assert dev.received[0]["params"] == {"seconds": 5}
+    finally:
+        dev.close()
+
+
+async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncClient) -> None:
+    topic = "fieldgate/default/devices/mixed-1/events"
+    bad_payloads: list[bytes] = [
+        b"{not json",
+        json.dumps({"type": "measurement", "values": {"t": "hot"}}).encode(),
+        json.dumps({"type": "teleport"}).encode(),
+        b"[" + b'{"type":"measurement","values":{"a":1}},' * 30000 + b"{}]",  # oversized
+    ]
+
+    def publish_mixed() -> None:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mixed")
+        c.connect("127.0.0.1", suite.mqtt_port)
+        c.loop_start()
+        for i in range(10):
+            c.publish(topic, json.dumps({"type": "measurement", "values": {"i": i}}), qos=1).wait_for_publish(10)
+            c.publish(topic, bad_payloads[i % len(bad_payloads)], qos=1).wait_for_publish(10)
+        c.disconnect()
+        c.loop_stop()
+
+    await asyncio.to_thread(publish_mixed)
+
+    async def ten_good() -> bool:
+        return len(await events_of(api, "mixed-1")) >= 10
+
+    await eventually(ten_good, timeout=10, what="the good events")
+    assert suite.edge is not None
+    failed = await suite.edge.buffer.failed_decodes(100)
+    assert len(failed) == 10
+    reasons = " ".join(str(f) for f in failed)
+    assert "JSON" in reasons or "json" in reasons
+    assert len(await events_of(api, "mixed-1")) == 10

@@ -1,0 +1,143 @@
+"""No event lost, none stored twice: a cloud outage under load, and kill -9 of the edge agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fieldgate.cloud.app import CloudApp
+from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.store import EventQuery
+from fieldgate.suite import Suite, SuiteOptions, free_port
+from tests.helpers.publisher import AckedPublisher
+from tests.helpers.waiting import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+async def stored_ids(cloud: CloudApp, device: str) -> list[str]:
+    ids: list[str] = []
+    page = 1
+    while True:
+        res = await cloud.event_store.list_device_events(
+            EventQuery(tenant="default", device=device, kind="measurement", page=page, page_size=1000)
+        )
+        ids += [e.alternate_id for e in res.items]
+        if len(res.items) < 1000:
+            return ids
+        page += 1
+
+
+async def test_cloud_outage_under_load_loses_nothing(tmp_path: Path) -> None:
+    total = 3000
+    opts = SuiteOptions(data_dir=tmp_path / "fg", grpc_port=free_port(), admin_password="pw-outage")
+    async with Suite(opts) as suite:
+        pub = AckedPublisher("127.0.0.1", suite.mqtt_port)
+        await asyncio.to_thread(pub.connect)
+        done = threading.Event()
+
+        def load() -> None:
+            pub.publish_measurements("default", "outage-1", total, rate_hz=600)
+            done.set()
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        await asyncio.sleep(1.0)
+        # Outage: the whole cloud goes away for a few seconds while devices keep publishing.
+        cfg: CloudConfig = suite.cloud.config
+        await suite.cloud.stop()
+        await asyncio.sleep(3.0)
+        assert not done.is_set(), "load finished before the outage ended; raise total"
+        suite.cloud = CloudApp(cfg)
+        await suite.cloud.start()
+        await asyncio.to_thread(thread.join, 60)
+        assert await asyncio.to_thread(pub.wait_all_acked, 30)
+        pub.close()
+        assert len(pub.acked) == total
+
+        async def all_stored() -> bool:
+            return len(await stored_ids(suite.cloud, "outage-1")) >= total
+
+        await eventually(all_stored, timeout=60, interval=0.5, what="every event stored")
+        await asyncio.sleep(1.0)  # let any duplicate that is still in flight land (it must not)
+        ids = await stored_ids(suite.cloud, "outage-1")
+        assert len(ids) == total, f"{len(ids) - len(set(ids))} stored twice"
+        assert set(ids) == set(pub.acked)
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def _start_edge(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fieldgate.cli", "edge", "run", "--config", str(config)],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def test_kill_9_of_edge_agent_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    cloud_cfg = CloudConfig(data_dir=tmp_path / "cloud", grpc_port=0, rest_port=0)
+    async with CloudApp(cloud_cfg) as cloud:
+        mqtt_port = free_port()
+        edge_cfg = tmp_path / "edge.yaml"
+        edge_cfg.write_text(yaml.safe_dump({
+            "edge_id": "edge-k9",
+            "data_dir": str(tmp_path / "edge"),
+            "mqtt": {"port": mqtt_port},
+            "uplink": {"target": f"127.0.0.1:{cloud.grpc_port}"},
+        }))
+        log = tmp_path / "edge.log"
+        proc = _start_edge(edge_cfg, log)
+        try:
+            await asyncio.to_thread(_wait_port, mqtt_port)
+            pub = AckedPublisher("127.0.0.1", mqtt_port)
+            await asyncio.to_thread(pub.connect)
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=pub.publish_measurements, args=("default", "k9-1", 20000),
+                kwargs={"stop": stop}, daemon=True,
+            )
+            thread.start()
+            await eventually(lambda: asyncio.sleep(0, len(pub.acked) > 500), timeout=20, what="500 acks")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            stop.set()
+            await asyncio.to_thread(thread.join, 10)
+            acked = set(pub.acked)
+            pub.client.loop_stop()
+            assert len(acked) > 500
+
+            proc = _start_edge(edge_cfg, log)
+            await asyncio.to_thread(_wait_port, mqtt_port)
+
+            async def all_acked_stored() -> bool:
+                return acked <= set(await stored_ids(cloud, "k9-1"))
+
+            await eventually(all_acked_stored, timeout=60, interval=0.5,
+                             what=f"all {len(acked)} acknowledged events stored after kill -9")
+            ids = await stored_ids(cloud, "k9-1")
+            assert len(ids) == len(set(ids)), "an event was stored twice"
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
