@@ -71,7 +71,9 @@ def _check_value(name: str, ptype: int, value: object) -> object:
     raise InvalidRequest(f"parameter '{name}' must be of type {expected}, got {got}")
 
 
-def validate_params(device_type: str, command: model.DeviceCommand, params: Mapping[str, Any]) -> dict[str, Any]:
+def validate_params(
+    device_type: str, command: model.DeviceCommand, params: Mapping[str, Any]
+) -> dict[str, Any]:
     """Check ``params`` against ``command``'s typed parameters; returns the normalised params."""
     if not isinstance(params, Mapping):
         raise InvalidRequest("params must be a JSON object")

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
+from fieldgate.cloud.api.models import error_docs
 from fieldgate.cloud.api.users import Users
 from fieldgate.timeutil import now_ms
 
@@ -92,7 +93,9 @@ def auth_router(users: Users, authority: TokenAuthority, default_tenant: str) ->
     @router.post(
         TOKEN_URL,
         response_model=TokenOut,
-        responses={401: {"description": "wrong user name or password"}},
+        responses=error_docs(
+            {401: "wrong user name or password", 422: "username or password missing (send a form)"}
+        ),
     )
     async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
         """OAuth2 password flow: form fields ``username`` and ``password`` → a bearer token."""

@@ -84,7 +84,8 @@ def check_device_type(dt: model.DeviceType) -> None:
                 model.PARAM_TYPE_BOOL,
             ):
                 raise InvalidRequest(
-                    f"parameter '{param.name}' of command '{cmd.name}' needs a type: string, int, float or bool"
+                    f"parameter '{param.name}' of command '{cmd.name}' needs a type: "
+                    "string, int, float or bool"
                 )
 
 
@@ -159,7 +160,8 @@ class Management:
         active = await self._registry.active_assignment(tenant, assignment.device)
         if active is not None:
             raise Conflict(
-                f"device '{assignment.device}' already has active assignment '{active.token}'; release it first"
+                f"device '{assignment.device}' already has active assignment '{active.token}'; "
+                "release it first"
             )
         new = model.Assignment()
         new.CopyFrom(assignment)

@@ -24,8 +24,10 @@ them, and documents where it is simpler:
 * **Retention**: :meth:`EmbeddedBus.trim` deletes records that every group known to subscribe
   to that stage has committed past (groups are remembered on disk from their first consumer;
   :meth:`EmbeddedBus.delete_group` forgets one). With ``retention_ms`` set, records older
-  than that go too, consumed or not (Kafka's time retention). ``start`` runs ``trim`` every
-  ``trim_interval_s``. Records of a stage nobody has ever subscribed to are kept.
+  than that go too, consumed or not (Kafka's time retention). Records of a stage no group has
+  ever subscribed to (e.g. [persisted] before any downstream consumer exists) are kept for
+  ``unsubscribed_retention_ms`` (default one hour) so that a consumer started a little later
+  still finds them, then dropped. ``start`` runs ``trim`` every ``trim_interval_s``.
 * **Replay**: :meth:`EmbeddedBus.reset_offsets` moves a group's committed offset for one
   tenant's topic to an offset or to the first record at/after a time; live members of that
   group pick it up on their next poll.
@@ -99,6 +101,7 @@ class BusStats:
     offset_commits: int = 0
     trimmed_records: int = 0
     trim_failures: int = 0
+    write_failures: int = 0
 
 
 @dataclass
@@ -150,13 +153,15 @@ class EmbeddedBus:
         prefix: str = "fieldgate",
         synchronous: Synchronous = "FULL",
         retention_ms: int | None = None,
-        trim_interval_s: float | None = 30.0,
+        unsubscribed_retention_ms: int | None = 3_600_000,
+        trim_interval_s: float | None = 5.0,
         write_queue_size: int = 256,
         max_poll_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._path = path / "bus.db" if path.is_dir() else path
         self._prefix = prefix
         self._retention_ms = retention_ms
+        self._unsubscribed_retention_ms = unsubscribed_retention_ms
         self._trim_interval_s = trim_interval_s
         self._max_poll_bytes = max_poll_bytes
         self._worker = SqliteWorker("embedded-bus", error=BusError, synchronous=synchronous)
@@ -216,6 +221,11 @@ class EmbeddedBus:
             await self._queue.put(None)
             if self._writer is not None:
                 await self._writer
+            # Publishers that were blocked on a full queue got in behind the sentinel.
+            while not self._queue.empty():
+                op = self._queue.get_nowait()
+                if op is not None and not op.future.done():
+                    op.future.set_exception(BusError("embedded bus is stopped"))
             for stage in list(self._wakeups):
                 self._wake(stage)
             await self._worker.stop()
@@ -304,14 +314,18 @@ class EmbeddedBus:
         """Delete records every subscribed group has committed past (and, with
         ``retention_ms``, records older than that). Returns how many were deleted."""
         await self.start()
-        cutoff_ms = now_ms() - self._retention_ms if self._retention_ms is not None else None
+        now = now_ms()
         below: dict[str, int] = {}
-        for topic in self._topics.values():
+        for topic in list(self._topics.values()):
             groups = self._groups.get(topic.stage, set())
             low = topic.start
+            cutoff_ms = None if self._retention_ms is None else now - self._retention_ms
             if groups:
                 low = min(self._committed.get((g, topic.name), topic.start) for g in groups)
-            if cutoff_ms is not None:
+            elif self._unsubscribed_retention_ms is not None:
+                orphan_cutoff = now - self._unsubscribed_retention_ms
+                cutoff_ms = orphan_cutoff if cutoff_ms is None else max(cutoff_ms, orphan_cutoff)
+            if cutoff_ms is not None and topic.end > topic.start:
                 aged = await self._worker.run(self._first_offset_at, topic.id, cutoff_ms)
                 low = max(low, topic.end if aged is None else aged)
             if low > topic.start:
@@ -338,7 +352,8 @@ class EmbeddedBus:
         return asyncio.get_running_loop().create_future()
 
     async def _submit(self, op: _WriteOp) -> None:
-        await self.start()
+        if not self._started:
+            await self.start()
         if self._closed:
             raise BusError("embedded bus is stopped")
         if self._queue.full():
@@ -411,16 +426,18 @@ class EmbeddedBus:
                 plan.trims.append((self._topics[name].id, below))
         try:
             await self._worker.run(self._apply, plan)
-        except BusError as err:
-            log.error("embedded bus write failed: %s", err)
-            for op in ops:
-                if not op.future.done():
-                    op.future.set_exception(err)
-            return
         except asyncio.CancelledError:
             for op in ops:
                 op.future.cancel()
             raise
+        except Exception as err:  # the writer task's top: fail these callers, keep writing
+            self.stats.write_failures += 1
+            log.exception("embedded bus write failed")
+            failure = err if isinstance(err, BusError) else BusError(f"write failed: {err!r}")
+            for op in ops:
+                if not op.future.done():
+                    op.future.set_exception(failure)
+            return
         self.stats.write_transactions += 1
         stages: set[str] = set()
         for name, end in ends.items():
@@ -499,10 +516,17 @@ class EmbeddedBus:
                 conn.executemany("DELETE FROM records WHERE topic_id = ? AND off < ?", plan.trims)
 
     def _first_offset_at(self, topic_id: int, time_ms: int) -> int | None:
-        row = self._conn().execute(
-            "SELECT min(off) FROM records WHERE topic_id = ? AND timestamp_ms >= ?", (topic_id, time_ms)
-        ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        # Walks the topic in offset order and stops at the first match (timestamps grow
+        # with offsets), rather than min() over every record.
+        row = (
+            self._conn()
+            .execute(
+                "SELECT off FROM records WHERE topic_id = ? AND timestamp_ms >= ? ORDER BY off LIMIT 1",
+                (topic_id, time_ms),
+            )
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
 
     def _delete_group(self, group: str) -> None:
         with transaction(self._conn()) as conn:
@@ -612,16 +636,18 @@ class EmbeddedConsumer:
             if self.active:
                 ready = self._ready()
                 if ready:
+                    expected = {topic.name: self._positions.get(topic.name) for topic, _ in ready}
                     records = await self._bus._worker.run(self._bus._read, ready, max(max_records, 1))
                     # A seek or offset reset during the read wins over what we read.
                     if records and not self._closed:
-                        fresh = [r for r in records if self._positions.get(r.topic) is not None]
+                        fresh = [r for r in records if self._positions.get(r.topic) == expected[r.topic]]
                         for rec in fresh:
                             self._positions[rec.topic] = rec.offset + 1
                         self._bus.stats.polled_records += len(fresh)
                         if fresh:
                             return fresh
-                    continue
+                    # Nothing usable (a seek raced the read): wait below; the seek's wake-up
+                    # makes that wait return at once, and nothing here can spin.
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []

@@ -116,7 +116,15 @@ class SqliteWorker:
 
     # ----------------------------------------------------------- worker-thread side
 
-    def connect(self, path: Path, schema: str, *, create: bool = True) -> sqlite3.Connection | None:
+    def connect(
+        self,
+        path: Path,
+        schema: str,
+        *,
+        create: bool = True,
+        cache_kib: int | None = None,
+        wal_autocheckpoint: int | None = None,
+    ) -> sqlite3.Connection | None:
         """The connection to ``path`` (opened and given ``schema`` on first use).
 
         With ``create=False`` a missing file gives None instead of a new empty database, so
@@ -134,6 +142,10 @@ class SqliteWorker:
         conn.execute("PRAGMA busy_timeout=10000")
         # Bound the WAL file after checkpoints (it otherwise keeps its high-water size).
         conn.execute("PRAGMA journal_size_limit=67108864")
+        if cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        if wal_autocheckpoint is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
         conn.executescript(schema)
         self._conns[path] = conn
         return conn

@@ -1,35 +1,280 @@
-"""SQLite event store, one database per tenant (skeleton — implementation in progress)."""
+"""SQLite event store: one database per tenant, ``<data_dir>/events-<tenant>.db``.
+
+The embedded implementation of :class:`fieldgate.cloud.store.EventStore` (Cassandra takes
+its place later). A tenant's events live in their own file, so no query can reach another
+tenant's rows; a read for a tenant that never stored anything creates no file.
+
+Each event is kept whole as its serialized ``pb.Event`` beside the columns that queries need:
+``id``, ``device``, ``alternate_id``, ``kind`` (the payload oneof name), ``event_time_ms``,
+``received_time_ms``, ``assignment`` and ``invocation`` (set for command invocations and
+command responses).
+
+Idempotency: every row carries ``key``, the 16 bytes of
+``uuid5(NAMESPACE_URL, "<tenant>/<device>/<alternate_id>")`` — the contract's event id — under
+a UNIQUE index, so :meth:`add` stores an event at most once per (device, alternate id) and
+returns only the events that were new (what the persistence stage forwards downstream).
+An event without an id gets that derived id. Events whose id is something else (command
+invocation events carry the invocation id) are also listed in the small ``event_ids`` table
+so that :meth:`get_event` finds them. One random-key index, not two, and a 16-byte blob rather
+than 32 hex characters: random B-tree inserts are what limits SQLite's insert rate here
+(measured: two uuid text indexes ~30k events/s, this layout ~80-100k events/s at 1000 per
+transaction). Events without an alternate id (the edge should never send one) use their id,
+or a fresh uuid4.
+
+Queries go through ``(device, event_time_ms, received_time_ms)`` and
+``(device, kind, event_time_ms, received_time_ms)``, which grow at their right end as time
+passes and are cheap to maintain.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from fieldgate.cloud.errors import InvalidRequest, StoreError
 from fieldgate.cloud.store import EventQuery, Page
+from fieldgate.cloud.store._sqlite import (
+    SqliteWorker,
+    Synchronous,
+    check_page,
+    require_tenant,
+    transaction,
+    valid_tenant,
+)
 from fieldgate.v1 import events_pb2 as pb
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    id TEXT NOT NULL,
+    device TEXT NOT NULL,
+    alternate_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event_time_ms INTEGER NOT NULL,
+    received_time_ms INTEGER NOT NULL,
+    assignment TEXT NOT NULL,
+    invocation TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_device_time
+    ON events (device, event_time_ms, received_time_ms);
+CREATE INDEX IF NOT EXISTS events_by_device_kind_time
+    ON events (device, kind, event_time_ms, received_time_ms);
+CREATE INDEX IF NOT EXISTS events_by_invocation ON events (invocation) WHERE invocation != '';
+CREATE TABLE IF NOT EXISTS event_ids (
+    id TEXT PRIMARY KEY,
+    key BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events (key, id, device, alternate_id, kind, event_time_ms, received_time_ms,"
+    " assignment, invocation, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ALIAS = "INSERT OR IGNORE INTO event_ids (id, key) VALUES (?, ?)"
+
+#: Valid values of ``EventQuery.kind``: the names of pb.Event's payload fields.
+EVENT_KINDS: frozenset[str] = frozenset(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["payload"].fields)
+
+
+_NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
+
+
+def event_key(tenant: str, device: str, alternate_id: str) -> bytes:
+    """The 16 bytes of ``uuid5(NAMESPACE_URL, "<tenant>/<device>/<alternate_id>")``.
+
+    Computed directly (same result as :func:`uuid.uuid5`, a third of its cost): this runs
+    once per stored event.
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_URL + f"{tenant}/{device}/{alternate_id}".encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return bytes(digest[:16])
+
+
+def event_id(tenant: str, device: str, alternate_id: str) -> str:
+    """The cloud's deterministic event id (see the brief's alternate-id contract)."""
+    return event_key(tenant, device, alternate_id).hex()
+
+
+def _invocation_of(event: pb.Event, kind: str) -> str:
+    if kind == "command_response":
+        return event.command_response.invocation
+    if kind == "command_invocation":
+        return event.command_invocation.invocation
+    return ""
+
+
+_Row = tuple[bytes, str, str, str, str, int, int, str, str, bytes]
 
 
 class SqliteEventStore:
-    """Implements :class:`fieldgate.cloud.store.EventStore`: ``<data_dir>/events-<tenant>.db``."""
+    """Implements :class:`fieldgate.cloud.store.EventStore`: ``<data_dir>/events-<tenant>.db``.
 
-    def __init__(self, data_dir: Path) -> None:
+    Since/until filters are inclusive bounds on ``event_time_ms``; order is newest first by
+    event time, then received time, then arrival.
+    """
+
+    def __init__(self, data_dir: Path, *, synchronous: Synchronous = "FULL", cache_kib: int = 65536) -> None:
         self._data_dir = data_dir
+        # Page cache per tenant database: the uniqueness index takes random inserts.
+        self._cache_kib = cache_kib
+        self._worker = SqliteWorker("event-store", error=StoreError, synchronous=synchronous)
 
     async def start(self) -> None:
-        raise NotImplementedError
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._worker.start()
 
     async def stop(self) -> None:
-        raise NotImplementedError
+        await self._worker.stop()
+
+    def _path(self, tenant: str) -> Path:
+        return self._data_dir / f"events-{tenant}.db"
+
+    def _conn(self, tenant: str, *, create: bool) -> sqlite3.Connection | None:
+        return self._worker.connect(
+            self._path(tenant), _SCHEMA, create=create, cache_kib=self._cache_kib, wal_autocheckpoint=10000
+        )
+
+    # ------------------------------------------------------------------ writes
 
     async def add(self, tenant: str, events: Sequence[pb.Event]) -> list[pb.Event]:
-        raise NotImplementedError
+        """Store ``events`` in one transaction; returns those not stored before (with ids).
+
+        Raises InvalidRequest for an event of another tenant or without a device.
+        """
+        require_tenant(tenant)
+        if not events:
+            return []
+        return await self._worker.run(self._add, tenant, events)
+
+    def _add(self, tenant: str, events: Sequence[pb.Event]) -> list[pb.Event]:
+        prepared: list[tuple[pb.Event, _Row]] = []
+        for event in events:
+            if event.tenant != tenant or not event.id or not event.alternate_id or not event.device:
+                event = self._completed(tenant, event)
+            key = event_key(tenant, event.device, event.alternate_id)
+            kind: str = event.WhichOneof("payload") or ""
+            row = (
+                key,
+                event.id,
+                event.device,
+                event.alternate_id,
+                kind,
+                event.event_time_ms,
+                event.received_time_ms,
+                event.assignment,
+                _invocation_of(event, kind),
+                event.SerializeToString(),
+            )
+            prepared.append((event, row))
+        conn = self._conn(tenant, create=True)
+        assert conn is not None
+        stored: list[pb.Event] = []
+        with transaction(conn):
+            execute = conn.execute
+            for event, row in prepared:
+                if execute(_INSERT, row).rowcount == 1:
+                    stored.append(event)
+                    if event.id != row[0].hex():
+                        execute(_INSERT_ALIAS, (event.id, row[0]))
+        return stored
+
+    @staticmethod
+    def _completed(tenant: str, event: pb.Event) -> pb.Event:
+        """A copy of ``event`` with tenant, alternate id and id filled in."""
+        if event.tenant and event.tenant != tenant:
+            raise InvalidRequest(f"event of tenant {event.tenant!r} given to tenant {tenant!r}")
+        if not event.device:
+            raise InvalidRequest("event without a device")
+        out = pb.Event()
+        out.CopyFrom(event)
+        out.tenant = tenant
+        if not out.alternate_id:
+            out.alternate_id = out.id or uuid.uuid4().hex
+        if not out.id:
+            out.id = event_id(tenant, out.device, out.alternate_id)
+        return out
+
+    # ------------------------------------------------------------------ reads
 
     async def list_device_events(self, query: EventQuery) -> Page[pb.Event]:
-        raise NotImplementedError
+        """A device's events, newest first, one page with the total count."""
+        limit, offset = check_page(query.page, query.page_size)
+        if query.kind is not None and query.kind not in EVENT_KINDS:
+            raise InvalidRequest(f"unknown event kind {query.kind!r}; expected one of {sorted(EVENT_KINDS)}")
+        if not valid_tenant(query.tenant):
+            return Page([], 0, query.page, query.page_size)
+        items, total = await self._worker.run(self._list, query, limit, offset)
+        return Page(items, total, query.page, query.page_size)
+
+    def _list(self, query: EventQuery, limit: int, offset: int) -> tuple[list[pb.Event], int]:
+        conn = self._conn(query.tenant, create=False)
+        if conn is None:
+            return [], 0
+        where = ["device = ?"]
+        args: list[str | int] = [query.device]
+        if query.kind is not None:
+            where.append("kind = ?")
+            args.append(query.kind)
+        if query.since_ms is not None:
+            where.append("event_time_ms >= ?")
+            args.append(query.since_ms)
+        if query.until_ms is not None:
+            where.append("event_time_ms <= ?")
+            args.append(query.until_ms)
+        cond = " AND ".join(where)
+        (total,) = conn.execute(f"SELECT count(*) FROM events WHERE {cond}", args).fetchone()
+        rows = conn.execute(
+            f"SELECT data FROM events WHERE {cond}"
+            " ORDER BY event_time_ms DESC, received_time_ms DESC, seq DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        return [pb.Event.FromString(data) for (data,) in rows], int(total)
 
     async def get_event(self, tenant: str, event_id: str) -> pb.Event | None:
-        raise NotImplementedError
+        if not valid_tenant(tenant):
+            return None
+        return await self._worker.run(self._get, tenant, event_id)
+
+    def _get(self, tenant: str, event_id: str) -> pb.Event | None:
+        conn = self._conn(tenant, create=False)
+        if conn is None:
+            return None
+        key: bytes | None = None
+        try:
+            key = uuid.UUID(hex=event_id).bytes
+        except ValueError:
+            key = None
+        row = None
+        if key is not None and len(event_id) == 32:
+            row = conn.execute("SELECT data FROM events WHERE key = ? AND id = ?", (key, event_id)).fetchone()
+        if row is None:
+            row = conn.execute(
+                "SELECT e.data FROM event_ids AS a JOIN events AS e ON e.key = a.key WHERE a.id = ?",
+                (event_id,),
+            ).fetchone()
+        return None if row is None else pb.Event.FromString(row[0])
 
     async def events_for_invocation(self, tenant: str, invocation: str) -> list[pb.Event]:
-        """The command invocation and response events linked to ``invocation``, oldest first."""
-        raise NotImplementedError
+        """The command invocation and response events linked to ``invocation``, oldest first.
+
+        Not part of the EventStore protocol (yet): command delivery and the API use it to show
+        an invocation with its response.
+        """
+        if not valid_tenant(tenant) or not invocation:
+            return []
+        return await self._worker.run(self._for_invocation, tenant, invocation)
+
+    def _for_invocation(self, tenant: str, invocation: str) -> list[pb.Event]:
+        conn = self._conn(tenant, create=False)
+        if conn is None:
+            return []
+        rows = conn.execute(
+            "SELECT data FROM events WHERE invocation = ? ORDER BY event_time_ms, seq", (invocation,)
+        ).fetchall()
+        return [pb.Event.FromString(data) for (data,) in rows]

@@ -1,85 +1,513 @@
-"""SQLite registry and invocation store (skeleton — implementation in progress)."""
+"""SQLite registry (tenants, device types, devices, assignments) and invocation store.
+
+The embedded implementations of :class:`fieldgate.cloud.store.Registry` and
+:class:`fieldgate.cloud.store.InvocationStore`. Files under ``data_dir``:
+
+* ``tenants.db`` — the tenant list;
+* ``registry-<tenant>.db`` — one tenant's device types, devices and assignments;
+* ``invocations-<tenant>.db`` — one tenant's command invocations.
+
+A database per tenant keeps tenants apart by construction: no statement can reach another
+tenant's rows. Entities are stored as their serialized protobuf (so commands with typed
+parameters, metadata maps etc. round-trip unchanged) beside the few columns that are queried.
+
+Rules a caller will notice:
+
+* Writes for a tenant that was never created with :meth:`SqliteRegistry.ensure_tenant` raise
+  NotFound; reads for it return None / empty pages. Duplicate tokens raise Conflict.
+* A device must name an existing device type (NotFound otherwise).
+* A device has at most one ACTIVE assignment (a partial unique index enforces it); creating a
+  second raises Conflict. Releasing sets RELEASED and ``released_ms``; releasing again is a
+  no-op that returns the released assignment. An assignment without a token gets a uuid4.
+* Lists are in creation order, except assignments: newest first.
+* :meth:`SqliteRegistry.get_device` is on the hot path of inbound processing. Devices cannot be
+  changed or deleted through this interface, so found devices are kept in a bounded in-memory
+  cache and later lookups skip the database thread entirely; misses always ask the database
+  (another process may have created the device). Active assignments are cached too, for a few
+  seconds (``assignment_cache_s``), and invalidated at once by this instance's own writes.
+
+Invocation status rules (:meth:`SqliteInvocationStore.update_status`): QUEUED → DELIVERED →
+ANSWERED, and FAILED / EXPIRED from QUEUED or DELIVERED. ANSWERED, FAILED and EXPIRED are
+final; ANSWERED may skip DELIVERED (a device's answer can overtake the edge's status report). An
+update that would move backwards, repeat the current state or leave a final state is ignored
+and the current state returned.
+"""
 
 from __future__ import annotations
 
+import sqlite3
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+from google.protobuf.message import Message as ProtoMessage
+
+from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound, StoreError
 from fieldgate.cloud.store import Page
+from fieldgate.cloud.store._sqlite import (
+    SqliteWorker,
+    Synchronous,
+    check_page,
+    require_tenant,
+    transaction,
+    valid_tenant,
+)
+from fieldgate.timeutil import now_ms
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 
+M = TypeVar("M", bound=ProtoMessage)
+
+_TENANTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    seq INTEGER PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    data BLOB NOT NULL
+);
+"""
+
+_REGISTRY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_types (
+    seq INTEGER PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    seq INTEGER PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    device_type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    seq INTEGER PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    device TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_assignment_per_device
+    ON assignments (device) WHERE status = 1;
+CREATE INDEX IF NOT EXISTS assignments_by_device ON assignments (device, seq);
+"""
+
+_INVOCATIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS invocations (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    device TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invocations_by_device_status ON invocations (device, status, seq);
+CREATE INDEX IF NOT EXISTS invocations_by_status_expiry ON invocations (status, expires_ms);
+"""
+
+_ACTIVE = model.ASSIGNMENT_STATUS_ACTIVE
+_RELEASED = model.ASSIGNMENT_STATUS_RELEASED
+
+
+def _parse(cls: type[M], data: bytes) -> M:
+    msg = cls()
+    msg.ParseFromString(data)
+    return msg
+
+
+def _copy(msg: M) -> M:
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
 
 class SqliteRegistry:
-    """Implements :class:`fieldgate.cloud.store.Registry`."""
+    """Implements :class:`fieldgate.cloud.store.Registry` (see the module docstring)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        device_cache_size: int = 100_000,
+        assignment_cache_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._data_dir = data_dir
+        self._worker = SqliteWorker("registry", error=StoreError, synchronous=synchronous)
+        self._known_tenants: set[str] = set()
+        self._device_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._device_cache_size = device_cache_size
+        # (tenant, device) -> (valid until, serialized active assignment or None)
+        self._assignment_cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+        self._assignment_cache_s = assignment_cache_s
+        self._clock = clock
 
     async def start(self) -> None:
-        raise NotImplementedError
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._worker.start()
 
     async def stop(self) -> None:
-        raise NotImplementedError
+        await self._worker.stop()
+
+    # ------------------------------------------------------------------ connections (worker)
+
+    def _tenants_db(self) -> sqlite3.Connection:
+        conn = self._worker.connect(self._data_dir / "tenants.db", _TENANTS_SCHEMA)
+        assert conn is not None
+        return conn
+
+    def _tenant_db(self, tenant: str, *, create: bool) -> sqlite3.Connection | None:
+        return self._worker.connect(self._data_dir / f"registry-{tenant}.db", _REGISTRY_SCHEMA, create=create)
+
+    def _tenant_exists(self, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+        row = self._tenants_db().execute("SELECT 1 FROM tenants WHERE token = ?", (tenant,)).fetchone()
+        if row is not None:
+            self._known_tenants.add(tenant)
+        return row is not None
+
+    def _writable(self, tenant: str) -> sqlite3.Connection:
+        """The tenant's database for a write; NotFound for an unknown tenant."""
+        if not valid_tenant(tenant) or not self._tenant_exists(tenant):
+            raise NotFound(f"tenant {tenant!r} does not exist")
+        conn = self._tenant_db(tenant, create=True)
+        assert conn is not None
+        return conn
+
+    def _readable(self, tenant: str) -> sqlite3.Connection | None:
+        if not valid_tenant(tenant):
+            return None
+        return self._tenant_db(tenant, create=False)
+
+    # ------------------------------------------------------------------ tenants
 
     async def ensure_tenant(self, tenant: model.Tenant) -> model.Tenant:
-        raise NotImplementedError
+        """Create ``tenant`` or update its settings to the given ones (configuration is the
+        source of truth); returns what is stored."""
+        require_tenant(tenant.token)
+        return await self._worker.run(self._ensure_tenant, _copy(tenant))
+
+    def _ensure_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        with transaction(self._tenants_db()) as conn:
+            conn.execute(
+                "INSERT INTO tenants (token, data) VALUES (?, ?)"
+                " ON CONFLICT (token) DO UPDATE SET data = excluded.data",
+                (tenant.token, tenant.SerializeToString()),
+            )
+        self._tenant_db(tenant.token, create=True)
+        self._known_tenants.add(tenant.token)
+        return tenant
 
     async def get_tenant(self, token: str) -> model.Tenant | None:
-        raise NotImplementedError
+        if not valid_tenant(token):
+            return None
+        return await self._worker.run(self._get_tenant, token)
+
+    def _get_tenant(self, token: str) -> model.Tenant | None:
+        row = self._tenants_db().execute("SELECT data FROM tenants WHERE token = ?", (token,)).fetchone()
+        return None if row is None else _parse(model.Tenant, row[0])
 
     async def list_tenants(self) -> list[model.Tenant]:
-        raise NotImplementedError
+        return await self._worker.run(self._list_tenants)
+
+    def _list_tenants(self) -> list[model.Tenant]:
+        rows = self._tenants_db().execute("SELECT data FROM tenants ORDER BY seq").fetchall()
+        return [_parse(model.Tenant, data) for (data,) in rows]
+
+    # ------------------------------------------------------------------ device types
 
     async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
-        raise NotImplementedError
+        if not dt.token:
+            raise InvalidRequest("device type token must not be empty")
+        return await self._worker.run(self._create_device_type, tenant, _copy(dt))
+
+    def _create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        conn = self._writable(tenant)
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO device_types (token, data) VALUES (?, ?)", (dt.token, dt.SerializeToString())
+                )
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"device type {dt.token!r} already exists in tenant {tenant!r}") from err
+        return dt
 
     async def get_device_type(self, tenant: str, token: str) -> model.DeviceType | None:
-        raise NotImplementedError
+        return await self._worker.run(self._get_one, tenant, "device_types", token, model.DeviceType)
 
     async def list_device_types(self, tenant: str, page: int, page_size: int) -> Page[model.DeviceType]:
-        raise NotImplementedError
+        limit, offset = check_page(page, page_size)
+        items, total = await self._worker.run(
+            self._list, tenant, "device_types", model.DeviceType, limit, offset
+        )
+        return Page(items, total, page, page_size)
+
+    # ------------------------------------------------------------------ devices
 
     async def create_device(self, device: model.Device) -> model.Device:
-        raise NotImplementedError
+        """Store ``device`` (``created_ms`` defaults to now). NotFound for an unknown tenant or
+        device type, Conflict for a duplicate token."""
+        if not device.token:
+            raise InvalidRequest("device token must not be empty")
+        if not device.device_type:
+            raise InvalidRequest("device must name a device type")
+        stored = _copy(device)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        created = await self._worker.run(self._create_device, stored)
+        self._cache_device(created.tenant, created.token, created.SerializeToString())
+        return _copy(created)
+
+    def _create_device(self, device: model.Device) -> model.Device:
+        conn = self._writable(device.tenant)
+        if (
+            conn.execute("SELECT 1 FROM device_types WHERE token = ?", (device.device_type,)).fetchone()
+            is None
+        ):
+            raise NotFound(f"device type {device.device_type!r} does not exist in tenant {device.tenant!r}")
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO devices (token, device_type, data) VALUES (?, ?, ?)",
+                    (device.token, device.device_type, device.SerializeToString()),
+                )
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"device {device.token!r} already exists in tenant {device.tenant!r}") from err
+        return device
 
     async def get_device(self, tenant: str, token: str) -> model.Device | None:
-        raise NotImplementedError
+        """The device, or None. Found devices are served from memory after the first lookup."""
+        cached = self._device_cache.get((tenant, token))
+        if cached is not None:
+            self._device_cache.move_to_end((tenant, token))
+            return _parse(model.Device, cached)
+        data = await self._worker.run(self._get_data, tenant, "devices", token)
+        if data is None:
+            return None
+        self._cache_device(tenant, token, data)
+        return _parse(model.Device, data)
+
+    def _cache_device(self, tenant: str, token: str, data: bytes) -> None:
+        # Event-loop side only (the cache is never touched by the worker thread).
+        cache = self._device_cache
+        cache[(tenant, token)] = data
+        while len(cache) > self._device_cache_size:
+            cache.popitem(last=False)
 
     async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
-        raise NotImplementedError
+        limit, offset = check_page(page, page_size)
+        items, total = await self._worker.run(self._list, tenant, "devices", model.Device, limit, offset)
+        return Page(items, total, page, page_size)
+
+    # ------------------------------------------------------------------ assignments
 
     async def create_assignment(self, assignment: model.Assignment) -> model.Assignment:
-        raise NotImplementedError
+        """Store an ACTIVE assignment (token defaults to a uuid4, ``active_ms`` to now).
+        NotFound for an unknown tenant or device; Conflict for a duplicate token or when the
+        device already has an active assignment."""
+        if not assignment.device:
+            raise InvalidRequest("assignment must name a device")
+        stored = _copy(assignment)
+        if not stored.token:
+            stored.token = uuid.uuid4().hex
+        stored.status = _ACTIVE
+        stored.released_ms = 0
+        if not stored.active_ms:
+            stored.active_ms = now_ms()
+        try:
+            return await self._worker.run(self._create_assignment, stored)
+        finally:
+            self._assignment_cache.pop((stored.tenant, stored.device), None)
+
+    def _create_assignment(self, a: model.Assignment) -> model.Assignment:
+        conn = self._writable(a.tenant)
+        if conn.execute("SELECT 1 FROM devices WHERE token = ?", (a.device,)).fetchone() is None:
+            raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO assignments (token, device, status, data) VALUES (?, ?, ?, ?)",
+                    (a.token, a.device, int(a.status), a.SerializeToString()),
+                )
+        except sqlite3.IntegrityError as err:
+            taken = conn.execute("SELECT 1 FROM assignments WHERE token = ?", (a.token,)).fetchone()
+            if taken is not None:
+                raise Conflict(f"assignment {a.token!r} already exists in tenant {a.tenant!r}") from err
+            raise Conflict(f"device {a.device!r} already has an active assignment") from err
+        return a
 
     async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None:
-        raise NotImplementedError
+        key = (tenant, device)
+        hit = self._assignment_cache.get(key)
+        now = self._clock()
+        if hit is not None and hit[0] > now:
+            return None if hit[1] is None else _parse(model.Assignment, hit[1])
+        data = await self._worker.run(self._active_assignment, tenant, device)
+        if self._assignment_cache_s > 0:
+            if len(self._assignment_cache) >= self._device_cache_size:
+                self._assignment_cache.clear()
+            self._assignment_cache[key] = (now + self._assignment_cache_s, data)
+        return None if data is None else _parse(model.Assignment, data)
+
+    def _active_assignment(self, tenant: str, device: str) -> bytes | None:
+        conn = self._readable(tenant)
+        if conn is None:
+            return None
+        row = conn.execute(
+            "SELECT data FROM assignments WHERE device = ? AND status = ?", (device, int(_ACTIVE))
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     async def list_assignments(
         self, tenant: str, device: str | None, page: int, page_size: int
     ) -> Page[model.Assignment]:
-        raise NotImplementedError
+        """A tenant's (or one device's) assignments, newest first."""
+        limit, offset = check_page(page, page_size)
+        items, total = await self._worker.run(self._list_assignments, tenant, device, limit, offset)
+        return Page(items, total, page, page_size)
+
+    def _list_assignments(
+        self, tenant: str, device: str | None, limit: int, offset: int
+    ) -> tuple[list[model.Assignment], int]:
+        conn = self._readable(tenant)
+        if conn is None:
+            return [], 0
+        where, args = ("WHERE device = ?", [device]) if device is not None else ("", [])
+        (total,) = conn.execute(f"SELECT count(*) FROM assignments {where}", args).fetchone()
+        rows = conn.execute(
+            f"SELECT data FROM assignments {where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]
+        ).fetchall()
+        return [_parse(model.Assignment, data) for (data,) in rows], int(total)
 
     async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
-        raise NotImplementedError
+        """Mark the assignment RELEASED (idempotent). NotFound if there is no such assignment."""
+        released = await self._worker.run(self._release_assignment, tenant, token)
+        self._assignment_cache.pop((tenant, released.device), None)
+        return released
+
+    def _release_assignment(self, tenant: str, token: str) -> model.Assignment:
+        conn = self._readable(tenant)
+        row = None
+        if conn is not None:
+            row = conn.execute("SELECT data FROM assignments WHERE token = ?", (token,)).fetchone()
+        if conn is None or row is None:
+            raise NotFound(f"assignment {token!r} does not exist in tenant {tenant!r}")
+        a = _parse(model.Assignment, row[0])
+        if a.status == _RELEASED:
+            return a
+        a.status = _RELEASED
+        a.released_ms = now_ms()
+        with transaction(conn):
+            conn.execute(
+                "UPDATE assignments SET status = ?, data = ? WHERE token = ?",
+                (int(a.status), a.SerializeToString(), token),
+            )
+        return a
+
+    # ------------------------------------------------------------------ shared reads (worker)
+
+    def _get_data(self, tenant: str, table: str, token: str) -> bytes | None:
+        conn = self._readable(tenant)
+        if conn is None:
+            return None
+        row = conn.execute(f"SELECT data FROM {table} WHERE token = ?", (token,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _get_one(self, tenant: str, table: str, token: str, cls: type[M]) -> M | None:
+        data = self._get_data(tenant, table, token)
+        return None if data is None else _parse(cls, data)
+
+    def _list(self, tenant: str, table: str, cls: type[M], limit: int, offset: int) -> tuple[list[M], int]:
+        conn = self._readable(tenant)
+        if conn is None:
+            return [], 0
+        (total,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        rows = conn.execute(
+            f"SELECT data FROM {table} ORDER BY seq LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+        return [_parse(cls, data) for (data,) in rows], int(total)
+
+
+# ---------------------------------------------------------------------- invocations
+
+_QUEUED = svc.COMMAND_STATUS_QUEUED
+_DELIVERED = svc.COMMAND_STATUS_DELIVERED
+_ANSWERED = svc.COMMAND_STATUS_ANSWERED
+_FAILED = svc.COMMAND_STATUS_FAILED
+_EXPIRED = svc.COMMAND_STATUS_EXPIRED
+_FINAL = frozenset({_ANSWERED, _FAILED, _EXPIRED})
+_KNOWN = frozenset({_QUEUED, _DELIVERED, *_FINAL})
+
+
+def transition_allowed(current: int, new: int) -> bool:
+    """Whether an invocation may move from ``current`` to ``new`` (see the module docstring)."""
+    if current in _FINAL or new == current:
+        return False
+    return not (new == _QUEUED and current == _DELIVERED)
 
 
 class SqliteInvocationStore:
-    """Implements :class:`fieldgate.cloud.store.InvocationStore`."""
+    """Implements :class:`fieldgate.cloud.store.InvocationStore`: ``invocations-<tenant>.db``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, synchronous: Synchronous = "FULL") -> None:
         self._data_dir = data_dir
+        self._worker = SqliteWorker("invocations", error=StoreError, synchronous=synchronous)
 
     async def start(self) -> None:
-        raise NotImplementedError
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._worker.start()
 
     async def stop(self) -> None:
-        raise NotImplementedError
+        await self._worker.stop()
+
+    def _db(self, tenant: str, *, create: bool) -> sqlite3.Connection | None:
+        if not valid_tenant(tenant):
+            return None
+        path = self._data_dir / f"invocations-{tenant}.db"
+        return self._worker.connect(path, _INVOCATIONS_SCHEMA, create=create)
 
     async def create(self, inv: svc.InvocationState) -> svc.InvocationState:
-        raise NotImplementedError
+        """Store a new invocation (status defaults to QUEUED, times to now). Conflict if the
+        id exists; InvalidRequest without id, tenant or device."""
+        require_tenant(inv.tenant)
+        if not inv.id or not inv.device:
+            raise InvalidRequest("an invocation needs an id and a device")
+        stored = _copy(inv)
+        if stored.status == svc.COMMAND_STATUS_UNSPECIFIED:
+            stored.status = _QUEUED
+        if stored.status not in _KNOWN:
+            raise InvalidRequest(f"unknown command status {stored.status}")
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        if not stored.updated_ms:
+            stored.updated_ms = stored.created_ms
+        return await self._worker.run(self._create, stored)
+
+    def _create(self, inv: svc.InvocationState) -> svc.InvocationState:
+        conn = self._db(inv.tenant, create=True)
+        assert conn is not None
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO invocations (id, device, status, expires_ms, data) VALUES (?, ?, ?, ?, ?)",
+                    (inv.id, inv.device, int(inv.status), inv.expires_ms, inv.SerializeToString()),
+                )
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"invocation {inv.id!r} already exists") from err
+        return inv
 
     async def get(self, tenant: str, invocation_id: str) -> svc.InvocationState | None:
-        raise NotImplementedError
+        return await self._worker.run(self._get, tenant, invocation_id)
+
+    def _get(self, tenant: str, invocation_id: str) -> svc.InvocationState | None:
+        conn = self._db(tenant, create=False)
+        if conn is None:
+            return None
+        row = conn.execute("SELECT data FROM invocations WHERE id = ?", (invocation_id,)).fetchone()
+        return None if row is None else _parse(svc.InvocationState, row[0])
 
     async def update_status(
         self,
@@ -90,13 +518,96 @@ class SqliteInvocationStore:
         reason: str = "",
         response_json: str | None = None,
     ) -> svc.InvocationState | None:
-        raise NotImplementedError
+        """Move an invocation forward; None if it does not exist. Terminal states are final;
+        backwards or repeated updates are ignored and the current state returned."""
+        if status not in _KNOWN:
+            raise InvalidRequest(f"unknown command status {status}")
+        return await self._worker.run(self._update, tenant, invocation_id, status, reason, response_json)
+
+    def _update(
+        self,
+        tenant: str,
+        invocation_id: str,
+        status: svc.CommandStatus.ValueType,
+        reason: str,
+        response_json: str | None,
+    ) -> svc.InvocationState | None:
+        conn = self._db(tenant, create=False)
+        if conn is None:
+            return None
+        with transaction(conn):
+            row = conn.execute("SELECT data FROM invocations WHERE id = ?", (invocation_id,)).fetchone()
+            if row is None:
+                return None
+            inv = _parse(svc.InvocationState, row[0])
+            if not transition_allowed(inv.status, status):
+                return inv
+            inv.status = status
+            inv.reason = reason
+            if response_json is not None:
+                inv.response_json = response_json
+            inv.updated_ms = max(now_ms(), inv.updated_ms)
+            conn.execute(
+                "UPDATE invocations SET status = ?, data = ? WHERE id = ?",
+                (int(status), inv.SerializeToString(), invocation_id),
+            )
+        return inv
 
     async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
-        raise NotImplementedError
+        """Invocations still QUEUED for ``device``, oldest first."""
+        return await self._worker.run(self._queued, tenant, device)
 
     async def list_pending(self, tenant: str) -> list[svc.InvocationState]:
-        raise NotImplementedError
+        """Every QUEUED invocation of ``tenant``, oldest first (e.g. to re-send after a restart)."""
+        return await self._worker.run(self._queued, tenant, None)
 
-    async def expire_due(self, now_ms: int) -> list[svc.InvocationState]:
-        raise NotImplementedError
+    def _queued(self, tenant: str, device: str | None) -> list[svc.InvocationState]:
+        conn = self._db(tenant, create=False)
+        if conn is None:
+            return []
+        if device is None:
+            rows = conn.execute(
+                "SELECT data FROM invocations WHERE status = ? ORDER BY seq", (int(_QUEUED),)
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT data FROM invocations WHERE device = ? AND status = ? ORDER BY seq",
+                (device, int(_QUEUED)),
+            ).fetchall()
+        return [_parse(svc.InvocationState, data) for (data,) in rows]
+
+    async def expire_due(self, now_ms: int, tenant: str | None = None) -> list[svc.InvocationState]:
+        """Mark QUEUED invocations whose ``expires_ms`` (non-zero) has passed as EXPIRED
+        (reason "ttl expired"), in every tenant or one; returns them. DELIVERED ones are left to
+        the edge's response timeout."""
+        return await self._worker.run(self._expire_due, now_ms, tenant)
+
+    def _expire_due(self, now: int, tenant: str | None) -> list[svc.InvocationState]:
+        if tenant is not None:
+            tenants = [tenant]
+        else:
+            prefix, suffix = "invocations-", ".db"
+            tenants = sorted(
+                p.name[len(prefix) : -len(suffix)] for p in self._data_dir.glob("invocations-*.db")
+            )
+        expired: list[svc.InvocationState] = []
+        for t in tenants:
+            conn = self._db(t, create=False)
+            if conn is None:
+                continue
+            with transaction(conn):
+                rows = conn.execute(
+                    "SELECT data FROM invocations WHERE status = ? AND expires_ms > 0 AND expires_ms <= ?"
+                    " ORDER BY seq",
+                    (int(_QUEUED), now),
+                ).fetchall()
+                updates = []
+                for (data,) in rows:
+                    inv = _parse(svc.InvocationState, data)
+                    inv.status = _EXPIRED
+                    inv.reason = "ttl expired"
+                    inv.updated_ms = max(now, inv.updated_ms)
+                    expired.append(inv)
+                    updates.append((int(_EXPIRED), inv.SerializeToString(), inv.id))
+                conn.executemany("UPDATE invocations SET status = ?, data = ? WHERE id = ?", updates)
+        return expired

@@ -172,7 +172,7 @@ def check_longitude(value: float, field: str) -> float:
     return value
 
 
-def _number(obj: dict[str, Any], key: str, *, required: bool) -> float | None:
+def _number(obj: dict[str, Any], key: str) -> float:
     value = obj.get(key)
     if type(value) is float:
         if not math.isfinite(value):
@@ -181,9 +181,7 @@ def _number(obj: dict[str, Any], key: str, *, required: bool) -> float | None:
     if type(value) is int:
         return float(value)
     if value is None:
-        if required:
-            raise DecodeError(f'missing "{key}"')
-        return None
+        raise DecodeError(f'missing "{key}"')
     raise DecodeError(f"{key}: not a number but {json_type(value)}")
 
 
@@ -192,7 +190,7 @@ def _text(obj: dict[str, Any], key: str, *, required: bool) -> str:
     if type(value) is str:
         if required and not value:
             raise DecodeError(f"{key}: must not be empty")
-        return value  # type: ignore[no-any-return]
+        return value
     if value is None:
         if required:
             raise DecodeError(f'missing "{key}"')
@@ -228,12 +226,13 @@ def _fill(event: pb.Event, obj: dict[str, Any], kind: object) -> None:
     if kind == "measurement":
         event.measurement.values.update(_values(obj.get("values")))
     elif kind == "location":
-        lat = check_latitude(_number(obj, "lat", required=True), "lat")  # type: ignore[arg-type]
-        lon = check_longitude(_number(obj, "lon", required=True), "lon")  # type: ignore[arg-type]
+        lat = check_latitude(_number(obj, "lat"), "lat")
+        lon = check_longitude(_number(obj, "lon"), "lon")
         location = event.location
         location.latitude = lat
         location.longitude = lon
-        location.elevation = _number(obj, "ele", required=False) or 0.0
+        if obj.get("ele") is not None:
+            location.elevation = _number(obj, "ele")
     elif kind == "alert":
         level_text = obj.get("level")
         if level_text is None:
@@ -262,9 +261,10 @@ def _fill(event: pb.Event, obj: dict[str, Any], kind: object) -> None:
         answer.response_json = response_json
     elif kind is None:
         raise DecodeError('missing "type"')
+    elif type(kind) is str:
+        raise DecodeError(f"unknown type {short(kind)} (expected one of {', '.join(EVENT_TYPES)})")
     else:
-        shown = short(kind) if type(kind) is str else json_type(kind)
-        raise DecodeError(f"unknown type {shown} (expected one of {', '.join(EVENT_TYPES)})")
+        raise DecodeError(f"type: must be a string, not {json_type(kind)}")
 
 
 def _event(obj: object, tenant: str, device: str, received_ms: int) -> pb.Event:
@@ -280,9 +280,9 @@ def _event(obj: object, tenant: str, device: str, received_ms: int) -> pb.Event:
     ident = obj.get("id")
     if ident is not None:
         event.alternate_id = alternate_id(ident, "id")
-    meta = obj.get("metadata")
-    if meta is not None:
-        event.metadata.update(metadata(meta, "metadata"))  # type: ignore[arg-type]
+    meta = metadata(obj.get("metadata"), "metadata")
+    if meta:
+        event.metadata.update(meta)
     return event
 
 

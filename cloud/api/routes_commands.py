@@ -1,0 +1,37 @@
+"""REST routes for command invocations: send a command to a device, follow its status.
+
+No ``from __future__ import annotations`` here: see ``routes_registry``.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, status
+
+from fieldgate.cloud.api.auth import Principal
+from fieldgate.cloud.api.models import CommandRequest, InvocationOut, error_docs
+from fieldgate.cloud.api.routes_registry import ERRORS
+from fieldgate.cloud.invocations import CommandService
+
+
+def commands_router(commands: CommandService, current: Callable[..., Awaitable[Principal]]) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", responses=ERRORS, tags=["commands"])
+    Auth = Annotated[Principal, Depends(current)]
+
+    @router.post(
+        "/devices/{token}/commands",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_docs({404: "no such device"}),
+    )
+    async def invoke_command(token: str, body: CommandRequest, who: Auth) -> InvocationOut:
+        """Queue a command for the device. The parameters are checked against its device type
+        (422 naming the parameter); the command waits for an offline device until ``ttl_s``."""
+        state = await commands.invoke(who.tenant, token, body.command, body.params, body.ttl_s, who.user)
+        return InvocationOut.from_pb(state)
+
+    @router.get("/invocations/{invocation_id}", responses=error_docs({404: "no such invocation"}))
+    async def get_invocation(invocation_id: str, who: Auth) -> InvocationOut:
+        """Status (queued, delivered, answered, failed, expired) and, once answered, the response."""
+        return InvocationOut.from_pb(await commands.get(who.tenant, invocation_id))
+
+    return router

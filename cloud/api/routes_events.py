@@ -1,0 +1,61 @@
+"""REST route for a device's events: newest first, filtered by type and time, paged.
+
+No ``from __future__ import annotations`` here: see ``routes_registry``.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from fieldgate.cloud.api.auth import Principal
+from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
+from fieldgate.cloud.api.models import EventKind, EventOut, PageOut, error_docs, event_out, page_fields
+from fieldgate.cloud.api.routes_registry import ERRORS, PageNo, PageSize
+from fieldgate.cloud.errors import InvalidRequest
+from fieldgate.timeutil import parse_time_ms
+
+TIME_HELP = "ISO 8601 (e.g. 2024-05-01T12:00:00Z) or epoch milliseconds"
+
+
+def _time(name: str, value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_time_ms(value)
+    except (ValueError, OverflowError) as err:
+        raise InvalidRequest(f"{name}: {err}") from err
+
+
+def events_router(mgmt: Management, current: Callable[..., Awaitable[Principal]]) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", responses=ERRORS, tags=["events"])
+    Auth = Annotated[Principal, Depends(current)]
+
+    @router.get("/devices/{token}/events", responses=error_docs({404: "no such device"}))
+    async def list_device_events(
+        token: str,
+        who: Auth,
+        type: Annotated[EventKind | None, Query(description="only events of this type")] = None,
+        since: Annotated[
+            str | None, Query(max_length=64, description=f"inclusive lower bound: {TIME_HELP}")
+        ] = None,
+        until: Annotated[
+            str | None, Query(max_length=64, description=f"inclusive upper bound: {TIME_HELP}")
+        ] = None,
+        page: PageNo = 1,
+        page_size: PageSize = DEFAULT_PAGE_SIZE,
+    ) -> PageOut[EventOut]:
+        """The device's events (event time, newest first)."""
+        p = await mgmt.list_events(
+            who.tenant,
+            token,
+            kind=type,
+            since_ms=_time("since", since),
+            until_ms=_time("until", until),
+            page=page,
+            page_size=page_size,
+        )
+        items = [out for out in (event_out(e) for e in p.items) if out is not None]
+        return PageOut[EventOut](items=items, **page_fields(p))
+
+    return router

@@ -1,0 +1,229 @@
+"""The gRPC management APIs: DeviceManagement, EventQueries and CommandInvocations.
+
+These are adapters, like the REST routes: the rules live in
+:class:`fieldgate.cloud.api.management.Management` and
+:class:`fieldgate.cloud.invocations.CommandService`, so a request refused over REST is refused
+here with the same message. Domain errors map to status codes: NotFound → NOT_FOUND,
+Conflict → ALREADY_EXISTS, InvalidRequest → INVALID_ARGUMENT, a storage/bus failure →
+UNAVAILABLE.
+
+They are registered on the ingest service's ``grpc.aio`` server (``add_grpc_api``), which binds
+to 127.0.0.1. Unlike REST, the requests name their tenant and carry no credentials: this is the
+service-to-service API of a trusted network (the cloud's own processes and operators' tools).
+The tenant must be one the registry knows, so a request cannot create storage for a tenant that
+was never configured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import grpc
+
+from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
+from fieldgate.cloud.errors import CloudError, Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.store import EventStore, InvocationStore, Registry
+from fieldgate.v1 import model_pb2 as model
+from fieldgate.v1 import services_pb2 as svc
+from fieldgate.v1 import services_pb2_grpc as svc_grpc
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CODES: tuple[tuple[type[CloudError], grpc.StatusCode], ...] = (
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+)
+_EVENT_KINDS: dict[int, str] = {
+    svc.EVENT_TYPE_MEASUREMENT: "measurement",
+    svc.EVENT_TYPE_LOCATION: "location",
+    svc.EVENT_TYPE_ALERT: "alert",
+    svc.EVENT_TYPE_COMMAND_INVOCATION: "command_invocation",
+    svc.EVENT_TYPE_COMMAND_RESPONSE: "command_response",
+    svc.EVENT_TYPE_STATE_CHANGE: "state_change",
+}
+
+
+async def _guarded(context: Context, call: Awaitable[T]) -> T:
+    """Await ``call``; a domain error ends the RPC with the matching status and its message."""
+    try:
+        return await call
+    except CloudError as err:
+        code = next((c for kind, c in _CODES if isinstance(err, kind)), grpc.StatusCode.UNAVAILABLE)
+        await context.abort(code, str(err))
+
+
+def _paging(page: svc.PageRequest) -> tuple[int, int]:
+    """Unset fields (0) mean page 1 and the default size; the limits are checked downstream."""
+    return (page.page or 1, page.page_size or DEFAULT_PAGE_SIZE)
+
+
+class _TenantCheck:
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    async def __call__(self, tenant: str) -> str:
+        if not tenant:
+            raise InvalidRequest("tenant is required")
+        if not _TENANT_RE.fullmatch(tenant) or await self._registry.get_tenant(tenant) is None:
+            raise NotFound(f"tenant {tenant[:70]!r} does not exist")
+        return tenant
+
+
+class DeviceManagementServicer(svc_grpc.DeviceManagementServicer):
+    def __init__(self, mgmt: Management, tenant: _TenantCheck) -> None:
+        self._mgmt = mgmt
+        self._tenant = tenant
+
+    async def CreateDeviceType(
+        self, request: svc.CreateDeviceTypeRequest, context: Context
+    ) -> model.DeviceType:
+        async def run() -> model.DeviceType:
+            return await self._mgmt.create_device_type(
+                await self._tenant(request.tenant), request.device_type
+            )
+
+        return await _guarded(context, run())
+
+    async def ListDeviceTypes(
+        self, request: svc.ListDeviceTypesRequest, context: Context
+    ) -> svc.ListDeviceTypesResponse:
+        async def run() -> svc.ListDeviceTypesResponse:
+            p = await self._mgmt.list_device_types(await self._tenant(request.tenant), *_paging(request.page))
+            return svc.ListDeviceTypesResponse(device_types=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+    async def CreateDevice(self, request: svc.CreateDeviceRequest, context: Context) -> model.Device:
+        async def run() -> model.Device:
+            return await self._mgmt.create_device(await self._tenant(request.device.tenant), request.device)
+
+        return await _guarded(context, run())
+
+    async def GetDevice(self, request: svc.GetDeviceRequest, context: Context) -> model.Device:
+        async def run() -> model.Device:
+            return await self._mgmt.get_device(await self._tenant(request.tenant), request.token)
+
+        return await _guarded(context, run())
+
+    async def ListDevices(self, request: svc.ListDevicesRequest, context: Context) -> svc.ListDevicesResponse:
+        async def run() -> svc.ListDevicesResponse:
+            p = await self._mgmt.list_devices(await self._tenant(request.tenant), *_paging(request.page))
+            return svc.ListDevicesResponse(devices=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+    async def CreateAssignment(
+        self, request: svc.CreateAssignmentRequest, context: Context
+    ) -> model.Assignment:
+        async def run() -> model.Assignment:
+            tenant = await self._tenant(request.assignment.tenant)
+            return await self._mgmt.create_assignment(tenant, request.assignment)
+
+        return await _guarded(context, run())
+
+    async def ListAssignments(
+        self, request: svc.ListAssignmentsRequest, context: Context
+    ) -> svc.ListAssignmentsResponse:
+        async def run() -> svc.ListAssignmentsResponse:
+            tenant = await self._tenant(request.tenant)
+            p = await self._mgmt.list_assignments(tenant, request.device or None, *_paging(request.page))
+            return svc.ListAssignmentsResponse(assignments=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+    async def ReleaseAssignment(
+        self, request: svc.ReleaseAssignmentRequest, context: Context
+    ) -> model.Assignment:
+        async def run() -> model.Assignment:
+            return await self._mgmt.release_assignment(await self._tenant(request.tenant), request.token)
+
+        return await _guarded(context, run())
+
+
+class EventQueriesServicer(svc_grpc.EventQueriesServicer):
+    def __init__(self, mgmt: Management, tenant: _TenantCheck) -> None:
+        self._mgmt = mgmt
+        self._tenant = tenant
+
+    async def ListDeviceEvents(
+        self, request: svc.ListDeviceEventsRequest, context: Context
+    ) -> svc.ListDeviceEventsResponse:
+        async def run() -> svc.ListDeviceEventsResponse:
+            tenant = await self._tenant(request.tenant)
+            kind = None
+            if request.type != svc.EVENT_TYPE_UNSPECIFIED:
+                kind = _EVENT_KINDS.get(request.type)
+                if kind is None:
+                    raise InvalidRequest(f"unknown event type {request.type}")
+            page, page_size = _paging(request.page)
+            p = await self._mgmt.list_events(
+                tenant,
+                request.device,
+                kind=kind,
+                since_ms=request.since_ms or None,
+                until_ms=request.until_ms or None,
+                page=page,
+                page_size=page_size,
+            )
+            return svc.ListDeviceEventsResponse(events=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+
+class CommandInvocationsServicer(svc_grpc.CommandInvocationsServicer):
+    def __init__(self, commands: CommandService, tenant: _TenantCheck) -> None:
+        self._commands = commands
+        self._tenant = tenant
+
+    async def Invoke(self, request: svc.InvokeCommandRequest, context: Context) -> svc.InvocationState:
+        async def run() -> svc.InvocationState:
+            tenant = await self._tenant(request.tenant)
+            try:
+                params = json.loads(request.params_json) if request.params_json else {}
+            except ValueError as err:
+                raise InvalidRequest(f"params_json is not JSON: {err}") from err
+            if not isinstance(params, dict):
+                raise InvalidRequest("params_json must encode a JSON object")
+            return await self._commands.invoke(
+                tenant,
+                request.device,
+                request.command,
+                params,
+                request.ttl_s or None,
+                request.initiator or "grpc",
+            )
+
+        return await _guarded(context, run())
+
+    async def GetInvocation(self, request: svc.GetInvocationRequest, context: Context) -> svc.InvocationState:
+        async def run() -> svc.InvocationState:
+            return await self._commands.get(await self._tenant(request.tenant), request.id)
+
+        return await _guarded(context, run())
+
+
+def add_grpc_api(
+    server: grpc.aio.Server,
+    *,
+    registry: Registry,
+    event_store: EventStore,
+    invocations: InvocationStore,
+    commands: CommandService,
+) -> None:
+    """Register the three management services on ``server`` (before it starts).
+
+    ``invocations`` is accepted for symmetry with the REST API; reads go through ``commands``.
+    """
+    del invocations
+    mgmt = Management(registry, event_store)
+    tenant = _TenantCheck(registry)
+    svc_grpc.add_DeviceManagementServicer_to_server(DeviceManagementServicer(mgmt, tenant), server)
+    svc_grpc.add_EventQueriesServicer_to_server(EventQueriesServicer(mgmt, tenant), server)
+    svc_grpc.add_CommandInvocationsServicer_to_server(CommandInvocationsServicer(commands, tenant), server)

@@ -1,0 +1,508 @@
+"""Ingest: the cloud end of the edge uplink (``EdgeUplink.Connect``), and the edge sessions.
+
+One bidirectional gRPC stream per edge agent. The edge sends ``Hello`` first (anything else
+ends the stream with INVALID_ARGUMENT), the cloud answers ``Welcome``; then the edge sends
+``EventBatchUp`` messages and the cloud answers each with ``BatchAck(seq)`` **after** the
+batch's events are durably published to the tenants' ``[decoded]`` topics — only then may the
+edge delete them from its buffer. Batches of one stream are handled one after another, so the
+acks go out in seq order and a device's events stay in order on the bus. Events of a tenant
+the registry does not know, and events without a device or an alternate id, are refused
+permanently: counted, and reported in ``BatchAck.rejected``/``reason`` (the edge does not
+retry them). If the bus is unavailable the stream ends with UNAVAILABLE and no ack: the edge
+keeps the batch and sends it again after reconnecting (the pipeline de-duplicates).
+
+:class:`EdgeSessions` remembers which edge owns which (tenant, device) — learned from the
+events each edge sends — and sends ``CommandDown`` to the right stream. Its listeners are how
+command delivery hears that a device became reachable (a new route, or its edge reconnected)
+and about ``CommandStatusUpdate`` messages from edges.
+
+Every stream's outbound direction is a bounded queue (``outbound_queue_size``). Overflow
+policy: **acks block** (the stream stops reading until the edge drains its acks, which is
+gRPC flow control back to the edge); **commands are refused** (``send_command`` returns False
+and counts it) — the invocation stays QUEUED in the invocation store and command delivery
+sends it again later.
+
+Sharing the server: the api helper's gRPC services (device management, event queries,
+command invocations) run on the same server and port. Register them before ``start()``::
+
+    ingest = IngestService(bus, registry, sessions, "127.0.0.1", 50051)
+    ingest.add_servicers(lambda server: svc_grpc.add_DeviceManagementServicer_to_server(dm, server))
+    await ingest.start()       # ingest.port is the bound port (port 0 picks a free one)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from fieldgate.cloud.bus import DECODED, Bus, topic_name
+from fieldgate.cloud.errors import BusError, CloudError, StoreError
+from fieldgate.cloud.stage import messages_by_device
+from fieldgate.cloud.store import Registry
+from fieldgate.timeutil import now_ms
+from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import services_pb2 as svc
+from fieldgate.v1 import services_pb2_grpc as svc_grpc
+
+log = logging.getLogger(__name__)
+
+# (tenant, device) that just became reachable for commands. Called synchronously from the
+# stream handler: it must not block (put the work on the listener's own bounded queue).
+RouteListener = Callable[[str, str], None]
+# A CommandStatusUpdate from an edge; awaited, so a slow listener slows that edge's stream.
+StatusListener = Callable[[svc.CommandStatusUpdate], Awaitable[None]]
+ServicerRegistrar = Callable[[aio.Server], None]
+
+
+class ProtocolViolation(CloudError):
+    """The edge broke the uplink protocol (e.g. no Hello first); its stream is ended."""
+
+
+@dataclass(slots=True)
+class SessionStats:
+    sessions_opened: int = 0
+    sessions_superseded: int = 0  # an edge reconnected while its old stream was still open
+    commands_sent: int = 0
+    commands_refused_offline: int = 0  # no connected edge owns the device
+    commands_refused_queue_full: int = 0  # the stream's outbound queue was full
+    routes_learned: int = 0
+    routes_evicted: int = 0  # least recently seen routes forgotten (max_routes)
+    status_updates: int = 0
+
+
+class EdgeSession:
+    """One connected edge stream: its identity and its bounded outbound queue."""
+
+    def __init__(self, edge_id: str, queue_size: int) -> None:
+        self.edge_id = edge_id
+        self.session_id = uuid.uuid4().hex
+        self.connected_ms = now_ms()
+        self.outbound: asyncio.Queue[svc.CloudMessage] = asyncio.Queue(maxsize=queue_size)
+        # Set when the session must end (superseded by a newer stream of the edge, shutdown).
+        self.closed = asyncio.Event()
+        self.batches = 0
+        self.events = 0
+        self.last_seq = 0
+
+
+class EdgeSessions:
+    """Which edge owns which device, and the open stream of each edge.
+
+    Routes (tenant, device) → edge id outlive a stream: when an edge reconnects its devices
+    are reachable again at once (listeners hear of each), without waiting for new events.
+    The route table is an LRU bounded by ``max_routes`` (overflow: the least recently seen
+    device is forgotten until it sends again; counted in ``stats.routes_evicted``).
+    """
+
+    def __init__(self, *, outbound_queue_size: int = 256, max_routes: int = 100_000) -> None:
+        self.stats = SessionStats()
+        self._queue_size = outbound_queue_size
+        self._max_routes = max_routes
+        self._routes: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._active: dict[str, EdgeSession] = {}
+        self._route_listeners: list[RouteListener] = []
+        self._status_listeners: list[StatusListener] = []
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def add_route_listener(self, listener: RouteListener) -> None:
+        self._route_listeners.append(listener)
+
+    def add_status_listener(self, listener: StatusListener) -> None:
+        self._status_listeners.append(listener)
+
+    def remove_route_listener(self, listener: RouteListener) -> None:
+        if listener in self._route_listeners:
+            self._route_listeners.remove(listener)
+
+    def remove_status_listener(self, listener: StatusListener) -> None:
+        if listener in self._status_listeners:
+            self._status_listeners.remove(listener)
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def connected_edges(self) -> list[str]:
+        return list(self._active)
+
+    def edge_of(self, tenant: str, device: str) -> str | None:
+        """The edge that last sent events of the device (connected or not)."""
+        return self._routes.get((tenant, device))
+
+    def is_connected(self, tenant: str, device: str) -> bool:
+        edge = self._routes.get((tenant, device))
+        return edge is not None and edge in self._active
+
+    def reachable_devices(self) -> list[tuple[str, str]]:
+        """Every (tenant, device) whose edge is connected now."""
+        return [key for key, edge in self._routes.items() if edge in self._active]
+
+    async def send_command(self, tenant: str, device: str, command: svc.CommandDown) -> bool:
+        """Queue ``command`` on the stream of the device's edge; False if it cannot be now."""
+        edge = self._routes.get((tenant, device))
+        session = self._active.get(edge) if edge is not None else None
+        if session is None or session.closed.is_set():
+            self.stats.commands_refused_offline += 1
+            return False
+        try:
+            session.outbound.put_nowait(svc.CloudMessage(command=command))
+        except asyncio.QueueFull:
+            self.stats.commands_refused_queue_full += 1
+            log.warning(
+                "edge %s: outbound queue full; command %s stays queued",
+                session.edge_id,
+                command.invocation.invocation,
+            )
+            return False
+        self.stats.commands_sent += 1
+        return True
+
+    # -- called by the stream handler ----------------------------------------------------
+
+    def open(self, edge_id: str) -> EdgeSession:
+        """A new stream of ``edge_id``; supersedes (ends) an older stream of the same edge."""
+        old = self._active.get(edge_id)
+        if old is not None:
+            self.stats.sessions_superseded += 1
+            old.closed.set()
+            log.info("edge %s reconnected; ending its previous stream %s", edge_id, old.session_id)
+        session = EdgeSession(edge_id, self._queue_size)
+        self._active[edge_id] = session
+        self.stats.sessions_opened += 1
+        for tenant, device in [k for k, e in self._routes.items() if e == edge_id]:
+            self._notify_route(tenant, device)
+        return session
+
+    def close(self, session: EdgeSession) -> None:
+        session.closed.set()
+        if self._active.get(session.edge_id) is session:
+            del self._active[session.edge_id]
+
+    def close_all(self) -> None:
+        """End every stream (shutdown): each handler finishes and its stream completes."""
+        for session in list(self._active.values()):
+            session.closed.set()
+
+    def learn(self, session: EdgeSession, tenant: str, devices: Iterable[str]) -> None:
+        """Record that ``devices`` sent events through ``session``'s edge."""
+        if self._active.get(session.edge_id) is not session:
+            return  # a superseded stream: its newer stream owns the routes
+        edge = session.edge_id
+        for device in devices:
+            key = (tenant, device)
+            current = self._routes.get(key)
+            if current == edge:
+                self._routes.move_to_end(key)
+                continue
+            self._routes[key] = edge
+            self._routes.move_to_end(key)
+            self.stats.routes_learned += 1
+            if len(self._routes) > self._max_routes:
+                self._routes.popitem(last=False)
+                self.stats.routes_evicted += 1
+            self._notify_route(tenant, device)
+
+    async def report_status(self, session: EdgeSession, update: svc.CommandStatusUpdate) -> None:
+        self.stats.status_updates += 1
+        if update.tenant and update.device:
+            self.learn(session, update.tenant, [update.device])
+        for listener in self._status_listeners:
+            await listener(update)
+
+    def _notify_route(self, tenant: str, device: str) -> None:
+        for listener in self._route_listeners:
+            listener(tenant, device)
+
+
+@dataclass(slots=True)
+class IngestStats:
+    streams_active: int = 0
+    streams_total: int = 0
+    streams_refused: int = 0  # over max_streams
+    protocol_errors: int = 0
+    stream_failures: int = 0  # ended by an unexpected error (logged)
+    batches: int = 0
+    events_accepted: int = 0
+    events_rejected: int = 0  # refused permanently (reported in BatchAck.rejected)
+    rejected_unknown_tenant: int = 0
+    rejected_invalid: int = 0  # no device or no alternate id
+    publish_failures: int = 0  # bus unavailable; batch not acked, stream ended UNAVAILABLE
+
+
+class _TenantCache:
+    """Which tenants exist: positives kept ``ttl_s``, negatives ``negative_ttl_s`` (so a
+    tenant created later is accepted within seconds); bounded (overflow: evict oldest)."""
+
+    def __init__(self, registry: Registry, ttl_s: float, negative_ttl_s: float, max_entries: int) -> None:
+        self._registry = registry
+        self._ttl = ttl_s
+        self._neg_ttl = negative_ttl_s
+        self._max = max_entries
+        self._data: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+
+    async def exists(self, tenant: str) -> bool:
+        item = self._data.get(tenant)
+        now = time.monotonic()
+        if item is not None and item[0] > now:
+            return item[1]
+        found = await self._registry.get_tenant(tenant) is not None
+        self._data[tenant] = (now + (self._ttl if found else self._neg_ttl), found)
+        self._data.move_to_end(tenant)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+        return found
+
+
+class _Servicer(svc_grpc.EdgeUplinkServicer):
+    def __init__(self, ingest: IngestService) -> None:
+        self._ingest = ingest
+
+    async def Connect(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[svc.EdgeMessage],
+        context: aio.ServicerContext[svc.EdgeMessage, svc.CloudMessage],
+    ) -> AsyncIterator[svc.CloudMessage]:
+        # grpc.aio needs an async generator function here (it inspects the handler's kind).
+        async for msg in self._ingest.connect(request_iterator, context):
+            yield msg
+
+
+class IngestService:
+    """The gRPC server of the cloud, hosting ``EdgeUplink`` (and the api's services)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        registry: Registry,
+        sessions: EdgeSessions,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        *,
+        topic_prefix: str = "fieldgate",
+        max_streams: int = 1024,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        grace_s: float = 2.0,
+        tenant_cache_ttl_s: float = 60.0,
+        unknown_tenant_ttl_s: float = 5.0,
+    ) -> None:
+        self.stats = IngestStats()
+        self.host = host
+        self.port = port
+        self._bus = bus
+        self._sessions = sessions
+        self._prefix = topic_prefix
+        self._max_streams = max_streams
+        self._max_message_bytes = max_message_bytes
+        self._grace_s = grace_s
+        self._tenants = _TenantCache(registry, tenant_cache_ttl_s, unknown_tenant_ttl_s, 10_000)
+        self._registrars: list[ServicerRegistrar] = []
+        self._server: aio.Server | None = None
+
+    def add_servicers(self, registrar: ServicerRegistrar) -> None:
+        """Have ``registrar(server)`` add more gRPC services to this server (before start)."""
+        if self._server is not None:
+            raise RuntimeError("add_servicers must be called before start()")
+        self._registrars.append(registrar)
+
+    async def start(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", self._max_message_bytes),
+            ("grpc.max_send_message_length", self._max_message_bytes),
+            # Notice dead edges (a gateway that lost power keeps no TCP FIN to send).
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        server = aio.server(options=options)
+        svc_grpc.add_EdgeUplinkServicer_to_server(_Servicer(self), server)
+        for registrar in self._registrars:
+            registrar(server)
+        bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        if bound == 0:
+            raise CloudError(f"cannot bind the gRPC server to {self.host}:{self.port}")
+        await server.start()
+        self._server = server
+        self.port = bound
+        log.info("ingest: gRPC listening on %s:%d", self.host, bound)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._sessions.close_all()
+        await server.stop(self._grace_s)
+
+    # -- one stream ----------------------------------------------------------------------
+
+    async def connect(
+        self,
+        requests: AsyncIterator[svc.EdgeMessage],
+        context: aio.ServicerContext[svc.EdgeMessage, svc.CloudMessage],
+    ) -> AsyncIterator[svc.CloudMessage]:
+        if self.stats.streams_active >= self._max_streams:
+            self.stats.streams_refused += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many edge streams; retry later")
+        try:
+            first = await anext(aiter(requests))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "hello" or not first.hello.edge_id:
+            self.stats.protocol_errors += 1
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello with an edge_id"
+            )
+        session = self._sessions.open(first.hello.edge_id)
+        self.stats.streams_total += 1
+        self.stats.streams_active += 1
+        log.info(
+            "edge %s connected (session %s, version %r)",
+            session.edge_id,
+            session.session_id,
+            first.hello.version,
+        )
+        reader = asyncio.create_task(self._read(requests, session), name=f"uplink-read:{session.edge_id}")
+        try:
+            yield svc.CloudMessage(welcome=svc.Welcome(session_id=session.session_id))
+            while True:
+                msg = await self._next_outbound(session, reader)
+                if msg is None:
+                    break
+                yield msg
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                await self._end_with_error(reader.exception(), session, context)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self._sessions.close(session)
+            self.stats.streams_active -= 1
+            log.info("edge %s disconnected (session %s)", session.edge_id, session.session_id)
+
+    async def _next_outbound(
+        self, session: EdgeSession, reader: asyncio.Task[None]
+    ) -> svc.CloudMessage | None:
+        """The next message for the edge; None when the stream should end.
+
+        After the reader finished (the edge half-closed, or an error) the acks already queued
+        are still sent, so that a clean close loses no acknowledgement.
+        """
+        while True:
+            try:
+                return session.outbound.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            if reader.done() or session.closed.is_set():
+                return None
+            getter = asyncio.ensure_future(session.outbound.get())
+            closed = asyncio.ensure_future(session.closed.wait())
+            try:
+                await asyncio.wait({getter, closed, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                return getter.result()
+
+    async def _end_with_error(
+        self,
+        err: BaseException | None,
+        session: EdgeSession,
+        context: aio.ServicerContext[svc.EdgeMessage, svc.CloudMessage],
+    ) -> None:
+        if isinstance(err, ProtocolViolation):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if isinstance(err, BusError | StoreError):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cloud cannot accept events now: {err}")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the cloud's log")
+
+    async def _read(self, requests: AsyncIterator[svc.EdgeMessage], session: EdgeSession) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("kind")
+                if kind == "batch":
+                    ack = await self._accept(session, msg.batch)
+                    # Overflow policy for acks: block (stop reading until the edge drains them).
+                    await session.outbound.put(svc.CloudMessage(ack=ack))
+                elif kind == "command_status":
+                    await self._sessions.report_status(session, msg.command_status)
+                elif kind == "hello":
+                    raise ProtocolViolation("Hello sent twice on one stream")
+                else:
+                    raise ProtocolViolation("empty EdgeMessage")
+        except ProtocolViolation as err:
+            self.stats.protocol_errors += 1
+            log.warning("edge %s: protocol error: %s", session.edge_id, err)
+            raise
+        except (BusError, StoreError) as err:
+            self.stats.publish_failures += 1
+            log.warning(
+                "edge %s: cannot accept events (%s); ending the stream, the edge retries",
+                session.edge_id,
+                err,
+            )
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # task top: count and log; the stream ends with INTERNAL
+            self.stats.stream_failures += 1
+            log.exception("edge %s: stream reader failed", session.edge_id)
+            raise
+
+    async def _accept(self, session: EdgeSession, batch: svc.EventBatchUp) -> svc.BatchAck:
+        """Publish the batch's acceptable events to [decoded]; the ack says what was refused."""
+        if batch.seq <= session.last_seq and session.batches:
+            log.warning(
+                "edge %s: batch seq %d after %d (not increasing)",
+                session.edge_id,
+                batch.seq,
+                session.last_seq,
+            )
+        session.last_seq = batch.seq
+        session.batches += 1
+        self.stats.batches += 1
+
+        by_tenant: dict[str, list[pb.Event]] = {}
+        rejected: dict[str, int] = {}
+        received = now_ms()
+        for ev in batch.events:
+            if not ev.device or not ev.alternate_id:
+                reason = "event without device" if not ev.device else "event without alternate id"
+                rejected[reason] = rejected.get(reason, 0) + 1
+                self.stats.rejected_invalid += 1
+                continue
+            if not ev.received_time_ms:
+                ev.received_time_ms = received
+            by_tenant.setdefault(ev.tenant, []).append(ev)
+
+        for tenant in list(by_tenant):
+            if not tenant or not await self._tenants.exists(tenant):
+                reason = f"unknown tenant {tenant!r}"
+                n = len(by_tenant.pop(tenant))
+                rejected[reason] = rejected.get(reason, 0) + n
+                self.stats.rejected_unknown_tenant += n
+
+        for tenant, events in by_tenant.items():
+            await self._bus.publish(topic_name(tenant, DECODED, self._prefix), messages_by_device(events))
+        for tenant, events in by_tenant.items():
+            self._sessions.learn(session, tenant, {ev.device for ev in events})
+
+        accepted = sum(len(evs) for evs in by_tenant.values())
+        refused = sum(rejected.values())
+        session.events += accepted
+        self.stats.events_accepted += accepted
+        self.stats.events_rejected += refused
+        text = "; ".join(f"{reason}: {n}" for reason, n in rejected.items())
+        if refused:
+            log.warning(
+                "edge %s: batch %d: refused %d events (%s)", session.edge_id, batch.seq, refused, text
+            )
+        return svc.BatchAck(seq=batch.seq, rejected=refused, reason=text)

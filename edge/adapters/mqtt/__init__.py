@@ -1,0 +1,35 @@
+"""The MQTT southbound adapter: devices publish events and receive commands over MQTT.
+
+Two backends behind the :class:`~fieldgate.edge.adapters.Adapter` interface, chosen by
+``mqtt.mode`` at construction:
+
+- ``embedded`` (default): :class:`EmbeddedMqttAdapter` runs the amqtt broker in the agent and
+  takes device messages from it in-process;
+- ``external``: :class:`ExternalMqttAdapter` subscribes to another broker (Mosquitto) with a
+  persistent session and manual acknowledgements.
+
+Both share :class:`~fieldgate.edge.adapters.mqtt.dispatch.Dispatcher` (topic contract, tenant
+check, size limit, codec, hand-over to the sink) and expose their counters as ``.stats``
+(:class:`MqttStats`). A device's QoS 1 message is acknowledged only once its events are
+durable. Topic contract: docs/protocols/mqtt.md; broker operations: docs/operations/mosquitto.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from fieldgate.edge.adapters.mqtt.embedded import EmbeddedMqttAdapter
+from fieldgate.edge.adapters.mqtt.external import ExternalMqttAdapter
+from fieldgate.edge.adapters.mqtt.stats import MqttStats
+from fieldgate.edge.config import MqttConfig
+
+__all__ = ["EmbeddedMqttAdapter", "ExternalMqttAdapter", "MqttStats", "build_mqtt_adapter"]
+
+
+def build_mqtt_adapter(
+    config: MqttConfig, *, tenants: Collection[str]
+) -> EmbeddedMqttAdapter | ExternalMqttAdapter:
+    """The backend ``config.mode`` names, accepting devices of ``tenants`` only."""
+    if config.mode == "embedded":
+        return EmbeddedMqttAdapter(config, tenants=tenants)
+    return ExternalMqttAdapter(config, tenants=tenants)

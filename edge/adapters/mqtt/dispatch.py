@@ -1,0 +1,171 @@
+"""From one MQTT message to durable events: shared by the embedded and the external backend.
+
+``(topic, payload)`` → topic contract (:func:`topics.parse_inbound`) → tenant allowed? → size
+limit → codec (:func:`decoder_for`) → ``await sink.accept(events)``. The caller acknowledges the
+message to its sender (PUBACK) only if the returned :class:`Outcome` says so, i.e. only once
+the events are durable or the payload is kept in the failed-decode lane.
+
+Nothing here knows which transport delivered the message; both backends run
+:meth:`Dispatcher.handle` at the top of a per-message task, and it never raises (except
+cancellation): one bad message cannot break an adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+
+from fieldgate.edge.adapters import EventSink
+from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches
+from fieldgate.edge.adapters.mqtt.stats import MqttStats
+from fieldgate.edge.codec import DecodeContext, EventDecoder, topics
+from fieldgate.edge.codec.formats import decoder_for
+from fieldgate.edge.errors import BufferFull, DecodeError
+from fieldgate.timeutil import now_ms
+
+log = logging.getLogger(__name__)
+
+_FORMATS: tuple[topics.Format, ...] = ("json", "protobuf", "sitewhere")
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"  # events are durable
+    REJECTED = "rejected"  # payload kept in the failed-decode lane (never redelivered: poison)
+    IGNORED = "ignored"  # not a fieldgate topic
+    HELD = "held"  # buffer full (reject_new): leave unacknowledged, the sender keeps it
+    FAILED = "failed"  # the sink failed: leave unacknowledged, the sender sends it again
+
+    @property
+    def acknowledge(self) -> bool:
+        return self in (Outcome.ACCEPTED, Outcome.REJECTED, Outcome.IGNORED)
+
+
+class _Throttle:
+    """Log a recurring condition at most once per ``interval_s``, with how often it recurred."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval = interval_s
+        self._next = 0.0
+        self._suppressed = 0
+
+    def ready(self) -> int | None:
+        """None if suppressed, else how many occurrences were suppressed since the last log."""
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self._interval
+        count, self._suppressed = self._suppressed, 0
+        return count
+
+
+class Dispatcher:
+    """Decodes and hands over one message; counts every outcome in ``stats``."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        tenants: Collection[str],
+        max_payload_bytes: int,
+        sitewhere_compat: bool,
+        stats: MqttStats,
+        devices: DeviceRegistry,
+        decoders: Mapping[topics.Format, EventDecoder] | None = None,
+        on_new_device: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._tenants = frozenset(tenants)
+        self._max_payload = max_payload_bytes
+        self._sitewhere = sitewhere_compat
+        self._stats = stats
+        self._devices = devices
+        self._on_new_device = on_new_device
+        self._decoders = dict(decoders) if decoders is not None else {f: decoder_for(f) for f in _FORMATS}
+        self._held_log = _Throttle()
+        self._failed_log = _Throttle()
+
+    def wants(self, topic: str) -> bool:
+        """True for topics this dispatcher handles (the embedded broker relays the others only)."""
+        if topic.startswith(topics.ROOT + "/"):
+            return any(filter_matches(f, topic) for f in (topics.EVENTS_FILTER, topics.EVENTS_PB_FILTER))
+        return self._sitewhere and filter_matches(topics.SITEWHERE_FILTER, topic)
+
+    async def handle(self, topic: str, payload: bytes) -> Outcome:
+        """Process one message. Never raises except :class:`asyncio.CancelledError`."""
+        try:
+            return await self._dispatch(topic, payload)
+        except BufferFull:
+            self._stats.messages_held += 1
+            suppressed = self._held_log.ready()
+            if suppressed is not None:
+                log.warning(
+                    "buffer full: message on %s not acknowledged; its sender keeps it and sends it "
+                    "again after reconnecting (%d more since the last report)",
+                    topic,
+                    suppressed,
+                )
+            return Outcome.HELD
+        except Exception:
+            # The top of a per-message task: count, report and leave the message unacknowledged.
+            self._stats.messages_failed += 1
+            suppressed = self._failed_log.ready()
+            if suppressed is not None:
+                log.exception(
+                    "could not hand over message on %s; left unacknowledged (%d more since the last report)",
+                    topic,
+                    suppressed,
+                )
+            return Outcome.FAILED
+
+    async def _dispatch(self, topic: str, payload: bytes) -> Outcome:
+        inbound = topics.parse_inbound(topic)
+        if inbound is None or (inbound.format == "sitewhere" and not self._sitewhere):
+            if self.wants(topic):
+                # Structurally one of ours, but a level is not a valid tenant/device token.
+                reason = f"invalid tenant or device in topic {topic!r}"
+                return await self._reject("topic", payload, topic, "", reason)
+            self._stats.messages_ignored += 1
+            return Outcome.IGNORED
+        tenant = inbound.tenant
+        if tenant not in self._tenants:
+            return await self._reject("tenant", payload, topic, tenant, f"unknown tenant {tenant!r}")
+        size = len(payload)
+        if size > self._max_payload:
+            return await self._reject(
+                "oversize",
+                payload[: self._max_payload],
+                topic,
+                tenant,
+                f"payload of {size} bytes exceeds max_payload_bytes={self._max_payload} "
+                f"(first {self._max_payload} bytes kept)",
+            )
+        ctx = DecodeContext(tenant=tenant, device=inbound.device, received_ms=now_ms())
+        try:
+            events = self._decoders[inbound.format](payload, ctx)
+        except DecodeError as err:
+            return await self._reject("decode", payload, topic, tenant, err.reason)
+        except Exception as err:
+            # A codec bug must not turn this payload into a poison message redelivered forever.
+            log.exception("decoder for %s failed on a message on %s", inbound.format, topic)
+            reason = f"decoder error: {type(err).__name__}"
+            return await self._reject("decode", payload, topic, tenant, reason)
+        if events:
+            await self._sink.accept(events, source=topic)
+            last: tuple[str, str] | None = None
+            for event in events:
+                key = (event.tenant, event.device)
+                if key != last:
+                    if self._devices.add(*key) and self._on_new_device is not None:
+                        self._on_new_device(*key)
+                    last = key
+        self._stats.messages_accepted += 1
+        self._stats.events_accepted += len(events)
+        return Outcome.ACCEPTED
+
+    async def _reject(self, kind: str, payload: bytes, topic: str, tenant: str, reason: str) -> Outcome:
+        await self._sink.reject(payload, source=topic, reason=reason, tenant=tenant)
+        self._stats.count_rejected(kind)
+        return Outcome.REJECTED

@@ -1,0 +1,217 @@
+"""The MQTT adapter with the broker inside: amqtt runs in the agent's event loop.
+
+Devices connect to the agent itself (127.0.0.1:1883 by default). Their messages are taken from
+amqtt's protocol handler in-process (see :mod:`amqtt_hooks`) — no second MQTT client hop — and a
+QoS 1 message is acknowledged only after ``sink.accept`` returned, i.e. once its events are
+durable. The broker still relays every message to other subscribers, so ``mosquitto_sub``
+watching ``fieldgate/#`` sees device traffic as with any broker.
+
+Authentication: none. Any client may connect (amqtt's ``AnonymousAuthPlugin`` with
+``allow_anonymous``), which is why the listener binds to 127.0.0.1 by default. Devices on other
+hosts need ``mqtt.host`` set to a trusted interface, or the external mode with Mosquitto and
+its authentication (docs/operations/mosquitto.md).
+
+Online: a device is online while a connected client holds a subscription matching its commands
+topic (``fieldgate/<tenant>/devices/<device>/commands``; wildcard filters count, so a monitor
+subscribed to ``#`` makes every device look reachable and receives their commands). When such a
+subscription appears, ``on_online`` is called so the command router can flush what waited.
+Anonymous sessions are not kept after a disconnect, so the broker never queues commands for
+offline devices: they wait on disk in the router until the device subscribes again.
+
+Commands are written straight to each matching subscriber's connection with QoS 1 and
+``send_command`` returns once a subscriber acknowledged (PUBACK), so "delivered" means the
+device's MQTT client has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from amqtt.errors import BrokerError
+
+from fieldgate.edge.adapters import EventSink, OnlineCallback
+from fieldgate.edge.adapters.mqtt.amqtt_hooks import IngestBroker, broker_config, check_amqtt_compatible
+from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher
+from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches, is_wildcard
+from fieldgate.edge.adapters.mqtt.stats import MqttStats
+from fieldgate.edge.codec import topics
+from fieldgate.edge.codec.commands import encode_command_json
+from fieldgate.edge.config import MqttConfig
+from fieldgate.edge.errors import DeliveryError, EdgeError
+from fieldgate.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# amqtt logs every connection at INFO and its state machine library is chattier still.
+_QUIET_LOGGERS = ("amqtt", "transitions")
+# A command not acknowledged by the device's client within this time counts as not delivered.
+COMMAND_ACK_TIMEOUT_S = 10.0
+
+
+def _quiet_amqtt_logging() -> None:
+    """Raise amqtt's loggers to WARNING unless the user configured them explicitly."""
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+class EmbeddedMqttAdapter:
+    """Adapter backend running the amqtt broker in-process."""
+
+    name = "mqtt-embedded"
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        tenants: Collection[str],
+        max_inflight_per_connection: int = 1000,
+        max_known_devices: int = 100_000,
+    ) -> None:
+        self._config = config
+        self._tenants = frozenset(tenants)
+        self._max_inflight = max_inflight_per_connection
+        self.stats = MqttStats()
+        self.devices = DeviceRegistry(max_known_devices)
+        self._broker: IngestBroker | None = None
+        self._on_online: OnlineCallback | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._config.host, self._config.port
+
+    async def start(self, sink: EventSink, on_online: OnlineCallback) -> None:
+        if self._broker is not None:
+            return
+        check_amqtt_compatible()
+        _quiet_amqtt_logging()
+        if self._config.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "embedded MQTT broker listens on %s without authentication: any client that can "
+                "reach it can publish events and read commands",
+                self._config.host,
+            )
+        self._on_online = on_online
+        dispatcher = Dispatcher(
+            sink,
+            tenants=self._tenants,
+            max_payload_bytes=self._config.max_payload_bytes,
+            sitewhere_compat=self._config.sitewhere_compat,
+            stats=self.stats,
+            devices=self.devices,
+        )
+        broker = IngestBroker(
+            broker_config(self._config.host, self._config.port),
+            dispatcher=dispatcher,
+            stats=self.stats,
+            max_inflight=self._max_inflight,
+        )
+        broker.presence_plugin().listener = self
+        try:
+            await broker.start()
+        except BrokerError as err:
+            raise EdgeError(
+                f"embedded MQTT broker cannot listen on {self._config.host}:{self._config.port}: {err}"
+            ) from err
+        self._broker = broker
+        log.info("embedded MQTT broker listening on %s:%d", self._config.host, self._config.port)
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        broker.presence_plugin().listener = None
+        await broker.shutdown()
+
+    def owns(self, tenant: str, device: str) -> bool:
+        return (tenant, device) in self.devices or self.is_online(tenant, device)
+
+    def is_online(self, tenant: str, device: str) -> bool:
+        return bool(self._subscribers(topics.commands_topic(tenant, device)))
+
+    async def send_command(self, tenant: str, device: str, invocation: pb.CommandInvocation) -> None:
+        topic = topics.commands_topic(tenant, device)
+        payload = encode_command_json(invocation)
+        targets = self._subscribers(topic)
+        if not targets:
+            self.stats.commands_failed += 1
+            raise DeliveryError(f"device {tenant}/{device} is offline: no client subscribes to {topic}")
+        results = await asyncio.gather(
+            *(self._publish(handler, topic, payload, qos) for handler, qos in targets.values()),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if len(errors) == len(results):
+            self.stats.commands_failed += 1
+            raise DeliveryError(f"command to {tenant}/{device} not acknowledged: {errors[0]!r}")
+        self.stats.commands_sent += 1
+
+    @staticmethod
+    async def _publish(handler: Any, topic: str, payload: bytes, qos: int) -> None:
+        async with asyncio.timeout(COMMAND_ACK_TIMEOUT_S):
+            await handler.mqtt_publish(topic, payload, qos, retain=False)
+
+    def _subscribers(self, topic: str) -> dict[str, tuple[Any, int]]:
+        """Connected clients subscribed to ``topic``: client id → (protocol handler, QoS ≤ 1)."""
+        broker = self._broker
+        found: dict[str, tuple[Any, int]] = {}
+        if broker is None:
+            return found
+        sessions = broker.sessions
+        for topic_filter, subscriptions in broker.subscriptions.items():
+            if not filter_matches(topic_filter, topic):
+                continue
+            for session, qos in subscriptions:
+                client_id = session.client_id
+                entry = sessions.get(client_id)
+                if entry is None or not session.transitions.is_connected():
+                    continue
+                level = min(1, max(qos, found[client_id][1] if client_id in found else 0))
+                found[client_id] = (entry[1], level)
+        return found
+
+    # PresenceListener -------------------------------------------------------------------
+
+    async def client_subscribed(self, client_id: str, topic_filter: str) -> None:
+        await self._announce(topic_filter)
+
+    async def client_connected(self, client_id: str) -> None:
+        # A persistent session may come back with its subscriptions and send no SUBSCRIBE.
+        broker = self._broker
+        if broker is None:
+            return
+        for topic_filter, subscriptions in list(broker.subscriptions.items()):
+            if any(session.client_id == client_id for session, _ in subscriptions):
+                await self._announce(topic_filter)
+
+    async def _announce(self, topic_filter: str) -> None:
+        """Call on_online for every device whose commands topic ``topic_filter`` matches."""
+        if is_wildcard(topic_filter):
+            candidates = [
+                (tenant, device)
+                for tenant, device in self.devices
+                if filter_matches(topic_filter, topics.commands_topic(tenant, device))
+            ]
+        else:
+            parsed = topics.parse_commands_topic(topic_filter)
+            valid = parsed is not None and parsed[0] in self._tenants and topics.TOKEN_RE.match(parsed[1])
+            candidates = [parsed] if parsed is not None and valid else []
+            for tenant, device in candidates:
+                self.devices.add(tenant, device)
+        for tenant, device in candidates:
+            await self._notify_online(tenant, device)
+
+    async def _notify_online(self, tenant: str, device: str) -> None:
+        callback = self._on_online
+        if callback is None:
+            return
+        try:
+            await callback(tenant, device)
+        except Exception:
+            # Runs in an amqtt plugin task whose errors amqtt would swallow: report them here.
+            self.stats.online_callback_errors += 1
+            log.exception("on_online(%s, %s) failed", tenant, device)

@@ -1,0 +1,390 @@
+"""The edge agent's uplink: one bidirectional gRPC stream to the cloud (EdgeUplink.Connect).
+
+Why it is shaped like this:
+
+- **The buffer is the outbox.** The uplink holds no events of its own. Each session starts
+  reading the buffer from its beginning, so everything that was not acknowledged by the cloud
+  (sent in a session that broke, or never sent) is sent again; the cloud de-duplicates on the
+  alternate id. Events leave the buffer only on ``BatchAck``.
+- **Batches, pre-encoded.** Events are stored serialized; a batch message is assembled from
+  those bytes (:func:`encode_batch`) instead of parsing and re-serializing every event.
+  A batch holds up to ``batch_max_events`` (and at most :data:`MAX_BATCH_BYTES`); when fewer
+  are waiting the uplink waits up to ``batch_max_delay_ms`` for it to fill.
+- **Backpressure.** At most ``max_inflight_batches`` are unacknowledged; beyond that the
+  sender waits for acks (the buffer absorbs the difference, under its own bound).
+- **Reconnect policy.** On any stream failure the uplink waits a capped exponential backoff
+  with jitter (:func:`backoff_delay`) and reconnects on a fresh channel, logging and counting
+  every attempt. The backoff starts over after a session that lived a while.
+- **Command statuses survive outages.** :meth:`Uplink.send_status` writes a status if a
+  session is up; the :class:`StatusOutbox` (the command router's table) keeps every status
+  until it is *confirmed*. A status counts as confirmed once the cloud acknowledges a batch
+  sent after it on the same stream (a stream is ordered, so the cloud has read the status).
+  Unconfirmed statuses are sent again at the start of every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+import grpc.aio
+
+from fieldgate import __version__
+from fieldgate.edge.buffer import EventBuffer
+from fieldgate.edge.config import UplinkConfig
+from fieldgate.edge.errors import EdgeError, UplinkError
+from fieldgate.v1 import services_pb2 as svc
+
+log = logging.getLogger(__name__)
+
+CONNECT_METHOD = "/fieldgate.v1.EdgeUplink/Connect"
+# Stay below gRPC's default 4 MiB receive limit on the cloud side.
+MAX_BATCH_BYTES = 3 * 1024 * 1024
+WELCOME_TIMEOUT_S = 10.0
+# A session that lived at least this long resets the backoff to its initial delay.
+HEALTHY_SESSION_S = 1.0
+# Statuses written on a stream and waiting for a later BatchAck to confirm them. Past this
+# the oldest are forgotten here; they stay unconfirmed in the outbox and are resent later.
+MAX_UNCONFIRMED_TRACKED = 10_000
+
+OnCommand = Callable[[svc.CommandDown], Awaitable[None]]
+
+
+class StatusOutbox(Protocol):
+    """Durable store of command statuses that the cloud may not have seen yet."""
+
+    async def unconfirmed_statuses(self) -> list[svc.CommandStatusUpdate]:
+        """Latest status of every invocation whose status is not confirmed, oldest first."""
+
+    async def confirm_statuses(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Mark ``(invocation, status)`` pairs as seen by the cloud."""
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    connected: bool = False
+    sessions: int = 0  # streams that got a Welcome
+    reconnects: int = 0  # backoff waits after a failed or lost stream
+    batches_sent: int = 0
+    events_sent: int = 0
+    batches_acked: int = 0
+    events_acked: int = 0
+    events_refused: int = 0  # the cloud acknowledged but refused them permanently (BatchAck.rejected)
+    commands_received: int = 0
+    command_errors: int = 0
+    statuses_sent: int = 0
+    last_backoff_s: float = 0.0
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Capped exponential backoff with "equal jitter": a random delay in [cap/2, cap].
+
+    ``cap = min(max_s, initial_s * 2**attempt)``; the random half keeps many edges that lost
+    the cloud at the same moment from reconnecting in lockstep.
+    """
+    cap = min(max_s, initial_s * 2.0 ** min(attempt, 64))
+    return cap / 2 + rng.uniform(0.0, cap / 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_batch(seq: int, events: Sequence[bytes]) -> bytes:
+    """The wire bytes of ``EdgeMessage{batch: EventBatchUp{seq, events}}`` from serialized events.
+
+    Protobuf's encoding of a repeated message field is the concatenation of
+    ``tag, length, bytes`` per element, so already-serialized events are framed, not re-encoded.
+    """
+    parts = [b"\x08", _varint(seq)]  # EventBatchUp.seq (field 1, varint)
+    for data in events:
+        parts += (b"\x12", _varint(len(data)), data)  # EventBatchUp.events (field 2)
+    inner = b"".join(parts)
+    return b"\x12" + _varint(len(inner)) + inner  # EdgeMessage.batch (field 2)
+
+
+def _serialize(message: svc.EdgeMessage | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+@dataclass(slots=True)
+class _Session:
+    call: grpc.aio.StreamStreamCall[svc.EdgeMessage | bytes, svc.CloudMessage]
+    slots: asyncio.Semaphore
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_seq: int = 1
+    # seq -> (first buffer seq, last buffer seq, event count)
+    inflight: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # (first batch seq that confirms it, invocation, status)
+    unconfirmed: list[tuple[int, str, int]] = field(default_factory=list)
+
+
+class Uplink:
+    """Streams the buffer to the cloud and passes commands down; see the module docstring.
+
+    Lifecycle: ``await start()`` … ``await stop()`` (idempotent). ``on_command`` is awaited
+    for every CommandDown; ``outbox`` (optional) makes command statuses survive outages.
+    """
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        edge_id: str,
+        buffer: EventBuffer,
+        on_command: OnCommand,
+        *,
+        outbox: StatusOutbox | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._edge_id = edge_id
+        self._buffer = buffer
+        self._on_command = on_command
+        self._outbox = outbox
+        self._rng = rng or random.Random()
+        self.stats = UplinkStats()
+        self._task: asyncio.Task[None] | None = None
+        self._session: _Session | None = None
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._welcomed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=f"uplink-{self._edge_id}")
+
+    async def stop(self) -> None:
+        """Close the stream; unacknowledged events stay in the buffer for the next start."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait_connected(self, max_wait_s: float | None = None) -> bool:
+        """Wait until a session is up; False on timeout (for tests and start-up checks)."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), max_wait_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def send_status(self, update: svc.CommandStatusUpdate) -> None:
+        """Send a command status now if connected. Never raises: without a session (or if the
+        write fails) the outbox still holds it and it is sent again after reconnecting."""
+        session = self._session
+        if session is None:
+            return
+        try:
+            async with session.write_lock:
+                await session.call.write(svc.EdgeMessage(command_status=update))
+                session.unconfirmed.append((session.next_seq, update.invocation, update.status))
+                if len(session.unconfirmed) > MAX_UNCONFIRMED_TRACKED:
+                    del session.unconfirmed[0]
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as err:
+            log.debug(
+                "status %s for %s not sent now (%s); resent after reconnect",
+                update.status,
+                update.invocation,
+                err,
+            )
+            return
+        self.stats.statuses_sent += 1
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        target = self._config.target
+        while not self._stopping:
+            started = loop.time()
+            self._welcomed = False
+            reason = "stream ended"
+            try:
+                await self._connect_once()
+            except (grpc.aio.AioRpcError, EdgeError) as err:
+                reason = _describe(err)
+            except Exception as err:  # task top: the uplink must outlive any bug
+                log.exception("uplink session to %s crashed", target)
+                reason = f"crashed: {err!r}"
+            if self._stopping:
+                break
+            if self._welcomed and loop.time() - started >= HEALTHY_SESSION_S:
+                attempt = 0
+            delay = backoff_delay(
+                attempt, self._config.backoff_initial_s, self._config.backoff_max_s, self._rng
+            )
+            attempt += 1
+            self.stats.reconnects += 1
+            self.stats.last_backoff_s = delay
+            # The first failure is a warning; further attempts during the same outage are info.
+            log.log(
+                logging.WARNING if self._welcomed or attempt == 1 else logging.INFO,
+                "uplink to %s %s: %s; reconnecting in %.2fs (attempt %d, %d events buffered)",
+                target,
+                "lost" if self._welcomed else "failed",
+                reason,
+                delay,
+                attempt,
+                self._buffer.depth,
+            )
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> None:
+        """Run one session until it fails (it always ends by raising)."""
+        # A fresh channel per session: a channel that saw the cloud go away applies gRPC's own
+        # reconnect backoff (up to 2 minutes), which would override ours.
+        channel = grpc.aio.insecure_channel(self._config.target)
+        try:
+            connect = channel.stream_stream(CONNECT_METHOD, _serialize, svc.CloudMessage.FromString)
+            call: grpc.aio.StreamStreamCall[svc.EdgeMessage | bytes, svc.CloudMessage] = connect(None)
+            await call.write(svc.EdgeMessage(hello=svc.Hello(edge_id=self._edge_id, version=__version__)))
+            try:
+                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+            except TimeoutError as err:
+                raise UplinkError(f"no Welcome within {WELCOME_TIMEOUT_S:.0f}s") from err
+            if not isinstance(first, svc.CloudMessage) or first.WhichOneof("kind") != "welcome":
+                raise UplinkError(f"expected Welcome, got {_kind(first)}")
+            self._welcomed = True
+            session = _Session(call, asyncio.Semaphore(self._config.max_inflight_batches))
+            self._session = session
+            self.stats.connected = True
+            self.stats.sessions += 1
+            self._connected.set()
+            log.info(
+                "uplink connected to %s (session %s, %d events buffered)",
+                self._config.target,
+                first.welcome.session_id,
+                self._buffer.depth,
+            )
+            if self._outbox is not None:
+                for update in await self._outbox.unconfirmed_statuses():
+                    await self.send_status(update)
+            await self._pump(session)
+        finally:
+            self._session = None
+            self.stats.connected = False
+            self._connected.clear()
+            await channel.close(grace=None)
+
+    async def _pump(self, session: _Session) -> None:
+        sender = asyncio.create_task(self._send_loop(session), name="uplink-send")
+        receiver = asyncio.create_task(self._receive_loop(session), name="uplink-receive")
+        try:
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the failure
+            raise UplinkError("uplink stream ended")
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+
+    async def _send_loop(self, session: _Session) -> None:
+        cfg = self._config
+        buffer = self._buffer
+        cursor = 0  # every session starts over: whatever is still buffered is unacknowledged
+        delay = cfg.batch_max_delay_ms / 1000.0
+        while True:
+            await session.slots.acquire()
+            seen = buffer.last_seq
+            rows = await buffer.read_after(cursor, cfg.batch_max_events)
+            if not rows:
+                session.slots.release()
+                cursor = max(cursor, seen)
+                await buffer.wait_for_data(cursor)
+                continue
+            if len(rows) < cfg.batch_max_events and delay > 0:
+                # Give the batch a moment to fill (new seqs are contiguous).
+                missing = cfg.batch_max_events - len(rows)
+                await buffer.wait_for_data(rows[-1][0] + missing - 1, max_wait_s=delay)
+                rows += await buffer.read_after(rows[-1][0], missing)
+            payloads: list[bytes] = []
+            size = 0
+            for _, data in rows:
+                if payloads and size + len(data) > MAX_BATCH_BYTES:
+                    break
+                payloads.append(data)
+                size += len(data) + 6
+            first, last = rows[0][0], rows[len(payloads) - 1][0]
+            async with session.write_lock:
+                seq = session.next_seq
+                session.next_seq += 1
+                session.inflight[seq] = (first, last, len(payloads))
+                await session.call.write(encode_batch(seq, payloads))
+            cursor = last
+            self.stats.batches_sent += 1
+            self.stats.events_sent += len(payloads)
+
+    async def _receive_loop(self, session: _Session) -> None:
+        while True:
+            message = await session.call.read()
+            if not isinstance(message, svc.CloudMessage):
+                raise UplinkError("cloud closed the stream")
+            kind = message.WhichOneof("kind")
+            if kind == "ack":
+                await self._handle_ack(session, message.ack)
+            elif kind == "command":
+                self.stats.commands_received += 1
+                try:
+                    await self._on_command(message.command)
+                except EdgeError as err:
+                    self.stats.command_errors += 1
+                    log.error(
+                        "command %s for %s/%s not taken: %s",
+                        message.command.invocation.invocation,
+                        message.command.tenant,
+                        message.command.device,
+                        err,
+                    )
+            else:
+                log.debug("uplink ignoring unexpected %s", kind)
+
+    async def _handle_ack(self, session: _Session, ack: svc.BatchAck) -> None:
+        entry = session.inflight.pop(ack.seq, None)
+        if entry is None:
+            log.debug("uplink: ack for unknown batch %d", ack.seq)
+            return
+        first, last, count = entry
+        await self._buffer.ack(first, last)
+        session.slots.release()
+        self.stats.batches_acked += 1
+        self.stats.events_acked += count
+        if ack.rejected:
+            self.stats.events_refused += ack.rejected
+            log.warning("cloud refused %d events of batch %d: %s", ack.rejected, ack.seq, ack.reason)
+        if session.unconfirmed and self._outbox is not None:
+            confirmed = [(inv, st) for threshold, inv, st in session.unconfirmed if threshold <= ack.seq]
+            if confirmed:
+                session.unconfirmed = [u for u in session.unconfirmed if u[0] > ack.seq]
+                await self._outbox.confirm_statuses(confirmed)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    return str(err) or type(err).__name__
+
+
+def _kind(message: object) -> str:
+    if isinstance(message, svc.CloudMessage):
+        return message.WhichOneof("kind") or "empty message"
+    return "end of stream"

@@ -1,0 +1,107 @@
+"""A real cloud API stack for tests: SQLite stores, the embedded bus and the REST app, in tmp_path.
+
+Nothing is mocked: the stores, the bus and the FastAPI app are the production classes, and the
+HTTP client talks to the app through ``httpx.ASGITransport`` (the same ASGI calls uvicorn makes).
+Two tenants exist, each with a user: ``admin`` in ``default`` and ``bob`` in ``beta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from fieldgate.cloud.api.app import create_api
+from fieldgate.cloud.api.users import SqliteUsers
+from fieldgate.cloud.bus.embedded import EmbeddedBus
+from fieldgate.cloud.config import AuthConfig
+from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.store.sqlite_events import SqliteEventStore
+from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.v1 import model_pb2 as model
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+USERS = {"admin": ("admin-pw", "default"), "bob": ("bob-pw", "beta")}
+TENANTS = ("default", "beta")
+
+# A device type with one command of every parameter type.
+THERMOSTAT: dict[str, Any] = {
+    "token": "thermostat",
+    "name": "Thermostat",
+    "description": "test device type",
+    "commands": [
+        {"name": "ping", "description": "are you there", "params": []},
+        {
+            "name": "configure",
+            "params": [
+                {"name": "seconds", "type": "int", "required": True},
+                {"name": "target", "type": "float", "required": False},
+                {"name": "label", "type": "string", "required": False},
+                {"name": "enabled", "type": "bool", "required": False},
+            ],
+        },
+    ],
+}
+
+
+@dataclass
+class ApiStack:
+    registry: SqliteRegistry
+    invocations: SqliteInvocationStore
+    event_store: SqliteEventStore
+    bus: EmbeddedBus
+    commands: CommandService
+    users: SqliteUsers
+    app: FastAPI
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://fieldgate.test"
+        )
+
+
+async def login(client: httpx.AsyncClient, user: str) -> dict[str, str]:
+    """Bearer headers for ``user`` (one of :data:`USERS`)."""
+    password, _ = USERS[user]
+    r = await client.post("/api/v1/auth/token", data={"username": user, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@asynccontextmanager
+async def api_stack(tmp_path: Path, *, token_ttl_s: int = 3600) -> AsyncIterator[ApiStack]:
+    registry = SqliteRegistry(tmp_path / "registry")
+    invocations = SqliteInvocationStore(tmp_path / "registry")
+    event_store = SqliteEventStore(tmp_path / "events")
+    bus = EmbeddedBus(tmp_path / "bus.db")
+    users = SqliteUsers(tmp_path / "users.db")
+    started: list[Any] = []
+    try:
+        for part in (bus, registry, invocations, event_store, users):
+            await part.start()
+            started.append(part)
+        for tenant in TENANTS:
+            await registry.ensure_tenant(
+                model.Tenant(token=tenant, name=tenant, auto_register=True, default_device_type="default")
+            )
+        for name, (password, tenant) in USERS.items():
+            await users.set_password(name, password, tenant=tenant)
+        commands = CommandService(registry, invocations, bus, default_ttl_s=3600)
+        app = create_api(
+            registry=registry,
+            event_store=event_store,
+            invocations=invocations,
+            commands=commands,
+            users=users,
+            auth=AuthConfig(token_ttl_s=token_ttl_s),
+            secret=SECRET,
+        )
+        yield ApiStack(registry, invocations, event_store, bus, commands, users, app)
+    finally:
+        for part in reversed(started):
+            await part.stop()

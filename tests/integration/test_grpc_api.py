@@ -1,0 +1,202 @@
+"""The gRPC management APIs on a real grpc.aio server (127.0.0.1, port 0) over real stores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fieldgate.cloud.grpc_api import add_grpc_api
+from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import model_pb2 as model
+from fieldgate.v1 import services_pb2 as svc
+from fieldgate.v1 import services_pb2_grpc as svc_grpc
+from tests.helpers.api_stack import ApiStack, api_stack
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_714_564_800_000
+
+THERMOSTAT = model.DeviceType(
+    token="thermostat",
+    name="Thermostat",
+    commands=[
+        model.DeviceCommand(name="ping"),
+        model.DeviceCommand(
+            name="set-interval",
+            params=[model.CommandParam(name="seconds", type=model.PARAM_TYPE_INT, required=True)],
+        ),
+    ],
+)
+
+
+@dataclass
+class Clients:
+    stack: ApiStack
+    devices: svc_grpc.DeviceManagementAsyncStub
+    events: svc_grpc.EventQueriesAsyncStub
+    commands: svc_grpc.CommandInvocationsAsyncStub
+
+
+@pytest.fixture
+async def grpc_api(tmp_path: Path) -> AsyncIterator[Clients]:
+    async with api_stack(tmp_path) as stack:
+        server = grpc.aio.server()
+        add_grpc_api(
+            server,
+            registry=stack.registry,
+            event_store=stack.event_store,
+            invocations=stack.invocations,
+            commands=stack.commands,
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                yield Clients(
+                    stack,
+                    svc_grpc.DeviceManagementStub(channel),
+                    svc_grpc.EventQueriesStub(channel),
+                    svc_grpc.CommandInvocationsStub(channel),
+                )
+        finally:
+            await server.stop(grace=None)
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value.code()
+
+
+async def _setup(c: Clients, tenant: str = "default", device: str = "d-1") -> None:
+    await c.devices.CreateDeviceType(svc.CreateDeviceTypeRequest(tenant=tenant, device_type=THERMOSTAT))
+    await c.devices.CreateDevice(
+        svc.CreateDeviceRequest(device=model.Device(token=device, tenant=tenant, device_type="thermostat"))
+    )
+
+
+async def test_device_management_round_trip_and_status_codes(grpc_api: Clients) -> None:
+    c = grpc_api
+    await _setup(c)
+    types = await c.devices.ListDeviceTypes(svc.ListDeviceTypesRequest(tenant="default"))
+    assert types.total == 1 and types.device_types[0] == THERMOSTAT
+
+    dev = await c.devices.GetDevice(svc.GetDeviceRequest(tenant="default", token="d-1"))
+    assert dev.device_type == "thermostat" and dev.tenant == "default" and dev.created_ms > 0
+    for i in range(2, 6):
+        await c.devices.CreateDevice(
+            svc.CreateDeviceRequest(
+                device=model.Device(token=f"d-{i}", tenant="default", device_type="thermostat")
+            )
+        )
+    page = await c.devices.ListDevices(
+        svc.ListDevicesRequest(tenant="default", page=svc.PageRequest(page=2, page_size=2))
+    )
+    assert page.total == 5 and len(page.devices) == 2
+
+    a = await c.devices.CreateAssignment(
+        svc.CreateAssignmentRequest(
+            assignment=model.Assignment(tenant="default", device="d-1", customer="acme")
+        )
+    )
+    assert a.token and a.status == model.ASSIGNMENT_STATUS_ACTIVE
+    listed = await c.devices.ListAssignments(svc.ListAssignmentsRequest(tenant="default", device="d-1"))
+    assert [x.token for x in listed.assignments] == [a.token]
+    released = await c.devices.ReleaseAssignment(
+        svc.ReleaseAssignmentRequest(tenant="default", token=a.token)
+    )
+    assert released.status == model.ASSIGNMENT_STATUS_RELEASED
+
+    dup = svc.CreateDeviceTypeRequest(tenant="default", device_type=THERMOSTAT)
+    assert await _code(c.devices.CreateDeviceType(dup)) == grpc.StatusCode.ALREADY_EXISTS
+    missing = svc.GetDeviceRequest(tenant="default", token="ghost")
+    assert await _code(c.devices.GetDevice(missing)) == grpc.StatusCode.NOT_FOUND
+    bad_type = svc.CreateDeviceRequest(device=model.Device(token="d-9", tenant="default", device_type="nope"))
+    assert await _code(c.devices.CreateDevice(bad_type)) == grpc.StatusCode.INVALID_ARGUMENT
+    untyped = model.DeviceType(
+        token="t2", commands=[model.DeviceCommand(name="x", params=[model.CommandParam(name="p")])]
+    )
+    req = svc.CreateDeviceTypeRequest(tenant="default", device_type=untyped)
+    assert await _code(c.devices.CreateDeviceType(req)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _code(c.devices.ListDevices(svc.ListDevicesRequest())) == grpc.StatusCode.INVALID_ARGUMENT
+    other = svc.ListDevicesRequest(tenant="no-such-tenant")
+    assert await _code(c.devices.ListDevices(other)) == grpc.StatusCode.NOT_FOUND
+    traversal = svc.ListDevicesRequest(tenant="../../etc")
+    assert await _code(c.devices.ListDevices(traversal)) == grpc.StatusCode.NOT_FOUND
+    huge = svc.ListDevicesRequest(tenant="default", page=svc.PageRequest(page_size=5000))
+    assert await _code(c.devices.ListDevices(huge)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await c.devices.ListDevices(svc.ListDevicesRequest(tenant="beta"))).total == 0
+
+
+async def test_event_queries_filter_and_page(grpc_api: Clients) -> None:
+    c = grpc_api
+    await _setup(c)
+    events = [
+        pb.Event(
+            tenant="default",
+            device="d-1",
+            alternate_id=f"m{i}",
+            event_time_ms=T0 + i,
+            measurement=pb.Measurement(values={"v": float(i)}),
+        )
+        for i in range(20)
+    ]
+    events.append(
+        pb.Event(tenant="default", device="d-1", alternate_id="a", event_time_ms=T0 + 100, alert=pb.Alert())
+    )
+    await c.stack.event_store.add("default", events)
+
+    everything = await c.events.ListDeviceEvents(svc.ListDeviceEventsRequest(tenant="default", device="d-1"))
+    assert everything.total == 21 and everything.events[0].alternate_id == "a"
+    window = await c.events.ListDeviceEvents(
+        svc.ListDeviceEventsRequest(
+            tenant="default",
+            device="d-1",
+            type=svc.EVENT_TYPE_MEASUREMENT,
+            since_ms=T0 + 5,
+            until_ms=T0 + 14,
+            page=svc.PageRequest(page=2, page_size=4),
+        )
+    )
+    assert window.total == 10 and [e.alternate_id for e in window.events] == ["m10", "m9", "m8", "m7"]
+    missing = svc.ListDeviceEventsRequest(tenant="default", device="ghost")
+    assert await _code(c.events.ListDeviceEvents(missing)) == grpc.StatusCode.NOT_FOUND
+    bad = svc.ListDeviceEventsRequest(tenant="default", device="d-1", type=99)  # type: ignore[arg-type]
+    assert await _code(c.events.ListDeviceEvents(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_command_invocations(grpc_api: Clients) -> None:
+    c = grpc_api
+    await _setup(c)
+    inv = await c.commands.Invoke(
+        svc.InvokeCommandRequest(
+            tenant="default", device="d-1", command="set-interval", params_json='{"seconds": 5}', ttl_s=30
+        )
+    )
+    assert inv.status == svc.COMMAND_STATUS_QUEUED and json.loads(inv.params_json) == {"seconds": 5}
+    assert inv.expires_ms - inv.created_ms == 30_000
+    got = await c.commands.GetInvocation(svc.GetInvocationRequest(tenant="default", id=inv.id))
+    assert got == inv
+    ping = await c.commands.Invoke(svc.InvokeCommandRequest(tenant="default", device="d-1", command="ping"))
+    assert ping.expires_ms - ping.created_ms == 3600_000  # the default ttl
+
+    for bad in (
+        svc.InvokeCommandRequest(
+            tenant="default", device="d-1", command="set-interval", params_json='{"seconds": "5"}'
+        ),
+        svc.InvokeCommandRequest(tenant="default", device="d-1", command="set-interval", params_json="{"),
+        svc.InvokeCommandRequest(tenant="default", device="d-1", command="set-interval", params_json="[5]"),
+        svc.InvokeCommandRequest(tenant="default", device="d-1", command="reboot"),
+        svc.InvokeCommandRequest(tenant="default", device="d-1", command="ping", ttl_s=10**6),
+    ):
+        assert await _code(c.commands.Invoke(bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad
+    ghost = svc.InvokeCommandRequest(tenant="default", device="ghost", command="ping")
+    assert await _code(c.commands.Invoke(ghost)) == grpc.StatusCode.NOT_FOUND
+    # another tenant cannot read it
+    other = svc.GetInvocationRequest(tenant="beta", id=inv.id)
+    assert await _code(c.commands.GetInvocation(other)) == grpc.StatusCode.NOT_FOUND

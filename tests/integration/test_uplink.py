@@ -1,0 +1,225 @@
+"""The uplink against a real gRPC server playing the cloud (tests/helpers/edge_cloud.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from fieldgate.edge.buffer import EventBuffer
+from fieldgate.edge.config import BufferConfig, UplinkConfig
+from fieldgate.edge.uplink import Uplink, backoff_delay, encode_batch
+from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import services_pb2 as svc
+from tests.helpers.edge_cloud import TestCloud
+
+
+def events(prefix: str, n: int, device: str = "dev-1") -> list[pb.Event]:
+    out = []
+    for i in range(n):
+        e = pb.Event(tenant="default", device=device, alternate_id=f"{prefix}-{i}")
+        e.measurement.values["n"] = float(i)
+        out.append(e)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MemoryOutbox:
+    """A status outbox that forgets on restart; enough to see what the uplink confirms."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, svc.CommandStatusUpdate] = {}
+        self.confirmed: list[tuple[str, int]] = []
+
+    async def unconfirmed_statuses(self) -> list[svc.CommandStatusUpdate]:
+        return list(self.pending.values())
+
+    async def confirm_statuses(self, keys: Sequence[tuple[str, int]]) -> None:
+        for inv, status in keys:
+            if inv in self.pending and self.pending[inv].status == status:
+                del self.pending[inv]
+            self.confirmed.append((inv, status))
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
+    async with EventBuffer(BufferConfig(), tmp_path / "buffer.db") as buf:
+        yield buf
+
+
+async def no_commands(_: svc.CommandDown) -> None:
+    raise AssertionError("no command expected")
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(a, 0.1, 5.0, rng) for a in range(40)]
+    for attempt, d in enumerate(delays):
+        cap = min(5.0, 0.1 * 2**attempt)
+        assert cap / 2 <= d <= cap
+    assert max(delays) <= 5.0
+    assert delays[0] <= 0.1 < delays[6]
+    assert backoff_delay(10_000, 0.1, 5.0, rng) <= 5.0
+
+
+def test_pre_encoded_batch_is_a_valid_edge_message() -> None:
+    evs = events("x", 3)
+    raw = encode_batch(300, [e.SerializeToString() for e in evs])
+    parsed = svc.EdgeMessage.FromString(raw)
+    assert parsed == svc.EdgeMessage(batch=svc.EventBatchUp(seq=300, events=evs))
+
+
+@pytest.mark.integration
+async def test_batches_are_acked_and_the_buffer_empties(buffer: EventBuffer) -> None:
+    await buffer.append(events("a", 5000))
+    config = UplinkConfig(batch_max_events=500, batch_max_delay_ms=5)
+    async with TestCloud() as cloud:
+        uplink = Uplink(config.model_copy(update={"target": cloud.target}), "edge-t", buffer, no_commands)
+        await uplink.start()
+        try:
+            await cloud.wait_until(lambda: len(cloud.events) == 5000)
+            await asyncio.wait_for(_until(lambda: buffer.depth == 0), 10)
+            assert cloud.hellos == ["edge-t"]
+            assert cloud.unique_ids() == {f"a-{i}" for i in range(5000)}
+            assert cloud.batches >= 10
+            # New events flow on the same stream.
+            await buffer.append(events("b", 3))
+            await cloud.wait_until(lambda: len(cloud.events) == 5003)
+            await asyncio.wait_for(_until(lambda: buffer.depth == 0), 10)
+            assert uplink.stats.events_acked == 5003
+        finally:
+            await uplink.stop()
+
+
+@pytest.mark.integration
+async def test_cloud_outage_loses_nothing(buffer: EventBuffer) -> None:
+    config = UplinkConfig(batch_max_events=200, batch_max_delay_ms=5, backoff_initial_s=0.05, backoff_max_s=0.5)
+    cloud = TestCloud()
+    await cloud.start()
+    uplink = Uplink(config.model_copy(update={"target": cloud.target}), "edge-o", buffer, no_commands)
+    await uplink.start()
+    produced: list[str] = []
+
+    async def produce() -> None:
+        # Bounded: 150 rounds of 20 events, ~10 ms apart (about 3 s).
+        for r in range(150):
+            batch = events(f"r{r}", 20, device=f"dev-{r % 5}")
+            await buffer.append(batch)
+            produced.extend(e.alternate_id for e in batch)
+            await asyncio.sleep(0.01)
+
+    try:
+        producer = asyncio.create_task(produce())
+        await cloud.wait_until(lambda: len(cloud.events) > 200)
+        await cloud.stop()  # outage while events keep arriving
+        await asyncio.sleep(2.0)
+        assert not uplink.connected
+        backlog = buffer.depth
+        await cloud.start()
+        await producer
+        await cloud.wait_until(lambda: len(cloud.events) == len(produced), timeout=60)
+        await asyncio.wait_for(_until(lambda: buffer.depth == 0), 30)
+    finally:
+        await uplink.stop()
+        await cloud.stop()
+    assert backlog > 0
+    assert cloud.unique_ids() == set(produced)
+    assert len(produced) == 3000
+    assert cloud.received >= len(produced)  # duplicates are allowed on the wire
+    assert uplink.stats.reconnects >= 1
+    assert uplink.stats.sessions >= 2
+
+
+@pytest.mark.integration
+async def test_unacknowledged_batches_are_bounded_and_resent(buffer: EventBuffer) -> None:
+    config = UplinkConfig(batch_max_events=10, batch_max_delay_ms=0, max_inflight_batches=2)
+    await buffer.append(events("w", 100))
+    async with TestCloud(ack=False) as cloud:
+        uplink = Uplink(config.model_copy(update={"target": cloud.target}), "edge-w", buffer, no_commands)
+        await uplink.start()
+        try:
+            await cloud.wait_until(lambda: cloud.batches == 2)
+            await asyncio.sleep(0.5)
+            assert cloud.batches == 2  # no more until acked
+            assert buffer.depth == 100
+            await cloud.release_acks()
+            await cloud.wait_until(lambda: len(cloud.events) == 100)
+            await asyncio.wait_for(_until(lambda: buffer.depth == 0), 10)
+        finally:
+            await uplink.stop()
+
+
+@pytest.mark.integration
+async def test_reconnect_backoff_is_capped_while_the_cloud_is_down(buffer: EventBuffer) -> None:
+    port = free_port()
+    config = UplinkConfig(target=f"127.0.0.1:{port}", backoff_initial_s=0.02, backoff_max_s=0.2)
+    uplink = Uplink(config, "edge-b", buffer, no_commands, rng=random.Random(3))
+    await buffer.append(events("k", 10))
+    await uplink.start()
+    try:
+        await asyncio.sleep(2.0)
+        assert not uplink.connected
+        # Capped at 0.2 s: 2 s of outage means many attempts, never a longer wait.
+        assert uplink.stats.reconnects >= 8
+        assert uplink.stats.last_backoff_s <= 0.2
+        async with TestCloud(port=port) as cloud:
+            await cloud.wait_until(lambda: len(cloud.events) == 10, timeout=10)
+    finally:
+        await uplink.stop()
+
+
+@pytest.mark.integration
+async def test_commands_come_down_and_statuses_go_up_after_an_outage(buffer: EventBuffer) -> None:
+    received: list[svc.CommandDown] = []
+    outbox = MemoryOutbox()
+
+    async def on_command(down: svc.CommandDown) -> None:
+        received.append(down)
+
+    config = UplinkConfig(backoff_initial_s=0.05, backoff_max_s=0.2, batch_max_delay_ms=1)
+    cloud = TestCloud()
+    await cloud.start()
+    uplink = Uplink(config.model_copy(update={"target": cloud.target}), "edge-c", buffer, on_command, outbox=outbox)
+    await uplink.start()
+    try:
+        await cloud.wait_for_session()
+        down = svc.CommandDown(
+            tenant="default", device="dev-1", invocation=pb.CommandInvocation(invocation="inv-1", command="ping")
+        )
+        await cloud.send_command(down)
+        await asyncio.wait_for(_until(lambda: len(received) == 1), 10)
+        assert received[0] == down
+
+        # A status produced during an outage reaches the cloud once it is back.
+        await cloud.stop()
+        await asyncio.wait_for(_until(lambda: not uplink.connected), 10)
+        update = svc.CommandStatusUpdate(
+            tenant="default", device="dev-1", invocation="inv-1", status=svc.COMMAND_STATUS_DELIVERED
+        )
+        outbox.pending["inv-1"] = update
+        await uplink.send_status(update)  # not connected: kept by the outbox
+        await cloud.start()
+        await cloud.wait_until(lambda: any(s.invocation == "inv-1" for s in cloud.statuses))
+        # It is confirmed once a batch sent after it is acknowledged.
+        assert "inv-1" in outbox.pending
+        await buffer.append(events("after", 1))
+        await asyncio.wait_for(_until(lambda: "inv-1" not in outbox.pending), 10)
+        assert ("inv-1", svc.COMMAND_STATUS_DELIVERED) in outbox.confirmed
+    finally:
+        await uplink.stop()
+        await cloud.stop()
+
+
+async def _until(predicate: object) -> None:
+    assert callable(predicate)
+    while not predicate():
+        await asyncio.sleep(0.02)
