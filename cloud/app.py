@@ -69,14 +69,18 @@ class CloudApp:
         self.event_store = SqliteEventStore(data / "events")
         self.users = SqliteUsers(data / "users.db")
         self.sessions = EdgeSessions()
-        self.commands = CommandService(self.registry, self.invocations, self.bus, config.default_command_ttl_s)
+        self.commands = CommandService(
+            self.registry, self.invocations, self.bus, config.default_command_ttl_s
+        )
         self.stages: list[Any] = [
             Registration(self.bus, self.registry, config.tenants),
             InboundProcessing(self.bus, self.registry),
             EventPersistence(self.bus, self.event_store),
             CommandDelivery(self.bus, self.sessions, self.invocations, self.event_store),
         ]
-        self.ingest = IngestService(self.bus, self.registry, self.sessions, config.grpc_host, config.grpc_port)
+        self.ingest = IngestService(
+            self.bus, self.registry, self.sessions, config.grpc_host, config.grpc_port
+        )
         self.ingest.add_servicers(
             lambda server: add_grpc_api(
                 server,
@@ -163,7 +167,12 @@ class CloudApp:
         except BaseException:
             await self.stop()
             raise
-        log.info("cloud up: gRPC 127.0.0.1:%d, REST http://%s:%d", self.grpc_port, self.config.rest_host, self.rest_port)
+        log.info(
+            "cloud up: gRPC 127.0.0.1:%d, REST http://%s:%d",
+            self.grpc_port,
+            self.config.rest_host,
+            self.rest_port,
+        )
 
     async def stop(self) -> None:
         if self._rest is not None and self._rest_task is not None:

@@ -31,7 +31,6 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS, PERSISTED, Bus, Record
 from fieldgate.cloud.errors import Conflict
@@ -58,13 +57,6 @@ log = logging.getLogger(__name__)
 _EDGE_STATUSES = frozenset(
     {svc.COMMAND_STATUS_DELIVERED, svc.COMMAND_STATUS_FAILED, svc.COMMAND_STATUS_EXPIRED}
 )
-
-
-class ExpiringInvocationStore(InvocationStore, Protocol):
-    """The invocation store with the expiry query the sweep needs."""
-
-    async def expire_due(self, now_ms: int) -> list[svc.InvocationState]:
-        """Mark QUEUED invocations whose ``expires_ms`` has passed EXPIRED; returns them."""
 
 
 @dataclass(slots=True)
@@ -95,7 +87,7 @@ class CommandDelivery:
         self,
         bus: Bus,
         sessions: EdgeSessions,
-        invocations: ExpiringInvocationStore,
+        invocations: InvocationStore,
         event_store: EventStore,
         *,
         topic_prefix: str = "fieldgate",
@@ -229,7 +221,7 @@ class CommandDelivery:
     async def _handle_responses(self, records: Sequence[Record]) -> None:
         tenant = tenant_of(records[0], self._prefix)
         for record in records:
-            for ev in decode_batch(record, tenant).events:
+            for ev in decode_batch(record, tenant, check_events=False).events:
                 if ev.WhichOneof("payload") != "command_response":
                     continue
                 answer = ev.command_response
@@ -290,6 +282,10 @@ class CommandDelivery:
             for dev, ok in zip(devices, results, strict=True):
                 if not ok:
                     self._retry[dev] = None  # the sweep wakes it again
+            if len(self._retry) > self._max_pending:
+                self.stats.flush_overflows += 1
+                self._retry.clear()
+                self._rescan = True
 
     async def _flush_guarded(self, tenant: str, device: str) -> bool:
         async with self._flush_limit:

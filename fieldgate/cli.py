@@ -1,10 +1,10 @@
 """The ``fieldgate`` command line.
 
-    fieldgate up                    cloud + edge agent + embedded broker + simulated devices
-    fieldgate cloud run [--config]  the all-in-one cloud process
-    fieldgate edge run --config F   one edge agent
-    fieldgate sim mqtt ...          simulated MQTT devices
-    fieldgate config check edge|cloud F   validate a configuration file
+fieldgate up                    cloud + edge agent + embedded broker + simulated devices
+fieldgate cloud run [--config]  the all-in-one cloud process
+fieldgate edge run --config F   one edge agent
+fieldgate sim mqtt ...          simulated MQTT devices
+fieldgate config check edge|cloud F   validate a configuration file
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def _cmd_up(ns: argparse.Namespace) -> int:
             for line in suite.describe():
                 print("  " + line)
             if suite.admin_password and not os.environ.get("FIELDGATE_ADMIN_PASSWORD"):
-                print(f"  Admin login  user 'admin', password '{suite.admin_password}' (shown once; "
-                      "set FIELDGATE_ADMIN_PASSWORD to choose it)")
+                print(
+                    f"  Admin login  user 'admin', password '{suite.admin_password}' (shown once; "
+                    "set FIELDGATE_ADMIN_PASSWORD to choose it)"
+                )
             elif os.environ.get("FIELDGATE_ADMIN_PASSWORD"):
                 print("  Admin login  user 'admin', password from FIELDGATE_ADMIN_PASSWORD")
             if opts.sims:
@@ -75,8 +77,10 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
     async def body(stop: asyncio.Event) -> None:
         async with CloudApp(conf) as app:
             generated = await app.ensure_admin(os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None)
-            print(f"cloud up: REST http://{conf.rest_host}:{app.rest_port}  gRPC {conf.grpc_host}:{app.grpc_port}",
-                  flush=True)
+            print(
+                f"cloud up: REST http://{conf.rest_host}:{app.rest_port}  gRPC {conf.grpc_host}:{app.grpc_port}",
+                flush=True,
+            )
             if generated:
                 print(f"admin password: {generated} (shown once)", flush=True)
             await stop.wait()
@@ -94,8 +98,11 @@ def _cmd_edge_run(ns: argparse.Namespace) -> int:
 
     async def body(stop: asyncio.Event) -> None:
         async with EdgeAgent(conf):
-            print(f"edge agent {conf.edge_id} up: MQTT {conf.mqtt.host}:{conf.mqtt.port} ({conf.mqtt.mode}), "
-                  f"uplink {conf.uplink.target}", flush=True)
+            print(
+                f"edge agent {conf.edge_id} up: MQTT {conf.mqtt.host}:{conf.mqtt.port} ({conf.mqtt.mode}), "
+                f"uplink {conf.uplink.target}",
+                flush=True,
+            )
             await stop.wait()
 
     asyncio.run(_until_signalled(body))
@@ -124,11 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rest-port", type=int, default=8080)
     up.add_argument("--grpc-port", type=int, default=50051)
     up.add_argument("--mqtt-port", type=int, default=1883)
-    up.add_argument("--mqtt", choices=["embedded", "external"], default="embedded",
-                    help="embedded amqtt broker (default) or an external broker such as Mosquitto")
+    up.add_argument(
+        "--mqtt",
+        choices=["embedded", "external"],
+        default="embedded",
+        help="embedded amqtt broker (default) or an external broker such as Mosquitto",
+    )
     up.add_argument("--mqtt-host", default="127.0.0.1")
     up.add_argument("--sims", type=int, default=3, help="number of simulated MQTT devices (0 for none)")
-    up.add_argument("--sim-rate", type=float, default=0.2, help="measurements per second per simulated device")
+    up.add_argument(
+        "--sim-rate", type=float, default=0.2, help="measurements per second per simulated device"
+    )
     up.set_defaults(func=_cmd_up)
 
     cloud = sub.add_parser("cloud", help="cloud services").add_subparsers(dest="cloud_cmd", required=True)
@@ -148,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_arguments(sm)
     sm.set_defaults(func=run_from_args)
 
-    conf = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
+    conf = sub.add_parser("config", help="configuration tools").add_subparsers(
+        dest="config_cmd", required=True
+    )
     cc = conf.add_parser("check", help="validate a configuration file and print it with defaults")
     cc.add_argument("kind", choices=["edge", "cloud"])
     cc.add_argument("file")

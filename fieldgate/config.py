@@ -50,7 +50,7 @@ def _env_overrides(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
     for name, value in environ.items():
         if not name.startswith(head):
             continue
-        path = [p.lower() for p in name[len(head):].split("__") if p]
+        path = [p.lower() for p in name[len(head) :].split("__") if p]
         if not path:
             continue
         node = out

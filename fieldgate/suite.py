@@ -57,7 +57,9 @@ class Suite:
             data_dir=options.data_dir / "cloud",
             grpc_port=options.grpc_port,
             rest_port=options.rest_port,
-            tenants=(TenantConfig(token="default", name="Default tenant", auto_register=options.auto_register),),
+            tenants=(
+                TenantConfig(token="default", name="Default tenant", auto_register=options.auto_register),
+            ),
         )
         self.cloud = CloudApp(cloud_cfg)
         self.edge: EdgeAgent | None = None

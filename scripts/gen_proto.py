@@ -7,8 +7,8 @@ Run: python scripts/gen_proto.py        (writes fieldgate/v1/)
 from __future__ import annotations
 
 import argparse
-import os
 import filecmp
+import os
 import shutil
 import sys
 import tempfile

@@ -25,7 +25,15 @@ COMMAND_INVOCATIONS = "command-invocations"  # [command-invocations]
 UNDELIVERED_COMMANDS = "undelivered-commands"  # [undelivered-command-invocations]
 FAILED_DECODE = "failed-decode"  # dead letters [failed-decode-events]
 
-STAGES = (DECODED, UNREGISTERED, ENRICHED, PERSISTED, COMMAND_INVOCATIONS, UNDELIVERED_COMMANDS, FAILED_DECODE)
+STAGES = (
+    DECODED,
+    UNREGISTERED,
+    ENRICHED,
+    PERSISTED,
+    COMMAND_INVOCATIONS,
+    UNDELIVERED_COMMANDS,
+    FAILED_DECODE,
+)
 
 
 def topic_name(tenant: str, stage: str, prefix: str = "fieldgate") -> str:
@@ -38,7 +46,7 @@ def parse_topic(topic: str, prefix: str = "fieldgate") -> tuple[str, str]:
     head = f"{prefix}.tenant."
     if not topic.startswith(head):
         raise ValueError(f"not a fieldgate topic: {topic!r}")
-    tenant, _, stage = topic[len(head):].rpartition(".")
+    tenant, _, stage = topic[len(head) :].rpartition(".")
     if not tenant or stage not in STAGES:
         raise ValueError(f"not a fieldgate topic: {topic!r}")
     return tenant, stage

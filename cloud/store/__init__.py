@@ -105,3 +105,9 @@ class InvocationStore(Protocol):
 
     async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
         """Invocations still queued for a device, oldest first."""
+
+    async def list_pending(self, tenant: str) -> list[svc.InvocationState]:
+        """Every QUEUED invocation of ``tenant``, oldest first."""
+
+    async def expire_due(self, now_ms: int, tenant: str | None = None) -> list[svc.InvocationState]:
+        """Mark QUEUED invocations whose ``expires_ms`` has passed EXPIRED; returns them."""

@@ -280,9 +280,11 @@ def _event(obj: object, tenant: str, device: str, received_ms: int) -> pb.Event:
     ident = obj.get("id")
     if ident is not None:
         event.alternate_id = alternate_id(ident, "id")
-    meta = metadata(obj.get("metadata"), "metadata")
-    if meta:
-        event.metadata.update(meta)
+    meta = obj.get("metadata")
+    if meta is not None:
+        checked = metadata(meta, "metadata")
+        if checked:
+            event.metadata.update(checked)
     return event
 
 

@@ -42,7 +42,9 @@ def publish_once(port: int, topic: str, payload: Any) -> None:
 
 async def test_measurement_reaches_rest(suite: Suite, api: httpx.AsyncClient) -> None:
     await asyncio.to_thread(
-        publish_once, suite.mqtt_port, "fieldgate/default/devices/thermo-1/events",
+        publish_once,
+        suite.mqtt_port,
+        "fieldgate/default/devices/thermo-1/events",
         {"type": "measurement", "values": {"temperature": 21.5}},
     )
 
@@ -64,8 +66,11 @@ async def test_all_event_types_and_sitewhere(suite: Suite, api: httpx.AsyncClien
         {"type": "alert", "alert_type": "overheat", "level": "critical", "message": "hot"},
     ]
     await asyncio.to_thread(publish_once, suite.mqtt_port, topic, batch)
-    sw = {"deviceToken": "sw-1", "type": "DeviceMeasurement",
-          "request": {"name": "humidity", "value": 40.5, "eventDate": 1767225600000}}
+    sw = {
+        "deviceToken": "sw-1",
+        "type": "DeviceMeasurement",
+        "request": {"name": "humidity", "value": 40.5, "eventDate": 1767225600000},
+    }
     await asyncio.to_thread(publish_once, suite.mqtt_port, "SiteWhere/default/input/json", sw)
 
     async def multi() -> bool:
@@ -90,7 +95,9 @@ class CommandDevice:
         self.received: list[dict[str, Any]] = []
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device}")
-        self.client.on_connect = lambda c, *a: c.subscribe(f"fieldgate/default/devices/{device}/commands", qos=1)
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            f"fieldgate/default/devices/{device}/commands", qos=1
+        )
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -113,7 +120,9 @@ async def test_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
         assert await asyncio.to_thread(dev.subscribed.wait, 10)
         # The device must be known to the cloud (and routed through this edge): one event first.
         await asyncio.to_thread(
-            publish_once, suite.mqtt_port, "fieldgate/default/devices/actor-1/events",
+            publish_once,
+            suite.mqtt_port,
+            "fieldgate/default/devices/actor-1/events",
             {"type": "measurement", "values": {"x": 1}},
         )
         await eventually(lambda: events_of(api, "actor-1"), timeout=10, what="first event")
@@ -138,14 +147,17 @@ async def test_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
 
 async def test_command_validation(suite: Suite, api: httpx.AsyncClient) -> None:
     await asyncio.to_thread(
-        publish_once, suite.mqtt_port, "fieldgate/default/devices/val-1/events",
+        publish_once,
+        suite.mqtt_port,
+        "fieldgate/default/devices/val-1/events",
         {"type": "measurement", "values": {"x": 1}},
     )
     await eventually(lambda: events_of(api, "val-1"), timeout=10, what="device registered")
     bad = await api.post("/api/v1/devices/val-1/commands", json={"command": "self-destruct", "params": {}})
     assert bad.status_code == 422
-    wrong = await api.post("/api/v1/devices/val-1/commands",
-                           json={"command": "set-interval", "params": {"seconds": "soon"}})
+    wrong = await api.post(
+        "/api/v1/devices/val-1/commands", json={"command": "set-interval", "params": {"seconds": "soon"}}
+    )
     assert wrong.status_code == 422
     missing = await api.post("/api/v1/devices/nope/commands", json={"command": "ping", "params": {}})
     assert missing.status_code == 404
@@ -154,12 +166,16 @@ async def test_command_validation(suite: Suite, api: httpx.AsyncClient) -> None:
 async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncClient) -> None:
     """A command for a device that is not subscribed waits at the edge until it comes online."""
     await asyncio.to_thread(
-        publish_once, suite.mqtt_port, "fieldgate/default/devices/sleepy-1/events",
+        publish_once,
+        suite.mqtt_port,
+        "fieldgate/default/devices/sleepy-1/events",
         {"type": "measurement", "values": {"x": 1}},
     )
     await eventually(lambda: events_of(api, "sleepy-1"), timeout=10, what="device registered")
-    r = await api.post("/api/v1/devices/sleepy-1/commands",
-                       json={"command": "set-interval", "params": {"seconds": 5}, "ttl_s": 600})
+    r = await api.post(
+        "/api/v1/devices/sleepy-1/commands",
+        json={"command": "set-interval", "params": {"seconds": 5}, "ttl_s": 600},
+    )
     assert r.status_code == 201, r.text
     inv_id = r.json()["id"]
     await asyncio.sleep(1.0)
@@ -168,6 +184,7 @@ async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncCl
 
     dev = CommandDevice(suite.mqtt_port, "sleepy-1")
     try:
+
         async def answered() -> bool:
             return (await api.get(f"/api/v1/invocations/{inv_id}")).json()["status"] == "answered"
 
@@ -191,7 +208,9 @@ async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncC
         c.connect("127.0.0.1", suite.mqtt_port)
         c.loop_start()
         for i in range(10):
-            c.publish(topic, json.dumps({"type": "measurement", "values": {"i": i}}), qos=1).wait_for_publish(10)
+            c.publish(topic, json.dumps({"type": "measurement", "values": {"i": i}}), qos=1).wait_for_publish(
+                10
+            )
             c.publish(topic, bad_payloads[i % len(bad_payloads)], qos=1).wait_for_publish(10)
         c.disconnect()
         c.loop_stop()

@@ -88,7 +88,9 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 def _start_edge(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "fieldgate.cli", "edge", "run", "--config", str(config)],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -97,12 +99,16 @@ async def test_kill_9_of_edge_agent_loses_nothing_acknowledged(tmp_path: Path) -
     async with CloudApp(cloud_cfg) as cloud:
         mqtt_port = free_port()
         edge_cfg = tmp_path / "edge.yaml"
-        edge_cfg.write_text(yaml.safe_dump({
-            "edge_id": "edge-k9",
-            "data_dir": str(tmp_path / "edge"),
-            "mqtt": {"port": mqtt_port},
-            "uplink": {"target": f"127.0.0.1:{cloud.grpc_port}"},
-        }))
+        edge_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "edge_id": "edge-k9",
+                    "data_dir": str(tmp_path / "edge"),
+                    "mqtt": {"port": mqtt_port},
+                    "uplink": {"target": f"127.0.0.1:{cloud.grpc_port}"},
+                }
+            )
+        )
         log = tmp_path / "edge.log"
         proc = _start_edge(edge_cfg, log)
         try:
@@ -111,8 +117,10 @@ async def test_kill_9_of_edge_agent_loses_nothing_acknowledged(tmp_path: Path) -
             await asyncio.to_thread(pub.connect)
             stop = threading.Event()
             thread = threading.Thread(
-                target=pub.publish_measurements, args=("default", "k9-1", 20000),
-                kwargs={"stop": stop}, daemon=True,
+                target=pub.publish_measurements,
+                args=("default", "k9-1", 20000),
+                kwargs={"stop": stop},
+                daemon=True,
             )
             thread.start()
             await eventually(lambda: asyncio.sleep(0, len(pub.acked) > 500), timeout=20, what="500 acks")
@@ -130,8 +138,12 @@ async def test_kill_9_of_edge_agent_loses_nothing_acknowledged(tmp_path: Path) -
             async def all_acked_stored() -> bool:
                 return acked <= set(await stored_ids(cloud, "k9-1"))
 
-            await eventually(all_acked_stored, timeout=60, interval=0.5,
-                             what=f"all {len(acked)} acknowledged events stored after kill -9")
+            await eventually(
+                all_acked_stored,
+                timeout=60,
+                interval=0.5,
+                what=f"all {len(acked)} acknowledged events stored after kill -9",
+            )
             ids = await stored_ids(cloud, "k9-1")
             assert len(ids) == len(set(ids)), "an event was stored twice"
         finally:

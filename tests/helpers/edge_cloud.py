@@ -24,6 +24,16 @@ from fieldgate.v1 import services_pb2_grpc as svc_grpc
 EventKey = tuple[str, str, str]
 
 
+async def eventually(predicate: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``within_s`` seconds."""
+    steps = max(1, int(within_s / 0.02))
+    for _ in range(steps):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what} not reached within {within_s} s")
+
+
 @dataclass
 class _Session:
     edge_id: str
@@ -86,9 +96,9 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
     def unique_ids(self) -> set[str]:
         return {alt for _, _, alt in self.events}
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    async def wait_until(self, predicate: Callable[[], bool], within_s: float = 30.0) -> None:
         """Wait until ``predicate()`` holds, re-checking whenever the cloud receives something."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while not predicate():
                 changed = self._changed
                 try:
@@ -96,8 +106,8 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
                 except TimeoutError:
                     pass
 
-    async def wait_for_session(self, timeout: float = 30.0) -> None:
-        await self.wait_until(lambda: bool(self.sessions), timeout)
+    async def wait_for_session(self, within_s: float = 30.0) -> None:
+        await self.wait_until(lambda: bool(self.sessions), within_s)
 
     async def send_command(self, down: svc.CommandDown) -> None:
         """Push a command to every connected edge session."""

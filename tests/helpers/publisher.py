@@ -56,7 +56,13 @@ class AckedPublisher:
         return True
 
     def publish_measurements(
-        self, tenant: str, device: str, count: int, *, prefix: str = "m", rate_hz: float | None = None,
+        self,
+        tenant: str,
+        device: str,
+        count: int,
+        *,
+        prefix: str = "m",
+        rate_hz: float | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         topic = f"fieldgate/{tenant}/devices/{device}/events"

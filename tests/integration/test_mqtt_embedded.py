@@ -43,10 +43,13 @@ class Embedded:
         return await Device(self.host, self.port, **kwargs).connect()  # type: ignore[arg-type]
 
 
-async def _start(**overrides: object) -> Embedded:
+async def _start(max_inflight: int | None = None, **overrides: object) -> Embedded:
     port = free_port()
     config = MqttConfig(port=port, max_payload_bytes=MAX_PAYLOAD, **overrides)  # type: ignore[arg-type]
-    adapter = build_mqtt_adapter(config, tenants=TENANTS)
+    if max_inflight is None:
+        adapter = build_mqtt_adapter(config, tenants=TENANTS)
+    else:
+        adapter = EmbeddedMqttAdapter(config, tenants=TENANTS, max_inflight_per_connection=max_inflight)
     assert isinstance(adapter, EmbeddedMqttAdapter)
     sink, online = RecordingSink(), OnlineRecorder()
     await adapter.start(sink, online)
@@ -86,7 +89,7 @@ async def test_json_events_arrive_with_tenant_device_and_values(embedded: Embedd
     assert events[2].alert.level == pb.ALERT_LEVEL_WARNING
     assert embedded.sink.sources[0] == topic
     assert embedded.adapter.owns("default", "pump-1")
-    assert not embedded.adapter.owns("default", "someone-else")
+    assert not embedded.adapter.owns("nobody", "pump-1")
 
 
 async def test_protobuf_batch_on_pb_topic(embedded: Embedded) -> None:
@@ -236,12 +239,36 @@ async def test_broker_still_relays_device_messages_to_other_subscribers(embedded
     try:
         await watcher.subscribe("fieldgate/#")
         topic = topics.events_topic("default", "d1")
-        await dev.publish_acked(topic, measurement(5, "relayed"))
-        got_topic, payload = await watcher.next_message()
-        assert got_topic == topic and json.loads(payload)["id"] == "relayed"
+        infos = [dev.publish(topic, measurement(i, f"relayed-{i}")) for i in range(300)]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 30)
+        relayed = [json.loads((await watcher.next_message())[1])["id"] for _ in range(300)]
+        assert sorted(relayed) == sorted(f"relayed-{i}" for i in range(300))
     finally:
         await dev.close()
         await watcher.close()
+    assert sorted(embedded.sink.alternate_ids()) == sorted(relayed)
+
+
+async def test_qos0_flood_pauses_reading_and_loses_nothing_once_the_sink_resumes() -> None:
+    harness = await _start(max_inflight=50)
+    harness.sink.gate = asyncio.Event()
+    dev = await harness.device()
+    try:
+        topic = topics.events_topic("default", "chatty")
+        for i in range(400):
+            dev.publish(topic, measurement(i, f"q0-{i}"), qos=0)
+        await eventually(lambda: _true(harness.sink.pending >= 50), what="window filled")
+        await asyncio.sleep(0.3)
+        # Reading stopped at the window: no more than 50 messages are being handed over.
+        assert harness.sink.pending == 50
+        assert harness.adapter.stats.reads_paused >= 1
+        harness.sink.gate.set()
+        await eventually(lambda: _true(len(harness.sink.events) == 400), what="all QoS 0 messages")
+        assert sorted(harness.sink.alternate_ids()) == sorted(f"q0-{i}" for i in range(400))
+    finally:
+        await dev.close()
+        await harness.adapter.stop()
 
 
 async def test_commands_reach_subscribed_device_and_subscribing_makes_it_online(embedded: Embedded) -> None:

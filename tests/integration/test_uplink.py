@@ -15,7 +15,7 @@ from fieldgate.edge.config import BufferConfig, UplinkConfig
 from fieldgate.edge.uplink import Uplink, backoff_delay, encode_batch
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
-from tests.helpers.edge_cloud import TestCloud
+from tests.helpers.edge_cloud import TestCloud, eventually
 
 
 def events(prefix: str, n: int, device: str = "dev-1") -> list[pb.Event]:
@@ -87,14 +87,14 @@ async def test_batches_are_acked_and_the_buffer_empties(buffer: EventBuffer) -> 
         await uplink.start()
         try:
             await cloud.wait_until(lambda: len(cloud.events) == 5000)
-            await asyncio.wait_for(_until(lambda: buffer.depth == 0), 10)
+            await eventually(lambda: buffer.depth == 0, 10)
             assert cloud.hellos == ["edge-t"]
             assert cloud.unique_ids() == {f"a-{i}" for i in range(5000)}
             assert cloud.batches >= 10
             # New events flow on the same stream.
             await buffer.append(events("b", 3))
             await cloud.wait_until(lambda: len(cloud.events) == 5003)
-            await asyncio.wait_for(_until(lambda: buffer.depth == 0), 10)
+            await eventually(lambda: buffer.depth == 0, 10)
             assert uplink.stats.events_acked == 5003
         finally:
             await uplink.stop()
@@ -102,7 +102,9 @@ async def test_batches_are_acked_and_the_buffer_empties(buffer: EventBuffer) -> 
 
 @pytest.mark.integration
 async def test_cloud_outage_loses_nothing(buffer: EventBuffer) -> None:
-    config = UplinkConfig(batch_max_events=200, batch_max_delay_ms=5, backoff_initial_s=0.05, backoff_max_s=0.5)
+    config = UplinkConfig(
+        batch_max_events=200, batch_max_delay_ms=5, backoff_initial_s=0.05, backoff_max_s=0.5
+    )
     cloud = TestCloud()
     await cloud.start()
     uplink = Uplink(config.model_copy(update={"target": cloud.target}), "edge-o", buffer, no_commands)
@@ -126,8 +128,8 @@ async def test_cloud_outage_loses_nothing(buffer: EventBuffer) -> None:
         backlog = buffer.depth
         await cloud.start()
         await producer
-        await cloud.wait_until(lambda: len(cloud.events) == len(produced), timeout=60)
-        await asyncio.wait_for(_until(lambda: buffer.depth == 0), 30)
+        await cloud.wait_until(lambda: len(cloud.events) == len(produced), within_s=60)
+        await eventually(lambda: buffer.depth == 0, 30)
     finally:
         await uplink.stop()
         await cloud.stop()
@@ -153,7 +155,7 @@ async def test_unacknowledged_batches_are_bounded_and_resent(buffer: EventBuffer
             assert buffer.depth == 100
             await cloud.release_acks()
             await cloud.wait_until(lambda: len(cloud.events) == 100)
-            await asyncio.wait_for(_until(lambda: buffer.depth == 0), 10)
+            await eventually(lambda: buffer.depth == 0, 10)
         finally:
             await uplink.stop()
 
@@ -172,7 +174,7 @@ async def test_reconnect_backoff_is_capped_while_the_cloud_is_down(buffer: Event
         assert uplink.stats.reconnects >= 8
         assert uplink.stats.last_backoff_s <= 0.2
         async with TestCloud(port=port) as cloud:
-            await cloud.wait_until(lambda: len(cloud.events) == 10, timeout=10)
+            await cloud.wait_until(lambda: len(cloud.events) == 10, within_s=10)
     finally:
         await uplink.stop()
 
@@ -188,20 +190,24 @@ async def test_commands_come_down_and_statuses_go_up_after_an_outage(buffer: Eve
     config = UplinkConfig(backoff_initial_s=0.05, backoff_max_s=0.2, batch_max_delay_ms=1)
     cloud = TestCloud()
     await cloud.start()
-    uplink = Uplink(config.model_copy(update={"target": cloud.target}), "edge-c", buffer, on_command, outbox=outbox)
+    uplink = Uplink(
+        config.model_copy(update={"target": cloud.target}), "edge-c", buffer, on_command, outbox=outbox
+    )
     await uplink.start()
     try:
         await cloud.wait_for_session()
         down = svc.CommandDown(
-            tenant="default", device="dev-1", invocation=pb.CommandInvocation(invocation="inv-1", command="ping")
+            tenant="default",
+            device="dev-1",
+            invocation=pb.CommandInvocation(invocation="inv-1", command="ping"),
         )
         await cloud.send_command(down)
-        await asyncio.wait_for(_until(lambda: len(received) == 1), 10)
+        await eventually(lambda: len(received) == 1, 10)
         assert received[0] == down
 
         # A status produced during an outage reaches the cloud once it is back.
         await cloud.stop()
-        await asyncio.wait_for(_until(lambda: not uplink.connected), 10)
+        await eventually(lambda: not uplink.connected, 10)
         update = svc.CommandStatusUpdate(
             tenant="default", device="dev-1", invocation="inv-1", status=svc.COMMAND_STATUS_DELIVERED
         )
@@ -212,14 +218,8 @@ async def test_commands_come_down_and_statuses_go_up_after_an_outage(buffer: Eve
         # It is confirmed once a batch sent after it is acknowledged.
         assert "inv-1" in outbox.pending
         await buffer.append(events("after", 1))
-        await asyncio.wait_for(_until(lambda: "inv-1" not in outbox.pending), 10)
+        await eventually(lambda: "inv-1" not in outbox.pending, 10)
         assert ("inv-1", svc.COMMAND_STATUS_DELIVERED) in outbox.confirmed
     finally:
         await uplink.stop()
         await cloud.stop()
-
-
-async def _until(predicate: object) -> None:
-    assert callable(predicate)
-    while not predicate():
-        await asyncio.sleep(0.02)

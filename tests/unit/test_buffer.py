@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,9 @@ async def stored(buffer: EventBuffer) -> list[pb.Event]:
 
 
 @pytest.fixture
-async def buffer(tmp_path: Path) -> EventBuffer:
-    buf = EventBuffer(BufferConfig(), tmp_path / "buffer.db")
-    await buf.open()
-    yield buf  # type: ignore[misc]
-    await buf.close()
+async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
+    async with EventBuffer(BufferConfig(), tmp_path / "buffer.db") as buf:
+        yield buf
 
 
 async def test_concurrent_appends_share_commits_and_keep_every_event(buffer: EventBuffer) -> None:
@@ -91,9 +90,9 @@ async def test_seq_never_goes_back_after_everything_was_acked(tmp_path: Path) ->
         assert buf.depth == 0
         newer = await buf.append([event("c")])
         assert newer > last
-        assert [a for a in (pb.Event.FromString(d).alternate_id for _, d in await buf.read_after(last, 10))] == [
-            "c"
-        ]
+        assert [
+            a for a in (pb.Event.FromString(d).alternate_id for _, d in await buf.read_after(last, 10))
+        ] == ["c"]
 
 
 async def test_reopen_keeps_unacked_events(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 
 from fieldgate.edge.adapters import EventSink
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches
@@ -74,7 +74,6 @@ class Dispatcher:
         stats: MqttStats,
         devices: DeviceRegistry,
         decoders: Mapping[topics.Format, EventDecoder] | None = None,
-        on_new_device: Callable[[str, str], None] | None = None,
     ) -> None:
         self._sink = sink
         self._tenants = frozenset(tenants)
@@ -82,7 +81,6 @@ class Dispatcher:
         self._sitewhere = sitewhere_compat
         self._stats = stats
         self._devices = devices
-        self._on_new_device = on_new_device
         self._decoders = dict(decoders) if decoders is not None else {f: decoder_for(f) for f in _FORMATS}
         self._held_log = _Throttle()
         self._failed_log = _Throttle()
@@ -158,8 +156,7 @@ class Dispatcher:
             for event in events:
                 key = (event.tenant, event.device)
                 if key != last:
-                    if self._devices.add(*key) and self._on_new_device is not None:
-                        self._on_new_device(*key)
+                    self._devices.add(*key)
                     last = key
         self._stats.messages_accepted += 1
         self._stats.events_accepted += len(events)

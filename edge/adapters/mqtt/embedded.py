@@ -11,6 +11,8 @@ Authentication: none. Any client may connect (amqtt's ``AnonymousAuthPlugin`` wi
 hosts need ``mqtt.host`` set to a trusted interface, or the external mode with Mosquitto and
 its authentication (docs/operations/mosquitto.md).
 
+Ownership: every device of the configured tenants (MQTT is the catch-all transport).
+
 Online: a device is online while a connected client holds a subscription matching its commands
 topic (``fieldgate/<tenant>/devices/<device>/commands``; wildcard filters count, so a monitor
 subscribed to ``#`` makes every device look reachable and receives their commands). When such a
@@ -128,7 +130,9 @@ class EmbeddedMqttAdapter:
         await broker.shutdown()
 
     def owns(self, tenant: str, device: str) -> bool:
-        return (tenant, device) in self.devices or self.is_online(tenant, device)
+        # Any device of our tenants may connect at any time (also one not seen since a restart):
+        # its commands wait here until it subscribes. More specific adapters go first.
+        return tenant in self._tenants
 
     def is_online(self, tenant: str, device: str) -> bool:
         return bool(self._subscribers(topics.commands_topic(tenant, device)))

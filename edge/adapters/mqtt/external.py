@@ -21,11 +21,12 @@ callback runs on the loop and each message is handed over in its own task. At mo
 socket until half of them are done (TCP backpressure towards the broker).
 
 Online: the agent cannot see other clients' subscriptions on an external broker, so every
-device counts as online; commands are published with QoS 1 on the device's commands topic and
-``send_command`` returns once the broker acknowledged them — the broker queues them for devices
-with persistent sessions. A device is known (``owns``) once it published through this adapter;
-``on_online`` is called when a device is first seen and, for every known device, after each
-reconnect to the broker (commands that failed while the broker was unreachable can go out).
+device counts as online while the agent is connected to the broker (which queues commands for
+devices with persistent sessions); commands are published with QoS 1 on the device's commands
+topic and ``send_command`` returns once the broker acknowledged them. While the broker is
+unreachable every device is offline: the router keeps their commands waiting, and after the
+reconnect ``on_online`` is called for each device it asked about in the meantime. Ownership:
+every device of the configured tenants.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class ExternalMqttAdapter:
         self._max_pending_commands = max_pending_commands
         self.stats = MqttStats()
         self.devices = DeviceRegistry(max_known_devices)
+        self._waiting = DeviceRegistry(max_known_devices)
         self._filters = [
             f for f in topics.SUBSCRIPTIONS if config.sitewhere_compat or f != topics.SITEWHERE_FILTER
         ]
@@ -127,7 +129,6 @@ class ExternalMqttAdapter:
             sitewhere_compat=self._config.sitewhere_compat,
             stats=self.stats,
             devices=self.devices,
-            on_new_device=self._new_device,
         )
         self._client = self._make_client()
         self._bridge = PahoAsyncioBridge(self._client, self._loop)
@@ -160,11 +161,14 @@ class ExternalMqttAdapter:
         self._pending_commands.clear()
 
     def owns(self, tenant: str, device: str) -> bool:
-        return (tenant, device) in self.devices
+        return tenant in self._tenants
 
     def is_online(self, tenant: str, device: str) -> bool:
-        # Unknown on an external broker; it queues commands for persistent device sessions.
-        return True
+        if self._ready.is_set():
+            return True
+        # Remember who waits, to call on_online for them once the broker is back.
+        self._waiting.add(tenant, device)
+        return False
 
     async def send_command(self, tenant: str, device: str, invocation: pb.CommandInvocation) -> None:
         client, loop = self._client, self._loop
@@ -297,8 +301,9 @@ class ExternalMqttAdapter:
             log.error("MQTT broker refused subscriptions %s: %s", self._filters, failed)
             return
         self._ready.set()
-        if self._loop is not None and len(self.devices):
-            self._spawn(self._announce_all())
+        if len(self._waiting):
+            waiting, self._waiting = self._waiting, DeviceRegistry(self._waiting.capacity)
+            self._spawn(self._announce(waiting))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         connack, ended = self._connack, self._ended
@@ -348,12 +353,8 @@ class ExternalMqttAdapter:
         elif qos and current:
             self._drop(f"a message on {topic} was not made durable ({outcome.value})")
 
-    def _new_device(self, tenant: str, device: str) -> None:
-        if not self._stopping:
-            self._spawn(self._notify_online(tenant, device))
-
-    async def _announce_all(self) -> None:
-        for tenant, device in self.devices:
+    async def _announce(self, devices: DeviceRegistry) -> None:
+        for tenant, device in devices:
             await self._notify_online(tenant, device)
 
     async def _notify_online(self, tenant: str, device: str) -> None:

@@ -1,10 +1,10 @@
-"""Which devices an MQTT adapter knows, and MQTT topic-filter matching. Pure, no I/O.
+"""Which devices an MQTT adapter knows of, and MQTT topic-filter matching. Pure, no I/O.
 
-Both MQTT backends answer ``owns(tenant, device)`` from the devices they have seen publish
-(or subscribe to their commands topic). That set lives in a :class:`DeviceRegistry`, bounded
-so that a flood of distinct device names cannot grow memory without limit: beyond ``capacity``
-the least recently seen device is forgotten (policy ``evict-oldest``, counted in ``evicted``).
-A forgotten device is re-learnt the next time it publishes.
+The adapters remember devices — those seen publishing (to tell the command router when a
+wildcard command subscription makes them reachable) and those whose commands wait for the
+external broker to come back — in a :class:`DeviceRegistry`, bounded so that a flood of
+distinct device names cannot grow memory without limit: beyond ``capacity`` the least recently
+seen device is forgotten (policy ``evict-oldest``, counted in ``evicted``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DeviceRegistry:
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        self._capacity = capacity
+        self.capacity = capacity
         self._seen: OrderedDict[DeviceKey, None] = OrderedDict()
         self.evicted = 0
 
@@ -57,7 +57,7 @@ class DeviceRegistry:
             self._seen.move_to_end(key)
             return False
         self._seen[key] = None
-        if len(self._seen) > self._capacity:
+        if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
             self.evicted += 1
         return True
