@@ -286,7 +286,9 @@ class SqliteEventStore:
         conn = self._conn(tenant, create=False)
         if conn is None:
             return []
+        # ``invocation != ''`` repeats the partial index's condition so that the planner uses it.
         rows = conn.execute(
-            "SELECT data FROM events WHERE invocation = ? ORDER BY event_time_ms, seq", (invocation,)
+            "SELECT data FROM events WHERE invocation = ? AND invocation != '' ORDER BY event_time_ms, seq",
+            (invocation,),
         ).fetchall()
         return [pb.Event.FromString(data) for (data,) in rows]

@@ -60,5 +60,6 @@ def parse_commands_topic(topic: str) -> tuple[str, str] | None:
     """``(tenant, device)`` of a commands topic, or None."""
     parts = topic.split("/")
     if len(parts) == 5 and parts[0] == ROOT and parts[2] == "devices" and parts[4] == "commands":
-        return parts[1], parts[3]
+        if TOKEN_RE.match(parts[1]) and TOKEN_RE.match(parts[3]):
+            return parts[1], parts[3]
     return None
