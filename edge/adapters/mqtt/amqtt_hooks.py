@@ -8,9 +8,10 @@ before amqtt's own handling:
 
 - :class:`IngestHandler` subclasses amqtt's ``BrokerProtocolHandler``. Its ``handle_publish``
   (amqtt runs one task per received PUBLISH) first awaits the :class:`Dispatcher` (decode,
-  ``sink.accept``) and only then calls amqtt's ``handle_publish``, which sends the PUBACK and
-  relays the message to subscribers as usual. Awaiting a group commit there does not serialize
-  a connection: the next PUBLISH is already being handled in its own task.
+  ``sink.accept``) and only then acknowledges — itself, or by calling amqtt's
+  ``handle_publish``, which sends the PUBACK and relays the message (see "Relaying"). Awaiting
+  a group commit there does not serialize a connection: the next PUBLISH is already being
+  handled in its own task.
 - :class:`IngestBroker` subclasses ``Broker`` and replaces the (still unattached) handler that
   ``Broker._initialize_client_session`` created with an :class:`IngestHandler`. amqtt 0.12.1 has
   an ``_init_handler`` method, but nothing calls it; ``_initialize_client_session`` is the place.

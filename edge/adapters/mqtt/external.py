@@ -221,7 +221,13 @@ class ExternalMqttAdapter:
 
     async def _run(self) -> None:
         while not self._stopping:
-            reason = await self._session()
+            try:
+                reason = await self._session()
+            except Exception as err:
+                # The top of the connection task: report, count, and try again after a backoff.
+                log.exception("MQTT connection to %s:%d failed", self._config.host, self._config.port)
+                self.stats.connect_failures += 1
+                reason = f"unexpected error ({err!r})"
             if self._stopping:
                 return
             delay = min(
