@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Edge ingest benchmark: MQTT publish → edge agent → cloud → stored, beside bare MQTT pub→sub.
 
-For each scenario (one event per QoS 1 message; ``--batch-size`` events per message) it measures,
-in the same run and with the same publisher code (:class:`fieldgate.sims.mqtt.MqttDeviceSim`
+For each flat-out scenario (one event per QoS 1 message; ``--batch-size`` events per message) it
+measures, in the same run and with the same publisher code (:class:`fieldgate.sims.mqtt.MqttDeviceSim`
 in its own process, as fast as its in-flight window of 1000 allows):
 
 1. **baseline** — bare MQTT pub→sub through the same broker software with the same payloads:
@@ -14,6 +14,10 @@ in its own process, as fast as its in-flight window of 1000 allows):
    consumer group and records when each event shows up there. Latency per event = seen on
    [persisted] - handed to paho (both CLOCK_MONOTONIC, one clock for the machine). Throughput =
    events persisted / (last one seen - first publish).
+
+A third scenario paces one event per message at ``--paced-rate`` (below saturation), so its
+latency shows the pipeline rather than queueing behind a full in-flight window; it has no
+baseline (both sides would carry the offered rate).
 
 Devices are registered by a short warm-up run first (auto-registration is not what is measured).
 Every phase is bounded in count and time. Prints a table; docs/benchmarks.md explains it.
@@ -28,26 +32,26 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import os
-import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
 from benchlib import (
+    SPAWN,
     BrokerKind,
+    IngestResult,
     Publisher,
     PublisherResult,
     PublisherSpec,
     RssSampler,
+    Scenario,
     broker_process,
     machine_line,
     measure_pubsub,
@@ -61,35 +65,6 @@ GOAL_RATIO = {"amqtt": 1.0, "mosquitto": 0.8}
 GOAL_BATCHED_EVENTS_S = 50_000
 
 
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    batch: int
-    messages: int
-
-    @property
-    def events(self) -> int:
-        return self.batch * self.messages
-
-
-@dataclass
-class IngestResult:
-    events: int
-    acked: int  # events whose message the broker acknowledged to the publisher
-    persisted: int
-    duplicates: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    rss_idle_mb: float
-    rss_peak_mb: float
-    publisher_error: str | None
-
-    @property
-    def events_per_s(self) -> float:
-        return self.persisted / self.seconds if self.seconds > 0 else 0.0
-
-
 async def run_fieldgate(
     scenario: Scenario, broker: BrokerKind, port: int | None, ns: argparse.Namespace
 ) -> IngestResult:
@@ -101,6 +76,7 @@ async def run_fieldgate(
         port=0,
         messages=scenario.messages,
         batch=scenario.batch,
+        rate_hz=scenario.rate / ns.devices,
         qos=1,
         devices=ns.devices,
         connections=ns.connections,
@@ -121,7 +97,6 @@ async def run_fieldgate(
             async with bus.consumer("bench", "persisted") as consumer:
                 seen = array.array("d", [math.nan]) * scenario.events
                 counters = {"run": 0, "warmup": 0, "dup": 0}
-                pattern = re.compile(r"^(run|warmup)-(\d+)$")
 
                 async def drain(until: int, what: str, deadline: float) -> None:
                     """Read [persisted] until ``until`` events of ``what`` were seen or the deadline."""
@@ -136,42 +111,44 @@ async def run_fieldgate(
                         idle_since = now
                         for record in records:
                             for event in pb.EventBatch.FromString(record.value).events:
-                                m = pattern.match(event.alternate_id)
-                                if m is None:
-                                    continue
-                                kind, n = m.group(1), int(m.group(2))
-                                if kind == "warmup":
+                                aid = event.alternate_id
+                                if aid.startswith("run-"):
+                                    n = int(aid[4:])
+                                    if math.isnan(seen[n - 1]):
+                                        seen[n - 1] = now
+                                        counters["run"] += 1
+                                    else:
+                                        counters["dup"] += 1
+                                elif aid.startswith("warmup-"):
                                     counters["warmup"] += 1
-                                elif math.isnan(seen[n - 1]):
-                                    seen[n - 1] = now
-                                    counters["run"] += 1
-                                else:
-                                    counters["dup"] += 1
 
                 # Warm-up: one message per device registers the devices (auto-registration).
                 warm = Publisher(
                     dataclasses.replace(
-                        spec, messages=ns.devices, batch=1, run_id="warmup", record_times=False
+                        spec, messages=ns.devices, batch=1, rate_hz=0.0, run_id="warmup", record_times=False
                     )
                 )
                 load = Publisher(spec)  # spawned now: its imports overlap the warm-up
-                warm.go()
-                warm_result = await asyncio.to_thread(warm.result)
-                if warm_result.error:
-                    raise SystemExit(f"warm-up failed: {warm_result.error}")
-                await drain(ns.devices, "warmup", time.monotonic() + 60)
-                if counters["warmup"] < ns.devices:
-                    load.close()
-                    raise SystemExit(
-                        f"warm-up: only {counters['warmup']}/{ns.devices} events reached [persisted] in 60 s"
-                    )
-                rss_idle = proc_status_kb(os.getpid(), "VmRSS") / 1024
+                try:
+                    warm.go()
+                    warm_result = await asyncio.to_thread(warm.result)
+                    if warm_result.error:
+                        raise SystemExit(f"warm-up failed: {warm_result.error}")
+                    await drain(ns.devices, "warmup", time.monotonic() + 60)
+                    if counters["warmup"] < ns.devices:
+                        raise SystemExit(
+                            f"warm-up: only {counters['warmup']}/{ns.devices} events reached [persisted] in 60 s"
+                        )
+                    rss_idle = proc_status_kb(os.getpid(), "VmRSS") / 1024
 
-                with RssSampler(os.getpid()) as rss:
-                    load.go()
-                    publishing = asyncio.ensure_future(asyncio.to_thread(load.result))
-                    await drain(scenario.events, "run", time.monotonic() + ns.timeout)
-                    published: PublisherResult = await publishing
+                    with RssSampler(os.getpid()) as rss:
+                        load.go()
+                        publishing = asyncio.ensure_future(asyncio.to_thread(load.result))
+                        await drain(scenario.events, "run", time.monotonic() + ns.timeout)
+                        published: PublisherResult = await publishing
+                finally:
+                    warm.close(0)
+                    load.close(0)
 
     observed = [
         (seen[i], published.publish_times[i]) for i in range(min(len(seen), len(published.publish_times)))
@@ -192,13 +169,57 @@ async def run_fieldgate(
     )
 
 
-@contextlib.contextmanager
-def maybe_broker(kind: BrokerKind, needed: bool) -> Iterator[int | None]:
-    if not needed:
-        yield None
-        return
-    with broker_process(kind) as broker:
-        yield broker.port
+def run_baseline(sc: Scenario, port: int, broker: str, ns: argparse.Namespace) -> float:
+    print(f"- {sc.name}: baseline, bare pub→sub through {broker} ...", flush=True)
+    b = measure_pubsub(
+        port, qos=1, batch=sc.batch, messages=sc.messages, devices=ns.devices, connections=ns.connections
+    )
+    print(f"  {b.msg_per_s:,.0f} msg/s ({b.received}/{b.messages} received)", flush=True)
+    return b.msg_per_s
+
+
+def _scenario_child(
+    sc: Scenario, broker: BrokerKind, port: int | None, ns: argparse.Namespace, out: Connection
+) -> None:
+    """Child process: one scenario through its own suite, so its RSS is that scenario's alone."""
+    _quiet_logging()
+    try:
+        out.send(asyncio.run(run_fieldgate(sc, broker, port, ns)))
+    except SystemExit as err:
+        out.send(str(err))
+    except Exception as err:  # top of the child: report to the parent, which prints it
+        out.send(f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        out.close()
+
+
+def run_scenario(sc: Scenario, broker: BrokerKind, port: int | None, ns: argparse.Namespace) -> IngestResult:
+    print(f"- {sc.name}: fieldgate, {sc.events:,} events ...", flush=True)
+    recv, send = SPAWN.Pipe(duplex=False)
+    child = SPAWN.Process(target=_scenario_child, args=(sc, broker, port, ns, send), name="bench-suite")
+    child.start()
+    send.close()
+    try:
+        if not recv.poll(ns.timeout + 300):
+            raise SystemExit("the suite process did not report in time")
+        result: IngestResult | str = recv.recv()
+    except EOFError as err:
+        raise SystemExit(f"the suite process died (exit code {child.exitcode})") from err
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.terminate()
+            child.join()
+    if isinstance(result, str):
+        raise SystemExit(f"{sc.name}: {result}")
+    return result
+
+
+def _quiet_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=20_000, help="messages in the single-event scenario")
     p.add_argument("--batch-size", type=int, default=100, help="events per message in the batched scenario")
     p.add_argument("--batch-messages", type=int, default=2_000, help="messages in the batched scenario")
-    p.add_argument("--scenario", choices=["single", "batched", "both"], default="both")
+    p.add_argument("--paced-rate", type=float, default=1000.0, help="messages/s of the paced scenario")
+    p.add_argument("--paced-messages", type=int, default=10_000, help="messages in the paced scenario")
+    p.add_argument(
+        "--scenario",
+        nargs="+",
+        choices=["single", "batched", "paced"],
+        default=["single", "batched", "paced"],
+        help="single: 1 event/msg flat out; batched: --batch-size events/msg flat out; "
+        "paced: 1 event/msg at --paced-rate (latency below saturation). Default: all three",
+    )
     p.add_argument("--devices", type=int, default=10, help="simulated devices (topics) the load spreads over")
     p.add_argument("--connections", type=int, default=1, help="publisher MQTT connections")
     p.add_argument("--timeout", type=float, default=300.0, help="time bound of each measured phase, seconds")
@@ -224,16 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-baseline", action="store_true", help="measure fieldgate only")
     ns = p.parse_args(argv)
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
-
+    _quiet_logging()
     broker = cast(BrokerKind, ns.broker)
     scenarios = []
-    if ns.scenario in ("single", "both"):
+    if "single" in ns.scenario:
         scenarios.append(Scenario("1 event/msg", 1, ns.messages))
-    if ns.scenario in ("batched", "both"):
+    if "batched" in ns.scenario:
         scenarios.append(Scenario(f"{ns.batch_size} events/msg", ns.batch_size, ns.batch_messages))
+    if "paced" in ns.scenario:
+        scenarios.append(Scenario(f"1 event/msg @ {ns.paced_rate:g}/s", 1, ns.paced_messages, ns.paced_rate))
 
     print(f"fieldgate ingest benchmark, broker {broker}, QoS 1 — {machine_line()}", flush=True)
     rows = []
@@ -242,24 +271,20 @@ def main(argv: list[str] | None = None) -> int:
         # amqtt: the baseline runs on a bare amqtt process, the suite embeds its own amqtt.
         # mosquitto: the baseline and then the suite's edge use the same Mosquitto.
         baseline = math.nan
-        with maybe_broker(broker, broker == "mosquitto" or not ns.skip_baseline) as port:
-            if not ns.skip_baseline:
-                with maybe_broker("amqtt", broker == "amqtt") as amqtt_port:
-                    pubsub_port = amqtt_port if broker == "amqtt" else port
-                    assert pubsub_port is not None
-                    print(f"- {sc.name}: baseline, bare pub→sub through {broker} ...", flush=True)
-                    b = measure_pubsub(
-                        pubsub_port,
-                        qos=1,
-                        batch=sc.batch,
-                        messages=sc.messages,
-                        devices=ns.devices,
-                        connections=ns.connections,
-                    )
-                    baseline = b.msg_per_s
-                    print(f"  {baseline:,.0f} msg/s ({b.received}/{b.messages} received)", flush=True)
-            print(f"- {sc.name}: fieldgate, {sc.events:,} events ...", flush=True)
-            r = asyncio.run(run_fieldgate(sc, broker, port if broker == "mosquitto" else None, ns))
+        # A paced load has no baseline to compare with: both sides carry the offered rate.
+        skip_baseline = ns.skip_baseline or sc.rate > 0
+        if broker == "mosquitto":
+            # The baseline and then the suite's edge use the same Mosquitto.
+            with broker_process("mosquitto") as mosquitto:
+                if not skip_baseline:
+                    baseline = run_baseline(sc, mosquitto.port, broker, ns)
+                r = run_scenario(sc, broker, mosquitto.port, ns)
+        else:
+            # The baseline runs on a bare amqtt process; the suite embeds its own amqtt.
+            if not skip_baseline:
+                with broker_process("amqtt") as amqtt:
+                    baseline = run_baseline(sc, amqtt.port, broker, ns)
+            r = run_scenario(sc, broker, None, ns)
         msg_s = r.events_per_s / sc.batch
         ratio = msg_s / baseline if baseline > 0 else math.nan
         print(
@@ -271,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sc.name,
                 broker,
-                f"{baseline:,.0f}",
+                "-" if math.isnan(baseline) else f"{baseline:,.0f}",
                 f"{r.events_per_s:,.0f}",
-                f"{ratio:.2f}",
+                "-" if math.isnan(ratio) else f"{ratio:.2f}",
                 f"{r.p50_ms:.1f}",
                 f"{r.p99_ms:.1f}",
                 f"{r.rss_idle_mb:.0f} / {r.rss_peak_mb:.0f}",
@@ -302,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nratio = fieldgate messages/s ÷ baseline messages/s (same payloads). Goals (PERFORMANCE.md): "
         f"ratio ≥ {GOAL_RATIO[broker]} for 1 event/msg on {broker}; ≥ {GOAL_BATCHED_EVENTS_S:,} events/s "
-        "batched (embedded). RSS is the one suite process (cloud + edge agent + embedded broker)."
+        "batched (embedded). RSS: the suite process of that scenario (cloud + edge agent"
+        + (" + embedded broker)." if broker == "amqtt" else "; Mosquitto runs apart).")
     )
     return 0
 

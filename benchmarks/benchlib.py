@@ -154,10 +154,20 @@ def broker_process(kind: BrokerKind, port: int | None = None) -> Iterator[Broker
         tmp = tempfile.TemporaryDirectory(prefix="fieldgate-bench-mosquitto-")
         conf = Path(tmp.name) / "mosquitto.conf"
         conf.write_text(mosquitto_conf(port, Path(tmp.name)))
-        popen = subprocess.Popen([str(MOSQUITTO), "-c", str(conf)], stdin=subprocess.DEVNULL)
+        # Its start-up messages (e.g. the warning about running as root) go to the log too.
+        with open(Path(tmp.name) / "mosquitto.stderr", "wb") as stderr:
+            popen = subprocess.Popen(
+                [str(MOSQUITTO), "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            )
         broker = BrokerProcess(kind, port, popen.pid, popen, tmp)
     try:
-        wait_port(port, 20)
+        try:
+            wait_port(port, 20)
+        except TimeoutError:
+            if broker._tmp is not None:
+                for log_file in sorted(Path(broker._tmp.name).glob("mosquitto.*")):
+                    print(f"--- {log_file.name}\n{log_file.read_text(errors='replace')}", file=sys.stderr)
+            raise
         yield broker
     finally:
         broker.stop()
@@ -174,6 +184,7 @@ class PublisherSpec:
     messages: int
     batch: int
     qos: int
+    rate_hz: float = 0.0  # per device; 0 = as fast as the window allows
     devices: int = 10
     connections: int = 1
     max_inflight: int = 1000
@@ -217,7 +228,7 @@ def _publisher_main(spec: PublisherSpec, out: Connection, go: Any) -> None:
     sim = MqttDeviceSim(
         port=spec.port,
         devices=device_tokens(spec.devices, spec.device_prefix),
-        rate_hz=0,
+        rate_hz=spec.rate_hz,
         batch=spec.batch,
         qos=spec.qos,
         count=spec.messages,
@@ -284,8 +295,9 @@ class Publisher:
         finally:
             self.close()
 
-    def close(self) -> None:
-        self._proc.join(10)
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Join the process, terminating it after ``timeout_s`` (0: at once, if still running)."""
+        self._proc.join(timeout_s)
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join()
@@ -397,6 +409,40 @@ def measure_pubsub(
             sub.join()
     seconds = got.last_receive - published.first_publish if got.received else 0.0
     return PubSubResult(qos, batch, messages, got.received, seconds)
+
+
+# --------------------------------------------------------------------- bench_ingest results
+# (here rather than in the script: they cross process boundaries and must pickle by module name)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    batch: int
+    messages: int
+    rate: float = 0.0  # messages/s over all devices; 0 = as fast as the in-flight window allows
+
+    @property
+    def events(self) -> int:
+        return self.batch * self.messages
+
+
+@dataclass
+class IngestResult:
+    events: int
+    acked: int  # events whose message the broker acknowledged to the publisher
+    persisted: int
+    duplicates: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    rss_idle_mb: float
+    rss_peak_mb: float
+    publisher_error: str | None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.persisted / self.seconds if self.seconds > 0 else 0.0
 
 
 # --------------------------------------------------------------------- reporting

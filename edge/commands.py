@@ -32,7 +32,7 @@ import heapq
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,29 +239,30 @@ class CommandRouter:
         if not adapter.is_online(active.tenant, active.device):
             return  # waits on disk for on_online or its expiry
         self._delivering.add(inv_id)
+        failure: str | None = None
         try:
-            try:
-                await adapter.send_command(active.tenant, active.device, active.invocation)
-            except DeliveryError as err:
-                await self._finish(inv_id, svc.COMMAND_STATUS_FAILED, str(err) or "delivery failed")
-                return
-            now = now_ms()
-            if inv_id in self._answered_early:
-                self._active.pop(inv_id, None)
-                await self._db(
-                    self._set_status_sync, inv_id, "done", svc.COMMAND_STATUS_DELIVERED, "", now, now
-                )
-            else:
-                active.state = "delivered"
-                active.deadline_ms = now + int(self._config.response_timeout_s * 1000)
-                await self._db(
-                    self._set_status_sync, inv_id, "delivered", svc.COMMAND_STATUS_DELIVERED, "", now, now
-                )
-                self._push_deadline(active.deadline_ms, inv_id)
-            await self._report(active.tenant, active.device, inv_id, svc.COMMAND_STATUS_DELIVERED, "", now)
+            await adapter.send_command(active.tenant, active.device, active.invocation)
+        except DeliveryError as err:
+            failure = str(err) or "delivery failed"
         finally:
+            # The device may answer before send_command returns (on_response noted it).
             self._delivering.discard(inv_id)
+            answered = inv_id in self._answered_early
             self._answered_early.discard(inv_id)
+        if failure is not None and not answered:
+            await self._finish(inv_id, svc.COMMAND_STATUS_FAILED, failure)
+            return
+        now = now_ms()
+        state: State = "done"
+        if answered:
+            self._active.pop(inv_id, None)
+        else:
+            # In memory before any await, so an answer arriving meanwhile finds it delivered.
+            state = active.state = "delivered"
+            active.deadline_ms = now + int(self._config.response_timeout_s * 1000)
+            self._push_deadline(active.deadline_ms, inv_id)
+        await self._db(self._set_status_sync, inv_id, state, svc.COMMAND_STATUS_DELIVERED, "", now, now)
+        await self._report(active.tenant, active.device, inv_id, svc.COMMAND_STATUS_DELIVERED, "", now)
 
     async def _finish(self, inv_id: str, status: int, reason: str) -> None:
         active = self._active.pop(inv_id, None)
@@ -351,22 +352,26 @@ class CommandRouter:
                 if self._deadlines:
                     wait_s = min(wait_s, max(0.0, (self._deadlines[0][0] - now_ms()) / 1000))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._deadline_changed.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._deadline_changed.wait()
             except EdgeError as err:  # task top: storage trouble must not stop the timers
                 log.error("command router timer: %s", err)
                 await asyncio.sleep(1.0)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except EdgeError as err:  # task top: log, count, keep the router running
-                self.stats["errors"] += 1
-                log.error("command router: %s", err)
-
-        task = asyncio.create_task(guarded())
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """Top of every delivery task: storage or adapter trouble is logged and counted."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None:
+            self.stats["errors"] += 1
+            log.error("command router task failed: %s", err, exc_info=err)
 
     # ------------------------------------------------------------------ SQLite (one thread)
 

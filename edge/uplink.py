@@ -181,7 +181,8 @@ class Uplink:
     async def wait_connected(self, max_wait_s: float | None = None) -> bool:
         """Wait until a session is up; False on timeout (for tests and start-up checks)."""
         try:
-            await asyncio.wait_for(self._connected.wait(), max_wait_s)
+            async with asyncio.timeout(max_wait_s):
+                await self._connected.wait()
         except TimeoutError:
             return False
         return True
@@ -258,7 +259,8 @@ class Uplink:
             call: grpc.aio.StreamStreamCall[svc.EdgeMessage | bytes, svc.CloudMessage] = connect(None)
             await call.write(svc.EdgeMessage(hello=svc.Hello(edge_id=self._edge_id, version=__version__)))
             try:
-                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+                async with asyncio.timeout(WELCOME_TIMEOUT_S):
+                    first = await call.read()
             except TimeoutError as err:
                 raise UplinkError(f"no Welcome within {WELCOME_TIMEOUT_S:.0f}s") from err
             if not isinstance(first, svc.CloudMessage) or first.WhichOneof("kind") != "welcome":

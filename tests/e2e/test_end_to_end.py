@@ -218,7 +218,7 @@ async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncC
     await asyncio.to_thread(publish_mixed)
 
     async def ten_good() -> bool:
-        return len(await events_of(api, "mixed-1")) >= 10
+        return len(await events_of(api, "mixed-1", type="measurement")) >= 10
 
     await eventually(ten_good, timeout=10, what="the good events")
     assert suite.edge is not None
@@ -226,4 +226,4 @@ async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncC
     assert len(failed) == 10
     reasons = " ".join(str(f) for f in failed)
     assert "JSON" in reasons or "json" in reasons
-    assert len(await events_of(api, "mixed-1")) == 10
+    assert len(await events_of(api, "mixed-1", type="measurement")) == 10

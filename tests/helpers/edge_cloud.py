@@ -102,7 +102,8 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
             while not predicate():
                 changed = self._changed
                 try:
-                    await asyncio.wait_for(changed.wait(), 0.2)
+                    async with asyncio.timeout(0.2):
+                        await changed.wait()
                 except TimeoutError:
                     pass
 

@@ -25,6 +25,7 @@ class AckedPublisher:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._mid_to_id: dict[int, str] = {}
+        self._early_acks: set[int] = set()
         self._window = threading.Semaphore(self.max_inflight)
         self._connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
@@ -33,11 +34,15 @@ class AckedPublisher:
         self.client.on_publish = self._on_publish
 
     def _on_publish(self, client: object, userdata: object, mid: int, rc: object, props: object) -> None:
+        # paho calls this with its own lock held, possibly before publish() has returned the
+        # mid: never wait on anything here that publish() holds.
         with self._lock:
             ident = self._mid_to_id.pop(mid, None)
-            if ident is not None:
-                self.acked.append(ident)
-                self._window.release()
+            if ident is None:
+                self._early_acks.add(mid)
+                return
+            self.acked.append(ident)
+        self._window.release()
 
     def connect(self, timeout: float = 10.0) -> None:
         self.client.connect(self.host, self.port, keepalive=30)
@@ -49,10 +54,18 @@ class AckedPublisher:
         """Publish QoS 1; returns False if the window did not free up within 5 s."""
         if not self._window.acquire(timeout=5):
             return False
+        info = self.client.publish(topic, json.dumps(payload), qos=1)
+        early = False
         with self._lock:
-            info = self.client.publish(topic, json.dumps(payload), qos=1)
-            self._mid_to_id[info.mid] = ident
             self.sent.append(ident)
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                self.acked.append(ident)
+                early = True
+            else:
+                self._mid_to_id[info.mid] = ident
+        if early:
+            self._window.release()
         return True
 
     def publish_measurements(

@@ -86,7 +86,12 @@ async def test_online_device_gets_the_command_and_its_answer_stops_the_timeout(r
     await rig.router.on_command(command("inv-1"))
     await eventually(lambda: rig.statuses.of("inv-1") == [QUEUED, DELIVERED], 10)
     [(tenant, device, invocation)] = rig.adapter.delivered
-    assert (tenant, device, invocation.invocation, invocation.command) == ("default", "dev-1", "inv-1", "ping")
+    assert (tenant, device, invocation.invocation, invocation.command) == (
+        "default",
+        "dev-1",
+        "inv-1",
+        "ping",
+    )
     await rig.router.on_response("default", "dev-1", "inv-1")
     assert rig.router.pending == 0
     # Well past the response timeout: nothing more is reported.

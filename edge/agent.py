@@ -1,0 +1,200 @@
+"""The edge agent: wires adapters, the durable buffer, the uplink and the command router.
+
+Orchestration only — no protocol code lives here. The agent is the adapters'
+:class:`~fieldgate.edge.adapters.EventSink`:
+
+- ``accept`` gives every event without one a unique alternate id (``uuid4().hex``) *before*
+  it is written, so every resend carries the same idempotency key; appends it to the buffer
+  (returning only once it is on disk, which is when an adapter may acknowledge the device);
+  and tells the command router about command_response events.
+- ``reject`` keeps an undecodable payload in the failed-decode lane, counts it by reason kind
+  and logs it at WARNING (rate-limited, so a misbehaving device cannot flood the log).
+
+Start order: buffer → command router → adapters → uplink → metrics endpoint; ``stop`` undoes
+whatever was started, in reverse, and is idempotent. Unacknowledged events and pending
+commands stay on disk for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from fieldgate.edge.adapters import Adapter
+from fieldgate.edge.adapters.mqtt import build_mqtt_adapter
+from fieldgate.edge.buffer import EventBuffer
+from fieldgate.edge.commands import CommandRouter
+from fieldgate.edge.config import EdgeConfig
+from fieldgate.edge.errors import EdgeError
+from fieldgate.edge.metrics import EdgeMetrics
+from fieldgate.edge.uplink import Uplink
+from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import services_pb2 as svc
+
+log = logging.getLogger(__name__)
+
+COMMANDS_DB = Path("commands.db")
+# At most one failed-decode WARNING per this many seconds; the next one says how many were quiet.
+REJECT_LOG_INTERVAL_S = 10.0
+
+
+class _RateLimitedWarning:
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
+        self._next = 0.0
+        self._suppressed = 0
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self._interval
+        if self._suppressed:
+            log.warning(
+                msg + " (%d more not logged in the last %.0fs)", *args, self._suppressed, self._interval
+            )
+            self._suppressed = 0
+        else:
+            log.warning(msg, *args)
+
+
+class EdgeAgent:
+    """One edge agent. ``async with EdgeAgent(config) as agent: ...`` or ``start()``/``stop()``.
+
+    With ``adapters=None`` the MQTT adapter is built from ``config.mqtt`` (if enabled).
+    """
+
+    def __init__(self, config: EdgeConfig, adapters: Sequence[Adapter] | None = None) -> None:
+        self.config = config
+        if adapters is None:
+            adapters = (
+                [build_mqtt_adapter(config.mqtt, tenants=config.tenants)] if config.mqtt.enabled else []
+            )
+        self.adapters: list[Adapter] = list(adapters)
+        self.buffer = EventBuffer(config.buffer, config.resolve(config.buffer.path))
+        self.router = CommandRouter(
+            config.commands, self.adapters, config.resolve(COMMANDS_DB), self._send_status
+        )
+        self.uplink = Uplink(
+            config.uplink, config.edge_id, self.buffer, self.router.on_command, outbox=self.router
+        )
+        self.metrics = EdgeMetrics()
+        self.metrics.watch(buffer=self.buffer, uplink=self.uplink, router=self.router, adapters=self.adapters)
+        self._tenants = frozenset(config.tenants)
+        self._warn_reject = _RateLimitedWarning(REJECT_LOG_INTERVAL_S)
+        self._lifecycle = asyncio.Lock()
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._stack is not None
+
+    async def start(self) -> None:
+        async with self._lifecycle:
+            if self._stack is not None:
+                return
+            async with contextlib.AsyncExitStack() as stack:
+                self.config.data_dir.mkdir(parents=True, exist_ok=True)
+                await self.buffer.open()
+                stack.push_async_callback(self.buffer.close)
+                await self.router.start()
+                stack.push_async_callback(self.router.stop)
+                for adapter in self.adapters:
+                    await adapter.start(self, self.router.on_online)
+                    stack.push_async_callback(adapter.stop)
+                await self.uplink.start()
+                stack.push_async_callback(self.uplink.stop)
+                if self.config.metrics_port:
+                    self.metrics.serve(self.config.metrics_port)
+                    stack.callback(self.metrics.close)
+                self._stack = stack.pop_all()
+            log.info(
+                "edge agent %s started: %d events buffered, %d commands pending, adapters: %s, cloud: %s",
+                self.config.edge_id,
+                self.buffer.depth,
+                self.router.pending,
+                ", ".join(a.name for a in self.adapters) or "none",
+                self.config.uplink.target,
+            )
+
+    async def stop(self) -> None:
+        """Stop adapters first (no new input), then uplink, router and buffer. Idempotent."""
+        async with self._lifecycle:
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                await stack.aclose()
+                log.info("edge agent %s stopped (%d events buffered)", self.config.edge_id, self.buffer.depth)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ EventSink
+
+    async def accept(self, events: Sequence[pb.Event], *, source: str) -> None:
+        """Make ``events`` durable (see the module docstring). Raises BufferFull under reject_new."""
+        if not events:
+            return
+        accepted: list[pb.Event] = []
+        for event in events:
+            if event.tenant not in self._tenants:
+                # Adapters check tenants themselves; this guards the buffer against one that did not.
+                await self.reject(
+                    event.SerializeToString(),
+                    source=source,
+                    reason=f"tenant {event.tenant!r} is not served by this edge",
+                    tenant=event.tenant,
+                )
+                continue
+            if not event.alternate_id:
+                event.alternate_id = uuid.uuid4().hex
+            accepted.append(event)
+        if not accepted:
+            return
+        await self.buffer.append(accepted)
+        self.metrics.events_accepted.inc(len(accepted))
+        for event in accepted:
+            if event.WhichOneof("payload") == "command_response":
+                try:
+                    await self.router.on_response(
+                        event.tenant, event.device, event.command_response.invocation
+                    )
+                except EdgeError as err:
+                    # The event is durable and goes up regardless; only the edge's timeout tracking
+                    # for this invocation is affected, so the device must not be asked to resend.
+                    log.error("command response %s not recorded: %s", event.command_response.invocation, err)
+
+    async def reject(self, payload: bytes, *, source: str, reason: str, tenant: str = "") -> None:
+        """Keep an undecodable payload in the failed-decode lane (counted, logged)."""
+        self.metrics.count_rejected(reason)
+        self._warn_reject(
+            "payload from %s rejected: %s (%d bytes kept in the failed-decode lane)",
+            source,
+            reason,
+            len(payload),
+        )
+        await self.buffer.add_failed(source=source, tenant=tenant, reason=reason, payload=payload)
+
+    async def failed_decodes(self, limit: int = 100) -> list[pb.FailedDecode]:
+        """The newest payloads of the failed-decode lane, newest first."""
+        return await self.buffer.failed_decodes(limit)
+
+    # ------------------------------------------------------------------ wiring
+
+    async def _send_status(self, update: svc.CommandStatusUpdate) -> None:
+        await self.uplink.send_status(update)
