@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -222,6 +223,53 @@ def _quiet_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
+def measure_scenario(sc: Scenario, broker: BrokerKind, ns: argparse.Namespace) -> tuple[float, IngestResult]:
+    """One baseline + fieldgate measurement, each on a fresh broker (nothing queued leaks over)."""
+    baseline = math.nan
+    # A paced load has no baseline to compare with: both sides carry the offered rate.
+    skip_baseline = ns.skip_baseline or sc.rate > 0
+    if broker == "mosquitto":
+        # The baseline and then the suite's edge use the same Mosquitto.
+        with broker_process("mosquitto") as mosquitto:
+            if not skip_baseline:
+                baseline = run_baseline(sc, mosquitto.port, broker, ns)
+            r = run_scenario(sc, broker, mosquitto.port, ns)
+    else:
+        # The baseline runs on a bare amqtt process; the suite embeds its own amqtt.
+        if not skip_baseline:
+            with broker_process("amqtt") as amqtt:
+                baseline = run_baseline(sc, amqtt.port, broker, ns)
+        r = run_scenario(sc, broker, None, ns)
+    print(
+        f"  {r.events_per_s:,.0f} events/s, {r.persisted}/{r.events} stored, p50 {r.p50_ms:.1f} ms, "
+        f"p99 {r.p99_ms:.1f} ms" + (f"  [publisher: {r.publisher_error}]" if r.publisher_error else ""),
+        flush=True,
+    )
+    return baseline, r
+
+
+def table_row(sc: Scenario, broker: str, baselines: list[float], results: list[IngestResult]) -> list[str]:
+    """Medians over the repeats (ratio: median of the per-run ratios); RSS: highest; losses: summed."""
+    ratios = [r.events_per_s / sc.batch / b for b, r in zip(baselines, results, strict=True) if b > 0]
+
+    def med(values: list[float], fmt: str) -> str:
+        values = [v for v in values if not math.isnan(v)]
+        return format(statistics.median(values), fmt) if values else "-"
+
+    return [
+        sc.name,
+        broker,
+        med(baselines, ",.0f"),
+        med([r.events_per_s for r in results], ",.0f"),
+        med(ratios, ".2f"),
+        med([r.p50_ms for r in results], ".1f"),
+        med([r.p99_ms for r in results], ".1f"),
+        f"{max(r.rss_idle_mb for r in results):.0f} / {max(r.rss_peak_mb for r in results):.0f}",
+        str(sum(max(0, r.acked - r.persisted) for r in results)),
+        str(sum(r.duplicates for r in results)),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="events/s and latency MQTT → stored in the cloud, beside bare MQTT"
@@ -252,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "--idle", type=float, default=30.0, help="give up after this long without new stored events"
     )
     p.add_argument("--skip-baseline", action="store_true", help="measure fieldgate only")
+    p.add_argument("--repeat", type=int, default=1, help="runs per scenario; medians are printed")
     ns = p.parse_args(argv)
 
     _quiet_logging()
@@ -267,45 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fieldgate ingest benchmark, broker {broker}, QoS 1 — {machine_line()}", flush=True)
     rows = []
     for sc in scenarios:
-        # A fresh broker per scenario: nothing queued from one phase leaks into the next.
-        # amqtt: the baseline runs on a bare amqtt process, the suite embeds its own amqtt.
-        # mosquitto: the baseline and then the suite's edge use the same Mosquitto.
-        baseline = math.nan
-        # A paced load has no baseline to compare with: both sides carry the offered rate.
-        skip_baseline = ns.skip_baseline or sc.rate > 0
-        if broker == "mosquitto":
-            # The baseline and then the suite's edge use the same Mosquitto.
-            with broker_process("mosquitto") as mosquitto:
-                if not skip_baseline:
-                    baseline = run_baseline(sc, mosquitto.port, broker, ns)
-                r = run_scenario(sc, broker, mosquitto.port, ns)
-        else:
-            # The baseline runs on a bare amqtt process; the suite embeds its own amqtt.
-            if not skip_baseline:
-                with broker_process("amqtt") as amqtt:
-                    baseline = run_baseline(sc, amqtt.port, broker, ns)
-            r = run_scenario(sc, broker, None, ns)
-        msg_s = r.events_per_s / sc.batch
-        ratio = msg_s / baseline if baseline > 0 else math.nan
-        print(
-            f"  {r.events_per_s:,.0f} events/s, {r.persisted}/{r.events} stored, p50 {r.p50_ms:.1f} ms, "
-            f"p99 {r.p99_ms:.1f} ms" + (f"  [publisher: {r.publisher_error}]" if r.publisher_error else ""),
-            flush=True,
-        )
-        rows.append(
-            [
-                sc.name,
-                broker,
-                "-" if math.isnan(baseline) else f"{baseline:,.0f}",
-                f"{r.events_per_s:,.0f}",
-                "-" if math.isnan(ratio) else f"{ratio:.2f}",
-                f"{r.p50_ms:.1f}",
-                f"{r.p99_ms:.1f}",
-                f"{r.rss_idle_mb:.0f} / {r.rss_peak_mb:.0f}",
-                str(max(0, r.acked - r.persisted)),
-                str(r.duplicates),
-            ]
-        )
+        baselines: list[float] = []
+        results: list[IngestResult] = []
+        for _ in range(ns.repeat):
+            baseline, r = measure_scenario(sc, broker, ns)
+            baselines.append(baseline)
+            results.append(r)
+        rows.append(table_row(sc, broker, baselines, results))
     print()
     print(
         table(
