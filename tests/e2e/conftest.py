@@ -7,14 +7,28 @@ import httpx
 import pytest
 
 from fieldgate.suite import Suite, SuiteOptions
+from tests.helpers.mosquitto import start_mosquitto
 
 PASSWORD = "e2e-secret-pw"
 
 
-@pytest.fixture
-async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
-    async with Suite(SuiteOptions(data_dir=tmp_path / "fg", admin_password=PASSWORD)) as s:
-        yield s
+@pytest.fixture(params=["embedded", "mosquitto"])
+async def suite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Suite]:
+    """The whole suite, once with the embedded amqtt broker and once with Mosquitto (Debian's)
+    as the external broker the edge agent subscribes to."""
+    if request.param == "embedded":
+        async with Suite(SuiteOptions(data_dir=tmp_path / "fg", admin_password=PASSWORD)) as s:
+            yield s
+        return
+    broker = start_mosquitto(tmp_path)
+    try:
+        opts = SuiteOptions(
+            data_dir=tmp_path / "fg", admin_password=PASSWORD, mqtt_mode="external", mqtt_port=broker.port
+        )
+        async with Suite(opts) as s:
+            yield s
+    finally:
+        broker.stop()
 
 
 async def login(base_url: str, password: str = PASSWORD) -> httpx.AsyncClient:
