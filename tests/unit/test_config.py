@@ -57,7 +57,7 @@ def test_models_are_frozen() -> None:
 
 
 def test_tenant_tokens_are_checked() -> None:
-    with pytest.raises(ConfigError, match="tenants.0.token"):
+    with pytest.raises(ConfigError, match=r"tenants\.0\.token"):
         cfg.validate(CloudConfig, {"tenants": [{"token": "../etc"}]})
 
 
