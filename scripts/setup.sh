@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything fieldgate needs on a fresh Debian machine: Debian packages (Mosquitto for
-# the external-broker tests and the tour's mosquitto_pub), then a virtualenv with fieldgate and
+# the external-broker tests and the tour's mosquitto_pub, dbus for the BLE simulator), then a virtualenv with fieldgate and
 # its test tools. Safe to run again.
 set -euo pipefail
 VENV=${1:-.venv}
@@ -8,6 +8,8 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# A private D-Bus daemon hosts the simulated BlueZ that the BLE tests run bleak against.
+command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
