@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -33,8 +33,10 @@ from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.commands import CommandRouter
 from fieldgate.edge.config import EdgeConfig
 from fieldgate.edge.errors import EdgeError
+from fieldgate.edge.health import HealthBoard
 from fieldgate.edge.metrics import EdgeMetrics
 from fieldgate.edge.uplink import Uplink
+from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 COMMANDS_DB = Path("commands.db")
 # At most one failed-decode WARNING per this many seconds; the next one says how many were quiet.
 REJECT_LOG_INTERVAL_S = 10.0
+# Presence changes being written at once; beyond this they are dropped and counted (a flapping
+# link must not pile up tasks).
+MAX_PRESENCE_IN_FLIGHT = 1000
 
 
 class _RateLimitedWarning:
@@ -92,6 +97,12 @@ class EdgeAgent:
         self._warn_reject = _RateLimitedWarning(REJECT_LOG_INTERVAL_S)
         self._lifecycle = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
+        self._presence_tasks: set[asyncio.Task[None]] = set()
+        self.presence_dropped = 0
+        for adapter in self.adapters:
+            board = getattr(adapter, "health", None)
+            if isinstance(board, HealthBoard):
+                board.on_change = self._make_presence_hook(adapter.name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,6 +120,7 @@ class EdgeAgent:
                 stack.push_async_callback(self.buffer.close)
                 await self.router.start()
                 stack.push_async_callback(self.router.stop)
+                stack.push_async_callback(self._drain_presence)
                 for adapter in self.adapters:
                     await adapter.start(self, self.router.on_online)
                     stack.push_async_callback(adapter.stop)
@@ -193,6 +205,40 @@ class EdgeAgent:
     async def failed_decodes(self, limit: int = 100) -> list[pb.FailedDecode]:
         """The newest payloads of the failed-decode lane, newest first."""
         return await self.buffer.failed_decodes(limit)
+
+    # ------------------------------------------------------------------ link health → cloud
+
+    def _make_presence_hook(self, adapter_name: str) -> Callable[[str, str, bool], None]:
+        def hook(tenant: str, device: str, connected: bool) -> None:
+            self._presence(adapter_name, tenant, device, connected)
+
+        return hook
+
+    def _presence(self, adapter_name: str, tenant: str, device: str, connected: bool) -> None:
+        """Forward a link going up or down to the cloud as a PRESENCE state change event."""
+        if self._stack is None or len(self._presence_tasks) >= MAX_PRESENCE_IN_FLIGHT:
+            self.presence_dropped += 1
+            return
+        t = now_ms()
+        event = pb.Event(tenant=tenant, device=device, event_time_ms=t, received_time_ms=t)
+        event.metadata["adapter"] = adapter_name
+        event.state_change.kind = pb.STATE_CHANGE_KIND_PRESENCE
+        event.state_change.previous = "disconnected" if connected else "connected"
+        event.state_change.current = "connected" if connected else "disconnected"
+        task = asyncio.get_running_loop().create_task(self._write_presence(event, adapter_name))
+        self._presence_tasks.add(task)
+        task.add_done_callback(self._presence_tasks.discard)
+
+    async def _write_presence(self, event: pb.Event, adapter_name: str) -> None:
+        try:
+            await self.accept([event], source=f"{adapter_name}:presence")
+        except EdgeError as err:  # BufferFull under reject_new: presence is advisory
+            self.presence_dropped += 1
+            log.warning("presence of %s/%s not recorded: %s", event.tenant, event.device, err)
+
+    async def _drain_presence(self) -> None:
+        if self._presence_tasks:
+            await asyncio.gather(*self._presence_tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ wiring
 

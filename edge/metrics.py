@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.commands import CommandRouter
+from fieldgate.edge.health import HealthBoard
 from fieldgate.edge.uplink import Uplink
 
 # Rejection reasons are free text; their metric label is a short "kind" with a bounded set.
@@ -168,6 +169,38 @@ class _ComponentCollector(Collector):
             "fieldgate_commands_pending", "Commands waiting for a device or its answer.", self._router.pending
         )
         yield from self._adapter_metrics()
+        yield from self._link_health()
+
+    def _link_health(self) -> Iterator[Metric]:
+        """Per-device link health of every adapter that keeps a ``health`` board."""
+        labels = ["adapter", "tenant", "device"]
+        connected = GaugeMetricFamily(
+            "fieldgate_device_connected", "1 while the device's link is up.", labels=labels
+        )
+        last_seen = GaugeMetricFamily(
+            "fieldgate_device_last_seen_timestamp_seconds",
+            "When the device was last heard from.",
+            labels=labels,
+        )
+        reconnects = CounterMetricFamily(
+            "fieldgate_device_reconnects", "Times the device's link was re-established.", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "fieldgate_device_errors", "Link errors by kind.", labels=[*labels, "kind"]
+        )
+        for adapter in self._adapters:
+            board = getattr(adapter, "health", None)
+            if not isinstance(board, HealthBoard):
+                continue
+            name = str(getattr(adapter, "name", type(adapter).__name__))
+            for (tenant, device), h in board.snapshot().items():
+                key = [name, tenant, device]
+                connected.add_metric(key, 1.0 if h.connected else 0.0)
+                last_seen.add_metric(key, h.last_seen_ms / 1000.0)
+                reconnects.add_metric(key, h.reconnects)
+                for kind, count in h.errors.items():
+                    errors.add_metric([*key, kind], count)
+        yield from (connected, last_seen, reconnects, errors)
 
     def _adapter_metrics(self) -> Iterator[Metric]:
         """Every integer (or {kind: integer}) field of each adapter's ``stats`` dataclass."""
