@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
@@ -142,11 +143,19 @@ async def run_fieldgate(
                         )
                     rss_idle = proc_status_kb(os.getpid(), "VmRSS") / 1024
 
+                    progress = asyncio.ensure_future(_progress(suite)) if ns.threads or ns.profile else None
                     with RssSampler(os.getpid()) as rss:
                         load.go()
                         publishing = asyncio.ensure_future(asyncio.to_thread(load.result))
                         await drain(scenario.events, "run", time.monotonic() + ns.timeout)
                         published: PublisherResult = await publishing
+                    if progress is not None:
+                        progress.cancel()
+                        print(await progress, flush=True)
+                    if ns.profile or ns.threads:
+                        print("  CPU seconds per thread of the suite process:", flush=True)
+                        for name, cpu in sorted(_thread_cpu().items(), key=lambda kv: -kv[1])[:12]:
+                            print(f"    {name:<32} {cpu:7.2f}", flush=True)
                 finally:
                     warm.close(0)
                     load.close(0)
@@ -185,7 +194,10 @@ def _scenario_child(
     """Child process: one scenario through its own suite, so its RSS is that scenario's alone."""
     _quiet_logging()
     try:
-        out.send(asyncio.run(run_fieldgate(sc, broker, port, ns)))
+        if ns.profile:
+            out.send(_profiled(ns.profile, sc, lambda: asyncio.run(run_fieldgate(sc, broker, port, ns))))
+        else:
+            out.send(asyncio.run(run_fieldgate(sc, broker, port, ns)))
     except SystemExit as err:
         out.send(str(err))
     except Exception as err:  # top of the child: report to the parent, which prints it
@@ -193,6 +205,98 @@ def _scenario_child(
         raise
     finally:
         out.close()
+
+
+async def _progress(suite: object) -> str:
+    """``--threads``: events past each hop of the pipeline every 0.5 s (where a backlog grows)."""
+    from typing import Any
+
+    s: Any = suite
+    stages = {type(st).__name__: st for st in s.cloud.stages}
+
+    def sample() -> list[int]:
+        edge = s.edge
+        return [
+            edge.buffer.stats.appended,
+            edge.uplink.stats.events_sent,
+            edge.uplink.stats.events_acked,
+            s.cloud.ingest.stats.events_accepted,
+            stages["InboundProcessing"].stats.enriched,
+            stages["EventPersistence"].stats.stored,
+            stages["EventPersistence"].stats.store_calls,
+            stages["InboundProcessing"].stage.stats.polls,
+            s.cloud.bus.stats.write_transactions,
+            edge.buffer.stats.commits,
+        ]
+
+    lines = [
+        "   t s  buffered      sent     acked   [decoded] [enriched]    stored  st.calls in.polls"
+        " bus.txns buf.txns   depth"
+    ]
+    start = time.monotonic()
+    try:
+        while True:
+            await asyncio.sleep(0.5)
+            row = sample()
+            lines.append(
+                f"{time.monotonic() - start:6.1f} "
+                + " ".join(f"{v:9d}" for v in row[:6])
+                + " ".join(f"{v:8d}" for v in row[6:])
+                + f" {s.edge.buffer.depth:7d}"
+            )
+    except asyncio.CancelledError:
+        return "\n".join(lines)
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) per thread of this process, by thread name (Linux /proc)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = names.get(int(task.name)) or (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _profiled(target: str, sc: Scenario, run: Callable[[], IngestResult]) -> IngestResult:
+    """``--profile``: cProfile the event-loop thread of the suite process (the stats go to
+    ``<target>-<scenario>.prof``) and print the CPU time of every thread of the process."""
+    import cProfile
+    import pstats
+
+    if target.endswith(".html") or target.endswith(".txt"):
+        # pyinstrument (not a fieldgate dependency: pip install it for this): a sampling
+        # profile of the loop thread, far less distorted by per-call overhead than cProfile.
+        from pyinstrument import Profiler
+
+        sampler = Profiler(interval=0.001, async_mode="disabled")
+        sampler.start()
+        try:
+            return run()
+        finally:
+            sampler.stop()
+            text = sampler.output_text(unicode=True, show_all=False)
+            Path(target).write_text(sampler.output_html() if target.endswith(".html") else text)
+            print(f"  profile: {target}", flush=True)
+
+    profiler = cProfile.Profile()
+    before = time.process_time()
+    profiler.enable()
+    try:
+        return run()
+    finally:
+        profiler.disable()
+        path = f"{target}-{sc.batch}x{sc.messages}.prof"
+        profiler.dump_stats(path)
+        print(f"  profile: {path}; process CPU {time.process_time() - before:.1f} s", flush=True)
+        pstats.Stats(path).sort_stats("tottime").print_stats(25)
 
 
 def run_scenario(sc: Scenario, broker: BrokerKind, port: int | None, ns: argparse.Namespace) -> IngestResult:
@@ -301,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip-baseline", action="store_true", help="measure fieldgate only")
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario; medians are printed")
+    p.add_argument(
+        "--threads", action="store_true", help="print the CPU time of each thread of the suite process"
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="cProfile the suite process (slows it down): writes PREFIX-<scenario>.prof and prints "
+        "the top functions and the CPU time of each of its threads",
+    )
     ns = p.parse_args(argv)
 
     _quiet_logging()

@@ -4,8 +4,10 @@ One bidirectional gRPC stream per edge agent. The edge sends ``Hello`` first (an
 ends the stream with INVALID_ARGUMENT), the cloud answers ``Welcome``; then the edge sends
 ``EventBatchUp`` messages and the cloud answers each with ``BatchAck(seq)`` **after** the
 batch's events are durably published to the tenants' ``[decoded]`` topics — only then may the
-edge delete them from its buffer. Batches of one stream are handled one after another, so the
-acks go out in seq order and a device's events stay in order on the bus. Events of a tenant
+edge delete them from its buffer. Batches of one stream are handled in order, so the acks go
+out in seq order and a device's events stay in order on the bus; batches that are already
+waiting when the previous publish returns (the edge keeps several in flight) are published
+together, one durable bus write for all of them, and then acknowledged one by one. Events of a tenant
 the registry does not know, and events without a device or an alternate id, are refused
 permanently: counted, and reported in ``BatchAck.rejected``/``reason`` (the edge does not
 retry them). If the bus is unavailable the stream ends with UNAVAILABLE and no ack: the edge
@@ -53,6 +55,11 @@ from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 
 log = logging.getLogger(__name__)
+
+# Messages of one stream read ahead of the handler (bounded; overflow policy: stop reading).
+READ_AHEAD = 64
+# Events of consecutive batches published together at most (one bus write for all of them).
+MAX_COALESCED_EVENTS = 20_000
 
 # (tenant, device) that just became reachable for commands. Called synchronously from the
 # stream handler: it must not block (put the work on the listener's own bounded queue).
@@ -425,19 +432,45 @@ class IngestService:
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the cloud's log")
 
     async def _read(self, requests: AsyncIterator[svc.EdgeMessage], session: EdgeSession) -> None:
+        """Handle the edge's messages in order; consecutive batches already received are
+        published together (one bus publish per tenant for all of them: one durable write
+        instead of one per batch), then acknowledged one by one in seq order."""
+        inbox: asyncio.Queue[svc.EdgeMessage | BaseException | None] = asyncio.Queue(maxsize=READ_AHEAD)
+        pump = asyncio.create_task(self._pump(requests, inbox), name=f"uplink-pump:{session.edge_id}")
         try:
-            async for msg in requests:
-                kind = msg.WhichOneof("kind")
+            item = await inbox.get()
+            while item is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                kind = item.WhichOneof("kind")
                 if kind == "batch":
-                    ack = await self._accept(session, msg.batch)
-                    # Overflow policy for acks: block (stop reading until the edge drains them).
-                    await session.outbound.put(svc.CloudMessage(ack=ack))
-                elif kind == "command_status":
-                    await self._sessions.report_status(session, msg.command_status)
+                    batches = [item.batch]
+                    size = len(item.batch.events)
+                    item = None
+                    while size < MAX_COALESCED_EVENTS:
+                        try:
+                            nxt = inbox.get_nowait()
+                        except asyncio.QueueEmpty:
+                            break
+                        if isinstance(nxt, svc.EdgeMessage) and nxt.WhichOneof("kind") == "batch":
+                            batches.append(nxt.batch)
+                            size += len(nxt.batch.events)
+                        else:
+                            item = nxt  # handled after these batches, in stream order
+                            break
+                    for ack in await self._accept_batches(session, batches):
+                        # Overflow policy for acks: block (stop reading until the edge drains them).
+                        await session.outbound.put(svc.CloudMessage(ack=ack))
+                    if item is None:
+                        item = await inbox.get()
+                    continue
+                if kind == "command_status":
+                    await self._sessions.report_status(session, item.command_status)
                 elif kind == "hello":
                     raise ProtocolViolation("Hello sent twice on one stream")
                 else:
                     raise ProtocolViolation("empty EdgeMessage")
+                item = await inbox.get()
         except ProtocolViolation as err:
             self.stats.protocol_errors += 1
             log.warning("edge %s: protocol error: %s", session.edge_id, err)
@@ -456,53 +489,91 @@ class IngestService:
             self.stats.stream_failures += 1
             log.exception("edge %s: stream reader failed", session.edge_id)
             raise
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
 
-    async def _accept(self, session: EdgeSession, batch: svc.EventBatchUp) -> svc.BatchAck:
-        """Publish the batch's acceptable events to [decoded]; the ack says what was refused."""
-        if batch.seq <= session.last_seq and session.batches:
-            log.warning(
-                "edge %s: batch seq %d after %d (not increasing)",
-                session.edge_id,
-                batch.seq,
-                session.last_seq,
-            )
-        session.last_seq = batch.seq
-        session.batches += 1
-        self.stats.batches += 1
+    @staticmethod
+    async def _pump(
+        requests: AsyncIterator[svc.EdgeMessage],
+        inbox: asyncio.Queue[svc.EdgeMessage | BaseException | None],
+    ) -> None:
+        """Read ahead of the handler (bounded: a full inbox stops reading, gRPC flow control
+        then holds the edge back); the end of the stream or its failure is queued last."""
+        try:
+            async for msg in requests:
+                await inbox.put(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - handed to the reader, which raises it in order
+            await inbox.put(err)
+            return
+        await inbox.put(None)
 
-        by_tenant: dict[str, list[pb.Event]] = {}
-        rejected: dict[str, int] = {}
+    async def _accept_batches(
+        self, session: EdgeSession, batches: list[svc.EventBatchUp]
+    ) -> list[svc.BatchAck]:
+        """Publish the batches' acceptable events to [decoded]; one ack per batch (in order)
+        saying what was refused. Nothing is acknowledged unless every publish succeeded."""
         received = now_ms()
-        for ev in batch.events:
-            if not ev.device or not ev.alternate_id:
-                reason = "event without device" if not ev.device else "event without alternate id"
-                rejected[reason] = rejected.get(reason, 0) + 1
-                self.stats.rejected_invalid += 1
-                continue
-            if not ev.received_time_ms:
-                ev.received_time_ms = received
-            by_tenant.setdefault(ev.tenant, []).append(ev)
+        per_batch: list[tuple[svc.EventBatchUp, dict[str, list[pb.Event]], dict[str, int]]] = []
+        for batch in batches:
+            if batch.seq <= session.last_seq and session.batches:
+                log.warning(
+                    "edge %s: batch seq %d after %d (not increasing)",
+                    session.edge_id,
+                    batch.seq,
+                    session.last_seq,
+                )
+            session.last_seq = batch.seq
+            session.batches += 1
+            self.stats.batches += 1
+            by_tenant: dict[str, list[pb.Event]] = {}
+            rejected: dict[str, int] = {}
+            for ev in batch.events:
+                if not ev.device or not ev.alternate_id:
+                    reason = "event without device" if not ev.device else "event without alternate id"
+                    rejected[reason] = rejected.get(reason, 0) + 1
+                    self.stats.rejected_invalid += 1
+                    continue
+                if not ev.received_time_ms:
+                    ev.received_time_ms = received
+                tenant_events = by_tenant.get(ev.tenant)
+                if tenant_events is None:
+                    tenant_events = by_tenant[ev.tenant] = []
+                tenant_events.append(ev)
+            per_batch.append((batch, by_tenant, rejected))
 
-        for tenant in list(by_tenant):
-            if not tenant or not await self._tenants.exists(tenant):
-                reason = f"unknown tenant {tenant!r}"
-                n = len(by_tenant.pop(tenant))
-                rejected[reason] = rejected.get(reason, 0) + n
-                self.stats.rejected_unknown_tenant += n
+        known: dict[str, bool] = {}
+        merged: dict[str, list[pb.Event]] = {}
+        for _batch, by_tenant, rejected in per_batch:
+            for tenant in list(by_tenant):
+                if tenant not in known:
+                    known[tenant] = bool(tenant) and await self._tenants.exists(tenant)
+                if not known[tenant]:
+                    reason = f"unknown tenant {tenant!r}"
+                    n = len(by_tenant.pop(tenant))
+                    rejected[reason] = rejected.get(reason, 0) + n
+                    self.stats.rejected_unknown_tenant += n
+                else:
+                    merged.setdefault(tenant, []).extend(by_tenant[tenant])
 
-        for tenant, events in by_tenant.items():
+        for tenant, events in merged.items():
             await self._bus.publish(topic_name(tenant, DECODED, self._prefix), messages_by_device(events))
-        for tenant, events in by_tenant.items():
+        for tenant, events in merged.items():
             self._sessions.learn(session, tenant, {ev.device for ev in events})
 
-        accepted = sum(len(evs) for evs in by_tenant.values())
-        refused = sum(rejected.values())
-        session.events += accepted
-        self.stats.events_accepted += accepted
-        self.stats.events_rejected += refused
-        text = "; ".join(f"{reason}: {n}" for reason, n in rejected.items())
-        if refused:
-            log.warning(
-                "edge %s: batch %d: refused %d events (%s)", session.edge_id, batch.seq, refused, text
-            )
-        return svc.BatchAck(seq=batch.seq, rejected=refused, reason=text)
+        acks = []
+        for batch, by_tenant, rejected in per_batch:
+            accepted = sum(len(evs) for evs in by_tenant.values())
+            refused = sum(rejected.values())
+            session.events += accepted
+            self.stats.events_accepted += accepted
+            self.stats.events_rejected += refused
+            text = "; ".join(f"{reason}: {n}" for reason, n in rejected.items())
+            if refused:
+                log.warning(
+                    "edge %s: batch %d: refused %d events (%s)", session.edge_id, batch.seq, refused, text
+                )
+            acks.append(svc.BatchAck(seq=batch.seq, rejected=refused, reason=text))
+        return acks

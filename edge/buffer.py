@@ -7,8 +7,11 @@ flooded; this module is what makes "no event is lost" true across all of that.
 
 How it is built, and why:
 
-- **One writer thread.** All SQLite work runs on a single dedicated executor thread, so the
+- **One writer thread.** All SQLite writes run on a single dedicated executor thread, so the
   event loop never blocks on ``fsync`` and the connection is never shared between threads.
+  Reads (the uplink's :meth:`EventBuffer.read_after`) use a second connection on a thread of
+  their own: under WAL a reader sees every committed transaction and does not wait behind a
+  commit in progress, so the uplink keeps sending while a large group commit is written.
 - **Group commit.** :meth:`EventBuffer.append` only queues its rows and awaits a future. A
   writer task takes *everything* queued (from any number of callers), commits it in one
   transaction (one ``fsync`` under ``synchronous=FULL``) and then resolves every caller's
@@ -62,6 +65,8 @@ from fieldgate.v1 import events_pb2 as pb
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Appended events per transaction at most (more waiting go into the next one).
+MAX_COMMIT_EVENTS = 20_000
 
 # (seq, tenant, device, alternate_id, data, appended_ms)
 _EventRow = tuple[int, str, str, str, bytes, int]
@@ -131,6 +136,10 @@ class EventBuffer:
         self.stats = BufferStats()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # Reads (the uplink's) have a connection and thread of their own: under WAL they see
+        # every committed transaction without queueing behind a commit's fsync.
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
         self._pending = _Pending()
         self._wake = asyncio.Event()
         self._data_changed = asyncio.Event()
@@ -153,11 +162,15 @@ class EventBuffer:
             return
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-buffer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-buffer-read")
         try:
             await self._run(self._open_sync)
+            await self._read(self._open_reader_sync)
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._reader.shutdown(wait=False)
+            self._reader = None
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="edge-buffer-writer")
 
@@ -172,10 +185,14 @@ class EventBuffer:
             self._writer = None
         self._data_changed.set()  # wake readers blocked in wait_for_data
         try:
+            await self._read(self._close_reader_sync)
             await self._run(self._close_sync)
         finally:
             executor, self._executor = self._executor, None
             executor.shutdown(wait=True)
+            if self._reader is not None:
+                reader, self._reader = self._reader, None
+                reader.shutdown(wait=True)
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -226,7 +243,7 @@ class EventBuffer:
     async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` stored events with a ``seq`` above ``seq``, oldest first."""
         self._check_open()
-        rows: list[tuple[int, bytes]] = await self._run(self._read_sync, seq, limit)
+        rows: list[tuple[int, bytes]] = await self._read(self._read_sync, seq, limit)
         return rows
 
     async def wait_for_data(self, after_seq: int, max_wait_s: float | None = None) -> bool:
@@ -279,7 +296,7 @@ class EventBuffer:
     async def failed_decodes(self, limit: int = 100) -> list[pb.FailedDecode]:
         """The newest entries of the failed-decode lane, newest first."""
         self._check_open()
-        rows: list[tuple[Any, ...]] = await self._run(
+        rows: list[tuple[Any, ...]] = await self._read(
             self._query_sync,
             "SELECT tenant, source, reason, payload, received_ms FROM failed_decodes "
             "ORDER BY id DESC LIMIT ?",
@@ -312,7 +329,7 @@ class EventBuffer:
                     if len(self._pending.appends) == seen:
                         break
                     seen = len(self._pending.appends)
-            batch, self._pending = self._pending, _Pending()
+            batch, self._pending = self._take(self._pending)
             try:
                 result: _CommitResult = await self._run(
                     self._commit_sync,
@@ -333,6 +350,21 @@ class EventBuffer:
                         w.set_exception(exc)
             else:
                 self._publish(batch, result)
+
+    @staticmethod
+    def _take(pending: _Pending) -> tuple[_Pending, _Pending]:
+        """Split ``pending`` into this commit and the rest: at most :data:`MAX_COMMIT_EVENTS`
+        appended events per transaction (at least one append), so that under a flood the
+        callers of the first appends are answered (PUBACK) while later ones are written,
+        rather than all at once after one huge transaction."""
+        total = 0
+        for i, a in enumerate(pending.appends):
+            total += len(a.rows)
+            if total >= MAX_COMMIT_EVENTS and i + 1 < len(pending.appends):
+                rest = _Pending(appends=pending.appends[i + 1 :])
+                pending.appends = pending.appends[: i + 1]
+                return pending, rest
+        return pending, _Pending()
 
     def _publish(self, batch: _Pending, r: _CommitResult) -> None:
         s = self.stats
@@ -372,6 +404,11 @@ class EventBuffer:
             raise BufferStorageError("buffer is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        if self._reader is None:
+            raise BufferStorageError("buffer is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
     def _check_open(self) -> None:
         if self._executor is None or self._closing:
             raise BufferStorageError("buffer is not open")
@@ -392,24 +429,35 @@ class EventBuffer:
         self._next_seq = max_seq + 1
         self._last_seq = max_seq
 
+    def _open_reader_sync(self) -> None:
+        try:
+            self._read_conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            raise BufferStorageError(f"cannot open buffer {self._path} for reading: {err}") from err
+
+    def _close_reader_sync(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
     def _close_sync(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def _read_sync(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        assert self._conn is not None
+        assert self._read_conn is not None
         try:
-            return self._conn.execute(
+            return self._read_conn.execute(
                 "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
         except sqlite3.Error as err:
             raise BufferStorageError(f"buffer read failed: {err}") from err
 
     def _query_sync(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        assert self._conn is not None
+        assert self._read_conn is not None
         try:
-            return self._conn.execute(sql, params).fetchall()
+            return self._read_conn.execute(sql, params).fetchall()
         except sqlite3.Error as err:
             raise BufferStorageError(f"buffer query failed: {err}") from err
 

@@ -10,7 +10,8 @@ Each event is kept whole as its serialized ``pb.Event`` beside the columns that 
 command responses).
 
 Idempotency: every row carries ``key``, the 16 bytes of
-``uuid5(NAMESPACE_URL, "<tenant>/<device>/<alternate_id>")`` — the contract's event id — under
+``uuid5(NAMESPACE_URL, "<tenant>/<device>/<alternate_id>")`` — the contract's event id, from
+:mod:`fieldgate.cloud.ids` like the id inbound processing stamps — under
 a UNIQUE index, so :meth:`add` stores an event at most once per (device, alternate id) and
 returns only the events that were new (what the persistence stage forwards downstream).
 An event without an id gets that derived id. Events whose id is something else (command
@@ -32,13 +33,13 @@ query for measurements walks the device's time index, where nearly every row mat
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
+from fieldgate.cloud.ids import event_id, event_key
 from fieldgate.cloud.store import EventQuery, Page
 from fieldgate.cloud.store._sqlite import (
     SqliteWorker,
@@ -49,6 +50,9 @@ from fieldgate.cloud.store._sqlite import (
     valid_tenant,
 )
 from fieldgate.v1 import events_pb2 as pb
+
+# event_id/event_key are re-exported: callers of the store use them to predict ids.
+__all__ = ["EVENT_KINDS", "SqliteEventStore", "event_id", "event_key"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -83,26 +87,6 @@ _INSERT_ALIAS = "INSERT OR IGNORE INTO event_ids (id, key) VALUES (?, ?)"
 
 #: Valid values of ``EventQuery.kind``: the names of pb.Event's payload fields.
 EVENT_KINDS: frozenset[str] = frozenset(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["payload"].fields)
-
-
-_NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
-
-
-def event_key(tenant: str, device: str, alternate_id: str) -> bytes:
-    """The 16 bytes of ``uuid5(NAMESPACE_URL, "<tenant>/<device>/<alternate_id>")``.
-
-    Computed directly (same result as :func:`uuid.uuid5`, a third of its cost): this runs
-    once per stored event.
-    """
-    digest = bytearray(hashlib.sha1(_NAMESPACE_URL + f"{tenant}/{device}/{alternate_id}".encode()).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return bytes(digest[:16])
-
-
-def event_id(tenant: str, device: str, alternate_id: str) -> str:
-    """The cloud's deterministic event id (see the brief's alternate-id contract)."""
-    return event_key(tenant, device, alternate_id).hex()
 
 
 def _invocation_of(event: pb.Event, kind: str) -> str:

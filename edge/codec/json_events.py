@@ -224,7 +224,10 @@ def _fill(event: pb.Event, obj: dict[str, Any], kind: object) -> None:
     separately and passing them to the ``Event`` constructor (which copies).
     """
     if kind == "measurement":
-        event.measurement.values.update(_values(obj.get("values")))
+        # Item by item: the map's update() is the generic Python MutableMapping one (slower).
+        values = event.measurement.values
+        for name, value in _values(obj.get("values")).items():
+            values[name] = value
     elif kind == "location":
         lat = check_latitude(_number(obj, "lat"), "lat")
         lon = check_longitude(_number(obj, "lon"), "lon")
