@@ -42,6 +42,8 @@ def _cmd_up(ns: argparse.Namespace) -> int:
         sims=ns.sims,
         sim_rate_hz=ns.sim_rate,
         admin_password=os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None,
+        edge_process=not ns.edge_in_process,
+        log_level=ns.log_level,
     )
 
     async def body(stop: asyncio.Event) -> None:
@@ -141,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sims", type=int, default=3, help="number of simulated MQTT devices (0 for none)")
     up.add_argument(
         "--sim-rate", type=float, default=0.2, help="measurements per second per simulated device"
+    )
+    up.add_argument(
+        "--edge-in-process",
+        action="store_true",
+        help="run the edge agent inside this process instead of as its own process",
     )
     up.set_defaults(func=_cmd_up)
 

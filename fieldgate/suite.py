@@ -2,23 +2,34 @@
 
 Used by ``fieldgate up``, by the end-to-end tests and by the benchmarks, so that all three run
 exactly the same assembly.
+
+The edge agent runs either inside this process (``edge_process=False``: tests reach into it) or
+as its own process (``fieldgate edge run`` with a generated configuration file), as it would on
+a gateway; ``fieldgate up`` does the latter, so the edge and the cloud each get a core.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+import yaml
+
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig, TenantConfig
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import BufferConfig, EdgeConfig, MqttConfig, UplinkConfig
+from fieldgate.sims.mqtt import MqttDeviceSim
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,9 @@ class SuiteOptions:
     auto_register: bool = True
     edge_id: str = "edge-1"
     buffer_max_events: int = 1_000_000
+    # Run the edge agent as a child process (``fieldgate edge run``) instead of in this one.
+    edge_process: bool = False
+    log_level: str = "INFO"
 
 
 class Suite:
@@ -63,7 +77,9 @@ class Suite:
         )
         self.cloud = CloudApp(cloud_cfg)
         self.edge: EdgeAgent | None = None
-        self.sim: object | None = None
+        self.edge_proc: asyncio.subprocess.Process | None = None
+        self._edge_pump: asyncio.Task[None] | None = None
+        self.sim: MqttDeviceSim | None = None
         self.admin_password: str | None = options.admin_password
 
     def edge_config(self) -> EdgeConfig:
@@ -90,11 +106,12 @@ class Suite:
             generated = await self.cloud.ensure_admin(self.options.admin_password)
             if generated is not None:
                 self.admin_password = generated
-            self.edge = EdgeAgent(self.edge_config())
-            await self.edge.start()
+            if self.options.edge_process:
+                await self._start_edge_process()
+            else:
+                self.edge = EdgeAgent(self.edge_config())
+                await self.edge.start()
             if self.options.sims > 0:
-                from fieldgate.sims.mqtt import MqttDeviceSim
-
                 sim = MqttDeviceSim(
                     host=self.mqtt_host,
                     port=self.mqtt_port,
@@ -109,12 +126,69 @@ class Suite:
 
     async def stop(self) -> None:
         if self.sim is not None:
-            await self.sim.stop()  # type: ignore[attr-defined]
+            await self.sim.stop()
             self.sim = None
         if self.edge is not None:
             await self.edge.stop()
             self.edge = None
+        await self._stop_edge_process()
         await self.cloud.stop()
+
+    @property
+    def edge_pid(self) -> int:
+        """The process the edge agent runs in."""
+        return self.edge_proc.pid if self.edge_proc is not None else os.getpid()
+
+    async def _start_edge_process(self, timeout_s: float = 30.0) -> None:
+        config = self.edge_config()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.options.data_dir / "edge.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fieldgate.cli", "--log-level", self.options.log_level,
+            "edge", "run", "--config", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        self.edge_proc = proc
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await proc.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"edge agent exited while starting (code {await proc.wait()})")
+                    sys.stdout.write(line.decode(errors="replace"))
+                    if line.startswith(b"edge agent ") and b" up: " in line:
+                        break
+        except TimeoutError as err:
+            raise RuntimeError(f"edge agent not up within {timeout_s}s") from err
+        self._edge_pump = asyncio.create_task(self._pump(proc.stdout), name="edge-output")
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader) -> None:
+        """The child's log lines go to this process's stdout (bounded: one line at a time)."""
+        while line := await stream.readline():
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def _stop_edge_process(self, grace_s: float = 15.0) -> None:
+        proc, self.edge_proc = self.edge_proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace_s):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("edge agent did not stop within %.0fs; killing it", grace_s)
+                proc.kill()
+                await proc.wait()
+        if self._edge_pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._edge_pump
+            self._edge_pump = None
 
     async def __aenter__(self) -> Self:
         await self.start()

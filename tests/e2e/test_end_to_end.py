@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldgate.suite import Suite
+from fieldgate.suite import Suite, SuiteOptions
+from tests.e2e.conftest import login
 from tests.helpers.publisher import AckedPublisher
 from tests.helpers.waiting import eventually
 
@@ -166,7 +169,9 @@ async def test_command_validation(suite: Suite, api: httpx.AsyncClient) -> None:
 async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncClient) -> None:
     """A command for a device that is not subscribed waits at the edge until it comes online."""
     if suite.options.mqtt_mode == "external":
-        pytest.skip("an external broker does not tell the agent who is subscribed (docs/operations/mosquitto.md)")
+        pytest.skip(
+            "an external broker does not tell the agent who is subscribed (docs/operations/mosquitto.md)"
+        )
     await asyncio.to_thread(
         publish_once,
         suite.mqtt_port,
@@ -229,3 +234,28 @@ async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncC
     reasons = " ".join(str(f) for f in failed)
     assert "JSON" in reasons or "json" in reasons
     assert len(await events_of(api, "mixed-1", type="measurement")) == 10
+
+
+async def test_edge_as_its_own_process(tmp_path: Path) -> None:
+    """`fieldgate up`'s layout: the edge agent runs as a child process (`fieldgate edge run`)."""
+    opts = SuiteOptions(data_dir=tmp_path / "fg", admin_password="pw-proc", edge_process=True)
+    async with Suite(opts) as suite:
+        assert suite.edge is None and suite.edge_pid != os.getpid()
+        api = await login(suite.rest_url, "pw-proc")
+        try:
+            await asyncio.to_thread(
+                publish_once,
+                suite.mqtt_port,
+                "fieldgate/default/devices/proc-1/events",
+                {"type": "measurement", "values": {"v": 7.0}},
+            )
+
+            async def stored() -> list[dict[str, Any]]:
+                return await events_of(api, "proc-1", type="measurement")
+
+            events = await eventually(stored, timeout=15, what="event through the edge process")
+            assert events[0]["values"] == {"v": 7.0}
+        finally:
+            await api.aclose()
+        proc = suite.edge_proc
+    assert proc is not None and proc.returncode == 0, "the edge process did not stop cleanly"
