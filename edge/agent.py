@@ -28,7 +28,10 @@ from types import TracebackType
 from typing import Self
 
 from fieldgate.edge.adapters import Adapter
+from fieldgate.edge.adapters.ble import build_ble_adapter
+from fieldgate.edge.adapters.modbus import build_modbus_adapter
 from fieldgate.edge.adapters.mqtt import build_mqtt_adapter
+from fieldgate.edge.adapters.serial import build_serial_adapter
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.commands import CommandRouter
 from fieldgate.edge.config import EdgeConfig
@@ -71,18 +74,32 @@ class _RateLimitedWarning:
             log.warning(msg, *args)
 
 
+def build_adapters(config: EdgeConfig) -> list[Adapter]:
+    """The enabled adapters, the most specific first: the command router hands a command to the
+    first adapter that owns the device, and MQTT owns every device of its tenants."""
+    tenants = config.tenants
+    adapters: list[Adapter] = []
+    if config.serial.enabled:
+        adapters.append(build_serial_adapter(config.serial, tenants=tenants))
+    if config.modbus.enabled:
+        adapters.append(build_modbus_adapter(config.modbus, tenants=tenants))
+    if config.ble.enabled:
+        adapters.append(build_ble_adapter(config.ble, tenants=tenants))
+    if config.mqtt.enabled:
+        adapters.append(build_mqtt_adapter(config.mqtt, tenants=tenants))
+    return adapters
+
+
 class EdgeAgent:
     """One edge agent. ``async with EdgeAgent(config) as agent: ...`` or ``start()``/``stop()``.
 
-    With ``adapters=None`` the MQTT adapter is built from ``config.mqtt`` (if enabled).
+    With ``adapters=None`` the adapters are built from the configuration (:func:`build_adapters`).
     """
 
     def __init__(self, config: EdgeConfig, adapters: Sequence[Adapter] | None = None) -> None:
         self.config = config
         if adapters is None:
-            adapters = (
-                [build_mqtt_adapter(config.mqtt, tenants=config.tenants)] if config.mqtt.enabled else []
-            )
+            adapters = build_adapters(config)
         self.adapters: list[Adapter] = list(adapters)
         self.buffer = EventBuffer(config.buffer, config.resolve(config.buffer.path))
         self.router = CommandRouter(

@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from fieldgate.config import Frozen
+from fieldgate.edge.adapters.ble.config import BleConfig
+from fieldgate.edge.adapters.modbus.config import ModbusConfig
+from fieldgate.edge.adapters.serial.config import SerialConfig
 
 
 class MqttConfig(Frozen):
@@ -72,6 +75,10 @@ class EdgeConfig(Frozen):
     # Tenants whose devices this agent accepts; others go to the failed-decode lane.
     tenants: tuple[str, ...] = ("default",)
     mqtt: MqttConfig = MqttConfig()
+    # Southbound adapters beside MQTT (docs/protocols/serial.md, modbus.md, ble.md); off by default.
+    serial: SerialConfig = SerialConfig()
+    modbus: ModbusConfig = ModbusConfig()
+    ble: BleConfig = BleConfig()
     buffer: BufferConfig = BufferConfig()
     uplink: UplinkConfig = UplinkConfig()
     commands: CommandsConfig = CommandsConfig()
