@@ -30,8 +30,10 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 def _cmd_up(ns: argparse.Namespace) -> int:
+    from fieldgate.southbound_sims import parse_sims
     from fieldgate.suite import Suite, SuiteOptions
 
+    sims = parse_sims(ns.sims)
     opts = SuiteOptions(
         data_dir=Path(ns.data_dir),
         rest_port=ns.rest_port,
@@ -39,7 +41,8 @@ def _cmd_up(ns: argparse.Namespace) -> int:
         mqtt_port=ns.mqtt_port,
         mqtt_mode=ns.mqtt,
         mqtt_host=ns.mqtt_host,
-        sims=ns.sims,
+        sims=sims.get("mqtt", 0),
+        southbound=tuple(k for k in sims if k != "mqtt"),
         sim_rate_hz=ns.sim_rate,
         admin_password=os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None,
         edge_process=not ns.edge_in_process,
@@ -59,7 +62,7 @@ def _cmd_up(ns: argparse.Namespace) -> int:
             elif os.environ.get("FIELDGATE_ADMIN_PASSWORD"):
                 print("  Admin login  user 'admin', password from FIELDGATE_ADMIN_PASSWORD")
             if opts.sims:
-                print(f"  Simulators   {opts.sims} MQTT devices sim-0001.. at {opts.sim_rate_hz} Hz")
+                print(f"  Simulator    {opts.sims} MQTT devices sim-0001.. at {opts.sim_rate_hz} Hz")
             print("Press Ctrl-C to stop.", flush=True)
             await stop.wait()
             print("stopping...", flush=True)
@@ -140,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded amqtt broker (default) or an external broker such as Mosquitto",
     )
     up.add_argument("--mqtt-host", default="127.0.0.1")
-    up.add_argument("--sims", type=int, default=3, help="number of simulated MQTT devices (0 for none)")
+    up.add_argument(
+        "--sims",
+        default="mqtt:3",
+        help="simulated devices: a number of MQTT devices, or kinds such as mqtt:3,serial,modbus,ble "
+        "(default mqtt:3; 0 for none)",
+    )
     up.add_argument(
         "--sim-rate", type=float, default=0.2, help="measurements per second per simulated device"
     )

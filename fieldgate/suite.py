@@ -27,9 +27,12 @@ import yaml
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig, TenantConfig
+from fieldgate.config import validate
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import BufferConfig, EdgeConfig, MqttConfig, UplinkConfig
+from fieldgate.errors import ConfigError, FieldgateError
 from fieldgate.sims.mqtt import MqttDeviceSim
+from fieldgate.southbound_sims import SouthboundSims
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+class SuiteError(FieldgateError):
+    """A part of the suite failed to start."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ class SuiteOptions:
     # Run the edge agent as a child process (``fieldgate edge run``) instead of in this one.
     edge_process: bool = False
     log_level: str = "INFO"
+    # Southbound sims beside the MQTT ones: any of "serial", "modbus", "ble".
+    southbound: tuple[str, ...] = ()
 
 
 class Suite:
@@ -78,18 +87,26 @@ class Suite:
         self.cloud = CloudApp(cloud_cfg)
         self.edge: EdgeAgent | None = None
         self.edge_proc: asyncio.subprocess.Process | None = None
+        self.southbound: SouthboundSims | None = None
+        if "ble" in options.southbound and not options.edge_process:
+            raise ConfigError("the BLE sim needs the edge agent in its own process (its D-Bus is private)")
         self._edge_pump: asyncio.Task[None] | None = None
         self.sim: MqttDeviceSim | None = None
         self.admin_password: str | None = options.admin_password
 
     def edge_config(self) -> EdgeConfig:
         o = self.options
-        return EdgeConfig(
+        base = EdgeConfig(
             edge_id=o.edge_id,
             data_dir=o.data_dir / "edge",
             mqtt=MqttConfig(mode=o.mqtt_mode, host=o.mqtt_host, port=self.mqtt_port),
             buffer=BufferConfig(max_events=o.buffer_max_events),
             uplink=UplinkConfig(target=f"127.0.0.1:{self.cloud.grpc_port}"),
+        )
+        if self.southbound is None:
+            return base
+        return validate(
+            EdgeConfig, {**base.model_dump(by_alias=True), **self.southbound.edge_sections()}, "fieldgate up"
         )
 
     @property
@@ -106,6 +123,12 @@ class Suite:
             generated = await self.cloud.ensure_admin(self.options.admin_password)
             if generated is not None:
                 self.admin_password = generated
+            if self.options.southbound:
+                self.southbound = SouthboundSims(
+                    self.options.southbound, self.options.data_dir / "sims", rate_hz=self.options.sim_rate_hz
+                )
+                await self.southbound.start()
+                await self.southbound.register(self.cloud.registry)
             if self.options.edge_process:
                 await self._start_edge_process()
             else:
@@ -132,6 +155,9 @@ class Suite:
             await self.edge.stop()
             self.edge = None
         await self._stop_edge_process()
+        if self.southbound is not None:
+            await self.southbound.stop()
+            self.southbound = None
         await self.cloud.stop()
 
     @property
@@ -143,12 +169,12 @@ class Suite:
         config = self.edge_config()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.options.data_dir / "edge.yaml"
-        path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fieldgate.cli", "--log-level", self.options.log_level,
             "edge", "run", "--config", str(path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.southbound.edge_env() if self.southbound else {})},
         )  # fmt: skip
         self.edge_proc = proc
         assert proc.stdout is not None
@@ -157,12 +183,12 @@ class Suite:
                 while True:
                     line = await proc.stdout.readline()
                     if not line:
-                        raise RuntimeError(f"edge agent exited while starting (code {await proc.wait()})")
+                        raise SuiteError(f"edge agent exited while starting (code {await proc.wait()})")
                     sys.stdout.write(line.decode(errors="replace"))
                     if line.startswith(b"edge agent ") and b" up: " in line:
                         break
         except TimeoutError as err:
-            raise RuntimeError(f"edge agent not up within {timeout_s}s") from err
+            raise SuiteError(f"edge agent not up within {timeout_s}s") from err
         self._edge_pump = asyncio.create_task(self._pump(proc.stdout), name="edge-output")
 
     @staticmethod
@@ -205,3 +231,5 @@ class Suite:
         yield f"gRPC         {self.grpc_target}"
         yield f"MQTT         {self.mqtt_host}:{self.mqtt_port}  (devices publish to fieldgate/default/devices/<device>/events)"
         yield f"Data         {self.options.data_dir}"
+        for line in self.southbound.describe() if self.southbound else ():
+            yield f"Simulator    {line}"
