@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("amqtt", "transitions", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pymodbus logs every timeout with a frame dump; the Modbus adapter counts and reports them.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # bleak warns once that it cannot run bluetoothctl (absent with the simulated BlueZ).
+    logging.getLogger("bleak.backends.bluezdbus.version").setLevel(logging.ERROR)
     try:
         return int(ns.func(ns))
     except ConfigError as err:
