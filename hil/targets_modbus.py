@@ -2,7 +2,7 @@
 
 Without ``--hw-profile`` it starts :class:`fieldgate.sims.modbus.ModbusSlaveSim` (units 1 and 2
 on one pty bus, the sim's register map and commands) and offers its fault controls. With a
-profile, the ``modbus:`` section lists real devices (see hil/README-modbus.md)::
+profile, the ``modbus:`` section lists real devices (see hil/README.md)::
 
     modbus:
       - port: /dev/ttyUSB0

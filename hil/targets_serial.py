@@ -3,7 +3,7 @@
 Without ``--hw-profile`` it starts two :class:`fieldgate.sims.serial.SerialDeviceSim` devices on
 pseudo-terminals — one speaking JSON lines, one the compact binary protocol — and offers their
 fault controls. With a profile, the ``serial:`` section lists real boards (see
-hil/README-serial.md)::
+hil/README.md)::
 
     serial:
       - port: /dev/serial/by-id/usb-Espressif_ESP32-S3_7C:DF:A1-if00

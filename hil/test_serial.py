@@ -2,7 +2,7 @@
 
 What a user would check on a bench: readings arrive with plausible values; commands are acked
 and answered; an unplugged and replugged device comes back by itself; bad frames are counted
-while good ones keep arriving. See hil/README-serial.md.
+while good ones keep arriving. See hil/README.md.
 """
 
 from __future__ import annotations
