@@ -302,7 +302,7 @@ class DeviceLink:
                 timer.cancel()
             self._stats.commands_failed += 1
             self._health.error(tenant, device, "command_failed")
-            raise DeliveryError(f"BLE write failed: {err or type(err).__name__}") from err
+            raise DeliveryError(f"BLE write failed: {str(err) or type(err).__name__}") from err
         self._stats.commands_sent += 1
         if command.response_uuid is None:
             self._synthesize(inv, {"written": True})

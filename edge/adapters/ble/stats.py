@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 class BleStats:
     notifications: int = 0
     events_accepted: int = 0
-    # Notifications that could not be decoded (wrong length, out of range), by reason kind.
+    # Notifications that could not be decoded (wrong length, out of range); the reason is logged.
     decode_errors: int = 0
     # Notifications dropped because the device's queue was full (policy: drop newest), or
     # because the sink refused them (buffer full under reject_new): BLE cannot redeliver.
