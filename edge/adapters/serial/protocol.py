@@ -71,14 +71,47 @@ class PortProtocol(Protocol):
         """The wire bytes of a command; raises DeliveryError if it cannot be expressed."""
 
 
+class _Framer(Protocol):
+    def reset(self) -> None: ...
+
+    def decode(self, buf: bytes | bytearray) -> tuple[int, bytes | None]: ...
+
+
 class _Base:
-    def __init__(self, tenant: str, device: str) -> None:
+    """The framing loop both modes share; a mode decodes one complete frame in ``_frame``."""
+
+    def __init__(self, tenant: str, device: str, framer: _Framer) -> None:
         self.tenant = tenant
         self.device = device
+        self._framer = framer
         self._hunting = True
 
     def reset(self) -> None:
         self._hunting = True
+        self._framer.reset()
+
+    def feed(self, buf: bytearray, received_ms: int) -> Received:
+        out = Received()
+        ctx = DecodeContext(self.tenant, self.device, received_ms)
+        while True:
+            try:
+                consumed, frame = self._framer.decode(buf)
+            except FrameError as err:
+                del buf[: err.consumed]
+                self._bad(out, Bad(err.kind, err.reason, None))
+                continue
+            if consumed == 0:
+                return out
+            del buf[:consumed]
+            if frame is None:
+                continue
+            if self._frame(frame, ctx, out):
+                out.frames += 1
+                self._hunting = False
+
+    def _frame(self, frame: bytes, ctx: DecodeContext, out: Received) -> bool:
+        """Decode one frame into ``out``; False (after reporting it) if it was bad."""
+        raise NotImplementedError
 
     def _bad(self, out: Received, bad: Bad) -> None:
         if self._hunting:
@@ -92,44 +125,23 @@ class JsonLineProtocol(_Base):
     """Readable mode: one JSON document per line (docs/protocols/serial.md)."""
 
     def __init__(self, tenant: str, device: str, max_line: int) -> None:
-        super().__init__(tenant, device)
-        self._framer = LineFramer(max_line)
+        super().__init__(tenant, device, LineFramer(max_line))
 
-    def reset(self) -> None:
-        super().reset()
-        self._framer.reset()
-
-    def feed(self, buf: bytearray, received_ms: int) -> Received:
-        out = Received()
-        ctx = DecodeContext(self.tenant, self.device, received_ms)
-        while True:
-            try:
-                consumed, line = self._framer.decode(buf)
-            except FrameError as err:
-                del buf[: err.consumed]
-                self._bad(out, Bad(err.kind, err.reason, None))
-                continue
-            if consumed == 0:
-                return out
-            del buf[:consumed]
-            if line is None:
-                continue
-            try:
-                if b'"ack"' in line and self._ack(line, out):
-                    pass
-                else:
-                    events = decode_json(line, ctx)
-                    for event in events:
-                        if event.WhichOneof("payload") == "command_response":
-                            out.acks.append((event.command_response.invocation, None))
-                    out.events.extend(events)
-            except DecodeError as err:
-                kind = "decode" if _is_utf8(line) else "garbage"
-                reason = err.reason if kind == "decode" else "line is not UTF-8"
-                self._bad(out, Bad(kind, reason, line[:MAX_KEPT]))
-                continue
-            out.frames += 1
-            self._hunting = False
+    def _frame(self, line: bytes, ctx: DecodeContext, out: Received) -> bool:
+        try:
+            if b'"ack"' in line and self._ack(line, out):
+                return True
+            events = decode_json(line, ctx)
+        except DecodeError as err:
+            kind = "decode" if _is_utf8(line) else "garbage"
+            reason = err.reason if kind == "decode" else "line is not UTF-8"
+            self._bad(out, Bad(kind, reason, line[:MAX_KEPT]))
+            return False
+        for event in events:
+            if event.WhichOneof("payload") == "command_response":
+                out.acks.append((event.command_response.invocation, None))
+        out.events.extend(events)
+        return True
 
     def _ack(self, line: bytes, out: Received) -> bool:
         """Handle ``{"type":"ack","invocation":..,"ok":true|false,"reason":..}``; False if the
@@ -159,64 +171,44 @@ class BinaryProtocol(_Base):
     """Compact mode: COBS frames with CRC-16 (docs/protocols/serial.md)."""
 
     def __init__(self, tenant: str, device: str, channels: Mapping[int, str]) -> None:
-        super().__init__(tenant, device)
-        self._framer = BinaryFramer()
+        super().__init__(tenant, device, BinaryFramer())
         self._channels = dict(channels)
         self._tags: OrderedDict[int, str] = OrderedDict()
         self._next_tag = 1
 
-    def reset(self) -> None:
-        super().reset()
-        self._framer.reset()
-
-    def feed(self, buf: bytearray, received_ms: int) -> Received:
-        out = Received()
-        ctx = DecodeContext(self.tenant, self.device, received_ms)
-        while True:
-            try:
-                consumed, body = self._framer.decode(buf)
-            except FrameError as err:
-                del buf[: err.consumed]
-                self._bad(out, Bad(err.kind, err.reason, None))
-                continue
-            if consumed == 0:
-                return out
-            del buf[:consumed]
-            if body is None:
-                continue
-            try:
-                msg = parse_message(body)
-                if isinstance(msg, Ack):
-                    invocation = self._tags.get(msg.tag)
-                    if invocation is None:
-                        out.unexpected_acks += 1
-                    else:
-                        out.acks.append((invocation, _refusal(msg.status)))
-                elif isinstance(msg, Hello):
-                    out.hello = msg.device
-                    if msg.device and msg.device != self.device:
-                        out.bad.append(
-                            Bad(
-                                "identity",
-                                f"device says it is {msg.device!r}, the port is configured for {self.device!r}",
-                                None,
-                            )
-                        )
-                elif isinstance(msg, Command):
-                    raise DecodeError("COMMAND frames go from the agent to the device, not back")
-                elif isinstance(msg, CommandResponse):
-                    invocation = self._tags.get(msg.tag)
-                    if invocation is None:
-                        raise DecodeError(f"response to unknown command tag {msg.tag}")
-                    out.acks.append((invocation, None))
-                    out.events.append(to_event(msg, ctx, self._channels, invocation))
+    def _frame(self, body: bytes, ctx: DecodeContext, out: Received) -> bool:
+        try:
+            msg = parse_message(body)
+            if isinstance(msg, Ack):
+                invocation = self._tags.get(msg.tag)
+                if invocation is None:
+                    out.unexpected_acks += 1
                 else:
-                    out.events.append(to_event(msg, ctx, self._channels))
-            except DecodeError as err:
-                self._bad(out, Bad("decode", err.reason, body[:MAX_KEPT]))
-                continue
-            out.frames += 1
-            self._hunting = False
+                    out.acks.append((invocation, _refusal(msg.status)))
+            elif isinstance(msg, Hello):
+                out.hello = msg.device
+                if msg.device and msg.device != self.device:
+                    out.bad.append(
+                        Bad(
+                            "identity",
+                            f"device says it is {msg.device!r}, the port is configured for {self.device!r}",
+                            None,
+                        )
+                    )
+            elif isinstance(msg, Command):
+                raise DecodeError("COMMAND frames go from the agent to the device, not back")
+            elif isinstance(msg, CommandResponse):
+                invocation = self._tags.get(msg.tag)
+                if invocation is None:
+                    raise DecodeError(f"response to unknown command tag {msg.tag}")
+                out.acks.append((invocation, None))
+                out.events.append(to_event(msg, ctx, self._channels, invocation))
+            else:
+                out.events.append(to_event(msg, ctx, self._channels))
+        except DecodeError as err:
+            self._bad(out, Bad("decode", err.reason, body[:MAX_KEPT]))
+            return False
+        return True
 
     def encode_command(self, invocation: pb.CommandInvocation) -> bytes:
         command = orjson.loads(encode_command_json(invocation))  # validated like the JSON mode
