@@ -37,7 +37,7 @@ from amqtt.errors import BrokerError
 from fieldgate.edge.adapters import EventSink, OnlineCallback
 from fieldgate.edge.adapters.mqtt.amqtt_hooks import IngestBroker, broker_config, check_amqtt_compatible
 from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher
-from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches, is_wildcard
+from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches, is_wildcard, notify_online
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.codec import topics
 from fieldgate.edge.codec.commands import encode_command_json
@@ -207,15 +207,4 @@ class EmbeddedMqttAdapter:
             for tenant, device in candidates:
                 self.devices.add(tenant, device)
         for tenant, device in candidates:
-            await self._notify_online(tenant, device)
-
-    async def _notify_online(self, tenant: str, device: str) -> None:
-        callback = self._on_online
-        if callback is None:
-            return
-        try:
-            await callback(tenant, device)
-        except Exception:
-            # Runs in an amqtt plugin task whose errors amqtt would swallow: report them here.
-            self.stats.online_callback_errors += 1
-            log.exception("on_online(%s, %s) failed", tenant, device)
+            await notify_online(self._on_online, self.stats, tenant, device)

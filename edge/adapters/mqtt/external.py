@@ -42,7 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from fieldgate.edge.adapters import EventSink, OnlineCallback
 from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher, Outcome
 from fieldgate.edge.adapters.mqtt.paho_loop import PahoAsyncioBridge
-from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry
+from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, notify_online
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.codec import topics
 from fieldgate.edge.codec.commands import encode_command_json
@@ -361,14 +361,4 @@ class ExternalMqttAdapter:
 
     async def _announce(self, devices: DeviceRegistry) -> None:
         for tenant, device in devices:
-            await self._notify_online(tenant, device)
-
-    async def _notify_online(self, tenant: str, device: str) -> None:
-        callback = self._on_online
-        if callback is None:
-            return
-        try:
-            await callback(tenant, device)
-        except Exception:
-            self.stats.online_callback_errors += 1
-            log.exception("on_online(%s, %s) failed", tenant, device)
+            await notify_online(self._on_online, self.stats, tenant, device)

@@ -9,8 +9,14 @@ seen device is forgotten (policy ``evict-oldest``, counted in ``evicted``).
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator
+
+from fieldgate.edge.adapters import OnlineCallback
+from fieldgate.edge.adapters.mqtt.stats import MqttStats
+
+log = logging.getLogger(__name__)
 
 DeviceKey = tuple[str, str]  # (tenant, device)
 
@@ -71,3 +77,15 @@ class DeviceRegistry:
     def __iter__(self) -> Iterator[DeviceKey]:
         # A snapshot: callers await between items while the registry keeps changing.
         return iter(list(self._seen))
+
+
+async def notify_online(callback: OnlineCallback | None, stats: MqttStats, tenant: str, device: str) -> None:
+    """Tell the command router a device became reachable. Runs at the top of a broker or client
+    task whose errors would otherwise be swallowed: a failure is counted and logged here."""
+    if callback is None:
+        return
+    try:
+        await callback(tenant, device)
+    except Exception:
+        stats.online_callback_errors += 1
+        log.exception("on_online(%s, %s) failed", tenant, device)
