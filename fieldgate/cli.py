@@ -102,10 +102,11 @@ def _cmd_edge_run(ns: argparse.Namespace) -> int:
     conf = cfg.load(EdgeConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_EDGE")
 
     async def body(stop: asyncio.Event) -> None:
-        async with EdgeAgent(conf):
+        async with EdgeAgent(conf) as agent:
+            adapters = ", ".join(a.name for a in agent.adapters) or "none"
+            mqtt = f" (MQTT {conf.mqtt.host}:{conf.mqtt.port}, {conf.mqtt.mode})" if conf.mqtt.enabled else ""
             print(
-                f"edge agent {conf.edge_id} up: MQTT {conf.mqtt.host}:{conf.mqtt.port} ({conf.mqtt.mode}), "
-                f"uplink {conf.uplink.target}",
+                f"edge agent {conf.edge_id} up: adapters {adapters}{mqtt}, uplink {conf.uplink.target}",
                 flush=True,
             )
             await stop.wait()
