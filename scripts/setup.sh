@@ -10,6 +10,9 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 # A private D-Bus daemon hosts the simulated BlueZ that the BLE tests run bleak against.
 command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
+# Kafka, ZooKeeper and Cassandra for the distributed tests come from Maven Central through mvn.
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
