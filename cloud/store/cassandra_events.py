@@ -1,0 +1,548 @@
+"""Cassandra event store: a keyspace per tenant, tables shaped by the API's queries.
+
+The distributed implementation of :class:`fieldgate.cloud.store.EventStore` (cassandra-driver).
+Schema and design notes are in docs/operations/cassandra.md; in short, per tenant keyspace
+``fg_<tenant>`` (:func:`keyspace_name`):
+
+* ``events_by_device`` — partition ``(device, day)``, clustering ``(event_time_ms DESC,
+  received_time_ms DESC, key DESC)``: a device's events by time range, newest first. ``day``
+  (event time // 1 day) bounds partitions.
+* ``events_by_device_kind`` — the same with ``kind`` in the partition key: a kind filter reads
+  only that kind's rows instead of filtering a partition that is mostly measurements (Cassandra
+  cannot index a clustering range *and* a non-key column without ``ALLOW FILTERING``, which
+  would scan). The price is a second write per event; Cassandra writes are appends.
+* ``device_days`` — ``(device), kind, day``: which day partitions exist, so a listing visits
+  only those (``kind = '*'`` for the all-kinds table).
+* ``events_by_key`` — ``key`` (16 bytes of the deterministic event id, :mod:`fieldgate.cloud.ids`)
+  → event: :meth:`get_event` and the idempotency check. ``event_aliases`` maps ids that are not
+  the derived one (command invocation events carry the invocation id) to their key.
+* ``events_by_invocation`` — ``(invocation), event_time_ms, key``: an invocation and its responses.
+* ``schema_version`` — migrations applied to this keyspace (the service migrates at start or
+  on a tenant's first use).
+
+Idempotency. The key of every row is the deterministic id, so storing an event again is an
+upsert of the same rows: re-delivery can never store twice. :meth:`add` must also say which
+events are *new* (so persistence does not re-announce duplicates). Two ways, chosen with
+``dedupe``:
+
+* ``"read"`` (default): read ``events_by_key`` for the batch's keys (single-partition reads,
+  concurrent), write the new events' rows, then their ``events_by_key`` row *last* — so a key
+  that is present means every other row is too, and a crash between writes just makes the
+  retry write again. Two writers racing on the same event could both call it new; the bus
+  keys records by device, so one consumer owns a device at a time (except during a
+  rebalance, where the worst case is one duplicate announcement, never a duplicate row).
+* ``"lwt"``: ``INSERT ... IF NOT EXISTS`` on ``events_by_key`` after the other rows: exact under
+  races, but a Paxos round per event (measured several times slower; see the docs).
+
+Writes go through ``execute_async``; the driver's future is bridged to asyncio with
+``loop.call_soon_threadsafe`` and at most ``max_concurrency`` requests are in flight (a
+semaphore). Per-tenant TTL (``USING TTL``) applies to every row of an event, the idempotency
+row included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cassandra import ConsistencyLevel  # type: ignore[import-untyped]
+from cassandra.cluster import (  # type: ignore[import-untyped]
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+)
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy  # type: ignore[import-untyped]
+from cassandra.query import BatchStatement, BatchType, tuple_factory  # type: ignore[import-untyped]
+
+from fieldgate.cloud.errors import InvalidRequest, StoreError
+from fieldgate.cloud.ids import event_id, event_key
+from fieldgate.cloud.store import EventQuery, Page
+from fieldgate.timeutil import now_ms
+from fieldgate.v1 import events_pb2 as pb
+
+__all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "CassandraEventStore", "keyspace_name"]
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+_ALL = "*"  # the kind of device_days rows that describe events_by_device
+_MIN_BIGINT, _MAX_BIGINT = -(2**63), 2**63 - 1
+_MIN_INT, _MAX_INT = -(2**31), 2**31 - 1
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_MAX_PAGE_SIZE = 10_000
+# Rows of one partition are sent as one UNLOGGED batch (a single mutation on the replica) up
+# to this many bytes of event data; Cassandra fails batches above 50 KiB by default.
+_BATCH_BYTES = 24 * 1024
+
+EVENT_KINDS: frozenset[str] = frozenset(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["payload"].fields)
+
+Dedupe = Literal["read", "lwt"]
+
+
+def keyspace_name(tenant: str) -> str:
+    """``fg_<tenant>``, injective: ``_`` → ``__``, ``-`` → ``_d``; names past Cassandra's
+    48-character limit are cut and suffixed with a hash of the token."""
+    if not _TENANT_RE.match(tenant):
+        raise InvalidRequest(f"invalid tenant token {tenant!r}")
+    body = tenant.replace("_", "__").replace("-", "_d")
+    name = f"fg_{body}"
+    if len(name) > 48:
+        digest = hashlib.sha1(tenant.encode()).hexdigest()[:12]
+        name = f"fg_{body[:30].rstrip('_')}_h{digest}"
+    return name
+
+
+def _migrations(ks: str, replication: int) -> list[tuple[int, list[str]]]:
+    """Schema versions of a tenant keyspace, oldest first. Append, never edit."""
+    order = "WITH CLUSTERING ORDER BY (event_time_ms DESC, received_time_ms DESC, key DESC)"
+    return [
+        (
+            1,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.events_by_key ("
+                " key blob PRIMARY KEY, id text, device text, data blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.event_aliases (id text PRIMARY KEY, key blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.events_by_device ("
+                " device text, day int, event_time_ms bigint, received_time_ms bigint, key blob, data blob,"
+                " PRIMARY KEY ((device, day), event_time_ms, received_time_ms, key)) " + order,
+                f"CREATE TABLE IF NOT EXISTS {ks}.events_by_device_kind ("
+                " device text, kind text, day int, event_time_ms bigint, received_time_ms bigint,"
+                " key blob, data blob,"
+                " PRIMARY KEY ((device, kind, day), event_time_ms, received_time_ms, key)) " + order,
+                f"CREATE TABLE IF NOT EXISTS {ks}.device_days ("
+                " device text, kind text, day int, PRIMARY KEY ((device), kind, day))"
+                " WITH CLUSTERING ORDER BY (kind ASC, day DESC)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.events_by_invocation ("
+                " invocation text, event_time_ms bigint, key blob, data blob,"
+                " PRIMARY KEY ((invocation), event_time_ms, key))",
+            ],
+        ),
+    ]
+
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class _Tenant:
+    """A tenant's keyspace and its prepared statements."""
+
+    keyspace: str
+    ins_key: Any
+    ins_key_lwt: Any
+    sel_key: Any
+    sel_key_exists: Any
+    ins_alias: Any
+    sel_alias: Any
+    ins_device: Any
+    ins_device_kind: Any
+    ins_day: Any
+    ins_invocation: Any
+    sel_invocation: Any
+    sel_days: Any
+    count_device: Any
+    count_device_kind: Any
+    page_device: Any
+    page_device_kind: Any
+
+
+def _invocation_of(event: pb.Event, kind: str) -> str:
+    if kind == "command_response":
+        return event.command_response.invocation
+    if kind == "command_invocation":
+        return event.command_invocation.invocation
+    return ""
+
+
+def _completed(tenant: str, event: pb.Event) -> pb.Event:
+    """``event`` with tenant, alternate id and id filled in (a copy when anything changes)."""
+    if event.tenant == tenant and event.id and event.alternate_id and event.device:
+        return event
+    if event.tenant and event.tenant != tenant:
+        raise InvalidRequest(f"event of tenant {event.tenant!r} given to tenant {tenant!r}")
+    if not event.device:
+        raise InvalidRequest("event without a device")
+    out = pb.Event()
+    out.CopyFrom(event)
+    out.tenant = tenant
+    if not out.alternate_id:
+        out.alternate_id = out.id or uuid.uuid4().hex
+    if not out.id:
+        out.id = event_id(tenant, out.device, out.alternate_id)
+    return out
+
+
+def _partition_batches(rows: list[tuple[Any, tuple[Any, ...], int]]) -> list[Any]:
+    """UNLOGGED batches of rows of ONE partition (one mutation each, no batch log)."""
+    batches: list[Any] = []
+    batch: Any = None
+    size = 0
+    for stmt, params, n in rows:
+        if batch is None or size + n > _BATCH_BYTES:
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batches.append(batch)
+            size = 0
+        batch.add(stmt, params)
+        size += n
+    return batches
+
+
+class CassandraEventStore:
+    """Implements :class:`fieldgate.cloud.store.EventStore` on Cassandra (one keyspace per tenant).
+
+    ``tenants`` are migrated at :meth:`start`; any other tenant on its first write. Reads of a
+    tenant whose keyspace does not exist return nothing and create nothing.
+    """
+
+    def __init__(
+        self,
+        hosts: str | Sequence[str],
+        port: int = 9042,
+        *,
+        replication: int = 1,
+        ttl_s_by_tenant: Mapping[str, int] | None = None,
+        max_concurrency: int = 64,
+        dedupe: Dedupe = "read",
+        tenants: Iterable[str] = (),
+        request_timeout_s: float = 20.0,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        self._hosts = [hosts] if isinstance(hosts, str) else list(hosts)
+        self._port = port
+        self._replication = replication
+        self._ttl: dict[str, int] = dict(ttl_s_by_tenant or {})
+        self._max_concurrency = max_concurrency
+        self._dedupe: Dedupe = dedupe
+        self._initial_tenants = list(tenants)
+        self._request_timeout_s = request_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._cluster: Any = None
+        self._session: Any = None
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._tenants: dict[str, _Tenant] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            request_timeout=self._request_timeout_s,
+            row_factory=tuple_factory,
+        )
+        cluster = Cluster(
+            contact_points=self._hosts,
+            port=self._port,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=self._connect_timeout_s,
+        )
+        try:
+            session = await asyncio.to_thread(cluster.connect)
+        except Exception as err:  # the driver raises NoHostAvailable and friends, all plain Exceptions
+            await asyncio.to_thread(cluster.shutdown)
+            raise StoreError(f"cassandra {self._hosts}:{self._port}: cannot connect: {err}") from err
+        session.default_fetch_size = None  # every query here is bounded (LIMIT or one partition)
+        self._cluster, self._session = cluster, session
+        for tenant in self._initial_tenants:
+            await self._open(tenant, create=True)
+
+    async def stop(self) -> None:
+        cluster, self._cluster, self._session = self._cluster, None, None
+        self._tenants.clear()
+        if cluster is not None:
+            await asyncio.to_thread(cluster.shutdown)
+
+    def set_ttl(self, tenant: str, ttl_s: int | None) -> None:
+        """Change a tenant's event TTL for later writes (e.g. from ZooKeeper settings)."""
+        if ttl_s:
+            self._ttl[tenant] = ttl_s
+        else:
+            self._ttl.pop(tenant, None)
+
+    # ------------------------------------------------------------------ driver bridge
+
+    async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Execute asynchronously; the driver's callback thread resolves an asyncio future."""
+        session = self._session
+        if session is None:
+            raise StoreError("cassandra event store is not started")
+        async with self._sem:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
+
+            def done(rows: Any) -> None:
+                if not fut.done():
+                    fut.set_result(list(rows) if rows is not None else [])
+
+            def failed(exc: BaseException) -> None:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+            def on_ok(rows: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(done, rows)
+                except RuntimeError:  # loop closed during shutdown
+                    return
+
+            def on_err(exc: BaseException) -> None:
+                try:
+                    loop.call_soon_threadsafe(failed, exc)
+                except RuntimeError:
+                    return
+
+            try:
+                response = session.execute_async(statement, params)
+                response.add_callbacks(on_ok, on_err)
+                return await fut
+            except (StoreError, InvalidRequest, asyncio.CancelledError):
+                raise
+            except Exception as err:  # every driver/server failure becomes a StoreError (transient)
+                raise StoreError(f"cassandra: {type(err).__name__}: {err}") from err
+
+    async def _gather(self, calls: Iterable[Any]) -> list[list[tuple[Any, ...]]]:
+        return list(await asyncio.gather(*calls))
+
+    # ------------------------------------------------------------------ schema
+
+    async def _open(self, tenant: str, *, create: bool) -> _Tenant | None:
+        """The tenant's prepared statements; creates and migrates the keyspace if ``create``."""
+        ctx = self._tenants.get(tenant)
+        if ctx is not None:
+            return ctx
+        ks = keyspace_name(tenant)
+        lock = self._opening.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            ctx = self._tenants.get(tenant)
+            if ctx is not None:
+                return ctx
+            exists = await self._run(
+                "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s", (ks,)
+            )
+            if not exists and not create:
+                return None
+            await self._migrate(ks)
+            ctx = await self._prepare(ks)
+            self._tenants[tenant] = ctx
+            return ctx
+
+    async def _migrate(self, ks: str) -> None:
+        await self._run(
+            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication ="
+            f" {{'class': 'SimpleStrategy', 'replication_factor': {int(self._replication)}}}"
+        )
+        await self._run(
+            f"CREATE TABLE IF NOT EXISTS {ks}.schema_version ("
+            " component text, version int, applied_ms bigint, PRIMARY KEY (component, version))"
+        )
+        rows = await self._run(f"SELECT version FROM {ks}.schema_version WHERE component = 'events'")
+        applied = {int(r[0]) for r in rows}
+        for version, statements in _migrations(ks, self._replication):
+            if version in applied:
+                continue
+            for stmt in statements:
+                await self._run(stmt)
+            await self._run(
+                f"INSERT INTO {ks}.schema_version (component, version, applied_ms) VALUES ('events', %s, %s)",
+                (version, now_ms()),
+            )
+            log.info("cassandra: keyspace %s migrated to schema version %d", ks, version)
+
+    async def _prepare(self, ks: str) -> _Tenant:
+        session = self._session
+        ttl = "USING TTL ?"
+        texts = {
+            "ins_key": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?) {ttl}",
+            "ins_key_lwt": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?)"
+            f" IF NOT EXISTS {ttl}",
+            "sel_key": f"SELECT id, data FROM {ks}.events_by_key WHERE key = ?",
+            "sel_key_exists": f"SELECT key FROM {ks}.events_by_key WHERE key = ?",
+            "ins_alias": f"INSERT INTO {ks}.event_aliases (id, key) VALUES (?, ?) {ttl}",
+            "sel_alias": f"SELECT key FROM {ks}.event_aliases WHERE id = ?",
+            "ins_device": f"INSERT INTO {ks}.events_by_device"
+            f" (device, day, event_time_ms, received_time_ms, key, data) VALUES (?, ?, ?, ?, ?, ?) {ttl}",
+            "ins_device_kind": f"INSERT INTO {ks}.events_by_device_kind"
+            " (device, kind, day, event_time_ms, received_time_ms, key, data)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?) {ttl}",
+            "ins_day": f"INSERT INTO {ks}.device_days (device, kind, day) VALUES (?, ?, ?) {ttl}",
+            "ins_invocation": f"INSERT INTO {ks}.events_by_invocation (invocation, event_time_ms, key, data)"
+            f" VALUES (?, ?, ?, ?) {ttl}",
+            "sel_invocation": f"SELECT data FROM {ks}.events_by_invocation WHERE invocation = ?",
+            "sel_days": f"SELECT day FROM {ks}.device_days WHERE device = ? AND kind = ? AND day >= ? AND day <= ?",
+            "count_device": f"SELECT count(*) FROM {ks}.events_by_device WHERE device = ? AND day = ?"
+            " AND event_time_ms >= ? AND event_time_ms <= ?",
+            "count_device_kind": f"SELECT count(*) FROM {ks}.events_by_device_kind WHERE device = ?"
+            " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
+            "page_device": f"SELECT data FROM {ks}.events_by_device WHERE device = ? AND day = ?"
+            " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+            "page_device_kind": f"SELECT data FROM {ks}.events_by_device_kind WHERE device = ? AND kind = ?"
+            " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+        }
+        try:
+            prepared = await asyncio.gather(*(asyncio.to_thread(session.prepare, t) for t in texts.values()))
+        except Exception as err:  # driver errors are plain Exceptions
+            raise StoreError(f"cassandra: cannot prepare statements for {ks}: {err}") from err
+        return _Tenant(keyspace=ks, **dict(zip(texts, prepared, strict=True)))
+
+    # ------------------------------------------------------------------ writes
+
+    async def add(self, tenant: str, events: Sequence[pb.Event]) -> list[pb.Event]:
+        """Store ``events``; returns those not stored before, in input order (with ids).
+
+        Raises InvalidRequest for an event of another tenant or without a device.
+        """
+        keyspace_name(tenant)  # validates the token
+        if not events:
+            return []
+        batch: dict[bytes, pb.Event] = {}
+        for raw in events:
+            ev = _completed(tenant, raw)
+            batch.setdefault(event_key(tenant, ev.device, ev.alternate_id), ev)
+        ctx = await self._open(tenant, create=True)
+        assert ctx is not None
+        ttl = self._ttl.get(tenant, 0)
+
+        if self._dedupe == "read":
+            found = await self._gather(self._run(ctx.sel_key_exists, (key,)) for key in batch)
+            todo = {k: ev for (k, ev), rows in zip(batch.items(), found, strict=True) if not rows}
+        else:
+            todo = batch
+        if not todo:
+            return []
+
+        writes: list[Any] = []
+        days: set[tuple[str, str, int]] = set()
+        partitions: dict[tuple[str, ...], list[tuple[Any, tuple[Any, ...], int]]] = {}
+        for key, ev in todo.items():
+            kind = ev.WhichOneof("payload") or ""
+            day = ev.event_time_ms // DAY_MS
+            data = ev.SerializeToString()
+            t, r = ev.event_time_ms, ev.received_time_ms
+            partitions.setdefault((ev.device, str(day)), []).append(
+                (ctx.ins_device, (ev.device, day, t, r, key, data, ttl), len(data))
+            )
+            partitions.setdefault((ev.device, kind, str(day)), []).append(
+                (ctx.ins_device_kind, (ev.device, kind, day, t, r, key, data, ttl), len(data))
+            )
+            days.add((ev.device, _ALL, day))
+            days.add((ev.device, kind, day))
+            invocation = _invocation_of(ev, kind)
+            if invocation:
+                writes.append(self._run(ctx.ins_invocation, (invocation, t, key, data, ttl)))
+            if ev.id != key.hex():
+                writes.append(self._run(ctx.ins_alias, (ev.id, key, ttl)))
+        writes.extend(self._run(ctx.ins_day, (*d, ttl)) for d in days)
+        writes.extend(self._run(b) for rows in partitions.values() for b in _partition_batches(rows))
+        await self._gather(writes)
+
+        # The idempotency row last: once it exists, every other row of the event does.
+        if self._dedupe == "read":
+            await self._gather(
+                self._run(ctx.ins_key, (k, ev.id, ev.device, ev.SerializeToString(), ttl))
+                for k, ev in todo.items()
+            )
+            return list(todo.values())
+        results = await self._gather(
+            self._run(ctx.ins_key_lwt, (k, ev.id, ev.device, ev.SerializeToString(), ttl))
+            for k, ev in todo.items()
+        )
+        return [ev for ev, rows in zip(todo.values(), results, strict=True) if rows and rows[0][0]]
+
+    # ------------------------------------------------------------------ reads
+
+    async def list_device_events(self, query: EventQuery) -> Page[pb.Event]:
+        """A device's events, newest first (event time, received time, then id), with the total.
+
+        Visits the device's day partitions from the newest: counts each (for ``total``), skips
+        whole days that fall before the page, reads ``offset-in-day + page_size`` rows of the rest.
+        """
+        if query.page < 1 or not 1 <= query.page_size <= _MAX_PAGE_SIZE:
+            raise InvalidRequest(f"page must be >= 1 and page_size in 1..{_MAX_PAGE_SIZE}")
+        if query.kind is not None and query.kind not in EVENT_KINDS:
+            raise InvalidRequest(f"unknown event kind {query.kind!r}; expected one of {sorted(EVENT_KINDS)}")
+        empty: Page[pb.Event] = Page([], 0, query.page, query.page_size)
+        if not _TENANT_RE.match(query.tenant):
+            return empty
+        ctx = await self._open(query.tenant, create=False)
+        if ctx is None:
+            return empty
+        lo = _MIN_BIGINT if query.since_ms is None else query.since_ms
+        hi = _MAX_BIGINT if query.until_ms is None else query.until_ms
+        if lo > hi:
+            return empty
+        lo_day = _MIN_INT if query.since_ms is None else max(_MIN_INT, lo // DAY_MS)
+        hi_day = _MAX_INT if query.until_ms is None else min(_MAX_INT, hi // DAY_MS)
+        kind = query.kind or _ALL
+        days = [int(r[0]) for r in await self._run(ctx.sel_days, (query.device, kind, lo_day, hi_day))]
+
+        def part(day: int) -> tuple[Any, ...]:
+            return (query.device, day) if query.kind is None else (query.device, query.kind, day)
+
+        count_stmt = ctx.count_device if query.kind is None else ctx.count_device_kind
+        page_stmt = ctx.page_device if query.kind is None else ctx.page_device_kind
+        counts = [
+            int(rows[0][0]) if rows else 0
+            for rows in await self._gather(self._run(count_stmt, (*part(d), lo, hi)) for d in days)
+        ]
+        total = sum(counts)
+        skip = (query.page - 1) * query.page_size
+        need = query.page_size
+        items: list[pb.Event] = []
+        for day, n in zip(days, counts, strict=True):
+            if need <= 0:
+                break
+            if skip >= n:
+                skip -= n
+                continue
+            rows = await self._run(page_stmt, (*part(day), lo, hi, skip + need))
+            got = [pb.Event.FromString(r[0]) for r in rows[skip:]]
+            items.extend(got)
+            need -= len(got)
+            skip = 0
+        return Page(items, total, query.page, query.page_size)
+
+    async def get_event(self, tenant: str, event_id: str) -> pb.Event | None:
+        if not _TENANT_RE.match(tenant):
+            return None
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return None
+        if len(event_id) == 32:
+            try:
+                key = bytes.fromhex(event_id)
+            except ValueError:
+                key = b""
+            if key:
+                rows = await self._run(ctx.sel_key, (key,))
+                if rows and rows[0][0] == event_id:
+                    return pb.Event.FromString(rows[0][1])
+        alias = await self._run(ctx.sel_alias, (event_id,))
+        if not alias:
+            return None
+        rows = await self._run(ctx.sel_key, (alias[0][0],))
+        return pb.Event.FromString(rows[0][1]) if rows else None
+
+    async def events_for_invocation(self, tenant: str, invocation: str) -> list[pb.Event]:
+        """The command invocation and response events of ``invocation``, oldest first."""
+        if not _TENANT_RE.match(tenant) or not invocation:
+            return []
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return []
+        rows = await self._run(ctx.sel_invocation, (invocation,))
+        return [pb.Event.FromString(r[0]) for r in rows]
+
+    async def keyspace_exists(self, tenant: str) -> bool:
+        """Whether ``tenant`` has a keyspace (for isolation checks and operations)."""
+        rows = await self._run(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+            (keyspace_name(tenant),),
+        )
+        return bool(rows)

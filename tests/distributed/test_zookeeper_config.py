@@ -1,0 +1,200 @@
+"""Tenant configuration in a real ZooKeeper: publish, load, live changes, invalid data.
+
+Each test uses its own instance name, so the session's shared server keeps them apart. Raw
+writes (what an operator does with zkCli or kazoo) go through a second, plain KazooClient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient  # type: ignore[import-untyped]
+
+from fieldgate.cloud.config import BusConfig, CloudConfig, TenantConfig
+from fieldgate.cloud.zkconfig import ZkConfigSource
+from fieldgate.cloud.zkconfig_models import (
+    InstanceSettings,
+    PipelineSettings,
+    TenantSettings,
+    TenantSettingsRegistry,
+)
+
+pytestmark = pytest.mark.distributed
+
+WAIT_S = 10.0
+
+
+@pytest.fixture
+def instance() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def source(zookeeper: Any, instance: str) -> AsyncIterator[ZkConfigSource]:
+    s = ZkConfigSource(zookeeper.hosts, instance)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+def operator(zookeeper: Any) -> Iterator[KazooClient]:
+    """A separate ZooKeeper session, as an operator's zkCli/kazoo shell would be."""
+    client = KazooClient(hosts=zookeeper.hosts, timeout=10.0)
+    client.start(10.0)
+    yield client
+    client.stop()
+    client.close()
+
+
+class Seen:
+    """Collects watch callbacks (runs on the test's loop)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, TenantSettings]] = []
+
+    def __call__(self, tenant: str, settings: TenantSettings) -> None:
+        self.calls.append((tenant, settings))
+
+    async def wait_for(self, pred: Callable[[], bool], what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while not pred():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not within {WAIT_S}s: {what}; calls: {self.calls}")
+            await asyncio.sleep(0.05)
+
+
+def settings(token: str, **kw: Any) -> TenantSettings:
+    return TenantSettings(token=token, name=f"Tenant {token}", **kw)
+
+
+async def test_publish_and_load_round_trip(source: ZkConfigSource) -> None:
+    a = settings("acme", auto_register=False, retention_days=30, decoders=("json",))
+    b = settings("globex", pipeline=PipelineSettings(max_batch_events=50))
+    inst = InstanceSettings(bus=BusConfig(topic_prefix="plant7"), default_command_ttl_s=60)
+    await source.publish_instance(inst)
+    await source.publish_tenant("acme", a)
+    await source.publish_tenant("globex", b)
+    # A file TenantConfig can be published as is.
+    await source.publish_tenant("initech", TenantConfig(token="initech", auto_register=False))
+
+    loaded = await source.load()
+    assert loaded.instance == inst
+    assert dict(loaded.tenants) == {
+        "acme": a,
+        "globex": b,
+        "initech": TenantSettings(token="initech", auto_register=False),
+    }
+    assert loaded.tenants["acme"].ttl_s == 30 * 86_400
+
+    # The same typed models as the file configuration: merged into a CloudConfig.
+    merged = loaded.apply_to(CloudConfig())
+    assert merged.bus.topic_prefix == "plant7" and merged.default_command_ttl_s == 60
+    by_token = {t.token: t for t in merged.tenants}
+    assert by_token["acme"].auto_register is False and "default" in by_token
+
+
+async def test_a_tenant_change_reaches_the_watcher_and_leaves_other_tenants_alone(
+    source: ZkConfigSource, operator: KazooClient
+) -> None:
+    await source.publish_tenant("acme", settings("acme"))
+    await source.publish_tenant("globex", settings("globex", retention_days=7))
+    await source.load()
+    registry = TenantSettingsRegistry(source.current().tenants.values())
+    seen = Seen()
+
+    def on_change(tenant: str, s: TenantSettings) -> None:
+        registry.update(tenant, s)
+        seen(tenant, s)
+
+    await source.watch_tenants(on_change)
+    globex_before = registry.get("globex")
+
+    # The operator flips acme's registration policy by writing the znode directly.
+    operator.set(
+        source.tenant_path("acme"),
+        b'{"name": "Tenant acme", "auto_register": false, "default_device_type": "sensor"}',
+    )
+    await seen.wait_for(lambda: bool(seen.calls), "acme's change reaches the watcher")
+    tenant, new = seen.calls[-1]
+    assert tenant == "acme" and new.auto_register is False and new.default_device_type == "sensor"
+    current_acme = registry.get("acme")
+    assert current_acme is not None and current_acme.auto_register is False
+    assert registry.get("globex") == globex_before
+    assert source.current().tenants["globex"].retention_days == 7
+    await asyncio.sleep(0.5)  # nothing else trickles in for globex
+    assert {t for t, _ in seen.calls} == {"acme"}
+
+
+async def test_invalid_data_is_rejected_and_the_previous_configuration_stays(
+    source: ZkConfigSource, operator: KazooClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = settings("acme", auto_register=True, retention_days=3)
+    await source.publish_tenant("acme", good)
+    await source.load()
+    seen = Seen()
+    await source.watch_tenants(seen)
+    path = source.tenant_path("acme")
+
+    with caplog.at_level(logging.ERROR, logger="fieldgate.cloud.zkconfig"):
+        operator.set(path, b"{not json")
+        await seen.wait_for(lambda: source.stats.rejected >= 1, "bad JSON is rejected")
+        operator.set(path, b'{"auto_register": "sometimes", "retention_days": -1}')
+        await seen.wait_for(lambda: source.stats.rejected >= 2, "wrong types are rejected")
+        operator.set(path, b'{"auto_register": true, "colour": "blue"}')
+        await seen.wait_for(lambda: source.stats.rejected >= 3, "an unknown key is rejected")
+
+    assert seen.calls == []
+    assert source.current().tenants["acme"] == good
+    assert "colour" in source.last_rejection[path]  # the latest reason, for operators
+    assert (await source.load()).tenants["acme"] == good
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "not valid JSON" in messages and "retention_days" in messages and "colour" in messages
+
+    # A valid version afterwards is applied again.
+    operator.set(path, b'{"auto_register": false}')
+    await seen.wait_for(lambda: bool(seen.calls), "the next valid version is applied")
+    assert seen.calls[-1][1].auto_register is False
+    assert path not in source.last_rejection
+
+
+async def test_a_new_tenant_appears(source: ZkConfigSource, operator: KazooClient) -> None:
+    await source.publish_tenant("acme", settings("acme"))
+    await source.load()
+    seen = Seen()
+    await source.watch_tenants(seen)
+    await asyncio.sleep(0.3)
+    assert seen.calls == []  # acme's first read equals what load() saw
+
+    operator.create(source.tenant_path("newco"), b'{"auto_register": false, "retention_days": 90}')
+    await seen.wait_for(lambda: any(t == "newco" for t, _ in seen.calls), "newco appears")
+    (new,) = [s for t, s in seen.calls if t == "newco"]
+    assert new == TenantSettings(token="newco", auto_register=False, retention_days=90)
+    assert "newco" in source.current().tenants
+
+    # A second source (another service) sees the same tenants at load.
+    other = ZkConfigSource(source.hosts, source.instance)
+    await other.start()
+    try:
+        assert set((await other.load()).tenants) == {"acme", "newco"}
+    finally:
+        await other.stop()
+
+
+async def test_a_deleted_and_recreated_tenant_is_watched_again(
+    source: ZkConfigSource, operator: KazooClient
+) -> None:
+    await source.publish_tenant("acme", settings("acme"))
+    seen = Seen()
+    await source.watch_tenants(seen)
+    await seen.wait_for(lambda: len(seen.calls) == 1, "acme's first version (no load before)")
+    await source.delete_tenant("acme")
+    await asyncio.sleep(0.5)
+    operator.create(source.tenant_path("acme"), b'{"auto_register": false}')
+    await seen.wait_for(lambda: len(seen.calls) == 2, "the re-created tenant is seen")
+    assert seen.calls[-1][1].auto_register is False
