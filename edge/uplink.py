@@ -9,7 +9,8 @@ Why it is shaped like this:
 - **Batches, pre-encoded.** Events are stored serialized; a batch message is assembled from
   those bytes (:func:`encode_batch`) instead of parsing and re-serializing every event.
   A batch holds up to ``batch_max_events`` (and at most :data:`MAX_BATCH_BYTES`); when fewer
-  are waiting the uplink waits up to ``batch_max_delay_ms`` for it to fill.
+  are waiting and earlier batches are still unacknowledged, the uplink waits up to
+  ``batch_max_delay_ms`` for it to fill (an idle link sends at once).
 - **Backpressure.** At most ``max_inflight_batches`` are unacknowledged; beyond that the
   sender waits for acks (the buffer absorbs the difference, under its own bound).
 - **Reconnect policy.** On any stream failure the uplink waits a capped exponential backoff
@@ -314,8 +315,10 @@ class Uplink:
                 cursor = max(cursor, seen)
                 await buffer.wait_for_data(cursor)
                 continue
-            if len(rows) < cfg.batch_max_events and delay > 0:
-                # Give the batch a moment to fill (new seqs are contiguous).
+            if len(rows) < cfg.batch_max_events and delay > 0 and session.inflight:
+                # Nagle-style: only while earlier batches are still unacknowledged (the link is
+                # busy) does a batch wait a moment to fill; an idle link sends at once, so a
+                # lone event (a command response, say) is not delayed. New seqs are contiguous.
                 missing = cfg.batch_max_events - len(rows)
                 await buffer.wait_for_data(rows[-1][0] + missing - 1, max_wait_s=delay)
                 rows += await buffer.read_after(rows[-1][0], missing)
