@@ -7,12 +7,15 @@ firmware author sees it is in docs/protocols/ble.md.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
-from fieldgate.edge.adapters.ble.adapter import BleAdapter
 from fieldgate.edge.adapters.ble.config import BleConfig, BleDeviceConfig
 from fieldgate.errors import ConfigError
 
-__all__ = ["BleAdapter", "BleConfig", "BleDeviceConfig", "build_ble_adapter"]
+if TYPE_CHECKING:
+    from fieldgate.edge.adapters.ble.adapter import BleAdapter
+
+__all__ = ["BleConfig", "BleDeviceConfig", "build_ble_adapter"]
 
 
 def build_ble_adapter(config: BleConfig, *, tenants: Collection[str]) -> BleAdapter:
@@ -20,4 +23,16 @@ def build_ble_adapter(config: BleConfig, *, tenants: Collection[str]) -> BleAdap
     for d in config.devices:
         if d.tenant not in tenants:
             raise ConfigError(f"ble.devices: device {d.device!r} has unknown tenant {d.tenant!r}")
+    # Imported here so that an agent without BLE devices never loads bleak/dbus-fast (memory).
+    from fieldgate.edge.adapters.ble.adapter import BleAdapter
+
     return BleAdapter(config)
+
+
+def __getattr__(name: str) -> object:
+    """``BleAdapter`` on first use only (keeps its transport library out of agents that don't need it)."""
+    if name == "BleAdapter":
+        from fieldgate.edge.adapters.ble.adapter import BleAdapter
+
+        return BleAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
