@@ -1,8 +1,22 @@
-"""The all-in-one cloud process: every stage in one event loop, wired through the bus.
+"""The cloud process: every stage (or a chosen few) in one event loop, wired through the bus.
 
 Stages never call each other; they share only the bus, the stores and (for command delivery,
-which must reach the edge streams that ingest hosts) the :class:`EdgeSessions` object. The
-same classes run as separate processes in the distributed mode (a later issue).
+which must reach the edge streams that ingest hosts) the :class:`EdgeSessions` object.
+
+With ``services=None`` (the default) one process runs everything — the only choice with the
+embedded bus. On Kafka, ``services`` picks the stages this process runs (``fieldgate cloud
+run <service>``), so each stage can run as its own process and as several replicas (they
+share the stage's partitions through Kafka consumer groups):
+
+* ``inbound``, ``registration``, ``event-store`` — one consumer stage each;
+* ``ingest`` — the gRPC server (edge uplink and the gRPC APIs) *and* command delivery:
+  delivering a command means writing to the edge's open uplink stream, which only the process
+  hosting that stream has (``command-delivery`` names the same process);
+* ``api`` — the REST API (command requests go to the bus like everywhere else).
+
+The bus and the event store come from :mod:`fieldgate.cloud.backends`. When
+``config.zookeeper`` is set, the registration stage reads the tenants' settings from
+ZooKeeper at start and watches them, so a tenant's ``auto_register`` changes live.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,7 +34,7 @@ import uvicorn
 
 from fieldgate.cloud.api.app import create_api
 from fieldgate.cloud.api.users import SqliteUsers
-from fieldgate.cloud.bus.embedded import EmbeddedBus
+from fieldgate.cloud.backends import build_bus, build_event_store
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.grpc_api import add_grpc_api
@@ -29,13 +43,42 @@ from fieldgate.cloud.ingest import EdgeSessions, IngestService
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
-from fieldgate.cloud.store.sqlite_events import SqliteEventStore
 from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.zkconfig_models import TenantSettings, TenantSettingsRegistry
+from fieldgate.errors import ConfigError
 from fieldgate.v1 import model_pb2 as model
 
 log = logging.getLogger(__name__)
 
 ADMIN_USER = "admin"
+
+# The services `fieldgate cloud run <service>` can run on their own (see the module docstring).
+SERVICES: tuple[str, ...] = ("inbound", "registration", "event-store", "ingest", "api")
+# Command delivery needs the edge sessions that ingest hosts: it is part of the ingest process.
+SERVICE_ALIASES: dict[str, str] = {"command-delivery": "ingest"}
+
+
+def resolve_services(config: CloudConfig, services: Collection[str] | None) -> frozenset[str]:
+    """The services one process runs; raises ConfigError for unknown names, or for a subset
+    with the embedded bus (its SQLite log is private to one process)."""
+    if services is None:
+        return frozenset(SERVICES)
+    chosen = set()
+    for name in services:
+        name = SERVICE_ALIASES.get(name, name)
+        if name not in SERVICES:
+            known = ", ".join((*SERVICES, *SERVICE_ALIASES))
+            raise ConfigError(f"cloud service {name!r} is unknown (services: {known})")
+        chosen.add(name)
+    if not chosen:
+        raise ConfigError("no cloud service chosen")
+    if chosen != set(SERVICES) and config.bus.kind == "embedded":
+        raise ConfigError(
+            "bus.kind: the embedded bus works within one process only; running single services "
+            f"({', '.join(sorted(chosen))}) needs bus.kind: kafka (docs/operations/distributed.md), "
+            "or run `fieldgate cloud run` without a service for the all-in-one process"
+        )
+    return frozenset(chosen)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -57,39 +100,84 @@ def load_or_create_secret(data_dir: Path) -> str:
     return secret
 
 
+def _tenant_record(settings: TenantSettings) -> model.Tenant:
+    return model.Tenant(
+        token=settings.token,
+        name=settings.name or settings.token,
+        auto_register=settings.auto_register,
+        default_device_type=settings.default_device_type,
+    )
+
+
 class CloudApp:
     """Bus, stores, pipeline stages, gRPC (ingest + APIs) and REST in one process."""
 
-    def __init__(self, config: CloudConfig) -> None:
+    def __init__(self, config: CloudConfig, services: Collection[str] | None = None) -> None:
         self.config = config
+        self.services = resolve_services(config, services)
         data = config.data_dir
-        self.bus = EmbeddedBus(data / "bus.db")
+        prefix = config.bus.topic_prefix
+        self.bus = build_bus(config, client_id="fieldgate-" + "-".join(sorted(self.services)))
         self.registry = SqliteRegistry(data / "registry")
         self.invocations = SqliteInvocationStore(data / "registry")
-        self.event_store = SqliteEventStore(data / "events")
+        self.event_store = build_event_store(config, tenants=[t.token for t in config.tenants])
         self.users = SqliteUsers(data / "users.db")
         self.sessions = EdgeSessions()
         self.commands = CommandService(
-            self.registry, self.invocations, self.bus, config.default_command_ttl_s
+            self.registry,
+            self.invocations,
+            self.bus,
+            config.default_command_ttl_s,
+            topic_prefix=prefix,
         )
-        self.stages: list[Any] = [
-            Registration(self.bus, self.registry, config.tenants),
-            InboundProcessing(self.bus, self.registry),
-            EventPersistence(self.bus, self.event_store),
-            CommandDelivery(self.bus, self.sessions, self.invocations, self.event_store),
-        ]
-        self.ingest = IngestService(
-            self.bus, self.registry, self.sessions, config.grpc_host, config.grpc_port
-        )
-        self.ingest.add_servicers(
-            lambda server: add_grpc_api(
-                server,
-                registry=self.registry,
-                event_store=self.event_store,
-                invocations=self.invocations,
-                commands=self.commands,
+        # Live per-tenant settings (ZooKeeper); None = the file's tenants, as they are.
+        self.tenant_settings: TenantSettingsRegistry | None = None
+        self.zk: Any = None
+        if config.zookeeper is not None and "registration" in self.services:
+            from fieldgate.cloud.zkconfig import ZkConfigSource
+
+            self.tenant_settings = TenantSettingsRegistry(config.tenants)
+            self.zk = ZkConfigSource(config.zookeeper.hosts, config.zookeeper.instance)
+        self.stages: list[Any] = []
+        if "registration" in self.services:
+            self.stages.append(
+                Registration(
+                    self.bus,
+                    self.registry,
+                    config.tenants,
+                    topic_prefix=prefix,
+                    tenant_settings=self.tenant_settings,
+                )
             )
-        )
+        if "inbound" in self.services:
+            self.stages.append(InboundProcessing(self.bus, self.registry, topic_prefix=prefix))
+        if "event-store" in self.services:
+            self.stages.append(EventPersistence(self.bus, self.event_store, topic_prefix=prefix))
+        self.ingest: IngestService | None = None
+        if "ingest" in self.services:
+            self.stages.append(
+                CommandDelivery(
+                    self.bus, self.sessions, self.invocations, self.event_store, topic_prefix=prefix
+                )
+            )
+            ingest = IngestService(
+                self.bus,
+                self.registry,
+                self.sessions,
+                config.grpc_host,
+                config.grpc_port,
+                topic_prefix=prefix,
+            )
+            ingest.add_servicers(
+                lambda server: add_grpc_api(
+                    server,
+                    registry=self.registry,
+                    event_store=self.event_store,
+                    invocations=self.invocations,
+                    commands=self.commands,
+                )
+            )
+            self.ingest = ingest
         self._rest: _EmbeddedUvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._started: list[Any] = []
@@ -97,7 +185,8 @@ class CloudApp:
 
     @property
     def grpc_port(self) -> int:
-        return int(self.ingest.port)
+        """The gRPC port (0 when this process does not run ingest)."""
+        return int(self.ingest.port) if self.ingest is not None else 0
 
     async def ensure_admin(self, password: str | None) -> str | None:
         """Create/refresh user ``admin``. Returns a generated password the first time none is given."""
@@ -119,7 +208,16 @@ class CloudApp:
             else load_or_create_secret(self.config.data_dir)
         )
         try:
-            for part in (self.bus, self.registry, self.invocations, self.event_store, self.users):
+            if self.zk is not None:
+                await self.zk.start()
+                self._started.append(self.zk)
+                await self._load_tenant_settings()
+            parts: list[Any] = [self.bus, self.registry, self.invocations]
+            if self.services & {"event-store", "ingest", "api"}:
+                parts.append(self.event_store)
+            if "api" in self.services:
+                parts.append(self.users)
+            for part in parts:
                 await part.start()
                 self._started.append(part)
             for t in self.config.tenants:
@@ -131,48 +229,69 @@ class CloudApp:
                         default_device_type=t.default_device_type,
                     )
                 )
+            if self.tenant_settings is not None:
+                for token in self.tenant_settings.tenants():
+                    settings = self.tenant_settings.get(token)
+                    if settings is not None:
+                        await self.registry.ensure_tenant(_tenant_record(settings))
             for stage in self.stages:
                 await stage.start()
                 self._started.append(stage)
-            await self.ingest.start()
-            self._started.append(self.ingest)
-            api = create_api(
-                registry=self.registry,
-                event_store=self.event_store,
-                invocations=self.invocations,
-                commands=self.commands,
-                users=self.users,
-                auth=self.config.auth,
-                secret=secret,
-            )
-            server = _EmbeddedUvicorn(
-                uvicorn.Config(
-                    api,
-                    host=self.config.rest_host,
-                    port=self.config.rest_port,
-                    log_level="warning",
-                    lifespan="off",
-                    access_log=False,
-                )
-            )
-            self._rest = server
-            self._rest_task = asyncio.create_task(server.serve(), name="rest")
-            while not server.started:
-                if self._rest_task.done():
-                    self._rest_task.result()
-                    raise RuntimeError("REST server stopped while starting")
-                await asyncio.sleep(0.01)
-            sock = server.servers[0].sockets[0]
-            self.rest_port = int(sock.getsockname()[1])
+            if self.ingest is not None:
+                await self.ingest.start()
+                self._started.append(self.ingest)
+            if "api" in self.services:
+                await self._start_rest(secret)
         except BaseException:
             await self.stop()
             raise
         log.info(
-            "cloud up: gRPC 127.0.0.1:%d, REST http://%s:%d",
+            "cloud up (%s): gRPC %s:%d, REST http://%s:%d",
+            ", ".join(sorted(self.services)),
+            self.config.grpc_host,
             self.grpc_port,
             self.config.rest_host,
             self.rest_port,
         )
+
+    async def _load_tenant_settings(self) -> None:
+        """Tenant settings from ZooKeeper over the file's, then watch them for live changes."""
+        assert self.zk is not None and self.tenant_settings is not None
+        loaded = await self.zk.load()
+        for token, settings in loaded.tenants.items():
+            self.tenant_settings.update(token, settings)
+        log.info("zookeeper: %d tenant configuration(s) loaded", len(loaded.tenants))
+        await self.zk.watch_tenants(self.tenant_settings.update)
+
+    async def _start_rest(self, secret: str) -> None:
+        api = create_api(
+            registry=self.registry,
+            event_store=self.event_store,
+            invocations=self.invocations,
+            commands=self.commands,
+            users=self.users,
+            auth=self.config.auth,
+            secret=secret,
+        )
+        server = _EmbeddedUvicorn(
+            uvicorn.Config(
+                api,
+                host=self.config.rest_host,
+                port=self.config.rest_port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        self._rest = server
+        self._rest_task = asyncio.create_task(server.serve(), name="rest")
+        while not server.started:
+            if self._rest_task.done():
+                self._rest_task.result()
+                raise RuntimeError("REST server stopped while starting")
+            await asyncio.sleep(0.01)
+        sock = server.servers[0].sockets[0]
+        self.rest_port = int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         if self._rest is not None and self._rest_task is not None:

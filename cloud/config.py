@@ -26,12 +26,41 @@ class AuthConfig(Frozen):
 
 
 class BusConfig(Frozen):
-    kind: Literal["embedded"] = "embedded"
-    topic_prefix: str = "fieldgate"
+    """Which bus carries the pipeline's topics.
+
+    ``embedded`` is a SQLite log inside the one cloud process (the one-machine default);
+    ``kafka`` is Apache Kafka at ``bootstrap``, which lets each stage run as its own process.
+    ``partitions`` / ``replication`` apply to the topics fieldgate creates on Kafka.
+    """
+
+    kind: Literal["embedded", "kafka"] = "embedded"
+    topic_prefix: str = Field("fieldgate", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    bootstrap: str = Field("127.0.0.1:9092", min_length=1)
+    partitions: int = Field(3, ge=1, le=1000)
+    replication: int = Field(1, ge=1, le=10)
 
 
 class StoreConfig(Frozen):
-    kind: Literal["sqlite"] = "sqlite"
+    """Where events are stored: SQLite files in data_dir, or Apache Cassandra at ``hosts``.
+
+    The registry, invocations and users stay SQLite files in data_dir in both cases.
+    """
+
+    kind: Literal["sqlite", "cassandra"] = "sqlite"
+    hosts: tuple[str, ...] = Field(("127.0.0.1",), min_length=1)
+    port: int = Field(9042, ge=1, le=65535)
+    replication: int = Field(1, ge=1, le=10)
+
+
+class ZookeeperConfig(Frozen):
+    """Live tenant configuration from ZooKeeper (``/fieldgate/<instance>/tenants/<tenant>``).
+
+    When set, the cloud reads the tenants' settings at start and watches them, so a change
+    (e.g. ``auto_register``) takes effect without a restart.
+    """
+
+    hosts: str = Field("127.0.0.1:2181", min_length=1)
+    instance: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class CloudConfig(Frozen):
@@ -44,5 +73,7 @@ class CloudConfig(Frozen):
     auth: AuthConfig = AuthConfig()
     bus: BusConfig = BusConfig()
     store: StoreConfig = StoreConfig()
+    # Live tenant configuration (distributed mode); None = tenants come from this file only.
+    zookeeper: ZookeeperConfig | None = None
     # Default time-to-live of a command invocation when the request gives none.
     default_command_ttl_s: int = Field(3600, ge=1)

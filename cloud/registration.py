@@ -11,6 +11,10 @@ for tenants that are not in the configuration):
   replays store it once) and the device's events are published back to ``[decoded]``, where
   inbound processing now finds the device. Creating a device that already exists (a replay,
   or a race with the REST API) is not an error.
+* When a :class:`~fieldgate.cloud.zkconfig_models.TenantSettingsRegistry` is given
+  (``tenant_settings``, fed by the ZooKeeper watcher), it is consulted first for every batch,
+  so a live change of a tenant's ``auto_register`` applies from the next batch on, without a
+  restart and without touching other tenants.
 * ``auto_register`` off — the records are committed and counted; the events stay in the
   ``[unregistered]`` topic for inspection or replay (reset the group's offset after
   registering the device). Each such device is logged once (bounded memory).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fieldgate.cloud.bus import DECODED, UNREGISTERED, Bus, Record, topic_name
 from fieldgate.cloud.config import TenantConfig
@@ -41,6 +46,9 @@ from fieldgate.cloud.store import Registry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.zkconfig_models import TenantSettingsRegistry
 
 GROUP = "registration"
 
@@ -94,8 +102,10 @@ class Registration:
         topic_prefix: str = "fieldgate",
         settings: StageSettings | None = None,
         log_once_max_devices: int = 10_000,
+        tenant_settings: TenantSettingsRegistry | None = None,
     ) -> None:
         self.stats = RegistrationStats()
+        self._live = tenant_settings
         self._bus = bus
         self._registry = registry
         self._tenants = {t.token: t for t in tenants}
@@ -137,6 +147,9 @@ class Registration:
             pass  # created meanwhile by another process: that is what we wanted
 
     async def _policy(self, tenant: str) -> _Policy | None:
+        live = self._live.get(tenant) if self._live is not None else None
+        if live is not None:
+            return _Policy(live.auto_register, live.default_device_type)
         cfg = self._tenants.get(tenant)
         if cfg is not None:
             return _Policy(cfg.auto_register, cfg.default_device_type)

@@ -1,7 +1,8 @@
 """The ``fieldgate`` command line.
 
 fieldgate up                    cloud + edge agent + embedded broker + simulated devices
-fieldgate cloud run [--config]  the all-in-one cloud process
+fieldgate cloud run [--config] [service]  the all-in-one cloud process, or one service
+                                (inbound, registration, event-store, ingest, api) on Kafka
 fieldgate edge run --config F   one edge agent
 fieldgate sim mqtt ...          simulated MQTT devices
 fieldgate config check edge|cloud F   validate a configuration file
@@ -78,14 +79,21 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
     from fieldgate.cloud.config import CloudConfig
 
     conf = cfg.load(CloudConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_CLOUD")
+    services = [ns.service] if ns.service else None
+    app = CloudApp(conf, services)  # refuses a single service on the embedded bus (ConfigError)
 
     async def body(stop: asyncio.Event) -> None:
-        async with CloudApp(conf) as app:
-            generated = await app.ensure_admin(os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None)
-            print(
-                f"cloud up: REST http://{conf.rest_host}:{app.rest_port}  gRPC {conf.grpc_host}:{app.grpc_port}",
-                flush=True,
-            )
+        async with app:
+            generated = None
+            if "api" in app.services:
+                generated = await app.ensure_admin(os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None)
+            what = ", ".join(sorted(app.services)) if ns.service else "all services"
+            addresses = []
+            if "api" in app.services:
+                addresses.append(f"REST http://{conf.rest_host}:{app.rest_port}")
+            if app.ingest is not None:
+                addresses.append(f"gRPC {conf.grpc_host}:{app.grpc_port}")
+            print(f"cloud up ({what}): {'  '.join(addresses) or 'no listeners'}", flush=True)
             if generated:
                 print(f"admin password: {generated} (shown once)", flush=True)
             await stop.wait()
@@ -161,8 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up)
 
     cloud = sub.add_parser("cloud", help="cloud services").add_subparsers(dest="cloud_cmd", required=True)
-    cr = cloud.add_parser("run", help="run the all-in-one cloud process")
+    cr = cloud.add_parser("run", help="run the all-in-one cloud process, or one service of it")
     cr.add_argument("--config", help="YAML file (docs/configuration.md); FIELDGATE_CLOUD__* env overrides")
+    cr.add_argument(
+        "service",
+        nargs="?",
+        choices=["inbound", "registration", "event-store", "command-delivery", "ingest", "api"],
+        help="run only this service (needs bus.kind: kafka; command-delivery runs within ingest, "
+        "which hosts the edge streams it delivers to; docs/operations/distributed.md)",
+    )
     cr.set_defaults(func=_cmd_cloud_run)
 
     edge = sub.add_parser("edge", help="edge agent").add_subparsers(dest="edge_cmd", required=True)

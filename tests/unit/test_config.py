@@ -70,3 +70,45 @@ def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     bad.write_text("uplink:\n  batch_max_events: 0\n")
     assert main(["config", "check", "edge", str(bad)]) == 2
     assert "uplink.batch_max_events" in capsys.readouterr().err
+
+
+def test_distributed_backends_validate(tmp_path: Path) -> None:
+    f = tmp_path / "cloud.yaml"
+    f.write_text(
+        "bus:\n  kind: kafka\n  bootstrap: 127.0.0.1:19092\n  partitions: 6\n"
+        "store:\n  kind: cassandra\n  hosts: [127.0.0.1, 127.0.0.2]\n  port: 19042\n"
+        "zookeeper:\n  hosts: 127.0.0.1:12181\n  instance: plant-a\n"
+    )
+    cloud = cfg.load(CloudConfig, f)
+    assert cloud.bus.kind == "kafka" and cloud.bus.bootstrap == "127.0.0.1:19092"
+    assert cloud.bus.partitions == 6 and cloud.bus.replication == 1
+    assert cloud.store.kind == "cassandra" and cloud.store.hosts == ("127.0.0.1", "127.0.0.2")
+    assert cloud.store.port == 19042
+    assert cloud.zookeeper is not None and cloud.zookeeper.instance == "plant-a"
+    default = cfg.load(CloudConfig)
+    assert default.bus.kind == "embedded" and default.store.kind == "sqlite" and default.zookeeper is None
+
+
+def test_distributed_backends_bad_values_name_the_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        cfg.validate(
+            CloudConfig,
+            {
+                "bus": {"kind": "rabbit", "partitions": 0},
+                "store": {"kind": "cassandra", "hosts": [], "port": 0},
+                "zookeeper": {"instance": "Bad/Name"},
+            },
+        )
+    text = str(err.value)
+    for key in ("bus.kind", "bus.partitions", "store.hosts", "store.port", "zookeeper.instance"):
+        assert key in text
+
+
+def test_cloud_run_refuses_a_single_service_on_the_embedded_bus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "cloud.yaml"
+    f.write_text(f"data_dir: {tmp_path / 'cloud'}\n")
+    assert main(["cloud", "run", "--config", str(f), "inbound"]) == 2
+    err = capsys.readouterr().err
+    assert "embedded bus" in err and "bus.kind: kafka" in err
