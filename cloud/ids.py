@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from fieldgate.cloud.errors import InvalidRequest
+from fieldgate.v1 import events_pb2 as pb
+
 _NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
@@ -53,3 +56,23 @@ class DeviceIds:
 
     def id(self, alternate_id: str) -> str:
         return self.key(alternate_id).hex()
+
+
+def completed_event(tenant: str, event: pb.Event) -> pb.Event:
+    """``event`` as an event store keeps it: tenant, alternate id and id filled in (a copy when
+    anything changes; the event itself when nothing does). Raises InvalidRequest for an event of
+    another tenant or without a device."""
+    if event.tenant == tenant and event.id and event.alternate_id and event.device:
+        return event
+    if event.tenant and event.tenant != tenant:
+        raise InvalidRequest(f"event of tenant {event.tenant!r} given to tenant {tenant!r}")
+    if not event.device:
+        raise InvalidRequest("event without a device")
+    out = pb.Event()
+    out.CopyFrom(event)
+    out.tenant = tenant
+    if not out.alternate_id:
+        out.alternate_id = out.id or uuid.uuid4().hex
+    if not out.id:
+        out.id = event_id(tenant, out.device, out.alternate_id)
+    return out

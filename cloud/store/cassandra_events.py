@@ -46,7 +46,6 @@ import asyncio
 import hashlib
 import logging
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -61,7 +60,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy  # type
 from cassandra.query import BatchStatement, BatchType, tuple_factory  # type: ignore[import-untyped]
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
-from fieldgate.cloud.ids import event_id, event_key
+from fieldgate.cloud.ids import completed_event, event_key
 from fieldgate.cloud.store import EventQuery, Page
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -158,24 +157,6 @@ def _invocation_of(event: pb.Event, kind: str) -> str:
     if kind == "command_invocation":
         return event.command_invocation.invocation
     return ""
-
-
-def _completed(tenant: str, event: pb.Event) -> pb.Event:
-    """``event`` with tenant, alternate id and id filled in (a copy when anything changes)."""
-    if event.tenant == tenant and event.id and event.alternate_id and event.device:
-        return event
-    if event.tenant and event.tenant != tenant:
-        raise InvalidRequest(f"event of tenant {event.tenant!r} given to tenant {tenant!r}")
-    if not event.device:
-        raise InvalidRequest("event without a device")
-    out = pb.Event()
-    out.CopyFrom(event)
-    out.tenant = tenant
-    if not out.alternate_id:
-        out.alternate_id = out.id or uuid.uuid4().hex
-    if not out.id:
-        out.id = event_id(tenant, out.device, out.alternate_id)
-    return out
 
 
 def _partition_batches(rows: list[tuple[Any, tuple[Any, ...], int]]) -> list[Any]:
@@ -403,7 +384,7 @@ class CassandraEventStore:
             return []
         batch: dict[bytes, pb.Event] = {}
         for raw in events:
-            ev = _completed(tenant, raw)
+            ev = completed_event(tenant, raw)
             batch.setdefault(event_key(tenant, ev.device, ev.alternate_id), ev)
         ctx = await self._open(tenant, create=True)
         assert ctx is not None

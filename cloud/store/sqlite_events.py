@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
-from fieldgate.cloud.ids import event_id, event_key
+from fieldgate.cloud.ids import completed_event, event_id, event_key
 from fieldgate.cloud.store import EventQuery, Page
 from fieldgate.cloud.store._sqlite import (
     SqliteWorker,
@@ -143,8 +143,7 @@ class SqliteEventStore:
     def _add(self, tenant: str, events: Sequence[pb.Event]) -> list[pb.Event]:
         prepared: list[tuple[pb.Event, _Row]] = []
         for event in events:
-            if event.tenant != tenant or not event.id or not event.alternate_id or not event.device:
-                event = self._completed(tenant, event)
+            event = completed_event(tenant, event)
             key = event_key(tenant, event.device, event.alternate_id)
             kind: str = event.WhichOneof("payload") or ""
             row = (
@@ -179,22 +178,6 @@ class SqliteEventStore:
             if aliases:
                 conn.executemany(_INSERT_ALIAS, aliases)
         return [ev for ev, _ in stored]
-
-    @staticmethod
-    def _completed(tenant: str, event: pb.Event) -> pb.Event:
-        """A copy of ``event`` with tenant, alternate id and id filled in."""
-        if event.tenant and event.tenant != tenant:
-            raise InvalidRequest(f"event of tenant {event.tenant!r} given to tenant {tenant!r}")
-        if not event.device:
-            raise InvalidRequest("event without a device")
-        out = pb.Event()
-        out.CopyFrom(event)
-        out.tenant = tenant
-        if not out.alternate_id:
-            out.alternate_id = out.id or uuid.uuid4().hex
-        if not out.id:
-            out.id = event_id(tenant, out.device, out.alternate_id)
-        return out
 
     # ------------------------------------------------------------------ reads
 
