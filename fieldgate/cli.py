@@ -3,6 +3,7 @@
 fieldgate up                    cloud + edge agent + embedded broker + simulated devices
 fieldgate cloud run [--config] [service]  the all-in-one cloud process, or one service
                                 (inbound, registration, event-store, ingest, api) on Kafka
+fieldgate cloud replay ...      move a consumer group's offsets on one tenant's stage topic
 fieldgate edge run --config F   one edge agent
 fieldgate sim mqtt ...          simulated MQTT devices
 fieldgate config check edge|cloud F   validate a configuration file
@@ -18,8 +19,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fieldgate.errors import ConfigError, FieldgateError
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.config import CloudConfig
 
 
 async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -102,6 +107,92 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+async def replay(
+    config: CloudConfig,
+    *,
+    stage: str,
+    group: str,
+    tenant: str,
+    to_offset: int | None = None,
+    to_time_ms: int | None = None,
+) -> dict[int, int]:
+    """Reset ``group``'s committed offsets of ``tenant``'s ``stage`` topic on the configured bus.
+
+    This is how a stage is re-run (replayed) from an offset or a time: the stage's consumers,
+    started again afterwards, read from there. Re-running is safe because every stage's effect
+    is idempotent (events are keyed by their alternate id). The group's consumers must be
+    stopped first: Kafka refuses to move the offsets of a group with live members, and the
+    embedded bus is private to the one process that has it open. Returns
+    ``{partition: new committed offset}``.
+    """
+    from fieldgate.cloud.backends import build_bus
+    from fieldgate.cloud.bus import topic_name
+    from fieldgate.cloud.bus.embedded import EmbeddedBus
+    from fieldgate.cloud.errors import BusError
+
+    bus = build_bus(config, client_id="fieldgate-replay")
+    await bus.start()
+    try:
+        if isinstance(bus, EmbeddedBus):
+            target = await bus.reset_offsets(group, stage, tenant, to_offset=to_offset, to_time_ms=to_time_ms)
+            return {0: target}
+        # Only Kafka is left; imported here so the default installation never loads its client.
+        from fieldgate.cloud.bus.kafka import KafkaBus
+
+        if not isinstance(bus, KafkaBus):
+            raise ConfigError(f"bus {type(bus).__name__} cannot reset offsets")
+        targets = await bus.reset_offsets(group, stage, tenant, to_offset=to_offset, to_time_ms=to_time_ms)
+        # Kafka reports a refusal (a live member in the group) per partition, which the bus does
+        # not check: read the offsets back so a refused reset is never reported as done.
+        topic = topic_name(tenant, stage, bus.prefix)
+        committed = await bus.committed(group, topic)
+        if targets and any(committed.get(p) != off for p, off in targets.items()):
+            raise BusError(
+                f"cannot reset offsets of group {group!r} on {topic} (stop its consumers first): "
+                f"committed offsets are {committed}, not {targets}"
+            )
+        return targets
+    finally:
+        await bus.stop()
+
+
+def _cmd_cloud_replay(ns: argparse.Namespace) -> int:
+    from fieldgate import config as cfg
+    from fieldgate.cloud.bus import topic_name
+    from fieldgate.cloud.config import CloudConfig
+    from fieldgate.timeutil import ms_to_iso, parse_time_ms
+
+    conf = cfg.load(CloudConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_CLOUD")
+    to_time_ms: int | None = None
+    if ns.since is not None:
+        try:
+            to_time_ms = parse_time_ms(ns.since)
+        except ValueError as err:
+            raise ConfigError(f"--since: {err}") from err
+    if ns.offset is not None and ns.offset < 0:
+        raise ConfigError("--offset must not be negative")
+    targets = asyncio.run(
+        replay(
+            conf,
+            stage=ns.stage,
+            group=ns.group,
+            tenant=ns.tenant,
+            to_offset=ns.offset,
+            to_time_ms=to_time_ms,
+        )
+    )
+    topic = topic_name(ns.tenant, ns.stage, conf.bus.topic_prefix)
+    how = f"offset {ns.offset}" if ns.offset is not None else f"time {ms_to_iso(to_time_ms or 0)}"
+    if not targets:
+        print(f"{topic}: no such topic (nothing to reset)")
+        return 0
+    print(f"reset group {ns.group!r} on {topic} ({conf.bus.kind} bus) to {how}:")
+    for partition, offset in sorted(targets.items()):
+        print(f"  partition {partition}: next offset {offset}")
+    print("start the group's consumers again to re-run the stage from there.")
+    return 0
+
+
 def _cmd_edge_run(ns: argparse.Namespace) -> int:
     from fieldgate import config as cfg
     from fieldgate.edge.agent import EdgeAgent
@@ -179,6 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
         "which hosts the edge streams it delivers to; docs/operations/distributed.md)",
     )
     cr.set_defaults(func=_cmd_cloud_run)
+
+    from fieldgate.cloud.bus import STAGES
+
+    rp = cloud.add_parser(
+        "replay",
+        help="re-run a stage for one tenant: move a consumer group's offsets to an offset or a time",
+        description="Reset the committed offsets of consumer group GROUP on TENANT's topic of STAGE "
+        "(fieldgate.tenant.<tenant>.<stage>) on the configured bus, so the stage re-reads from "
+        "there when its consumers start again. STOP THE GROUP'S CONSUMERS FIRST: Kafka refuses "
+        "to move the offsets of a group with live members (and the embedded bus is private to "
+        "the one cloud process, so stop that too). Re-running a stage is safe: every stage is "
+        "idempotent (the event store keys events on their alternate ids, so nothing is stored "
+        "twice). Stage groups: inbound (stage decoded), registration (unregistered), "
+        "persistence (enriched), command-delivery (command-invocations).",
+    )
+    rp.add_argument("--config", help="YAML file (docs/configuration.md); FIELDGATE_CLOUD__* env overrides")
+    rp.add_argument("--stage", required=True, choices=list(STAGES), help="the topic's stage")
+    rp.add_argument("--group", required=True, help="the consumer group (e.g. persistence)")
+    rp.add_argument("--tenant", required=True, help="the tenant token")
+    where = rp.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--offset", type=int, help="per partition, the offset to read next (0 = from the beginning)"
+    )
+    where.add_argument(
+        "--since",
+        help="ISO 8601 time or epoch ms: per partition, the first record stamped at or after it",
+    )
+    rp.set_defaults(func=_cmd_cloud_replay)
 
     edge = sub.add_parser("edge", help="edge agent").add_subparsers(dest="edge_cmd", required=True)
     er = edge.add_parser("run", help="run an edge agent")
