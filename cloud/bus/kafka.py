@@ -451,13 +451,24 @@ class KafkaBus:
         )
         futures = admin.alter_consumer_group_offsets([request], request_timeout=self._request_timeout_s)
         try:
-            for fut in futures.values():
-                await asyncio.wrap_future(fut)
+            results = [await asyncio.wrap_future(fut) for fut in futures.values()]
         except KafkaException as err:
             raise BusError(
                 f"cannot reset offsets of group {group!r} on {topic} "
                 f"(stop its consumers first): {_reason(err)}"
             ) from err
+        # Kafka may accept the request but refuse partitions one by one (e.g. a live member).
+        refused = [
+            f"partition {tp.partition}: {tp.error}"
+            for result in results
+            for tp in getattr(result, "topic_partitions", None) or ()
+            if getattr(tp, "error", None) is not None
+        ]
+        if refused:
+            raise BusError(
+                f"cannot reset offsets of group {group!r} on {topic} (stop its consumers first): "
+                + "; ".join(refused)
+            )
         log.info("reset group %s on %s to %s", group, topic, targets)
         return targets
 
