@@ -51,8 +51,9 @@ def _cmd_up(ns: argparse.Namespace) -> int:
         southbound=tuple(k for k in sims if k != "mqtt"),
         sim_rate_hz=ns.sim_rate,
         admin_password=os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None,
-        edge_process=not ns.edge_in_process,
+        edge_process=not ns.edge_in_process or ns.distributed,
         log_level=ns.log_level,
+        distributed=ns.distributed,
     )
 
     async def body(stop: asyncio.Event) -> None:
@@ -256,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--edge-in-process",
         action="store_true",
         help="run the edge agent inside this process instead of as its own process",
+    )
+    up.add_argument(
+        "--distributed",
+        action="store_true",
+        help="real ZooKeeper, Kafka and Cassandra (fetched with mvn, under DATA_DIR/servers) and one "
+        "process per cloud service; implies the edge agent in its own process "
+        "(docs/operations/distributed.md)",
     )
     up.set_defaults(func=_cmd_up)
 

@@ -6,6 +6,12 @@ exactly the same assembly.
 The edge agent runs either inside this process (``edge_process=False``: tests reach into it) or
 as its own process (``fieldgate edge run`` with a generated configuration file), as it would on
 a gateway; ``fieldgate up`` does the latter, so the edge and the cloud each get a core.
+
+With ``distributed=True`` (``fieldgate up --distributed``) the cloud is not the in-process
+all-in-one app on SQLite: the suite starts real ZooKeeper, Kafka and Cassandra servers
+(:mod:`fieldgate.devservers`, under ``data_dir/servers``), writes ``data_dir/cloud.yaml`` for
+them and runs every cloud service as its own ``fieldgate cloud run <service>`` process, as
+docs/operations/distributed.md describes for a real deployment.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -26,8 +33,16 @@ from typing import Literal, Self
 import yaml
 
 from fieldgate.cloud.app import CloudApp
-from fieldgate.cloud.config import CloudConfig, TenantConfig
+from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
 from fieldgate.config import validate
+from fieldgate.devservers import (
+    CassandraServer,
+    KafkaServer,
+    ZooKeeperServer,
+    start_cassandra,
+    start_kafka,
+    start_zookeeper,
+)
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import BufferConfig, EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.errors import ConfigError, FieldgateError
@@ -67,6 +82,13 @@ class SuiteOptions:
     log_level: str = "INFO"
     # Southbound sims beside the MQTT ones: any of "serial", "modbus", "ble".
     southbound: tuple[str, ...] = ()
+    # Real ZooKeeper/Kafka/Cassandra and one process per cloud service (needs edge_process).
+    distributed: bool = False
+
+
+# The cloud services of distributed mode, in start order (``fieldgate cloud run <service>``):
+# ingest (gRPC uplink + command delivery) first, the REST api last, once the stages consume.
+DISTRIBUTED_SERVICES: tuple[str, ...] = ("ingest", "inbound", "registration", "event-store", "api")
 
 
 class Suite:
@@ -84,7 +106,26 @@ class Suite:
                 TenantConfig(token="default", name="Default tenant", auto_register=options.auto_register),
             ),
         )
-        self.cloud = CloudApp(cloud_cfg)
+        self._cloud: CloudApp | None = None
+        self.cloud_procs: dict[str, asyncio.subprocess.Process] = {}
+        self._cloud_pumps: list[asyncio.Task[None]] = []
+        self.zookeeper: ZooKeeperServer | None = None
+        self.kafka: KafkaServer | None = None
+        self.cassandra: CassandraServer | None = None
+        if options.distributed:
+            if not options.edge_process:
+                raise ConfigError("distributed mode needs the edge agent in its own process (edge_process)")
+            if options.southbound:
+                raise ConfigError("southbound sims are not supported in distributed mode yet (MQTT sims are)")
+            # Fixed ports: each service is its own process and the edge must know the gRPC port.
+            self._rest_port = options.rest_port or free_port()
+            self._grpc_port = options.grpc_port or free_port()
+            self._cloud_config = cloud_cfg.model_copy(
+                update={"rest_port": self._rest_port, "grpc_port": self._grpc_port}
+            )
+        else:
+            self._cloud = CloudApp(cloud_cfg)
+            self._cloud_config = cloud_cfg
         self.edge: EdgeAgent | None = None
         self.edge_proc: asyncio.subprocess.Process | None = None
         self.southbound: SouthboundSims | None = None
@@ -101,7 +142,7 @@ class Suite:
             data_dir=o.data_dir / "edge",
             mqtt=MqttConfig(mode=o.mqtt_mode, host=o.mqtt_host, port=self.mqtt_port),
             buffer=BufferConfig(max_events=o.buffer_max_events),
-            uplink=UplinkConfig(target=f"127.0.0.1:{self.cloud.grpc_port}"),
+            uplink=UplinkConfig(target=self.grpc_target),
         )
         if self.southbound is None:
             return base
@@ -110,19 +151,39 @@ class Suite:
         )
 
     @property
+    def cloud(self) -> CloudApp:
+        """The in-process cloud app (not in distributed mode, where each service is a process)."""
+        if self._cloud is None:
+            raise SuiteError("the cloud runs as separate processes in distributed mode (see cloud_procs)")
+        return self._cloud
+
+    @cloud.setter
+    def cloud(self, app: CloudApp) -> None:
+        """Replace the in-process cloud app (a test restarting the cloud with a new config)."""
+        if self.options.distributed:
+            raise SuiteError("the cloud runs as separate processes in distributed mode")
+        self._cloud = app
+
+    @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.cloud.rest_port}"
+        port = self._rest_port if self.options.distributed else self.cloud.rest_port
+        return f"http://127.0.0.1:{port}"
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.cloud.grpc_port}"
+        port = self._grpc_port if self.options.distributed else self.cloud.grpc_port
+        return f"127.0.0.1:{port}"
 
     async def start(self) -> None:
         try:
-            await self.cloud.start()
-            generated = await self.cloud.ensure_admin(self.options.admin_password)
-            if generated is not None:
-                self.admin_password = generated
+            if self.options.distributed:
+                await self._start_servers()
+                await self._start_cloud_processes()
+            else:
+                await self.cloud.start()
+                generated = await self.cloud.ensure_admin(self.options.admin_password)
+                if generated is not None:
+                    self.admin_password = generated
             if self.options.southbound:
                 self.southbound = SouthboundSims(
                     self.options.southbound, self.options.data_dir / "sims", rate_hz=self.options.sim_rate_hz
@@ -158,7 +219,148 @@ class Suite:
         if self.southbound is not None:
             await self.southbound.stop()
             self.southbound = None
-        await self.cloud.stop()
+        if self._cloud is not None:
+            await self._cloud.stop()
+        await self._stop_cloud_processes()
+        await self._stop_servers()
+
+    async def _start_servers(self) -> None:
+        """ZooKeeper, Kafka and Cassandra side by side (each start blocks until it is ready)."""
+        servers = self.options.data_dir / "servers"
+        servers.mkdir(parents=True, exist_ok=True)
+        # Handles are kept as each one comes up, so a failure of another still stops them.
+        zookeeper, kafka, cassandra = await asyncio.gather(
+            asyncio.to_thread(start_zookeeper, servers / "zookeeper"),
+            asyncio.to_thread(start_kafka, servers / "kafka"),
+            asyncio.to_thread(start_cassandra, servers / "cassandra"),
+            return_exceptions=True,
+        )
+        failures = [r for r in (zookeeper, kafka, cassandra) if isinstance(r, BaseException)]
+        if isinstance(zookeeper, ZooKeeperServer):
+            self.zookeeper = zookeeper
+        if isinstance(kafka, KafkaServer):
+            self.kafka = kafka
+        if isinstance(cassandra, CassandraServer):
+            self.cassandra = cassandra
+        if failures:
+            raise SuiteError(f"a server did not start: {failures[0]}") from failures[0]
+
+    def _write_cloud_config(self) -> Path:
+        assert self.zookeeper is not None and self.kafka is not None and self.cassandra is not None
+        config = self._cloud_config.model_copy(
+            update={
+                "bus": BusConfig(kind="kafka", bootstrap=self.kafka.bootstrap),
+                "store": StoreConfig(
+                    kind="cassandra", hosts=(self.cassandra.host,), port=self.cassandra.port
+                ),
+                "zookeeper": ZookeeperConfig(hosts=self.zookeeper.hosts, instance="default"),
+            }
+        )
+        validate(CloudConfig, config.model_dump(mode="json", by_alias=True), "fieldgate up --distributed")
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.options.data_dir / "cloud.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
+        return path
+
+    def _admin_env(self) -> dict[str, str]:
+        """The api process creates user admin from FIELDGATE_ADMIN_PASSWORD. Without one given,
+        the suite picks one the first time (as ensure_admin would) and keeps the old one after."""
+        password = self.options.admin_password
+        if password is None and not (self._cloud_config.data_dir / "admin.initialized").exists():
+            password = secrets.token_urlsafe(12)
+        if password is None:
+            return {}
+        self.admin_password = password
+        return {"FIELDGATE_ADMIN_PASSWORD": password}
+
+    async def _start_cloud_processes(self, timeout_s: float = 180.0) -> None:
+        path = self._write_cloud_config()
+        env = {k: v for k, v in os.environ.items() if k != "FIELDGATE_ADMIN_PASSWORD"}
+        env["PYTHONUNBUFFERED"] = "1"
+        for service in DISTRIBUTED_SERVICES:
+            extra = self._admin_env() if service == "api" else {}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "fieldgate.cli", "--log-level", self.options.log_level,
+                "cloud", "run", "--config", str(path), service,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**env, **extra},
+            )  # fmt: skip
+            self.cloud_procs[service] = proc
+            assert proc.stdout is not None
+            await self._wait_for_line(proc, proc.stdout, b"cloud up (", f"cloud service {service}", timeout_s)
+            self._cloud_pumps.append(asyncio.create_task(self._pump(proc.stdout), name=f"{service}-output"))
+        await self._wait_port(self._grpc_port, timeout_s)
+        await self._wait_port(self._rest_port, timeout_s)
+
+    @staticmethod
+    async def _wait_for_line(
+        proc: asyncio.subprocess.Process,
+        stdout: asyncio.StreamReader,
+        marker: bytes,
+        what: str,
+        timeout_s: float,
+    ) -> None:
+        """Echo the child's output until its readiness line (``marker`` at the start of a line)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await stdout.readline()
+                    if not line:
+                        raise SuiteError(f"{what} exited while starting (code {await proc.wait()})")
+                    sys.stdout.write(line.decode(errors="replace"))
+                    if line.startswith(marker):
+                        return
+        except TimeoutError as err:
+            raise SuiteError(f"{what} not up within {timeout_s}s") from err
+
+    @staticmethod
+    async def _wait_port(port: int, timeout_s: float) -> None:
+        """Until 127.0.0.1:port accepts a connection."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    try:
+                        _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    except OSError:
+                        await asyncio.sleep(0.2)
+                        continue
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    return
+        except TimeoutError as err:
+            raise SuiteError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s") from err
+
+    async def _stop_cloud_processes(self, grace_s: float = 20.0) -> None:
+        """In reverse start order: api first, ingest (the edge streams) last."""
+        for service, proc in reversed(list(self.cloud_procs.items())):
+            await self._terminate(proc, f"cloud service {service}", grace_s)
+        self.cloud_procs.clear()
+        for pump in self._cloud_pumps:
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        self._cloud_pumps.clear()
+
+    @staticmethod
+    async def _terminate(proc: asyncio.subprocess.Process, what: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``."""
+        if proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace_s):
+                await proc.wait()
+        except TimeoutError:
+            log.warning("%s did not stop within %.0fs; killing it", what, grace_s)
+            proc.kill()
+            await proc.wait()
+
+    async def _stop_servers(self) -> None:
+        """Cassandra, Kafka, ZooKeeper: each stopped by PID (blocking, so in a thread)."""
+        for attr in ("cassandra", "kafka", "zookeeper"):
+            server: CassandraServer | KafkaServer | ZooKeeperServer | None = getattr(self, attr)
+            if server is not None:
+                setattr(self, attr, None)
+                await asyncio.to_thread(server.stop)
 
     @property
     def edge_pid(self) -> int:
@@ -231,5 +433,13 @@ class Suite:
         yield f"gRPC         {self.grpc_target}"
         yield f"MQTT         {self.mqtt_host}:{self.mqtt_port}  (devices publish to fieldgate/default/devices/<device>/events)"
         yield f"Data         {self.options.data_dir}"
+        if self.kafka is not None:
+            yield f"Kafka        {self.kafka.bootstrap}"
+        if self.zookeeper is not None:
+            yield f"ZooKeeper    {self.zookeeper.hosts}"
+        if self.cassandra is not None:
+            yield f"Cassandra    {self.cassandra.contact_point}"
+        for service, proc in self.cloud_procs.items():
+            yield f"Cloud        {service} (pid {proc.pid})"
         for line in self.southbound.describe() if self.southbound else ():
             yield f"Simulator    {line}"

@@ -1,6 +1,9 @@
-"""Real Apache Kafka, ZooKeeper and Cassandra servers for tests and for one machine.
+"""Real Apache Kafka, ZooKeeper and Cassandra servers for tests (re-exported from
+:mod:`fieldgate.devservers`, where the code and the poms now live so ``fieldgate up --distributed``
+can use them).
 
-The jars come from Maven Central through ``mvn`` (see ``_jars.py`` and ``poms/``) and are cached
+
+The jars come from Maven Central through ``mvn`` (see ``fieldgate/devservers/_jars.py`` and ``fieldgate/devservers/poms/``) and are cached
 under ``~/.cache/fieldgate/jars`` (``FIELDGATE_JAR_CACHE``). Each server runs as its own JVM on
 127.0.0.1 with a small heap, in a directory of its own under the given workdir, and is stopped by
 PID when the ``with`` block ends::
@@ -19,10 +22,22 @@ See docs/operations/servers.md.
 
 from __future__ import annotations
 
-from tests.servers._jars import ALL_SERVERS, ServerJars, ServerUnavailable, fetch, jar_cache
-from tests.servers.cassandra import CassandraServer, cassandra_server, start_cassandra
-from tests.servers.kafka import KafkaServer, kafka_server, start_kafka
-from tests.servers.zookeeper import ZooKeeperServer, start_zookeeper, zookeeper_server
+from fieldgate.devservers import (
+    ALL_SERVERS,
+    CassandraServer,
+    KafkaServer,
+    ServerJars,
+    ServerUnavailable,
+    ZooKeeperServer,
+    cassandra_server,
+    fetch,
+    jar_cache,
+    kafka_server,
+    start_cassandra,
+    start_kafka,
+    start_zookeeper,
+    zookeeper_server,
+)
 
 __all__ = [
     "ALL_SERVERS",

@@ -1,0 +1,85 @@
+"""``fieldgate up --distributed``: the whole suite on real ZooKeeper, Kafka and Cassandra.
+
+The Suite starts the three servers itself (under its data_dir), runs every cloud service as its
+own ``fieldgate cloud run <service>`` process and the edge agent as another: a paho QoS 1
+publish reaches REST, and a REST command reaches a device on MQTT and its answer comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fieldgate.suite import Suite, SuiteOptions
+from tests.e2e.test_end_to_end import CommandDevice, events_of, publish_once
+from tests.helpers.waiting import eventually
+
+pytestmark = [pytest.mark.distributed, pytest.mark.integration]
+
+PASSWORD = "distributed-admin-pw"
+
+
+@pytest.fixture
+async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
+    options = SuiteOptions(
+        data_dir=tmp_path / "fg", admin_password=PASSWORD, distributed=True, edge_process=True
+    )
+    async with Suite(options) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(suite: Suite) -> AsyncIterator[httpx.AsyncClient]:
+    client = httpx.AsyncClient(base_url=suite.rest_url, timeout=10)
+    r = await client.post("/api/v1/auth/token", data={"username": "admin", "password": PASSWORD})
+    r.raise_for_status()
+    client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+    yield client
+    await client.aclose()
+
+
+async def test_publish_and_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
+    # Each cloud service is its own process, and the edge agent too.
+    assert set(suite.cloud_procs) == {"ingest", "inbound", "registration", "event-store", "api"}
+    assert suite.edge_proc is not None and suite.edge is None
+    await asyncio.to_thread(
+        publish_once,
+        suite.mqtt_port,
+        "fieldgate/default/devices/dist-1/events",
+        {"type": "measurement", "values": {"temperature": 21.5}},
+    )
+
+    async def stored() -> list[dict[str, Any]]:
+        return [e for e in await events_of(api, "dist-1") if e["type"] == "measurement"]
+
+    events = await eventually(stored, timeout=30, what="the measurement through Kafka and Cassandra")
+    assert events[0]["values"] == {"temperature": 21.5}
+
+    dev = CommandDevice(suite.mqtt_port, "dist-actor")
+    try:
+        assert await asyncio.to_thread(dev.subscribed.wait, 10)
+        await asyncio.to_thread(
+            publish_once,
+            suite.mqtt_port,
+            "fieldgate/default/devices/dist-actor/events",
+            {"type": "measurement", "values": {"x": 1}},
+        )
+        await eventually(lambda: events_of(api, "dist-actor"), timeout=30, what="the actor's first event")
+        r = await api.post("/api/v1/devices/dist-actor/commands", json={"command": "ping", "params": {}})
+        assert r.status_code == 201, r.text
+        inv_id = r.json()["id"]
+
+        async def answered() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await api.get(f"/api/v1/invocations/{inv_id}")).json()
+            return body if body["status"] == "answered" else None
+
+        final = await eventually(answered, timeout=30, what="the ping answered")
+        assert final["response"] == {"pong": True}
+        assert dev.received and dev.received[0]["command"] == "ping"
+    finally:
+        dev.close()
