@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kafka pipeline benchmark: events/s ingest → persisted beside a bare Kafka produce → consume.
 
-All servers are real and started by this script through ``tests.servers`` (jars from the mvn
+All servers are real and started by this script through ``fieldgate.devservers`` (jars from the mvn
 cache, JVMs on 127.0.0.1 with small heaps), stopped by PID at the end. In one run it measures:
 
 1. **baseline** — bare confluent-kafka: N serialized ``fieldgate.v1.EventBatch`` records of
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.helpers
 
 from benchlib import machine_line, table
 from confluent_kafka import Consumer, Producer
@@ -55,10 +55,10 @@ from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.stage import StageSettings
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore
 from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
+from fieldgate.devservers import CassandraServer, kafka_server, start_cassandra
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.cloud_pipeline import DEFAULT_TENANTS
-from tests.servers import CassandraServer, kafka_server, start_cassandra
 
 TENANT = "default"
 PHASE_WAIT_S = 180.0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import (
+from fieldgate.devservers import (
     CassandraServer,
     KafkaServer,
     ZooKeeperServer,

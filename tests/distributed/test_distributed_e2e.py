@@ -14,16 +14,13 @@ import asyncio
 import json
 import signal
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import DECODED, topic_name
@@ -33,15 +30,16 @@ from fieldgate.cloud.stage import messages_by_device
 from fieldgate.cloud.store import EventQuery
 from fieldgate.cloud.zkconfig import ZkConfigSource
 from fieldgate.cloud.zkconfig_models import TenantSettings
+from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.suite import free_port
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
+from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
 from tests.helpers.waiting import eventually
-from tests.servers import CassandraServer, KafkaServer, ZooKeeperServer
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -139,32 +137,6 @@ def publish_once(port: int, tenant: str, device: str, payload: Any) -> None:
     pub.close()
 
 
-class AnsweringDevice:
-    """A paho client that answers every command on its topic, as firmware would."""
-
-    def __init__(self, port: int, tenant: str, device: str) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.subscribed = threading.Event()
-        self._events = f"fieldgate/{tenant}/devices/{device}/events"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device}")
-        commands = f"fieldgate/{tenant}/devices/{device}/commands"
-        self.client.on_connect = lambda c, *a: c.subscribe(commands, qos=1)
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        cmd = json.loads(msg.payload)
-        self.received.append(cmd)
-        answer = {"type": "command_response", "invocation": cmd["invocation"], "response": {"pong": True}}
-        client.publish(self._events, json.dumps(answer), qos=1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 async def test_event_reaches_rest_and_command_is_answered(stack: Stack) -> None:
     tenant = stack.tenant_a
     assert stack.app.tenant_settings is not None
@@ -172,9 +144,9 @@ async def test_event_reaches_rest_and_command_is_answered(stack: Stack) -> None:
     assert settings is not None and settings.name == "Tenant A from ZK"  # loaded at start
 
     api = await login(stack, tenant)
-    dev = AnsweringDevice(stack.mqtt_port, tenant, "actor-1")
+    dev = CommandDevice(stack.mqtt_port, tenant, "actor-1")
     try:
-        assert await asyncio.to_thread(dev.subscribed.wait, 10)
+        await asyncio.to_thread(dev.start)
         await asyncio.to_thread(
             publish_once, stack.mqtt_port, tenant, "actor-1", {"type": "measurement", "values": {"t": 21.5}}
         )
@@ -201,7 +173,7 @@ async def test_event_reaches_rest_and_command_is_answered(stack: Stack) -> None:
         assert await rest_events(other, "actor-1") == []
         await other.aclose()
     finally:
-        dev.close()
+        dev.stop()
         await api.aclose()
 
 

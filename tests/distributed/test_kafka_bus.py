@@ -23,10 +23,10 @@ from fieldgate.cloud.stage import StageSettings
 from fieldgate.cloud.store import EventQuery
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore
 from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
+from fieldgate.devservers import KafkaServer
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.cloud_pipeline import DEFAULT_TENANTS, measurement
-from tests.servers import KafkaServer
 
 pytestmark = pytest.mark.distributed
 

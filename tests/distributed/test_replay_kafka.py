@@ -15,7 +15,7 @@ from fieldgate.cloud.bus import ENRICHED, Message, Record, topic_name
 from fieldgate.cloud.bus.kafka import KafkaBus, KafkaConsumer
 from fieldgate.cloud.config import BusConfig, CloudConfig
 from fieldgate.cloud.errors import BusError
-from tests.servers import KafkaServer
+from fieldgate.devservers import KafkaServer
 
 pytestmark = pytest.mark.distributed
 

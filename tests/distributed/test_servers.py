@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from kazoo.client import KazooClient
 
-from tests.servers import CassandraServer, KafkaServer, ZooKeeperServer
+from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 
 pytestmark = pytest.mark.distributed
 

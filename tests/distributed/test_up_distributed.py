@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from fieldgate.suite import Suite, SuiteOptions
-from tests.e2e.test_end_to_end import CommandDevice, events_of, publish_once
+from tests.e2e.test_end_to_end import events_of, publish_once
+from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
@@ -60,9 +61,9 @@ async def test_publish_and_command_round_trip(suite: Suite, api: httpx.AsyncClie
     events = await eventually(stored, timeout=30, what="the measurement through Kafka and Cassandra")
     assert events[0]["values"] == {"temperature": 21.5}
 
-    dev = CommandDevice(suite.mqtt_port, "dist-actor")
+    dev = CommandDevice(suite.mqtt_port, "default", "dist-actor")
     try:
-        assert await asyncio.to_thread(dev.subscribed.wait, 10)
+        await asyncio.to_thread(dev.start)
         await asyncio.to_thread(
             publish_once,
             suite.mqtt_port,
@@ -82,4 +83,4 @@ async def test_publish_and_command_round_trip(suite: Suite, api: httpx.AsyncClie
         assert final["response"] == {"pong": True}
         assert dev.received and dev.received[0]["command"] == "ping"
     finally:
-        dev.close()
+        dev.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.conftest import login
+from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
 from tests.helpers.waiting import eventually
 
@@ -90,37 +90,10 @@ async def test_all_event_types_and_sitewhere(suite: Suite, api: httpx.AsyncClien
     assert sw_events[0]["values"] == {"humidity": 40.5}
 
 
-class CommandDevice:
-    """A paho client that subscribes to its commands topic and answers like firmware would."""
-
-    def __init__(self, port: int, device: str) -> None:
-        self.device = device
-        self.received: list[dict[str, Any]] = []
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device}")
-        self.client.on_connect = lambda c, *a: c.subscribe(
-            f"fieldgate/default/devices/{device}/commands", qos=1
-        )
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        cmd = json.loads(msg.payload)
-        self.received.append(cmd)
-        answer = {"type": "command_response", "invocation": cmd["invocation"], "response": {"pong": True}}
-        client.publish(f"fieldgate/default/devices/{self.device}/events", json.dumps(answer), qos=1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 async def test_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
-    dev = CommandDevice(suite.mqtt_port, "actor-1")
+    dev = CommandDevice(suite.mqtt_port, "default", "actor-1")
     try:
-        assert await asyncio.to_thread(dev.subscribed.wait, 10)
+        await asyncio.to_thread(dev.start)
         # The device must be known to the cloud (and routed through this edge): one event first.
         await asyncio.to_thread(
             publish_once,
@@ -145,7 +118,7 @@ async def test_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
         kinds = {e["type"] for e in await events_of(api, "actor-1")}
         assert {"command_invocation", "command_response"} <= kinds
     finally:
-        dev.close()
+        dev.stop()
 
 
 async def test_command_validation(suite: Suite, api: httpx.AsyncClient) -> None:
@@ -189,8 +162,9 @@ async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncCl
     state = (await api.get(f"/api/v1/invocations/{inv_id}")).json()
     assert state["status"] == "queued"
 
-    dev = CommandDevice(suite.mqtt_port, "sleepy-1")
+    dev = CommandDevice(suite.mqtt_port, "default", "sleepy-1")
     try:
+        await asyncio.to_thread(dev.start)
 
         async def answered() -> bool:
             return (await api.get(f"/api/v1/invocations/{inv_id}")).json()["status"] == "answered"
@@ -198,7 +172,7 @@ async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncCl
         await eventually(answered, timeout=15, what="queued command delivered once the device is online")
         assert dev.received[0]["params"] == {"seconds": 5}
     finally:
-        dev.close()
+        dev.stop()
 
 
 async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncClient) -> None:
