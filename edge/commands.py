@@ -43,6 +43,7 @@ import sqlite_utils
 from fieldgate.edge.adapters import Adapter
 from fieldgate.edge.config import CommandsConfig
 from fieldgate.edge.errors import DeliveryError, EdgeError
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
@@ -145,9 +146,7 @@ class CommandRouter:
         if self._executor is None:
             return
         tasks = [t for t in (self._timer, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         self._timer = None
         self._tasks.clear()
         self._active.clear()

@@ -26,7 +26,6 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +39,7 @@ from fieldgate import __version__
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.config import UplinkConfig
 from fieldgate.edge.errors import EdgeError, UplinkError
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import services_pb2 as svc
 
 log = logging.getLogger(__name__)
@@ -174,10 +174,7 @@ class Uplink:
         """Close the stream; unacknowledged events stay in the buffer for the next start."""
         self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def wait_connected(self, max_wait_s: float | None = None) -> bool:
         """Wait until a session is up; False on timeout (for tests and start-up checks)."""
@@ -297,9 +294,7 @@ class Uplink:
                 task.result()  # raises the failure
             raise UplinkError("uplink stream ended")
         finally:
-            for task in (sender, receiver):
-                task.cancel()
-            await asyncio.gather(sender, receiver, return_exceptions=True)
+            await cancel_and_wait(sender, receiver)
 
     async def _send_loop(self, session: _Session) -> None:
         cfg = self._config

@@ -19,6 +19,7 @@ from fieldgate.edge.adapters.ble.link import DeviceLink
 from fieldgate.edge.adapters.ble.stats import BleStats
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.edge.health import HealthBoard
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
 
 
@@ -47,9 +48,7 @@ class BleAdapter:
         for link in self._links.values():
             link.close()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await self._discovery.close()

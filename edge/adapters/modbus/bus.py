@@ -31,6 +31,7 @@ from fieldgate.edge.adapters.modbus.link import LinkError, PortError, RequestTim
 from fieldgate.edge.adapters.modbus.registers import ReadBlock, decode_block, plan_reads
 from fieldgate.edge.adapters.modbus.stats import ModbusStats
 from fieldgate.edge.health import HealthBoard
+from fieldgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,7 @@ class BusCoordinator:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not task.cancelled():  # we were cancelled ourselves
-                    raise
+        await cancel_and_wait(task)  # pymodbus can swallow one cancel() (see fieldgate.tasks)
         self.link.close()
 
     async def _supervise(self) -> None:

@@ -48,6 +48,7 @@ from fieldgate.edge.codec import topics
 from fieldgate.edge.codec.commands import encode_command_json
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -147,11 +148,8 @@ class ExternalMqttAdapter:
         if client is not None and connected and ended is not None and not ended.done():
             client.disconnect()
             await asyncio.wait({ended}, timeout=2.0)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(runner)
+        await cancel_and_wait(*self._tasks)
         if self._bridge is not None:
             self._bridge.shutdown()
         self._ready.clear()

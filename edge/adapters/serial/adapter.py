@@ -7,7 +7,6 @@ command finds its port by (tenant, device).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fieldgate.edge.adapters import EventSink, OnlineCallback
 from fieldgate.edge.adapters.serial.config import SerialConfig
@@ -15,6 +14,7 @@ from fieldgate.edge.adapters.serial.port import SerialPort
 from fieldgate.edge.adapters.serial.stats import SerialStats
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.edge.health import HealthBoard
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
 
 
@@ -40,11 +40,7 @@ class SerialAdapter:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     def owns(self, tenant: str, device: str) -> bool:
         return (tenant, device) in self.ports
