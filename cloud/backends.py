@@ -51,6 +51,7 @@ def build_event_store(
             replication=store.replication,
             ttl_s_by_tenant=ttl_s_by_tenant,
             tenants=tenants,
+            keyspace_prefix=store.keyspace_prefix,
         )
     from fieldgate.cloud.store.sqlite_events import SqliteEventStore
 

@@ -50,6 +50,9 @@ class StoreConfig(Frozen):
     hosts: tuple[str, ...] = Field(("127.0.0.1",), min_length=1)
     port: int = Field(9042, ge=1, le=65535)
     replication: int = Field(1, ge=1, le=10)
+    # Tenant keyspaces are named <keyspace_prefix>_<tenant>; give two fieldgate instances
+    # sharing one Cassandra cluster different prefixes.
+    keyspace_prefix: str = Field("fg", pattern=r"^[a-z][a-z0-9]{0,9}$")
 
 
 class ZookeeperConfig(Frozen):

@@ -74,6 +74,7 @@ _ALL = "*"  # the kind of device_days rows that describe events_by_device
 _MIN_BIGINT, _MAX_BIGINT = -(2**63), 2**63 - 1
 _MIN_INT, _MAX_INT = -(2**31), 2**31 - 1
 _TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # no "_": keeps keyspace names injective
 _MAX_PAGE_SIZE = 10_000
 # Rows of one partition are sent as one UNLOGGED batch (a single mutation on the replica) up
 # to this many bytes of event data; Cassandra fails batches above 50 KiB by default.
@@ -84,16 +85,22 @@ EVENT_KINDS: frozenset[str] = frozenset(f.name for f in pb.Event.DESCRIPTOR.oneo
 Dedupe = Literal["read", "lwt"]
 
 
-def keyspace_name(tenant: str) -> str:
-    """``fg_<tenant>``, injective: ``_`` → ``__``, ``-`` → ``_d``; names past Cassandra's
-    48-character limit are cut and suffixed with a hash of the token."""
+KEYSPACE_PREFIX = "fg"
+
+
+def keyspace_name(tenant: str, prefix: str = KEYSPACE_PREFIX) -> str:
+    """``<prefix>_<tenant>`` (``fg_<tenant>`` by default), injective: ``_`` → ``__``,
+    ``-`` → ``_d`` (the prefix has no ``_``); names past Cassandra's 48-character limit are cut
+    and suffixed with a hash of the token."""
     if not _TENANT_RE.match(tenant):
         raise InvalidRequest(f"invalid tenant token {tenant!r}")
+    if not _PREFIX_RE.match(prefix):
+        raise InvalidRequest(f"invalid keyspace prefix {prefix!r}")
     body = tenant.replace("_", "__").replace("-", "_d")
-    name = f"fg_{body}"
+    name = f"{prefix}_{body}"
     if len(name) > 48:
         digest = hashlib.sha1(tenant.encode()).hexdigest()[:12]
-        name = f"fg_{body[:30].rstrip('_')}_h{digest}"
+        name = f"{prefix}_{body[: 32 - len(prefix)].rstrip('_')}_h{digest}"
     return name
 
 
@@ -191,6 +198,7 @@ class CassandraEventStore:
         max_concurrency: int = 64,
         dedupe: Dedupe = "read",
         tenants: Iterable[str] = (),
+        keyspace_prefix: str = KEYSPACE_PREFIX,
         request_timeout_s: float = 20.0,
         connect_timeout_s: float = 30.0,
     ) -> None:
@@ -201,6 +209,8 @@ class CassandraEventStore:
         self._max_concurrency = max_concurrency
         self._dedupe: Dedupe = dedupe
         self._initial_tenants = list(tenants)
+        keyspace_name("x", keyspace_prefix)  # validates the prefix
+        self._prefix = keyspace_prefix
         self._request_timeout_s = request_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._cluster: Any = None
@@ -298,7 +308,7 @@ class CassandraEventStore:
         ctx = self._tenants.get(tenant)
         if ctx is not None:
             return ctx
-        ks = keyspace_name(tenant)
+        ks = keyspace_name(tenant, self._prefix)
         lock = self._opening.setdefault(tenant, asyncio.Lock())
         async with lock:
             ctx = self._tenants.get(tenant)
@@ -379,7 +389,7 @@ class CassandraEventStore:
 
         Raises InvalidRequest for an event of another tenant or without a device.
         """
-        keyspace_name(tenant)  # validates the token
+        keyspace_name(tenant, self._prefix)  # validates the token
         if not events:
             return []
         batch: dict[bytes, pb.Event] = {}
@@ -524,6 +534,6 @@ class CassandraEventStore:
         """Whether ``tenant`` has a keyspace (for isolation checks and operations)."""
         rows = await self._run(
             "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
-            (keyspace_name(tenant),),
+            (keyspace_name(tenant, self._prefix),),
         )
         return bool(rows)

@@ -225,6 +225,12 @@ async def test_keyspace_names_are_distinct_and_valid() -> None:
     names = {keyspace_name(t) for t in ("a-b", "a_b", "a__b", "a_db", "x" * 63, "x" * 62 + "y")}
     assert len(names) == 6
     assert all(len(n) <= 48 and n.replace("_", "").isalnum() for n in names)
+    prefixed = {keyspace_name(t, "e2e0123456") for t in ("a-b", "a_b", "x" * 63, "x" * 62 + "y")}
+    assert len(prefixed) == 4 and all(len(n) <= 48 and n.startswith("e2e0123456_") for n in prefixed)
+    assert keyspace_name("acme", "fg") == keyspace_name("acme") == "fg_acme"
+    for bad in ("", "fg_x", "Fg", "1fg", "x" * 11):
+        with pytest.raises(InvalidRequest):
+            keyspace_name("acme", bad)
 
 
 async def test_an_event_of_another_tenant_is_refused(store: CassandraEventStore, tenant: str) -> None:
