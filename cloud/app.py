@@ -15,8 +15,17 @@ share the stage's partitions through Kafka consumer groups):
 * ``api`` — the REST API (command requests go to the bus like everywhere else).
 
 The bus and the event store come from :mod:`fieldgate.cloud.backends`. When
-``config.zookeeper`` is set, the registration stage reads the tenants' settings from
-ZooKeeper at start and watches them, so a tenant's ``auto_register`` changes live.
+``config.zookeeper`` is set, every process — whichever services it runs — reads ZooKeeper at
+start and watches it (docs/operations/zookeeper.md):
+
+* the instance znode: applied at start over the file's bus/store/token settings (written from
+  the file if absent; the file's config is used if it is invalid); a change at run time is
+  logged as "restart needed", never applied live;
+* the tenant znodes: one :class:`TenantSettingsRegistry` per process, handed to the stages
+  that use it, so one tenant's change applies from its next batch, in every running service,
+  without touching other tenants — registration policy (registration), allowed payload
+  formats (ingest), persist/batch knobs (event store), retention (the event store's TTL,
+  applied here).
 """
 
 from __future__ import annotations
@@ -25,10 +34,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import uvicorn
 
@@ -37,6 +46,7 @@ from fieldgate.cloud.api.users import SqliteUsers
 from fieldgate.cloud.backends import build_bus, build_event_store
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.errors import CloudError
 from fieldgate.cloud.grpc_api import add_grpc_api
 from fieldgate.cloud.inbound import InboundProcessing
 from fieldgate.cloud.ingest import EdgeSessions, IngestService
@@ -44,7 +54,12 @@ from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
-from fieldgate.cloud.zkconfig_models import TenantSettings, TenantSettingsRegistry
+from fieldgate.cloud.zkconfig_models import (
+    InstanceSettings,
+    TenantSettings,
+    TenantSettingsRegistry,
+    ZkConfig,
+)
 from fieldgate.errors import ConfigError
 from fieldgate.v1 import model_pb2 as model
 
@@ -109,14 +124,59 @@ def _tenant_record(settings: TenantSettings) -> model.Tenant:
     )
 
 
+@runtime_checkable
+class _TtlStore(Protocol):
+    """An event store with per-tenant retention (the Cassandra store)."""
+
+    def set_ttl(self, tenant: str, ttl_s: int | None) -> None: ...
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two model dumps (nested dicts descended)."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(_changed_keys(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
 class CloudApp:
     """Bus, stores, pipeline stages, gRPC (ingest + APIs) and REST in one process."""
 
     def __init__(self, config: CloudConfig, services: Collection[str] | None = None) -> None:
-        self.config = config
         self.services = resolve_services(config, services)
+        # The configuration this process was given; self.config is what it runs with (the
+        # file's, or the file's with ZooKeeper's instance settings applied at start).
+        self.file_config = config
+        # Live per-tenant settings: the file's tenants, then ZooKeeper's (read at start and
+        # watched) when `zookeeper:` is configured. Stages consult it per batch.
+        self.tenant_settings = TenantSettingsRegistry(config.tenants)
+        self.tenant_settings.listen(self._on_tenant_settings)
+        self.zk: Any = None
+        if config.zookeeper is not None:
+            from fieldgate.cloud.zkconfig import ZkConfigSource
+
+            self.zk = ZkConfigSource(config.zookeeper.hosts, config.zookeeper.instance)
+        # Instance keys changed in ZooKeeper since start (not applied: need a restart).
+        self.restart_needed: list[str] = []
+        self._retention_unsupported: set[str] = set()  # tenants already warned about (SQLite)
+        self._tenant_tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        self._build(config)
+        self._rest: _EmbeddedUvicorn | None = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self._started: list[Any] = []
+
+    def _build(self, config: CloudConfig) -> None:
+        """Create (not start) the bus, stores and stages for ``config``. Called again at start
+        when ZooKeeper's instance settings differ from the file's — before anything connects."""
+        self.config = config
         data = config.data_dir
         prefix = config.bus.topic_prefix
+        live = self.tenant_settings
         self.bus = build_bus(config, client_id="fieldgate-" + "-".join(sorted(self.services)))
         self.registry = SqliteRegistry(data / "registry")
         self.invocations = SqliteInvocationStore(data / "registry")
@@ -130,14 +190,6 @@ class CloudApp:
             config.default_command_ttl_s,
             topic_prefix=prefix,
         )
-        # Live per-tenant settings (ZooKeeper); None = the file's tenants, as they are.
-        self.tenant_settings: TenantSettingsRegistry | None = None
-        self.zk: Any = None
-        if config.zookeeper is not None and "registration" in self.services:
-            from fieldgate.cloud.zkconfig import ZkConfigSource
-
-            self.tenant_settings = TenantSettingsRegistry(config.tenants)
-            self.zk = ZkConfigSource(config.zookeeper.hosts, config.zookeeper.instance)
         self.stages: list[Any] = []
         if "registration" in self.services:
             self.stages.append(
@@ -146,13 +198,15 @@ class CloudApp:
                     self.registry,
                     config.tenants,
                     topic_prefix=prefix,
-                    tenant_settings=self.tenant_settings,
+                    tenant_settings=live,
                 )
             )
         if "inbound" in self.services:
             self.stages.append(InboundProcessing(self.bus, self.registry, topic_prefix=prefix))
         if "event-store" in self.services:
-            self.stages.append(EventPersistence(self.bus, self.event_store, topic_prefix=prefix))
+            self.stages.append(
+                EventPersistence(self.bus, self.event_store, topic_prefix=prefix, tenant_settings=live)
+            )
         self.ingest: IngestService | None = None
         if "ingest" in self.services:
             self.stages.append(
@@ -167,6 +221,7 @@ class CloudApp:
                 config.grpc_host,
                 config.grpc_port,
                 topic_prefix=prefix,
+                tenant_settings=live,
             )
             ingest.add_servicers(
                 lambda server: add_grpc_api(
@@ -178,9 +233,6 @@ class CloudApp:
                 )
             )
             self.ingest = ingest
-        self._rest: _EmbeddedUvicorn | None = None
-        self._rest_task: asyncio.Task[None] | None = None
-        self._started: list[Any] = []
         self.rest_port = config.rest_port
 
     @property
@@ -211,7 +263,7 @@ class CloudApp:
             if self.zk is not None:
                 await self.zk.start()
                 self._started.append(self.zk)
-                await self._load_tenant_settings()
+                await self._load_zookeeper()
             parts: list[Any] = [self.bus, self.registry, self.invocations]
             if self.services & {"event-store", "ingest", "api"}:
                 parts.append(self.event_store)
@@ -220,20 +272,13 @@ class CloudApp:
             for part in parts:
                 await part.start()
                 self._started.append(part)
-            for t in self.config.tenants:
-                await self.registry.ensure_tenant(
-                    model.Tenant(
-                        token=t.token,
-                        name=t.name or t.token,
-                        auto_register=t.auto_register,
-                        default_device_type=t.default_device_type,
-                    )
-                )
-            if self.tenant_settings is not None:
-                for token in self.tenant_settings.tenants():
-                    settings = self.tenant_settings.get(token)
-                    if settings is not None:
-                        await self.registry.ensure_tenant(_tenant_record(settings))
+            # The file's tenants, with ZooKeeper's settings where it has them.
+            for token in self.tenant_settings.tenants():
+                settings = self.tenant_settings.get(token)
+                if settings is not None:
+                    await self.registry.ensure_tenant(_tenant_record(settings))
+                    self._apply_retention(settings)
+            self._running = True
             for stage in self.stages:
                 await stage.start()
                 self._started.append(stage)
@@ -254,14 +299,89 @@ class CloudApp:
             self.rest_port,
         )
 
-    async def _load_tenant_settings(self) -> None:
-        """Tenant settings from ZooKeeper over the file's, then watch them for live changes."""
-        assert self.zk is not None and self.tenant_settings is not None
-        loaded = await self.zk.load()
+    async def _load_zookeeper(self) -> None:
+        """Instance settings (applied before anything connects) and tenant settings from
+        ZooKeeper, then watch both (docs/operations/zookeeper.md)."""
+        zk = self.zk
+        assert zk is not None
+        loaded = await zk.load()
+        if not zk.instance_exists:
+            if await zk.create_instance(InstanceSettings.from_cloud_config(self.file_config)):
+                log.info(
+                    "zookeeper: %s did not exist; written from this service's configuration",
+                    zk.instance_path,
+                )
+            else:
+                loaded = await zk.load()  # another service created it meanwhile
+        if zk.instance_valid:
+            effective = ZkConfig(instance=zk.current().instance).apply_to(self.file_config)
+            changed = _changed_keys(
+                InstanceSettings.from_cloud_config(self.config).model_dump(),
+                InstanceSettings.from_cloud_config(effective).model_dump(),
+            )
+            if changed:
+                resolve_services(effective, self.services)
+                log.info(
+                    "zookeeper: instance settings from %s replace the file's: %s",
+                    zk.instance_path,
+                    ", ".join(changed),
+                )
+                self._build(effective)
+        elif zk.instance_exists:
+            log.error(
+                "zookeeper: %s is invalid (%s); this service runs with its file configuration",
+                zk.instance_path,
+                zk.last_rejection.get(zk.instance_path, "see above"),
+            )
         for token, settings in loaded.tenants.items():
             self.tenant_settings.update(token, settings)
         log.info("zookeeper: %d tenant configuration(s) loaded", len(loaded.tenants))
-        await self.zk.watch_tenants(self.tenant_settings.update)
+        await zk.watch_tenants(self.tenant_settings.update)
+        await zk.watch_instance(self._on_instance_settings)
+
+    def _on_instance_settings(self, settings: InstanceSettings) -> None:
+        """A new valid instance znode at run time: not applied (bus and store are connected);
+        logged with the keys that differ from what this process runs with."""
+        changed = _changed_keys(
+            InstanceSettings.from_cloud_config(self.config).model_dump(), settings.model_dump()
+        )
+        self.restart_needed = changed
+        if changed:
+            log.warning(
+                "zookeeper: instance settings changed (%s); not applied to the running service: "
+                "restart it to use them",
+                ", ".join(changed),
+            )
+
+    def _on_tenant_settings(self, settings: TenantSettings) -> None:
+        """A tenant's settings changed (ZooKeeper): retention now, the registry's tenant record
+        in the background; the stages read the rest per batch."""
+        self._apply_retention(settings)
+        if self._running:
+            task = asyncio.get_running_loop().create_task(self._ensure_tenant(settings))
+            self._tenant_tasks.add(task)
+            task.add_done_callback(self._tenant_tasks.discard)
+
+    async def _ensure_tenant(self, settings: TenantSettings) -> None:
+        try:
+            await self.registry.ensure_tenant(_tenant_record(settings))
+        except CloudError as err:  # task top: the live settings apply anyway; the record is cosmetic
+            log.error("tenant %s: cannot update the tenant record: %s", settings.token, err)
+
+    def _apply_retention(self, settings: TenantSettings) -> None:
+        store = self.event_store
+        if isinstance(store, _TtlStore):
+            store.set_ttl(settings.token, settings.ttl_s)
+            return
+        if settings.retention_days is not None and settings.token not in self._retention_unsupported:
+            self._retention_unsupported.add(settings.token)
+            if "event-store" in self.services:
+                log.warning(
+                    "tenant %s: retention_days=%d is not supported by the %s event store; events are kept",
+                    settings.token,
+                    settings.retention_days,
+                    self.config.store.kind,
+                )
 
     async def _start_rest(self, secret: str) -> None:
         api = create_api(
@@ -294,6 +414,9 @@ class CloudApp:
         self.rest_port = int(sock.getsockname()[1])
 
     async def stop(self) -> None:
+        self._running = False
+        if self._tenant_tasks:
+            await asyncio.gather(*self._tenant_tasks, return_exceptions=True)
         if self._rest is not None and self._rest_task is not None:
             self._rest.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

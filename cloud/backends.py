@@ -27,6 +27,7 @@ def build_bus(config: CloudConfig, *, client_id: str = "fieldgate") -> Bus:
             partitions=bus.partitions,
             replication=bus.replication,
             client_id=client_id,
+            tenants=[t.token for t in config.tenants],
         )
     from fieldgate.cloud.bus.embedded import EmbeddedBus
 

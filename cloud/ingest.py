@@ -13,6 +13,14 @@ permanently: counted, and reported in ``BatchAck.rejected``/``reason`` (the edge
 retry them). If the bus is unavailable the stream ends with UNAVAILABLE and no ack: the edge
 keeps the batch and sends it again after reconnecting (the pipeline de-duplicates).
 
+Allowed payload formats: the edge's MQTT adapter records the format each event was decoded
+from in its metadata (``fieldgate.format``: json, protobuf, sitewhere). A tenant whose live
+settings (``tenant_settings``, from ZooKeeper) restrict ``decoders`` has events of any other
+format published to its ``[failed-decode]`` topic (a ``FailedDecode`` with the reason and the
+serialized event) instead of ``[decoded]``, and reported as refused in the ack. Events without
+that key (other adapters, presence) are not filtered. This is the first cloud stage that sees
+the format, so a change applies to the next batch.
+
 :class:`EdgeSessions` remembers which edge owns which (tenant, device) — learned from the
 events each edge sends — and sends ``CommandDown`` to the right stream. Its listeners are how
 command delivery hears that a device became reachable (a new route, or its edge reconnected)
@@ -41,18 +49,23 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
 
-from fieldgate.cloud.bus import DECODED, Bus, topic_name
+from fieldgate.cloud.bus import DECODED, FAILED_DECODE, Bus, Message, topic_name
 from fieldgate.cloud.errors import BusError, CloudError, StoreError
 from fieldgate.cloud.stage import messages_by_device
 from fieldgate.cloud.store import Registry
+from fieldgate.edge.codec.topics import FORMAT_METADATA_KEY
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.zkconfig_models import TenantSettingsRegistry
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +254,7 @@ class IngestStats:
     events_rejected: int = 0  # refused permanently (reported in BatchAck.rejected)
     rejected_unknown_tenant: int = 0
     rejected_invalid: int = 0  # no device or no alternate id
+    rejected_format: int = 0  # payload format not among the tenant's decoders ([failed-decode])
     publish_failures: int = 0  # bus unavailable; batch not acked, stream ended UNAVAILABLE
 
 
@@ -299,8 +313,10 @@ class IngestService:
         grace_s: float = 2.0,
         tenant_cache_ttl_s: float = 60.0,
         unknown_tenant_ttl_s: float = 5.0,
+        tenant_settings: TenantSettingsRegistry | None = None,
     ) -> None:
         self.stats = IngestStats()
+        self._live = tenant_settings
         self.host = host
         self.port = port
         self._bus = bus
@@ -510,6 +526,44 @@ class IngestService:
             return
         await inbox.put(None)
 
+    def _refuse_formats(
+        self,
+        tenant: str,
+        by_tenant: dict[str, list[pb.Event]],
+        rejected: dict[str, int],
+        edge_id: str,
+        received: int,
+    ) -> list[Message]:
+        """Take the tenant's events of a payload format its decoders do not allow out of
+        ``by_tenant`` (counted in ``rejected``); their [failed-decode] messages."""
+        live = self._live.get(tenant) if self._live is not None else None
+        if live is None or live.allows_every_format:
+            return []
+        allowed = live.decoders
+        kept: list[pb.Event] = []
+        out: list[Message] = []
+        for ev in by_tenant[tenant]:
+            fmt = ev.metadata.get(FORMAT_METADATA_KEY, "")
+            if not fmt or fmt in allowed:
+                kept.append(ev)
+                continue
+            reason = (
+                f"payload format {fmt!r} is not among tenant {tenant!r}'s decoders "
+                f"({', '.join(allowed) or 'none'})"
+            )
+            rejected[reason] = rejected.get(reason, 0) + 1
+            self.stats.rejected_format += 1
+            failed = pb.FailedDecode(
+                tenant=tenant,
+                source=f"ingest:{edge_id}:{ev.device}",
+                reason=reason,
+                payload=ev.SerializeToString(),
+                received_time_ms=received,
+            )
+            out.append(Message(key=ev.device.encode(), value=failed.SerializeToString()))
+        by_tenant[tenant] = kept
+        return out
+
     async def _accept_batches(
         self, session: EdgeSession, batches: list[svc.EventBatchUp]
     ) -> list[svc.BatchAck]:
@@ -546,6 +600,7 @@ class IngestService:
 
         known: dict[str, bool] = {}
         merged: dict[str, list[pb.Event]] = {}
+        failed: dict[str, list[Message]] = {}
         for _batch, by_tenant, rejected in per_batch:
             for tenant in list(by_tenant):
                 if tenant not in known:
@@ -555,8 +610,15 @@ class IngestService:
                     n = len(by_tenant.pop(tenant))
                     rejected[reason] = rejected.get(reason, 0) + n
                     self.stats.rejected_unknown_tenant += n
-                else:
+                    continue
+                dead = self._refuse_formats(tenant, by_tenant, rejected, session.edge_id, received)
+                if dead:
+                    failed.setdefault(tenant, []).extend(dead)
+                if by_tenant[tenant]:
                     merged.setdefault(tenant, []).extend(by_tenant[tenant])
+
+        for tenant, messages in failed.items():
+            await self._bus.publish(topic_name(tenant, FAILED_DECODE, self._prefix), messages)
 
         for tenant, events in merged.items():
             await self._bus.publish(topic_name(tenant, DECODED, self._prefix), messages_by_device(events))

@@ -13,20 +13,32 @@ as already stored and they would never reach ``[persisted]``; so the stored-but-
 events are carried (per tenant, in memory) into the retry. A crash inside that window still
 loses the ``[persisted]`` notification (never the stored event); documented in
 docs/architecture-cloud.md.
+
+Per-tenant pipeline settings (``tenant_settings``, live from ZooKeeper) are read per batch:
+``pipeline.persist_events: false`` commits the tenant's records without storing or
+announcing them (the events stay in ``[enriched]`` for a replay); ``pipeline.max_batch_events``
+caps the events of one ``add`` call for that tenant. Other tenants are not affected.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fieldgate.cloud.bus import ENRICHED, PERSISTED, Bus, Message, Record, topic_name
 from fieldgate.cloud.stage import ConsumerStage, StageSettings, decode_batch, messages_by_device, tenant_of
 from fieldgate.cloud.store import EventStore
 from fieldgate.v1 import events_pb2 as pb
 
+if TYPE_CHECKING:
+    from fieldgate.cloud.zkconfig_models import TenantSettingsRegistry
+
 GROUP = "persistence"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -35,6 +47,7 @@ class PersistenceStats:
     stored: int = 0  # newly stored
     duplicates: int = 0  # already in the store (replays, retries of the edge)
     store_calls: int = 0
+    not_persisted: int = 0  # committed without storing: the tenant's persist_events is off
 
 
 class EventPersistence:
@@ -48,8 +61,11 @@ class EventPersistence:
         topic_prefix: str = "fieldgate",
         settings: StageSettings | None = None,
         max_events_per_add: int = 10_000,
+        tenant_settings: TenantSettingsRegistry | None = None,
     ) -> None:
         self.stats = PersistenceStats()
+        self._live = tenant_settings
+        self._suspended: set[str] = set()  # tenants whose persist_events is off (logged once)
         self._bus = bus
         self._store = event_store
         self._prefix = topic_prefix
@@ -79,14 +95,31 @@ class EventPersistence:
         for r in records:
             events.extend(decode_batch(r, tenant, check_events=False).events)
         self.stats.events_in += len(events)
+        per_add = self._max_per_add
+        live = self._live.get(tenant) if self._live is not None else None
+        if live is not None:
+            if not live.pipeline.persist_events:
+                self.stats.not_persisted += len(events)
+                if tenant not in self._suspended:
+                    self._suspended.add(tenant)
+                    log.warning(
+                        "tenant %s: persist_events is off; its events are not stored (they stay in "
+                        "[enriched] for a replay)",
+                        tenant,
+                    )
+                return
+            per_add = min(per_add, live.pipeline.max_batch_events)
+        if tenant in self._suspended:
+            self._suspended.discard(tenant)
+            log.info("tenant %s: persist_events is on again; storing its events", tenant)
 
         pending = self._unpublished.setdefault(tenant, [])
         # The usual case: nothing carried over and every event stored as it came (the store
         # returns the very objects it was given when it had nothing to complete). Then the
         # [persisted] records are the [enriched] ones, passed on without re-encoding.
         unchanged = not pending
-        for i in range(0, len(events), self._max_per_add):
-            chunk = events[i : i + self._max_per_add]
+        for i in range(0, len(events), per_add):
+            chunk = events[i : i + per_add]
             self.stats.store_calls += 1
             stored = await self._store.add(tenant, chunk)
             pending.extend(stored)

@@ -122,11 +122,18 @@ class Registration:
         )
 
     async def start(self) -> None:
-        for cfg in self._tenants.values():
+        # The live settings (file + ZooKeeper) when given: they include every file tenant.
+        tenants = dict(self._tenants)
+        if self._live is not None:
+            for token in self._live.tenants():
+                live = self._live.get(token)
+                if live is not None:
+                    tenants[token] = live.tenant_config()
+        for cfg in tenants.values():
             await self._registry.ensure_tenant(
                 model.Tenant(
                     token=cfg.token,
-                    name=cfg.name,
+                    name=cfg.name or cfg.token,
                     auto_register=cfg.auto_register,
                     default_device_type=cfg.default_device_type,
                 )

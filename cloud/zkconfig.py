@@ -18,7 +18,11 @@ loop with ``loop.call_soon_threadsafe``. Validation, the cached state and the us
 all run on the loop, so none of them needs a lock. Kazoo's blocking calls (connect, get, set)
 run in worker threads (``asyncio.to_thread``).
 
-The instance znode is read at start only: what it holds (bus, store) needs a restart anyway.
+The instance znode is read at start (:meth:`load`; :attr:`ZkConfigSource.instance_exists`
+and :attr:`ZkConfigSource.instance_valid` tell an absent znode from an invalid one, and
+:meth:`create_instance` writes it once if absent). What it holds (bus, store, token lifetimes)
+needs a restart: :meth:`watch_instance` reports a later valid change to a callback (the cloud
+logs "restart needed") and rejects an invalid one like a tenant's; neither is applied live.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
-from kazoo.exceptions import KazooException, NoNodeError  # type: ignore[import-untyped]
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError  # type: ignore[import-untyped]
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch  # type: ignore[import-untyped]
 
 from fieldgate.cloud.config import TenantConfig
@@ -47,11 +51,12 @@ from fieldgate.cloud.zkconfig_models import (
 )
 from fieldgate.errors import ConfigError
 
-__all__ = ["TenantCallback", "ZkConfigError", "ZkConfigSource", "ZkStats"]
+__all__ = ["InstanceCallback", "TenantCallback", "ZkConfigError", "ZkConfigSource", "ZkStats"]
 
 log = logging.getLogger(__name__)
 
 TenantCallback = Callable[[str, TenantSettings], None]
+InstanceCallback = Callable[[InstanceSettings], None]
 
 _TENANT_RE = re.compile(TENANT_PATTERN)
 _INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -85,6 +90,11 @@ class ZkConfigSource:
         self._timeout_s = timeout_s
         self._client: Any = None
         self._instance = InstanceSettings()
+        # Whether the instance znode existed at the last load, and whether a valid version of
+        # it has been read (False: absent, or invalid since start — the file config applies).
+        self.instance_exists = False
+        self.instance_valid = False
+        self._instance_callback: InstanceCallback | None = None
         self._tenants: dict[str, TenantSettings] = {}
         self._callback: TenantCallback | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +155,27 @@ class ZkConfigSource:
     async def publish_instance(self, settings: InstanceSettings) -> None:
         await self._write(self.instance_path, to_json(settings))
 
+    async def create_instance(self, settings: InstanceSettings) -> bool:
+        """Write the instance znode only if it does not exist (several services starting at
+        once: the first one wins). True when this call created it."""
+        client = self._require()
+
+        def create() -> bool:
+            try:
+                client.create(self.instance_path, to_json(settings), makepath=True)
+            except NodeExistsError:
+                return False
+            return True
+
+        try:
+            created = await asyncio.to_thread(create)
+        except KazooException as err:
+            raise ZkConfigError(f"zookeeper: cannot write {self.instance_path}: {err}") from err
+        if created:
+            self._instance = settings
+            self.instance_exists = self.instance_valid = True
+        return created
+
     async def publish_tenant(self, token: str, settings: TenantSettings | TenantConfig) -> None:
         """Write a tenant's settings (creates the znode); watchers everywhere pick it up."""
         if isinstance(settings, TenantConfig):
@@ -203,11 +234,9 @@ class ZkConfigSource:
             instance_data, tenant_data = await asyncio.to_thread(read)
         except KazooException as err:
             raise ZkConfigError(f"zookeeper: cannot read {self.base}: {err}") from err
+        self.instance_exists = instance_data is not None
         if instance_data is not None:
-            try:
-                self._instance = parse_instance(instance_data, self.instance_path)
-            except ConfigError as err:
-                self._reject(self.instance_path, str(err), "instance settings")
+            self._apply_instance(instance_data, notify=False)
         for token, data in tenant_data.items():
             self._apply(token, data, notify=False)
         return self.current()
@@ -228,6 +257,29 @@ class ZkConfigSource:
             await asyncio.to_thread(ChildrenWatch, client, self.tenants_path, self._on_children)
         except KazooException as err:
             raise ZkConfigError(f"zookeeper: cannot watch {self.tenants_path}: {err}") from err
+
+    async def watch_instance(self, callback: InstanceCallback) -> None:
+        """Call ``callback(settings)`` on the running loop when the instance znode gets a new
+        valid version that differs from the one in force; invalid versions are rejected (logged,
+        counted) and the callback is not called. Call once per source."""
+        client = self._require()
+        if self._instance_callback is not None:
+            raise ZkConfigError("watch_instance was already called on this source")
+        self._instance_callback = callback
+        self._loop = asyncio.get_running_loop()
+
+        def on_data(data: bytes | None, stat: Any) -> bool | None:
+            # kazoo callback thread; a deleted znode keeps the settings in force (stat None).
+            if self._closed:
+                return False
+            if stat is not None:
+                self._post(self._apply_instance, data or b"", True)
+            return None
+
+        try:
+            await asyncio.to_thread(DataWatch, client, self.instance_path, on_data)
+        except KazooException as err:
+            raise ZkConfigError(f"zookeeper: cannot watch {self.instance_path}: {err}") from err
 
     def _post(self, fn: Callable[..., None], *args: Any) -> bool:
         """Hand a kazoo-thread event to the loop; False when the loop is gone."""
@@ -295,6 +347,26 @@ class ZkConfigSource:
             except Exception:  # the top of this loop callback: report, keep watching
                 self.stats.callback_errors += 1
                 log.exception("zookeeper: tenant %s: the configuration callback failed", token)
+
+    def _apply_instance(self, data: bytes, notify: bool) -> None:
+        try:
+            settings = parse_instance(data, self.instance_path)
+        except ConfigError as err:
+            self._reject(self.instance_path, str(err), "instance settings")
+            return
+        self.last_rejection.pop(self.instance_path, None)
+        self.instance_exists = True
+        if self.instance_valid and settings == self._instance:
+            return
+        self._instance = settings
+        self.instance_valid = True
+        callback = self._instance_callback
+        if notify and callback is not None:
+            try:
+                callback(settings)
+            except Exception:  # the top of this loop callback: report, keep watching
+                self.stats.callback_errors += 1
+                log.exception("zookeeper: the instance configuration callback failed")
 
     def _removed(self, token: str) -> None:
         # The tenant keeps running with its last settings; removing a tenant is a registry

@@ -47,8 +47,9 @@ class PipelineSettings(Frozen):
     # When false the event-store stage commits the tenant's records without storing them
     # (a tenant being migrated or suspended); events stay in the bus for replay.
     persist_events: bool = True
-    # Largest batch of one device's events a stage handles at once for this tenant.
-    max_batch_events: int = Field(1000, ge=1, le=10_000)
+    # Most events the event-store stage writes in one store call for this tenant (the
+    # default is the stage's own limit).
+    max_batch_events: int = Field(10_000, ge=1, le=10_000)
 
 
 class TenantSettings(Frozen):
@@ -63,6 +64,11 @@ class TenantSettings(Frozen):
     # Payload formats the tenant's devices may use; others go to [failed-decode].
     decoders: tuple[Format, ...] = ALL_DECODERS
     pipeline: PipelineSettings = PipelineSettings()
+
+    @property
+    def allows_every_format(self) -> bool:
+        """True when ``decoders`` lists every format (no event needs checking)."""
+        return set(ALL_DECODERS) <= set(self.decoders)
 
     @property
     def ttl_s(self) -> int | None:

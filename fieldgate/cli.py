@@ -4,6 +4,8 @@ fieldgate up                    cloud + edge agent + embedded broker + simulated
 fieldgate cloud run [--config] [service]  the all-in-one cloud process, or one service
                                 (inbound, registration, event-store, ingest, api) on Kafka
 fieldgate cloud replay ...      move a consumer group's offsets on one tenant's stage topic
+fieldgate cloud descriptors     write the protobuf FileDescriptorSet of the topics' payloads
+fieldgate cloud decode ...      kcat -f '%S:%s' output of a stage topic → JSON lines
 fieldgate edge run --config F   one edge agent
 fieldgate sim mqtt ...          simulated MQTT devices
 fieldgate config check edge|cloud F   validate a configuration file
@@ -194,6 +196,27 @@ def _cmd_cloud_replay(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cloud_descriptors(ns: argparse.Namespace) -> int:
+    from fieldgate.cloud.bus.payloads import descriptor_set
+
+    data = descriptor_set()
+    if ns.out in (None, "-"):
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        Path(ns.out).write_bytes(data)
+        print(f"wrote {len(data)} bytes to {ns.out} (protoc --descriptor_set_in={ns.out} --decode ...)")
+    return 0
+
+
+def _cmd_cloud_decode(ns: argparse.Namespace) -> int:
+    from fieldgate.cloud.bus.payloads import decode_stream, stage_of_topic
+
+    stage = ns.stage or stage_of_topic(ns.topic)
+    decode_stream(stage, sys.stdin.buffer, sys.stdout)
+    return 0
+
+
 def _cmd_edge_run(ns: argparse.Namespace) -> int:
     from fieldgate import config as cfg
     from fieldgate.edge.agent import EdgeAgent
@@ -306,6 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="ISO 8601 time or epoch ms: per partition, the first record stamped at or after it",
     )
     rp.set_defaults(func=_cmd_cloud_replay)
+
+    ds = cloud.add_parser(
+        "descriptors",
+        help="write the protobuf FileDescriptorSet of the topics' payloads (for protoc and other tools)",
+    )
+    ds.add_argument("-o", "--out", help="file to write (default: standard output)")
+    ds.set_defaults(func=_cmd_cloud_descriptors)
+
+    dc = cloud.add_parser(
+        "decode",
+        help="decode a stage topic's records read with kcat into JSON lines",
+        description="Reads kcat's output in the format -f '%%S:%%s' (each record's size, a colon, "
+        "its bytes) on standard input and prints one JSON object per record: "
+        "kcat -b HOST:PORT -C -t fieldgate.tenant.default.persisted -o beginning -e -f '%%S:%%s' "
+        "| fieldgate cloud decode --stage persisted (docs/operations/kafka.md).",
+    )
+    which = dc.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", choices=list(STAGES), help="the stage of the topic read")
+    which.add_argument("--topic", help="the topic read (its stage is its last part)")
+    dc.set_defaults(func=_cmd_cloud_decode)
 
     edge = sub.add_parser("edge", help="edge agent").add_subparsers(dest="edge_cmd", required=True)
     er = edge.add_parser("run", help="run an edge agent")

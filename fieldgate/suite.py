@@ -84,6 +84,11 @@ class SuiteOptions:
     southbound: tuple[str, ...] = ()
     # Real ZooKeeper/Kafka/Cassandra and one process per cloud service (needs edge_process).
     distributed: bool = False
+    # The in-process cloud on other backends, e.g. Kafka, Cassandra and ZooKeeper servers that
+    # already run (None = the embedded bus, SQLite events, tenants from the file only).
+    bus: BusConfig | None = None
+    store: StoreConfig | None = None
+    zookeeper: ZookeeperConfig | None = None
 
 
 # The cloud services of distributed mode, in start order (``fieldgate cloud run <service>``):
@@ -105,6 +110,9 @@ class Suite:
             tenants=(
                 TenantConfig(token="default", name="Default tenant", auto_register=options.auto_register),
             ),
+            bus=options.bus or BusConfig(),
+            store=options.store or StoreConfig(),
+            zookeeper=options.zookeeper,
         )
         self._cloud: CloudApp | None = None
         self.cloud_procs: dict[str, asyncio.subprocess.Process] = {}

@@ -13,6 +13,9 @@ command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
 # Kafka, ZooKeeper and Cassandra for the distributed tests come from Maven Central through mvn.
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+# kcat and protoc: the documented way to read and decode a stage's Kafka topic (tested).
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command behind `make test` (and .ci/run): static checks, then the whole test suite.
-# Everything the tests need (Mosquitto, brokers, gRPC servers) is installed by scripts/setup.sh
-# and started/stopped by the tests themselves.
+# Everything the tests need is installed by scripts/setup.sh (Debian packages, the virtualenv)
+# and here (the Kafka, ZooKeeper and Cassandra jars, through mvn, cached in
+# ~/.cache/fieldgate/jars); the tests start and stop every server they use themselves.
+# Extra arguments go to both pytest runs (e.g. `bash scripts/test.sh .venv -x`).
 set -euo pipefail
 VENV=${1:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
@@ -11,5 +13,13 @@ echo "== ruff"
 ruff check .
 echo "== mypy"
 mypy fieldgate
-echo "== pytest"
-pytest -q -p no:cacheprovider --durations=15 "${@:2}"
+echo "== Kafka, ZooKeeper and Cassandra jars (Maven Central through mvn; cached)"
+python -m fieldgate.devservers fetch
+echo "== pytest: unit, integration, hil (sims), end to end on the embedded backends"
+pytest -q -p no:cacheprovider --durations=15 -m "not distributed" "${@:2}"
+echo "== pytest: distributed — real Kafka, ZooKeeper and Cassandra (and the end-to-end tests on them)"
+# A second run, so the JVMs never share the two cores with the timing-sensitive tests above.
+status=0
+FIELDGATE_DISTRIBUTED=1 pytest -q -p no:cacheprovider --durations=15 -m distributed "${@:2}" || status=$?
+# 5 = nothing selected (arguments that name only non-distributed tests): not a failure.
+if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi

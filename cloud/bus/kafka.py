@@ -40,7 +40,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -58,7 +58,7 @@ from confluent_kafka import Message as _KMessage
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from fieldgate.cloud.bus import Message, Record, parse_topic, topic_name
+from fieldgate.cloud.bus import STAGES, Message, Record, parse_topic, topic_name
 from fieldgate.cloud.errors import BusError
 from fieldgate.timeutil import now_ms
 
@@ -171,7 +171,9 @@ class KafkaBus:
     ``bootstrap`` is the brokers' ``host:port`` list. ``producer_config`` / ``consumer_config``
     / ``admin_config`` are extra librdkafka properties (security settings, tuning) merged over
     the defaults. ``start`` is called implicitly by the first publish, but ``stop`` must be
-    called (or use ``async with``) so that queued messages are flushed.
+    called (or use ``async with``) so that queued messages are flushed. ``start`` creates the
+    topics of every stage of ``tenants`` (the tenants known at start); others are created on
+    their first publish.
     """
 
     def __init__(
@@ -192,6 +194,7 @@ class KafkaBus:
         producer_config: Mapping[str, Any] | None = None,
         consumer_config: Mapping[str, Any] | None = None,
         admin_config: Mapping[str, Any] | None = None,
+        tenants: Iterable[str] = (),
     ) -> None:
         if partitions < 1 or replication < 1:
             raise ValueError("partitions and replication must be >= 1")
@@ -242,6 +245,7 @@ class KafkaBus:
         self._started = False
         self._closed = False
         self._known_topics: set[str] = set()
+        self._initial_tenants = tuple(tenants)
         self._creating: dict[str, asyncio.Future[None]] = {}
         self.stats = KafkaBusStats()
 
@@ -270,6 +274,15 @@ class KafkaBus:
             self._poller.start()
             self._started = True
             log.info("kafka bus at %s: %d fieldgate topics", self.bootstrap, len(self._known_topics))
+        # The known tenants' topics exist before any stage subscribes, so their first events
+        # do not wait for a metadata refresh and a rebalance at every stage of the pipeline.
+        await asyncio.gather(
+            *(
+                self.ensure_topic(topic_name(tenant, stage, self.prefix))
+                for tenant in self._initial_tenants
+                for stage in STAGES
+            )
+        )
 
     async def stop(self, flush_timeout_s: float = 10.0) -> None:
         """Flush queued messages (up to ``flush_timeout_s``); publishes still waiting fail."""

@@ -23,6 +23,11 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 Format = Literal["json", "protobuf", "sitewhere"]
 
+# Event metadata key under which the MQTT adapter records the payload format an event was
+# decoded from (set by the edge, overwriting any device-supplied value), so the cloud can
+# apply a tenant's allowed ``decoders`` (docs/operations/zookeeper.md).
+FORMAT_METADATA_KEY = "fieldgate.format"
+
 
 @dataclass(frozen=True, slots=True)
 class InboundTopic:

@@ -353,3 +353,103 @@ async def _count_stored(app: CloudApp, tenant: str, devices: list[str], *, at_le
         if len(page.items) < at_least:
             return False
     return True
+
+
+# ---------------------------------------------------------------- tenant isolation
+
+
+def _records_of_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes, bytes]]:
+    """Every record (topic, key, value) in ``topics``, read from the beginning to the end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"iso-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(timeout=20)
+        parts = [TopicPartition(t, p, 0) for t in topics for p in metadata.topics[t].partitions]
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=20)[1] for tp in parts}
+        consumer.assign(parts)
+        remaining = {k for k, end in ends.items() if end > 0}
+        records: list[tuple[str, bytes, bytes]] = []
+        for _ in range(600):  # bounded: at most ~60 s of polling
+            if not remaining:
+                break
+            msg = consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            records.append((msg.topic(), msg.key() or b"", msg.value() or b""))
+            if msg.offset() + 1 >= ends[(msg.topic(), msg.partition())]:
+                remaining.discard((msg.topic(), msg.partition()))
+        assert not remaining, f"could not read to the end of {sorted(remaining)}"
+        return records
+    finally:
+        consumer.close()
+
+
+def _keyspace_rows(host: str, port: int, keyspace: str) -> list[str]:
+    """Every row of every table of ``keyspace``, as text."""
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster([host], port=port)
+    try:
+        session = cluster.connect()
+        tables = [
+            r.table_name
+            for r in session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,)
+            )
+        ]
+        assert tables, f"no tables in {keyspace}"
+        return [repr(tuple(row)) for t in tables for row in session.execute(f"SELECT * FROM {keyspace}.{t}")]
+    finally:
+        cluster.shutdown()
+
+
+async def test_tenant_isolation_in_topics_keyspaces_and_api(stack: Stack) -> None:
+    """Tenant A's events never appear in tenant B's Kafka topics, Cassandra keyspace or REST."""
+    from fieldgate.cloud.store.cassandra_events import keyspace_name
+
+    a, b = stack.tenant_a, stack.tenant_b
+    device_a, device_b = f"only-in-{a}", f"only-in-{b}"
+    for tenant, device in ((a, device_a), (b, device_b)):
+        await asyncio.to_thread(
+            publish_once, stack.mqtt_port, tenant, device, {"type": "measurement", "values": {"v": 1.0}}
+        )
+    for tenant, device in ((a, device_a), (b, device_b)):
+        await eventually(
+            lambda t=tenant, d=device: stack.stored(t, d), timeout=ARRIVAL_S, what=f"{device} stored"
+        )
+
+    # REST: each tenant's user sees its own device only.
+    for tenant, own, other in ((a, device_a, device_b), (b, device_b, device_a)):
+        api = await login(stack, tenant)
+        try:
+            assert await rest_events(api, own)
+            assert await rest_events(api, other) == []
+            assert (await api.get(f"/api/v1/devices/{other}")).status_code == 404
+        finally:
+            await api.aclose()
+
+    # Kafka: every topic of one tenant holds only that tenant's devices.
+    prefix = stack.app.config.bus.topic_prefix
+    bootstrap = stack.app.config.bus.bootstrap
+    from confluent_kafka.admin import AdminClient
+
+    listed = await asyncio.to_thread(AdminClient({"bootstrap.servers": bootstrap}).list_topics, timeout=20)
+    for tenant, foreign in ((a, device_b), (b, device_a)):
+        topics = sorted(t for t in listed.topics if t.startswith(f"{prefix}.tenant.{tenant}."))
+        assert topics, f"no topics for {tenant}"
+        records = await asyncio.to_thread(_records_of_topics, bootstrap, topics)
+        assert records, f"tenant {tenant}'s topics are empty"
+        leaked = [r for r in records if foreign.encode() in r[1] or foreign.encode() in r[2]]
+        assert leaked == [], f"{foreign} leaked into {tenant}'s topics: {leaked[:3]}"
+
+    # Cassandra: each tenant's keyspace holds only that tenant's devices.
+    store = stack.app.config.store
+    for tenant, own, foreign in ((a, device_a, device_b), (b, device_b, device_a)):
+        rows = await asyncio.to_thread(
+            _keyspace_rows, store.hosts[0], store.port, keyspace_name(tenant, store.keyspace_prefix)
+        )
+        assert any(own in row for row in rows), f"{own} not in its own keyspace"
+        assert not [row for row in rows if foreign in row], f"{foreign} leaked into {tenant}'s keyspace"

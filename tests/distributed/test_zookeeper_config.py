@@ -198,3 +198,29 @@ async def test_a_deleted_and_recreated_tenant_is_watched_again(
     operator.create(source.tenant_path("acme"), b'{"auto_register": false}')
     await seen.wait_for(lambda: len(seen.calls) == 2, "the re-created tenant is seen")
     assert seen.calls[-1][1].auto_register is False
+
+
+async def test_instance_created_once_and_watched(source: ZkConfigSource, operator: KazooClient) -> None:
+    await source.load()
+    assert not source.instance_exists and not source.instance_valid
+    first = InstanceSettings(default_command_ttl_s=60)
+    assert await source.create_instance(first) is True
+    # A second service starting at the same time does not overwrite it.
+    other = ZkConfigSource(source.hosts, source.instance)
+    await other.start()
+    try:
+        assert await other.create_instance(InstanceSettings(default_command_ttl_s=99)) is False
+        assert (await other.load()).instance == first
+    finally:
+        await other.stop()
+
+    changes: list[InstanceSettings] = []
+    await source.watch_instance(changes.append)
+    seen = Seen()
+    operator.set(source.instance_path, b'{"token_ttl_s": 5}')  # below the minimum of 60
+    await seen.wait_for(lambda: source.stats.rejected >= 1, "the invalid instance is rejected")
+    assert "token_ttl_s" in source.last_rejection[source.instance_path]
+    assert changes == [] and source.current().instance == first
+    operator.set(source.instance_path, b'{"default_command_ttl_s": 120}')
+    await seen.wait_for(lambda: bool(changes), "the valid instance change reaches the callback")
+    assert changes == [InstanceSettings(default_command_ttl_s=120)]

@@ -7,17 +7,23 @@ import httpx
 import pytest
 
 from fieldgate.suite import Suite, SuiteOptions
+from tests.helpers.backends import backends_for
 from tests.helpers.mosquitto import start_mosquitto
 
 PASSWORD = "e2e-secret-pw"
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
+@pytest.fixture(params=["embedded", "mosquitto", pytest.param("distributed", marks=pytest.mark.distributed)])
 async def suite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Suite]:
-    """The whole suite, once with the embedded amqtt broker and once with Mosquitto (Debian's)
-    as the external broker the edge agent subscribes to."""
-    if request.param == "embedded":
-        async with Suite(SuiteOptions(data_dir=tmp_path / "fg", admin_password=PASSWORD)) as s:
+    """The whole suite three times: with the embedded amqtt broker; with Mosquitto (Debian's)
+    as the external broker the edge agent subscribes to; and with the cloud on the distributed
+    backends (Kafka bus, Cassandra event store, ZooKeeper tenant settings: real servers)."""
+    if request.param in ("embedded", "distributed"):
+        b = backends_for(request, request.param)
+        opts = SuiteOptions(
+            data_dir=tmp_path / "fg", admin_password=PASSWORD, bus=b.bus, store=b.store, zookeeper=b.zookeeper
+        )
+        async with Suite(opts) as s:
             yield s
         return
     broker = start_mosquitto(tmp_path)

@@ -151,6 +151,9 @@ class Dispatcher:
             reason = f"decoder error: {type(err).__name__}"
             return await self._reject("decode", payload, topic, tenant, reason)
         if events:
+            for event in events:
+                # Always ours, never the device's: the cloud filters on it (tenant decoders).
+                event.metadata[topics.FORMAT_METADATA_KEY] = inbound.format
             await self._sink.accept(events, source=topic)
             last: tuple[str, str] | None = None
             for event in events:

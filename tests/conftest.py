@@ -1,8 +1,10 @@
 """Fixtures for tests that need the real distributed servers (Kafka, ZooKeeper, Cassandra).
 
-Tests here are marked ``@pytest.mark.distributed`` and are skipped unless
-``FIELDGATE_DISTRIBUTED=1``: starting the JVM servers (and fetching their jars the first time)
-costs time that the default test run does not spend. The ``kafka``, ``zookeeper`` and
+Those tests (tests/distributed/, and the ``distributed`` backend of the end-to-end tests in
+tests/e2e/) are marked ``distributed`` and are skipped unless ``FIELDGATE_DISTRIBUTED=1``.
+scripts/test.sh (``make test``, CI) runs them in a second pytest run of their own with that
+set, after the others, so the JVMs never share the machine with the timing-sensitive tests of
+the first run. The ``kafka``, ``zookeeper`` and
 ``cassandra`` fixtures are session-scoped: one server of each kind is started on first use in a
 temporary directory and stopped by PID at the end of the session, so tests must keep their data
 apart (unique topic names, znode paths, keyspaces).
