@@ -147,9 +147,20 @@ class DeviceManagementServicer(svc_grpc.DeviceManagementServicer):
         return await _guarded(context, run())
 
 
+def _event_kind(event_type: svc.EventType.ValueType) -> str | None:
+    """The event store's kind for a request's ``type``; None (all kinds) for UNSPECIFIED."""
+    if event_type == svc.EVENT_TYPE_UNSPECIFIED:
+        return None
+    kind = _EVENT_KINDS.get(event_type)
+    if kind is None:
+        raise InvalidRequest(f"unknown event type {event_type}")
+    return kind
+
+
 class EventQueriesServicer(svc_grpc.EventQueriesServicer):
-    def __init__(self, mgmt: Management, tenant: _TenantCheck) -> None:
+    def __init__(self, mgmt: Management, commands: CommandService, tenant: _TenantCheck) -> None:
         self._mgmt = mgmt
+        self._commands = commands
         self._tenant = tenant
 
     async def ListDeviceEvents(
@@ -157,22 +168,47 @@ class EventQueriesServicer(svc_grpc.EventQueriesServicer):
     ) -> svc.ListDeviceEventsResponse:
         async def run() -> svc.ListDeviceEventsResponse:
             tenant = await self._tenant(request.tenant)
-            kind = None
-            if request.type != svc.EVENT_TYPE_UNSPECIFIED:
-                kind = _EVENT_KINDS.get(request.type)
-                if kind is None:
-                    raise InvalidRequest(f"unknown event type {request.type}")
             page, page_size = _paging(request.page)
             p = await self._mgmt.list_events(
                 tenant,
                 request.device,
-                kind=kind,
+                kind=_event_kind(request.type),
                 since_ms=request.since_ms or None,
                 until_ms=request.until_ms or None,
                 page=page,
                 page_size=page_size,
             )
             return svc.ListDeviceEventsResponse(events=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+    async def ListAssignmentEvents(
+        self, request: svc.ListAssignmentEventsRequest, context: Context
+    ) -> svc.ListAssignmentEventsResponse:
+        async def run() -> svc.ListAssignmentEventsResponse:
+            tenant = await self._tenant(request.tenant)
+            page, page_size = _paging(request.page)
+            p = await self._mgmt.list_assignment_events(
+                tenant,
+                request.assignment,
+                kind=_event_kind(request.type),
+                since_ms=request.since_ms or None,
+                until_ms=request.until_ms or None,
+                page=page,
+                page_size=page_size,
+            )
+            return svc.ListAssignmentEventsResponse(events=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+    async def ListInvocationEvents(
+        self, request: svc.ListInvocationEventsRequest, context: Context
+    ) -> svc.ListInvocationEventsResponse:
+        async def run() -> svc.ListInvocationEventsResponse:
+            tenant = await self._tenant(request.tenant)
+            state = await self._commands.get(tenant, request.id)
+            events = await self._mgmt.invocation_events(tenant, state.id)
+            return svc.ListInvocationEventsResponse(invocation=state, events=events)
 
         return await _guarded(context, run())
 
@@ -225,5 +261,5 @@ def add_grpc_api(
     mgmt = Management(registry, event_store)
     tenant = _TenantCheck(registry)
     svc_grpc.add_DeviceManagementServicer_to_server(DeviceManagementServicer(mgmt, tenant), server)
-    svc_grpc.add_EventQueriesServicer_to_server(EventQueriesServicer(mgmt, tenant), server)
+    svc_grpc.add_EventQueriesServicer_to_server(EventQueriesServicer(mgmt, commands, tenant), server)
     svc_grpc.add_CommandInvocationsServicer_to_server(CommandInvocationsServicer(commands, tenant), server)

@@ -4,6 +4,7 @@ fieldgate up                    cloud + edge agent + embedded broker + simulated
 fieldgate cloud run [--config] [service]  the all-in-one cloud process, or one service
                                 (inbound, registration, event-store, ingest, api) on Kafka
 fieldgate cloud replay ...      move a consumer group's offsets on one tenant's stage topic
+fieldgate cloud tenant show|set ...   a tenant's live settings in ZooKeeper (validated)
 fieldgate cloud descriptors     write the protobuf FileDescriptorSet of the topics' payloads
 fieldgate cloud decode ...      kcat -f '%S:%s' output of a stage topic → JSON lines
 fieldgate edge run --config F   one edge agent
@@ -196,6 +197,40 @@ def _cmd_cloud_replay(ns: argparse.Namespace) -> int:
     return 0
 
 
+async def _tenant_command(conf: CloudConfig, ns: argparse.Namespace) -> int:
+    import json
+
+    from fieldgate.cloud.zkconfig import ZkConfigSource
+    from fieldgate.cloud.zkconfig_models import parse_tenant
+
+    assert conf.zookeeper is not None
+    new = None
+    if ns.tenant_cmd == "set":  # validated before anything is written
+        new = parse_tenant(ns.tenant, ns.settings.encode(), f"tenant {ns.tenant}")
+    async with ZkConfigSource(conf.zookeeper.hosts, conf.zookeeper.instance) as zk:
+        if new is not None:
+            await zk.publish_tenant(ns.tenant, new)
+            print(f"{zk.tenant_path(ns.tenant)}: written; running services apply it from the next batch")
+        loaded = await zk.load()
+    tenants = {t: s for t, s in loaded.tenants.items() if ns.tenant in (None, t)}
+    if ns.tenant is not None and ns.tenant not in tenants:
+        print(f"tenant {ns.tenant}: no znode in ZooKeeper (the services use the file's settings)")
+        return 1
+    for token, settings in sorted(tenants.items()):
+        print(f"{token}: {json.dumps(settings.model_dump(mode='json'), sort_keys=True)}")
+    return 0
+
+
+def _cmd_cloud_tenant(ns: argparse.Namespace) -> int:
+    from fieldgate import config as cfg
+    from fieldgate.cloud.config import CloudConfig
+
+    conf = cfg.load(CloudConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_CLOUD")
+    if conf.zookeeper is None:
+        raise ConfigError("zookeeper: not configured; tenant settings come from the file's tenants")
+    return asyncio.run(_tenant_command(conf, ns))
+
+
 def _cmd_cloud_descriptors(ns: argparse.Namespace) -> int:
     from fieldgate.cloud.bus.payloads import descriptor_set
 
@@ -329,6 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="ISO 8601 time or epoch ms: per partition, the first record stamped at or after it",
     )
     rp.set_defaults(func=_cmd_cloud_replay)
+
+    tn = cloud.add_parser(
+        "tenant", help="show or set a tenant's live settings in ZooKeeper (docs/operations/zookeeper.md)"
+    ).add_subparsers(dest="tenant_cmd", required=True)
+    ts = tn.add_parser("show", help="print the tenants' settings as ZooKeeper holds them")
+    ts.add_argument("--config", help="YAML file with zookeeper: (hosts, instance)")
+    ts.add_argument("tenant", nargs="?", help="only this tenant")
+    ts.set_defaults(func=_cmd_cloud_tenant)
+    tset = tn.add_parser(
+        "set",
+        help="validate and write a tenant's settings (the whole znode: missing keys take defaults)",
+    )
+    tset.add_argument("--config", help="YAML file with zookeeper: (hosts, instance)")
+    tset.add_argument("tenant", help="the tenant token")
+    tset.add_argument("settings", help='JSON object, e.g. \'{"auto_register": false, "retention_days": 30}\'')
+    tset.set_defaults(func=_cmd_cloud_tenant)
 
     ds = cloud.add_parser(
         "descriptors",

@@ -64,7 +64,7 @@ def create_api(
     app.include_router(auth_router(users, authority, tenant))
     app.include_router(registry_router(mgmt, current))
     app.include_router(events_router(mgmt, current))
-    app.include_router(commands_router(commands, current))
+    app.include_router(commands_router(commands, mgmt, current))
     app.include_router(dashboard_router())
 
     @app.get("/healthz", tags=["health"])

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 
 from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
-from fieldgate.cloud.store import EventQuery, EventStore, Page, Registry
+from fieldgate.cloud.store import AssignmentEventQuery, EventQuery, EventStore, Page, Registry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -184,6 +184,12 @@ class Management:
         await self.get_device(tenant, device)
         return await self.list_assignments(tenant, device, page, page_size)
 
+    async def get_assignment(self, tenant: str, token: str) -> model.Assignment:
+        assignment = await self._registry.get_assignment(tenant, token)
+        if assignment is None:
+            raise NotFound(f"assignment '{token[:140]}' does not exist")
+        return assignment
+
     async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
         # The registry raises NotFound for an unknown token (mapped to 404 / NOT_FOUND).
         return await self._registry.release_assignment(tenant, token)
@@ -203,10 +209,7 @@ class Management:
     ) -> Page[pb.Event]:
         """A device's events, newest first. Unknown device → NotFound (never an empty page, so
         a typo is not mistaken for a silent device)."""
-        if kind is not None and kind not in EVENT_KINDS:
-            raise InvalidRequest(f"unknown event type {kind[:40]!r}; one of {', '.join(EVENT_KINDS)}")
-        check_page(page, page_size)
-        check_time_range(since_ms, until_ms)
+        _check_event_filters(kind, since_ms, until_ms, page, page_size)
         await self.get_device(tenant, device)
         return await self._events.list_device_events(
             EventQuery(
@@ -219,3 +222,43 @@ class Management:
                 page_size=page_size,
             )
         )
+
+    async def list_assignment_events(
+        self,
+        tenant: str,
+        assignment: str,
+        *,
+        kind: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        page: int = 1,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> Page[pb.Event]:
+        """The events stamped with ``assignment``, newest first. Unknown assignment → NotFound."""
+        _check_event_filters(kind, since_ms, until_ms, page, page_size)
+        await self.get_assignment(tenant, assignment)
+        return await self._events.list_assignment_events(
+            AssignmentEventQuery(
+                tenant=tenant,
+                assignment=assignment,
+                kind=kind,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                page=page,
+                page_size=page_size,
+            )
+        )
+
+    async def invocation_events(self, tenant: str, invocation: str) -> list[pb.Event]:
+        """The command_invocation event and the command_response events of ``invocation``,
+        oldest first. The caller checks that the invocation exists (the invocation store)."""
+        return await self._events.events_for_invocation(tenant, invocation)
+
+
+def _check_event_filters(
+    kind: str | None, since_ms: int | None, until_ms: int | None, page: int, page_size: int
+) -> None:
+    if kind is not None and kind not in EVENT_KINDS:
+        raise InvalidRequest(f"unknown event type {kind[:40]!r}; one of {', '.join(EVENT_KINDS)}")
+    check_page(page, page_size)
+    check_time_range(since_ms, until_ms)

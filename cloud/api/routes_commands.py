@@ -1,4 +1,5 @@
-"""REST routes for command invocations: send a command to a device, follow its status.
+"""REST routes for command invocations: send a command to a device, follow its status, read
+the invocation's events (the command_invocation event and the device's command_response events).
 
 No ``from __future__ import annotations`` here: see ``routes_registry``.
 """
@@ -7,14 +8,26 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
+from pydantic import BaseModel, Field
 
 from fieldgate.cloud.api.auth import Principal
-from fieldgate.cloud.api.models import CommandRequest, InvocationOut, error_docs
+from fieldgate.cloud.api.management import Management
+from fieldgate.cloud.api.models import CommandRequest, EventOut, InvocationOut, error_docs, event_out
 from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.invocations import CommandService
 
 
-def commands_router(commands: CommandService, current: Callable[..., Awaitable[Principal]]) -> APIRouter:
+class InvocationEventsOut(BaseModel):
+    invocation: InvocationOut
+    events: list[EventOut] = Field(
+        description="oldest first: the command_invocation event (once the event store has it), "
+        "then every command_response event that answers it"
+    )
+
+
+def commands_router(
+    commands: CommandService, mgmt: Management, current: Callable[..., Awaitable[Principal]]
+) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERRORS, tags=["commands"])
     Auth = Annotated[Principal, Depends(current)]
 
@@ -33,5 +46,13 @@ def commands_router(commands: CommandService, current: Callable[..., Awaitable[P
     async def get_invocation(invocation_id: str, who: Auth) -> InvocationOut:
         """Status (queued, delivered, answered, failed, expired) and, once answered, the response."""
         return InvocationOut.from_pb(await commands.get(who.tenant, invocation_id))
+
+    @router.get("/invocations/{invocation_id}/events", responses=error_docs({404: "no such invocation"}))
+    async def get_invocation_events(invocation_id: str, who: Auth) -> InvocationEventsOut:
+        """The invocation with its events: what was sent and every response the device gave."""
+        state = await commands.get(who.tenant, invocation_id)
+        events = await mgmt.invocation_events(who.tenant, state.id)
+        items = [out for out in (event_out(e) for e in events) if out is not None]
+        return InvocationEventsOut(invocation=InvocationOut.from_pb(state), events=items)
 
     return router

@@ -28,6 +28,24 @@ class EventQuery:
     page_size: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class AssignmentEventQuery:
+    """Like :class:`EventQuery`, for the events stamped with one assignment (``pb.Event.assignment``,
+    set by inbound enrichment): what a device reported while it was assigned to that asset."""
+
+    tenant: str
+    assignment: str
+    kind: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    page: int = 1
+    page_size: int = 100
+
+
+#: At most this many events are returned for one invocation (the invocation and its responses;
+#: a device that answers one command thousands of times does not make the query unbounded).
+MAX_INVOCATION_EVENTS = 1000
+
 T = TypeVar("T")
 
 
@@ -50,6 +68,15 @@ class EventStore(Protocol):
 
     async def list_device_events(self, query: EventQuery) -> Page[pb.Event]:
         """A device's events, newest first."""
+
+    async def list_assignment_events(self, query: AssignmentEventQuery) -> Page[pb.Event]:
+        """An assignment's events, newest first (same order, filters and paging as a device's)."""
+
+    async def events_for_invocation(
+        self, tenant: str, invocation: str, limit: int = MAX_INVOCATION_EVENTS
+    ) -> list[pb.Event]:
+        """The command_invocation event of ``invocation`` and the command_response events that
+        answer it, oldest first (event time), at most ``limit``. Empty for an unknown id."""
 
     async def get_event(self, tenant: str, event_id: str) -> pb.Event | None: ...
 
@@ -78,6 +105,7 @@ class Registry(Protocol):
 
     # assignments
     async def create_assignment(self, assignment: model.Assignment) -> model.Assignment: ...
+    async def get_assignment(self, tenant: str, token: str) -> model.Assignment | None: ...
     async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None: ...
     async def list_assignments(
         self, tenant: str, device: str | None, page: int, page_size: int

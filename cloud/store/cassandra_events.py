@@ -17,6 +17,10 @@ Schema and design notes are in docs/operations/cassandra.md; in short, per tenan
   → event: :meth:`get_event` and the idempotency check. ``event_aliases`` maps ids that are not
   the derived one (command invocation events carry the invocation id) to their key.
 * ``events_by_invocation`` — ``(invocation), event_time_ms, key``: an invocation and its responses.
+* ``events_by_assignment``, ``events_by_assignment_kind``, ``assignment_days`` (schema version 2)
+  — the three device tables again, keyed by the assignment token the event carries
+  (``pb.Event.assignment``, stamped by inbound enrichment): an assignment's events by time range
+  and kind. Events without an assignment are not written there.
 * ``schema_version`` — migrations applied to this keyspace (the service migrates at start or
   on a tenant's first use).
 
@@ -61,7 +65,7 @@ from cassandra.query import BatchStatement, BatchType, tuple_factory  # type: ig
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
 from fieldgate.cloud.ids import completed_event, event_key
-from fieldgate.cloud.store import EventQuery, Page
+from fieldgate.cloud.store import MAX_INVOCATION_EVENTS, AssignmentEventQuery, EventQuery, Page
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 
@@ -83,6 +87,7 @@ _BATCH_BYTES = 24 * 1024
 EVENT_KINDS: frozenset[str] = frozenset(f.name for f in pb.Event.DESCRIPTOR.oneofs_by_name["payload"].fields)
 
 Dedupe = Literal["read", "lwt"]
+_By = Literal["device", "assignment"]
 
 
 KEYSPACE_PREFIX = "fg"
@@ -129,10 +134,25 @@ def _migrations(ks: str, replication: int) -> list[tuple[int, list[str]]]:
                 " PRIMARY KEY ((invocation), event_time_ms, key))",
             ],
         ),
+        (
+            2,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.events_by_assignment ("
+                " assignment text, day int, event_time_ms bigint, received_time_ms bigint, key blob,"
+                " data blob, PRIMARY KEY ((assignment, day), event_time_ms, received_time_ms, key)) " + order,
+                f"CREATE TABLE IF NOT EXISTS {ks}.events_by_assignment_kind ("
+                " assignment text, kind text, day int, event_time_ms bigint, received_time_ms bigint,"
+                " key blob, data blob,"
+                " PRIMARY KEY ((assignment, kind, day), event_time_ms, received_time_ms, key)) " + order,
+                f"CREATE TABLE IF NOT EXISTS {ks}.assignment_days ("
+                " assignment text, kind text, day int, PRIMARY KEY ((assignment), kind, day))"
+                " WITH CLUSTERING ORDER BY (kind ASC, day DESC)",
+            ],
+        ),
     ]
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -156,6 +176,44 @@ class _Tenant:
     count_device_kind: Any
     page_device: Any
     page_device_kind: Any
+    ins_assignment: Any
+    ins_assignment_kind: Any
+    ins_assignment_day: Any
+    sel_assignment_days: Any
+    count_assignment: Any
+    count_assignment_kind: Any
+    page_assignment: Any
+    page_assignment_kind: Any
+
+    def lister(self, by: _By) -> _Lister:
+        """The statements that list events by ``"device"`` or by ``"assignment"``."""
+        if by == "device":
+            return _Lister(
+                self.sel_days,
+                self.count_device,
+                self.count_device_kind,
+                self.page_device,
+                self.page_device_kind,
+            )
+        return _Lister(
+            self.sel_assignment_days,
+            self.count_assignment,
+            self.count_assignment_kind,
+            self.page_assignment,
+            self.page_assignment_kind,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Lister:
+    """Prepared statements of one "events by X" table family: X's day partitions, counts and pages
+    (all-kinds table and per-kind table). Parameters start with X (then the kind, if any)."""
+
+    sel_days: Any
+    count_all: Any
+    count_kind: Any
+    page_all: Any
+    page_kind: Any
 
 
 def _invocation_of(event: pb.Event, kind: str) -> str:
@@ -365,7 +423,7 @@ class CassandraEventStore:
             "ins_day": f"INSERT INTO {ks}.device_days (device, kind, day) VALUES (?, ?, ?) {ttl}",
             "ins_invocation": f"INSERT INTO {ks}.events_by_invocation (invocation, event_time_ms, key, data)"
             f" VALUES (?, ?, ?, ?) {ttl}",
-            "sel_invocation": f"SELECT data FROM {ks}.events_by_invocation WHERE invocation = ?",
+            "sel_invocation": f"SELECT data FROM {ks}.events_by_invocation WHERE invocation = ? LIMIT ?",
             "sel_days": f"SELECT day FROM {ks}.device_days WHERE device = ? AND kind = ? AND day >= ? AND day <= ?",
             "count_device": f"SELECT count(*) FROM {ks}.events_by_device WHERE device = ? AND day = ?"
             " AND event_time_ms >= ? AND event_time_ms <= ?",
@@ -375,6 +433,24 @@ class CassandraEventStore:
             " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
             "page_device_kind": f"SELECT data FROM {ks}.events_by_device_kind WHERE device = ? AND kind = ?"
             " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+            "ins_assignment": f"INSERT INTO {ks}.events_by_assignment"
+            " (assignment, day, event_time_ms, received_time_ms, key, data) VALUES (?, ?, ?, ?, ?, ?)"
+            f" {ttl}",
+            "ins_assignment_kind": f"INSERT INTO {ks}.events_by_assignment_kind"
+            " (assignment, kind, day, event_time_ms, received_time_ms, key, data)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?) {ttl}",
+            "ins_assignment_day": f"INSERT INTO {ks}.assignment_days (assignment, kind, day) VALUES (?, ?, ?)"
+            f" {ttl}",
+            "sel_assignment_days": f"SELECT day FROM {ks}.assignment_days WHERE assignment = ? AND kind = ?"
+            " AND day >= ? AND day <= ?",
+            "count_assignment": f"SELECT count(*) FROM {ks}.events_by_assignment WHERE assignment = ?"
+            " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
+            "count_assignment_kind": f"SELECT count(*) FROM {ks}.events_by_assignment_kind"
+            " WHERE assignment = ? AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
+            "page_assignment": f"SELECT data FROM {ks}.events_by_assignment WHERE assignment = ? AND day = ?"
+            " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+            "page_assignment_kind": f"SELECT data FROM {ks}.events_by_assignment_kind WHERE assignment = ?"
+            " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
         }
         try:
             prepared = await asyncio.gather(*(asyncio.to_thread(session.prepare, t) for t in texts.values()))
@@ -410,26 +486,39 @@ class CassandraEventStore:
 
         writes: list[Any] = []
         days: set[tuple[str, str, int]] = set()
-        partitions: dict[tuple[str, ...], list[tuple[Any, tuple[Any, ...], int]]] = {}
+        assignment_days: set[tuple[str, str, int]] = set()
+        # Keyed by (table, partition key...): rows of one partition go out as one batch.
+        partitions: dict[tuple[str | int, ...], list[tuple[Any, tuple[Any, ...], int]]] = {}
         for key, ev in todo.items():
             kind = ev.WhichOneof("payload") or ""
             day = ev.event_time_ms // DAY_MS
             data = ev.SerializeToString()
             t, r = ev.event_time_ms, ev.received_time_ms
-            partitions.setdefault((ev.device, str(day)), []).append(
+            partitions.setdefault(("d", ev.device, day), []).append(
                 (ctx.ins_device, (ev.device, day, t, r, key, data, ttl), len(data))
             )
-            partitions.setdefault((ev.device, kind, str(day)), []).append(
+            partitions.setdefault(("dk", ev.device, kind, day), []).append(
                 (ctx.ins_device_kind, (ev.device, kind, day, t, r, key, data, ttl), len(data))
             )
             days.add((ev.device, _ALL, day))
             days.add((ev.device, kind, day))
+            if ev.assignment:
+                a = ev.assignment
+                partitions.setdefault(("a", a, day), []).append(
+                    (ctx.ins_assignment, (a, day, t, r, key, data, ttl), len(data))
+                )
+                partitions.setdefault(("ak", a, kind, day), []).append(
+                    (ctx.ins_assignment_kind, (a, kind, day, t, r, key, data, ttl), len(data))
+                )
+                assignment_days.add((a, _ALL, day))
+                assignment_days.add((a, kind, day))
             invocation = _invocation_of(ev, kind)
             if invocation:
                 writes.append(self._run(ctx.ins_invocation, (invocation, t, key, data, ttl)))
             if ev.id != key.hex():
                 writes.append(self._run(ctx.ins_alias, (ev.id, key, ttl)))
         writes.extend(self._run(ctx.ins_day, (*d, ttl)) for d in days)
+        writes.extend(self._run(ctx.ins_assignment_day, (*d, ttl)) for d in assignment_days)
         writes.extend(self._run(b) for rows in partitions.values() for b in _partition_batches(rows))
         await self._gather(writes)
 
@@ -449,9 +538,17 @@ class CassandraEventStore:
     # ------------------------------------------------------------------ reads
 
     async def list_device_events(self, query: EventQuery) -> Page[pb.Event]:
-        """A device's events, newest first (event time, received time, then id), with the total.
+        """A device's events, newest first (event time, received time, then id), with the total."""
+        return await self._list_events("device", query.device, query)
 
-        Visits the device's day partitions from the newest: counts each (for ``total``), skips
+    async def list_assignment_events(self, query: AssignmentEventQuery) -> Page[pb.Event]:
+        """An assignment's events, newest first (event time, received time, then id), with the total."""
+        return await self._list_events("assignment", query.assignment, query)
+
+    async def _list_events(
+        self, by: _By, subject: str, query: EventQuery | AssignmentEventQuery
+    ) -> Page[pb.Event]:
+        """Visits ``subject``'s day partitions from the newest: counts each (for ``total``), skips
         whole days that fall before the page, reads ``offset-in-day + page_size`` rows of the rest.
         """
         if query.page < 1 or not 1 <= query.page_size <= _MAX_PAGE_SIZE:
@@ -459,7 +556,7 @@ class CassandraEventStore:
         if query.kind is not None and query.kind not in EVENT_KINDS:
             raise InvalidRequest(f"unknown event kind {query.kind!r}; expected one of {sorted(EVENT_KINDS)}")
         empty: Page[pb.Event] = Page([], 0, query.page, query.page_size)
-        if not _TENANT_RE.match(query.tenant):
+        if not _TENANT_RE.match(query.tenant) or not subject:
             return empty
         ctx = await self._open(query.tenant, create=False)
         if ctx is None:
@@ -470,14 +567,15 @@ class CassandraEventStore:
             return empty
         lo_day = _MIN_INT if query.since_ms is None else max(_MIN_INT, lo // DAY_MS)
         hi_day = _MAX_INT if query.until_ms is None else min(_MAX_INT, hi // DAY_MS)
+        stmts = ctx.lister(by)
         kind = query.kind or _ALL
-        days = [int(r[0]) for r in await self._run(ctx.sel_days, (query.device, kind, lo_day, hi_day))]
+        days = [int(r[0]) for r in await self._run(stmts.sel_days, (subject, kind, lo_day, hi_day))]
 
         def part(day: int) -> tuple[Any, ...]:
-            return (query.device, day) if query.kind is None else (query.device, query.kind, day)
+            return (subject, day) if query.kind is None else (subject, query.kind, day)
 
-        count_stmt = ctx.count_device if query.kind is None else ctx.count_device_kind
-        page_stmt = ctx.page_device if query.kind is None else ctx.page_device_kind
+        count_stmt = stmts.count_all if query.kind is None else stmts.count_kind
+        page_stmt = stmts.page_all if query.kind is None else stmts.page_kind
         counts = [
             int(rows[0][0]) if rows else 0
             for rows in await self._gather(self._run(count_stmt, (*part(d), lo, hi)) for d in days)
@@ -520,14 +618,19 @@ class CassandraEventStore:
         rows = await self._run(ctx.sel_key, (alias[0][0],))
         return pb.Event.FromString(rows[0][1]) if rows else None
 
-    async def events_for_invocation(self, tenant: str, invocation: str) -> list[pb.Event]:
-        """The command invocation and response events of ``invocation``, oldest first."""
+    async def events_for_invocation(
+        self, tenant: str, invocation: str, limit: int = MAX_INVOCATION_EVENTS
+    ) -> list[pb.Event]:
+        """The command invocation and response events of ``invocation``, oldest first (one
+        partition of ``events_by_invocation``)."""
+        if not 1 <= limit <= _MAX_INT:
+            raise InvalidRequest(f"limit must be between 1 and {_MAX_INT}, got {limit}")
         if not _TENANT_RE.match(tenant) or not invocation:
             return []
         ctx = await self._open(tenant, create=False)
         if ctx is None:
             return []
-        rows = await self._run(ctx.sel_invocation, (invocation,))
+        rows = await self._run(ctx.sel_invocation, (invocation, limit))
         return [pb.Event.FromString(r[0]) for r in rows]
 
     async def keyspace_exists(self, tenant: str) -> bool:

@@ -29,6 +29,11 @@ Queries go through ``(device, event_time_ms, received_time_ms)`` and, for the ki
 than measurements, ``(device, kind, event_time_ms, received_time_ms)``; both grow at their right
 end as time passes. Measurements — the bulk — stay out of the kind index (a partial index): a
 query for measurements walks the device's time index, where nearly every row matches anyway.
+An assignment's events use the same pair of indexes on ``assignment`` instead of ``device``
+(partial: only events that carry an assignment); an invocation's events use a partial index on
+``invocation``. Indexes are created with ``IF NOT EXISTS`` when a database is opened, so a
+database written by an older version gains the assignment indexes (built from its rows) on
+first open.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
 from fieldgate.cloud.ids import completed_event, event_id, event_key
-from fieldgate.cloud.store import EventQuery, Page
+from fieldgate.cloud.store import MAX_INVOCATION_EVENTS, AssignmentEventQuery, EventQuery, Page
 from fieldgate.cloud.store._sqlite import (
     SqliteWorker,
     Synchronous,
@@ -73,6 +79,11 @@ CREATE INDEX IF NOT EXISTS events_by_device_time
 CREATE INDEX IF NOT EXISTS events_by_device_rare_kind_time
     ON events (device, kind, event_time_ms, received_time_ms) WHERE kind != 'measurement';
 CREATE INDEX IF NOT EXISTS events_by_invocation ON events (invocation) WHERE invocation != '';
+CREATE INDEX IF NOT EXISTS events_by_assignment_time
+    ON events (assignment, event_time_ms, received_time_ms) WHERE assignment != '';
+CREATE INDEX IF NOT EXISTS events_by_assignment_rare_kind_time
+    ON events (assignment, kind, event_time_ms, received_time_ms)
+    WHERE assignment != '' AND kind != 'measurement';
 CREATE TABLE IF NOT EXISTS event_ids (
     id TEXT PRIMARY KEY,
     key BLOB NOT NULL
@@ -183,25 +194,44 @@ class SqliteEventStore:
 
     async def list_device_events(self, query: EventQuery) -> Page[pb.Event]:
         """A device's events, newest first, one page with the total count."""
+        return await self._list_events("device", query)
+
+    async def list_assignment_events(self, query: AssignmentEventQuery) -> Page[pb.Event]:
+        """An assignment's events, newest first, one page with the total count."""
+        return await self._list_events("assignment", query)
+
+    async def _list_events(
+        self, column: Literal["device", "assignment"], query: EventQuery | AssignmentEventQuery
+    ) -> Page[pb.Event]:
         limit, offset = check_page(query.page, query.page_size)
         if query.kind is not None and query.kind not in EVENT_KINDS:
             raise InvalidRequest(f"unknown event kind {query.kind!r}; expected one of {sorted(EVENT_KINDS)}")
-        if not valid_tenant(query.tenant):
+        subject = query.device if isinstance(query, EventQuery) else query.assignment
+        if not valid_tenant(query.tenant) or not subject:
             return Page([], 0, query.page, query.page_size)
-        items, total = await self._worker.run(self._list, query, limit, offset)
+        items, total = await self._worker.run(self._list, column, subject, query, limit, offset)
         return Page(items, total, query.page, query.page_size)
 
-    def _list(self, query: EventQuery, limit: int, offset: int) -> tuple[list[pb.Event], int]:
+    def _list(
+        self,
+        column: Literal["device", "assignment"],
+        subject: str,
+        query: EventQuery | AssignmentEventQuery,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[pb.Event], int]:
         conn = self._conn(query.tenant, create=False)
         if conn is None:
             return [], 0
-        where = ["device = ?"]
-        args: list[str | int] = [query.device]
+        where = [f"{column} = ?"]
+        args: list[str | int] = [subject]
+        if column == "assignment":
+            # Repeats the partial indexes' condition so that the planner may use them.
+            where.append("assignment != ''")
         if query.kind is not None:
             where.append("kind = ?")
             args.append(query.kind)
             if query.kind != "measurement":
-                # Repeats the partial index's condition so that the planner may use it.
                 where.append("kind != 'measurement'")
         if query.since_ms is not None:
             where.append("event_time_ms >= ?")
@@ -242,23 +272,24 @@ class SqliteEventStore:
             ).fetchone()
         return None if row is None else pb.Event.FromString(row[0])
 
-    async def events_for_invocation(self, tenant: str, invocation: str) -> list[pb.Event]:
-        """The command invocation and response events linked to ``invocation``, oldest first.
-
-        Not part of the EventStore protocol (yet): command delivery and the API use it to show
-        an invocation with its response.
-        """
+    async def events_for_invocation(
+        self, tenant: str, invocation: str, limit: int = MAX_INVOCATION_EVENTS
+    ) -> list[pb.Event]:
+        """The command invocation and response events linked to ``invocation``, oldest first."""
+        if limit < 1:
+            raise InvalidRequest(f"limit must be >= 1, got {limit}")
         if not valid_tenant(tenant) or not invocation:
             return []
-        return await self._worker.run(self._for_invocation, tenant, invocation)
+        return await self._worker.run(self._for_invocation, tenant, invocation, limit)
 
-    def _for_invocation(self, tenant: str, invocation: str) -> list[pb.Event]:
+    def _for_invocation(self, tenant: str, invocation: str, limit: int) -> list[pb.Event]:
         conn = self._conn(tenant, create=False)
         if conn is None:
             return []
         # ``invocation != ''`` repeats the partial index's condition so that the planner uses it.
         rows = conn.execute(
-            "SELECT data FROM events WHERE invocation = ? AND invocation != '' ORDER BY event_time_ms, seq",
-            (invocation,),
+            "SELECT data FROM events WHERE invocation = ? AND invocation != ''"
+            " ORDER BY event_time_ms, seq LIMIT ?",
+            (invocation, limit),
         ).fetchall()
         return [pb.Event.FromString(data) for (data,) in rows]

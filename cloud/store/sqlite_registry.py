@@ -339,6 +339,9 @@ class SqliteRegistry:
             raise Conflict(f"device {a.device!r} already has an active assignment") from err
         return a
 
+    async def get_assignment(self, tenant: str, token: str) -> model.Assignment | None:
+        return await self._worker.run(self._get_one, tenant, "assignments", token, model.Assignment)
+
     async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None:
         key = (tenant, device)
         hit = self._assignment_cache.get(key)

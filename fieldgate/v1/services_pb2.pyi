@@ -633,6 +633,121 @@ class ListDeviceEventsResponse(_message.Message):
 Global___ListDeviceEventsResponse: _TypeAlias = ListDeviceEventsResponse  # noqa: Y015
 
 @_typing.final
+class ListAssignmentEventsRequest(_message.Message):
+    """The events stamped with an assignment (Event.assignment, set when the event arrived)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    assignment: _builtins.str
+    """the assignment token"""
+    type: Global___EventType.ValueType
+    """UNSPECIFIED = all"""
+    since_ms: _builtins.int
+    """0 = no lower bound"""
+    until_ms: _builtins.int
+    """0 = no upper bound"""
+    @_builtins.property
+    def page(self) -> Global___PageRequest: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        assignment: _builtins.str = ...,
+        type: Global___EventType.ValueType = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+        page: Global___PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "page", b"page", "since_ms", b"since_ms", "tenant", b"tenant", "type", b"type", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAssignmentEventsRequest: _TypeAlias = ListAssignmentEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAssignmentEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAssignmentEventsResponse: _TypeAlias = ListAssignmentEventsResponse  # noqa: Y015
+
+@_typing.final
+class ListInvocationEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    id: _builtins.str
+    """the invocation id"""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvocationEventsRequest: _TypeAlias = ListInvocationEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListInvocationEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invocation(self) -> Global___InvocationState: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
+        """Oldest first: the command_invocation event (once stored), then its command_response events."""
+
+    def __init__(
+        self,
+        *,
+        invocation: Global___InvocationState | None = ...,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "invocation", b"invocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvocationEventsResponse: _TypeAlias = ListInvocationEventsResponse  # noqa: Y015
+
+@_typing.final
 class InvokeCommandRequest(_message.Message):
     """---------------------------------------------------------------------------
     Command invocation

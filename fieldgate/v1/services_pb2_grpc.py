@@ -485,6 +485,16 @@ class EventQueriesStub:
                 request_serializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceEventsRequest.SerializeToString,
                 response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceEventsResponse.FromString,
                 _registered_method=True)
+        self.ListAssignmentEvents = channel.unary_unary(
+                '/fieldgate.v1.EventQueries/ListAssignmentEvents',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListAssignmentEventsRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListAssignmentEventsResponse.FromString,
+                _registered_method=True)
+        self.ListInvocationEvents = channel.unary_unary(
+                '/fieldgate.v1.EventQueries/ListInvocationEvents',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListInvocationEventsRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListInvocationEventsResponse.FromString,
+                _registered_method=True)
 
 
 class EventQueriesServicer:
@@ -496,6 +506,20 @@ class EventQueriesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAssignmentEvents(self, request, context):
+        """NOT_FOUND for an unknown assignment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvocationEvents(self, request, context):
+        """An invocation and its responses; NOT_FOUND for an unknown invocation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventQueriesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -503,6 +527,16 @@ def add_EventQueriesServicer_to_server(servicer, server):
                     servicer.ListDeviceEvents,
                     request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceEventsRequest.FromString,
                     response_serializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceEventsResponse.SerializeToString,
+            ),
+            'ListAssignmentEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAssignmentEvents,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListAssignmentEventsRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListAssignmentEventsResponse.SerializeToString,
+            ),
+            'ListInvocationEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvocationEvents,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListInvocationEventsRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListInvocationEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +566,60 @@ class EventQueries:
             '/fieldgate.v1.EventQueries/ListDeviceEvents',
             fieldgate_dot_v1_dot_services__pb2.ListDeviceEventsRequest.SerializeToString,
             fieldgate_dot_v1_dot_services__pb2.ListDeviceEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAssignmentEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.EventQueries/ListAssignmentEvents',
+            fieldgate_dot_v1_dot_services__pb2.ListAssignmentEventsRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListAssignmentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvocationEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.EventQueries/ListInvocationEvents',
+            fieldgate_dot_v1_dot_services__pb2.ListInvocationEventsRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListInvocationEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

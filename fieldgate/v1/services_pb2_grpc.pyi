@@ -140,11 +140,19 @@ class EventQueriesStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EventQueriesAsyncStub: ...
     ListDeviceEvents: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListDeviceEventsRequest, _services_pb2.ListDeviceEventsResponse]
+    ListAssignmentEvents: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListAssignmentEventsRequest, _services_pb2.ListAssignmentEventsResponse]
+    """NOT_FOUND for an unknown assignment."""
+    ListInvocationEvents: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListInvocationEventsRequest, _services_pb2.ListInvocationEventsResponse]
+    """An invocation and its responses; NOT_FOUND for an unknown invocation."""
 
 @_typing.type_check_only
 class EventQueriesAsyncStub(EventQueriesStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDeviceEvents: _aio.UnaryUnaryMultiCallable[_services_pb2.ListDeviceEventsRequest, _services_pb2.ListDeviceEventsResponse]  # type: ignore[assignment]
+    ListAssignmentEvents: _aio.UnaryUnaryMultiCallable[_services_pb2.ListAssignmentEventsRequest, _services_pb2.ListAssignmentEventsResponse]  # type: ignore[assignment]
+    """NOT_FOUND for an unknown assignment."""
+    ListInvocationEvents: _aio.UnaryUnaryMultiCallable[_services_pb2.ListInvocationEventsRequest, _services_pb2.ListInvocationEventsResponse]  # type: ignore[assignment]
+    """An invocation and its responses; NOT_FOUND for an unknown invocation."""
 
 class EventQueriesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -153,6 +161,22 @@ class EventQueriesServicer(metaclass=_abc_1.ABCMeta):
         request: _services_pb2.ListDeviceEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_services_pb2.ListDeviceEventsResponse, _abc.Awaitable[_services_pb2.ListDeviceEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAssignmentEvents(
+        self,
+        request: _services_pb2.ListAssignmentEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListAssignmentEventsResponse, _abc.Awaitable[_services_pb2.ListAssignmentEventsResponse]]:
+        """NOT_FOUND for an unknown assignment."""
+
+    @_abc_1.abstractmethod
+    def ListInvocationEvents(
+        self,
+        request: _services_pb2.ListInvocationEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListInvocationEventsResponse, _abc.Awaitable[_services_pb2.ListInvocationEventsResponse]]:
+        """An invocation and its responses; NOT_FOUND for an unknown invocation."""
 
 def add_EventQueriesServicer_to_server(servicer: EventQueriesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

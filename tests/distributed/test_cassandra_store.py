@@ -15,8 +15,13 @@ import pytest
 
 from fieldgate.cloud.errors import InvalidRequest
 from fieldgate.cloud.ids import event_id
-from fieldgate.cloud.store import EventQuery
-from fieldgate.cloud.store.cassandra_events import CassandraEventStore, keyspace_name
+from fieldgate.cloud.store import AssignmentEventQuery, EventQuery
+from fieldgate.cloud.store.cassandra_events import (
+    SCHEMA_VERSION,
+    CassandraEventStore,
+    _migrations,
+    keyspace_name,
+)
 from fieldgate.v1 import events_pb2 as pb
 
 pytestmark = pytest.mark.distributed
@@ -271,26 +276,31 @@ async def test_events_survive_reconnect_and_schema_is_migrated_once(cassandra: A
         assert await s2.get_event(tenant, e.id) == e
         assert await s2.add(tenant, [e]) == []
         rows = await s2._run(f"SELECT version FROM {keyspace_name(tenant)}.schema_version")
-        assert [r[0] for r in rows] == [1]
+        assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
     finally:
         await s2.stop()
 
 
 async def test_ttl_expires_a_tenants_events(cassandra: Any) -> None:
     short, keep = fresh("ttl"), fresh("keep")
-    s = make_store(cassandra, ttl_s_by_tenant={short: 2})
+    # Both keyspaces are created at start: creating one takes seconds, longer than the TTL.
+    s = make_store(cassandra, ttl_s_by_tenant={short: 2}, tenants=[short, keep])
     await s.start()
     try:
-        await s.add(short, [measurement(short)])
-        await s.add(keep, [measurement(keep)])
+        await s.add(short, [assigned(measurement(short), "A1")])
+        await s.add(keep, [assigned(measurement(keep), "A1")])
         assert (await s.list_device_events(EventQuery(short, "dev-1"))).total == 1
+        assert (await s.list_assignment_events(AssignmentEventQuery(short, "A1"))).total == 1
         deadline = asyncio.get_running_loop().time() + 30
-        while (await s.list_device_events(EventQuery(short, "dev-1"))).total:
+        while (await s.list_device_events(EventQuery(short, "dev-1"))).total or (
+            await s.list_assignment_events(AssignmentEventQuery(short, "A1"))
+        ).total:
             assert asyncio.get_running_loop().time() < deadline, (
                 "events with a 2 s TTL still there after 30 s"
             )
             await asyncio.sleep(0.5)
         assert (await s.list_device_events(EventQuery(keep, "dev-1"))).total == 1
+        assert (await s.list_assignment_events(AssignmentEventQuery(keep, "A1"))).total == 1
     finally:
         await s.stop()
 
@@ -299,3 +309,156 @@ async def test_a_large_batch_is_stored(store: CassandraEventStore, tenant: str) 
     events = [measurement(tenant, f"dev-{i % 7}", t=T0 + i) for i in range(3000)]
     assert len(await store.add(tenant, events)) == 3000
     assert (await store.list_device_events(EventQuery(tenant, "dev-3", page_size=1))).total == 429
+
+
+# --- assignments and invocations (schema version 2) ------------------------------------------------
+
+
+def assigned(e: pb.Event, assignment: str) -> pb.Event:
+    e.assignment = assignment
+    return e
+
+
+async def test_assignment_events_newest_first_with_kind_time_and_paging(
+    store: CassandraEventStore, tenant: str
+) -> None:
+    a1 = [assigned(measurement(tenant, t=T0 + i * 10), "A1") for i in range(12)]
+    a1_alerts = [assigned(alert(tenant, t=T0 + i * 10 + 1), "A1") for i in range(3)]
+    a2 = [assigned(measurement(tenant, t=T0 + 1000 + i), "A2") for i in range(4)]
+    other_device = [assigned(measurement(tenant, "dev-2", t=T0 + i), "A3") for i in range(5)]
+    unassigned = measurement(tenant, t=T0 - 5)
+    await store.add(tenant, [*a1, *a1_alerts, *a2, *other_device, unassigned])
+
+    everything = await store.list_assignment_events(AssignmentEventQuery(tenant, "A1"))
+    assert everything.total == 15 and {e.assignment for e in everything.items} == {"A1"}
+    times = [e.event_time_ms for e in everything.items]
+    assert times == sorted(times, reverse=True)
+
+    seen: list[pb.Event] = []
+    for page_no in (1, 2, 3, 4):
+        page = await store.list_assignment_events(
+            AssignmentEventQuery(tenant, "A1", kind="measurement", page=page_no, page_size=5)
+        )
+        assert page.total == 12 and page.page == page_no
+        seen.extend(page.items)
+    assert seen == list(reversed(a1))
+
+    alerts = await store.list_assignment_events(AssignmentEventQuery(tenant, "A1", kind="alert"))
+    assert alerts.items == list(reversed(a1_alerts))
+    window = await store.list_assignment_events(
+        AssignmentEventQuery(tenant, "A1", since_ms=T0 + 10, until_ms=T0 + 21)
+    )
+    assert [e.event_time_ms for e in window.items] == [T0 + 21, T0 + 20, T0 + 11, T0 + 10]
+    assert (await store.list_assignment_events(AssignmentEventQuery(tenant, "A2"))).items == list(
+        reversed(a2)
+    )
+    assert (await store.list_assignment_events(AssignmentEventQuery(tenant, "A3"))).total == 5
+    assert (await store.list_assignment_events(AssignmentEventQuery(tenant, ""))).total == 0
+    assert (await store.list_assignment_events(AssignmentEventQuery(tenant, "nope"))).total == 0
+    assert (await store.list_device_events(EventQuery(tenant, "dev-1"))).total == 20
+
+
+async def test_assignment_events_page_across_day_partitions(store: CassandraEventStore, tenant: str) -> None:
+    events = [assigned(measurement(tenant, t=T0 + d * DAY + i), "A1") for d in range(4) for i in range(3)]
+    await store.add(tenant, events)
+    seen: list[pb.Event] = []
+    for page_no in (1, 2, 3):
+        page = await store.list_assignment_events(
+            AssignmentEventQuery(tenant, "A1", page=page_no, page_size=5)
+        )
+        assert page.total == 12
+        seen.extend(page.items)
+    assert seen == list(reversed(events))
+    window = await store.list_assignment_events(
+        AssignmentEventQuery(
+            tenant, "A1", kind="measurement", since_ms=T0 + DAY + 1, until_ms=T0 + 2 * DAY + 1
+        )
+    )
+    assert [e.event_time_ms for e in window.items] == [
+        T0 + 2 * DAY + 1,
+        T0 + 2 * DAY,
+        T0 + DAY + 2,
+        T0 + DAY + 1,
+    ]
+
+
+async def test_assignment_events_are_per_tenant_and_reads_create_nothing(store: CassandraEventStore) -> None:
+    acme, globex, nobody = fresh("acme"), fresh("globex"), fresh("nobody")
+    await store.add(acme, [assigned(measurement(acme), "shared")])
+    await store.add(globex, [assigned(measurement(globex), "shared")])
+    page = await store.list_assignment_events(AssignmentEventQuery(acme, "shared"))
+    assert page.total == 1 and page.items[0].tenant == acme
+    assert (await store.list_assignment_events(AssignmentEventQuery(nobody, "shared"))).total == 0
+    assert await store.events_for_invocation(nobody, "x") == []
+    assert not await store.keyspace_exists(nobody)
+    assert (await store.list_assignment_events(AssignmentEventQuery("../etc", "shared"))).total == 0
+
+
+async def test_invalid_assignment_queries_are_rejected(store: CassandraEventStore, tenant: str) -> None:
+    for bad in (
+        AssignmentEventQuery(tenant, "A1", kind="bogus"),
+        AssignmentEventQuery(tenant, "A1", page=0),
+        AssignmentEventQuery(tenant, "A1", page_size=0),
+    ):
+        with pytest.raises(InvalidRequest):
+            await store.list_assignment_events(bad)
+    with pytest.raises(InvalidRequest):
+        await store.events_for_invocation(tenant, "x", limit=0)
+
+
+async def test_an_invocation_and_all_its_responses_oldest_first_and_bounded(
+    store: CassandraEventStore, tenant: str
+) -> None:
+    inv_id, other = uuid.uuid4().hex, uuid.uuid4().hex
+    inv = pb.Event(tenant=tenant, device="dev-1", id=inv_id, alternate_id=inv_id, event_time_ms=T0)
+    inv.command_invocation.invocation = inv_id
+    responses = []
+    for i in range(5):
+        r = measurement(tenant, t=T0 + 10 + i)
+        r.command_response.invocation = inv_id
+        responses.append(r)
+    stray = measurement(tenant, t=T0)
+    stray.command_response.invocation = other
+    await store.add(tenant, [responses[3], inv, *responses[:3], responses[4], stray])
+    got = await store.events_for_invocation(tenant, inv_id)
+    assert got == [inv, *responses]
+    assert await store.events_for_invocation(tenant, inv_id, limit=2) == [inv, responses[0]]
+    assert await store.events_for_invocation(tenant, other) == [stray]
+    assert await store.events_for_invocation(tenant, "unknown") == []
+
+
+async def test_a_keyspace_of_schema_version_1_is_migrated_to_2(cassandra: Any, tenant: str) -> None:
+    """A keyspace created by the previous release (version 1 only) gains the assignment tables
+    when the service opens it; events written from then on are listed by assignment."""
+    ks = keyspace_name(tenant)
+    s = make_store(cassandra)
+    await s.start()
+    try:
+        await s._run(
+            f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+        )
+        await s._run(
+            f"CREATE TABLE {ks}.schema_version ("
+            " component text, version int, applied_ms bigint, PRIMARY KEY (component, version))"
+        )
+        version, statements = _migrations(ks, 1)[0]
+        assert version == 1
+        for stmt in statements:
+            await s._run(stmt)
+        await s._run(
+            f"INSERT INTO {ks}.schema_version (component, version, applied_ms) VALUES ('events', 1, 0)"
+        )
+        tables = await s._run("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))
+        assert "events_by_assignment" not in {r[0] for r in tables}
+
+        e = assigned(measurement(tenant), "A1")
+        assert await s.add(tenant, [e]) == [e]  # opens the keyspace: migrates it
+        rows = await s._run(f"SELECT version FROM {ks}.schema_version WHERE component = 'events'")
+        assert sorted(r[0] for r in rows) == [1, 2]
+        tables = await s._run("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))
+        assert {"events_by_assignment", "events_by_assignment_kind", "assignment_days"} <= {
+            r[0] for r in tables
+        }
+        assert (await s.list_assignment_events(AssignmentEventQuery(tenant, "A1"))).items == [e]
+    finally:
+        await s.stop()

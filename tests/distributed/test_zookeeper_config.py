@@ -224,3 +224,49 @@ async def test_instance_created_once_and_watched(source: ZkConfigSource, operato
     operator.set(source.instance_path, b'{"default_command_ttl_s": 120}')
     await seen.wait_for(lambda: bool(changes), "the valid instance change reaches the callback")
     assert changes == [InstanceSettings(default_command_ttl_s=120)]
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fieldgate.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+async def test_the_tenant_cli_validates_before_writing(zookeeper: Any, instance: str, tmp_path: Any) -> None:
+    """`fieldgate cloud tenant set` refuses invalid settings (nothing written) and writes valid
+    ones that `show` and a ZkConfigSource then read back."""
+    import yaml
+
+    conf = tmp_path / "cloud.yaml"
+    conf.write_text(yaml.safe_dump({"zookeeper": {"hosts": zookeeper.hosts, "instance": instance}}))
+    rc, _, err = await asyncio.to_thread(
+        _cli, "cloud", "tenant", "set", "--config", str(conf), "acme", '{"auto_register": "maybe"}'
+    )
+    assert rc == 2 and "auto_register" in err
+    rc, _, err = await asyncio.to_thread(
+        _cli, "cloud", "tenant", "set", "--config", str(conf), "acme", "{nope"
+    )
+    assert rc == 2 and "not valid JSON" in err
+    rc, out, _ = await asyncio.to_thread(_cli, "cloud", "tenant", "show", "--config", str(conf), "acme")
+    assert rc == 1 and "no znode" in out  # nothing was written
+
+    rc, out, err = await asyncio.to_thread(
+        _cli,
+        "cloud",
+        "tenant",
+        "set",
+        "--config",
+        str(conf),
+        "acme",
+        '{"auto_register": false, "retention_days": 7}',
+    )
+    assert rc == 0, err
+    rc, out, _ = await asyncio.to_thread(_cli, "cloud", "tenant", "show", "--config", str(conf))
+    assert rc == 0 and out.startswith("acme: ") and '"retention_days": 7' in out
+    async with ZkConfigSource(zookeeper.hosts, instance) as zk:
+        settings = (await zk.load()).tenants["acme"]
+    assert settings.auto_register is False and settings.ttl_s == 7 * 86_400

@@ -66,7 +66,9 @@ PROTECTED = [
     ("GET", "/api/v1/assignments"),
     ("POST", "/api/v1/assignments"),
     ("POST", "/api/v1/assignments/abc/release"),
+    ("GET", "/api/v1/assignments/abc/events"),
     ("GET", "/api/v1/invocations/abc"),
+    ("GET", "/api/v1/invocations/abc/events"),
 ]
 
 
@@ -358,6 +360,74 @@ async def test_events_of_an_unknown_device_are_404(client: httpx.AsyncClient, ad
     assert r.status_code == 404
 
 
+def _assigned(device: str, alt: str, t: int, assignment: str) -> pb.Event:
+    e = _event(device, alt, t, measurement=pb.Measurement(values={"v": float(t - T0)}))
+    e.assignment = assignment  # what inbound enrichment stamps
+    return e
+
+
+async def test_assignment_events_with_type_time_and_paging(
+    stack: ApiStack, client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    await make_device(client, admin, "t-1")
+    first = (await client.post("/api/v1/assignments", json={"device": "t-1"}, headers=admin)).json()["token"]
+    await client.post(f"/api/v1/assignments/{first}/release", headers=admin)
+    second = (await client.post("/api/v1/assignments", json={"device": "t-1"}, headers=admin)).json()["token"]
+    events = [_assigned("t-1", f"a{i}", T0 + i * 1000, first) for i in range(12)]
+    events += [_assigned("t-1", f"b{i}", T0 + 100_000 + i, second) for i in range(3)]
+    alert = _event("t-1", "al", T0 + 5500, alert=pb.Alert(alert_type="overheat", message="hot"))
+    alert.assignment = first
+    events += [alert, _event("t-1", "none", T0, location=pb.Location(latitude=1.0))]
+    assert len(await stack.event_store.add("default", events)) == 17
+
+    url = f"/api/v1/assignments/{first}/events"
+    everything = (await client.get(url, headers=admin)).json()
+    assert everything["total"] == 13 and {e["assignment"] for e in everything["items"]} == {first}
+    assert [e["event_time_ms"] for e in everything["items"]][:3] == [T0 + 11_000, T0 + 10_000, T0 + 9000]
+    page2 = (
+        await client.get(url, params={"type": "measurement", "page": 2, "page_size": 5}, headers=admin)
+    ).json()
+    assert page2["total"] == 12 and page2["page"] == 2
+    assert [e["alternate_id"] for e in page2["items"]] == ["a6", "a5", "a4", "a3", "a2"]
+    window = {"since": "2024-05-01T12:00:04Z", "until": str(T0 + 6000)}
+    w = (await client.get(url, params=window, headers=admin)).json()
+    assert [e["alternate_id"] for e in w["items"]] == ["a6", "al", "a5", "a4"]
+    only_alerts = (await client.get(url, params={"type": "alert"}, headers=admin)).json()["items"]
+    assert [(e["type"], e["alert_type"]) for e in only_alerts] == [("alert", "overheat")]
+
+    current = (await client.get(f"/api/v1/assignments/{second}/events", headers=admin)).json()
+    assert [e["alternate_id"] for e in current["items"]] == ["b2", "b1", "b0"]
+
+
+async def test_events_of_an_unknown_assignment_are_404(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    r = await client.get("/api/v1/assignments/ghost/events", headers=admin)
+    assert r.status_code == 404 and r.json() == {"detail": "assignment 'ghost' does not exist"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"type": "temperature"},
+        {"since": "yesterday"},
+        {"until": "2024-13-45T00:00:00Z"},
+        {"since": "-5"},
+        {"page": "0"},
+        {"page_size": "1001"},
+        {"page": "abc"},
+    ],
+)
+async def test_bad_assignment_event_queries_are_422(
+    client: httpx.AsyncClient, admin: dict[str, str], params: dict[str, str]
+) -> None:
+    await make_device(client, admin, "t-1")
+    a = (await client.post("/api/v1/assignments", json={"device": "t-1"}, headers=admin)).json()["token"]
+    r = await client.get(f"/api/v1/assignments/{a}/events", params=params, headers=admin)
+    assert r.status_code == 422, r.text
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -438,6 +508,61 @@ async def test_invalid_commands_are_422_naming_the_problem(
         assert await consumer.poll(max_records=10, timeout_s=0.2) == []
 
 
+async def test_an_invocation_with_its_events(
+    stack: ApiStack, client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    await make_device(client, admin, "t-1")
+    a = (await client.post("/api/v1/assignments", json={"device": "t-1"}, headers=admin)).json()["token"]
+    inv = (await client.post("/api/v1/devices/t-1/commands", json={"command": "ping"}, headers=admin)).json()
+    url = f"/api/v1/invocations/{inv['id']}/events"
+    # Queued, not yet persisted by command delivery: the invocation without events.
+    r = await client.get(url, headers=admin)
+    assert r.status_code == 200 and r.json() == {"invocation": inv, "events": []}
+
+    # Command delivery stores the published command_invocation event; the device answers twice.
+    async with stack.bus.consumer("test", COMMAND_INVOCATIONS) as consumer:
+        (record,) = await consumer.poll(max_records=10, timeout_s=5)
+    sent = pb.Event.FromString(record.value)
+    answers = [
+        _event(
+            "t-1",
+            f"r{i}",
+            sent.event_time_ms + 10 + i,
+            command_response=pb.CommandResponse(invocation=inv["id"], response_json=f'{{"pong": {i}}}'),
+        )
+        for i in range(2)
+    ]
+    unrelated = _event(
+        "t-1", "r-other", sent.event_time_ms, command_response=pb.CommandResponse(invocation="x")
+    )
+    await stack.event_store.add("default", [answers[1], sent, unrelated, answers[0]])
+    await stack.invocations.update_status(
+        "default", inv["id"], svc.COMMAND_STATUS_ANSWERED, response_json='{"pong": 0}'
+    )
+
+    body = (await client.get(url, headers=admin)).json()
+    assert body["invocation"]["status"] == "answered" and body["invocation"]["id"] == inv["id"]
+    assert [e["type"] for e in body["events"]] == [
+        "command_invocation",
+        "command_response",
+        "command_response",
+    ]
+    assert body["events"][0]["id"] == inv["id"] and body["events"][0]["command"] == "ping"
+    assert [e["response"] for e in body["events"][1:]] == [{"pong": 0}, {"pong": 1}]
+    assert all(e.get("invocation", inv["id"]) == inv["id"] for e in body["events"])
+
+    # The command was sent under the device's active assignment: it is one of the assignment's events.
+    r = await client.get(
+        f"/api/v1/assignments/{a}/events", params={"type": "command_invocation"}, headers=admin
+    )
+    assert [e["invocation"] for e in r.json()["items"]] == [inv["id"]]
+
+    r = await client.get("/api/v1/invocations/0123456789abcdef/events", headers=admin)
+    assert r.status_code == 404 and r.json() == {"detail": "invocation '0123456789abcdef' does not exist"}
+    bob = await login(client, "bob")
+    assert (await client.get(url, headers=bob)).status_code == 404
+
+
 async def test_commands_for_unknown_devices_and_invocations_are_404(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
@@ -466,7 +591,9 @@ async def test_a_user_of_another_tenant_sees_nothing_of_this_one(
         "/api/v1/devices/t-1",
         "/api/v1/devices/t-1/events",
         "/api/v1/devices/t-1/assignments",
+        f"/api/v1/assignments/{a['token']}/events",
         f"/api/v1/invocations/{inv['id']}",
+        f"/api/v1/invocations/{inv['id']}/events",
     ):
         assert (await client.get(path, headers=bob)).status_code == 404, path
     r = await client.post("/api/v1/devices/t-1/commands", json={"command": "ping"}, headers=bob)

@@ -29,6 +29,7 @@ QUERY_ENDPOINTS = [
     "/api/v1/assignments",
     "/api/v1/devices/t-1/events",
     "/api/v1/devices/t-1/assignments",
+    "/api/v1/assignments/nope/events",
 ]
 PATH_TEMPLATES = [
     "/api/v1/devices/{x}",
@@ -38,6 +39,8 @@ PATH_TEMPLATES = [
     "/api/v1/invocations/{x}",
     "/api/v1/device-types/{x}",
     "/api/v1/assignments/{x}/release",
+    "/api/v1/assignments/{x}/events",
+    "/api/v1/invocations/{x}/events",
 ]
 
 RAW_BODIES: list[bytes] = [

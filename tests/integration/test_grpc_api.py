@@ -200,3 +200,102 @@ async def test_command_invocations(grpc_api: Clients) -> None:
     # another tenant cannot read it
     other = svc.GetInvocationRequest(tenant="beta", id=inv.id)
     assert await _code(c.commands.GetInvocation(other)) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_assignment_events_filter_page_and_status_codes(grpc_api: Clients) -> None:
+    c = grpc_api
+    await _setup(c)
+    a = await c.devices.CreateAssignment(
+        svc.CreateAssignmentRequest(assignment=model.Assignment(tenant="default", device="d-1"))
+    )
+    events = [
+        pb.Event(
+            tenant="default",
+            device="d-1",
+            assignment=a.token,
+            alternate_id=f"m{i}",
+            event_time_ms=T0 + i,
+            measurement=pb.Measurement(values={"v": float(i)}),
+        )
+        for i in range(20)
+    ]
+    events.append(
+        pb.Event(
+            tenant="default",
+            device="d-1",
+            assignment=a.token,
+            alternate_id="a",
+            event_time_ms=T0 + 100,
+            alert=pb.Alert(),
+        )
+    )
+    events.append(pb.Event(tenant="default", device="d-1", alternate_id="free", event_time_ms=T0 + 200))
+    await c.stack.event_store.add("default", events)
+
+    everything = await c.events.ListAssignmentEvents(
+        svc.ListAssignmentEventsRequest(tenant="default", assignment=a.token)
+    )
+    assert everything.total == 21 and everything.events[0].alternate_id == "a"
+    assert {e.assignment for e in everything.events} == {a.token}
+    window = await c.events.ListAssignmentEvents(
+        svc.ListAssignmentEventsRequest(
+            tenant="default",
+            assignment=a.token,
+            type=svc.EVENT_TYPE_MEASUREMENT,
+            since_ms=T0 + 5,
+            until_ms=T0 + 14,
+            page=svc.PageRequest(page=2, page_size=4),
+        )
+    )
+    assert window.total == 10 and [e.alternate_id for e in window.events] == ["m10", "m9", "m8", "m7"]
+
+    ghost = svc.ListAssignmentEventsRequest(tenant="default", assignment="ghost")
+    assert await _code(c.events.ListAssignmentEvents(ghost)) == grpc.StatusCode.NOT_FOUND
+    empty = svc.ListAssignmentEventsRequest(tenant="default")
+    assert await _code(c.events.ListAssignmentEvents(empty)) == grpc.StatusCode.NOT_FOUND
+    other = svc.ListAssignmentEventsRequest(tenant="beta", assignment=a.token)
+    assert await _code(c.events.ListAssignmentEvents(other)) == grpc.StatusCode.NOT_FOUND
+    for bad in (
+        svc.ListAssignmentEventsRequest(tenant="default", assignment=a.token, type=99),  # type: ignore[arg-type]
+        svc.ListAssignmentEventsRequest(
+            tenant="default", assignment=a.token, page=svc.PageRequest(page_size=5000)
+        ),
+        svc.ListAssignmentEventsRequest(tenant="default", assignment=a.token, since_ms=-1),
+    ):
+        assert await _code(c.events.ListAssignmentEvents(bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+
+async def test_an_invocation_with_its_events(grpc_api: Clients) -> None:
+    c = grpc_api
+    await _setup(c)
+    inv = await c.commands.Invoke(svc.InvokeCommandRequest(tenant="default", device="d-1", command="ping"))
+    req = svc.ListInvocationEventsRequest(tenant="default", id=inv.id)
+    before = await c.events.ListInvocationEvents(req)
+    assert before.invocation == inv and list(before.events) == []
+
+    sent = pb.Event(
+        tenant="default",
+        device="d-1",
+        id=inv.id,
+        alternate_id=inv.id,
+        event_time_ms=inv.created_ms,
+        command_invocation=pb.CommandInvocation(invocation=inv.id, command="ping"),
+    )
+    answer = pb.Event(
+        tenant="default",
+        device="d-1",
+        alternate_id="r1",
+        event_time_ms=inv.created_ms + 50,
+        command_response=pb.CommandResponse(invocation=inv.id, response_json='{"pong": true}'),
+    )
+    await c.stack.event_store.add("default", [answer, sent])
+    after = await c.events.ListInvocationEvents(req)
+    assert [e.WhichOneof("payload") for e in after.events] == ["command_invocation", "command_response"]
+    assert after.events[0].id == inv.id and after.events[1].command_response.response_json == '{"pong": true}'
+
+    unknown = svc.ListInvocationEventsRequest(tenant="default", id="nope")
+    assert await _code(c.events.ListInvocationEvents(unknown)) == grpc.StatusCode.NOT_FOUND
+    other = svc.ListInvocationEventsRequest(tenant="beta", id=inv.id)
+    assert await _code(c.events.ListInvocationEvents(other)) == grpc.StatusCode.NOT_FOUND
+    no_tenant = svc.ListInvocationEventsRequest(id=inv.id)
+    assert await _code(c.events.ListInvocationEvents(no_tenant)) == grpc.StatusCode.INVALID_ARGUMENT

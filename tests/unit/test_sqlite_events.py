@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fieldgate.cloud.errors import InvalidRequest
-from fieldgate.cloud.store import EventQuery
+from fieldgate.cloud.store import AssignmentEventQuery, EventQuery
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore, event_id
 from fieldgate.v1 import events_pb2 as pb
 
@@ -204,3 +205,138 @@ async def test_a_large_batch_is_stored(store: SqliteEventStore) -> None:
     events = [measurement(f"dev-{i % 7}", t=T0 + i) for i in range(3000)]
     assert len(await store.add("acme", events)) == 3000
     assert (await store.list_device_events(EventQuery("acme", "dev-3", page_size=1))).total == 429
+
+
+# --- assignments and invocations ------------------------------------------------------------------
+
+
+def assigned(e: pb.Event, assignment: str) -> pb.Event:
+    e.assignment = assignment
+    return e
+
+
+async def test_assignment_events_newest_first_with_kind_time_and_paging(store: SqliteEventStore) -> None:
+    # dev-1 under assignment A1 then A2; dev-2 under A3; one event before any assignment.
+    a1 = [assigned(measurement(t=T0 + i * 10), "A1") for i in range(12)]
+    a1_alerts = [assigned(alert(t=T0 + i * 10 + 1), "A1") for i in range(3)]
+    a2 = [assigned(measurement(t=T0 + 1000 + i), "A2") for i in range(4)]
+    other_device = [assigned(measurement("dev-2", t=T0 + i), "A3") for i in range(5)]
+    unassigned = measurement(t=T0 - 5)
+    await store.add("acme", [*a1, *a1_alerts, *a2, *other_device, unassigned])
+
+    everything = await store.list_assignment_events(AssignmentEventQuery("acme", "A1"))
+    assert everything.total == 15 and {e.assignment for e in everything.items} == {"A1"}
+    times = [e.event_time_ms for e in everything.items]
+    assert times == sorted(times, reverse=True)
+
+    seen: list[pb.Event] = []
+    for page_no in (1, 2, 3, 4):
+        page = await store.list_assignment_events(
+            AssignmentEventQuery("acme", "A1", kind="measurement", page=page_no, page_size=5)
+        )
+        assert page.total == 12 and page.page == page_no
+        seen.extend(page.items)
+    assert seen == list(reversed(a1))
+
+    alerts = await store.list_assignment_events(AssignmentEventQuery("acme", "A1", kind="alert"))
+    assert [e.alternate_id for e in alerts.items] == [e.alternate_id for e in reversed(a1_alerts)]
+    window = await store.list_assignment_events(
+        AssignmentEventQuery("acme", "A1", since_ms=T0 + 10, until_ms=T0 + 21)
+    )
+    assert [e.event_time_ms for e in window.items] == [T0 + 21, T0 + 20, T0 + 11, T0 + 10]
+    a2_page = await store.list_assignment_events(AssignmentEventQuery("acme", "A2"))
+    assert a2_page.items == list(reversed(a2))
+    # the device's own listing still shows everything, assigned or not
+    assert (await store.list_device_events(EventQuery("acme", "dev-1"))).total == 20
+
+
+async def test_events_without_an_assignment_are_not_listed_under_the_empty_token(
+    store: SqliteEventStore,
+) -> None:
+    await store.add("acme", [measurement(), measurement()])
+    assert (await store.list_assignment_events(AssignmentEventQuery("acme", ""))).total == 0
+    assert (await store.list_assignment_events(AssignmentEventQuery("acme", "nope"))).total == 0
+
+
+async def test_assignment_events_are_per_tenant(store: SqliteEventStore, tmp_path: Path) -> None:
+    await store.add("acme", [assigned(measurement(), "shared")])
+    await store.add("globex", [assigned(measurement(tenant="globex"), "shared")])
+    acme = await store.list_assignment_events(AssignmentEventQuery("acme", "shared"))
+    assert acme.total == 1 and acme.items[0].tenant == "acme"
+    nobody = await store.list_assignment_events(AssignmentEventQuery("nobody", "shared"))
+    assert nobody.total == 0
+    assert (await store.list_assignment_events(AssignmentEventQuery("../etc", "shared"))).total == 0
+    assert event_files(tmp_path) == ["events-acme.db", "events-globex.db"]
+
+
+async def test_invalid_assignment_queries_are_rejected(store: SqliteEventStore) -> None:
+    for bad in (
+        AssignmentEventQuery("acme", "A1", kind="bogus"),
+        AssignmentEventQuery("acme", "A1", page=0),
+        AssignmentEventQuery("acme", "A1", page_size=0),
+    ):
+        with pytest.raises(InvalidRequest):
+            await store.list_assignment_events(bad)
+    with pytest.raises(InvalidRequest):
+        await store.events_for_invocation("acme", "x", limit=0)
+
+
+def invocation_event(inv_id: str, t: int = T0) -> pb.Event:
+    e = pb.Event(tenant="acme", device="dev-1", id=inv_id, alternate_id=inv_id, event_time_ms=t)
+    e.command_invocation.invocation = inv_id
+    e.command_invocation.command = "ping"
+    return e
+
+
+def response(inv_id: str, t: int) -> pb.Event:
+    e = pb.Event(tenant="acme", device="dev-1", alternate_id=uuid.uuid4().hex, event_time_ms=t)
+    e.command_response.invocation = inv_id
+    e.command_response.response_json = f'{{"t": {t}}}'
+    return e
+
+
+async def test_an_invocation_and_all_its_responses_oldest_first_and_bounded(store: SqliteEventStore) -> None:
+    inv_id, other = uuid.uuid4().hex, uuid.uuid4().hex
+    responses = [response(inv_id, T0 + 10 + i) for i in range(5)]
+    stored = await store.add(
+        "acme", [responses[3], invocation_event(inv_id), *responses[:3], responses[4], response(other, T0)]
+    )
+    assert len(stored) == 7
+    got = await store.events_for_invocation("acme", inv_id)
+    assert [e.WhichOneof("payload") for e in got] == ["command_invocation"] + ["command_response"] * 5
+    assert [e.event_time_ms for e in got] == [T0] + [T0 + 10 + i for i in range(5)]
+    assert len(await store.events_for_invocation("acme", inv_id, limit=2)) == 2
+    assert [e.command_response.invocation for e in await store.events_for_invocation("acme", other)] == [
+        other
+    ]
+    assert await store.events_for_invocation("acme", "unknown") == []
+    assert await store.events_for_invocation("globex", inv_id) == []
+
+
+async def test_a_database_of_the_previous_schema_gains_the_assignment_indexes(tmp_path: Path) -> None:
+    s1 = SqliteEventStore(tmp_path)
+    await s1.start()
+    await s1.add("acme", [assigned(measurement(t=T0 + i), "A1") for i in range(3)])
+    await s1.stop()
+    # What a database written before assignment queries existed looks like.
+    with sqlite3.connect(tmp_path / "events-acme.db") as conn:
+        conn.execute("DROP INDEX events_by_assignment_time")
+        conn.execute("DROP INDEX events_by_assignment_rare_kind_time")
+    s2 = SqliteEventStore(tmp_path)
+    await s2.start()
+    try:
+        assert (await s2.list_assignment_events(AssignmentEventQuery("acme", "A1"))).total == 3
+    finally:
+        await s2.stop()
+    with sqlite3.connect(tmp_path / "events-acme.db") as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT data FROM events WHERE assignment = ? AND assignment != ''"
+                " ORDER BY event_time_ms DESC",
+                ("A1",),
+            )
+        )
+    assert {"events_by_assignment_time", "events_by_assignment_rare_kind_time"} <= names
+    assert "events_by_assignment_time" in plan
