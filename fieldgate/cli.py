@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(ns.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
-    for noisy in ("amqtt", "transitions", "uvicorn.error"):
+    for noisy in ("amqtt", "transitions", "uvicorn.error", "kazoo.client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pymodbus logs every timeout with a frame dump; the Modbus adapter counts and reports them.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from fieldgate.edge.config import BufferConfig, EdgeConfig, MqttConfig, UplinkCo
 from fieldgate.errors import ConfigError, FieldgateError
 from fieldgate.sims.mqtt import MqttDeviceSim
 from fieldgate.southbound_sims import SouthboundSims
+from fieldgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,10 @@ class SuiteOptions:
 # The cloud services of distributed mode, in start order (``fieldgate cloud run <service>``):
 # ingest (gRPC uplink + command delivery) first, the REST api last, once the stages consume.
 DISTRIBUTED_SERVICES: tuple[str, ...] = ("ingest", "inbound", "registration", "event-store", "api")
+# A service that dies is started again after 1, 2, 4 ... RESTART_MAX_S seconds; the backoff
+# starts over once a run lasted RESTART_RESET_S.
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0
 
 
 class Suite:
@@ -116,7 +122,9 @@ class Suite:
         )
         self._cloud: CloudApp | None = None
         self.cloud_procs: dict[str, asyncio.subprocess.Process] = {}
-        self._cloud_pumps: list[asyncio.Task[None]] = []
+        self._cloud_supervisors: list[asyncio.Task[None]] = []
+        self._cloud_env: dict[str, str] = {}
+        self._cloud_stopping = False
         self.zookeeper: ZooKeeperServer | None = None
         self.kafka: KafkaServer | None = None
         self.cassandra: CassandraServer | None = None
@@ -285,19 +293,60 @@ class Suite:
         path = self._write_cloud_config()
         env = {k: v for k, v in os.environ.items() if k != "FIELDGATE_ADMIN_PASSWORD"}
         env["PYTHONUNBUFFERED"] = "1"
+        self._cloud_env = env
         for service in DISTRIBUTED_SERVICES:
-            extra = self._admin_env() if service == "api" else {}
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fieldgate.cli", "--log-level", self.options.log_level,
-                "cloud", "run", "--config", str(path), service,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**env, **extra},
-            )  # fmt: skip
-            self.cloud_procs[service] = proc
-            assert proc.stdout is not None
-            await self._wait_for_line(proc, proc.stdout, b"cloud up (", f"cloud service {service}", timeout_s)
-            self._cloud_pumps.append(asyncio.create_task(self._pump(proc.stdout), name=f"{service}-output"))
+            await self._spawn_service(service, path, timeout_s)
+            self._cloud_supervisors.append(
+                asyncio.create_task(self._supervise(service, path), name=f"supervise-{service}")
+            )
         await self._wait_port(self._grpc_port, timeout_s)
         await self._wait_port(self._rest_port, timeout_s)
+
+    async def _spawn_service(self, service: str, path: Path, timeout_s: float) -> asyncio.subprocess.Process:
+        """``fieldgate cloud run --config path service``, returned once it printed ``cloud up``."""
+        extra = self._admin_env() if service == "api" else {}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fieldgate.cli", "--log-level", self.options.log_level,
+            "cloud", "run", "--config", str(path), service,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**self._cloud_env, **extra},
+        )  # fmt: skip
+        self.cloud_procs[service] = proc
+        assert proc.stdout is not None
+        await self._wait_for_line(proc, proc.stdout, b"cloud up (", f"cloud service {service}", timeout_s)
+        return proc
+
+    async def _supervise(self, service: str, path: Path, timeout_s: float = 180.0) -> None:
+        """Echo the service's output; when it dies (a crash, a kill -9), start it again after
+        a capped backoff, as a process supervisor would. Cancelled by stop()."""
+        failures = 0
+        while True:
+            proc = self.cloud_procs[service]
+            started = time.monotonic()
+            assert proc.stdout is not None
+            await self._pump(proc.stdout)
+            code = await proc.wait()
+            if self._cloud_stopping:
+                return
+            if time.monotonic() - started > RESTART_RESET_S:
+                failures = 0
+            delay = min(RESTART_MAX_S, 2.0**failures)
+            failures += 1
+            log.warning(
+                "cloud service %s (pid %d) exited with code %s; starting it again in %.0fs",
+                service, proc.pid, code, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            if self._cloud_stopping:
+                return
+            try:
+                new = await self._spawn_service(service, path, timeout_s)
+            except SuiteError as err:
+                log.error("cloud service %s did not start again: %s", service, err)
+                continue
+            if self._cloud_stopping:
+                await self._terminate(new, f"cloud service {service}", 20.0)
+                return
+            log.warning("cloud service %s is running again (pid %d)", service, new.pid)
 
     @staticmethod
     async def _wait_for_line(
@@ -340,13 +389,16 @@ class Suite:
 
     async def _stop_cloud_processes(self, grace_s: float = 20.0) -> None:
         """In reverse start order: api first, ingest (the edge streams) last."""
+        self._cloud_stopping = True  # the supervisors restart nothing from here on
         for service, proc in reversed(list(self.cloud_procs.items())):
             await self._terminate(proc, f"cloud service {service}", grace_s)
+        supervisors, self._cloud_supervisors = self._cloud_supervisors, []
+        if supervisors:  # they echo the last output lines, then return
+            await asyncio.wait(supervisors, timeout=grace_s)
+        await cancel_and_wait(*supervisors)
+        for service, proc in self.cloud_procs.items():  # one a supervisor started meanwhile
+            await self._terminate(proc, f"cloud service {service}", grace_s)
         self.cloud_procs.clear()
-        for pump in self._cloud_pumps:
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        self._cloud_pumps.clear()
 
     @staticmethod
     async def _terminate(proc: asyncio.subprocess.Process, what: str, grace_s: float) -> None:
@@ -449,5 +501,8 @@ class Suite:
             yield f"Cassandra    {self.cassandra.contact_point}"
         for service, proc in self.cloud_procs.items():
             yield f"Cloud        {service} (pid {proc.pid})"
+        if self.options.distributed:
+            cfg = self.options.data_dir / "cloud.yaml"
+            yield f"Cloud config {cfg}  (fieldgate cloud run|tenant|replay --config {cfg})"
         for line in self.southbound.describe() if self.southbound else ():
             yield f"Simulator    {line}"

@@ -11,6 +11,7 @@ system.local`` answers. JMX is left off (no fixed 7199 port).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -150,6 +151,12 @@ def logback_xml(workdir: Path) -> Path:
 def _answers(host: str, port: int) -> bool:
     from cassandra.cluster import Cluster, NoHostAvailable
 
+    # Until the native port accepts connections, do not ask the driver: it logs each refused
+    # attempt with a traceback at ERROR, which would bury the real output while Cassandra starts.
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
     cluster = Cluster([host], port=port, connect_timeout=3, protocol_version=5)
     try:
         session = cluster.connect()

@@ -8,6 +8,7 @@ publish reaches REST, and a REST command reaches a device on MQTT and its answer
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,24 @@ async def test_publish_and_command_round_trip(suite: Suite, api: httpx.AsyncClie
         assert dev.received and dev.received[0]["command"] == "ping"
     finally:
         dev.stop()
+
+    # kill -9 of a service: the suite starts it again, and events flow on (none lost).
+    for service in ("event-store", "ingest"):
+        victim = suite.cloud_procs[service]
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+
+        async def restarted(s: str = service, v: asyncio.subprocess.Process = victim) -> bool:
+            return suite.cloud_procs[s].pid != v.pid and suite.cloud_procs[s].returncode is None
+
+        await eventually(restarted, timeout=60, what=f"{service} started again")
+        device = f"after-kill-{service}"
+        await asyncio.to_thread(
+            publish_once,
+            suite.mqtt_port,
+            f"fieldgate/default/devices/{device}/events",
+            {"type": "measurement", "values": {"n": 1}},
+        )
+        await eventually(
+            lambda d=device: events_of(api, d), timeout=90, what=f"an event after {service} restarted"
+        )
