@@ -35,6 +35,7 @@ import yaml
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
+from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
 from fieldgate.config import validate
 from fieldgate.devservers import (
     CassandraServer,
@@ -131,8 +132,6 @@ class Suite:
         if options.distributed:
             if not options.edge_process:
                 raise ConfigError("distributed mode needs the edge agent in its own process (edge_process)")
-            if options.southbound:
-                raise ConfigError("southbound sims are not supported in distributed mode yet (MQTT sims are)")
             # Fixed ports: each service is its own process and the edge must know the gRPC port.
             self._rest_port = options.rest_port or free_port()
             self._grpc_port = options.grpc_port or free_port()
@@ -205,7 +204,7 @@ class Suite:
                     self.options.southbound, self.options.data_dir / "sims", rate_hz=self.options.sim_rate_hz
                 )
                 await self.southbound.start()
-                await self.southbound.register(self.cloud.registry)
+                await self._register_southbound(self.southbound)
             if self.options.edge_process:
                 await self._start_edge_process()
             else:
@@ -260,6 +259,19 @@ class Suite:
             self.cassandra = cassandra
         if failures:
             raise SuiteError(f"a server did not start: {failures[0]}") from failures[0]
+
+    async def _register_southbound(self, sims: SouthboundSims) -> None:
+        """Register the sims' devices (with their commands) in the cloud's registry: the
+        in-process app's, or in distributed mode the registry files the services share."""
+        if not self.options.distributed:
+            await sims.register(self.cloud.registry)
+            return
+        registry = SqliteRegistry(self._cloud_config.data_dir / "registry")
+        await registry.start()
+        try:
+            await sims.register(registry)
+        finally:
+            await registry.stop()
 
     def _write_cloud_config(self) -> Path:
         assert self.zookeeper is not None and self.kafka is not None and self.cassandra is not None
