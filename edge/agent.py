@@ -196,7 +196,7 @@ class EdgeAgent:
         if not accepted:
             return
         await self.buffer.append(accepted)
-        self.metrics.events_accepted.inc(len(accepted))
+        self.metrics.count_accepted(len(accepted))
         for event in accepted:
             if event.WhichOneof("payload") == "command_response":
                 try:

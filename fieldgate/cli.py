@@ -252,6 +252,12 @@ def _cmd_cloud_decode(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim_mqtt(ns: argparse.Namespace) -> int:
+    from fieldgate.sims.mqtt import run_from_args
+
+    return run_from_args(ns)
+
+
 def _cmd_edge_run(ns: argparse.Namespace) -> int:
     from fieldgate import config as cfg
     from fieldgate.edge.agent import EdgeAgent
@@ -408,10 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="simulated devices").add_subparsers(dest="sim_cmd", required=True)
     sm = sim.add_parser("mqtt", help="simulated MQTT devices")
-    from fieldgate.sims.mqtt import add_cli_arguments, run_from_args
+    from fieldgate.sims.mqtt_cli import add_cli_arguments
 
     add_cli_arguments(sm)
-    sm.set_defaults(func=run_from_args)
+    sm.set_defaults(func=_cmd_sim_mqtt)
 
     conf = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="config_cmd", required=True

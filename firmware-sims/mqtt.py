@@ -57,7 +57,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -75,16 +75,14 @@ from fieldgate.sims.device import (
     measurement,
 )
 from fieldgate.sims.errors import CommandError, SimConfigError, SimConnectError
+from fieldgate.sims.mqtt_cli import DEFAULT_MAX_INFLIGHT, FORMATS, Format, add_cli_arguments
 from fieldgate.timeutil import now_ms
 
 __all__ = ["MqttDeviceSim", "SimStats", "add_cli_arguments", "run_from_args"]
 
 log = logging.getLogger(__name__)
 
-Format = Literal["json", "sitewhere"]
-FORMATS: tuple[Format, ...] = ("json", "sitewhere")
 
-DEFAULT_MAX_INFLIGHT = 1000
 # paho uses 16-bit message ids per connection; past this it refuses or stalls.
 PAHO_MID_LIMIT = 65_535
 # Topics per SUBSCRIBE packet when one connection carries many devices.
@@ -696,59 +694,6 @@ def _check(ok: bool, message: str) -> None:
 
 
 # --------------------------------------------------------------------- CLI
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``fieldgate sim mqtt`` (docs/simulators.md)."""
-    parser.add_argument("--host", default="127.0.0.1", help="MQTT broker host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=1883, help="MQTT broker port (default 1883)")
-    parser.add_argument("--tenant", default="default", help="tenant in the topics (default 'default')")
-    parser.add_argument("--devices", type=int, default=1, help="number of devices sim-0001.. (default 1)")
-    parser.add_argument(
-        "--device",
-        action="append",
-        dest="device_tokens",
-        metavar="TOKEN",
-        help="simulate this device token (repeatable; replaces --devices)",
-    )
-    parser.add_argument("--prefix", default="sim", help="token prefix for --devices (default 'sim')")
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=1.0,
-        help="messages per second per device (default 1); 0 = as fast as the in-flight window allows",
-    )
-    parser.add_argument(
-        "--batch", type=int, default=1, help="events per message, sent as a JSON array (default 1)"
-    )
-    parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="QoS of data messages (default 1)")
-    parser.add_argument(
-        "--format",
-        dest="sim_format",
-        choices=FORMATS,
-        default="json",
-        help="json (fieldgate topics) or sitewhere (DeviceMeasurement on SiteWhere/<tenant>/input/json)",
-    )
-    parser.add_argument("--duration", type=float, help="stop sending after this many seconds")
-    parser.add_argument("--count", type=int, help="stop after this many messages in total")
-    parser.add_argument(
-        "--connections", type=int, help="MQTT connections shared by the devices (default one each)"
-    )
-    parser.add_argument(
-        "--max-inflight",
-        type=int,
-        default=DEFAULT_MAX_INFLIGHT,
-        help=f"unacknowledged messages allowed at once (default {DEFAULT_MAX_INFLIGHT})",
-    )
-    parser.add_argument(
-        "--with-ids", action="store_true", help="give every event a unique 'id' (alternate id)"
-    )
-    parser.add_argument("--username", help="MQTT user name")
-    parser.add_argument("--password", help="MQTT password (or set FIELDGATE_SIM_PASSWORD)")
-    parser.add_argument("--seed", type=int, help="seed of the random walks (reproducible readings)")
-    parser.add_argument(
-        "--progress", type=float, default=10.0, help="seconds between progress lines on stderr (0: none)"
-    )
 
 
 def run_from_args(ns: argparse.Namespace) -> int:

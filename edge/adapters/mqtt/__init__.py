@@ -17,11 +17,14 @@ durable. Topic contract: docs/protocols/mqtt.md; broker operations: docs/operati
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
-from fieldgate.edge.adapters.mqtt.embedded import EmbeddedMqttAdapter
-from fieldgate.edge.adapters.mqtt.external import ExternalMqttAdapter
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.config import MqttConfig
+
+if TYPE_CHECKING:
+    from fieldgate.edge.adapters.mqtt.embedded import EmbeddedMqttAdapter
+    from fieldgate.edge.adapters.mqtt.external import ExternalMqttAdapter
 
 __all__ = ["EmbeddedMqttAdapter", "ExternalMqttAdapter", "MqttStats", "build_mqtt_adapter"]
 
@@ -29,7 +32,27 @@ __all__ = ["EmbeddedMqttAdapter", "ExternalMqttAdapter", "MqttStats", "build_mqt
 def build_mqtt_adapter(
     config: MqttConfig, *, tenants: Collection[str]
 ) -> EmbeddedMqttAdapter | ExternalMqttAdapter:
-    """The backend ``config.mode`` names, accepting devices of ``tenants`` only."""
+    """The backend ``config.mode`` names, accepting devices of ``tenants`` only.
+
+    Each backend's MQTT library is imported only when that backend is used (amqtt for
+    embedded, paho for external): an edge agent loads what it runs, which keeps its memory low.
+    """
     if config.mode == "embedded":
+        from fieldgate.edge.adapters.mqtt.embedded import EmbeddedMqttAdapter
+
         return EmbeddedMqttAdapter(config, tenants=tenants)
+    from fieldgate.edge.adapters.mqtt.external import ExternalMqttAdapter
+
     return ExternalMqttAdapter(config, tenants=tenants)
+
+
+def __getattr__(name: str) -> Any:  # the backends' classes, imported on first use
+    if name == "EmbeddedMqttAdapter":
+        from fieldgate.edge.adapters.mqtt.embedded import EmbeddedMqttAdapter
+
+        return EmbeddedMqttAdapter
+    if name == "ExternalMqttAdapter":
+        from fieldgate.edge.adapters.mqtt.external import ExternalMqttAdapter
+
+        return ExternalMqttAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
