@@ -11,7 +11,9 @@ share the stage's partitions through Kafka consumer groups):
 * ``inbound``, ``registration``, ``event-store`` — one consumer stage each;
 * ``ingest`` — the gRPC server (edge uplink and the gRPC APIs) *and* command delivery:
   delivering a command means writing to the edge's open uplink stream, which only the process
-  hosting that stream has (``command-delivery`` names the same process);
+  hosting that stream has (``command-delivery`` names the same process). Its replicas do not
+  share [command-invocations]: each reads all of it in its own group
+  (``command-delivery.<replica_id>``) and sends what its edges own;
 * ``api`` — the REST API (command requests go to the bus like everywhere else).
 
 The bus and the event store come from :mod:`fieldgate.cloud.backends`. When
@@ -209,9 +211,16 @@ class CloudApp:
             )
         self.ingest: IngestService | None = None
         if "ingest" in self.services:
+            # Each ingest replica reads every invocation (group command-delivery.<replica>);
+            # the one hosting the device's edge stream sends it.
             self.stages.append(
                 CommandDelivery(
-                    self.bus, self.sessions, self.invocations, self.event_store, topic_prefix=prefix
+                    self.bus,
+                    self.sessions,
+                    self.invocations,
+                    self.event_store,
+                    topic_prefix=prefix,
+                    replica_id=config.effective_replica_id(),
                 )
             )
             ingest = IngestService(

@@ -4,11 +4,12 @@ status of every invocation until it is answered, failed or expired.
 Four inputs move an invocation forward (the invocation store ignores backward moves, and
 terminal states are final, so the order in which they arrive does not matter):
 
-* ``[command-invocations]`` (consumer group ``command-delivery``): the command_invocation
-  event published by :class:`~fieldgate.cloud.invocations.CommandService`. It is stored in the
-  event store (idempotent; so the invocation shows in the device's event history) and, if the
-  device's edge is connected, sent down as ``CommandDown``. The status stays QUEUED until the
-  edge reports; if no edge is connected it just stays QUEUED.
+* ``[command-invocations]`` (consumer group ``command-delivery.<replica>``, one per ingest
+  replica — see below): the command_invocation event published by
+  :class:`~fieldgate.cloud.invocations.CommandService`. It is stored in the event store
+  (idempotent; so the invocation shows in the device's event history) and, if the device's
+  edge is connected *to this process*, sent down as ``CommandDown``. The status stays QUEUED
+  until the edge reports; if no edge is connected here it just stays QUEUED.
 * Routes (:class:`~fieldgate.cloud.ingest.EdgeSessions` route listener): when a device becomes
   reachable — its edge connected, or it sent its first event through an edge — its QUEUED
   invocations are sent (again). The edge de-duplicates a re-sent invocation id.
@@ -20,6 +21,20 @@ terminal states are final, so the order in which they arrive does not matter):
 A sweep (every ``sweep_interval_s``) expires QUEUED invocations past their time-to-live and
 retries sends that were refused because an edge's outbound queue was full.
 
+Several ingest replicas: an edge holds one stream, to one replica, and only that replica can
+write to it. So every replica must see every invocation: each reads ``[command-invocations]``
+in a consumer group of its own, ``command-delivery.<replica_id>`` (stable across restarts of
+the replica, so a restart resumes from its committed offsets). The replica hosting the
+device's edge sends; the others count it in ``stats.waiting_offline`` and leave it QUEUED.
+When the edge fails over to another replica, that replica learns the edge's devices from
+what the edge sends (its buffered events are sent again first, and its unconfirmed command
+statuses) and flushes their QUEUED invocations, like after a restart. Nothing here needs to
+be unique per invocation: a first start of a replica re-reads the topic's history (stores
+the invocation events again, idempotently; skips everything no longer QUEUED; expires what
+is past its time-to-live), the invocation store serialises status moves (terminal states are
+final, so two replicas' sweeps expiring the same invocation change it once), and an edge
+de-duplicates an invocation id it already has.
+
 Bounded state: the set of devices waiting for a flush holds at most ``max_pending_devices``;
 on overflow it is dropped and the next flush re-scans every reachable device instead
 (counted in ``stats.flush_overflows``).
@@ -29,10 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS, PERSISTED, Bus, Record
+from fieldgate.cloud.config import REPLICA_ID_PATTERN
 from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.ingest import EdgeSessions
 from fieldgate.cloud.stage import (
@@ -48,8 +65,23 @@ from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 
+# Consumer groups: [command-invocations] is read by every ingest replica in a group of its own,
+# <DELIVERY_GROUP>.<replica_id>; [persisted] (command responses: any replica may apply them,
+# once is enough) in one group shared by all replicas.
 DELIVERY_GROUP = "command-delivery"
 RESPONSES_GROUP = "command-responses"
+_REPLICA_ID = re.compile(REPLICA_ID_PATTERN)
+
+
+def delivery_group(replica_id: str) -> str:
+    """The consumer group in which the ingest replica ``replica_id`` reads [command-invocations]."""
+    if not _REPLICA_ID.fullmatch(replica_id):
+        raise ValueError(
+            f"replica id {replica_id!r} is invalid: 1-100 characters, letters, digits, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return f"{DELIVERY_GROUP}.{replica_id}"
+
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +113,11 @@ def _down(tenant: str, device: str, invocation: pb.CommandInvocation) -> svc.Com
 
 
 class CommandDelivery:
-    """Delivers invocations to edges and tracks their status (see the module docstring)."""
+    """Delivers invocations to edges and tracks their status (see the module docstring).
+
+    ``replica_id`` names this ingest replica (its consumer group on [command-invocations]);
+    give each replica its own and keep it across restarts. ValueError if it is malformed.
+    """
 
     def __init__(
         self,
@@ -91,12 +127,14 @@ class CommandDelivery:
         event_store: EventStore,
         *,
         topic_prefix: str = "fieldgate",
+        replica_id: str = "default",
         settings: StageSettings | None = None,
         sweep_interval_s: float = 1.0,
         max_pending_devices: int = 10_000,
         flush_concurrency: int = 8,
     ) -> None:
         self.stats = CommandStats()
+        self.group = delivery_group(replica_id)
         self._sessions = sessions
         self._invocations = invocations
         self._events = event_store
@@ -113,7 +151,7 @@ class CommandDelivery:
         self.delivery_stage = ConsumerStage(
             "command-delivery",
             bus,
-            group=DELIVERY_GROUP,
+            group=self.group,
             stage=COMMAND_INVOCATIONS,
             handler=self._handle_invocations,
             settings=settings,

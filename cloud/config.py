@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 
 from fieldgate.config import Frozen
+
+# Also part of a Kafka consumer group name (command-delivery.<replica_id>).
+REPLICA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class TenantConfig(Frozen):
@@ -80,3 +85,17 @@ class CloudConfig(Frozen):
     zookeeper: ZookeeperConfig | None = None
     # Default time-to-live of a command invocation when the request gives none.
     default_command_ttl_s: int = Field(3600, ge=1)
+    # This process's name among the `ingest` replicas: its command delivery reads
+    # [command-invocations] in its own consumer group `command-delivery.<replica_id>` (every
+    # replica sees every invocation; the one hosting the device's edge sends it). Keep it
+    # stable across restarts of the same replica; None = "<host name>-<grpc_port>".
+    replica_id: str | None = Field(None, pattern=REPLICA_ID_PATTERN)
+
+    def effective_replica_id(self) -> str:
+        """``replica_id``, or ``<host name>-<grpc_port>`` (host name characters outside the
+        pattern replaced by ``-``): stable across restarts, distinct for the replicas of one
+        machine as long as they listen on distinct fixed ports."""
+        if self.replica_id is not None:
+            return self.replica_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("._-")[:80] or "host"
+        return f"{host}-{self.grpc_port}"

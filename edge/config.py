@@ -51,7 +51,10 @@ class BufferConfig(Frozen):
 class UplinkConfig(Frozen):
     """The gRPC stream to the cloud."""
 
-    target: str = "127.0.0.1:50051"
+    # A gRPC target: host:port, or several ingest replicas to fail over between
+    # ("ipv4:10.0.0.1:50051,10.0.0.2:50051"; "dns:///ingest.example:50051" for a name with
+    # several addresses). The first that answers is used; a lost stream starts over at the first.
+    target: str = Field("127.0.0.1:50051", min_length=1)
     batch_max_events: int = Field(1000, ge=1, le=10_000)
     batch_max_delay_ms: float = Field(10.0, ge=0)
     # Batches sent but not yet acknowledged; beyond this the uplink waits (backpressure).

@@ -16,6 +16,14 @@ Why it is shaped like this:
 - **Reconnect policy.** On any stream failure the uplink waits a capped exponential backoff
   with jitter (:func:`backoff_delay`) and reconnects on a fresh channel, logging and counting
   every attempt. The backoff starts over after a session that lived a while.
+- **Failover between cloud replicas.** ``target`` is a gRPC target, so it may name several
+  ingest replicas (``ipv4:10.0.0.1:50051,10.0.0.2:50051``, or a DNS name with several
+  addresses); gRPC's default ``pick_first`` policy connects to the first that answers. Since
+  every session uses a fresh channel, a lost session is retried (after the backoff) from the
+  first address again, and a replica that is gone is skipped at once (connection refused).
+  The new replica gets the buffer from its beginning, like any reconnect. Client keepalive
+  pings (:data:`KEEPALIVE_OPTIONS`) end a stream whose replica vanished without closing its
+  connection (a host that lost power), so the failover does not wait for TCP to give up.
 - **Command statuses survive outages.** :meth:`Uplink.send_status` writes a status if a
   session is up; the :class:`StatusOutbox` (the command router's table) keeps every status
   until it is *confirmed*. A status counts as confirmed once the cloud acknowledges a batch
@@ -53,6 +61,15 @@ HEALTHY_SESSION_S = 1.0
 # Statuses written on a stream and waiting for a later BatchAck to confirm them. Past this
 # the oldest are forgotten here; they stay unconfirmed in the outbox and are resent later.
 MAX_UNCONFIRMED_TRACKED = 10_000
+
+# Ping the cloud every 20 s, also while nothing is sent, and give up on the stream when a
+# ping is not answered within 10 s. The cloud's ingest server accepts pings 5 s apart or more.
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 OnCommand = Callable[[svc.CommandDown], Awaitable[None]]
 
@@ -251,7 +268,7 @@ class Uplink:
         """Run one session until it fails (it always ends by raising)."""
         # A fresh channel per session: a channel that saw the cloud go away applies gRPC's own
         # reconnect backoff (up to 2 minutes), which would override ours.
-        channel = grpc.aio.insecure_channel(self._config.target)
+        channel = grpc.aio.insecure_channel(self._config.target, options=list(KEEPALIVE_OPTIONS))
         try:
             connect = channel.stream_stream(CONNECT_METHOD, _serialize, svc.CloudMessage.FromString)
             call: grpc.aio.StreamStreamCall[svc.EdgeMessage | bytes, svc.CloudMessage] = connect(None)

@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the one cloud process, so stop that too). Re-running a stage is safe: every stage is "
         "idempotent (the event store keys events on their alternate ids, so nothing is stored "
         "twice). Stage groups: inbound (stage decoded), registration (unregistered), "
-        "persistence (enriched), command-delivery (command-invocations).",
+        "persistence (enriched), command-delivery.<replica_id> (command-invocations; one group per "
+        "ingest replica, docs/operations/distributed.md).",
     )
     rp.add_argument("--config", help="YAML file (docs/configuration.md); FIELDGATE_CLOUD__* env overrides")
     rp.add_argument("--stage", required=True, choices=list(STAGES), help="the topic's stage")

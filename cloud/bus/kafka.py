@@ -643,7 +643,15 @@ class KafkaConsumer:
         if c is None:
             raise BusError("consumer is closed")
         try:
-            msgs = c.consume(max_records, timeout_s)
+            # consume(n, timeout) would wait for n messages or the whole timeout; a stage wants
+            # what is there now, else the first record as soon as it arrives (plus what came
+            # with it). So: take the local queue without waiting, else block on one poll.
+            msgs = c.consume(max_records, 0)
+            if not msgs:
+                first = c.poll(timeout_s)
+                if first is None:
+                    return []
+                msgs = [first, *c.consume(max_records - 1, 0)] if max_records > 1 else [first]
         except KafkaException as err:
             raise BusError(f"consume failed: {_reason(err)}") from err
         out: list[Record] = []
