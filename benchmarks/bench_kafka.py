@@ -45,9 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.hel
 
 from benchlib import machine_line, table
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
-from fieldgate.cloud.bus import DECODED, ENRICHED, PERSISTED, Message, topic_name
+from fieldgate.cloud.bus import DECODED, ENRICHED, PERSISTED, UNREGISTERED, Message, topic_name
 from fieldgate.cloud.bus.kafka import KafkaBus
 from fieldgate.cloud.inbound import InboundProcessing
 from fieldgate.cloud.persistence import EventPersistence
@@ -261,21 +262,82 @@ def make_events(run: str, count: int) -> list[pb.Event]:
 # --- 4. inbound replicas --------------------------------------------------------------------
 
 
-def _inbound_main(bootstrap: str, prefix: str, partitions: int, registry_dir: str, stop: MpEvent) -> None:
+def _stage_main(
+    kind: str, bootstrap: str, prefix: str, partitions: int, data_dir: str, stop: MpEvent
+) -> None:
+    """Child process: one pipeline stage (inbound, registration or persistence) until ``stop``."""
+
     async def body() -> None:
         settings = StageSettings(poll_timeout_s=0.2)
         async with KafkaBus(bootstrap, prefix=prefix, partitions=partitions, metadata_refresh_ms=1000) as bus:
-            registry = SqliteRegistry(Path(registry_dir))
-            inbound = InboundProcessing(bus, registry, settings=settings, topic_prefix=prefix)
-            await registry.start()
-            await inbound.start()
+            registry = SqliteRegistry(Path(data_dir) / "registry")
+            parts: list[object] = [registry]
+            if kind == "inbound":
+                parts.append(InboundProcessing(bus, registry, settings=settings, topic_prefix=prefix))
+            elif kind == "registration":
+                parts.append(
+                    Registration(bus, registry, DEFAULT_TENANTS, settings=settings, topic_prefix=prefix)
+                )
+            else:
+                store = SqliteEventStore(Path(data_dir) / "events")
+                parts += [store, EventPersistence(bus, store, settings=settings, topic_prefix=prefix)]
+            for part in parts:
+                await part.start()  # type: ignore[attr-defined]
             try:
                 await asyncio.to_thread(stop.wait)  # the parent sets it when the phase ends
             finally:
-                await inbound.stop()
-                await registry.stop()
+                for part in reversed(parts):
+                    await part.stop()  # type: ignore[attr-defined]
 
     asyncio.run(body())
+
+
+def _inbound_main(bootstrap: str, prefix: str, partitions: int, registry_dir: str, stop: MpEvent) -> None:
+    _stage_main("inbound", bootstrap, prefix, partitions, str(Path(registry_dir).parent), stop)
+
+
+async def pipeline_processes(
+    bootstrap: str, workdir: Path, messages: Sequence[Message], devices: int, partitions: int
+) -> PipelineResult:
+    """Phase 2b: the same pipeline with each stage in its own process, as in distributed mode."""
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    stop = SPAWN.Event()
+    async with KafkaBus(bootstrap, prefix=prefix, partitions=partitions, metadata_refresh_ms=1000) as bus:
+        for stage in (DECODED, UNREGISTERED, ENRICHED, PERSISTED):
+            await bus.ensure_topic(topic_name(TENANT, stage, prefix))
+        procs = [
+            SPAWN.Process(target=_stage_main, args=(kind, bootstrap, prefix, partitions, str(workdir), stop))
+            for kind in ("inbound", "registration", "persistence")
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            decoded = topic_name(TENANT, DECODED, prefix)
+            warm = warmup_records("pwarm", devices)
+            seen: Counter[str] = Counter()
+            await bus.publish(decoded, warm)
+            await read_stage(bus, "bench-persisted", PERSISTED, ids_of(warm), seen)
+            expected = ids_of(messages)
+            seen.clear()
+            reader = asyncio.create_task(read_stage(bus, "bench-persisted", PERSISTED, expected, seen))
+            t0 = time.monotonic()
+            await bus.publish(decoded, list(messages))
+            t1 = await reader
+            await asyncio.sleep(1.0)  # let a late duplicate show (not counted in the rate)
+            async with bus.consumer("bench-persisted", PERSISTED) as c:
+                for r in await c.poll(1000, 1.0):
+                    for e in pb.EventBatch.FromString(r.value).events:
+                        seen[e.alternate_id] += 1
+        finally:
+            stop.set()
+            for proc in procs:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(10)
+    missing = len(expected - seen.keys())
+    dups = sum(n - 1 for a, n in seen.items() if a in expected and n > 1)
+    return PipelineResult(len(expected) / (t1 - t0), missing, dups)
 
 
 async def inbound_replicas(
@@ -386,6 +448,21 @@ def main() -> int:
                 f"pipeline: {res.events_per_s:,.0f} events/s ({res.events_per_s / base:.2f} of baseline)",
                 flush=True,
             )
+            if ns.store == "sqlite":
+                (work / "procs").mkdir()
+                res = asyncio.run(
+                    pipeline_processes(kafka.bootstrap, work / "procs", messages, ns.devices, ns.partitions)
+                )
+                rows.append(
+                    [
+                        "2b. the same, one process per stage (as distributed mode runs it)",
+                        f"{total:,}",
+                        f"{res.events_per_s:,.0f}",
+                        f"{res.events_per_s / base:.2f}",
+                        f"missing {res.missing}, duplicates {res.duplicates}",
+                    ]
+                )
+                print(f"pipeline, process per stage: {res.events_per_s:,.0f} events/s", flush=True)
 
             if cass is not None and not ns.skip_cassandra:
                 rate = asyncio.run(cassandra_rate(cass.host, cass.port, ns.cassandra_batches, 1000))
