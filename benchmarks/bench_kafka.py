@@ -184,6 +184,32 @@ class PipelineResult:
 # --- 2. pipeline ----------------------------------------------------------------------------
 
 
+async def through_pipeline(
+    bus: KafkaBus, prefix: str, messages: Sequence[Message], devices: int
+) -> PipelineResult:
+    """Warm up (registers the devices), then publish ``messages`` to ``[decoded]`` and time them
+    until every event was read back from ``[persisted]``; count missing and duplicate events."""
+    decoded = topic_name(TENANT, DECODED, prefix)
+    warm = warmup_records(f"warm-{prefix}", devices)
+    seen: Counter[str] = Counter()
+    await bus.publish(decoded, warm)
+    await read_stage(bus, "bench-persisted", PERSISTED, ids_of(warm), seen)
+    expected = ids_of(messages)
+    seen.clear()
+    reader = asyncio.create_task(read_stage(bus, "bench-persisted", PERSISTED, expected, seen))
+    t0 = time.monotonic()
+    await bus.publish(decoded, list(messages))
+    t1 = await reader
+    await asyncio.sleep(1.0)  # let a late duplicate show (not counted in the rate)
+    async with bus.consumer("bench-persisted", PERSISTED) as c:
+        for r in await c.poll(1000, 1.0):
+            for e in pb.EventBatch.FromString(r.value).events:
+                seen[e.alternate_id] += 1
+    missing = len(expected - seen.keys())
+    dups = sum(n - 1 for a, n in seen.items() if a in expected and n > 1)
+    return PipelineResult(len(expected) / (t1 - t0), missing, dups)
+
+
 async def pipeline(
     bootstrap: str, workdir: Path, messages: Sequence[Message], devices: int, partitions: int, store: object
 ) -> PipelineResult:
@@ -199,28 +225,10 @@ async def pipeline(
             for part in (registry, store, registration, inbound, persistence):
                 await part.start()  # type: ignore[attr-defined]
                 started.append(part)
-            decoded = topic_name(TENANT, DECODED, prefix)
-            warm = warmup_records("warm", devices)
-            seen: Counter[str] = Counter()
-            await bus.publish(decoded, warm)
-            await read_stage(bus, "bench-persisted", PERSISTED, ids_of(warm), seen)
-            expected = ids_of(messages)
-            seen.clear()
-            reader = asyncio.create_task(read_stage(bus, "bench-persisted", PERSISTED, expected, seen))
-            t0 = time.monotonic()
-            await bus.publish(decoded, list(messages))
-            t1 = await reader
-            await asyncio.sleep(1.0)  # let a late duplicate show (not counted in the rate)
-            async with bus.consumer("bench-persisted", PERSISTED) as c:
-                for r in await c.poll(1000, 1.0):
-                    for e in pb.EventBatch.FromString(r.value).events:
-                        seen[e.alternate_id] += 1
+            return await through_pipeline(bus, prefix, messages, devices)
         finally:
             for part in reversed(started):
                 await part.stop()  # type: ignore[attr-defined]
-    missing = len(expected - seen.keys())
-    dups = sum(n - 1 for a, n in seen.items() if a in expected and n > 1)
-    return PipelineResult(len(expected) / (t1 - t0), missing, dups)
 
 
 # --- 3. cassandra ---------------------------------------------------------------------------
@@ -312,22 +320,7 @@ async def pipeline_processes(
         for proc in procs:
             proc.start()
         try:
-            decoded = topic_name(TENANT, DECODED, prefix)
-            warm = warmup_records("pwarm", devices)
-            seen: Counter[str] = Counter()
-            await bus.publish(decoded, warm)
-            await read_stage(bus, "bench-persisted", PERSISTED, ids_of(warm), seen)
-            expected = ids_of(messages)
-            seen.clear()
-            reader = asyncio.create_task(read_stage(bus, "bench-persisted", PERSISTED, expected, seen))
-            t0 = time.monotonic()
-            await bus.publish(decoded, list(messages))
-            t1 = await reader
-            await asyncio.sleep(1.0)  # let a late duplicate show (not counted in the rate)
-            async with bus.consumer("bench-persisted", PERSISTED) as c:
-                for r in await c.poll(1000, 1.0):
-                    for e in pb.EventBatch.FromString(r.value).events:
-                        seen[e.alternate_id] += 1
+            return await through_pipeline(bus, prefix, messages, devices)
         finally:
             stop.set()
             for proc in procs:
@@ -335,9 +328,6 @@ async def pipeline_processes(
                 if proc.is_alive():
                     proc.terminate()
                     proc.join(10)
-    missing = len(expected - seen.keys())
-    dups = sum(n - 1 for a, n in seen.items() if a in expected and n > 1)
-    return PipelineResult(len(expected) / (t1 - t0), missing, dups)
 
 
 async def inbound_replicas(
