@@ -61,6 +61,7 @@ from fieldgate.cloud.stage import (
     tenant_of,
 )
 from fieldgate.cloud.store import EventStore, InvocationStore
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
@@ -186,9 +187,7 @@ class CommandDelivery:
         self._sessions.remove_route_listener(self._on_route)
         self._sessions.remove_status_listener(self._on_status)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         await self.delivery_stage.stop()
         await self.response_stage.stop()
 

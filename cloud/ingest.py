@@ -59,6 +59,7 @@ from fieldgate.cloud.errors import BusError, CloudError, StoreError
 from fieldgate.cloud.stage import messages_by_device
 from fieldgate.cloud.store import Registry
 from fieldgate.edge.codec.topics import FORMAT_METADATA_KEY
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
@@ -403,8 +404,7 @@ class IngestService:
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 await self._end_with_error(reader.exception(), session, context)
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await cancel_and_wait(reader)
             self._sessions.close(session)
             self.stats.streams_active -= 1
             log.info("edge %s disconnected (session %s)", session.edge_id, session.session_id)
@@ -506,8 +506,7 @@ class IngestService:
             log.exception("edge %s: stream reader failed", session.edge_id)
             raise
         finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+            await cancel_and_wait(pump)
 
     @staticmethod
     async def _pump(

@@ -28,6 +28,7 @@ that the stages agree on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -39,6 +40,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fieldgate.cloud.bus import FAILED_DECODE, Bus, Consumer, Message, Record, parse_topic, topic_name
 from fieldgate.cloud.errors import BusError, CloudError, StoreError
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 
@@ -145,8 +147,7 @@ class ConsumerStage:
                 self.name,
                 self._settings.stop_timeout_s,
             )
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)  # returns at once if it finished; else cancels until done
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -190,10 +191,9 @@ class ConsumerStage:
 
     async def _pause(self) -> None:
         """Sleep for the current back-off (woken early by stop) and double it."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=self._backoff)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._backoff):
+                await self._stopping.wait()
         self._backoff = min(self._backoff * 2, self._settings.max_backoff_s)
 
     async def _process_group(self, group: list[Record]) -> bool:

@@ -67,6 +67,7 @@ from fieldgate.sims.ble_gatt import (
     json_command_handler,
 )
 from fieldgate.sims.errors import SimConfigError
+from fieldgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,10 @@ class BleSim:
         try:
             if self._task is not None:
                 task, self._task = self._task, None
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # the notifier died earlier (e.g. bus gone): report, keep stopping
-                    log.exception("BLE sim notifier had failed")
+                await cancel_and_wait(task)
+                if not task.cancelled() and task.exception() is not None:
+                    # the notifier died earlier (e.g. bus gone): report, keep stopping
+                    log.error("BLE sim notifier had failed: %r", task.exception())
             if self.bluez is not None:
                 bluez, self.bluez = self.bluez, None
                 await bluez.stop()

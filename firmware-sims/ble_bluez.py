@@ -51,6 +51,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
 from fieldgate.sims.ble_gatt import SimCharacteristic, SimPeripheral, SimService
 from fieldgate.sims.errors import SimConnectError, SimError
+from fieldgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -404,14 +405,8 @@ class SimulatedBlueZ:
         self._adv_task = asyncio.create_task(self._advertise(), name="ble-sim-advertise")
 
     async def stop(self) -> None:
-        if self._adv_task is not None:
-            self._adv_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._adv_task
-            self._adv_task = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        adv, self._adv_task = self._adv_task, None
+        await cancel_and_wait(adv, *self._tasks)
         if self._bus is not None:
             self._bus.disconnect()
             with contextlib.suppress(Exception):

@@ -46,6 +46,7 @@ from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from fieldgate.sims.errors import SimConfigError
+from fieldgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,8 @@ class ModbusSlaveSim:
         self._ticker = loop.create_task(self._tick(), name="modbus sim ticker")
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        ticker, self._ticker = self._ticker, None
+        await cancel_and_wait(ticker)
         self.unplug()
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]

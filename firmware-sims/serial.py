@@ -52,6 +52,7 @@ from fieldgate.edge.codec.serial_frames import BinaryFramer, FrameError, LineFra
 from fieldgate.edge.errors import DecodeError
 from fieldgate.sims.device import Sensors, encode_command_response, handle_command
 from fieldgate.sims.errors import SimConfigError, SimError
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 
 Mode = Literal["json", "binary"]
@@ -116,14 +117,8 @@ class SerialDeviceSim:
             self._sender = asyncio.create_task(self._send_loop(), name=f"serial sim {self.device}")
 
     async def stop(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
-            self._sender = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        sender, self._sender = self._sender, None
+        await cancel_and_wait(sender, *self._tasks)
         self.unplug()
 
     async def __aenter__(self) -> SerialDeviceSim:

@@ -52,6 +52,7 @@ from typing import Self
 from fieldgate.cloud.bus import Message, Record, parse_topic, topic_name
 from fieldgate.cloud.errors import BusError
 from fieldgate.cloud.store._sqlite import SqliteWorker, Synchronous, transaction
+from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 
 log = logging.getLogger(__name__)
@@ -214,10 +215,7 @@ class EmbeddedBus:
             self._closed = True
             if not self._started:
                 return
-            if self._trimmer is not None:
-                self._trimmer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._trimmer
+            await cancel_and_wait(self._trimmer)
             await self._queue.put(None)
             if self._writer is not None:
                 await self._writer
@@ -651,8 +649,10 @@ class EmbeddedConsumer:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel (fieldgate.tasks).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
 
     async def commit(self, records: Sequence[Record]) -> None:
         """Persist, per topic, the offset after the highest of ``records``."""

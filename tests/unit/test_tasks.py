@@ -27,7 +27,7 @@ async def test_a_task_that_swallows_cancellations_is_stopped() -> None:
     task = asyncio.create_task(_swallows_first_cancels(3, polls))
     await asyncio.sleep(0.05)
     async with asyncio.timeout(5):
-        await cancel_and_wait(task, nudge_s=0.05)
+        await cancel_and_wait(task, grace_s=0.05, nudge_s=0.05)
     assert task.cancelled()
 
 
@@ -38,7 +38,7 @@ async def test_a_single_cancel_would_not_have_stopped_it() -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=0.2)
     assert not done  # the failure mode cancel_and_wait exists for
-    await cancel_and_wait(task)
+    await cancel_and_wait(task, grace_s=0.05)
     assert task.done()
 
 
@@ -58,10 +58,27 @@ async def test_failures_and_results_are_retrieved_and_none_is_ignored() -> None:
 
 async def test_the_callers_own_cancellation_propagates() -> None:
     stubborn = asyncio.create_task(_swallows_first_cancels(20, []))
-    waiter = asyncio.create_task(cancel_and_wait(stubborn, nudge_s=0.01))
+    waiter = asyncio.create_task(cancel_and_wait(stubborn, grace_s=0.01, nudge_s=0.01))
     await asyncio.sleep(0.05)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     stubborn.cancel()  # clean up: it swallows, so nudge until it is really done
-    await cancel_and_wait(stubborn, nudge_s=0.001)
+    await cancel_and_wait(stubborn, grace_s=0.001, nudge_s=0.001)
+
+
+async def test_cleanup_on_cancellation_gets_its_grace_period() -> None:
+    cleaned: list[str] = []
+
+    async def graceful() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # e.g. leaving a bus: must not be cut short
+            cleaned.append("done")
+            raise
+
+    task = asyncio.create_task(graceful())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task, grace_s=2.0, nudge_s=0.01)
+    assert cleaned == ["done"] and task.cancelled()

@@ -60,7 +60,8 @@ class Discovery:
         self._waiters[wid] = (matcher, fut)
         try:
             await self._start()
-            return await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await fut
         except TimeoutError:
             return None
         finally:

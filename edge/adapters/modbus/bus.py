@@ -115,7 +115,9 @@ class BusCoordinator:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancel_and_wait(task)  # pymodbus can swallow one cancel() (see fieldgate.tasks)
+        # pymodbus can swallow a cancel() (see fieldgate.tasks); the poll loop has no cleanup of
+        # its own to protect (the link is closed below), so re-cancel quickly.
+        await cancel_and_wait(task, grace_s=0.2)
         self.link.close()
 
     async def _supervise(self) -> None:
