@@ -123,12 +123,20 @@ async def test_bad_notification_is_counted_and_harms_nothing(
         pytest.skip("a malformed notification cannot be provoked on real hardware")
     dev = ble_target.devices[0]
     assert dev.address is not None
+    # Online = every characteristic subscribed and the link's health entry created; the sim's
+    # "notifying" alone turns true after the first subscription, before that.
+    await eventually(lambda: adapter.is_online("default", dev.device), 30, "online")
     await eventually(
         lambda: ble_target.sim is not None and ble_target.sim.is_notifying(dev.address or "", fw.TEMPERATURE),
         30,
     )
     assert ble_target.sim.send_wrong_length(dev.address, fw.TEMPERATURE)
-    await eventually(lambda: adapter.health.snapshot()[("default", dev.device)].errors.get("decode") == 1, 30)
+
+    def decode_errors() -> int | None:
+        health = adapter.health.snapshot().get(("default", dev.device))
+        return None if health is None else health.errors.get("decode")
+
+    await eventually(lambda: decode_errors() == 1, 30)
     await eventually(lambda: len(sink.rejected) == 1, 10)
     before = count(sink, dev.device, "temperature")
     await eventually(lambda: count(sink, dev.device, "temperature") > before + 2, 30, "events continue")
