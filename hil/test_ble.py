@@ -83,6 +83,7 @@ async def test_link_loss_recovers(ble_target: BleTarget, running: tuple[BleAdapt
         pytest.skip("link loss needs the sim or a bench with faults: true")
     name = next(iter(dev.expect))
     await eventually(lambda: count(sink, dev.device, name) >= 2, 60, "first events")
+    await eventually(lambda: adapter.is_online("default", dev.device), 60, "online")
     if ble_target.sim is not None:
         assert dev.address is not None
         ble_target.sim.drop_link(dev.address)
