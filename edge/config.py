@@ -61,6 +61,10 @@ class UplinkConfig(Frozen):
     max_inflight_batches: int = Field(16, ge=1)
     backoff_initial_s: float = Field(0.1, gt=0)
     backoff_max_s: float = Field(10.0, gt=0)
+    # While backing off, probe the cloud's TCP port about this often (cheap connects, no
+    # stream) and start the next session as soon as it answers instead of sleeping the whole
+    # backoff; 0 = sleep the whole backoff. Bounds how long a backlog waits after an outage.
+    probe_interval_s: float = Field(1.0, ge=0)
 
 
 class CommandsConfig(Frozen):

@@ -98,6 +98,7 @@ class UplinkStats:
     command_errors: int = 0
     statuses_sent: int = 0
     last_backoff_s: float = 0.0
+    probe_shortcuts: int = 0  # backoff waits cut short because the cloud answered a probe
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -262,7 +263,36 @@ class Uplink:
                 attempt,
                 self._buffer.depth,
             )
+            await self._wait_before_reconnect(delay)
+
+    async def _wait_before_reconnect(self, delay: float) -> None:
+        """Sleep ``delay`` — or less, if the cloud is reachable again before that.
+
+        A channel with a short reconnect backoff (``probe_interval_s``) tries TCP connects only
+        (no stream, no Hello) while we back off; when one succeeds the wait ends and the next
+        session starts at once. The stream backoff still bounds how often sessions are
+        attempted while the cloud is up but failing them; after an outage the edge notices the
+        cloud within about one probe interval instead of up to ``backoff_max_s``.
+        """
+        probe_s = self._config.probe_interval_s
+        if probe_s <= 0 or delay <= probe_s:
             await asyncio.sleep(delay)
+            return
+        ms = max(100, int(probe_s * 1000))
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", ms),
+            ("grpc.min_reconnect_backoff_ms", ms),
+            ("grpc.max_reconnect_backoff_ms", ms),
+        ]
+        channel = grpc.aio.insecure_channel(self._config.target, options=options)
+        try:
+            async with asyncio.timeout(delay):
+                await channel.channel_ready()
+            self.stats.probe_shortcuts += 1
+        except TimeoutError:
+            pass
+        finally:
+            await channel.close(None)
 
     async def _connect_once(self) -> None:
         """Run one session until it fails (it always ends by raising)."""

@@ -228,3 +228,51 @@ async def test_commands_come_down_and_statuses_go_up_after_an_outage(buffer: Eve
     finally:
         await uplink.stop()
         await cloud.stop()
+
+
+@pytest.mark.integration
+async def test_a_cloud_back_after_a_long_outage_is_noticed_within_a_probe_interval(
+    buffer: EventBuffer,
+) -> None:
+    """Backoff at its 20 s cap, the cloud returns: the probe ends the wait within ~1 s."""
+    port = free_port()
+    config = UplinkConfig(
+        target=f"127.0.0.1:{port}", backoff_initial_s=20.0, backoff_max_s=20.0, probe_interval_s=0.3
+    )
+    uplink = Uplink(config, "edge-p", buffer, no_commands, rng=random.Random(5))
+    await buffer.append(events("p", 10))
+    await uplink.start()
+    try:
+        await eventually(lambda: uplink.stats.reconnects >= 1, 10, "first failure")
+        assert uplink.stats.last_backoff_s >= 10.0  # equal jitter: at least half the cap
+        await asyncio.sleep(0.5)
+        async with TestCloud(port=port) as cloud:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await cloud.wait_until(lambda: len(cloud.events) == 10, within_s=8)
+            assert loop.time() - t0 < 5.0, "waited for the backoff instead of the probe"
+        assert uplink.stats.probe_shortcuts >= 1
+    finally:
+        await uplink.stop()
+
+
+@pytest.mark.integration
+async def test_without_probing_the_whole_backoff_is_slept(buffer: EventBuffer) -> None:
+    port = free_port()
+    config = UplinkConfig(
+        target=f"127.0.0.1:{port}", backoff_initial_s=4.0, backoff_max_s=4.0, probe_interval_s=0
+    )
+    uplink = Uplink(config, "edge-np", buffer, no_commands, rng=random.Random(5))
+    await buffer.append(events("n", 5))
+    await uplink.start()
+    try:
+        await eventually(lambda: uplink.stats.reconnects >= 1, 10, "first failure")
+        async with TestCloud(port=port) as cloud:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await cloud.wait_until(lambda: len(cloud.events) == 5, within_s=10)
+            # The wait was at least half the 4 s cap minus what had passed already.
+            assert loop.time() - t0 > 0.5
+        assert uplink.stats.probe_shortcuts == 0
+    finally:
+        await uplink.stop()
