@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -107,6 +108,8 @@ class Suite:
     """Start order: cloud, edge agent (with its broker), simulators; stop in reverse."""
 
     def __init__(self, options: SuiteOptions) -> None:
+        # Absolute, so every child process (servers, services, edge) sees the same paths.
+        options = dataclasses.replace(options, data_dir=options.data_dir.resolve())
         self.options = options
         self.mqtt_port = options.mqtt_port or free_port()
         self.mqtt_host = options.mqtt_host

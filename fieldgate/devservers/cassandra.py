@@ -173,7 +173,8 @@ def start_cassandra(workdir: Path, *, host: str = "127.0.0.1", port: int | None 
     jars = fetch(CASSANDRA)
     port = port or free_port(host)
     storage_port = free_port(host)
-    workdir = workdir / f"cassandra-{port}"
+    # Absolute: the JVM runs in the workdir, and its configuration names paths in it.
+    workdir = Path(workdir).resolve() / f"cassandra-{port}"
     storage = workdir / "storage"
     (storage / "triggers").mkdir(parents=True, exist_ok=True)
     config = workdir / "cassandra.yaml"

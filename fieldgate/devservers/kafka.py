@@ -119,7 +119,8 @@ def start_kafka(workdir: Path, *, host: str = "127.0.0.1", port: int | None = No
     topics, offsets and messages: a broker restart for tests that need one."""
     jars = fetch(KAFKA)
     port = port or free_port(host)
-    workdir = workdir / f"kafka-{port}"
+    # Absolute: the JVM runs in the workdir, and its configuration names paths in it.
+    workdir = Path(workdir).resolve() / f"kafka-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "server.properties"
     controller_port = _previous_controller_port(config) or free_port(host)

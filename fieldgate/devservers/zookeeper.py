@@ -79,7 +79,8 @@ def start_zookeeper(workdir: Path, *, host: str = "127.0.0.1", port: int | None 
     """Start ZooKeeper on a free (or the given) port; the caller must ``stop()`` it."""
     jars = fetch(ZOOKEEPER)
     port = port or free_port(host)
-    workdir = workdir / f"zookeeper-{port}"
+    # Absolute: the JVM runs in the workdir, and its configuration names paths in it.
+    workdir = Path(workdir).resolve() / f"zookeeper-{port}"
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     config = workdir / "zoo.cfg"
     config.write_text(zoo_cfg(host, port, workdir / "data"))

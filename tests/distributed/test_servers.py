@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from cassandra.cluster import Cluster
@@ -93,3 +94,23 @@ def test_cassandra_creates_a_table_and_returns_inserted_rows(cassandra: Cassandr
         session.execute(f"DROP KEYSPACE {keyspace}")
     finally:
         cluster.shutdown()
+
+
+def test_a_relative_workdir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fieldgate up --distributed` uses `.fieldgate/servers` by default: a relative path must
+    not reach the JVM (it runs in its own directory and would look for it there)."""
+    from fieldgate.devservers import start_zookeeper
+
+    monkeypatch.chdir(tmp_path)
+    server = start_zookeeper(Path("relative") / "servers")
+    try:
+        assert server.workdir.is_absolute() and server.workdir.is_relative_to(tmp_path)
+        zk = KazooClient(hosts=server.hosts)
+        zk.start(timeout=20)
+        try:
+            zk.create(f"/rel-{uuid.uuid4().hex}", b"ok")
+        finally:
+            zk.stop()
+            zk.close()
+    finally:
+        server.stop()
