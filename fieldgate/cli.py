@@ -248,7 +248,11 @@ def _cmd_cloud_decode(ns: argparse.Namespace) -> int:
     from fieldgate.cloud.bus.payloads import decode_stream, stage_of_topic
 
     stage = ns.stage or stage_of_topic(ns.topic)
-    decode_stream(stage, sys.stdin.buffer, sys.stdout)
+    try:
+        decode_stream(stage, sys.stdin.buffer, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -76,3 +76,22 @@ def test_stage_of_topic() -> None:
     for bad in ("fieldgate.tenant.acme.other", "persisted", "x.persisted"):
         with pytest.raises(InvalidRequest):
             stage_of_topic(bad)
+
+
+def test_the_cli_stops_quietly_when_its_reader_goes_away() -> None:
+    """`kcat ... | fieldgate cloud decode ... | head -1`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    value = batch().SerializeToString()
+    data = b"%d:%s" % (len(value), value) * 20_000
+    done = subprocess.run(
+        f"{sys.executable} -m fieldgate.cli cloud decode --stage persisted | head -1",
+        shell=True,
+        input=data,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["events"][0]["device"] == "d-1"
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr
