@@ -13,7 +13,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from fieldgate.devservers._jars import ServerUnavailable
 
@@ -106,3 +108,23 @@ class JavaProcess:
             if path.exists():
                 parts.append(f"--- {name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(parts)
+
+
+@dataclass
+class ServerHandle:
+    """What every started server is: where it listens, its directory and its JVM (stopped by
+    PID with ``stop_grace_s`` for a clean shutdown)."""
+
+    host: str
+    port: int
+    workdir: Path
+    process: JavaProcess
+    startup_seconds: float = 0.0
+    stop_grace_s: ClassVar[float] = 30.0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.stop(grace=self.stop_grace_s)

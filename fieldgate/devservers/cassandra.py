@@ -14,11 +14,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from fieldgate.devservers._jars import CASSANDRA, fetch, java_executable
-from fieldgate.devservers._process import JavaProcess, free_port
+from fieldgate.devservers._process import JavaProcess, ServerHandle, free_port
 
 HEAP = "1g"
 READY_TIMEOUT_S = 180.0
@@ -64,26 +65,15 @@ JVM17_OPTIONS = [
 
 
 @dataclass
-class CassandraServer:
+class CassandraServer(ServerHandle):
     """A running single-node Cassandra; clients use ``Cluster([host], port=port)``."""
 
-    host: str
-    port: int
-    storage_port: int
-    workdir: Path
-    process: JavaProcess
-    startup_seconds: float = 0.0
+    storage_port: int = field(kw_only=True)
+    stop_grace_s: ClassVar[float] = 60.0  # it flushes its memtables on SIGTERM
 
     @property
     def contact_point(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.stop(grace=60.0)
 
 
 def cassandra_yaml(host: str, port: int, storage_port: int, storage: Path) -> str:
@@ -202,7 +192,7 @@ def start_cassandra(workdir: Path, *, host: str = "127.0.0.1", port: int | None 
         "org.apache.cassandra.service.CassandraDaemon",
     ]
     process = JavaProcess("cassandra", command, workdir)
-    server = CassandraServer(host, port, storage_port, workdir, process)
+    server = CassandraServer(host, port, workdir, process, storage_port=storage_port)
     server.startup_seconds = process.wait_ready(lambda: _answers(host, port), READY_TIMEOUT_S, interval=1.0)
     return server
 

@@ -13,37 +13,25 @@ import base64
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fieldgate.devservers._jars import KAFKA, ServerUnavailable, fetch, java_executable
-from fieldgate.devservers._process import JavaProcess, free_port, log4j2_config
+from fieldgate.devservers._process import JavaProcess, ServerHandle, free_port, log4j2_config
 
 HEAP = "256m"
 READY_TIMEOUT_S = 90.0
 
 
 @dataclass
-class KafkaServer:
+class KafkaServer(ServerHandle):
     """A running single-node Kafka; ``bootstrap`` is what clients put in bootstrap.servers."""
 
-    host: str
-    port: int
-    controller_port: int
-    workdir: Path
-    process: JavaProcess
-    startup_seconds: float = 0.0
+    controller_port: int = field(kw_only=True)
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 def server_properties(host: str, port: int, controller_port: int, log_dir: Path) -> str:
@@ -137,7 +125,7 @@ def start_kafka(workdir: Path, *, host: str = "127.0.0.1", port: int | None = No
     if not (workdir / "data" / "meta.properties").exists():  # a restart on the same port keeps its data
         _format_storage(java, config, workdir)
     process = JavaProcess("kafka", [*java, "kafka.Kafka", str(config)], workdir)
-    server = KafkaServer(host, port, controller_port, workdir, process)
+    server = KafkaServer(host, port, workdir, process, controller_port=controller_port)
     server.startup_seconds = process.wait_ready(lambda: _broker_listed(server.bootstrap), READY_TIMEOUT_S)
     return server
 

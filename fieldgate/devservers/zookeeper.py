@@ -15,32 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fieldgate.devservers._jars import ZOOKEEPER, fetch, java_executable
-from fieldgate.devservers._process import JavaProcess, free_port, log4j2_config
+from fieldgate.devservers._process import JavaProcess, ServerHandle, free_port, log4j2_config
 
 HEAP = "256m"
 READY_TIMEOUT_S = 60.0
 
 
 @dataclass
-class ZooKeeperServer:
+class ZooKeeperServer(ServerHandle):
     """A running standalone ZooKeeper; ``hosts`` is kazoo's ``hosts`` argument."""
-
-    host: str
-    port: int
-    workdir: Path
-    process: JavaProcess
-    startup_seconds: float = 0.0
 
     @property
     def hosts(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 def zoo_cfg(host: str, port: int, data_dir: Path) -> str:
