@@ -25,8 +25,13 @@ class TenantConfig(Frozen):
 
 
 class AuthConfig(Frozen):
-    # Secret for signing bearer tokens; generated and kept in data_dir when not set.
+    """How bearer tokens are signed. Every ``api`` replica must use the same key: give it here,
+    or as a file (``secret_file``, e.g. a mounted Kubernetes Secret). With neither, the key is
+    generated once and kept where the registry is: ``data_dir/secret.key`` on SQLite, the
+    instance keyspace on Cassandra (so replicas without a common directory agree on it)."""
+
     secret_key: SecretStr | None = None
+    secret_file: Path | None = None
     token_ttl_s: int = Field(3600, ge=60)
 
 
@@ -48,7 +53,10 @@ class BusConfig(Frozen):
 class StoreConfig(Frozen):
     """Where events are stored: SQLite files in data_dir, or Apache Cassandra at ``hosts``.
 
-    The registry, invocations and users stay SQLite files in data_dir in both cases.
+    The registry (tenants, device types, devices, assignments), the command invocations and the
+    users live in the same place: SQLite files in data_dir, or Cassandra (the instance keyspace
+    ``<keyspace_prefix>_instance`` and each tenant's keyspace), so cloud services on different
+    machines share no files.
     """
 
     kind: Literal["sqlite", "cassandra"] = "sqlite"
@@ -71,6 +79,16 @@ class ZookeeperConfig(Frozen):
     instance: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
+class HealthConfig(Frozen):
+    """The HTTP health listener of a cloud process: ``/healthz`` (liveness: the process and its
+    event loop answer) and ``/readyz`` (readiness: its bus and stores answer, and it is not
+    draining). ``port`` None = no separate listener (the ``api`` service always serves both on
+    its REST port; ``ingest`` also answers the gRPC health checking protocol on its gRPC port)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+
+
 class CloudConfig(Frozen):
     data_dir: Path = Path(".fieldgate/cloud")
     grpc_host: str = "127.0.0.1"
@@ -79,6 +97,10 @@ class CloudConfig(Frozen):
     rest_port: int = Field(8080, ge=0, le=65535)
     tenants: tuple[TenantConfig, ...] = (TenantConfig(token="default", name="Default tenant"),)
     auth: AuthConfig = AuthConfig()
+    health: HealthConfig = HealthConfig()
+    # SIGTERM: ingest stops taking batches, sends the acks of what it committed and ends its
+    # edge streams (they reconnect to another replica); everything stops within this time.
+    drain_timeout_s: float = Field(20.0, gt=0, le=600)
     bus: BusConfig = BusConfig()
     store: StoreConfig = StoreConfig()
     # Live tenant configuration (distributed mode); None = tenants come from this file only.

@@ -89,8 +89,12 @@ class EdgeConfig(Frozen):
     buffer: BufferConfig = BufferConfig()
     uplink: UplinkConfig = UplinkConfig()
     commands: CommandsConfig = CommandsConfig()
-    # Prometheus metrics on http://127.0.0.1:<port>/metrics; 0 disables.
+    # Prometheus metrics on http://<metrics_host>:<port>/metrics, and the agent's health on the
+    # same port: /healthz (liveness) and /readyz (readiness: buffer open, adapters running);
+    # 0 disables. metrics_host 0.0.0.0 lets a Prometheus (or a kubelet probe) on the network
+    # reach it.
     metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else self.data_dir / path
