@@ -4,6 +4,7 @@
 # directory (default ~/.cache/fieldgate/bin; FIELDGATE_TOOLS_DIR overrides). A tool whose pinned
 # version is already there is not built again. Prints where the binaries are; the tests find
 # them there (or through FIELDGATE_HELM / FIELDGATE_KUSTOMIZE).
+# Usage: bash scripts/deploy_tools.sh
 set -euo pipefail
 HELM_VERSION=v4.3.2
 KUSTOMIZE_VERSION=v5.8.0
@@ -15,20 +16,22 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-# `helm version --template '{{.Version}}'` prints e.g. v4.3.2.
-if [ -x "$BIN/helm" ] && [ "$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+# The module version a binary was built from (`go version -m`): a helm built with `go install`
+# reports only "v4.3" in `helm version` (its release version is set by ldflags in release builds).
+module_version() { go version -m "$1" 2>/dev/null | awk '$1 == "mod" {print $3}'; }
+
+if [ -x "$BIN/helm" ] && [ "$(module_version "$BIN/helm")" = "$HELM_VERSION" ]; then
   echo "helm $HELM_VERSION already in $BIN"
 else
   echo "building helm $HELM_VERSION into $BIN"
   GOBIN="$BIN" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 fi
 
-# `kustomize version` prints e.g. v5.8.0.
-if [ -x "$BIN/kustomize" ] && [ "$("$BIN/kustomize" version 2>/dev/null)" = "$KUSTOMIZE_VERSION" ]; then
+if [ -x "$BIN/kustomize" ] && [ "$(module_version "$BIN/kustomize")" = "$KUSTOMIZE_VERSION" ]; then
   echo "kustomize $KUSTOMIZE_VERSION already in $BIN"
 else
   echo "building kustomize $KUSTOMIZE_VERSION into $BIN"
   GOBIN="$BIN" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 fi
 
-echo "deploy tools: $BIN/helm ($("$BIN/helm" version --template '{{.Version}}')), $BIN/kustomize ($("$BIN/kustomize" version))"
+echo "deploy tools: $BIN/helm ($(module_version "$BIN/helm")), $BIN/kustomize ($(module_version "$BIN/kustomize"))"
