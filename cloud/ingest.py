@@ -43,6 +43,7 @@ command invocations) run on the same server and port. Register them before ``sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -109,6 +110,9 @@ class EdgeSession:
         self.outbound: asyncio.Queue[svc.CloudMessage] = asyncio.Queue(maxsize=queue_size)
         # Set when the session must end (superseded by a newer stream of the edge, shutdown).
         self.closed = asyncio.Event()
+        # Set when the replica drains (SIGTERM): take no further batch, send the acks of what
+        # was committed, then end the stream with UNAVAILABLE so the edge goes elsewhere.
+        self.draining = asyncio.Event()
         self.batches = 0
         self.events = 0
         self.last_seq = 0
@@ -206,6 +210,11 @@ class EdgeSessions:
         session.closed.set()
         if self._active.get(session.edge_id) is session:
             del self._active[session.edge_id]
+
+    def drain_all(self) -> None:
+        """Ask every stream to finish the batch in hand and end (see :meth:`IngestService.drain`)."""
+        for session in list(self._active.values()):
+            session.draining.set()
 
     def close_all(self) -> None:
         """End every stream (shutdown): each handler finishes and its stream completes."""
@@ -329,6 +338,9 @@ class IngestService:
         self._tenants = _TenantCache(registry, tenant_cache_ttl_s, unknown_tenant_ttl_s, 10_000)
         self._registrars: list[ServicerRegistrar] = []
         self._server: aio.Server | None = None
+        self._draining = False
+        self._no_streams = asyncio.Event()  # set while no edge stream is open
+        self._no_streams.set()
 
     def add_servicers(self, registrar: ServicerRegistrar) -> None:
         """Have ``registrar(server)`` add more gRPC services to this server (before start)."""
@@ -358,10 +370,36 @@ class IngestService:
         self.port = bound
         log.info("ingest: gRPC listening on %s:%d", self.host, bound)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Graceful shutdown, first half: refuse new streams (UNAVAILABLE), let each open stream
+        finish the batch it is publishing, send the acks of everything committed, and end it
+        with UNAVAILABLE — the edge keeps what was not acknowledged and sends it to another
+        replica (or to this one after its restart). True if every stream ended within
+        ``timeout_s``; :meth:`stop` then closes whatever is left."""
+        self._draining = True
+        self._sessions.drain_all()
+        log.info("ingest: draining %d edge stream(s)", self.stats.streams_active)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._no_streams.wait()
+        drained = self.stats.streams_active == 0
+        if not drained:
+            log.warning(
+                "ingest: %d stream(s) still open after %.0f s of draining",
+                self.stats.streams_active,
+                timeout_s,
+            )
+        return drained
+
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
+        self._draining = True
         self._sessions.close_all()
         await server.stop(self._grace_s)
 
@@ -372,6 +410,9 @@ class IngestService:
         requests: AsyncIterator[svc.EdgeMessage],
         context: aio.ServicerContext[svc.EdgeMessage, svc.CloudMessage],
     ) -> AsyncIterator[svc.CloudMessage]:
+        if self._draining:
+            self.stats.streams_refused += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this cloud replica is shutting down; reconnect")
         if self.stats.streams_active >= self._max_streams:
             self.stats.streams_refused += 1
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many edge streams; retry later")
@@ -387,6 +428,7 @@ class IngestService:
         session = self._sessions.open(first.hello.edge_id)
         self.stats.streams_total += 1
         self.stats.streams_active += 1
+        self._no_streams.clear()
         log.info(
             "edge %s connected (session %s, version %r)",
             session.edge_id,
@@ -403,10 +445,16 @@ class IngestService:
                 yield msg
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 await self._end_with_error(reader.exception(), session, context)
+            if session.draining.is_set():
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "this cloud replica is shutting down; reconnect"
+                )
         finally:
             await cancel_and_wait(reader)
             self._sessions.close(session)
             self.stats.streams_active -= 1
+            if self.stats.streams_active == 0:
+                self._no_streams.set()
             log.info("edge %s disconnected (session %s)", session.edge_id, session.session_id)
 
     async def _next_outbound(
@@ -454,7 +502,7 @@ class IngestService:
         inbox: asyncio.Queue[svc.EdgeMessage | BaseException | None] = asyncio.Queue(maxsize=READ_AHEAD)
         pump = asyncio.create_task(self._pump(requests, inbox), name=f"uplink-pump:{session.edge_id}")
         try:
-            item = await inbox.get()
+            item = await self._take(inbox, session)
             while item is not None:
                 if isinstance(item, BaseException):
                     raise item
@@ -463,7 +511,7 @@ class IngestService:
                     batches = [item.batch]
                     size = len(item.batch.events)
                     item = None
-                    while size < MAX_COALESCED_EVENTS:
+                    while size < MAX_COALESCED_EVENTS and not session.draining.is_set():
                         try:
                             nxt = inbox.get_nowait()
                         except asyncio.QueueEmpty:
@@ -478,7 +526,7 @@ class IngestService:
                         # Overflow policy for acks: block (stop reading until the edge drains them).
                         await session.outbound.put(svc.CloudMessage(ack=ack))
                     if item is None:
-                        item = await inbox.get()
+                        item = await self._take(inbox, session)
                     continue
                 if kind == "command_status":
                     await self._sessions.report_status(session, item.command_status)
@@ -486,7 +534,7 @@ class IngestService:
                     raise ProtocolViolation("Hello sent twice on one stream")
                 else:
                     raise ProtocolViolation("empty EdgeMessage")
-                item = await inbox.get()
+                item = await self._take(inbox, session)
         except ProtocolViolation as err:
             self.stats.protocol_errors += 1
             log.warning("edge %s: protocol error: %s", session.edge_id, err)
@@ -507,6 +555,30 @@ class IngestService:
             raise
         finally:
             await cancel_and_wait(pump)
+
+    @staticmethod
+    async def _take(
+        inbox: asyncio.Queue[svc.EdgeMessage | BaseException | None], session: EdgeSession
+    ) -> svc.EdgeMessage | BaseException | None:
+        """The next message read from the edge; None once the session drains (what is still
+        in the inbox is not acknowledged: the edge sends it again elsewhere)."""
+        if session.draining.is_set():
+            return None
+        try:
+            return inbox.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        getter = asyncio.ensure_future(inbox.get())
+        drain = asyncio.ensure_future(session.draining.wait())
+        try:
+            await asyncio.wait({getter, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
 
     @staticmethod
     async def _pump(

@@ -38,6 +38,7 @@ from fieldgate.edge.config import EdgeConfig
 from fieldgate.edge.errors import EdgeError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.edge.metrics import EdgeMetrics
+from fieldgate.edge.probes import AgentProbes
 from fieldgate.edge.uplink import Uplink
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -109,6 +110,7 @@ class EdgeAgent:
             config.uplink, config.edge_id, self.buffer, self.router.on_command, outbox=self.router
         )
         self.metrics = EdgeMetrics()
+        self.probes = AgentProbes(self, self.buffer, self.uplink, config.buffer.max_events)
         self.metrics.watch(buffer=self.buffer, uplink=self.uplink, router=self.router, adapters=self.adapters)
         self._tenants = frozenset(config.tenants)
         self._warn_reject = _RateLimitedWarning(REJECT_LOG_INTERVAL_S)
@@ -144,7 +146,9 @@ class EdgeAgent:
                 await self.uplink.start()
                 stack.push_async_callback(self.uplink.stop)
                 if self.config.metrics_port:
-                    self.metrics.serve(self.config.metrics_port)
+                    await self.probes.start()
+                    stack.push_async_callback(self.probes.stop)
+                    self.metrics.serve(self.config.metrics_port, self.config.metrics_host, self.probes)
                     stack.callback(self.metrics.close)
                 self._stack = stack.pop_all()
             log.info(

@@ -6,7 +6,8 @@ themselves (they know nothing of Prometheus). :mod:`fieldgate.edge.metrics_expor
 all at scrape time; it (and prometheus_client) is imported only the first time the metrics are
 rendered or served — an agent that never exports them does not carry the library in memory.
 
-Served on ``http://127.0.0.1:<metrics_port>/metrics`` when the port is non-zero.
+Served on ``http://<metrics_host>:<metrics_port>/metrics`` when the port is non-zero, with the
+agent's ``/healthz`` and ``/readyz`` (:mod:`fieldgate.edge.probes`) on the same port.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from fieldgate.edge.buffer import EventBuffer
     from fieldgate.edge.commands import CommandRouter
+    from fieldgate.edge.probes import AgentProbes
     from fieldgate.edge.uplink import Uplink
 
 # Rejection reasons are free text; their metric label is a short "kind" with a bounded set.
@@ -100,12 +102,28 @@ class EdgeMetrics:
     def port(self) -> int | None:
         return None if self._server is None else int(self._server.server_address[1])
 
-    def serve(self, port: int) -> None:
-        """Serve ``/metrics`` on 127.0.0.1:``port`` (0 = any free port) in a daemon thread."""
+    def serve(self, port: int, host: str = "127.0.0.1", probes: AgentProbes | None = None) -> None:
+        """Serve ``/metrics`` (and, with ``probes``, ``/healthz`` and ``/readyz``) on
+        ``host``:``port`` (0 = any free port) in a daemon thread."""
         if self._server is None:
-            from prometheus_client import start_http_server
+            from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-            self._server, self._thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+            from prometheus_client import make_wsgi_app
+            from prometheus_client.exposition import ThreadingWSGIServer
+
+            class _Quiet(WSGIRequestHandler):
+                def log_message(self, format: str, *args: Any) -> None:
+                    """Scrapes and probes every few seconds: not worth a log line each."""
+
+            app: Any = make_wsgi_app(self.registry)
+            if probes is not None:
+                from fieldgate.edge.probes import with_probes
+
+                app = with_probes(app, probes)
+            server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+            thread = threading.Thread(target=server.serve_forever, name="edge-metrics", daemon=True)
+            thread.start()
+            self._server, self._thread = server, thread
 
     def close(self) -> None:
         if self._server is not None:

@@ -102,10 +102,15 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
                 addresses.append(f"REST http://{conf.rest_host}:{app.rest_port}")
             if app.ingest is not None:
                 addresses.append(f"gRPC {conf.grpc_host}:{app.grpc_port}")
+            if app.health_port:
+                addresses.append(f"health http://{conf.health.host}:{app.health_port}")
             print(f"cloud up ({what}): {'  '.join(addresses) or 'no listeners'}", flush=True)
             if generated:
                 print(f"admin password: {generated} (shown once)", flush=True)
             await stop.wait()
+            # SIGTERM/SIGINT: not ready, ingest acks what it committed and ends its streams,
+            # then every part stops (the consumer stages finish the batch in hand).
+            await app.drain()
 
     asyncio.run(_until_signalled(body))
     return 0

@@ -20,6 +20,7 @@ from fieldgate.cloud.api.routes_events import events_router
 from fieldgate.cloud.api.routes_registry import registry_router
 from fieldgate.cloud.api.users import Users
 from fieldgate.cloud.config import AuthConfig
+from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
 
@@ -40,12 +41,15 @@ def create_api(
     auth: AuthConfig,
     secret: str,
     tenant: str = "default",
+    health: CloudHealth | None = None,
 ) -> FastAPI:
     """The REST API over the given stores.
 
     ``secret`` signs bearer tokens (lifetime ``auth.token_ttl_s``); ``tenant`` is the tenant of
     users whose record names none. ``invocations`` is accepted for symmetry with the gRPC API;
     invocation reads go through ``commands``, which scopes them to the caller's tenant.
+    ``health`` (the process's checks) serves ``/healthz`` and ``/readyz``; without it
+    ``/healthz`` only says the server answers.
     """
     del invocations  # read through ``commands``
     app = FastAPI(
@@ -67,9 +71,14 @@ def create_api(
     app.include_router(commands_router(commands, mgmt, current))
     app.include_router(dashboard_router())
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> Health:
-        """Liveness: the REST server answers (no authentication)."""
-        return Health(status="ok")
+    if health is not None:
+        # Plain Starlette routes: probes, not part of the documented API.
+        app.router.routes.extend(health_routes(health))
+    else:
+
+        @app.get("/healthz", tags=["health"])
+        async def healthz() -> Health:
+            """Liveness: the REST server answers (no authentication)."""
+            return Health(status="ok")
 
     return app

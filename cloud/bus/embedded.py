@@ -228,6 +228,12 @@ class EmbeddedBus:
                 self._wake(stage)
             await self._worker.stop()
 
+    async def ping(self) -> None:
+        """Readiness: the log file answers a read (raises BusError when stopped or unreadable)."""
+        if self._closed or not self._started:
+            raise BusError("embedded bus is not running")
+        await self._worker.run(lambda: self._conn().execute("SELECT 1").fetchone())
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

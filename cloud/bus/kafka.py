@@ -300,6 +300,16 @@ class KafkaBus:
             self._producer = None
             self._admin = None
 
+    async def ping(self, timeout_s: float = 1.5) -> None:
+        """Readiness: a broker answers a metadata request within ``timeout_s`` (BusError if not)."""
+        admin = self._admin
+        if admin is None or self._closed:
+            raise BusError("kafka bus is not running")
+        try:
+            await asyncio.to_thread(admin.list_topics, timeout=timeout_s)
+        except KafkaException as err:
+            raise BusError(f"kafka at {self.bootstrap} unavailable: {_reason(err)}") from err
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
