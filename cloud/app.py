@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -50,11 +50,14 @@ from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.errors import CloudError
 from fieldgate.cloud.grpc_api import add_grpc_api
+from fieldgate.cloud.health import CloudHealth, GrpcHealth, health_app
+from fieldgate.cloud.ids import event_id
 from fieldgate.cloud.inbound import InboundProcessing
 from fieldgate.cloud.ingest import EdgeSessions, IngestService
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
+from fieldgate.cloud.stage import ConsumerStage
 from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.cloud.zkconfig_models import (
     InstanceSettings,
@@ -126,6 +129,17 @@ def _tenant_record(settings: TenantSettings) -> model.Tenant:
     )
 
 
+def _running_check(stage: ConsumerStage) -> Callable[[], bool]:
+    return lambda: stage.running
+
+
+@runtime_checkable
+class _Pingable(Protocol):
+    """A bus that can answer a readiness probe (both buses do)."""
+
+    async def ping(self) -> None: ...
+
+
 @runtime_checkable
 class _TtlStore(Protocol):
     """An event store with per-tenant retention (the Cassandra store)."""
@@ -170,6 +184,9 @@ class CloudApp:
         self._build(config)
         self._rest: _EmbeddedUvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
+        self._health_server: _EmbeddedUvicorn | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self.health_port = 0  # the bound port of the health listener (0: none)
         self._started: list[Any] = []
 
     def _build(self, config: CloudConfig) -> None:
@@ -210,6 +227,10 @@ class CloudApp:
                 EventPersistence(self.bus, self.event_store, topic_prefix=prefix, tenant_settings=live)
             )
         self.ingest: IngestService | None = None
+        # Liveness/readiness of this process (docs/operations/kubernetes.md); checks are added
+        # at start, for the parts this process really started.
+        self.health = CloudHealth()
+        self.grpc_health: GrpcHealth | None = None
         if "ingest" in self.services:
             # Each ingest replica reads every invocation (group command-delivery.<replica>);
             # the one hosting the device's edge stream sends it.
@@ -241,6 +262,9 @@ class CloudApp:
                     commands=self.commands,
                 )
             )
+            grpc_health = GrpcHealth(self.health, ("fieldgate.v1.EdgeUplink",))
+            ingest.add_servicers(grpc_health.add_to)
+            self.grpc_health = grpc_health
             self.ingest = ingest
         self.rest_port = config.rest_port
 
@@ -294,8 +318,14 @@ class CloudApp:
             if self.ingest is not None:
                 await self.ingest.start()
                 self._started.append(self.ingest)
+            self._add_health_checks()
+            if self.grpc_health is not None:
+                await self.grpc_health.start()
+                self._started.append(self.grpc_health)
             if "api" in self.services:
                 await self._start_rest(secret)
+            if self.config.health.port is not None:
+                await self._start_health_listener()
         except BaseException:
             await self.stop()
             raise
@@ -401,6 +431,7 @@ class CloudApp:
             users=self.users,
             auth=self.config.auth,
             secret=secret,
+            health=self.health,
         )
         server = _EmbeddedUvicorn(
             uvicorn.Config(
@@ -422,8 +453,71 @@ class CloudApp:
         sock = server.servers[0].sockets[0]
         self.rest_port = int(sock.getsockname()[1])
 
+    def _add_health_checks(self) -> None:
+        """Readiness: each dependency this process started answers a real read; liveness:
+        each stage's task (and the REST server) is still running."""
+        health = self.health
+        started = {id(part) for part in self._started}
+        if isinstance(self.bus, _Pingable):
+            health.add_ready("bus", self.bus.ping)
+        probe_tenant = self.tenant_settings.tenants()[0] if self.tenant_settings.tenants() else "default"
+        health.add_ready("registry", self.registry.list_tenants)
+        health.add_ready("invocations", lambda: self.invocations.get(probe_tenant, "readiness-probe"))
+        if id(self.event_store) in started:
+            probe_id = event_id(probe_tenant, "readiness-probe", "readiness-probe")
+            health.add_ready("event_store", lambda: self.event_store.get_event(probe_tenant, probe_id))
+        if id(self.users) in started:
+            health.add_ready("users", lambda: self.users.tenant_of(ADMIN_USER))
+        for stage in self.stages:
+            for attr in ("stage", "delivery_stage", "response_stage"):
+                inner = getattr(stage, attr, None)
+                if isinstance(inner, ConsumerStage):
+                    health.add_live(inner.name, _running_check(inner))
+        if "api" in self.services:
+            health.add_live("rest", lambda: self._rest_task is None or not self._rest_task.done())
+
+    async def _start_health_listener(self) -> None:
+        server = _EmbeddedUvicorn(
+            uvicorn.Config(
+                health_app(self.health),
+                host=self.config.health.host,
+                port=self.config.health.port or 0,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        self._health_server = server
+        self._health_task = asyncio.create_task(server.serve(), name="health")
+        while not server.started:
+            if self._health_task.done():
+                self._health_task.result()
+                raise CloudError(
+                    f"health: cannot listen on {self.config.health.host}:{self.config.health.port}"
+                )
+            await asyncio.sleep(0.01)
+        self.health_port = int(server.servers[0].sockets[0].getsockname()[1])
+        log.info("health: http://%s:%d/healthz and /readyz", self.config.health.host, self.health_port)
+
+    async def drain(self) -> None:
+        """Graceful shutdown, first half (SIGTERM): readiness goes false (HTTP and gRPC), ingest
+        stops taking batches, acknowledges what it committed and ends its edge streams, within
+        ``drain_timeout_s``. :meth:`stop` then stops the rest; the consumer stages finish the
+        batch in hand before they commit and leave."""
+        self.health.drain()
+        if self.grpc_health is not None:
+            await self.grpc_health.drain()
+        if self.ingest is not None:
+            await self.ingest.drain(self.config.drain_timeout_s)
+
     async def stop(self) -> None:
         self._running = False
+        self.health.drain()
+        if self._health_server is not None and self._health_task is not None:
+            self._health_server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_server = self._health_task = None
         if self._tenant_tasks:
             await asyncio.gather(*self._tenant_tasks, return_exceptions=True)
         if self._rest is not None and self._rest_task is not None:
