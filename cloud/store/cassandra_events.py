@@ -39,34 +39,32 @@ events are *new* (so persistence does not re-announce duplicates). Two ways, cho
   races, but a Paxos round per event (measured several times slower; see the docs).
 
 Writes go through ``execute_async``; the driver's future is bridged to asyncio with
-``loop.call_soon_threadsafe`` and at most ``max_concurrency`` requests are in flight (a
-semaphore). Per-tenant TTL (``USING TTL``) applies to every row of an event, the idempotency
+``loop.call_soon_threadsafe`` (:class:`~fieldgate.cloud.store._cassandra.CassandraSession`, which
+a process's Cassandra stores may share: ``session=``) and at most ``max_concurrency`` requests of
+this store are in flight (a semaphore). Per-tenant TTL (``USING TTL``) applies to every row of an event, the idempotency
 row included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cassandra import ConsistencyLevel  # type: ignore[import-untyped]
-from cassandra.cluster import (  # type: ignore[import-untyped]
-    EXEC_PROFILE_DEFAULT,
-    Cluster,
-    ExecutionProfile,
-)
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy  # type: ignore[import-untyped]
-from cassandra.query import BatchStatement, BatchType, tuple_factory  # type: ignore[import-untyped]
+from cassandra.query import BatchStatement, BatchType  # type: ignore[import-untyped]
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
 from fieldgate.cloud.ids import completed_event, event_key
 from fieldgate.cloud.store import MAX_INVOCATION_EVENTS, AssignmentEventQuery, EventQuery, Page
-from fieldgate.timeutil import now_ms
+from fieldgate.cloud.store._cassandra import (
+    KEYSPACE_PREFIX,
+    CassandraSession,
+    Migration,
+    keyspace_name,
+)
+from fieldgate.cloud.store._cassandra import TENANT_RE as _TENANT_RE
 from fieldgate.v1 import events_pb2 as pb
 
 __all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "CassandraEventStore", "keyspace_name"]
@@ -77,8 +75,6 @@ DAY_MS = 86_400_000
 _ALL = "*"  # the kind of device_days rows that describe events_by_device
 _MIN_BIGINT, _MAX_BIGINT = -(2**63), 2**63 - 1
 _MIN_INT, _MAX_INT = -(2**31), 2**31 - 1
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # no "_": keeps keyspace names injective
 _MAX_PAGE_SIZE = 10_000
 # Rows of one partition are sent as one UNLOGGED batch (a single mutation on the replica) up
 # to this many bytes of event data; Cassandra fails batches above 50 KiB by default.
@@ -90,26 +86,7 @@ Dedupe = Literal["read", "lwt"]
 _By = Literal["device", "assignment"]
 
 
-KEYSPACE_PREFIX = "fg"
-
-
-def keyspace_name(tenant: str, prefix: str = KEYSPACE_PREFIX) -> str:
-    """``<prefix>_<tenant>`` (``fg_<tenant>`` by default), injective: ``_`` → ``__``,
-    ``-`` → ``_d`` (the prefix has no ``_``); names past Cassandra's 48-character limit are cut
-    and suffixed with a hash of the token."""
-    if not _TENANT_RE.match(tenant):
-        raise InvalidRequest(f"invalid tenant token {tenant!r}")
-    if not _PREFIX_RE.match(prefix):
-        raise InvalidRequest(f"invalid keyspace prefix {prefix!r}")
-    body = tenant.replace("_", "__").replace("-", "_d")
-    name = f"{prefix}_{body}"
-    if len(name) > 48:
-        digest = hashlib.sha1(tenant.encode()).hexdigest()[:12]
-        name = f"{prefix}_{body[: 32 - len(prefix)].rstrip('_')}_h{digest}"
-    return name
-
-
-def _migrations(ks: str, replication: int) -> list[tuple[int, list[str]]]:
+def _migrations(ks: str, replication: int) -> list[Migration]:
     """Schema versions of a tenant keyspace, oldest first. Append, never edit."""
     order = "WITH CLUSTERING ORDER BY (event_time_ms DESC, received_time_ms DESC, key DESC)"
     return [
@@ -259,9 +236,8 @@ class CassandraEventStore:
         keyspace_prefix: str = KEYSPACE_PREFIX,
         request_timeout_s: float = 20.0,
         connect_timeout_s: float = 30.0,
+        session: CassandraSession | None = None,
     ) -> None:
-        self._hosts = [hosts] if isinstance(hosts, str) else list(hosts)
-        self._port = port
         self._replication = replication
         self._ttl: dict[str, int] = dict(ttl_s_by_tenant or {})
         self._max_concurrency = max_concurrency
@@ -269,10 +245,11 @@ class CassandraEventStore:
         self._initial_tenants = list(tenants)
         keyspace_name("x", keyspace_prefix)  # validates the prefix
         self._prefix = keyspace_prefix
-        self._request_timeout_s = request_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-        self._cluster: Any = None
-        self._session: Any = None
+        # A session shared with the process's other Cassandra stores, or one of its own.
+        self._db = session or CassandraSession(
+            hosts, port, request_timeout_s=request_timeout_s, connect_timeout_s=connect_timeout_s
+        )
+        self._started = False
         self._sem = asyncio.Semaphore(max_concurrency)
         self._tenants: dict[str, _Tenant] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -280,34 +257,21 @@ class CassandraEventStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        profile = ExecutionProfile(
-            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
-            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
-            request_timeout=self._request_timeout_s,
-            row_factory=tuple_factory,
-        )
-        cluster = Cluster(
-            contact_points=self._hosts,
-            port=self._port,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            connect_timeout=self._connect_timeout_s,
-        )
+        await self._db.start()
+        self._started = True
         try:
-            session = await asyncio.to_thread(cluster.connect)
-        except Exception as err:  # the driver raises NoHostAvailable and friends, all plain Exceptions
-            await asyncio.to_thread(cluster.shutdown)
-            raise StoreError(f"cassandra {self._hosts}:{self._port}: cannot connect: {err}") from err
-        session.default_fetch_size = None  # every query here is bounded (LIMIT or one partition)
-        self._cluster, self._session = cluster, session
-        for tenant in self._initial_tenants:
-            await self._open(tenant, create=True)
+            for tenant in self._initial_tenants:
+                await self._open(tenant, create=True)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
-        cluster, self._cluster, self._session = self._cluster, None, None
+        if not self._started:
+            return
+        self._started = False
         self._tenants.clear()
-        if cluster is not None:
-            await asyncio.to_thread(cluster.shutdown)
+        await self._db.stop()
 
     def set_ttl(self, tenant: str, ttl_s: int | None) -> None:
         """Change a tenant's event TTL for later writes (e.g. from ZooKeeper settings)."""
@@ -319,45 +283,13 @@ class CassandraEventStore:
     # ------------------------------------------------------------------ driver bridge
 
     async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Execute asynchronously; the driver's callback thread resolves an asyncio future."""
-        session = self._session
-        if session is None:
+        """Execute asynchronously, at most ``max_concurrency`` requests of this store in flight."""
+        if not self._started:
             raise StoreError("cassandra event store is not started")
-        async with self._sem:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
-
-            def done(rows: Any) -> None:
-                if not fut.done():
-                    fut.set_result(list(rows) if rows is not None else [])
-
-            def failed(exc: BaseException) -> None:
-                if not fut.done():
-                    fut.set_exception(exc)
-
-            def on_ok(rows: Any) -> None:
-                try:
-                    loop.call_soon_threadsafe(done, rows)
-                except RuntimeError:  # loop closed during shutdown
-                    return
-
-            def on_err(exc: BaseException) -> None:
-                try:
-                    loop.call_soon_threadsafe(failed, exc)
-                except RuntimeError:
-                    return
-
-            try:
-                response = session.execute_async(statement, params)
-                response.add_callbacks(on_ok, on_err)
-                return await fut
-            except (StoreError, InvalidRequest, asyncio.CancelledError):
-                raise
-            except Exception as err:  # every driver/server failure becomes a StoreError (transient)
-                raise StoreError(f"cassandra: {type(err).__name__}: {err}") from err
+        return await self._db.execute(statement, params, limit=self._sem)
 
     async def _gather(self, calls: Iterable[Any]) -> list[list[tuple[Any, ...]]]:
-        return list(await asyncio.gather(*calls))
+        return await self._db.gather(calls)
 
     # ------------------------------------------------------------------ schema
 
@@ -377,35 +309,14 @@ class CassandraEventStore:
             )
             if not exists and not create:
                 return None
-            await self._migrate(ks)
+            await self._db.migrate(
+                ks, "events", _migrations(ks, self._replication), replication=self._replication
+            )
             ctx = await self._prepare(ks)
             self._tenants[tenant] = ctx
             return ctx
 
-    async def _migrate(self, ks: str) -> None:
-        await self._run(
-            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication ="
-            f" {{'class': 'SimpleStrategy', 'replication_factor': {int(self._replication)}}}"
-        )
-        await self._run(
-            f"CREATE TABLE IF NOT EXISTS {ks}.schema_version ("
-            " component text, version int, applied_ms bigint, PRIMARY KEY (component, version))"
-        )
-        rows = await self._run(f"SELECT version FROM {ks}.schema_version WHERE component = 'events'")
-        applied = {int(r[0]) for r in rows}
-        for version, statements in _migrations(ks, self._replication):
-            if version in applied:
-                continue
-            for stmt in statements:
-                await self._run(stmt)
-            await self._run(
-                f"INSERT INTO {ks}.schema_version (component, version, applied_ms) VALUES ('events', %s, %s)",
-                (version, now_ms()),
-            )
-            log.info("cassandra: keyspace %s migrated to schema version %d", ks, version)
-
     async def _prepare(self, ks: str) -> _Tenant:
-        session = self._session
         ttl = "USING TTL ?"
         texts = {
             "ins_key": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?) {ttl}",
@@ -452,11 +363,7 @@ class CassandraEventStore:
             "page_assignment_kind": f"SELECT data FROM {ks}.events_by_assignment_kind WHERE assignment = ?"
             " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
         }
-        try:
-            prepared = await asyncio.gather(*(asyncio.to_thread(session.prepare, t) for t in texts.values()))
-        except Exception as err:  # driver errors are plain Exceptions
-            raise StoreError(f"cassandra: cannot prepare statements for {ks}: {err}") from err
-        return _Tenant(keyspace=ks, **dict(zip(texts, prepared, strict=True)))
+        return _Tenant(keyspace=ks, **await self._db.prepare(texts, ks))
 
     # ------------------------------------------------------------------ writes
 

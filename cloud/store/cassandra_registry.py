@@ -1,0 +1,759 @@
+"""Cassandra registry (tenants, device types, devices, assignments) and invocation store.
+
+The distributed implementations of :class:`fieldgate.cloud.store.Registry` and
+:class:`fieldgate.cloud.store.InvocationStore`, with exactly the rules of the SQLite ones
+(:mod:`fieldgate.cloud.store.sqlite_registry`), so that cloud services on different machines
+share no files. Layout (docs/operations/cassandra.md):
+
+* instance keyspace ``<prefix>__instance`` (:func:`~fieldgate.cloud.store._cassandra.instance_keyspace`),
+  component ``registry``: ``tenants`` (token → creation seq, data) and ``invocation_tenants``
+  (the tenants that ever stored an invocation, for :meth:`CassandraInvocationStore.expire_due`
+  over every tenant);
+* each tenant's keyspace (the event store's, :func:`keyspace_name`), component ``registry``:
+  ``device_types``, ``devices``, ``assignments`` and ``invocations`` keyed by token/id (the
+  serialized protobuf in ``data`` beside the queried columns), and for each a listing table
+  with one partition per tenant clustered by a time-based ``seq`` (creation order; assignments
+  newest first, also per device), ``active_assignments`` (device → its one ACTIVE assignment)
+  and ``queued_invocations`` / ``queued_invocations_by_device`` (what is still QUEUED, oldest
+  first).
+
+Races between replicas are settled by lightweight transactions (Paxos), never by a read then a
+write: ``INSERT ... IF NOT EXISTS`` for every token (a second creator gets Conflict), for a
+device's active-assignment slot (at most one ACTIVE assignment per device), for a tenant's
+record; ``UPDATE ... IF status = ?`` for an assignment's release and for every invocation status
+move (the loser re-reads and applies :func:`transition_allowed` to what won), so two replicas
+moving, answering or expiring the same invocation change it once.
+
+A write is several statements (the keyed row by LWT first, then the listing rows). A process
+that dies between them leaves the entity stored but missing from its listing (its token stays
+taken); releasing an assignment again repairs a release cut short (the slot and the listing).
+Totals are ``count(*)`` of the listing partition; a page reads ``offset + page_size`` rows of
+it (Cassandra has no OFFSET), like the event store's day partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message as ProtoMessage
+
+from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound, StoreError
+from fieldgate.cloud.store import Page
+from fieldgate.cloud.store._cassandra import (
+    KEYSPACE_PREFIX,
+    CassandraSession,
+    Migration,
+    instance_keyspace,
+    keyspace_name,
+)
+from fieldgate.cloud.store._sqlite import check_page, require_tenant, valid_tenant
+from fieldgate.cloud.store.sqlite_registry import transition_allowed
+from fieldgate.timeutil import now_ms
+from fieldgate.v1 import model_pb2 as model
+from fieldgate.v1 import services_pb2 as svc
+
+__all__ = ["CassandraInvocationStore", "CassandraRegistry", "transition_allowed"]
+
+M = TypeVar("M", bound=ProtoMessage)
+
+COMPONENT = "registry"
+_BUCKET = 0  # the one partition of a listing table (per tenant keyspace)
+_ACTIVE = model.ASSIGNMENT_STATUS_ACTIVE
+_RELEASED = model.ASSIGNMENT_STATUS_RELEASED
+_QUEUED = svc.COMMAND_STATUS_QUEUED
+_EXPIRED = svc.COMMAND_STATUS_EXPIRED
+_KNOWN = frozenset(
+    {_QUEUED, svc.COMMAND_STATUS_DELIVERED, svc.COMMAND_STATUS_ANSWERED, svc.COMMAND_STATUS_FAILED, _EXPIRED}
+)
+# Compare-and-set rounds of one status update before giving up (each lost round means another
+# writer moved the invocation forward, and there are only three forward moves).
+_CAS_ROUNDS = 8
+
+
+def _instance_migrations(ks: str) -> list[Migration]:
+    """Schema versions of the registry's tables in the instance keyspace. Append, never edit."""
+    return [
+        (
+            1,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.tenants (token text PRIMARY KEY, seq timeuuid, data blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.invocation_tenants ("
+                " bucket int, tenant text, PRIMARY KEY ((bucket), tenant))",
+            ],
+        )
+    ]
+
+
+def _tenant_migrations(ks: str) -> list[Migration]:
+    """Schema versions of the registry's tables in a tenant keyspace. Append, never edit."""
+
+    def by_seq(table: str, desc: bool = False, partition: str = "bucket int") -> str:
+        key = partition.split()[0]
+        order = " WITH CLUSTERING ORDER BY (seq DESC)" if desc else ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {ks}.{table} ("
+            f" {partition}, seq timeuuid, token text, data blob, PRIMARY KEY (({key}), seq)){order}"
+        )
+
+    return [
+        (
+            1,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.device_types (token text PRIMARY KEY, seq timeuuid, data blob)",
+                by_seq("device_types_by_seq"),
+                f"CREATE TABLE IF NOT EXISTS {ks}.devices ("
+                " token text PRIMARY KEY, seq timeuuid, device_type text, data blob)",
+                by_seq("devices_by_seq"),
+                f"CREATE TABLE IF NOT EXISTS {ks}.assignments ("
+                " token text PRIMARY KEY, seq timeuuid, device text, status int, data blob)",
+                by_seq("assignments_by_seq", desc=True),
+                by_seq("assignments_by_device", desc=True, partition="device text"),
+                f"CREATE TABLE IF NOT EXISTS {ks}.active_assignments ("
+                " device text PRIMARY KEY, token text, data blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.invocations ("
+                " id text PRIMARY KEY, seq timeuuid, device text, status int, expires_ms bigint, data blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.queued_invocations ("
+                " bucket int, seq timeuuid, id text, expires_ms bigint, PRIMARY KEY ((bucket), seq))",
+                f"CREATE TABLE IF NOT EXISTS {ks}.queued_invocations_by_device ("
+                " device text, seq timeuuid, id text, PRIMARY KEY ((device), seq))",
+            ],
+        )
+    ]
+
+
+SCHEMA_VERSION = 1
+
+
+def _parse(cls: type[M], data: bytes) -> M:
+    msg = cls()
+    msg.ParseFromString(data)
+    return msg
+
+
+def _copy(msg: M) -> M:
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+class _Sequence:
+    """Time-based uuids (``timeuuid``) that strictly increase within this process: the
+    creation order of the listing tables. A random node id per instance keeps two processes'
+    values apart; the standard library's pure-Python uuid1 path (taken when node and clock_seq
+    are given) never repeats or goes back in time within a process."""
+
+    def __init__(self) -> None:
+        self._node = secrets.randbits(48) | (1 << 40)  # multicast bit: not a real MAC (RFC 4122)
+        self._clock_seq = secrets.randbits(14)
+
+    def next(self) -> uuid.UUID:
+        return uuid.uuid1(node=self._node, clock_seq=self._clock_seq)
+
+
+def _applied(rows: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether a lightweight transaction took effect (its first column is ``[applied]``)."""
+    return bool(rows and rows[0][0])
+
+
+class _CassandraStore:
+    """What the registry and the invocation store share: the session, the instance keyspace's
+    ``registry`` tables, and per-tenant prepared statements (opened on first use)."""
+
+    _what = "cassandra registry"
+
+    def __init__(
+        self,
+        session: CassandraSession,
+        *,
+        keyspace_prefix: str = KEYSPACE_PREFIX,
+        replication: int = 1,
+        max_concurrency: int = 32,
+    ) -> None:
+        self._db = session
+        self._prefix = keyspace_prefix
+        self._instance = instance_keyspace(keyspace_prefix)
+        self._replication = replication
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._started = False
+        self._inst: dict[str, Any] = {}
+        self._tenants: dict[str, dict[str, Any]] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        await self._db.start()
+        self._started = True
+        try:
+            ks = self._instance
+            await self._db.migrate(ks, COMPONENT, _instance_migrations(ks), replication=self._replication)
+            self._inst = await self._db.prepare(self._instance_statements(ks), ks)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._tenants.clear()
+        await self._db.stop()
+
+    def _instance_statements(self, ks: str) -> dict[str, str]:
+        return {}
+
+    def _instance_stmt(self, name: str) -> Any:
+        if not self._started:
+            raise StoreError(f"{self._what} is not started")
+        return self._inst[name]
+
+    def _tenant_statements(self, ks: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        if not self._started:
+            raise StoreError(f"{self._what} is not started")
+        return await self._db.execute(statement, params, limit=self._sem)
+
+    async def _open(self, tenant: str, *, create: bool) -> dict[str, Any] | None:
+        """The tenant keyspace's prepared statements; None when it does not exist and ``create``
+        is false (reads create nothing). Migrates the registry tables on first use."""
+        ctx = self._tenants.get(tenant)
+        if ctx is not None:
+            return ctx
+        if not valid_tenant(tenant):
+            return None
+        ks = keyspace_name(tenant, self._prefix)
+        async with self._opening.setdefault(tenant, asyncio.Lock()):
+            ctx = self._tenants.get(tenant)
+            if ctx is not None:
+                return ctx
+            if not self._started:
+                raise StoreError(f"{self._what} is not started")
+            if not create and not await self._db.keyspace_exists(ks):
+                return None
+            await self._db.migrate(ks, COMPONENT, _tenant_migrations(ks), replication=self._replication)
+            ctx = await self._db.prepare(self._tenant_statements(ks), ks)
+            self._tenants[tenant] = ctx
+            return ctx
+
+
+def _by_seq_statements(ks: str, table: str, key: str = "bucket") -> dict[str, str]:
+    return {
+        f"ins_{table}": f"INSERT INTO {ks}.{table} ({key}, seq, token, data) VALUES (?, ?, ?, ?)",
+        f"count_{table}": f"SELECT count(*) FROM {ks}.{table} WHERE {key} = ?",
+        f"page_{table}": f"SELECT data FROM {ks}.{table} WHERE {key} = ? LIMIT ?",
+    }
+
+
+class CassandraRegistry(_CassandraStore):
+    """Implements :class:`fieldgate.cloud.store.Registry` on Cassandra (see the module docstring).
+
+    :meth:`get_device` is on the hot path of inbound processing: as in the SQLite registry,
+    found devices (which cannot change) are kept in a bounded in-memory cache, misses always ask
+    Cassandra (another replica may have created the device), and active assignments are cached
+    for ``assignment_cache_s`` and invalidated at once by this instance's own writes.
+    """
+
+    def __init__(
+        self,
+        session: CassandraSession,
+        *,
+        keyspace_prefix: str = KEYSPACE_PREFIX,
+        replication: int = 1,
+        max_concurrency: int = 32,
+        device_cache_size: int = 100_000,
+        assignment_cache_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            session, keyspace_prefix=keyspace_prefix, replication=replication, max_concurrency=max_concurrency
+        )
+        self._seq = _Sequence()
+        self._known_tenants: set[str] = set()
+        self._device_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._device_cache_size = device_cache_size
+        # (tenant, device) -> (valid until, serialized active assignment or None)
+        self._assignment_cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+        self._assignment_cache_s = assignment_cache_s
+        self._clock = clock
+
+    def _instance_statements(self, ks: str) -> dict[str, str]:
+        return {
+            "ins_tenant": f"INSERT INTO {ks}.tenants (token, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
+            "upd_tenant": f"UPDATE {ks}.tenants SET data = ? WHERE token = ?",
+            "sel_tenant": f"SELECT data FROM {ks}.tenants WHERE token = ?",
+            "all_tenants": f"SELECT seq, data FROM {ks}.tenants",
+        }
+
+    def _tenant_statements(self, ks: str) -> dict[str, str]:
+        return {
+            "ins_device_types": f"INSERT INTO {ks}.device_types (token, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
+            "sel_device_types": f"SELECT data FROM {ks}.device_types WHERE token = ?",
+            **_by_seq_statements(ks, "device_types_by_seq"),
+            "ins_devices": f"INSERT INTO {ks}.devices (token, seq, device_type, data) VALUES (?, ?, ?, ?)"
+            " IF NOT EXISTS",
+            "sel_devices": f"SELECT data FROM {ks}.devices WHERE token = ?",
+            **_by_seq_statements(ks, "devices_by_seq"),
+            "ins_assignment": f"INSERT INTO {ks}.assignments (token, seq, device, status, data)"
+            " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+            "del_assignment": f"DELETE FROM {ks}.assignments WHERE token = ?",
+            "sel_assignment": f"SELECT seq, data FROM {ks}.assignments WHERE token = ?",
+            "release_assignment": f"UPDATE {ks}.assignments SET status = ?, data = ? WHERE token = ?"
+            " IF status = ?",
+            **_by_seq_statements(ks, "assignments_by_seq"),
+            **_by_seq_statements(ks, "assignments_by_device", "device"),
+            "claim_active": f"INSERT INTO {ks}.active_assignments (device, token, data) VALUES (?, ?, ?)"
+            " IF NOT EXISTS",
+            "free_active": f"DELETE FROM {ks}.active_assignments WHERE device = ? IF token = ?",
+            "sel_active": f"SELECT data FROM {ks}.active_assignments WHERE device = ?",
+        }
+
+    # ------------------------------------------------------------------ tenants
+
+    async def _tenant_exists(self, tenant: str) -> bool:
+        if tenant in self._known_tenants:
+            return True
+        rows = await self._run(self._instance_stmt("sel_tenant"), (tenant,))
+        if rows:
+            self._known_tenants.add(tenant)
+        return bool(rows)
+
+    async def _writable(self, tenant: str) -> dict[str, Any]:
+        """The tenant's statements for a write; NotFound for an unknown tenant."""
+        if not valid_tenant(tenant) or not await self._tenant_exists(tenant):
+            raise NotFound(f"tenant {tenant!r} does not exist")
+        ctx = await self._open(tenant, create=True)
+        assert ctx is not None
+        return ctx
+
+    async def ensure_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Create ``tenant`` or update its settings to the given ones (configuration is the
+        source of truth); returns what is stored. The first creator's ``seq`` (list order) wins."""
+        require_tenant(tenant.token)
+        stored = _copy(tenant)
+        data = stored.SerializeToString()
+        rows = await self._run(self._instance_stmt("ins_tenant"), (stored.token, self._seq.next(), data))
+        if not _applied(rows):
+            await self._run(self._instance_stmt("upd_tenant"), (data, stored.token))
+        await self._open(stored.token, create=True)
+        self._known_tenants.add(stored.token)
+        return stored
+
+    async def get_tenant(self, token: str) -> model.Tenant | None:
+        if not valid_tenant(token):
+            return None
+        rows = await self._run(self._instance_stmt("sel_tenant"), (token,))
+        return _parse(model.Tenant, rows[0][0]) if rows else None
+
+    async def list_tenants(self) -> list[model.Tenant]:
+        """Every tenant in creation order (the table is small: one row per tenant)."""
+        rows = await self._run(self._instance_stmt("all_tenants"))
+        rows.sort(key=lambda r: (r[0].time, r[0].bytes))
+        return [_parse(model.Tenant, data) for _, data in rows]
+
+    # ------------------------------------------------------------------ shared
+
+    async def _get_data(self, tenant: str, stmt: str, key: str) -> bytes | None:
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return None
+        rows = await self._run(ctx[stmt], (key,))
+        return bytes(rows[0][-1]) if rows else None
+
+    async def _create(self, ctx: dict[str, Any], table: str, params: tuple[Any, ...]) -> bool:
+        """The keyed row by LWT, then (when it won) the listing row. False: the token is taken."""
+        token, data = params[0], params[-1]
+        seq = self._seq.next()
+        if not _applied(await self._run(ctx[f"ins_{table}"], (token, seq, *params[1:]))):
+            return False
+        await self._run(ctx[f"ins_{table}_by_seq"], (_BUCKET, seq, token, data))
+        return True
+
+    async def _page(
+        self, ctx: dict[str, Any] | None, table: str, key: Any, cls: type[M], page: int, page_size: int
+    ) -> Page[M]:
+        limit, offset = check_page(page, page_size)
+        if ctx is None:
+            return Page([], 0, page, page_size)
+        counted, rows = await self._db.gather(
+            [self._run(ctx[f"count_{table}"], (key,)), self._run(ctx[f"page_{table}"], (key, offset + limit))]
+        )
+        total = int(counted[0][0]) if counted else 0
+        return Page([_parse(cls, r[0]) for r in rows[offset:]], total, page, page_size)
+
+    # ------------------------------------------------------------------ device types
+
+    async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        if not dt.token:
+            raise InvalidRequest("device type token must not be empty")
+        stored = _copy(dt)
+        ctx = await self._writable(tenant)
+        if not await self._create(ctx, "device_types", (stored.token, stored.SerializeToString())):
+            raise Conflict(f"device type {stored.token!r} already exists in tenant {tenant!r}")
+        return stored
+
+    async def get_device_type(self, tenant: str, token: str) -> model.DeviceType | None:
+        data = await self._get_data(tenant, "sel_device_types", token)
+        return None if data is None else _parse(model.DeviceType, data)
+
+    async def list_device_types(self, tenant: str, page: int, page_size: int) -> Page[model.DeviceType]:
+        check_page(page, page_size)
+        ctx = await self._open(tenant, create=False)
+        return await self._page(ctx, "device_types_by_seq", _BUCKET, model.DeviceType, page, page_size)
+
+    # ------------------------------------------------------------------ devices
+
+    async def create_device(self, device: model.Device) -> model.Device:
+        """Store ``device`` (``created_ms`` defaults to now). NotFound for an unknown tenant or
+        device type, Conflict for a duplicate token."""
+        if not device.token:
+            raise InvalidRequest("device token must not be empty")
+        if not device.device_type:
+            raise InvalidRequest("device must name a device type")
+        stored = _copy(device)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        ctx = await self._writable(stored.tenant)
+        if not await self._run(ctx["sel_device_types"], (stored.device_type,)):
+            raise NotFound(f"device type {stored.device_type!r} does not exist in tenant {stored.tenant!r}")
+        data = stored.SerializeToString()
+        if not await self._create(ctx, "devices", (stored.token, stored.device_type, data)):
+            raise Conflict(f"device {stored.token!r} already exists in tenant {stored.tenant!r}")
+        self._cache_device(stored.tenant, stored.token, data)
+        return _copy(stored)
+
+    async def get_device(self, tenant: str, token: str) -> model.Device | None:
+        """The device, or None. Found devices are served from memory after the first lookup."""
+        cached = self._device_cache.get((tenant, token))
+        if cached is not None:
+            self._device_cache.move_to_end((tenant, token))
+            return _parse(model.Device, cached)
+        data = await self._get_data(tenant, "sel_devices", token)
+        if data is None:
+            return None
+        self._cache_device(tenant, token, data)
+        return _parse(model.Device, data)
+
+    def _cache_device(self, tenant: str, token: str, data: bytes) -> None:
+        cache = self._device_cache
+        cache[(tenant, token)] = data
+        while len(cache) > self._device_cache_size:
+            cache.popitem(last=False)
+
+    async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
+        check_page(page, page_size)
+        ctx = await self._open(tenant, create=False)
+        return await self._page(ctx, "devices_by_seq", _BUCKET, model.Device, page, page_size)
+
+    # ------------------------------------------------------------------ assignments
+
+    async def create_assignment(self, assignment: model.Assignment) -> model.Assignment:
+        """Store an ACTIVE assignment (token defaults to a uuid4, ``active_ms`` to now).
+        NotFound for an unknown tenant or device; Conflict for a duplicate token or when the
+        device already has an active assignment (its ``active_assignments`` slot is taken)."""
+        if not assignment.device:
+            raise InvalidRequest("assignment must name a device")
+        a = _copy(assignment)
+        if not a.token:
+            a.token = uuid.uuid4().hex
+        a.status = _ACTIVE
+        a.released_ms = 0
+        if not a.active_ms:
+            a.active_ms = now_ms()
+        try:
+            ctx = await self._writable(a.tenant)
+            if not await self._run(ctx["sel_devices"], (a.device,)):
+                raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
+            data = a.SerializeToString()
+            seq = self._seq.next()
+            if not _applied(
+                await self._run(ctx["ins_assignment"], (a.token, seq, a.device, int(_ACTIVE), data))
+            ):
+                raise Conflict(f"assignment {a.token!r} already exists in tenant {a.tenant!r}")
+            if not _applied(await self._run(ctx["claim_active"], (a.device, a.token, data))):
+                # The token is ours (we just won it): give it back, the device's slot is not.
+                await self._run(ctx["del_assignment"], (a.token,))
+                raise Conflict(f"device {a.device!r} already has an active assignment")
+            await self._db.gather(
+                [
+                    self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, a.token, data)),
+                    self._run(ctx["ins_assignments_by_device"], (a.device, seq, a.token, data)),
+                ]
+            )
+            return a
+        finally:
+            self._assignment_cache.pop((a.tenant, a.device), None)
+
+    async def get_assignment(self, tenant: str, token: str) -> model.Assignment | None:
+        data = await self._get_data(tenant, "sel_assignment", token)
+        return None if data is None else _parse(model.Assignment, data)
+
+    async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None:
+        key = (tenant, device)
+        hit = self._assignment_cache.get(key)
+        now = self._clock()
+        if hit is not None and hit[0] > now:
+            return None if hit[1] is None else _parse(model.Assignment, hit[1])
+        data = await self._get_data(tenant, "sel_active", device)
+        if self._assignment_cache_s > 0:
+            if len(self._assignment_cache) >= self._device_cache_size:
+                self._assignment_cache.clear()
+            self._assignment_cache[key] = (now + self._assignment_cache_s, data)
+        return None if data is None else _parse(model.Assignment, data)
+
+    async def list_assignments(
+        self, tenant: str, device: str | None, page: int, page_size: int
+    ) -> Page[model.Assignment]:
+        """A tenant's (or one device's) assignments, newest first."""
+        check_page(page, page_size)
+        ctx = await self._open(tenant, create=False)
+        if device is None:
+            return await self._page(ctx, "assignments_by_seq", _BUCKET, model.Assignment, page, page_size)
+        return await self._page(ctx, "assignments_by_device", device, model.Assignment, page, page_size)
+
+    async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
+        """Mark the assignment RELEASED (idempotent). NotFound if there is no such assignment.
+
+        The status moves by compare-and-set (``IF status = ACTIVE``): of two replicas releasing
+        at once one writes, the other returns what it wrote. Then the device's slot is freed
+        (``IF token = ?``: a newer assignment's slot is never touched) and the listing rows are
+        rewritten — also when the assignment was released already, which repairs a release that
+        a crash cut short."""
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_assignment"], (token,))
+        if ctx is None or not rows:
+            raise NotFound(f"assignment {token!r} does not exist in tenant {tenant!r}")
+        seq, data = rows[0]
+        a = _parse(model.Assignment, data)
+        if a.status != _RELEASED:
+            a.status = _RELEASED
+            a.released_ms = now_ms()
+            data = a.SerializeToString()
+            won = await self._run(ctx["release_assignment"], (int(_RELEASED), data, token, int(_ACTIVE)))
+            if not _applied(won):
+                again = await self._run(ctx["sel_assignment"], (token,))
+                if not again:
+                    raise NotFound(f"assignment {token!r} does not exist in tenant {tenant!r}")
+                seq, data = again[0]
+                a = _parse(model.Assignment, data)
+        await self._run(ctx["free_active"], (a.device, token))
+        await self._db.gather(
+            [
+                self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, token, data)),
+                self._run(ctx["ins_assignments_by_device"], (a.device, seq, token, data)),
+            ]
+        )
+        self._assignment_cache.pop((tenant, a.device), None)
+        return a
+
+
+# ---------------------------------------------------------------------- invocations
+
+
+class CassandraInvocationStore(_CassandraStore):
+    """Implements :class:`fieldgate.cloud.store.InvocationStore` on Cassandra: ``invocations``
+    in the tenant's keyspace, moved only by compare-and-set on ``status``."""
+
+    _what = "cassandra invocation store"
+
+    def __init__(
+        self,
+        session: CassandraSession,
+        *,
+        keyspace_prefix: str = KEYSPACE_PREFIX,
+        replication: int = 1,
+        max_concurrency: int = 32,
+    ) -> None:
+        super().__init__(
+            session, keyspace_prefix=keyspace_prefix, replication=replication, max_concurrency=max_concurrency
+        )
+        self._seq = _Sequence()
+        self._listed: set[str] = set()  # tenants known to be in invocation_tenants
+
+    def _instance_statements(self, ks: str) -> dict[str, str]:
+        return {
+            "ins_tenant": f"INSERT INTO {ks}.invocation_tenants (bucket, tenant) VALUES (?, ?)",
+            "all_tenants": f"SELECT tenant FROM {ks}.invocation_tenants WHERE bucket = ?",
+        }
+
+    def _tenant_statements(self, ks: str) -> dict[str, str]:
+        return {
+            "ins": f"INSERT INTO {ks}.invocations (id, seq, device, status, expires_ms, data)"
+            " VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            "sel": f"SELECT seq, status, data FROM {ks}.invocations WHERE id = ?",
+            "cas": f"UPDATE {ks}.invocations SET status = ?, data = ? WHERE id = ? IF status = ?",
+            "ins_queued": f"INSERT INTO {ks}.queued_invocations (bucket, seq, id, expires_ms) VALUES (?, ?, ?, ?)",
+            "ins_queued_device": f"INSERT INTO {ks}.queued_invocations_by_device (device, seq, id)"
+            " VALUES (?, ?, ?)",
+            "del_queued": f"DELETE FROM {ks}.queued_invocations WHERE bucket = ? AND seq = ?",
+            "del_queued_device": f"DELETE FROM {ks}.queued_invocations_by_device WHERE device = ? AND seq = ?",
+            "queued": f"SELECT seq, id, expires_ms FROM {ks}.queued_invocations WHERE bucket = ?",
+            "queued_device": f"SELECT seq, id FROM {ks}.queued_invocations_by_device WHERE device = ?",
+        }
+
+    async def create(self, inv: svc.InvocationState) -> svc.InvocationState:
+        """Store a new invocation (status defaults to QUEUED, times to now). Conflict if the
+        id exists; InvalidRequest without id, tenant or device."""
+        require_tenant(inv.tenant)
+        if not inv.id or not inv.device:
+            raise InvalidRequest("an invocation needs an id and a device")
+        stored = _copy(inv)
+        if stored.status == svc.COMMAND_STATUS_UNSPECIFIED:
+            stored.status = _QUEUED
+        if stored.status not in _KNOWN:
+            raise InvalidRequest(f"unknown command status {stored.status}")
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        if not stored.updated_ms:
+            stored.updated_ms = stored.created_ms
+        ctx = await self._open(stored.tenant, create=True)
+        assert ctx is not None
+        if stored.tenant not in self._listed:
+            await self._run(self._instance_stmt("ins_tenant"), (_BUCKET, stored.tenant))
+            self._listed.add(stored.tenant)
+        seq = self._seq.next()
+        params = (
+            stored.id,
+            seq,
+            stored.device,
+            int(stored.status),
+            stored.expires_ms,
+            stored.SerializeToString(),
+        )
+        if not _applied(await self._run(ctx["ins"], params)):
+            raise Conflict(f"invocation {stored.id!r} already exists")
+        if stored.status == _QUEUED:
+            await self._db.gather(
+                [
+                    self._run(ctx["ins_queued"], (_BUCKET, seq, stored.id, stored.expires_ms)),
+                    self._run(ctx["ins_queued_device"], (stored.device, seq, stored.id)),
+                ]
+            )
+        return stored
+
+    async def get(self, tenant: str, invocation_id: str) -> svc.InvocationState | None:
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return None
+        rows = await self._run(ctx["sel"], (invocation_id,))
+        return _parse(svc.InvocationState, rows[0][2]) if rows else None
+
+    async def update_status(
+        self,
+        tenant: str,
+        invocation_id: str,
+        status: svc.CommandStatus.ValueType,
+        *,
+        reason: str = "",
+        response_json: str | None = None,
+    ) -> svc.InvocationState | None:
+        """Move an invocation forward; None if it does not exist. Terminal states are final;
+        backwards or repeated updates are ignored and the current state returned."""
+        if status not in _KNOWN:
+            raise InvalidRequest(f"unknown command status {status}")
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return None
+
+        def moved(inv: svc.InvocationState) -> svc.InvocationState:
+            inv.status = status
+            inv.reason = reason
+            if response_json is not None:
+                inv.response_json = response_json
+            inv.updated_ms = max(now_ms(), inv.updated_ms)
+            return inv
+
+        state, _ = await self._move(
+            ctx, invocation_id, lambda current: transition_allowed(current, status), moved
+        )
+        return state
+
+    async def _move(
+        self,
+        ctx: dict[str, Any],
+        invocation_id: str,
+        allowed: Callable[[int], bool],
+        change: Callable[[svc.InvocationState], svc.InvocationState],
+    ) -> tuple[svc.InvocationState | None, bool]:
+        """Read; if ``allowed(current status)``, compare-and-set the ``change``d state on the
+        status read. A lost round re-reads what the other writer stored and decides again.
+        Returns the state now stored (None: no such invocation) and whether this call moved it."""
+        for _ in range(_CAS_ROUNDS):
+            rows = await self._run(ctx["sel"], (invocation_id,))
+            if not rows:
+                return None, False
+            seq, current, data = rows[0]
+            inv = _parse(svc.InvocationState, data)
+            if not allowed(current):
+                return inv, False
+            new = change(inv)
+            cas = (int(new.status), new.SerializeToString(), invocation_id, current)
+            if _applied(await self._run(ctx["cas"], cas)):
+                if current == _QUEUED:
+                    await self._db.gather(
+                        [
+                            self._run(ctx["del_queued"], (_BUCKET, seq)),
+                            self._run(ctx["del_queued_device"], (new.device, seq)),
+                        ]
+                    )
+                return new, True
+        raise StoreError(f"invocation {invocation_id!r}: status still contended after {_CAS_ROUNDS} rounds")
+
+    async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
+        """Invocations still QUEUED for ``device``, oldest first."""
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return []
+        rows = await self._run(ctx["queued_device"], (device,))
+        return await self._still_queued(ctx, [(seq, inv_id) for seq, inv_id in rows])
+
+    async def list_pending(self, tenant: str) -> list[svc.InvocationState]:
+        """Every QUEUED invocation of ``tenant``, oldest first (e.g. to re-send after a restart)."""
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return []
+        rows = await self._run(ctx["queued"], (_BUCKET,))
+        return await self._still_queued(ctx, [(seq, inv_id) for seq, inv_id, _ in rows])
+
+    async def _still_queued(
+        self, ctx: dict[str, Any], entries: list[tuple[Any, str]]
+    ) -> list[svc.InvocationState]:
+        """The invocations of queue entries (oldest first) that are QUEUED in ``invocations``,
+        the source of truth (an entry outlives its move when a process dies in between)."""
+        found = await self._db.gather(self._run(ctx["sel"], (inv_id,)) for _, inv_id in entries)
+        return [_parse(svc.InvocationState, rows[0][2]) for rows in found if rows and rows[0][1] == _QUEUED]
+
+    async def expire_due(self, now_ms: int, tenant: str | None = None) -> list[svc.InvocationState]:
+        """Mark QUEUED invocations whose ``expires_ms`` (non-zero) has passed as EXPIRED
+        (reason "ttl expired"), in every tenant or one; returns them. DELIVERED ones are left to
+        the edge's response timeout. Each move is a compare-and-set: two replicas sweeping at
+        once expire every invocation once between them."""
+        if tenant is not None:
+            tenants = [tenant]
+        else:
+            tenants = [str(r[0]) for r in await self._run(self._instance_stmt("all_tenants"), (_BUCKET,))]
+        now = now_ms
+
+        def expired(inv: svc.InvocationState) -> svc.InvocationState:
+            inv.status = _EXPIRED
+            inv.reason = "ttl expired"
+            inv.updated_ms = max(now, inv.updated_ms)
+            return inv
+
+        out: list[svc.InvocationState] = []
+        for t in tenants:
+            ctx = await self._open(t, create=False)
+            if ctx is None:
+                continue
+            rows = await self._run(ctx["queued"], (_BUCKET,))
+            due = [inv_id for _, inv_id, expires in rows if expires and 0 < expires <= now]
+            for inv_id in due:
+                state, moved = await self._move(ctx, inv_id, lambda current: current == _QUEUED, expired)
+                if moved and state is not None:
+                    out.append(state)
+        return out
