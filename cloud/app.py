@@ -16,7 +16,7 @@ share the stage's partitions through Kafka consumer groups):
   (``command-delivery.<replica_id>``) and sends what its edges own;
 * ``api`` — the REST API (command requests go to the bus like everywhere else).
 
-The bus and the event store come from :mod:`fieldgate.cloud.backends`. When
+The bus and the stores come from :mod:`fieldgate.cloud.backends`. When
 ``config.zookeeper`` is set, every process — whichever services it runs — reads ZooKeeper at
 start and watches it (docs/operations/zookeeper.md):
 
@@ -37,15 +37,21 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Collection, Iterator, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 import uvicorn
 
 from fieldgate.cloud.api.app import create_api
-from fieldgate.cloud.api.users import SqliteUsers
-from fieldgate.cloud.backends import build_bus, build_event_store
+from fieldgate.cloud.backends import (
+    build_bus,
+    build_cassandra,
+    build_event_store,
+    build_invocation_store,
+    build_registry,
+    build_users,
+    load_token_secret,
+)
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.errors import CloudError
@@ -58,7 +64,6 @@ from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.stage import ConsumerStage
-from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.cloud.zkconfig_models import (
     InstanceSettings,
     TenantSettings,
@@ -107,17 +112,6 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def load_or_create_secret(data_dir: Path) -> str:
-    """The token-signing secret, generated once and kept (mode 0600) in ``data_dir``."""
-    path = data_dir / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
-    secret = secrets.token_urlsafe(48)
-    path.touch(mode=0o600)
-    path.write_text(secret)
-    return secret
 
 
 def _tenant_record(settings: TenantSettings) -> model.Tenant:
@@ -193,14 +187,17 @@ class CloudApp:
         """Create (not start) the bus, stores and stages for ``config``. Called again at start
         when ZooKeeper's instance settings differ from the file's — before anything connects."""
         self.config = config
-        data = config.data_dir
         prefix = config.bus.topic_prefix
         live = self.tenant_settings
         self.bus = build_bus(config, client_id="fieldgate-" + "-".join(sorted(self.services)))
-        self.registry = SqliteRegistry(data / "registry")
-        self.invocations = SqliteInvocationStore(data / "registry")
-        self.event_store = build_event_store(config, tenants=[t.token for t in config.tenants])
-        self.users = SqliteUsers(data / "users.db")
+        # SQLite files in data_dir, or Cassandra: one connection shared by the stores (None on SQLite).
+        self.cassandra = build_cassandra(config)
+        self.registry = build_registry(config, cassandra=self.cassandra)
+        self.invocations = build_invocation_store(config, cassandra=self.cassandra)
+        self.event_store = build_event_store(
+            config, tenants=[t.token for t in config.tenants], cassandra=self.cassandra
+        )
+        self.users = build_users(config, cassandra=self.cassandra)
         self.sessions = EdgeSessions()
         self.commands = CommandService(
             self.registry,
@@ -274,24 +271,21 @@ class CloudApp:
         return int(self.ingest.port) if self.ingest is not None else 0
 
     async def ensure_admin(self, password: str | None) -> str | None:
-        """Create/refresh user ``admin``. Returns a generated password the first time none is given."""
-        marker = self.config.data_dir / "admin.initialized"
-        generated = None
-        if password is None:
-            if marker.exists():
-                return None
-            password = generated = secrets.token_urlsafe(12)
-        await self.users.set_password(ADMIN_USER, password)
-        marker.touch()
-        return generated
+        """Create/refresh user ``admin``: a given password is always set; without one, a password
+        is generated and returned when the user store has no admin yet (None otherwise). The
+        store decides, not a file in data_dir, so replicas without a common directory agree;
+        of two replicas creating the admin at once only one's password is stored and returned."""
+        if password is not None:
+            await self.users.set_password(ADMIN_USER, password)
+            return None
+        if await self.users.exists(ADMIN_USER):
+            return None
+        generated = secrets.token_urlsafe(12)
+        return generated if await self.users.create(ADMIN_USER, generated) else None
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        secret = (
-            self.config.auth.secret_key.get_secret_value()
-            if self.config.auth.secret_key
-            else load_or_create_secret(self.config.data_dir)
-        )
+        secret = ""
         try:
             if self.zk is not None:
                 await self.zk.start()
@@ -305,6 +299,9 @@ class CloudApp:
             for part in parts:
                 await part.start()
                 self._started.append(part)
+            if "api" in self.services:
+                # auth.secret_key, auth.secret_file, or the store's (generated once, shared).
+                secret = await load_token_secret(self.config, cassandra=self.cassandra)
             # The file's tenants, with ZooKeeper's settings where it has them.
             for token in self.tenant_settings.tenants():
                 settings = self.tenant_settings.get(token)

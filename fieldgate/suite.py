@@ -35,8 +35,8 @@ from typing import Literal, Self
 import yaml
 
 from fieldgate.cloud.app import CloudApp
+from fieldgate.cloud.backends import build_registry, build_users
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
-from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
 from fieldgate.config import validate
 from fieldgate.devservers import (
     CassandraServer,
@@ -152,6 +152,8 @@ class Suite:
         self._edge_pump: asyncio.Task[None] | None = None
         self.sim: MqttDeviceSim | None = None
         self.admin_password: str | None = options.admin_password
+        # Distributed mode: the password the api process is given (chosen once per start).
+        self._admin_env_password: str | None = None
 
     def edge_config(self) -> EdgeConfig:
         o = self.options
@@ -265,20 +267,21 @@ class Suite:
 
     async def _register_southbound(self, sims: SouthboundSims) -> None:
         """Register the sims' devices (with their commands) in the cloud's registry: the
-        in-process app's, or in distributed mode the registry files the services share."""
+        in-process app's, or in distributed mode the services' (Cassandra)."""
         if not self.options.distributed:
             await sims.register(self.cloud.registry)
             return
-        registry = SqliteRegistry(self._cloud_config.data_dir / "registry")
+        registry = build_registry(self._distributed_config())
         await registry.start()
         try:
             await sims.register(registry)
         finally:
             await registry.stop()
 
-    def _write_cloud_config(self) -> Path:
+    def _distributed_config(self) -> CloudConfig:
+        """The services' configuration: the suite's, on the servers it started."""
         assert self.zookeeper is not None and self.kafka is not None and self.cassandra is not None
-        config = self._cloud_config.model_copy(
+        return self._cloud_config.model_copy(
             update={
                 "bus": BusConfig(kind="kafka", bootstrap=self.kafka.bootstrap),
                 "store": StoreConfig(
@@ -287,18 +290,33 @@ class Suite:
                 "zookeeper": ZookeeperConfig(hosts=self.zookeeper.hosts, instance="default"),
             }
         )
+
+    def _write_cloud_config(self) -> Path:
+        config = self._distributed_config()
         validate(CloudConfig, config.model_dump(mode="json", by_alias=True), "fieldgate up --distributed")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.options.data_dir / "cloud.yaml"
         path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
         return path
 
-    def _admin_env(self) -> dict[str, str]:
-        """The api process creates user admin from FIELDGATE_ADMIN_PASSWORD. Without one given,
-        the suite picks one the first time (as ensure_admin would) and keeps the old one after."""
+    async def _choose_admin_password(self) -> None:
+        """Without a password given, the suite picks one when the services' user store has no
+        admin yet (as ensure_admin would) and keeps the stored one after."""
         password = self.options.admin_password
-        if password is None and not (self._cloud_config.data_dir / "admin.initialized").exists():
-            password = secrets.token_urlsafe(12)
+        if password is None:
+            users = build_users(self._distributed_config())
+            await users.start()
+            try:
+                if not await users.exists("admin"):
+                    password = secrets.token_urlsafe(12)
+            finally:
+                await users.stop()
+        self._admin_env_password = password
+
+    def _admin_env(self) -> dict[str, str]:
+        """The api process creates user admin from FIELDGATE_ADMIN_PASSWORD (the same one again
+        when the supervisor restarts it)."""
+        password = self._admin_env_password
         if password is None:
             return {}
         self.admin_password = password
@@ -306,6 +324,7 @@ class Suite:
 
     async def _start_cloud_processes(self, timeout_s: float = 180.0) -> None:
         path = self._write_cloud_config()
+        await self._choose_admin_password()
         env = {k: v for k, v in os.environ.items() if k != "FIELDGATE_ADMIN_PASSWORD"}
         env["PYTHONUNBUFFERED"] = "1"
         self._cloud_env = env
