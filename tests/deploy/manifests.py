@@ -49,7 +49,9 @@ def tool(name: str) -> Path:
 def run(argv: list[str | Path], *, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -161,18 +163,26 @@ def probe_problems(manifests: list[Manifest], served: dict[int, set[str]] | None
                     port = ports.get(probe["httpGet"]["port"])
                     path = probe["httpGet"].get("path", "/")
                     if port is None:
-                        problems.append(f"{where}: {kind} port {probe['httpGet']['port']} is not a container port")
+                        problems.append(
+                            f"{where}: {kind} port {probe['httpGet']['port']} is not a container port"
+                        )
                     elif served is not None and path not in served.get(port, set()):
-                        problems.append(f"{where}: {kind} asks for {path} on {port}, which serves {served.get(port)}")
+                        problems.append(
+                            f"{where}: {kind} asks for {path} on {port}, which serves {served.get(port)}"
+                        )
                 elif "grpc" in probe:
                     if probe["grpc"]["port"] not in ports.values():
-                        problems.append(f"{where}: {kind} gRPC port {probe['grpc']['port']} is not a container port")
+                        problems.append(
+                            f"{where}: {kind} gRPC port {probe['grpc']['port']} is not a container port"
+                        )
                 else:
                     problems.append(f"{where}: {kind} is neither httpGet nor grpc: {probe}")
     return problems
 
 
-def security_problems(manifests: list[Manifest], root_allowed: dict[str, set[str]] | None = None) -> list[str]:
+def security_problems(
+    manifests: list[Manifest], root_allowed: dict[str, set[str]] | None = None
+) -> list[str]:
     """Every container runs as a non-root user, cannot gain privileges, drops ALL capabilities,
     has a read-only root filesystem and the RuntimeDefault seccomp profile. ``root_allowed``:
     init containers (by name) allowed to run as root, with the only capabilities they may add."""
@@ -191,7 +201,9 @@ def security_problems(manifests: list[Manifest], root_allowed: dict[str, set[str
             adds = set(sc.get("capabilities", {}).get("add", []))
             if c["name"] in root_allowed and c in spec.get("initContainers", []):
                 if not adds <= root_allowed[c["name"]]:
-                    problems.append(f"{where}: adds {sorted(adds)}, allowed {sorted(root_allowed[c['name']])}")
+                    problems.append(
+                        f"{where}: adds {sorted(adds)}, allowed {sorted(root_allowed[c['name']])}"
+                    )
             else:
                 if non_root is not True or not isinstance(user, int) or user == 0:
                     problems.append(f"{where}: not non-root (runAsNonRoot={non_root}, runAsUser={user})")
@@ -203,7 +215,9 @@ def security_problems(manifests: list[Manifest], root_allowed: dict[str, set[str
                 problems.append(f"{where}: root filesystem is writable")
             privileged = sc.get("privileged", False)
             if privileged and sc.get("allowPrivilegeEscalation") is False:
-                problems.append(f"{where}: privileged with allowPrivilegeEscalation false (the API server refuses it)")
+                problems.append(
+                    f"{where}: privileged with allowPrivilegeEscalation false (the API server refuses it)"
+                )
             if not privileged and sc.get("allowPrivilegeEscalation") is not False:
                 problems.append(f"{where}: allowPrivilegeEscalation is not false")
     return problems
@@ -226,7 +240,9 @@ def selector_problems(manifests: list[Manifest]) -> list[str]:
         for p in svc["spec"]["ports"]:
             target = p.get("targetPort", p["port"])
             if target not in ports:
-                problems.append(f"{kind_name(svc)}: targetPort {target} is not a port of {kind_name(selected[0])}")
+                problems.append(
+                    f"{kind_name(svc)}: targetPort {target} is not a port of {kind_name(selected[0])}"
+                )
     for pdb in of_kind(manifests, "PodDisruptionBudget"):
         selector = pdb["spec"]["selector"].get("matchLabels", {})
         selected = [w for w in ws if matches(selector, pod_labels(w))]
@@ -238,7 +254,9 @@ def selector_problems(manifests: list[Manifest]) -> list[str]:
     return problems
 
 
-def mounted_file(workload: Manifest, container: str, path: str, manifests: list[Manifest]) -> tuple[str, str] | None:
+def mounted_file(
+    workload: Manifest, container: str, path: str, manifests: list[Manifest]
+) -> tuple[str, str] | None:
     """(volume kind, object name/key) that provides the file ``path`` in ``container``, or None
     when no volume mount (with an object that has that key) puts a file there."""
     spec = pod_spec(workload)

@@ -66,7 +66,10 @@ def test_every_object_is_valid_for_the_kubernetes_versions(rendered: list[mf.Man
     ("sets", "message"),
     [
         (["services.ingest.replicas=-1"], "at '/services/ingest/replicas': minimum: got -1, want 0"),
-        (["services.inbound.replica=3"], "at '/services/inbound': additional properties 'replica' not allowed"),
+        (
+            ["services.inbound.replica=3"],
+            "at '/services/inbound': additional properties 'replica' not allowed",
+        ),
         (["config.kafka.bootstrap="], "at '/config/kafka/bootstrap': minLength"),
         (["config.cassandra.keyspacePrefix=Prod_1"], "at '/config/cassandra/keyspacePrefix'"),
         (["config.drainTimeoutSeconds=0"], "at '/config/drainTimeoutSeconds'"),
@@ -101,10 +104,14 @@ def test_one_deployment_per_service_running_that_service(rendered: list[mf.Manif
     for service in SERVICES:
         c = container(rendered, service)
         assert c["args"] == ["cloud", "run", "--config", "/etc/fieldgate/cloud.yaml", service]
-        assert mf.mounted_file(deployment(rendered, service), c["name"], "/etc/fieldgate/cloud.yaml", rendered)
+        assert mf.mounted_file(
+            deployment(rendered, service), c["name"], "/etc/fieldgate/cloud.yaml", rendered
+        )
 
 
-def test_replicas_and_autoscalers(chart_default: list[mf.Manifest], chart_production: list[mf.Manifest]) -> None:
+def test_replicas_and_autoscalers(
+    chart_default: list[mf.Manifest], chart_production: list[mf.Manifest]
+) -> None:
     assert {s: deployment(chart_default, s)["spec"]["replicas"] for s in SERVICES} == {
         "ingest": 2,
         "inbound": 2,
@@ -114,7 +121,10 @@ def test_replicas_and_autoscalers(chart_default: list[mf.Manifest], chart_produc
     }
     assert mf.of_kind(chart_default, "HorizontalPodAutoscaler") == []
     assert deployment(chart_production, "ingest")["spec"]["replicas"] == 3
-    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in mf.of_kind(chart_production, "HorizontalPodAutoscaler")}
+    hpas = {
+        h["spec"]["scaleTargetRef"]["name"]: h
+        for h in mf.of_kind(chart_production, "HorizontalPodAutoscaler")
+    }
     assert set(hpas) == {"fg-fieldgate-inbound", "fg-fieldgate-event-store", "fg-fieldgate-api"}
     for name, hpa in hpas.items():
         target = mf.one(chart_production, "Deployment", name)
@@ -136,7 +146,10 @@ def test_probes_point_at_what_the_processes_serve(rendered: list[mf.Manifest]) -
     for service in SERVICES:
         ports = {p["name"]: p["containerPort"] for p in container(rendered, service)["ports"]}
         assert ports["health"] == conf.health.port
-        assert container(rendered, service)["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container(rendered, service)["livenessProbe"]["httpGet"] == {
+            "path": "/healthz",
+            "port": "health",
+        }
 
 
 def test_containers_run_as_non_root_with_a_read_only_root(rendered: list[mf.Manifest]) -> None:
@@ -205,7 +218,9 @@ def test_token_key_is_mounted_where_the_configuration_points(rendered: list[mf.M
         assert "FIELDGATE_ADMIN_PASSWORD" not in {e["name"] for e in container(rendered, service)["env"]}
 
 
-def test_each_ingest_replica_gets_its_pod_name_as_replica_id(rendered: list[mf.Manifest], tmp_path: Path) -> None:
+def test_each_ingest_replica_gets_its_pod_name_as_replica_id(
+    rendered: list[mf.Manifest], tmp_path: Path
+) -> None:
     env = {e["name"]: e for e in container(rendered, "ingest")["env"]}
     assert env["FIELDGATE_CLOUD__REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     # The variable really is the replica_id override, and a Deployment pod name is a valid id.
@@ -230,7 +245,9 @@ def test_services_and_budgets_select_existing_pods(rendered: list[mf.Manifest]) 
 
 def test_a_configuration_change_rolls_the_pods(helm: Path, chart_default: list[mf.Manifest]) -> None:
     def annotations(manifests: list[mf.Manifest]) -> dict[str, str]:
-        result: dict[str, str] = deployment(manifests, "inbound")["spec"]["template"]["metadata"]["annotations"]
+        result: dict[str, str] = deployment(manifests, "inbound")["spec"]["template"]["metadata"][
+            "annotations"
+        ]
         return result
 
     before = annotations(chart_default)
