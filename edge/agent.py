@@ -87,7 +87,7 @@ def build_adapters(config: EdgeConfig) -> list[Adapter]:
     if config.ble.enabled:
         adapters.append(build_ble_adapter(config.ble, tenants=tenants))
     if config.mqtt.enabled:
-        adapters.append(build_mqtt_adapter(config.mqtt, tenants=tenants))
+        adapters.append(build_mqtt_adapter(config.mqtt, tenants=tenants, data_dir=config.data_dir))
     return adapters
 
 

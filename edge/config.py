@@ -5,12 +5,68 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from fieldgate.config import Frozen
 from fieldgate.edge.adapters.ble.config import BleConfig
 from fieldgate.edge.adapters.modbus.config import ModbusConfig
 from fieldgate.edge.adapters.serial.config import SerialConfig
+
+
+class MqttAuthConfig(Frozen):
+    """Who may connect to the embedded broker and which topics each client may use
+    (docs/security.md, "Devices: MQTT credentials and ACLs").
+
+    ``none``: anonymous, every topic (the one-machine default; bind to 127.0.0.1).
+    ``password``: each client logs in as an identity of ``credentials_file`` (written by
+    ``fieldgate mqtt credentials add``) and may publish only its own devices' events and
+    subscribe only to their commands.
+    """
+
+    mode: Literal["none", "password"] = "none"
+    # Relative paths are below the agent's data_dir. Required with mode password.
+    credentials_file: Path | None = None
+    # With mode password: also accept clients without a username (they may do nothing but
+    # connect — no topic is allowed to them). Off: they get CONNACK "not authorized".
+    allow_anonymous: bool = False
+    # tenant → enrollment secret. A device of such a tenant that has no credentials yet may
+    # connect once as username "enroll:<tenant>:<device>" with the tenant's secret and receives
+    # its own credentials on fieldgate/<tenant>/devices/<device>/credentials.
+    enrollment_secrets: dict[str, SecretStr] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttAuthConfig:
+        if self.mode == "password" and self.credentials_file is None:
+            raise ValueError("credentials_file is required when mode is password")
+        if self.mode == "none" and self.enrollment_secrets:
+            raise ValueError("enrollment_secrets need mode password")
+        for tenant, secret in self.enrollment_secrets.items():
+            if ":" in tenant:
+                raise ValueError(f"enrollment_secrets: tenant {tenant!r} contains ':' (cannot enroll)")
+            if len(secret.get_secret_value()) < 16:
+                raise ValueError(f"enrollment_secrets.{tenant}: shorter than 16 characters")
+        return self
+
+
+class MqttTlsConfig(Frozen):
+    """A second listener of the embedded broker speaking MQTT over TLS (8883 by convention)."""
+
+    enabled: bool = False
+    # null: the same interface as mqtt.host. The plain listener stays on mqtt.host:mqtt.port
+    # (keep that on 127.0.0.1 when devices come over the network through TLS).
+    host: str | None = None
+    port: int = Field(8883, ge=1, le=65535)
+    # PEM files; relative paths are below the agent's data_dir.
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    # CA bundle for optional client certificates (they are verified if sent, never required).
+    cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttTlsConfig:
+        if self.enabled and (self.certfile is None or self.keyfile is None):
+            raise ValueError("certfile and keyfile are required when TLS is enabled")
+        return self
 
 
 class MqttConfig(Frozen):
@@ -31,6 +87,18 @@ class MqttConfig(Frozen):
     # Also accept SiteWhere's JSON device messages on SiteWhere/<tenant>/input/json.
     sitewhere_compat: bool = True
     keepalive_s: int = Field(30, ge=5)
+    # Embedded broker only: device credentials and topic ACLs, and MQTT over TLS.
+    auth: MqttAuthConfig = MqttAuthConfig()
+    tls: MqttTlsConfig = MqttTlsConfig()
+
+    @model_validator(mode="after")
+    def _embedded_only(self) -> MqttConfig:
+        if self.mode == "external" and (self.auth.mode != "none" or self.tls.enabled):
+            raise ValueError(
+                "auth and tls configure the embedded broker; with mode external the broker "
+                "authenticates (fieldgate mqtt mosquitto-files, docs/operations/mosquitto.md)"
+            )
+        return self
 
 
 class BufferConfig(Frozen):

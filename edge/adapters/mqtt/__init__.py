@@ -17,6 +17,7 @@ durable. Topic contract: docs/protocols/mqtt.md; broker operations: docs/operati
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
@@ -30,17 +31,18 @@ __all__ = ["EmbeddedMqttAdapter", "ExternalMqttAdapter", "MqttStats", "build_mqt
 
 
 def build_mqtt_adapter(
-    config: MqttConfig, *, tenants: Collection[str]
+    config: MqttConfig, *, tenants: Collection[str], data_dir: Path | None = None
 ) -> EmbeddedMqttAdapter | ExternalMqttAdapter:
     """The backend ``config.mode`` names, accepting devices of ``tenants`` only.
 
     Each backend's MQTT library is imported only when that backend is used (amqtt for
     embedded, paho for external): an edge agent loads what it runs, which keeps its memory low.
+    ``data_dir``: where relative paths of ``mqtt.auth`` and ``mqtt.tls`` are (the agent's).
     """
     if config.mode == "embedded":
         from fieldgate.edge.adapters.mqtt.embedded import EmbeddedMqttAdapter
 
-        return EmbeddedMqttAdapter(config, tenants=tenants)
+        return EmbeddedMqttAdapter(config, tenants=tenants, data_dir=data_dir)
     from fieldgate.edge.adapters.mqtt.external import ExternalMqttAdapter
 
     return ExternalMqttAdapter(config, tenants=tenants)

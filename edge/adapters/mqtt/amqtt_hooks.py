@@ -28,6 +28,12 @@ before amqtt's own handling:
   sent and the device's connection is closed. MQTT clients (paho included) send unacknowledged
   QoS 1 messages again when they reconnect, so nothing is lost, and the device stops sending
   new messages while the buffer is full. QoS 0 messages have no acknowledgement and are dropped.
+- Access control (``mqtt.auth``): :class:`~.auth_plugins.DeviceAccessPlugin`, an ordinary amqtt
+  authentication and topic-checking plugin, replaces ``AnonymousAuthPlugin``. amqtt checks a
+  PUBLISH against the topic plugins only after acknowledging and relaying it, so
+  :class:`IngestHandler` asks the plugins (through amqtt's plugin manager) before the hand-over:
+  a refused message is acknowledged (MQTT 3.1.1 has no negative PUBACK; Mosquitto does the same),
+  never handed to the buffer nor relayed, and counted.
 - :class:`PresencePlugin` is an ordinary amqtt plugin (loaded by dotted path from the broker
   configuration): it reports subscriptions and connections to a :class:`PresenceListener` so the
   adapter can tell the command router that a device became reachable.
@@ -46,6 +52,7 @@ from typing import Any, Protocol
 import amqtt
 from amqtt.adapters import ReaderAdapter
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
@@ -62,6 +69,8 @@ SUPPORTED_AMQTT = "0.12.1"
 # Messages waiting in amqtt's relay queue above which acknowledgements wait for it to drain.
 RELAY_BACKLOG_LIMIT = 10_000
 PRESENCE_PLUGIN = f"{__name__}.PresencePlugin"
+# Loaded by amqtt from this path only when mqtt.auth is on (it imports argon2 on first use).
+ACCESS_PLUGIN = "fieldgate.edge.adapters.mqtt.auth_plugins.DeviceAccessPlugin"
 
 
 def check_amqtt_compatible() -> None:
@@ -73,21 +82,38 @@ def check_amqtt_compatible() -> None:
         )
 
 
-def broker_config(host: str, port: int) -> dict[str, Any]:
-    """amqtt configuration: one TCP listener, anonymous clients allowed, no $SYS or packet logging.
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def broker_config(
+    host: str, port: int, *, access_control: bool = False, tls: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """amqtt configuration: a TCP listener, no $SYS or packet logging.
 
     The default plugin set of amqtt logs every packet and publishes $SYS topics; an explicit
-    ``plugins`` map replaces it. ``AnonymousAuthPlugin`` with ``allow_anonymous`` lets local
-    devices connect without credentials (bind to 127.0.0.1 unless the network is trusted).
+    ``plugins`` map replaces it. Without ``access_control``, ``AnonymousAuthPlugin`` with
+    ``allow_anonymous`` lets local devices connect without credentials (bind to 127.0.0.1 unless
+    the network is trusted); with it, :data:`ACCESS_PLUGIN` authenticates every client and
+    checks its topics. ``tls`` (``host``, ``port``, ``certfile``, ``keyfile``, ``cafile``) adds
+    a second listener speaking MQTT over TLS.
     """
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": bind}},
-        "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            PRESENCE_PLUGIN: {},
-        },
-    }
+    listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": _bind(host, port)}}
+    if tls is not None:
+        listeners["tls"] = {
+            "type": "tcp",
+            "bind": _bind(tls["host"], tls["port"]),
+            "ssl": True,
+            "certfile": str(tls["certfile"]),
+            "keyfile": str(tls["keyfile"]),
+            **({"cafile": str(tls["cafile"])} if tls.get("cafile") else {}),
+        }
+    auth_plugin: dict[str, Any] = (
+        {ACCESS_PLUGIN: {}}
+        if access_control
+        else {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+    )
+    return {"listeners": listeners, "plugins": {**auth_plugin, PRESENCE_PLUGIN: {}}}
 
 
 class PresenceListener(Protocol):
@@ -189,13 +215,23 @@ class IngestHandler(BrokerProtocolHandler):  # type: ignore[misc]
     async def handle_publish(self, publish_packet: Any) -> None:
         topic = publish_packet.topic_name
         data = publish_packet.data
+        speaker = None
+        if topic is not None and self._broker.access_controlled:
+            speaker = self._broker.principal_of(self.session)
+            if not await self._broker.may_publish(self.session, topic):
+                # Refused (counted and logged by the access plugin): acknowledged, dropped.
+                if publish_packet.qos == QOS_1:
+                    await self._send_packet(PubackPacket.build(publish_packet.packet_id))
+                elif publish_packet.qos:
+                    await super().handle_publish(publish_packet)  # QoS 2 flow; amqtt drops it after
+                return
         if topic is not None and data is not None:
             self._inflight += 1
             if self._inflight >= self._high and self._gate.is_set():
                 self._gate.clear()
                 self._stats.reads_paused += 1
             try:
-                outcome = await self._dispatcher.handle(topic, bytes(data))
+                outcome = await self._dispatcher.handle(topic, bytes(data), speaker)
             finally:
                 self._inflight -= 1
                 if self._inflight <= self._low and not self._gate.is_set():
@@ -203,6 +239,10 @@ class IngestHandler(BrokerProtocolHandler):  # type: ignore[misc]
             if not outcome.acknowledge:
                 if publish_packet.qos:
                     await self._drop_connection()
+                return
+            if outcome is Outcome.DENIED:
+                if publish_packet.qos == QOS_1:
+                    await self._send_packet(PubackPacket.build(publish_packet.packet_id))
                 return
             if outcome is not Outcome.IGNORED and publish_packet.qos in (0, QOS_1):
                 if not publish_packet.retain_flag and not self._broker.has_subscriber(topic):
@@ -243,6 +283,7 @@ class IngestBroker(Broker):  # type: ignore[misc]
         # Wildcard subscription filters, recomputed when the set of filters may have changed.
         self._wildcards: list[str] = []
         self._wildcards_key = -1
+        self._access_plugin = self.plugins_manager.get_plugin("DeviceAccessPlugin")
 
     async def add_subscription(self, subscription: tuple[str, int], session: Any) -> int:
         self._wildcards_key = -1
@@ -258,6 +299,25 @@ class IngestBroker(Broker):  # type: ignore[misc]
             self._wildcards = [f for f in subscriptions if is_wildcard(f)]
             self._wildcards_key = len(subscriptions)
         return any(subscriptions.get(f) and filter_matches(f, topic) for f in self._wildcards)
+
+    @property
+    def access_controlled(self) -> bool:
+        return self._access_plugin is not None
+
+    def access_plugin(self) -> Any:
+        """The :class:`~.auth_plugins.DeviceAccessPlugin` (None without ``mqtt.auth``)."""
+        return self._access_plugin
+
+    def principal_of(self, session: Any) -> Any:
+        plugin = self._access_plugin
+        return plugin.principal_of(session) if plugin is not None else None
+
+    async def may_publish(self, session: Any, topic: str) -> bool:
+        """amqtt's topic plugins on a PUBLISH — asked before the hand-over, not after the PUBACK."""
+        results = await self.plugins_manager.map_plugin_topic(
+            session=session, topic=topic, action=Action.PUBLISH
+        )
+        return bool(results) and all(results.values())
 
     async def wait_relay_capacity(self) -> None:
         """Hold a relayed message's acknowledgement while amqtt's relay queue is too long."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from fieldgate.edge.adapters import EventSink
+from fieldgate.edge.adapters.mqtt.acl import Principal
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.codec import DecodeContext, EventDecoder, topics
@@ -36,10 +37,11 @@ class Outcome(enum.Enum):
     IGNORED = "ignored"  # not a fieldgate topic
     HELD = "held"  # buffer full (reject_new): leave unacknowledged, the sender keeps it
     FAILED = "failed"  # the sink failed: leave unacknowledged, the sender sends it again
+    DENIED = "denied"  # names a device its sender may not speak for: acknowledged, dropped, counted
 
     @property
     def acknowledge(self) -> bool:
-        return self in (Outcome.ACCEPTED, Outcome.REJECTED, Outcome.IGNORED)
+        return self in (Outcome.ACCEPTED, Outcome.REJECTED, Outcome.IGNORED, Outcome.DENIED)
 
 
 class _Throttle:
@@ -59,6 +61,9 @@ class _Throttle:
         self._next = now + self._interval
         count, self._suppressed = self._suppressed, 0
         return count
+
+
+Throttle = _Throttle  # also used by the broker's authentication (rate-limited refusal logs)
 
 
 class Dispatcher:
@@ -84,6 +89,7 @@ class Dispatcher:
         self._decoders = dict(decoders) if decoders is not None else {f: decoder_for(f) for f in _FORMATS}
         self._held_log = _Throttle()
         self._failed_log = _Throttle()
+        self._denied_log = _Throttle()
 
     def wants(self, topic: str) -> bool:
         """True for topics this dispatcher handles (the embedded broker relays the others only)."""
@@ -91,10 +97,15 @@ class Dispatcher:
             return any(filter_matches(f, topic) for f in (topics.EVENTS_FILTER, topics.EVENTS_PB_FILTER))
         return self._sitewhere and filter_matches(topics.SITEWHERE_FILTER, topic)
 
-    async def handle(self, topic: str, payload: bytes) -> Outcome:
-        """Process one message. Never raises except :class:`asyncio.CancelledError`."""
+    async def handle(self, topic: str, payload: bytes, speaker: Principal | None = None) -> Outcome:
+        """Process one message. Never raises except :class:`asyncio.CancelledError`.
+
+        ``speaker``: the authenticated sender (embedded broker with ``mqtt.auth``); a message
+        whose events name a device it may not speak for (a SiteWhere payload's deviceToken) is
+        dropped whole and counted, never handed to the sink.
+        """
         try:
-            return await self._dispatch(topic, payload)
+            return await self._dispatch(topic, payload, speaker)
         except BufferFull:
             self._stats.messages_held += 1
             suppressed = self._held_log.ready()
@@ -118,7 +129,7 @@ class Dispatcher:
                 )
             return Outcome.FAILED
 
-    async def _dispatch(self, topic: str, payload: bytes) -> Outcome:
+    async def _dispatch(self, topic: str, payload: bytes, speaker: Principal | None) -> Outcome:
         inbound = topics.parse_inbound(topic)
         if inbound is None or (inbound.format == "sitewhere" and not self._sitewhere):
             if self.wants(topic):
@@ -150,6 +161,10 @@ class Dispatcher:
             log.exception("decoder for %s failed on a message on %s", inbound.format, topic)
             reason = f"decoder error: {type(err).__name__}"
             return await self._reject("decode", payload, topic, tenant, reason)
+        if speaker is not None:
+            foreign = next((e for e in events if not speaker.speaks_for(e.tenant, e.device)), None)
+            if foreign is not None:
+                return self._deny(topic, speaker, foreign.tenant, foreign.device)
         if events:
             for event in events:
                 # Always ours, never the device's: the cloud filters on it (tenant decoders).
@@ -164,6 +179,21 @@ class Dispatcher:
         self._stats.messages_accepted += 1
         self._stats.events_accepted += len(events)
         return Outcome.ACCEPTED
+
+    def _deny(self, topic: str, speaker: Principal, tenant: str, device: str) -> Outcome:
+        self._stats.count_denied("payload")
+        suppressed = self._denied_log.ready()
+        if suppressed is not None:
+            log.warning(
+                "MQTT client %s sent a message on %s for device %s/%s it may not speak for; dropped "
+                "(%d more refusals since the last report)",
+                speaker.describe(),
+                topic,
+                tenant,
+                device,
+                suppressed,
+            )
+        return Outcome.DENIED
 
     async def _reject(self, kind: str, payload: bytes, topic: str, tenant: str, reason: str) -> Outcome:
         await self._sink.reject(payload, source=topic, reason=reason, tenant=tenant)

@@ -6,10 +6,12 @@ QoS 1 message is acknowledged only after ``sink.accept`` returned, i.e. once its
 durable. The broker still relays every message to other subscribers, so ``mosquitto_sub``
 watching ``fieldgate/#`` sees device traffic as with any broker.
 
-Authentication: none. Any client may connect (amqtt's ``AnonymousAuthPlugin`` with
-``allow_anonymous``), which is why the listener binds to 127.0.0.1 by default. Devices on other
-hosts need ``mqtt.host`` set to a trusted interface, or the external mode with Mosquitto and
-its authentication (docs/operations/mosquitto.md).
+Authentication: ``mqtt.auth.mode: none`` (the default) lets any client connect (amqtt's
+``AnonymousAuthPlugin`` with ``allow_anonymous``), which is why the listener binds to 127.0.0.1
+by default. ``password`` authenticates every client against the credentials file and confines it
+to its own devices' topics (:mod:`.auth`, :mod:`.acl`, :mod:`.auth_plugins`; docs/security.md);
+enrolling devices get their credentials on their ``.../credentials`` topic. ``mqtt.tls`` adds a
+listener speaking MQTT over TLS.
 
 Ownership: every device of the configured tenants (MQTT is the catch-all transport).
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from amqtt.errors import BrokerError
@@ -43,6 +46,7 @@ from fieldgate.edge.codec import topics
 from fieldgate.edge.codec.commands import encode_command_json
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError, EdgeError
+from fieldgate.errors import ConfigError
 from fieldgate.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -73,8 +77,11 @@ class EmbeddedMqttAdapter:
         tenants: Collection[str],
         max_inflight_per_connection: int = 1000,
         max_known_devices: int = 100_000,
+        data_dir: Path | None = None,
     ) -> None:
         self._config = config
+        self._data_dir = data_dir
+        self._authenticator: Any = None  # DeviceAuthenticator with mqtt.auth (imported then)
         self._tenants = frozenset(tenants)
         self._max_inflight = max_inflight_per_connection
         self.stats = MqttStats()
@@ -91,11 +98,16 @@ class EmbeddedMqttAdapter:
             return
         check_amqtt_compatible()
         _quiet_amqtt_logging()
-        if self._config.host not in ("127.0.0.1", "::1", "localhost"):
+        access_control = self._config.auth.mode != "none"
+        if access_control:
+            self._authenticator = self._build_authenticator()
+        tls = self._tls_listener()
+        hosts = {self._config.host} | ({tls["host"]} if tls else set())
+        if not access_control and hosts - {"127.0.0.1", "::1", "localhost"}:
             log.warning(
                 "embedded MQTT broker listens on %s without authentication: any client that can "
                 "reach it can publish events and read commands",
-                self._config.host,
+                ", ".join(sorted(hosts)),
             )
         self._on_online = on_online
         dispatcher = Dispatcher(
@@ -107,12 +119,18 @@ class EmbeddedMqttAdapter:
             devices=self.devices,
         )
         broker = IngestBroker(
-            broker_config(self._config.host, self._config.port),
+            broker_config(self._config.host, self._config.port, access_control=access_control, tls=tls),
             dispatcher=dispatcher,
             stats=self.stats,
             max_inflight=self._max_inflight,
         )
         broker.presence_plugin().listener = self
+        if access_control:
+            plugin = broker.access_plugin()
+            if plugin is None:
+                raise EdgeError("the embedded MQTT broker did not load its access plugin")
+            plugin.authenticator = self._authenticator
+            plugin.stats = self.stats
         try:
             await broker.start()
         except BrokerError as err:
@@ -120,7 +138,44 @@ class EmbeddedMqttAdapter:
                 f"embedded MQTT broker cannot listen on {self._config.host}:{self._config.port}: {err}"
             ) from err
         self._broker = broker
-        log.info("embedded MQTT broker listening on %s:%d", self._config.host, self._config.port)
+        log.info(
+            "embedded MQTT broker listening on %s:%d%s (authentication: %s)",
+            self._config.host,
+            self._config.port,
+            f", TLS on {tls['host']}:{tls['port']}" if tls else "",
+            self._config.auth.mode,
+        )
+
+    def _resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() or self._data_dir is None else self._data_dir / path
+
+    def _build_authenticator(self) -> Any:
+        """Load the credentials file (a bad one fails here, naming the key) and the policy."""
+        from fieldgate.edge.adapters.mqtt.auth import DeviceAuthenticator
+        from fieldgate.edge.adapters.mqtt.credentials import CredentialStore
+
+        auth = self._config.auth
+        assert auth.credentials_file is not None  # validated with the configuration
+        path = self._resolve(auth.credentials_file)
+        try:
+            store = CredentialStore.load(path)
+        except ConfigError as err:
+            raise ConfigError(f"mqtt.auth.credentials_file: {err}") from err
+        return DeviceAuthenticator(auth, store, tenants=self._tenants, stats=self.stats)
+
+    def _tls_listener(self) -> dict[str, Any] | None:
+        tls = self._config.tls
+        if not tls.enabled:
+            return None
+        files: dict[str, Path | None] = {}
+        for key in ("certfile", "keyfile", "cafile"):
+            value: Path | None = getattr(tls, key)
+            if value is not None:
+                value = self._resolve(value)
+                if not value.is_file():
+                    raise ConfigError(f"mqtt.tls.{key}: {value}: no such file")
+            files[key] = value
+        return {"host": tls.host or self._config.host, "port": tls.port, **files}
 
     async def stop(self) -> None:
         broker, self._broker = self._broker, None
@@ -181,7 +236,30 @@ class EmbeddedMqttAdapter:
     # PresenceListener -------------------------------------------------------------------
 
     async def client_subscribed(self, client_id: str, topic_filter: str) -> None:
+        if self._authenticator is not None and topic_filter.endswith("/credentials"):
+            await self._hand_over_credentials(client_id)
+            return
         await self._announce(topic_filter)
+
+    async def _hand_over_credentials(self, client_id: str) -> None:
+        """An enrolling device subscribed to its credentials topic: send what was made for it."""
+        from fieldgate.edge.adapters.mqtt.acl import credentials_topic
+
+        broker = self._broker
+        entry = broker.sessions.get(client_id) if broker is not None else None
+        if broker is None or entry is None:
+            return
+        session, handler = entry
+        principal = broker.principal_of(session)
+        issued = self._authenticator.take_issued(principal) if principal is not None else None
+        if issued is None:
+            return
+        topic = credentials_topic(principal.tenant, principal.device)
+        try:
+            await self._publish(handler, topic, issued.payload(), 1)
+        except (OSError, TimeoutError, EdgeError) as err:
+            # Not confirmed yet: the device may enroll again and get a new password.
+            log.warning("credentials for enrolled device %s not delivered: %r", principal.describe(), err)
 
     async def client_connected(self, client_id: str) -> None:
         # A persistent session may come back with its subscriptions and send no SUBSCRIBE.

@@ -36,9 +36,22 @@ class MqttStats:
     commands_failed: int = 0
     # Errors raised by the on_online callback (logged).
     online_callback_errors: int = 0
+    # Embedded broker with mqtt.auth: logins accepted / refused by reason (password,
+    # unknown_user, anonymous, enrollment, session), devices enrolled, and what the ACLs
+    # refused by kind (publish, subscribe, payload: a SiteWhere payload naming another device).
+    auth_accepted: int = 0
+    auth_refused: dict[str, int] = field(default_factory=dict)
+    enrollments: int = 0
+    messages_denied: dict[str, int] = field(default_factory=dict)
 
     def count_rejected(self, kind: str) -> None:
         self.messages_rejected[kind] = self.messages_rejected.get(kind, 0) + 1
+
+    def count_refused(self, kind: str) -> None:
+        self.auth_refused[kind] = self.auth_refused.get(kind, 0) + 1
+
+    def count_denied(self, kind: str) -> None:
+        self.messages_denied[kind] = self.messages_denied.get(kind, 0) + 1
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
