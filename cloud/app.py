@@ -43,6 +43,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import uvicorn
 
 from fieldgate.cloud.api.app import create_api
+from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.backends import (
     build_bus,
     build_cassandra,
@@ -55,7 +56,7 @@ from fieldgate.cloud.backends import (
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.errors import CloudError
-from fieldgate.cloud.grpc_api import add_grpc_api
+from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.cloud.health import CloudHealth, GrpcHealth, health_app
 from fieldgate.cloud.ids import event_id
 from fieldgate.cloud.inbound import InboundProcessing
@@ -64,6 +65,7 @@ from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.stage import ConsumerStage
+from fieldgate.cloud.tls import ServerTls
 from fieldgate.cloud.zkconfig_models import (
     InstanceSettings,
     TenantSettings,
@@ -224,6 +226,10 @@ class CloudApp:
                 EventPersistence(self.bus, self.event_store, topic_prefix=prefix, tenant_settings=live)
             )
         self.ingest: IngestService | None = None
+        # TLS of the gRPC port (files read now: a bad one fails here); the gRPC APIs' check,
+        # made at start once the token secret is loaded.
+        self.server_tls = ServerTls(config.tls) if config.tls is not None else None
+        self._grpc_auth: ApiAuth | None = None
         # Liveness/readiness of this process (docs/operations/kubernetes.md); checks are added
         # at start, for the parts this process really started.
         self.health = CloudHealth()
@@ -249,6 +255,7 @@ class CloudApp:
                 config.grpc_port,
                 topic_prefix=prefix,
                 tenant_settings=live,
+                tls=self.server_tls,
             )
             ingest.add_servicers(
                 lambda server: add_grpc_api(
@@ -257,6 +264,7 @@ class CloudApp:
                     event_store=self.event_store,
                     invocations=self.invocations,
                     commands=self.commands,
+                    auth=self._api_auth(),
                 )
             )
             grpc_health = GrpcHealth(self.health, ("fieldgate.v1.EdgeUplink",))
@@ -264,6 +272,11 @@ class CloudApp:
             self.grpc_health = grpc_health
             self.ingest = ingest
         self.rest_port = config.rest_port
+
+    def _api_auth(self) -> ApiAuth:
+        if self._grpc_auth is None:  # start() loads the secret before it starts ingest
+            raise CloudError("the gRPC APIs' token check is not ready (the token secret is not loaded)")
+        return self._grpc_auth
 
     @property
     def grpc_port(self) -> int:
@@ -299,9 +312,13 @@ class CloudApp:
             for part in parts:
                 await part.start()
                 self._started.append(part)
-            if "api" in self.services:
-                # auth.secret_key, auth.secret_file, or the store's (generated once, shared).
+            if self.services & {"api", "ingest"}:
+                # auth.secret_key, auth.secret_file, or the store's (generated once, shared):
+                # the REST API signs tokens with it, the gRPC APIs (on ingest) verify them.
                 secret = await load_token_secret(self.config, cassandra=self.cassandra)
+                self._grpc_auth = ApiAuth(
+                    TokenAuthority(secret, self.config.auth.token_ttl_s), self.server_tls
+                )
             # The file's tenants, with ZooKeeper's settings where it has them.
             for token in self.tenant_settings.tenants():
                 settings = self.tenant_settings.get(token)

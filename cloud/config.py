@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from fieldgate.config import Frozen
 
@@ -55,8 +55,8 @@ class StoreConfig(Frozen):
 
     The registry (tenants, device types, devices, assignments), the command invocations and the
     users live in the same place: SQLite files in data_dir, or Cassandra (the instance keyspace
-    ``<keyspace_prefix>_instance`` and each tenant's keyspace), so cloud services on different
-    machines share no files.
+    ``<keyspace_prefix>__instance``, a name no tenant keyspace can have, and each tenant's
+    keyspace), so cloud services on different machines share no files.
     """
 
     kind: Literal["sqlite", "cassandra"] = "sqlite"
@@ -89,6 +89,39 @@ class HealthConfig(Frozen):
     port: int | None = Field(None, ge=0, le=65535)
 
 
+class TlsConfig(Frozen):
+    """TLS on the cloud's gRPC port (the edge uplink and the gRPC APIs); docs/security.md.
+
+    ``require_client_cert`` true (the default) is mutual TLS: every client — edges and API
+    callers — must present a certificate signed by ``client_ca_file``; an edge's certificate
+    names its edge id and tenants (``fieldgate pki issue-edge``), which the uplink enforces, and
+    ``crl_file`` (re-read when it changes) lists revoked serials, refused at the next connect.
+    False is server-only TLS: no client certificate is asked for (gRPC cannot ask for an
+    optional one), edges are not authenticated and the APIs take bearer tokens only.
+    Relative paths are relative to the working directory.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    crl_file: Path | None = None
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _client_auth_consistent(self) -> Self:
+        if self.require_client_cert and self.client_ca_file is None:
+            raise ValueError(
+                "require_client_cert needs client_ca_file (the CA that signs the edges' certificates); "
+                "set require_client_cert: false for server-only TLS"
+            )
+        if not self.require_client_cert and (self.client_ca_file is not None or self.crl_file is not None):
+            raise ValueError(
+                "client_ca_file/crl_file need require_client_cert: true (gRPC cannot ask for an "
+                "optional client certificate)"
+            )
+        return self
+
+
 class CloudConfig(Frozen):
     data_dir: Path = Path(".fieldgate/cloud")
     grpc_host: str = "127.0.0.1"
@@ -105,6 +138,8 @@ class CloudConfig(Frozen):
     store: StoreConfig = StoreConfig()
     # Live tenant configuration (distributed mode); None = tenants come from this file only.
     zookeeper: ZookeeperConfig | None = None
+    # TLS (mutual TLS with client_ca_file) on the gRPC port; None = plaintext (docs/security.md).
+    tls: TlsConfig | None = None
     # Default time-to-live of a command invocation when the request gives none.
     default_command_ttl_s: int = Field(3600, ge=1)
     # This process's name among the `ingest` replicas: its command delivery reads

@@ -7,32 +7,44 @@ here with the same message. Domain errors map to status codes: NotFound → NOT_
 Conflict → ALREADY_EXISTS, InvalidRequest → INVALID_ARGUMENT, a storage/bus failure →
 UNAVAILABLE.
 
-They are registered on the ingest service's ``grpc.aio`` server (``add_grpc_api``), which binds
-to 127.0.0.1. Unlike REST, the requests name their tenant and carry no credentials: this is the
-service-to-service API of a trusted network (the cloud's own processes and operators' tools).
-The tenant must be one the registry knows, so a request cannot create storage for a tenant that
-was never configured.
+They are registered on the ingest service's ``grpc.aio`` server (``add_grpc_api``). The
+requests name their tenant; every call must prove it may act for that tenant, and
+:class:`ApiAuth` is the one place that decides: a bearer token in the metadata
+(``authorization: Bearer <jwt>``, the REST API's tokens, checked by its
+:class:`~fieldgate.cloud.api.auth.TokenAuthority`) whose tenant is the request's, or — with
+mutual TLS — a client certificate listing that tenant (cloud/tls.py; a revoked one is refused
+even with a token). No credentials → UNAUTHENTICATED; another tenant's → PERMISSION_DENIED.
+``add_grpc_api`` registers each service through :class:`_Authorized`, which puts that check in
+front of every method the service's descriptor declares, so a new method cannot be added
+without it. The tenant must also be one the registry knows, so a request cannot create storage
+for a tenant that was never configured.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from fastapi import HTTPException
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
+from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
 from fieldgate.cloud.errors import CloudError, Conflict, InvalidRequest, NotFound
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
+from fieldgate.cloud.tls import PeerRefused, ServerTls
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
+UnaryMethod = Callable[[Any, Context], Awaitable[Any]]
 
 _TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CODES: tuple[tuple[type[CloudError], grpc.StatusCode], ...] = (
@@ -57,6 +69,99 @@ async def _guarded(context: Context, call: Awaitable[T]) -> T:
     except CloudError as err:
         code = next((c for kind, c in _CODES if isinstance(err, kind)), grpc.StatusCode.UNAVAILABLE)
         await context.abort(code, str(err))
+
+
+def request_tenant(request: Message) -> str | None:
+    """The tenant a request names: its ``tenant`` field, or that of its one message field that
+    has one (``CreateDeviceRequest.device.tenant``); None if it names none."""
+    fields = request.DESCRIPTOR.fields_by_name
+    direct = fields.get("tenant")
+    if direct is not None and direct.type == FieldDescriptor.TYPE_STRING:
+        return str(request.tenant)  # type: ignore[attr-defined]
+    for field in request.DESCRIPTOR.fields:
+        inner = field.message_type
+        if inner is None or field.is_repeated:
+            continue
+        nested = inner.fields_by_name.get("tenant")
+        if nested is not None and nested.type == FieldDescriptor.TYPE_STRING:
+            return str(getattr(request, field.name).tenant)
+    return None
+
+
+def _bearer_token(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+class ApiAuth:
+    """Who may call the gRPC APIs for which tenant (see the module docstring): the one place."""
+
+    def __init__(self, authority: TokenAuthority, tls: ServerTls | None = None) -> None:
+        self._authority = authority
+        self._tls = tls
+
+    async def authorize(self, context: Context, request: Message) -> None:
+        """Return if the caller may act for the request's tenant, else end the call
+        (UNAUTHENTICATED without valid credentials, PERMISSION_DENIED for another tenant)."""
+        peer = None
+        if self._tls is not None:
+            try:
+                peer = self._tls.peer(context)
+            except PeerRefused as err:
+                await context.abort(err.code, str(err))
+        tenant = request_tenant(request)
+        if tenant is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this request names no tenant")
+        token = _bearer_token(context)
+        if token is not None:
+            if not token:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "authorization: expected 'Bearer <token>'"
+                )
+            try:
+                principal = self._authority.verify(token)
+            except HTTPException as err:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err.detail))
+            allowed = frozenset((principal.tenant,))
+            who = f"the token of {principal.user!r}"
+        elif peer is not None and peer.identity is not None:
+            allowed = peer.identity.tenants
+            who = f"the certificate of edge {peer.identity.edge_id!r}"
+        else:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "credentials required: metadata 'authorization: Bearer <token>' (POST /api/v1/auth/token) "
+                "or a client certificate of the tenant",
+            )
+        if not tenant:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant is required")
+        if tenant not in allowed:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{who} does not allow tenant {tenant[:70]!r}"
+            )
+
+    def guard(self, method: UnaryMethod) -> UnaryMethod:
+        async def guarded(request: Any, context: Context) -> Any:
+            await self.authorize(context, request)
+            return await method(request, context)
+
+        return guarded
+
+
+class _Authorized:
+    """Stands in for a servicer: every method the service's descriptor declares, behind
+    ``auth`` (the generated ``add_*Servicer_to_server`` reads the methods as attributes)."""
+
+    def __init__(self, servicer: object, service: str, auth: ApiAuth) -> None:
+        descriptor = svc.DESCRIPTOR.services_by_name[service]
+        for method in descriptor.methods:
+            if method.client_streaming or method.server_streaming:
+                raise TypeError(f"{service}.{method.name}: streaming methods need a guard of their own")
+            setattr(self, method.name, auth.guard(getattr(servicer, method.name)))
 
 
 def _paging(page: svc.PageRequest) -> tuple[int, int]:
@@ -252,14 +357,19 @@ def add_grpc_api(
     event_store: EventStore,
     invocations: InvocationStore,
     commands: CommandService,
+    auth: ApiAuth,
 ) -> None:
-    """Register the three management services on ``server`` (before it starts).
+    """Register the three management services on ``server`` (before it starts), every method
+    behind ``auth``.
 
     ``invocations`` is accepted for symmetry with the REST API; reads go through ``commands``.
     """
     del invocations
     mgmt = Management(registry, event_store)
     tenant = _TenantCheck(registry)
-    svc_grpc.add_DeviceManagementServicer_to_server(DeviceManagementServicer(mgmt, tenant), server)
-    svc_grpc.add_EventQueriesServicer_to_server(EventQueriesServicer(mgmt, commands, tenant), server)
-    svc_grpc.add_CommandInvocationsServicer_to_server(CommandInvocationsServicer(commands, tenant), server)
+    dm = _Authorized(DeviceManagementServicer(mgmt, tenant), "DeviceManagement", auth)
+    eq = _Authorized(EventQueriesServicer(mgmt, commands, tenant), "EventQueries", auth)
+    ci = _Authorized(CommandInvocationsServicer(commands, tenant), "CommandInvocations", auth)
+    svc_grpc.add_DeviceManagementServicer_to_server(dm, server)  # type: ignore[arg-type]
+    svc_grpc.add_EventQueriesServicer_to_server(eq, server)  # type: ignore[arg-type]
+    svc_grpc.add_CommandInvocationsServicer_to_server(ci, server)  # type: ignore[arg-type]

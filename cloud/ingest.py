@@ -13,6 +13,12 @@ permanently: counted, and reported in ``BatchAck.rejected``/``reason`` (the edge
 retry them). If the bus is unavailable the stream ends with UNAVAILABLE and no ack: the edge
 keeps the batch and sends it again after reconnecting (the pipeline de-duplicates).
 
+Client certificates (``tls`` with ``require_client_cert``, cloud/tls.py): the certificate is
+checked before Hello (missing, revoked → UNAUTHENTICATED; naming no edge → PERMISSION_DENIED),
+a Hello whose edge id is not the certificate's is refused (PERMISSION_DENIED), and events or
+command statuses naming a tenant the certificate does not list are refused like the other
+permanent refusals (counted, ``BatchAck.rejected``), so they never reach the bus or a route.
+
 Allowed payload formats: the edge's MQTT adapter records the format each event was decoded
 from in its metadata (``fieldgate.format``: json, protobuf, sitewhere). A tenant whose live
 settings (``tenant_settings``, from ZooKeeper) restrict ``decoders`` has events of any other
@@ -59,6 +65,7 @@ from fieldgate.cloud.bus import DECODED, FAILED_DECODE, Bus, Message, topic_name
 from fieldgate.cloud.errors import BusError, CloudError, StoreError
 from fieldgate.cloud.stage import messages_by_device
 from fieldgate.cloud.store import Registry
+from fieldgate.cloud.tls import PeerRefused, ServerTls
 from fieldgate.edge.codec.topics import FORMAT_METADATA_KEY
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
@@ -103,8 +110,11 @@ class SessionStats:
 class EdgeSession:
     """One connected edge stream: its identity and its bounded outbound queue."""
 
-    def __init__(self, edge_id: str, queue_size: int) -> None:
+    def __init__(self, edge_id: str, queue_size: int, tenants: frozenset[str] | None = None) -> None:
         self.edge_id = edge_id
+        # The tenants the edge's client certificate allows (None: no client authentication,
+        # any tenant); events and statuses of other tenants are refused.
+        self.tenants = tenants
         self.session_id = uuid.uuid4().hex
         self.connected_ms = now_ms()
         self.outbound: asyncio.Queue[svc.CloudMessage] = asyncio.Queue(maxsize=queue_size)
@@ -192,14 +202,15 @@ class EdgeSessions:
 
     # -- called by the stream handler ----------------------------------------------------
 
-    def open(self, edge_id: str) -> EdgeSession:
-        """A new stream of ``edge_id``; supersedes (ends) an older stream of the same edge."""
+    def open(self, edge_id: str, tenants: frozenset[str] | None = None) -> EdgeSession:
+        """A new stream of ``edge_id`` (allowed ``tenants``, None = any); supersedes (ends) an
+        older stream of the same edge."""
         old = self._active.get(edge_id)
         if old is not None:
             self.stats.sessions_superseded += 1
             old.closed.set()
             log.info("edge %s reconnected; ending its previous stream %s", edge_id, old.session_id)
-        session = EdgeSession(edge_id, self._queue_size)
+        session = EdgeSession(edge_id, self._queue_size, tenants)
         self._active[edge_id] = session
         self.stats.sessions_opened += 1
         for tenant, device in [k for k, e in self._routes.items() if e == edge_id]:
@@ -257,6 +268,8 @@ class IngestStats:
     streams_active: int = 0
     streams_total: int = 0
     streams_refused: int = 0  # over max_streams
+    # Refused by the client certificate: missing, revoked, naming no edge or another edge id.
+    streams_unauthenticated: int = 0
     protocol_errors: int = 0
     stream_failures: int = 0  # ended by an unexpected error (logged)
     batches: int = 0
@@ -265,6 +278,8 @@ class IngestStats:
     rejected_unknown_tenant: int = 0
     rejected_invalid: int = 0  # no device or no alternate id
     rejected_format: int = 0  # payload format not among the tenant's decoders ([failed-decode])
+    rejected_foreign_tenant: int = 0  # a tenant the edge's certificate does not allow
+    statuses_foreign_tenant: int = 0  # command statuses of such a tenant (dropped)
     publish_failures: int = 0  # bus unavailable; batch not acked, stream ended UNAVAILABLE
 
 
@@ -324,8 +339,12 @@ class IngestService:
         tenant_cache_ttl_s: float = 60.0,
         unknown_tenant_ttl_s: float = 5.0,
         tenant_settings: TenantSettingsRegistry | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.stats = IngestStats()
+        # None: plaintext. With client authentication, each stream's certificate decides its
+        # edge id and tenants (cloud/tls.py).
+        self._tls = tls
         self._live = tenant_settings
         self.host = host
         self.port = port
@@ -362,13 +381,22 @@ class IngestService:
         svc_grpc.add_EdgeUplinkServicer_to_server(_Servicer(self), server)
         for registrar in self._registrars:
             registrar(server)
-        bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self._tls is not None:
+            bound = server.add_secure_port(address, self._tls.credentials())
+        else:
+            bound = server.add_insecure_port(address)
         if bound == 0:
             raise CloudError(f"cannot bind the gRPC server to {self.host}:{self.port}")
         await server.start()
         self._server = server
         self.port = bound
-        log.info("ingest: gRPC listening on %s:%d", self.host, bound)
+        log.info(
+            "ingest: gRPC listening on %s:%d (%s)",
+            self.host,
+            bound,
+            "plaintext" if self._tls is None else "mutual TLS" if self._tls.client_auth else "TLS",
+        )
 
     @property
     def draining(self) -> bool:
@@ -416,6 +444,14 @@ class IngestService:
         if self.stats.streams_active >= self._max_streams:
             self.stats.streams_refused += 1
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many edge streams; retry later")
+        peer = None
+        if self._tls is not None:
+            try:  # before Hello: a revoked or foreign certificate gets nothing further
+                peer = self._tls.peer(context)
+            except PeerRefused as err:
+                self.stats.streams_unauthenticated += 1
+                log.warning("edge stream from %s refused: %s", context.peer(), err)
+                await context.abort(err.code, str(err))
         try:
             first = await anext(aiter(requests))
         except StopAsyncIteration:
@@ -425,7 +461,28 @@ class IngestService:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello with an edge_id"
             )
-        session = self._sessions.open(first.hello.edge_id)
+        tenants = None
+        if peer is not None:
+            if peer.identity is None:
+                self.stats.streams_unauthenticated += 1
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "the client certificate names no edge (urn:fieldgate:edge:<tenant>:<edge_id>)",
+                )
+            if first.hello.edge_id != peer.identity.edge_id:
+                self.stats.streams_unauthenticated += 1
+                log.warning(
+                    "edge stream refused: Hello names edge %r, its certificate edge %r",
+                    first.hello.edge_id[:128],
+                    peer.identity.edge_id,
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"Hello names edge {first.hello.edge_id[:128]!r} but the client certificate is "
+                    f"edge {peer.identity.edge_id!r}'s",
+                )
+            tenants = peer.identity.tenants
+        session = self._sessions.open(first.hello.edge_id, tenants)
         self.stats.streams_total += 1
         self.stats.streams_active += 1
         self._no_streams.clear()
@@ -529,7 +586,17 @@ class IngestService:
                         item = await self._take(inbox, session)
                     continue
                 if kind == "command_status":
-                    await self._sessions.report_status(session, item.command_status)
+                    update = item.command_status
+                    if session.tenants is not None and update.tenant not in session.tenants:
+                        # Else a status naming another tenant's device would route its commands here.
+                        self.stats.statuses_foreign_tenant += 1
+                        log.warning(
+                            "edge %s: command status for tenant %r dropped (not in its certificate)",
+                            session.edge_id,
+                            update.tenant[:70],
+                        )
+                    else:
+                        await self._sessions.report_status(session, update)
                 elif kind == "hello":
                     raise ProtocolViolation("Hello sent twice on one stream")
                 else:
@@ -660,6 +727,11 @@ class IngestService:
                     reason = "event without device" if not ev.device else "event without alternate id"
                     rejected[reason] = rejected.get(reason, 0) + 1
                     self.stats.rejected_invalid += 1
+                    continue
+                if session.tenants is not None and ev.tenant not in session.tenants:
+                    reason = f"tenant {ev.tenant[:70]!r} not allowed by the edge's certificate"
+                    rejected[reason] = rejected.get(reason, 0) + 1
+                    self.stats.rejected_foreign_tenant += 1
                     continue
                 if not ev.received_time_ms:
                     ev.received_time_ms = received

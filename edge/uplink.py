@@ -24,6 +24,11 @@ Why it is shaped like this:
   The new replica gets the buffer from its beginning, like any reconnect. Client keepalive
   pings (:data:`KEEPALIVE_OPTIONS`) end a stream whose replica vanished without closing its
   connection (a host that lost power), so the failover does not wait for TCP to give up.
+- **TLS.** With ``ca_file``/``cert_file`` (or ``tls: true``) every channel — sessions and the
+  backoff probe — is a TLS channel (mutual TLS with the edge's certificate); the files are
+  read at ``start()``, so a missing one fails the agent's start. A cloud that refuses the
+  edge's certificate (UNAUTHENTICATED: revoked; PERMISSION_DENIED: another edge's) is not
+  probed: the uplink waits its whole backoff, as retrying sooner cannot help.
 - **Command statuses survive outages.** :meth:`Uplink.send_status` writes a status if a
   session is up; the :class:`StatusOutbox` (the command router's table) keeps every status
   until it is *confirmed*. A status counts as confirmed once the cloud acknowledges a batch
@@ -38,6 +43,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -47,6 +53,7 @@ from fieldgate import __version__
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.config import UplinkConfig
 from fieldgate.edge.errors import EdgeError, UplinkError
+from fieldgate.errors import ConfigError
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import services_pb2 as svc
 
@@ -99,6 +106,8 @@ class UplinkStats:
     statuses_sent: int = 0
     last_backoff_s: float = 0.0
     probe_shortcuts: int = 0  # backoff waits cut short because the cloud answered a probe
+    auth_refusals: int = 0  # sessions the cloud refused for this edge's certificate
+    last_error: str = ""  # why the last session failed or ended
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -178,6 +187,37 @@ class Uplink:
         self._connected = asyncio.Event()
         self._stopping = False
         self._welcomed = False
+        self._credentials: grpc.ChannelCredentials | None = None
+
+    def _load_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials from the configured files (None: plaintext); ConfigError naming the
+        key when a file cannot be read."""
+        cfg = self._config
+        if not cfg.uses_tls:
+            return None
+
+        def read(path: Path | None, key: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as err:
+                raise ConfigError(f"uplink.{key}: cannot read {path}: {err.strerror}") from err
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(cfg.ca_file, "ca_file"),
+            private_key=read(cfg.key_file, "key_file"),
+            certificate_chain=read(cfg.cert_file, "cert_file"),
+        )
+
+    def _channel(self, options: Sequence[tuple[str, int | str]]) -> grpc.aio.Channel:
+        """A fresh channel to the target: TLS when configured, else plaintext."""
+        opts = list(options)
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(self._config.target, options=opts)
+        if self._config.server_name is not None:
+            opts.append(("grpc.ssl_target_name_override", self._config.server_name))
+        return grpc.aio.secure_channel(self._config.target, self._credentials, options=opts)
 
     @property
     def connected(self) -> bool:
@@ -185,6 +225,7 @@ class Uplink:
 
     async def start(self) -> None:
         if self._task is None:
+            self._credentials = self._load_credentials()
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"uplink-{self._edge_id}")
 
@@ -235,10 +276,15 @@ class Uplink:
             started = loop.time()
             self._welcomed = False
             reason = "stream ended"
+            refused = False
             try:
                 await self._connect_once()
             except (grpc.aio.AioRpcError, EdgeError) as err:
                 reason = _describe(err)
+                refused = isinstance(err, grpc.aio.AioRpcError) and err.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
             except Exception as err:  # task top: the uplink must outlive any bug
                 log.exception("uplink session to %s crashed", target)
                 reason = f"crashed: {err!r}"
@@ -252,6 +298,9 @@ class Uplink:
             attempt += 1
             self.stats.reconnects += 1
             self.stats.last_backoff_s = delay
+            self.stats.last_error = reason
+            if refused:
+                self.stats.auth_refusals += 1
             # The first failure is a warning; further attempts during the same outage are info.
             log.log(
                 logging.WARNING if self._welcomed or attempt == 1 else logging.INFO,
@@ -263,7 +312,10 @@ class Uplink:
                 attempt,
                 self._buffer.depth,
             )
-            await self._wait_before_reconnect(delay)
+            if refused:  # the cloud answers but refuses this edge: probing would only hammer it
+                await asyncio.sleep(delay)
+            else:
+                await self._wait_before_reconnect(delay)
 
     async def _wait_before_reconnect(self, delay: float) -> None:
         """Sleep ``delay`` — or less, if the cloud is reachable again before that.
@@ -284,7 +336,7 @@ class Uplink:
             ("grpc.min_reconnect_backoff_ms", ms),
             ("grpc.max_reconnect_backoff_ms", ms),
         ]
-        channel = grpc.aio.insecure_channel(self._config.target, options=options)
+        channel = self._channel(options)
         try:
             async with asyncio.timeout(delay):
                 await channel.channel_ready()
@@ -298,7 +350,7 @@ class Uplink:
         """Run one session until it fails (it always ends by raising)."""
         # A fresh channel per session: a channel that saw the cloud go away applies gRPC's own
         # reconnect backoff (up to 2 minutes), which would override ours.
-        channel = grpc.aio.insecure_channel(self._config.target, options=list(KEEPALIVE_OPTIONS))
+        channel = self._channel(KEEPALIVE_OPTIONS)
         try:
             connect = channel.stream_stream(CONNECT_METHOD, _serialize, svc.CloudMessage.FromString)
             call: grpc.aio.StreamStreamCall[svc.EdgeMessage | bytes, svc.CloudMessage] = connect(None)

@@ -10,12 +10,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fieldgate.cloud.grpc_api import add_grpc_api
+from fieldgate.cloud.api.auth import TokenAuthority
+from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
-from tests.helpers.api_stack import ApiStack, api_stack
+from tests.helpers.api_stack import SECRET, ApiStack, api_stack
+from tests.helpers.grpc_auth import TenantTokenInterceptor
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +48,21 @@ class Clients:
 async def grpc_api(tmp_path: Path) -> AsyncIterator[Clients]:
     async with api_stack(tmp_path) as stack:
         server = grpc.aio.server()
+        authority = TokenAuthority(SECRET, 3600)
         add_grpc_api(
             server,
             registry=stack.registry,
             event_store=stack.event_store,
             invocations=stack.invocations,
             commands=stack.commands,
+            auth=ApiAuth(authority),
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            # Every call as a caller of the tenant it names (authentication: test_grpc_auth.py).
+            interceptors = [TenantTokenInterceptor(authority)]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
                 yield Clients(
                     stack,
                     svc_grpc.DeviceManagementStub(channel),
