@@ -33,18 +33,33 @@ def hadolint() -> Path:
     return Path(found)
 
 
+def package_files() -> set[str]:
+    """What the wheel must hold: every module and package-data file below fieldgate/, through
+    the symlinks."""
+    expected = set()
+    for dirpath, dirnames, filenames in os.walk(mf.ROOT / "fieldgate", followlinks=True):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        rel = Path(dirpath).relative_to(mf.ROOT)
+        for f in filenames:
+            if f.endswith(".py") or any(Path(f).match(p) for p in PACKAGE_DATA):
+                expected.add(str(rel / f))
+    return expected
+
+
 @pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory) -> df.Emulator:
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[df.Emulator, set[str]]:
+    # The source tree as it is when the build copies it (others may be editing it meanwhile).
+    expected = package_files()
     emulator = df.Emulator(mf.ROOT, tmp_path_factory.mktemp("image"))
     emulator.build(DOCKERFILE)
-    return emulator
+    return emulator, expected
 
 
-def final(image: df.Emulator) -> df.StageResult:
-    return list(image.stages.values())[-1]
+def final(image: tuple[df.Emulator, set[str]]) -> df.StageResult:
+    return list(image[0].stages.values())[-1]
 
 
-def fieldgate(image: df.Emulator, *args: str) -> subprocess.CompletedProcess[str]:
+def fieldgate(image: tuple[df.Emulator, set[str]], *args: str) -> subprocess.CompletedProcess[str]:
     """The image's ENTRYPOINT, found on the image's PATH (its virtualenv), with ``args``."""
     stage = final(image)
     assert stage.entrypoint is not None
@@ -97,16 +112,10 @@ def test_stages_image_user_and_entrypoint() -> None:
     assert copies == [], "the runtime stage takes nothing from the build context"
 
 
-def test_wheel_holds_the_symlinked_subpackages_and_data_files(image: df.Emulator) -> None:
-    (wheel,) = (image.stages["builder"].root / "wheels").glob("fieldgate-*.whl")
+def test_wheel_holds_the_symlinked_subpackages_and_data_files(image: tuple[df.Emulator, set[str]]) -> None:
+    emulator, expected = image
+    (wheel,) = (emulator.stages["builder"].root / "wheels").glob("fieldgate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = set()
-    for dirpath, dirnames, filenames in os.walk(mf.ROOT / "fieldgate", followlinks=True):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        rel = Path(dirpath).relative_to(mf.ROOT)
-        for f in filenames:
-            if f.endswith(".py") or any(Path(f).match(p) for p in PACKAGE_DATA):
-                expected.add(str(rel / f))
     assert expected - names == set()
     for package in ("cloud", "edge", "sims"):  # the symlinks fieldgate/<package> -> ../<dir>
         assert f"fieldgate/{package}/__init__.py" in names
@@ -114,7 +123,7 @@ def test_wheel_holds_the_symlinked_subpackages_and_data_files(image: df.Emulator
     assert {"fieldgate/devservers/poms/kafka/pom.xml", "fieldgate/devservers/poms/cassandra/pom.xml"} <= names
 
 
-def test_installed_image_runs_fieldgate(image: df.Emulator) -> None:
+def test_installed_image_runs_fieldgate(image: tuple[df.Emulator, set[str]]) -> None:
     stage = final(image)
     # Only the user account and directories were left out (they need root).
     assert [s.split()[0] for s in stage.skipped] == ["groupadd", "useradd", "install", "install"], (
@@ -130,7 +139,10 @@ def test_installed_image_runs_fieldgate(image: df.Emulator) -> None:
 
 
 def test_image_accepts_the_chart_configuration(
-    image: df.Emulator, chart_default: list[mf.Manifest], chart_production: list[mf.Manifest], tmp_path: Path
+    image: tuple[df.Emulator, set[str]],
+    chart_default: list[mf.Manifest],
+    chart_production: list[mf.Manifest],
+    tmp_path: Path,
 ) -> None:
     for name, manifests in (("default", chart_default), ("production", chart_production)):
         (cm,) = mf.of_kind(manifests, "ConfigMap")
@@ -141,7 +153,9 @@ def test_image_accepts_the_chart_configuration(
         assert "valid cloud configuration" in proc.stdout
 
 
-def test_image_accepts_the_k3s_configuration(image: df.Emulator, kustomize: Path, tmp_path: Path) -> None:
+def test_image_accepts_the_k3s_configuration(
+    image: tuple[df.Emulator, set[str]], kustomize: Path, tmp_path: Path
+) -> None:
     for overlay in ("base", "overlays/gateway", "overlays/gateway-ble"):
         manifests = mf.kustomize_build(kustomize, mf.K3S / overlay)
         (cm,) = mf.of_kind(manifests, "ConfigMap")
