@@ -26,8 +26,8 @@ class MqttAuthConfig(Frozen):
     mode: Literal["none", "password"] = "none"
     # Relative paths are below the agent's data_dir. Required with mode password.
     credentials_file: Path | None = None
-    # With mode password: also accept clients without a username (they may do nothing but
-    # connect — no topic is allowed to them). Off: they get CONNACK "not authorized".
+    # With mode password: clients without a username are let in unrestricted, as in mode none
+    # (a migration aid while devices get credentials; logged at start). Off: CONNACK "not authorized".
     allow_anonymous: bool = False
     # tenant → enrollment secret. A device of such a tenant that has no credentials yet may
     # connect once as username "enroll:<tenant>:<device>" with the tenant's secret and receives

@@ -82,7 +82,7 @@ def _instance_migrations(ks: str) -> list[Migration]:
         (
             1,
             [
-                f"CREATE TABLE IF NOT EXISTS {ks}.tenants (token text PRIMARY KEY, seq timeuuid, data blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.tenants (tok text PRIMARY KEY, seq timeuuid, data blob)",
                 f"CREATE TABLE IF NOT EXISTS {ks}.invocation_tenants ("
                 " bucket int, tenant text, PRIMARY KEY ((bucket), tenant))",
             ],
@@ -98,24 +98,24 @@ def _tenant_migrations(ks: str) -> list[Migration]:
         order = " WITH CLUSTERING ORDER BY (seq DESC)" if desc else ""
         return (
             f"CREATE TABLE IF NOT EXISTS {ks}.{table} ("
-            f" {partition}, seq timeuuid, token text, data blob, PRIMARY KEY (({key}), seq)){order}"
+            f" {partition}, seq timeuuid, tok text, data blob, PRIMARY KEY (({key}), seq)){order}"
         )
 
     return [
         (
             1,
             [
-                f"CREATE TABLE IF NOT EXISTS {ks}.device_types (token text PRIMARY KEY, seq timeuuid, data blob)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.device_types (tok text PRIMARY KEY, seq timeuuid, data blob)",
                 by_seq("device_types_by_seq"),
                 f"CREATE TABLE IF NOT EXISTS {ks}.devices ("
-                " token text PRIMARY KEY, seq timeuuid, device_type text, data blob)",
+                " tok text PRIMARY KEY, seq timeuuid, device_type text, data blob)",
                 by_seq("devices_by_seq"),
                 f"CREATE TABLE IF NOT EXISTS {ks}.assignments ("
-                " token text PRIMARY KEY, seq timeuuid, device text, status int, data blob)",
+                " tok text PRIMARY KEY, seq timeuuid, device text, status int, data blob)",
                 by_seq("assignments_by_seq", desc=True),
                 by_seq("assignments_by_device", desc=True, partition="device text"),
                 f"CREATE TABLE IF NOT EXISTS {ks}.active_assignments ("
-                " device text PRIMARY KEY, token text, data blob)",
+                " device text PRIMARY KEY, tok text, data blob)",
                 f"CREATE TABLE IF NOT EXISTS {ks}.invocations ("
                 " id text PRIMARY KEY, seq timeuuid, device text, status int, expires_ms bigint, data blob)",
                 f"CREATE TABLE IF NOT EXISTS {ks}.queued_invocations ("
@@ -244,7 +244,7 @@ class _CassandraStore:
 
 def _by_seq_statements(ks: str, table: str, key: str = "bucket") -> dict[str, str]:
     return {
-        f"ins_{table}": f"INSERT INTO {ks}.{table} ({key}, seq, token, data) VALUES (?, ?, ?, ?)",
+        f"ins_{table}": f"INSERT INTO {ks}.{table} ({key}, seq, tok, data) VALUES (?, ?, ?, ?)",
         f"count_{table}": f"SELECT count(*) FROM {ks}.{table} WHERE {key} = ?",
         f"page_{table}": f"SELECT data FROM {ks}.{table} WHERE {key} = ? LIMIT ?",
     }
@@ -284,32 +284,32 @@ class CassandraRegistry(_CassandraStore):
 
     def _instance_statements(self, ks: str) -> dict[str, str]:
         return {
-            "ins_tenant": f"INSERT INTO {ks}.tenants (token, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
-            "upd_tenant": f"UPDATE {ks}.tenants SET data = ? WHERE token = ?",
-            "sel_tenant": f"SELECT data FROM {ks}.tenants WHERE token = ?",
+            "ins_tenant": f"INSERT INTO {ks}.tenants (tok, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
+            "upd_tenant": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ?",
+            "sel_tenant": f"SELECT data FROM {ks}.tenants WHERE tok = ?",
             "all_tenants": f"SELECT seq, data FROM {ks}.tenants",
         }
 
     def _tenant_statements(self, ks: str) -> dict[str, str]:
         return {
-            "ins_device_types": f"INSERT INTO {ks}.device_types (token, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
-            "sel_device_types": f"SELECT data FROM {ks}.device_types WHERE token = ?",
+            "ins_device_types": f"INSERT INTO {ks}.device_types (tok, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
+            "sel_device_types": f"SELECT data FROM {ks}.device_types WHERE tok = ?",
             **_by_seq_statements(ks, "device_types_by_seq"),
-            "ins_devices": f"INSERT INTO {ks}.devices (token, seq, device_type, data) VALUES (?, ?, ?, ?)"
+            "ins_devices": f"INSERT INTO {ks}.devices (tok, seq, device_type, data) VALUES (?, ?, ?, ?)"
             " IF NOT EXISTS",
-            "sel_devices": f"SELECT data FROM {ks}.devices WHERE token = ?",
+            "sel_devices": f"SELECT data FROM {ks}.devices WHERE tok = ?",
             **_by_seq_statements(ks, "devices_by_seq"),
-            "ins_assignment": f"INSERT INTO {ks}.assignments (token, seq, device, status, data)"
+            "ins_assignment": f"INSERT INTO {ks}.assignments (tok, seq, device, status, data)"
             " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-            "del_assignment": f"DELETE FROM {ks}.assignments WHERE token = ?",
-            "sel_assignment": f"SELECT seq, data FROM {ks}.assignments WHERE token = ?",
-            "release_assignment": f"UPDATE {ks}.assignments SET status = ?, data = ? WHERE token = ?"
+            "del_assignment": f"DELETE FROM {ks}.assignments WHERE tok = ?",
+            "sel_assignment": f"SELECT seq, data FROM {ks}.assignments WHERE tok = ?",
+            "release_assignment": f"UPDATE {ks}.assignments SET status = ?, data = ? WHERE tok = ?"
             " IF status = ?",
             **_by_seq_statements(ks, "assignments_by_seq"),
             **_by_seq_statements(ks, "assignments_by_device", "device"),
-            "claim_active": f"INSERT INTO {ks}.active_assignments (device, token, data) VALUES (?, ?, ?)"
+            "claim_active": f"INSERT INTO {ks}.active_assignments (device, tok, data) VALUES (?, ?, ?)"
             " IF NOT EXISTS",
-            "free_active": f"DELETE FROM {ks}.active_assignments WHERE device = ? IF token = ?",
+            "free_active": f"DELETE FROM {ks}.active_assignments WHERE device = ? IF tok = ?",
             "sel_active": f"SELECT data FROM {ks}.active_assignments WHERE device = ?",
         }
 
@@ -521,7 +521,7 @@ class CassandraRegistry(_CassandraStore):
 
         The status moves by compare-and-set (``IF status = ACTIVE``): of two replicas releasing
         at once one writes, the other returns what it wrote. Then the device's slot is freed
-        (``IF token = ?``: a newer assignment's slot is never touched) and the listing rows are
+        (``IF tok = ?``: a newer assignment's slot is never touched) and the listing rows are
         rewritten — also when the assignment was released already, which repairs a release that
         a crash cut short."""
         ctx = await self._open(tenant, create=False)

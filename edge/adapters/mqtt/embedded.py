@@ -101,6 +101,8 @@ class EmbeddedMqttAdapter:
         access_control = self._config.auth.mode != "none"
         if access_control:
             self._authenticator = self._build_authenticator()
+            if self._config.auth.allow_anonymous:
+                log.warning("mqtt.auth.allow_anonymous: clients without a username may use every topic")
         tls = self._tls_listener()
         hosts = {self._config.host} | ({tls["host"]} if tls else set())
         if not access_control and hosts - {"127.0.0.1", "::1", "localhost"}:
