@@ -9,6 +9,7 @@ fieldgate cloud descriptors     write the protobuf FileDescriptorSet of the topi
 fieldgate cloud decode ...      kcat -f '%S:%s' output of a stage topic → JSON lines
 fieldgate edge run --config F   one edge agent
 fieldgate sim mqtt ...          simulated MQTT devices
+fieldgate mqtt credentials add|remove|list, mqtt mosquitto-files   MQTT device credentials
 fieldgate config check edge|cloud F   validate a configuration file
 """
 
@@ -428,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cli_arguments(sm)
     sm.set_defaults(func=_cmd_sim_mqtt)
+
+    mq = sub.add_parser("mqtt", help="MQTT device credentials and Mosquitto files (docs/security.md)")
+    from fieldgate.edge.adapters.mqtt.credentials_cli import add_cli_arguments as add_mqtt_arguments
+
+    add_mqtt_arguments(mq)
 
     conf = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="config_cmd", required=True
