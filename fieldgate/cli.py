@@ -11,6 +11,7 @@ fieldgate edge run --config F   one edge agent
 fieldgate sim mqtt ...          simulated MQTT devices
 fieldgate mqtt credentials add|remove|list, mqtt mosquitto-files   MQTT device credentials
 fieldgate config check edge|cloud F   validate a configuration file
+fieldgate pki init-ca|issue-edge|issue-server|revoke|crl --dir D   the edge/cloud CA (docs/security.md)
 """
 
 from __future__ import annotations
@@ -289,6 +290,43 @@ def _cmd_edge_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pki(ns: argparse.Namespace) -> int:
+    """``fieldgate pki ...``: bad input (names, unknown edge, no CA) is exit 2, nothing written."""
+    from fieldgate.pki import CertificateAuthority, PkiError
+
+    ca = CertificateAuthority(Path(ns.dir))
+    try:
+        if ns.pki_cmd == "init-ca":
+            made = ca.init(days=ns.days, common_name=ns.name)
+            print(f"CA created in {ca.directory}: {made.cert_path} (serial {made.serial}, until "
+                  f"{made.not_after:%Y-%m-%d}); key {made.key_path} (0600, keep it safe)")  # fmt: skip
+        elif ns.pki_cmd == "issue-edge":
+            out = Path(ns.out) if ns.out else None
+            made = ca.issue_edge(ns.edge_id, ns.tenant, days=ns.days, out=out)
+            print(f"edge {ns.edge_id} (tenants {', '.join(dict.fromkeys(ns.tenant))}): certificate "
+                  f"{made.cert_path}, key {made.key_path}, serial {made.serial}, until {made.not_after:%Y-%m-%d}")  # fmt: skip
+            print(
+                f"edge config: uplink: {{ca_file: {ca.cert_path}, cert_file: {made.cert_path}, key_file: {made.key_path}}}"
+            )
+        elif ns.pki_cmd == "issue-server":
+            made = ca.issue_server(ns.host, days=ns.days, out=Path(ns.out) if ns.out else None)
+            print(f"server certificate for {', '.join(ns.host)}: {made.cert_path}, key {made.key_path}, "
+                  f"serial {made.serial}, until {made.not_after:%Y-%m-%d}")  # fmt: skip
+            print(f"cloud config: tls: {{cert_file: {made.cert_path}, key_file: {made.key_path}, "
+                  f"client_ca_file: {ca.cert_path}, crl_file: {ca.crl_path}}}")  # fmt: skip
+        elif ns.pki_cmd == "revoke":
+            serials = ca.revoke(serial=ns.serial, edge_id=ns.edge_id)
+            print(f"revoked {', '.join(serials)}; CRL {ca.crl_path} rewritten (the cloud refuses "
+                  "these certificates from their next connect)")  # fmt: skip
+        else:
+            path, count = ca.write_crl(days=ns.days, out=Path(ns.out) if ns.out else None)
+            print(f"CRL {path}: {count} revoked certificate(s), valid {ns.days} days")
+    except PkiError as err:
+        print(f"fieldgate: pki: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_config_check(ns: argparse.Namespace) -> int:
     from fieldgate import config as cfg
     from fieldgate.cloud.config import CloudConfig
@@ -442,6 +480,42 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("kind", choices=["edge", "cloud"])
     cc.add_argument("file")
     cc.set_defaults(func=_cmd_config_check)
+
+    pki = sub.add_parser(
+        "pki", help="the certificate authority of the edge/cloud link (docs/security.md)"
+    ).add_subparsers(dest="pki_cmd", required=True)
+    pi = pki.add_parser("init-ca", help="create the CA (EC P-256 key, self-signed certificate) in DIR")
+    pi.add_argument("--dir", required=True, help="the CA's directory")
+    pi.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    pi.add_argument("--name", default="fieldgate CA", help="the CA's common name")
+    pe = pki.add_parser(
+        "issue-edge", help="an edge's client certificate (SAN urn:fieldgate:edge:<tenant>:<edge_id>)"
+    )
+    pe.add_argument("--dir", required=True, help="the CA's directory")
+    pe.add_argument("--edge-id", required=True, help="the edge's edge_id (its Hello must name it)")
+    pe.add_argument(
+        "--tenant", required=True, action="append", help="a tenant the edge may send events of (repeatable)"
+    )
+    pe.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    pe.add_argument("--out", help="directory for <edge_id>.pem/.key (default DIR/edges)")
+    ps = pki.add_parser("issue-server", help="the cloud's server certificate (DNS/IP SANs)")
+    ps.add_argument("--dir", required=True, help="the CA's directory")
+    ps.add_argument("--host", required=True, nargs="+", help="names and addresses edges dial")
+    ps.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    ps.add_argument("--out", help="directory for server.pem/.key (default DIR)")
+    pr = pki.add_parser(
+        "revoke", help="revoke a certificate, or every certificate of an edge; rewrites the CRL"
+    )
+    pr.add_argument("--dir", required=True, help="the CA's directory")
+    which_cert = pr.add_mutually_exclusive_group(required=True)
+    which_cert.add_argument("--serial", help="the certificate's serial (hex, as issue printed it)")
+    which_cert.add_argument("--edge-id", help="every valid certificate of this edge")
+    pc = pki.add_parser("crl", help="(re)write the CRL the cloud reads (tls.crl_file)")
+    pc.add_argument("--dir", required=True, help="the CA's directory")
+    pc.add_argument("--days", type=int, default=30, help="until next_update (default 30)")
+    pc.add_argument("--out", help="file to write (default DIR/crl.pem)")
+    for cmd in (pi, pe, ps, pr, pc):
+        cmd.set_defaults(func=_cmd_pki)
     return p
 
 
