@@ -228,7 +228,9 @@ class CloudApp:
         self.ingest: IngestService | None = None
         # TLS of the gRPC port (files read now: a bad one fails here); the gRPC APIs' check,
         # made at start once the token secret is loaded.
-        self.server_tls = ServerTls(config.tls) if config.tls is not None else None
+        self.server_tls = (
+            ServerTls(config.tls) if config.tls is not None and "ingest" in self.services else None
+        )
         self._grpc_auth: ApiAuth | None = None
         # Liveness/readiness of this process (docs/operations/kubernetes.md); checks are added
         # at start, for the parts this process really started.

@@ -11,7 +11,9 @@ With ``distributed=True`` (``fieldgate up --distributed``) the cloud is not the 
 all-in-one app on SQLite: the suite starts real ZooKeeper, Kafka and Cassandra servers
 (:mod:`fieldgate.devservers`, under ``data_dir/servers``), writes ``data_dir/cloud.yaml`` for
 them and runs every cloud service as its own ``fieldgate cloud run <service>`` process, as
-docs/operations/distributed.md describes for a real deployment.
+docs/operations/distributed.md describes for a real deployment. The edge and ``ingest`` speak
+mutual TLS there: a dev CA in ``data_dir/pki`` (created once, :mod:`fieldgate.pki`) signs a
+server certificate for 127.0.0.1/localhost and the edge's client certificate.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ import yaml
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.backends import build_registry, build_users
-from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
+from fieldgate.cloud.config import (
+    BusConfig,
+    CloudConfig,
+    StoreConfig,
+    TenantConfig,
+    TlsConfig,
+    ZookeeperConfig,
+)
 from fieldgate.config import validate
 from fieldgate.devservers import (
     CassandraServer,
@@ -49,6 +58,7 @@ from fieldgate.devservers import (
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import BufferConfig, EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.errors import ConfigError, FieldgateError
+from fieldgate.pki import CertificateAuthority, PkiError
 from fieldgate.sims.mqtt import MqttDeviceSim
 from fieldgate.southbound_sims import SouthboundSims
 from fieldgate.tasks import cancel_and_wait
@@ -162,13 +172,38 @@ class Suite:
             data_dir=o.data_dir / "edge",
             mqtt=MqttConfig(mode=o.mqtt_mode, host=o.mqtt_host, port=self.mqtt_port),
             buffer=BufferConfig(max_events=o.buffer_max_events),
-            uplink=UplinkConfig(target=self.grpc_target),
+            uplink=self._uplink_config(),
         )
         if self.southbound is None:
             return base
         return validate(
             EdgeConfig, {**base.model_dump(by_alias=True), **self.southbound.edge_sections()}, "fieldgate up"
         )
+
+    def _uplink_config(self) -> UplinkConfig:
+        """Plaintext to the in-process cloud; mutual TLS to distributed mode's ingest."""
+        if not self.options.distributed:
+            return UplinkConfig(target=self.grpc_target)
+        ca = self._ensure_pki()
+        cert, key = ca.edge_paths(self.options.edge_id)
+        return UplinkConfig(target=self.grpc_target, ca_file=ca.cert_path, cert_file=cert, key_file=key)
+
+    def _ensure_pki(self) -> CertificateAuthority:
+        """The dev CA of distributed mode in data_dir/pki, with the server certificate (127.0.0.1,
+        localhost) and the edge's certificate: each made the first time, kept after."""
+        ca = CertificateAuthority(self.options.data_dir / "pki")
+        try:
+            if not ca.exists():
+                ca.init(common_name="fieldgate dev CA")
+                log.info("pki: dev CA created in %s", ca.directory)
+            if not (ca.directory / "server.pem").exists():
+                ca.issue_server(["127.0.0.1", "localhost"])
+            cert, _ = ca.edge_paths(self.options.edge_id)
+            if not cert.exists():
+                ca.issue_edge(self.options.edge_id, ["default"])
+        except PkiError as err:
+            raise SuiteError(f"pki: {err}") from err
+        return ca
 
     @property
     def cloud(self) -> CloudApp:
@@ -288,7 +323,18 @@ class Suite:
                     kind="cassandra", hosts=(self.cassandra.host,), port=self.cassandra.port
                 ),
                 "zookeeper": ZookeeperConfig(hosts=self.zookeeper.hosts, instance="default"),
+                "tls": self._server_tls(),
             }
+        )
+
+    def _server_tls(self) -> TlsConfig:
+        """Mutual TLS on ingest: the dev CA's server certificate, edges of that CA, its CRL."""
+        ca = self._ensure_pki()
+        return TlsConfig(
+            cert_file=ca.directory / "server.pem",
+            key_file=ca.directory / "server.key",
+            client_ca_file=ca.cert_path,
+            crl_file=ca.crl_path,
         )
 
     def _write_cloud_config(self) -> Path:
@@ -536,6 +582,8 @@ class Suite:
         for service, proc in self.cloud_procs.items():
             yield f"Cloud        {service} (pid {proc.pid})"
         if self.options.distributed:
+            pki = self.options.data_dir / "pki"
+            yield f"TLS          gRPC is mutual TLS: CA {pki}/ca.pem, edge certificates in {pki}/edges (fieldgate pki)"
             cfg = self.options.data_dir / "cloud.yaml"
             yield f"Cloud config {cfg}  (fieldgate cloud run|tenant|replay --config {cfg})"
         for line in self.southbound.describe() if self.southbound else ():
