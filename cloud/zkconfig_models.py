@@ -125,7 +125,8 @@ class ZkConfig:
         tenants = {t.token: t for t in base.tenants}
         for token, settings in self.tenants.items():
             tenants[token] = settings.tenant_config()
-        auth = AuthConfig(secret_key=base.auth.secret_key, token_ttl_s=self.instance.token_ttl_s)
+        # Secrets stay the file's (a key or a mounted key file); only the lifetime comes from ZK.
+        auth = base.auth.model_copy(update={"token_ttl_s": self.instance.token_ttl_s})
         return base.model_copy(
             update={
                 "bus": self.instance.bus,

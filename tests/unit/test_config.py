@@ -112,3 +112,18 @@ def test_cloud_run_refuses_a_single_service_on_the_embedded_bus(
     assert main(["cloud", "run", "--config", str(f), "inbound"]) == 2
     err = capsys.readouterr().err
     assert "embedded bus" in err and "bus.kind: kafka" in err
+
+
+def test_zookeeper_instance_settings_keep_the_files_secrets() -> None:
+    """ZooKeeper's instance znode sets the token lifetime; the signing key (inline or a mounted
+    key file, e.g. a Kubernetes Secret) stays the service's own."""
+    from pathlib import Path
+
+    from fieldgate.cloud.config import AuthConfig, CloudConfig
+    from fieldgate.cloud.zkconfig_models import InstanceSettings, ZkConfig
+
+    base = CloudConfig(auth=AuthConfig(secret_file=Path("/etc/fieldgate/secrets/jwt-key")))
+    instance = InstanceSettings.from_cloud_config(base).model_copy(update={"token_ttl_s": 120})
+    merged = ZkConfig(instance=instance).apply_to(base)
+    assert merged.auth.secret_file == Path("/etc/fieldgate/secrets/jwt-key")
+    assert merged.auth.token_ttl_s == 120
