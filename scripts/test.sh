@@ -15,6 +15,8 @@ echo "== mypy"
 mypy fieldgate
 echo "== Kafka, ZooKeeper and Cassandra jars (Maven Central through mvn; cached)"
 python -m fieldgate.devservers fetch
+echo "== deploy tools: helm and kustomize (Go modules, pinned; cached in ~/.cache/fieldgate/bin)"
+bash scripts/deploy_tools.sh
 echo "== pytest: unit, integration, hil (sims), end to end on the embedded backends"
 pytest -q -p no:cacheprovider --durations=15 -m "not distributed" "${@:2}"
 echo "== pytest: distributed — real Kafka, ZooKeeper and Cassandra (and the end-to-end tests on them)"
