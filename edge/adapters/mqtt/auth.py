@@ -147,7 +147,7 @@ class DeviceAuthenticator:
             existing = self._store.for_device(tenant, device)
             if existing is not None and (not existing.enrolled or existing.confirmed):
                 self._refuse("enrollment", username, f"device {tenant}/{device} has credentials already")
-            return None
+                return None
             issued = IssuedCredentials(enrolled_username(tenant, device), generate_password())
             async with self._hashing:
                 identity = await asyncio.to_thread(
