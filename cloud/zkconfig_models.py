@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field
 
-from fieldgate.cloud.config import AuthConfig, BusConfig, CloudConfig, StoreConfig, TenantConfig
+from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig
 from fieldgate.config import Frozen, validate
 from fieldgate.edge.codec.topics import Format
 from fieldgate.errors import ConfigError
