@@ -133,6 +133,28 @@ class UplinkConfig(Frozen):
     # stream) and start the next session as soon as it answers instead of sleeping the whole
     # backoff; 0 = sleep the whole backoff. Bounds how long a backlog waits after an outage.
     probe_interval_s: float = Field(1.0, ge=0)
+    # TLS to the cloud (docs/security.md): on when `tls` is true or any file below is set.
+    # ca_file: the CA that signed the cloud's server certificate (None: the system's roots);
+    # cert_file + key_file: this edge's client certificate (`fieldgate pki issue-edge`), for a
+    # cloud that requires mutual TLS; server_name: the name to check the server certificate
+    # against when it differs from the target's host. Paths are relative to the working directory.
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = Field(None, min_length=1, max_length=253)
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> UplinkConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the edge's certificate and its key)")
+        if self.server_name is not None and not self.uses_tls:
+            raise ValueError("server_name needs TLS (tls: true, or ca_file/cert_file)")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
 
 
 class CommandsConfig(Frozen):
