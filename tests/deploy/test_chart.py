@@ -139,7 +139,10 @@ def test_probes_point_at_what_the_processes_serve(rendered: list[mf.Manifest]) -
     conf = cloud_config(rendered)
     assert mf.probe_problems(rendered, served(conf)) == []
     ingest = container(rendered, "ingest")
-    assert ingest["readinessProbe"]["grpc"] == {"port": conf.grpc_port, "service": ""}
+    # With TLS on the gRPC port (the default) the kubelet's grpc probe cannot talk to it: the
+    # health listener's /readyz gives the same answer.
+    assert conf.tls is not None
+    assert ingest["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     api = container(rendered, "api")
     assert api["readinessProbe"]["httpGet"]["port"] == "http"
     assert {p["name"]: p["containerPort"] for p in api["ports"]}["http"] == conf.rest_port
@@ -257,3 +260,29 @@ def test_a_configuration_change_rolls_the_pods(helm: Path, chart_default: list[m
     rotated = annotations(mf.helm_template(helm, sets=["auth.jwtSecret=a-new-signing-key"]))
     assert rotated["checksum/secret"] != before["checksum/secret"]
     assert rotated["checksum/config"] == before["checksum/config"]
+
+
+def test_grpc_tls_is_on_by_default_and_its_files_are_mounted_for_ingest(rendered: list[mf.Manifest]) -> None:
+    conf = cloud_config(rendered)
+    assert conf.tls is not None and conf.tls.require_client_cert  # mutual TLS by default
+    files = [conf.tls.cert_file, conf.tls.key_file, conf.tls.client_ca_file, conf.tls.crl_file]
+    for path in files:
+        assert path is not None
+        source = mf.mounted_file(deployment(rendered, "ingest"), "ingest", str(path), rendered)
+        assert source is not None and source[0] == "Secret", f"ingest: nothing mounted at {path}"
+
+
+def test_without_tls_ingest_readiness_is_the_grpc_health_protocol(helm: Path) -> None:
+    manifests = mf.helm_template(helm, sets=["tls.enabled=false"])
+    conf = cloud_config(manifests)
+    assert conf.tls is None
+    ingest = container(manifests, "ingest")
+    assert ingest["readinessProbe"]["grpc"] == {"port": conf.grpc_port, "service": ""}
+    assert "tls" not in {v["name"] for v in mf.pod_spec(deployment(manifests, "ingest"))["volumes"]}
+    assert mf.probe_problems(manifests, served(conf)) == []
+
+
+def test_server_only_tls_names_no_client_ca(helm: Path) -> None:
+    conf = cloud_config(mf.helm_template(helm, sets=["tls.requireClientCert=false"]))
+    assert conf.tls is not None and not conf.tls.require_client_cert
+    assert conf.tls.client_ca_file is None and conf.tls.crl_file is None

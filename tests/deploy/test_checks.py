@@ -34,11 +34,22 @@ def liveness_on_unserved_path(m: list[mf.Manifest]) -> None:
 
 
 def grpc_probe_on_other_port(m: list[mf.Manifest]) -> None:
-    ingest(m)["readinessProbe"]["grpc"]["port"] = 9090
+    ingest(m)["readinessProbe"] = {"grpc": {"port": 9090, "service": ""}}
+
+
+def readiness_on_unserved_path(m: list[mf.Manifest]) -> None:
+    ingest(m)["readinessProbe"]["httpGet"]["path"] = "/ready"
 
 
 @pytest.mark.parametrize(
-    "breakage", [no_readiness, liveness_on_unknown_port, liveness_on_unserved_path, grpc_probe_on_other_port]
+    "breakage",
+    [
+        no_readiness,
+        liveness_on_unknown_port,
+        liveness_on_unserved_path,
+        grpc_probe_on_other_port,
+        readiness_on_unserved_path,
+    ],
 )
 def test_probe_check_catches(
     chart_default: list[mf.Manifest], breakage: Callable[[list[mf.Manifest]], None]

@@ -128,3 +128,19 @@ def test_ble_overlay_gives_the_dbus_socket_and_enables_ble(kustomize: Path) -> N
     # BLE through BlueZ needs no device access: the container stays unprivileged.
     assert not c["securityContext"].get("privileged", False)
     assert spec["nodeSelector"] == {"fieldgate.io/gateway": "true", "fieldgate.io/ble": "true"}
+
+
+def test_uplink_uses_mutual_tls_with_the_gateways_own_certificate(k3s_build: Build) -> None:
+    _, manifests = k3s_build
+    up = edge_config(manifests).uplink
+    assert up.ca_file is not None and up.cert_file is not None and up.key_file is not None
+    spec = mf.pod_spec(daemonset(manifests))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for path in (up.ca_file, up.cert_file, up.key_file):
+        mount = next(
+            (m for m in agent(manifests)["volumeMounts"] if path.is_relative_to(m["mountPath"])), None
+        )
+        assert mount is not None, f"nothing mounted at {path}"
+        assert mount.get("readOnly") is True
+        # Per gateway, provisioned on the node: not created empty when it is missing.
+        assert volumes[mount["name"]]["hostPath"]["type"] == "Directory"

@@ -115,5 +115,19 @@ app.kubernetes.io/component: {{ .service }}
 {{- if $c.zookeeper.enabled -}}
 {{- $_ := set $conf "zookeeper" (dict "hosts" $c.zookeeper.hosts "instance" $c.zookeeper.instance) -}}
 {{- end -}}
+{{- if .Values.tls.enabled -}}
+{{- $dir := include "fieldgate.tlsDir" . -}}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "require_client_cert" .Values.tls.requireClientCert -}}
+{{- if .Values.tls.requireClientCert -}}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" $dir) -}}
+{{- if .Values.tls.crl -}}
+{{- $_ := set $tls "crl_file" (printf "%s/crl.pem" $dir) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $conf "tls" $tls -}}
+{{- end -}}
 {{- toYaml $conf -}}
 {{- end -}}
+
+{{/* Where the gRPC TLS material (tls.existingSecret) is mounted. */}}
+{{- define "fieldgate.tlsDir" -}}/var/run/secrets/fieldgate-tls{{- end -}}
