@@ -24,35 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66ieldgate/v1/model.proto\x12\x0c\x66ieldgate.v1\"Y\n\x06Tenant\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rauto_register\x18\x03 \x01(\x08\x12\x1b\n\x13\x64\x65\x66\x61ult_device_type\x18\x04 \x01(\t\"U\n\x0c\x43ommandParam\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.fieldgate.v1.ParamType\x12\x10\n\x08required\x18\x03 \x01(\x08\"^\n\rDeviceCommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12*\n\x06params\x18\x03 \x03(\x0b\x32\x1a.fieldgate.v1.CommandParam\"m\n\nDeviceType\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\x08\x63ommands\x18\x04 \x03(\x0b\x32\x1b.fieldgate.v1.DeviceCommand\"\xc9\x01\n\x06\x44\x65vice\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x03 \x01(\t\x12\x10\n\x08\x63omments\x18\x04 \x01(\t\x12\x34\n\x08metadata\x18\x05 \x03(\x0b\x32\".fieldgate.v1.Device.MetadataEntry\x12\x12\n\ncreated_ms\x18\x06 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\nAssignment\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x04 \x01(\t\x12\x0c\n\x04\x61rea\x18\x05 \x01(\t\x12\r\n\x05\x61sset\x18\x06 \x01(\t\x12.\n\x06status\x18\x07 \x01(\x0e\x32\x1e.fieldgate.v1.AssignmentStatus\x12\x11\n\tactive_ms\x18\x08 \x01(\x03\x12\x13\n\x0breleased_ms\x18\t \x01(\x03\x12\x38\n\x08metadata\x18\n \x03(\x0b\x32&.fieldgate.v1.Assignment.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*}\n\tParamType\x12\x1a\n\x16PARAM_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PARAM_TYPE_STRING\x10\x01\x12\x12\n\x0ePARAM_TYPE_INT\x10\x02\x12\x14\n\x10PARAM_TYPE_FLOAT\x10\x03\x12\x13\n\x0fPARAM_TYPE_BOOL\x10\x04*\x92\x01\n\x10\x41ssignmentStatus\x12!\n\x1d\x41SSIGNMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41SSIGNMENT_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x41SSIGNMENT_STATUS_MISSING\x10\x02\x12\x1e\n\x1a\x41SSIGNMENT_STATUS_RELEASED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66ieldgate/v1/model.proto\x12\x0c\x66ieldgate.v1\"\x84\x01\n\x06Tenant\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rauto_register\x18\x03 \x01(\x08\x12\x1b\n\x13\x64\x65\x66\x61ult_device_type\x18\x04 \x01(\t\x12\x15\n\rsettings_json\x18\x05 \x01(\t\x12\x12\n\ncreated_ms\x18\x06 \x01(\x03\"\xc1\x01\n\x0c\x43ustomerType\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12:\n\x08metadata\x18\x04 \x03(\x0b\x32(.fieldgate.v1.CustomerType.MetadataEntry\x12\x12\n\ncreated_ms\x18\x05 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x01\n\x08\x43ustomer\x12\r\n\x05token\x18\x01 \x01(\t\x12\x15\n\rcustomer_type\x18\x02 \x01(\t\x12\x0e\n\x06parent\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x36\n\x08metadata\x18\x06 \x03(\x0b\x32$.fieldgate.v1.Customer.MetadataEntry\x12\x12\n\ncreated_ms\x18\x07 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x0c\x43ommandParam\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.fieldgate.v1.ParamType\x12\x10\n\x08required\x18\x03 \x01(\x08\"^\n\rDeviceCommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12*\n\x06params\x18\x03 \x03(\x0b\x32\x1a.fieldgate.v1.CommandParam\"m\n\nDeviceType\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\x08\x63ommands\x18\x04 \x03(\x0b\x32\x1b.fieldgate.v1.DeviceCommand\"\xc9\x01\n\x06\x44\x65vice\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x03 \x01(\t\x12\x10\n\x08\x63omments\x18\x04 \x01(\t\x12\x34\n\x08metadata\x18\x05 \x03(\x0b\x32\".fieldgate.v1.Device.MetadataEntry\x12\x12\n\ncreated_ms\x18\x06 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\nAssignment\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x04 \x01(\t\x12\x0c\n\x04\x61rea\x18\x05 \x01(\t\x12\r\n\x05\x61sset\x18\x06 \x01(\t\x12.\n\x06status\x18\x07 \x01(\x0e\x32\x1e.fieldgate.v1.AssignmentStatus\x12\x11\n\tactive_ms\x18\x08 \x01(\x03\x12\x13\n\x0breleased_ms\x18\t \x01(\x03\x12\x38\n\x08metadata\x18\n \x03(\x0b\x32&.fieldgate.v1.Assignment.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*}\n\tParamType\x12\x1a\n\x16PARAM_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PARAM_TYPE_STRING\x10\x01\x12\x12\n\x0ePARAM_TYPE_INT\x10\x02\x12\x14\n\x10PARAM_TYPE_FLOAT\x10\x03\x12\x13\n\x0fPARAM_TYPE_BOOL\x10\x04*\x92\x01\n\x10\x41ssignmentStatus\x12!\n\x1d\x41SSIGNMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41SSIGNMENT_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x41SSIGNMENT_STATUS_MISSING\x10\x02\x12\x1e\n\x1a\x41SSIGNMENT_STATUS_RELEASED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fieldgate.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CUSTOMERTYPE_METADATAENTRY']._loaded_options = None
+  _globals['_CUSTOMERTYPE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CUSTOMER_METADATAENTRY']._loaded_options = None
+  _globals['_CUSTOMER_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_DEVICE_METADATAENTRY']._loaded_options = None
   _globals['_DEVICE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNMENT_METADATAENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PARAMTYPE']._serialized_start=935
-  _globals['_PARAMTYPE']._serialized_end=1060
-  _globals['_ASSIGNMENTSTATUS']._serialized_start=1063
-  _globals['_ASSIGNMENTSTATUS']._serialized_end=1209
-  _globals['_TENANT']._serialized_start=42
-  _globals['_TENANT']._serialized_end=131
-  _globals['_COMMANDPARAM']._serialized_start=133
-  _globals['_COMMANDPARAM']._serialized_end=218
-  _globals['_DEVICECOMMAND']._serialized_start=220
-  _globals['_DEVICECOMMAND']._serialized_end=314
-  _globals['_DEVICETYPE']._serialized_start=316
-  _globals['_DEVICETYPE']._serialized_end=425
-  _globals['_DEVICE']._serialized_start=428
-  _globals['_DEVICE']._serialized_end=629
-  _globals['_DEVICE_METADATAENTRY']._serialized_start=582
-  _globals['_DEVICE_METADATAENTRY']._serialized_end=629
-  _globals['_ASSIGNMENT']._serialized_start=632
-  _globals['_ASSIGNMENT']._serialized_end=933
-  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_start=582
-  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_end=629
+  _globals['_PARAMTYPE']._serialized_start=1402
+  _globals['_PARAMTYPE']._serialized_end=1527
+  _globals['_ASSIGNMENTSTATUS']._serialized_start=1530
+  _globals['_ASSIGNMENTSTATUS']._serialized_end=1676
+  _globals['_TENANT']._serialized_start=43
+  _globals['_TENANT']._serialized_end=175
+  _globals['_CUSTOMERTYPE']._serialized_start=178
+  _globals['_CUSTOMERTYPE']._serialized_end=371
+  _globals['_CUSTOMERTYPE_METADATAENTRY']._serialized_start=324
+  _globals['_CUSTOMERTYPE_METADATAENTRY']._serialized_end=371
+  _globals['_CUSTOMER']._serialized_start=374
+  _globals['_CUSTOMER']._serialized_end=598
+  _globals['_CUSTOMER_METADATAENTRY']._serialized_start=324
+  _globals['_CUSTOMER_METADATAENTRY']._serialized_end=371
+  _globals['_COMMANDPARAM']._serialized_start=600
+  _globals['_COMMANDPARAM']._serialized_end=685
+  _globals['_DEVICECOMMAND']._serialized_start=687
+  _globals['_DEVICECOMMAND']._serialized_end=781
+  _globals['_DEVICETYPE']._serialized_start=783
+  _globals['_DEVICETYPE']._serialized_end=892
+  _globals['_DEVICE']._serialized_start=895
+  _globals['_DEVICE']._serialized_end=1096
+  _globals['_DEVICE_METADATAENTRY']._serialized_start=324
+  _globals['_DEVICE_METADATAENTRY']._serialized_end=371
+  _globals['_ASSIGNMENT']._serialized_start=1099
+  _globals['_ASSIGNMENT']._serialized_end=1400
+  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_start=324
+  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_end=371
 # @@protoc_insertion_point(module_scope)

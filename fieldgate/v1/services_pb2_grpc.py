@@ -744,3 +744,753 @@ class CommandInvocations:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TenantManagementStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateTenant = channel.unary_unary(
+                '/fieldgate.v1.TenantManagement/CreateTenant',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.GetTenant = channel.unary_unary(
+                '/fieldgate.v1.TenantManagement/GetTenant',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GetTenantRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/fieldgate.v1.TenantManagement/ListTenants',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/fieldgate.v1.TenantManagement/UpdateTenant',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/fieldgate.v1.TenantManagement/DeleteTenant',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
+
+
+class TenantManagementServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TenantManagementServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.CreateTenantRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Tenant.SerializeToString,
+            ),
+            'GetTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenant,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GetTenantRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Tenant.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListTenantsRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Tenant.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteTenantResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fieldgate.v1.TenantManagement', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fieldgate.v1.TenantManagement', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TenantManagement:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.TenantManagement/CreateTenant',
+            fieldgate_dot_v1_dot_services__pb2.CreateTenantRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.TenantManagement/GetTenant',
+            fieldgate_dot_v1_dot_services__pb2.GetTenantRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.TenantManagement/ListTenants',
+            fieldgate_dot_v1_dot_services__pb2.ListTenantsRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.TenantManagement/UpdateTenant',
+            fieldgate_dot_v1_dot_services__pb2.UpdateTenantRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.TenantManagement/DeleteTenant',
+            fieldgate_dot_v1_dot_services__pb2.DeleteTenantRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CustomerManagementStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateCustomerType = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/CreateCustomerType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.CreateCustomerTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.CustomerType.FromString,
+                _registered_method=True)
+        self.GetCustomerType = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/GetCustomerType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GetCustomerTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.CustomerType.FromString,
+                _registered_method=True)
+        self.ListCustomerTypes = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/ListCustomerTypes',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListCustomerTypesRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListCustomerTypesResponse.FromString,
+                _registered_method=True)
+        self.UpdateCustomerType = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/UpdateCustomerType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.UpdateCustomerTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.CustomerType.FromString,
+                _registered_method=True)
+        self.DeleteCustomerType = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/DeleteCustomerType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteCustomerTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.CreateCustomer = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/CreateCustomer',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.CreateCustomerRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Customer.FromString,
+                _registered_method=True)
+        self.GetCustomer = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/GetCustomer',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GetCustomerRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Customer.FromString,
+                _registered_method=True)
+        self.ListCustomers = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/ListCustomers',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListCustomersRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListCustomersResponse.FromString,
+                _registered_method=True)
+        self.UpdateCustomer = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/UpdateCustomer',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.UpdateCustomerRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Customer.FromString,
+                _registered_method=True)
+        self.DeleteCustomer = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/DeleteCustomer',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteCustomerRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.ListCustomerDevices = channel.unary_unary(
+                '/fieldgate.v1.CustomerManagement/ListCustomerDevices',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListCustomerDevicesRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+
+
+class CustomerManagementServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateCustomerType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustomerType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCustomerTypes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCustomerType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCustomerType(self, request, context):
+        """FAILED_PRECONDITION while customers of the type exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCustomer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustomer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCustomers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCustomer(self, request, context):
+        """A new parent that would make a cycle is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCustomer(self, request, context):
+        """FAILED_PRECONDITION while a child customer or an active assignment names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCustomerDevices(self, request, context):
+        """Devices whose active assignment names the customer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CustomerManagementServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateCustomerType': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCustomerType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.CreateCustomerTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.CustomerType.SerializeToString,
+            ),
+            'GetCustomerType': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GetCustomerTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.CustomerType.SerializeToString,
+            ),
+            'ListCustomerTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCustomerTypes,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListCustomerTypesRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListCustomerTypesResponse.SerializeToString,
+            ),
+            'UpdateCustomerType': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCustomerType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.UpdateCustomerTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.CustomerType.SerializeToString,
+            ),
+            'DeleteCustomerType': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCustomerType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteCustomerTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
+            ),
+            'CreateCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCustomer,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.CreateCustomerRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Customer.SerializeToString,
+            ),
+            'GetCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomer,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GetCustomerRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Customer.SerializeToString,
+            ),
+            'ListCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCustomers,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListCustomersRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListCustomersResponse.SerializeToString,
+            ),
+            'UpdateCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCustomer,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.UpdateCustomerRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Customer.SerializeToString,
+            ),
+            'DeleteCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCustomer,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteCustomerRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListCustomerDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCustomerDevices,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListCustomerDevicesRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListDevicesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fieldgate.v1.CustomerManagement', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fieldgate.v1.CustomerManagement', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CustomerManagement:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateCustomerType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/CreateCustomerType',
+            fieldgate_dot_v1_dot_services__pb2.CreateCustomerTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.CustomerType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/GetCustomerType',
+            fieldgate_dot_v1_dot_services__pb2.GetCustomerTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.CustomerType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCustomerTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/ListCustomerTypes',
+            fieldgate_dot_v1_dot_services__pb2.ListCustomerTypesRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListCustomerTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCustomerType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/UpdateCustomerType',
+            fieldgate_dot_v1_dot_services__pb2.UpdateCustomerTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.CustomerType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCustomerType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/DeleteCustomerType',
+            fieldgate_dot_v1_dot_services__pb2.DeleteCustomerTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/CreateCustomer',
+            fieldgate_dot_v1_dot_services__pb2.CreateCustomerRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/GetCustomer',
+            fieldgate_dot_v1_dot_services__pb2.GetCustomerRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/ListCustomers',
+            fieldgate_dot_v1_dot_services__pb2.ListCustomersRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListCustomersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/UpdateCustomer',
+            fieldgate_dot_v1_dot_services__pb2.UpdateCustomerRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/DeleteCustomer',
+            fieldgate_dot_v1_dot_services__pb2.DeleteCustomerRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCustomerDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.CustomerManagement/ListCustomerDevices',
+            fieldgate_dot_v1_dot_services__pb2.ListCustomerDevicesRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

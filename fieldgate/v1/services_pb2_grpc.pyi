@@ -210,3 +210,185 @@ class CommandInvocationsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_services_pb2.InvocationState, _abc.Awaitable[_services_pb2.InvocationState]]: ...
 
 def add_CommandInvocationsServicer_to_server(servicer: CommandInvocationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class TenantManagementStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> TenantManagementAsyncStub: ...
+    CreateTenant: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateTenantRequest, _model_pb2.Tenant]
+    GetTenant: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetTenantRequest, _model_pb2.Tenant]
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListTenantsRequest, _services_pb2.ListTenantsResponse]
+    UpdateTenant: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateTenantRequest, _model_pb2.Tenant]
+    DeleteTenant: _grpc.UnaryUnaryMultiCallable[_services_pb2.DeleteTenantRequest, _services_pb2.DeleteTenantResponse]
+
+@_typing.type_check_only
+class TenantManagementAsyncStub(TenantManagementStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateTenant: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateTenantRequest, _model_pb2.Tenant]  # type: ignore[assignment]
+    GetTenant: _aio.UnaryUnaryMultiCallable[_services_pb2.GetTenantRequest, _model_pb2.Tenant]  # type: ignore[assignment]
+    ListTenants: _aio.UnaryUnaryMultiCallable[_services_pb2.ListTenantsRequest, _services_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    UpdateTenant: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateTenantRequest, _model_pb2.Tenant]  # type: ignore[assignment]
+    DeleteTenant: _aio.UnaryUnaryMultiCallable[_services_pb2.DeleteTenantRequest, _services_pb2.DeleteTenantResponse]  # type: ignore[assignment]
+
+class TenantManagementServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def CreateTenant(
+        self,
+        request: _services_pb2.CreateTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Tenant, _abc.Awaitable[_model_pb2.Tenant]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTenant(
+        self,
+        request: _services_pb2.GetTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Tenant, _abc.Awaitable[_model_pb2.Tenant]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _services_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListTenantsResponse, _abc.Awaitable[_services_pb2.ListTenantsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateTenant(
+        self,
+        request: _services_pb2.UpdateTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Tenant, _abc.Awaitable[_model_pb2.Tenant]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteTenant(
+        self,
+        request: _services_pb2.DeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteTenantResponse, _abc.Awaitable[_services_pb2.DeleteTenantResponse]]: ...
+
+def add_TenantManagementServicer_to_server(servicer: TenantManagementServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class CustomerManagementStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CustomerManagementAsyncStub: ...
+    CreateCustomerType: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateCustomerTypeRequest, _model_pb2.CustomerType]
+    GetCustomerType: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetCustomerTypeRequest, _model_pb2.CustomerType]
+    ListCustomerTypes: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListCustomerTypesRequest, _services_pb2.ListCustomerTypesResponse]
+    UpdateCustomerType: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateCustomerTypeRequest, _model_pb2.CustomerType]
+    DeleteCustomerType: _grpc.UnaryUnaryMultiCallable[_services_pb2.DeleteCustomerTypeRequest, _services_pb2.DeleteResponse]
+    """FAILED_PRECONDITION while customers of the type exist."""
+    CreateCustomer: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateCustomerRequest, _model_pb2.Customer]
+    GetCustomer: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetCustomerRequest, _model_pb2.Customer]
+    ListCustomers: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListCustomersRequest, _services_pb2.ListCustomersResponse]
+    UpdateCustomer: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateCustomerRequest, _model_pb2.Customer]
+    """A new parent that would make a cycle is INVALID_ARGUMENT."""
+    DeleteCustomer: _grpc.UnaryUnaryMultiCallable[_services_pb2.DeleteCustomerRequest, _services_pb2.DeleteResponse]
+    """FAILED_PRECONDITION while a child customer or an active assignment names it."""
+    ListCustomerDevices: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListCustomerDevicesRequest, _services_pb2.ListDevicesResponse]
+    """Devices whose active assignment names the customer."""
+
+@_typing.type_check_only
+class CustomerManagementAsyncStub(CustomerManagementStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateCustomerType: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateCustomerTypeRequest, _model_pb2.CustomerType]  # type: ignore[assignment]
+    GetCustomerType: _aio.UnaryUnaryMultiCallable[_services_pb2.GetCustomerTypeRequest, _model_pb2.CustomerType]  # type: ignore[assignment]
+    ListCustomerTypes: _aio.UnaryUnaryMultiCallable[_services_pb2.ListCustomerTypesRequest, _services_pb2.ListCustomerTypesResponse]  # type: ignore[assignment]
+    UpdateCustomerType: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateCustomerTypeRequest, _model_pb2.CustomerType]  # type: ignore[assignment]
+    DeleteCustomerType: _aio.UnaryUnaryMultiCallable[_services_pb2.DeleteCustomerTypeRequest, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+    """FAILED_PRECONDITION while customers of the type exist."""
+    CreateCustomer: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateCustomerRequest, _model_pb2.Customer]  # type: ignore[assignment]
+    GetCustomer: _aio.UnaryUnaryMultiCallable[_services_pb2.GetCustomerRequest, _model_pb2.Customer]  # type: ignore[assignment]
+    ListCustomers: _aio.UnaryUnaryMultiCallable[_services_pb2.ListCustomersRequest, _services_pb2.ListCustomersResponse]  # type: ignore[assignment]
+    UpdateCustomer: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateCustomerRequest, _model_pb2.Customer]  # type: ignore[assignment]
+    """A new parent that would make a cycle is INVALID_ARGUMENT."""
+    DeleteCustomer: _aio.UnaryUnaryMultiCallable[_services_pb2.DeleteCustomerRequest, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+    """FAILED_PRECONDITION while a child customer or an active assignment names it."""
+    ListCustomerDevices: _aio.UnaryUnaryMultiCallable[_services_pb2.ListCustomerDevicesRequest, _services_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Devices whose active assignment names the customer."""
+
+class CustomerManagementServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def CreateCustomerType(
+        self,
+        request: _services_pb2.CreateCustomerTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.CustomerType, _abc.Awaitable[_model_pb2.CustomerType]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCustomerType(
+        self,
+        request: _services_pb2.GetCustomerTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.CustomerType, _abc.Awaitable[_model_pb2.CustomerType]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCustomerTypes(
+        self,
+        request: _services_pb2.ListCustomerTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListCustomerTypesResponse, _abc.Awaitable[_services_pb2.ListCustomerTypesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCustomerType(
+        self,
+        request: _services_pb2.UpdateCustomerTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.CustomerType, _abc.Awaitable[_model_pb2.CustomerType]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteCustomerType(
+        self,
+        request: _services_pb2.DeleteCustomerTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]:
+        """FAILED_PRECONDITION while customers of the type exist."""
+
+    @_abc_1.abstractmethod
+    def CreateCustomer(
+        self,
+        request: _services_pb2.CreateCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Customer, _abc.Awaitable[_model_pb2.Customer]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCustomer(
+        self,
+        request: _services_pb2.GetCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Customer, _abc.Awaitable[_model_pb2.Customer]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCustomers(
+        self,
+        request: _services_pb2.ListCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListCustomersResponse, _abc.Awaitable[_services_pb2.ListCustomersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCustomer(
+        self,
+        request: _services_pb2.UpdateCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Customer, _abc.Awaitable[_model_pb2.Customer]]:
+        """A new parent that would make a cycle is INVALID_ARGUMENT."""
+
+    @_abc_1.abstractmethod
+    def DeleteCustomer(
+        self,
+        request: _services_pb2.DeleteCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]:
+        """FAILED_PRECONDITION while a child customer or an active assignment names it."""
+
+    @_abc_1.abstractmethod
+    def ListCustomerDevices(
+        self,
+        request: _services_pb2.ListCustomerDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListDevicesResponse, _abc.Awaitable[_services_pb2.ListDevicesResponse]]:
+        """Devices whose active assignment names the customer."""
+
+def add_CustomerManagementServicer_to_server(servicer: CustomerManagementServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
