@@ -5,8 +5,10 @@ per test, so its instance keyspace and tenant keyspaces are its own)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,7 @@ from fieldgate.cloud.api.users import UserStore
 from fieldgate.cloud.backends import build_invocation_store, build_registry, build_users
 from fieldgate.cloud.config import CloudConfig, StoreConfig
 from fieldgate.cloud.store import InvocationStore, Registry
+from fieldgate.cloud.store._cassandra import CassandraSession
 
 STORES = ["sqlite", pytest.param("cassandra", marks=pytest.mark.distributed)]
 
@@ -49,7 +52,25 @@ def backend_config(request: pytest.FixtureRequest, kind: str, data_dir: Path) ->
     )
 
 
+async def drop_keyspaces(cassandra: Any, prefix: str) -> None:
+    """Drop every keyspace of ``prefix`` (its instance keyspace and its tenants'). The session's
+    one Cassandra has a small heap and every table costs some of it: tests that make keyspaces
+    of their own drop them, or a long distributed run ends in an OutOfMemoryError."""
+    session = CassandraSession(cassandra.host, cassandra.port)
+    await session.start()
+    try:
+        rows = await session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
+        for (name,) in rows:
+            if str(name).startswith(prefix + "_"):
+                await session.execute(f"DROP KEYSPACE IF EXISTS {name}")
+    finally:
+        await session.stop()
+
+
 @pytest.fixture(params=STORES)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     kind: str = request.param
-    return Backend(kind, backend_config(request, kind, tmp_path / "cloud"))
+    config = backend_config(request, kind, tmp_path / "cloud")
+    yield Backend(kind, config)
+    if kind == "cassandra":
+        await drop_keyspaces(request.getfixturevalue("cassandra"), config.store.keyspace_prefix)

@@ -23,6 +23,7 @@ from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace
 from fieldgate.cloud.store.cassandra_registry import CassandraInvocationStore, CassandraRegistry
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
+from tests.contract.conftest import drop_keyspaces
 
 ROUNDS = 12  # races per test: one lucky interleaving must not make a broken store pass
 
@@ -46,6 +47,27 @@ def test_a_tenant_named_instance_keeps_its_own_keyspace() -> None:
 
 
 # ---------------------------------------------------------------- on the real server
+
+
+class Instances:
+    """Fresh instances (keyspace prefixes) on the session's Cassandra, dropped after the test."""
+
+    def __init__(self, cassandra: Any) -> None:
+        self.cassandra = cassandra
+        self.prefixes: list[str] = []
+
+    def config(self) -> CloudConfig:
+        config = config_for(self.cassandra)
+        self.prefixes.append(config.store.keyspace_prefix)
+        return config
+
+
+@pytest.fixture
+async def instances(cassandra: Any) -> AsyncIterator[Instances]:
+    made = Instances(cassandra)
+    yield made
+    for prefix in made.prefixes:
+        await drop_keyspaces(cassandra, prefix)
 
 
 def config_for(cassandra: Any) -> CloudConfig:
@@ -76,10 +98,10 @@ class Replicas:
 
 
 @pytest.fixture
-async def replicas(cassandra: Any) -> AsyncIterator[Replicas]:
+async def replicas(instances: Instances) -> AsyncIterator[Replicas]:
     """Two registries on one fresh instance, each with its own connection; tenant acme with
     device type sensor."""
-    config = config_for(cassandra)
+    config = instances.config()
     r = Replicas(
         config,
         *(CassandraRegistry(session(config), keyspace_prefix=config.store.keyspace_prefix) for _ in range(2)),
@@ -154,9 +176,9 @@ async def test_two_replicas_assigning_the_same_device_one_wins(replicas: Replica
 
 @pytest.fixture
 async def invocation_replicas(
-    cassandra: Any,
+    instances: Instances,
 ) -> AsyncIterator[tuple[CassandraInvocationStore, CassandraInvocationStore]]:
-    config = config_for(cassandra)
+    config = instances.config()
     prefix = config.store.keyspace_prefix
     one, two = (CassandraInvocationStore(session(config), keyspace_prefix=prefix) for _ in range(2))
     await one.start()
@@ -204,17 +226,17 @@ async def test_two_replicas_expiring_at_once_expire_each_invocation_once(
 
 
 @pytest.mark.distributed
-async def test_replicas_get_or_create_the_same_token_secret(cassandra: Any) -> None:
-    config = config_for(cassandra)
+async def test_replicas_get_or_create_the_same_token_secret(instances: Instances) -> None:
+    config = instances.config()
     keys = await asyncio.gather(*(load_token_secret(config) for _ in range(4)))  # a session each
     assert len(set(keys)) == 1 and len(keys[0]) >= 32
-    other_instance = await load_token_secret(config_for(cassandra))
+    other_instance = await load_token_secret(instances.config())
     assert other_instance != keys[0]
 
 
 @pytest.mark.distributed
-async def test_tenant_instance_and_the_instance_keyspace_coexist(cassandra: Any) -> None:
-    config = config_for(cassandra)
+async def test_tenant_instance_and_the_instance_keyspace_coexist(instances: Instances) -> None:
+    config = instances.config()
     prefix = config.store.keyspace_prefix
     s = session(config)
     registry = CassandraRegistry(s, keyspace_prefix=prefix)
