@@ -60,6 +60,26 @@ ALERT_SOURCE_DEVICE: AlertSource.ValueType  # 1
 ALERT_SOURCE_SYSTEM: AlertSource.ValueType  # 2
 Global___AlertSource: _TypeAlias = AlertSource  # noqa: Y015
 
+class _AlertState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_STATE_UNSPECIFIED: _AlertState.ValueType  # 0
+    ALERT_STATE_RAISED: _AlertState.ValueType  # 1
+    ALERT_STATE_CLEARED: _AlertState.ValueType  # 2
+
+class AlertState(_AlertState, metaclass=_AlertStateEnumTypeWrapper):
+    """The lifecycle of an alert raised by a rule (cloud/rules): RAISED when its condition starts
+    to hold, CLEARED when it stops. Device alerts leave it UNSPECIFIED.
+    """
+
+ALERT_STATE_UNSPECIFIED: AlertState.ValueType  # 0
+ALERT_STATE_RAISED: AlertState.ValueType  # 1
+ALERT_STATE_CLEARED: AlertState.ValueType  # 2
+Global___AlertState: _TypeAlias = AlertState  # noqa: Y015
+
 class _StateChangeKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -154,10 +174,15 @@ class Alert(_message.Message):
     LEVEL_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
     alert_type: _builtins.str
     level: Global___AlertLevel.ValueType
     message: _builtins.str
     source: Global___AlertSource.ValueType
+    state: Global___AlertState.ValueType
+    rule: _builtins.str
+    """Id of the rule that raised or cleared it (empty for device alerts)."""
     def __init__(
         self,
         *,
@@ -165,10 +190,12 @@ class Alert(_message.Message):
         level: Global___AlertLevel.ValueType = ...,
         message: _builtins.str = ...,
         source: Global___AlertSource.ValueType = ...,
+        state: Global___AlertState.ValueType = ...,
+        rule: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_type", b"alert_type", "level", b"level", "message", b"message", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_type", b"alert_type", "level", b"level", "message", b"message", "rule", b"rule", "source", b"source", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
