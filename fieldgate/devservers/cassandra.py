@@ -3,7 +3,7 @@
 ``start_cassandra`` writes a minimal ``cassandra.yaml`` into a fresh directory under the workdir
 (one node on 127.0.0.1, free native-transport and storage ports, no authentication, data,
 commit log, hints and caches in the workdir, small caches), a logback file sending the log to
-``server.log``, and starts ``CassandraDaemon`` in the foreground with a 1 GiB heap and the JVM
+``server.log``, and starts ``CassandraDaemon`` in the foreground with a 2 GiB heap and the JVM
 options Cassandra's own ``jvm17-server.options`` sets on Java 17 (module exports/opens, G1, the
 jamm agent). Readiness: cassandra-driver connects and ``SELECT release_version FROM
 system.local`` answers. JMX is left off (no fixed 7199 port).
@@ -21,7 +21,9 @@ from typing import ClassVar
 from fieldgate.devservers._jars import CASSANDRA, fetch, java_executable
 from fieldgate.devservers._process import JavaProcess, ServerHandle, free_port
 
-HEAP = "1g"
+# 1 GiB ran out (OutOfMemoryError) in a long distributed test run: every tenant keyspace holds
+# the event and registry tables (about 20), and the test session creates many keyspaces.
+HEAP = "2g"
 READY_TIMEOUT_S = 180.0
 
 # From Cassandra 5.0's conf/jvm17-server.options (JPMS section) and jvm-server.options.
