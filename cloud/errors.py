@@ -25,5 +25,10 @@ class Conflict(CloudError):
     """An entity with that token already exists, or the change conflicts with current state."""
 
 
+class InUse(Conflict):
+    """The entity cannot be deleted while others refer to it (a customer with children or an
+    active assignment, a customer type with customers)."""
+
+
 class InvalidRequest(CloudError):
     """A request is well-formed but not acceptable (e.g. unknown command, wrong parameter type)."""

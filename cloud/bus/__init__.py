@@ -103,3 +103,12 @@ class Bus(Protocol):
 
     def consumer(self, group: str, stage: str) -> Consumer:
         """A consumer of ``stage`` across all tenants' topics (pattern subscription)."""
+
+    async def ensure_tenant_topics(self, tenant: str) -> list[str]:
+        """Provision every stage's topic of a new tenant; their names."""
+
+    async def delete_tenant_topics(self, tenant: str) -> list[str]:
+        """Delete every stage's topic of ``tenant`` with its records; the ones that existed."""
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget cached knowledge of the tenant's topics (another process deleted them)."""

@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fieldgate.cloud.bus import Message, Record, parse_topic, topic_name
+from fieldgate.cloud.bus import STAGES, Message, Record, parse_topic, topic_name
 from fieldgate.cloud.errors import BusError
 from fieldgate.cloud.store._sqlite import SqliteWorker, Synchronous, transaction
 from fieldgate.tasks import cancel_and_wait
@@ -125,6 +125,7 @@ class _WriteOp:
     offsets: Sequence[_OffsetRow] = ()
     group_stage: tuple[str, str] | None = None
     trim_below: dict[str, int] = field(default_factory=dict)
+    drop: Sequence[str] = ()  # topics to delete with their records and committed offsets
 
 
 @dataclass
@@ -137,6 +138,7 @@ class _Plan:
     offsets: list[_OffsetRow] = field(default_factory=list)
     groups: list[tuple[str, str]] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)  # topic_id, delete below offset
+    drops: list[str] = field(default_factory=list)  # topic names, applied after the inserts
 
 
 class EmbeddedBus:
@@ -304,6 +306,24 @@ class EmbeddedBus:
         self._wake(stage)
         return target
 
+    async def ensure_tenant_topics(self, tenant: str) -> list[str]:
+        """The tenant's topic names (one per stage). Nothing to create here: an embedded topic
+        is created by its first publish, and consumers of a stage see it at once."""
+        return [topic_name(tenant, stage, self._prefix) for stage in STAGES]
+
+    async def delete_tenant_topics(self, tenant: str) -> list[str]:
+        """Delete every topic of ``tenant`` with its records and every group's committed
+        offsets (one write transaction, in order with the publishes queued before it); the
+        topics that existed. A later publish creates a topic again from offset 0."""
+        await self.start()
+        names = [topic_name(tenant, stage, self._prefix) for stage in STAGES]
+        existed = [n for n in names if n in self._topics]
+        await self._submit(_WriteOp(self._new_future(), drop=names))
+        return existed
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Nothing to forget: one process owns the embedded bus, and deletes its topics itself."""
+
     async def delete_group(self, group: str) -> None:
         """Forget ``group`` (its committed offsets and subscriptions) so it no longer holds
         back retention. Do not call while it has live consumers."""
@@ -427,7 +447,10 @@ class EmbeddedBus:
             if op.group_stage is not None:
                 plan.groups.append(op.group_stage)
             for name, below in op.trim_below.items():
-                plan.trims.append((self._topics[name].id, below))
+                if name in self._topics:
+                    plan.trims.append((self._topics[name].id, below))
+            plan.drops.extend(op.drop)
+        dropped = set(plan.drops)
         try:
             await self._worker.run(self._apply, plan)
         except asyncio.CancelledError:
@@ -445,6 +468,8 @@ class EmbeddedBus:
         self.stats.write_transactions += 1
         stages: set[str] = set()
         for name, end in ends.items():
+            if name in dropped:
+                continue
             topic = self._topics.get(name)
             if topic is None:
                 topic = self._add_topic(new[name], name, end, 0)
@@ -456,13 +481,28 @@ class EmbeddedBus:
             self._groups.setdefault(stage, set()).add(grp)
         for op in ops:
             for name, below in op.trim_below.items():
-                topic = self._topics[name]
-                topic.start = max(topic.start, min(below, topic.end))
+                trimmed = self._topics.get(name)
+                if trimmed is not None:
+                    trimmed.start = max(trimmed.start, min(below, trimmed.end))
+        for name in dropped:
+            self._forget_topic(name)
         for op in ops:
             if not op.future.done():
                 op.future.set_result(None)
         for stage in stages:
             self._wake(stage)
+
+    def _forget_topic(self, name: str) -> None:
+        """Drop a deleted topic from the index, the committed offsets and every member's
+        position (a topic created again under that name starts from offset 0)."""
+        topic = self._topics.pop(name, None)
+        if topic is not None:
+            self._by_stage.get(topic.stage, {}).pop(name, None)
+        for key in [k for k in self._committed if k[1] == name]:
+            del self._committed[key]
+        for members in self._members.values():
+            for member in members:
+                member._positions.pop(name, None)
 
     async def _trim_loop(self) -> None:
         assert self._trim_interval_s is not None
@@ -518,6 +558,12 @@ class EmbeddedBus:
                 conn.executemany("INSERT OR IGNORE INTO groups (grp, stage) VALUES (?, ?)", plan.groups)
             if plan.trims:
                 conn.executemany("DELETE FROM records WHERE topic_id = ? AND off < ?", plan.trims)
+            for name in plan.drops:
+                conn.execute(
+                    "DELETE FROM records WHERE topic_id IN (SELECT id FROM topics WHERE name = ?)", (name,)
+                )
+                conn.execute("DELETE FROM topics WHERE name = ?", (name,))
+                conn.execute("DELETE FROM offsets WHERE topic = ?", (name,))
 
     def _first_offset_at(self, topic_id: int, time_ms: int) -> int | None:
         # Walks the topic in offset order and stops at the first match (timestamps grow

@@ -369,6 +369,46 @@ class KafkaBus:
                 raise BusError(f"cannot create topic {topic}: {_reason(err)}") from err
         self._known_topics.add(topic)
 
+    async def ensure_tenant_topics(self, tenant: str) -> list[str]:
+        """Create every stage's topic of ``tenant`` now (so consumers subscribe to them on
+        their next metadata refresh, before the first event); their names."""
+        await self.start()
+        names = [topic_name(tenant, stage, self.prefix) for stage in STAGES]
+        await asyncio.gather(*(self.ensure_topic(name) for name in names))
+        return names
+
+    async def delete_tenant_topics(self, tenant: str) -> list[str]:
+        """Delete every stage's topic of ``tenant`` (the admin client's ``delete_topics``);
+        the topics the broker deleted (absent ones are skipped). The broker removes them and
+        the groups' committed offsets of them in the background."""
+        await self.start()
+        assert self._admin is not None
+        names = [topic_name(tenant, stage, self.prefix) for stage in STAGES]
+        metadata = await asyncio.to_thread(self._admin.list_topics, timeout=self._request_timeout_s)
+        present = [n for n in names if n in metadata.topics]
+        for name in names:
+            self._known_topics.discard(name)
+        if not present:
+            return []
+        futures = self._admin.delete_topics(present, operation_timeout=self._request_timeout_s)
+        deleted: list[str] = []
+        for name, future in futures.items():
+            try:
+                await asyncio.wrap_future(future)
+            except KafkaException as err:
+                if _code(err) != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise BusError(f"cannot delete topic {name}: {_reason(err)}") from err
+                continue
+            deleted.append(name)
+            log.info("deleted kafka topic %s", name)
+        return sorted(deleted)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget that the tenant's topics exist (another process deleted them), so that a
+        publish for a tenant created again under that token creates them properly."""
+        for stage in STAGES:
+            self._known_topics.discard(topic_name(tenant, stage, self.prefix))
+
     # ---------------------------------------------------------------- producing
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:

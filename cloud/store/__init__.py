@@ -1,8 +1,14 @@
-"""Storage interfaces of the cloud: the event store (SQLite now, Cassandra later) and the
-registry of tenants, device types, devices, assignments, invocations and users.
+"""Storage interfaces of the cloud: the event store (SQLite or Cassandra) and the registry of
+tenants, customer types, customers, device types, devices, assignments, invocations and users.
 
 Implementations keep each tenant's data apart (a database or keyspace per tenant); no method
 takes a query that spans tenants.
+
+Tenant lifecycle (docs/operations/distributed.md, "Tenants"): ``create_tenant`` /
+``ensure_tenant`` of the registry and ``ensure_tenant`` of the event and invocation stores
+provision a tenant's storage at once (files, or its keyspace with every table);
+``delete_tenant`` removes it with all its data; ``forget_tenant`` only drops what one instance
+caches about a tenant another process deleted.
 """
 
 from __future__ import annotations
@@ -80,6 +86,15 @@ class EventStore(Protocol):
 
     async def get_event(self, tenant: str, event_id: str) -> pb.Event | None: ...
 
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Provision the tenant's event storage now (its file; its keyspace with every table)."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Remove every event of the tenant (file / keyspace); False if there was none."""
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop this instance's caches of a tenant another process deleted."""
+
 
 class Registry(Protocol):
     """Device management data, per tenant."""
@@ -89,9 +104,59 @@ class Registry(Protocol):
     async def stop(self) -> None: ...
 
     # tenants
-    async def ensure_tenant(self, tenant: model.Tenant) -> model.Tenant: ...
+    async def ensure_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Create or update (configuration is the source of truth); ``created_ms`` stays the
+        first creation's."""
+
+    async def create_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Create a tenant and its registry storage; Conflict if the token is taken."""
+
+    async def update_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Replace a tenant's record (name, settings); NotFound if it does not exist."""
+
+    async def delete_tenant(self, token: str) -> bool:
+        """Remove the tenant's record and all its registry data (on Cassandra: its whole
+        keyspace, events and invocations included). False if there was no such tenant."""
+
+    def forget_tenant(self, token: str) -> None:
+        """Drop this instance's caches of a tenant (another process deleted it)."""
+
     async def get_tenant(self, token: str) -> model.Tenant | None: ...
     async def list_tenants(self) -> list[model.Tenant]: ...
+
+    # customer types
+    async def create_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType: ...
+    async def get_customer_type(self, tenant: str, token: str) -> model.CustomerType | None: ...
+    async def list_customer_types(
+        self, tenant: str, page: int, page_size: int
+    ) -> Page[model.CustomerType]: ...
+    async def update_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        """Replace name, description and metadata (``created_ms`` kept); NotFound if absent."""
+
+    async def delete_customer_type(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while a customer has this type."""
+
+    # customers (a tree: ``parent`` is another customer of the tenant)
+    async def create_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
+        """NotFound for an unknown tenant, customer type or parent; Conflict for a taken token."""
+
+    async def get_customer(self, tenant: str, token: str) -> model.Customer | None: ...
+    async def list_customers(
+        self, tenant: str, parent: str | None, page: int, page_size: int
+    ) -> Page[model.Customer]:
+        """Customers in creation order; with ``parent``, only its children."""
+
+    async def update_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
+        """Replace type, parent, name, description, metadata; NotFound if absent (or an unknown
+        type/parent), InvalidRequest when the new parent is the customer or below it (cycle)."""
+
+    async def delete_customer(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while a child customer or an ACTIVE assignment names it."""
+
+    async def customer_devices(
+        self, tenant: str, customer: str, page: int, page_size: int
+    ) -> Page[model.Device]:
+        """The devices whose ACTIVE assignment names ``customer``, by device token."""
 
     # device types
     async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType: ...
@@ -143,3 +208,12 @@ class InvocationStore(Protocol):
 
     async def expire_due(self, now_ms: int, tenant: str | None = None) -> list[svc.InvocationState]:
         """Mark QUEUED invocations whose ``expires_ms`` has passed EXPIRED; returns them."""
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Provision the tenant's invocation storage now."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Remove every invocation of the tenant; False if there was none."""
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop this instance's caches of a tenant another process deleted."""

@@ -114,7 +114,18 @@ class SqliteWorker:
         except sqlite3.Error as err:
             raise self._error(f"{self._name}: {type(err).__name__}: {err}") from err
 
+    def close_soon(self, path: Path) -> None:
+        """Close the connection to ``path`` before the next :meth:`run` (the worker is one
+        thread, first in first out), e.g. after another instance deleted the file."""
+        if self._executor is not None:
+            self._executor.submit(self._close, path)
+
     # ----------------------------------------------------------- worker-thread side
+
+    def _close(self, path: Path) -> None:
+        conn = self._conns.pop(path, None)
+        if conn is not None:
+            conn.close()
 
     def connect(
         self,
@@ -149,6 +160,17 @@ class SqliteWorker:
         conn.executescript(schema)
         self._conns[path] = conn
         return conn
+
+    def remove(self, path: Path) -> bool:
+        """Close the connection to ``path`` and delete the database with its WAL and shared
+        memory files (worker-thread side). True if the database file existed."""
+        conn = self._conns.pop(path, None)
+        if conn is not None:
+            conn.close()
+        existed = path.exists()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return existed
 
     def _close_all(self) -> None:
         for conn in self._conns.values():

@@ -273,6 +273,25 @@ class CassandraEventStore:
         self._tenants.clear()
         await self._db.stop()
 
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create and migrate the tenant's keyspace (every event table) now."""
+        await self._open(tenant, create=True)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """``DROP KEYSPACE`` of the tenant (its events, and the registry tables beside them);
+        False if it had none."""
+        if not _TENANT_RE.match(tenant):
+            return False
+        existed = await self.keyspace_exists(tenant)
+        if existed:
+            await self._run(f"DROP KEYSPACE IF EXISTS {keyspace_name(tenant, self._prefix)}")
+        self.forget_tenant(tenant)
+        return existed
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget the tenant's prepared statements (its keyspace was dropped)."""
+        self._tenants.pop(tenant, None)
+
     def set_ttl(self, tenant: str, ttl_s: int | None) -> None:
         """Change a tenant's event TTL for later writes (e.g. from ZooKeeper settings)."""
         if ttl_s:

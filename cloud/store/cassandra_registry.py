@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
-from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound, StoreError
+from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, StoreError
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store._cassandra import (
     KEYSPACE_PREFIX,
@@ -123,11 +123,26 @@ def _tenant_migrations(ks: str) -> list[Migration]:
                 f"CREATE TABLE IF NOT EXISTS {ks}.queued_invocations_by_device ("
                 " device text, seq timeuuid, id text, PRIMARY KEY ((device), seq))",
             ],
-        )
+        ),
+        (
+            2,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.customer_types (tok text PRIMARY KEY, seq timeuuid, data blob)",
+                by_seq("customer_types_by_seq"),
+                f"CREATE TABLE IF NOT EXISTS {ks}.customers ("
+                " tok text PRIMARY KEY, seq timeuuid, customer_type text, parent text, data blob)",
+                by_seq("customers_by_seq"),
+                by_seq("customers_by_parent", partition="parent text"),
+                f"CREATE TABLE IF NOT EXISTS {ks}.customers_by_type ("
+                " customer_type text, tok text, PRIMARY KEY ((customer_type), tok))",
+                f"CREATE TABLE IF NOT EXISTS {ks}.active_by_customer ("
+                " customer text, device text, tok text, PRIMARY KEY ((customer), device))",
+            ],
+        ),
     ]
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _parse(cls: type[M], data: bytes) -> M:
@@ -205,6 +220,26 @@ class _CassandraStore:
 
     def _instance_statements(self, ks: str) -> dict[str, str]:
         return {}
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget the tenant's prepared statements (its keyspace was dropped)."""
+        self._tenants.pop(tenant, None)
+
+    async def ensure_tenant_keyspace(self, tenant: str) -> None:
+        """Create the tenant's keyspace with this component's tables now."""
+        require_tenant(tenant)
+        await self._open(tenant, create=True)
+
+    async def _drop_keyspace(self, tenant: str) -> bool:
+        """``DROP KEYSPACE`` of the tenant (events, registry, invocations); False if absent."""
+        if not valid_tenant(tenant):
+            return False
+        ks = keyspace_name(tenant, self._prefix)
+        existed = await self._db.keyspace_exists(ks)
+        if existed:
+            await self._run(f"DROP KEYSPACE IF EXISTS {ks}")
+        self.forget_tenant(tenant)
+        return existed
 
     def _instance_stmt(self, name: str) -> Any:
         if not self._started:
@@ -288,6 +323,8 @@ class CassandraRegistry(_CassandraStore):
             "upd_tenant": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ?",
             "sel_tenant": f"SELECT data FROM {ks}.tenants WHERE tok = ?",
             "all_tenants": f"SELECT seq, data FROM {ks}.tenants",
+            "upd_tenant_if": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ? IF EXISTS",
+            "del_tenant": f"DELETE FROM {ks}.tenants WHERE tok = ?",
         }
 
     def _tenant_statements(self, ks: str) -> dict[str, str]:
@@ -311,6 +348,35 @@ class CassandraRegistry(_CassandraStore):
             " IF NOT EXISTS",
             "free_active": f"DELETE FROM {ks}.active_assignments WHERE device = ? IF tok = ?",
             "sel_active": f"SELECT data FROM {ks}.active_assignments WHERE device = ?",
+            "ins_active_customer": f"INSERT INTO {ks}.active_by_customer (customer, device, tok) VALUES (?, ?, ?)",
+            "free_active_customer": f"DELETE FROM {ks}.active_by_customer WHERE customer = ? AND device = ?"
+            " IF tok = ?",
+            "any_active_customer": f"SELECT tok, device FROM {ks}.active_by_customer WHERE customer = ? LIMIT 1",
+            "count_active_customer": f"SELECT count(*) FROM {ks}.active_by_customer WHERE customer = ?",
+            "page_active_customer": f"SELECT device FROM {ks}.active_by_customer WHERE customer = ? LIMIT ?",
+            # customer types
+            "ins_customer_types": f"INSERT INTO {ks}.customer_types (tok, seq, data) VALUES (?, ?, ?)"
+            " IF NOT EXISTS",
+            "sel_customer_types": f"SELECT seq, data FROM {ks}.customer_types WHERE tok = ?",
+            "upd_customer_types": f"UPDATE {ks}.customer_types SET data = ? WHERE tok = ? IF EXISTS",
+            "del_customer_types": f"DELETE FROM {ks}.customer_types WHERE tok = ?",
+            **_by_seq_statements(ks, "customer_types_by_seq"),
+            "del_customer_types_by_seq": f"DELETE FROM {ks}.customer_types_by_seq WHERE bucket = ? AND seq = ?",
+            # customers
+            "ins_customers": f"INSERT INTO {ks}.customers (tok, seq, customer_type, parent, data)"
+            " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+            "sel_customers": f"SELECT seq, customer_type, parent, data FROM {ks}.customers WHERE tok = ?",
+            "upd_customers": f"UPDATE {ks}.customers SET customer_type = ?, parent = ?, data = ? WHERE tok = ?"
+            " IF EXISTS",
+            "del_customers": f"DELETE FROM {ks}.customers WHERE tok = ?",
+            **_by_seq_statements(ks, "customers_by_seq"),
+            "del_customers_by_seq": f"DELETE FROM {ks}.customers_by_seq WHERE bucket = ? AND seq = ?",
+            **_by_seq_statements(ks, "customers_by_parent", "parent"),
+            "del_customers_by_parent": f"DELETE FROM {ks}.customers_by_parent WHERE parent = ? AND seq = ?",
+            "any_child": f"SELECT tok FROM {ks}.customers_by_parent WHERE parent = ? LIMIT 1",
+            "ins_customers_by_type": f"INSERT INTO {ks}.customers_by_type (customer_type, tok) VALUES (?, ?)",
+            "del_customers_by_type": f"DELETE FROM {ks}.customers_by_type WHERE customer_type = ? AND tok = ?",
+            "any_of_type": f"SELECT tok FROM {ks}.customers_by_type WHERE customer_type = ? LIMIT 1",
         }
 
     # ------------------------------------------------------------------ tenants
@@ -336,6 +402,9 @@ class CassandraRegistry(_CassandraStore):
         source of truth); returns what is stored. The first creator's ``seq`` (list order) wins."""
         require_tenant(tenant.token)
         stored = _copy(tenant)
+        if not stored.created_ms:
+            current = await self.get_tenant(stored.token)
+            stored.created_ms = current.created_ms if current is not None and current.created_ms else now_ms()
         data = stored.SerializeToString()
         rows = await self._run(self._instance_stmt("ins_tenant"), (stored.token, self._seq.next(), data))
         if not _applied(rows):
@@ -343,6 +412,55 @@ class CassandraRegistry(_CassandraStore):
         await self._open(stored.token, create=True)
         self._known_tenants.add(stored.token)
         return stored
+
+    async def create_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Create ``tenant`` (``INSERT ... IF NOT EXISTS``: of two creators one wins, the other
+        gets Conflict) and its keyspace with the registry tables."""
+        require_tenant(tenant.token)
+        stored = _copy(tenant)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        data = stored.SerializeToString()
+        rows = await self._run(self._instance_stmt("ins_tenant"), (stored.token, self._seq.next(), data))
+        if not _applied(rows):
+            raise Conflict(f"tenant {stored.token!r} already exists")
+        await self._open(stored.token, create=True)
+        self._known_tenants.add(stored.token)
+        return stored
+
+    async def update_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Replace an existing tenant's record (``UPDATE ... IF EXISTS``; ``created_ms`` kept)."""
+        current = await self.get_tenant(tenant.token)
+        if current is None:
+            raise NotFound(f"tenant {tenant.token[:70]!r} does not exist")
+        stored = _copy(tenant)
+        stored.created_ms = current.created_ms
+        rows = await self._run(
+            self._instance_stmt("upd_tenant_if"), (stored.SerializeToString(), stored.token)
+        )
+        if not _applied(rows):
+            raise NotFound(f"tenant {tenant.token!r} does not exist")
+        return stored
+
+    async def delete_tenant(self, token: str) -> bool:
+        """Delete the tenant's record, then ``DROP KEYSPACE`` of its keyspace (registry,
+        invocations and events). False if neither existed."""
+        if not valid_tenant(token):
+            return False
+        existed = await self.get_tenant(token) is not None
+        await self._run(self._instance_stmt("del_tenant"), (token,))
+        self.forget_tenant(token)
+        dropped = await self._drop_keyspace(token)
+        return existed or dropped
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget what this instance caches of ``tenant`` (statements, found devices, active
+        assignments): another process (or this one) deleted it."""
+        super().forget_tenant(tenant)
+        self._known_tenants.discard(tenant)
+        for cache in (self._device_cache, self._assignment_cache):
+            for key in [k for k in cache if k[0] == tenant]:
+                del cache[key]
 
     async def get_tenant(self, token: str) -> model.Tenant | None:
         if not valid_tenant(token):
@@ -479,12 +597,13 @@ class CassandraRegistry(_CassandraStore):
                 # The token is ours (we just won it): give it back, the device's slot is not.
                 await self._run(ctx["del_assignment"], (a.token,))
                 raise Conflict(f"device {a.device!r} already has an active assignment")
-            await self._db.gather(
-                [
-                    self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, a.token, data)),
-                    self._run(ctx["ins_assignments_by_device"], (a.device, seq, a.token, data)),
-                ]
-            )
+            writes = [
+                self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, a.token, data)),
+                self._run(ctx["ins_assignments_by_device"], (a.device, seq, a.token, data)),
+            ]
+            if a.customer:
+                writes.append(self._run(ctx["ins_active_customer"], (a.customer, a.device, a.token)))
+            await self._db.gather(writes)
             return a
         finally:
             self._assignment_cache.pop((a.tenant, a.device), None)
@@ -548,8 +667,190 @@ class CassandraRegistry(_CassandraStore):
                 self._run(ctx["ins_assignments_by_device"], (a.device, seq, token, data)),
             ]
         )
+        if a.customer:
+            await self._run(ctx["free_active_customer"], (a.customer, a.device, token))
         self._assignment_cache.pop((tenant, a.device), None)
         return a
+
+    # ------------------------------------------------------------------ customer types
+
+    async def create_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        if not ct.token:
+            raise InvalidRequest("customer type token must not be empty")
+        stored = _copy(ct)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        ctx = await self._writable(tenant)
+        if not await self._create(ctx, "customer_types", (stored.token, stored.SerializeToString())):
+            raise Conflict(f"customer type {stored.token!r} already exists in tenant {tenant!r}")
+        return stored
+
+    async def get_customer_type(self, tenant: str, token: str) -> model.CustomerType | None:
+        data = await self._get_data(tenant, "sel_customer_types", token)
+        return None if data is None else _parse(model.CustomerType, data)
+
+    async def list_customer_types(self, tenant: str, page: int, page_size: int) -> Page[model.CustomerType]:
+        check_page(page, page_size)
+        ctx = await self._open(tenant, create=False)
+        return await self._page(ctx, "customer_types_by_seq", _BUCKET, model.CustomerType, page, page_size)
+
+    async def update_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_customer_types"], (ct.token,))
+        if ctx is None or not rows:
+            raise NotFound(f"customer type {ct.token!r} does not exist in tenant {tenant!r}")
+        seq, data = rows[0]
+        stored = _copy(ct)
+        stored.created_ms = _parse(model.CustomerType, data).created_ms
+        data = stored.SerializeToString()
+        if not _applied(await self._run(ctx["upd_customer_types"], (data, stored.token))):
+            raise NotFound(f"customer type {ct.token!r} does not exist in tenant {tenant!r}")
+        await self._run(ctx["ins_customer_types_by_seq"], (_BUCKET, seq, stored.token, data))
+        return stored
+
+    async def delete_customer_type(self, tenant: str, token: str) -> None:
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_customer_types"], (token,))
+        if ctx is None or not rows:
+            raise NotFound(f"customer type {token!r} does not exist in tenant {tenant!r}")
+        user = await self._run(ctx["any_of_type"], (token,))
+        if user:
+            raise InUse(
+                f"customer type {token!r} is the type of customer {user[0][0]!r}; delete or change it first"
+            )
+        await self._run(ctx["del_customer_types"], (token,))
+        await self._run(ctx["del_customer_types_by_seq"], (_BUCKET, rows[0][0]))
+
+    # ------------------------------------------------------------------ customers
+
+    async def _check_customer_refs(self, ctx: dict[str, Any], tenant: str, c: model.Customer) -> None:
+        if not await self._run(ctx["sel_customer_types"], (c.customer_type,)):
+            raise NotFound(f"customer type {c.customer_type!r} does not exist in tenant {tenant!r}")
+        if not c.parent:
+            return
+        if c.parent == c.token:
+            raise InvalidRequest(f"customer {c.token!r} cannot be its own parent")
+        seen: set[str] = set()
+        current = c.parent
+        while current:
+            if current == c.token:
+                raise InvalidRequest(
+                    f"parent {c.parent!r} is below customer {c.token!r}: the customer tree would have a cycle"
+                )
+            if current in seen:
+                break
+            seen.add(current)
+            rows = await self._run(ctx["sel_customers"], (current,))
+            if not rows:
+                if current == c.parent:
+                    raise NotFound(f"parent customer {c.parent!r} does not exist in tenant {tenant!r}")
+                break
+            current = str(rows[0][2] or "")
+
+    async def create_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
+        if not customer.token:
+            raise InvalidRequest("customer token must not be empty")
+        if not customer.customer_type:
+            raise InvalidRequest("customer must name a customer type")
+        c = _copy(customer)
+        if not c.created_ms:
+            c.created_ms = now_ms()
+        ctx = await self._writable(tenant)
+        await self._check_customer_refs(ctx, tenant, c)
+        data = c.SerializeToString()
+        seq = self._seq.next()
+        if not _applied(
+            await self._run(ctx["ins_customers"], (c.token, seq, c.customer_type, c.parent, data))
+        ):
+            raise Conflict(f"customer {c.token!r} already exists in tenant {tenant!r}")
+        await self._db.gather(
+            [
+                self._run(ctx["ins_customers_by_seq"], (_BUCKET, seq, c.token, data)),
+                self._run(ctx["ins_customers_by_parent"], (c.parent, seq, c.token, data)),
+                self._run(ctx["ins_customers_by_type"], (c.customer_type, c.token)),
+            ]
+        )
+        return c
+
+    async def get_customer(self, tenant: str, token: str) -> model.Customer | None:
+        data = await self._get_data(tenant, "sel_customers", token)
+        return None if data is None else _parse(model.Customer, data)
+
+    async def list_customers(
+        self, tenant: str, parent: str | None, page: int, page_size: int
+    ) -> Page[model.Customer]:
+        check_page(page, page_size)
+        ctx = await self._open(tenant, create=False)
+        if parent is None:
+            return await self._page(ctx, "customers_by_seq", _BUCKET, model.Customer, page, page_size)
+        return await self._page(ctx, "customers_by_parent", parent, model.Customer, page, page_size)
+
+    async def update_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
+        if not customer.customer_type:
+            raise InvalidRequest("customer must name a customer type")
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_customers"], (customer.token,))
+        if ctx is None or not rows:
+            raise NotFound(f"customer {customer.token!r} does not exist in tenant {tenant!r}")
+        seq, old_type, old_parent, old_data = rows[0]
+        c = _copy(customer)
+        c.created_ms = _parse(model.Customer, old_data).created_ms
+        await self._check_customer_refs(ctx, tenant, c)
+        data = c.SerializeToString()
+        if not _applied(await self._run(ctx["upd_customers"], (c.customer_type, c.parent, data, c.token))):
+            raise NotFound(f"customer {customer.token!r} does not exist in tenant {tenant!r}")
+        writes = [
+            self._run(ctx["ins_customers_by_seq"], (_BUCKET, seq, c.token, data)),
+            self._run(ctx["ins_customers_by_parent"], (c.parent, seq, c.token, data)),
+        ]
+        if (old_parent or "") != c.parent:
+            writes.append(self._run(ctx["del_customers_by_parent"], (old_parent or "", seq)))
+        if old_type != c.customer_type:
+            writes.append(self._run(ctx["del_customers_by_type"], (old_type, c.token)))
+            writes.append(self._run(ctx["ins_customers_by_type"], (c.customer_type, c.token)))
+        await self._db.gather(writes)
+        return c
+
+    async def delete_customer(self, tenant: str, token: str) -> None:
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_customers"], (token,))
+        if ctx is None or not rows:
+            raise NotFound(f"customer {token!r} does not exist in tenant {tenant!r}")
+        seq, ctype, parent, _ = rows[0]
+        child = await self._run(ctx["any_child"], (token,))
+        if child:
+            raise InUse(f"customer {token!r} has child customer {child[0][0]!r}; delete or move it first")
+        active = await self._run(ctx["any_active_customer"], (token,))
+        if active:
+            raise InUse(
+                f"customer {token!r} is named by active assignment {active[0][0]!r} of device "
+                f"{active[0][1]!r}; release it first"
+            )
+        await self._run(ctx["del_customers"], (token,))
+        await self._db.gather(
+            [
+                self._run(ctx["del_customers_by_seq"], (_BUCKET, seq)),
+                self._run(ctx["del_customers_by_parent"], (parent or "", seq)),
+                self._run(ctx["del_customers_by_type"], (ctype, token)),
+            ]
+        )
+
+    async def customer_devices(
+        self, tenant: str, customer: str, page: int, page_size: int
+    ) -> Page[model.Device]:
+        limit, offset = check_page(page, page_size)
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return Page([], 0, page, page_size)
+        counted, rows = await self._db.gather(
+            [
+                self._run(ctx["count_active_customer"], (customer,)),
+                self._run(ctx["page_active_customer"], (customer, offset + limit)),
+            ]
+        )
+        found = await self._db.gather(self._run(ctx["sel_devices"], (r[0],)) for r in rows[offset:])
+        devices = [_parse(model.Device, f[0][-1]) for f in found if f]
+        return Page(devices, int(counted[0][0]) if counted else 0, page, page_size)
 
 
 # ---------------------------------------------------------------------- invocations
@@ -578,8 +879,25 @@ class CassandraInvocationStore(_CassandraStore):
     def _instance_statements(self, ks: str) -> dict[str, str]:
         return {
             "ins_tenant": f"INSERT INTO {ks}.invocation_tenants (bucket, tenant) VALUES (?, ?)",
+            "del_tenant": f"DELETE FROM {ks}.invocation_tenants WHERE bucket = ? AND tenant = ?",
             "all_tenants": f"SELECT tenant FROM {ks}.invocation_tenants WHERE bucket = ?",
         }
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create the tenant's keyspace with the invocation (registry) tables now."""
+        await self.ensure_tenant_keyspace(tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Forget the tenant in ``invocation_tenants`` and drop its keyspace (its invocations
+        with everything else of the tenant); False if it had none."""
+        if not valid_tenant(tenant):
+            return False
+        await self._run(self._instance_stmt("del_tenant"), (_BUCKET, tenant))
+        return await self._drop_keyspace(tenant)
+
+    def forget_tenant(self, tenant: str) -> None:
+        super().forget_tenant(tenant)
+        self._listed.discard(tenant)
 
     def _tenant_statements(self, ks: str) -> dict[str, str]:
         return {

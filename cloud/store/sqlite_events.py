@@ -139,6 +139,24 @@ class SqliteEventStore:
             self._path(tenant), _SCHEMA, create=create, cache_kib=self._cache_kib, wal_autocheckpoint=10000
         )
 
+    # ------------------------------------------------------------------ tenants
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``events-<tenant>.db`` now (it is otherwise created by the first event)."""
+        require_tenant(tenant)
+        await self._worker.run(self._conn, tenant, create=True)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete ``events-<tenant>.db`` (every event of the tenant); False if it did not exist."""
+        if not valid_tenant(tenant):
+            return False
+        return await self._worker.run(self._worker.remove, self._path(tenant))
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Close the connection to the tenant's file (another instance deleted it)."""
+        if valid_tenant(tenant):
+            self._worker.close_soon(self._path(tenant))
+
     # ------------------------------------------------------------------ writes
 
     async def add(self, tenant: str, events: Sequence[pb.Event]) -> list[pb.Event]:

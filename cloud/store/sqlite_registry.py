@@ -13,8 +13,13 @@ parameters, metadata maps etc. round-trip unchanged) beside the few columns that
 
 Rules a caller will notice:
 
-* Writes for a tenant that was never created with :meth:`SqliteRegistry.ensure_tenant` raise
-  NotFound; reads for it return None / empty pages. Duplicate tokens raise Conflict.
+* Writes for a tenant that was never created (:meth:`SqliteRegistry.ensure_tenant`,
+  :meth:`~SqliteRegistry.create_tenant`) raise NotFound; reads for it return None / empty
+  pages. Duplicate tokens raise Conflict. :meth:`~SqliteRegistry.delete_tenant` removes the
+  record and ``registry-<tenant>.db``.
+* Customers name an existing customer type and (optionally) an existing parent customer; a
+  parent that would make a cycle is InvalidRequest; a customer with children or named by an
+  ACTIVE assignment, and a customer type with customers, cannot be deleted (InUse).
 * A device must name an existing device type (NotFound otherwise).
 * A device has at most one ACTIVE assignment (a partial unique index enforces it); creating a
   second raises Conflict. Releasing sets RELEASED and ``released_ms``; releasing again is a
@@ -39,13 +44,14 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
-from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound, StoreError
+from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, StoreError
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store._sqlite import (
     SqliteWorker,
@@ -91,6 +97,20 @@ CREATE TABLE IF NOT EXISTS assignments (
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_assignment_per_device
     ON assignments (device) WHERE status = 1;
 CREATE INDEX IF NOT EXISTS assignments_by_device ON assignments (device, seq);
+CREATE TABLE IF NOT EXISTS customer_types (
+    seq INTEGER PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS customers (
+    seq INTEGER PRIMARY KEY,
+    token TEXT NOT NULL UNIQUE,
+    customer_type TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS customers_by_parent ON customers (parent, seq);
+CREATE INDEX IF NOT EXISTS customers_by_type ON customers (customer_type);
 """
 
 _INVOCATIONS_SCHEMA = """
@@ -120,6 +140,17 @@ def _copy(msg: M) -> M:
     out = type(msg)()
     out.CopyFrom(msg)
     return out
+
+
+@contextmanager
+def _maybe_transaction(conn: sqlite3.Connection | None) -> Iterator[None]:
+    """A write transaction on ``conn``, or nothing when there is no database (the body then
+    raises NotFound)."""
+    if conn is None:
+        yield
+        return
+    with transaction(conn):
+        yield
 
 
 class SqliteRegistry:
@@ -192,6 +223,11 @@ class SqliteRegistry:
 
     def _ensure_tenant(self, tenant: model.Tenant) -> model.Tenant:
         with transaction(self._tenants_db()) as conn:
+            row = conn.execute("SELECT data FROM tenants WHERE token = ?", (tenant.token,)).fetchone()
+            if row is not None and not tenant.created_ms:
+                tenant.created_ms = _parse(model.Tenant, row[0]).created_ms
+            if not tenant.created_ms:
+                tenant.created_ms = now_ms()
             conn.execute(
                 "INSERT INTO tenants (token, data) VALUES (?, ?)"
                 " ON CONFLICT (token) DO UPDATE SET data = excluded.data",
@@ -200,6 +236,68 @@ class SqliteRegistry:
         self._tenant_db(tenant.token, create=True)
         self._known_tenants.add(tenant.token)
         return tenant
+
+    async def create_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Create ``tenant`` and its database; Conflict if the token is taken."""
+        require_tenant(tenant.token)
+        stored = _copy(tenant)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        return await self._worker.run(self._create_tenant, stored)
+
+    def _create_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        try:
+            with transaction(self._tenants_db()) as conn:
+                conn.execute(
+                    "INSERT INTO tenants (token, data) VALUES (?, ?)",
+                    (tenant.token, tenant.SerializeToString()),
+                )
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"tenant {tenant.token!r} already exists") from err
+        self._tenant_db(tenant.token, create=True)
+        self._known_tenants.add(tenant.token)
+        return tenant
+
+    async def update_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        """Replace the record of an existing tenant (its ``created_ms`` is kept)."""
+        if not valid_tenant(tenant.token):
+            raise NotFound(f"tenant {tenant.token[:70]!r} does not exist")
+        return await self._worker.run(self._update_tenant, _copy(tenant))
+
+    def _update_tenant(self, tenant: model.Tenant) -> model.Tenant:
+        with transaction(self._tenants_db()) as conn:
+            row = conn.execute("SELECT data FROM tenants WHERE token = ?", (tenant.token,)).fetchone()
+            if row is None:
+                raise NotFound(f"tenant {tenant.token!r} does not exist")
+            tenant.created_ms = _parse(model.Tenant, row[0]).created_ms
+            conn.execute(
+                "UPDATE tenants SET data = ? WHERE token = ?", (tenant.SerializeToString(), tenant.token)
+            )
+        return tenant
+
+    async def delete_tenant(self, token: str) -> bool:
+        """Remove the tenant's record and ``registry-<tenant>.db``; False if neither existed."""
+        if not valid_tenant(token):
+            return False
+        try:
+            return await self._worker.run(self._delete_tenant, token)
+        finally:
+            self.forget_tenant(token)
+
+    def _delete_tenant(self, token: str) -> bool:
+        with transaction(self._tenants_db()) as conn:
+            deleted = conn.execute("DELETE FROM tenants WHERE token = ?", (token,)).rowcount > 0
+        self._known_tenants.discard(token)
+        removed = self._worker.remove(self._data_dir / f"registry-{token}.db")
+        return deleted or removed
+
+    def forget_tenant(self, token: str) -> None:
+        self._known_tenants.discard(token)
+        if valid_tenant(token):
+            self._worker.close_soon(self._data_dir / f"registry-{token}.db")
+        for cache in (self._device_cache, self._assignment_cache):
+            for key in [k for k in cache if k[0] == token]:
+                del cache[key]
 
     async def get_tenant(self, token: str) -> model.Tenant | None:
         if not valid_tenant(token):
@@ -410,6 +508,228 @@ class SqliteRegistry:
             )
         return a
 
+    # ------------------------------------------------------------------ customer types
+
+    async def create_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        """Store ``ct`` (``created_ms`` defaults to now); NotFound / Conflict as for device types."""
+        if not ct.token:
+            raise InvalidRequest("customer type token must not be empty")
+        stored = _copy(ct)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        return await self._worker.run(self._create_customer_type, tenant, stored)
+
+    def _create_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        conn = self._writable(tenant)
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO customer_types (token, data) VALUES (?, ?)",
+                    (ct.token, ct.SerializeToString()),
+                )
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"customer type {ct.token!r} already exists in tenant {tenant!r}") from err
+        return ct
+
+    async def get_customer_type(self, tenant: str, token: str) -> model.CustomerType | None:
+        return await self._worker.run(self._get_one, tenant, "customer_types", token, model.CustomerType)
+
+    async def list_customer_types(self, tenant: str, page: int, page_size: int) -> Page[model.CustomerType]:
+        limit, offset = check_page(page, page_size)
+        items, total = await self._worker.run(
+            self._list, tenant, "customer_types", model.CustomerType, limit, offset
+        )
+        return Page(items, total, page, page_size)
+
+    async def update_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        return await self._worker.run(self._update_customer_type, tenant, _copy(ct))
+
+    def _update_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            row = (
+                None
+                if conn is None
+                else conn.execute("SELECT data FROM customer_types WHERE token = ?", (ct.token,)).fetchone()
+            )
+            if conn is None or row is None:
+                raise NotFound(f"customer type {ct.token!r} does not exist in tenant {tenant!r}")
+            ct.created_ms = _parse(model.CustomerType, row[0]).created_ms
+            conn.execute(
+                "UPDATE customer_types SET data = ? WHERE token = ?", (ct.SerializeToString(), ct.token)
+            )
+        return ct
+
+    async def delete_customer_type(self, tenant: str, token: str) -> None:
+        await self._worker.run(self._delete_customer_type, tenant, token)
+
+    def _delete_customer_type(self, tenant: str, token: str) -> None:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            if (
+                conn is None
+                or conn.execute("SELECT 1 FROM customer_types WHERE token = ?", (token,)).fetchone() is None
+            ):
+                raise NotFound(f"customer type {token!r} does not exist in tenant {tenant!r}")
+            user = conn.execute(
+                "SELECT token FROM customers WHERE customer_type = ? LIMIT 1", (token,)
+            ).fetchone()
+            if user is not None:
+                raise InUse(
+                    f"customer type {token!r} is the type of customer {user[0]!r}; delete or change it first"
+                )
+            conn.execute("DELETE FROM customer_types WHERE token = ?", (token,))
+
+    # ------------------------------------------------------------------ customers
+
+    async def create_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
+        if not customer.token:
+            raise InvalidRequest("customer token must not be empty")
+        if not customer.customer_type:
+            raise InvalidRequest("customer must name a customer type")
+        stored = _copy(customer)
+        if not stored.created_ms:
+            stored.created_ms = now_ms()
+        return await self._worker.run(self._create_customer, tenant, stored)
+
+    def _check_customer_refs(self, conn: sqlite3.Connection, tenant: str, c: model.Customer) -> None:
+        if (
+            conn.execute("SELECT 1 FROM customer_types WHERE token = ?", (c.customer_type,)).fetchone()
+            is None
+        ):
+            raise NotFound(f"customer type {c.customer_type!r} does not exist in tenant {tenant!r}")
+        if not c.parent:
+            return
+        if c.parent == c.token:
+            raise InvalidRequest(f"customer {c.token!r} cannot be its own parent")
+        # Walk up from the new parent: meeting the customer itself means a cycle.
+        seen: set[str] = set()
+        current = c.parent
+        while current:
+            if current == c.token:
+                raise InvalidRequest(
+                    f"parent {c.parent!r} is below customer {c.token!r}: the customer tree would have a cycle"
+                )
+            if current in seen:  # a cycle already stored (cannot happen through this class)
+                break
+            seen.add(current)
+            row = conn.execute("SELECT parent FROM customers WHERE token = ?", (current,)).fetchone()
+            if row is None:
+                if current == c.parent:
+                    raise NotFound(f"parent customer {c.parent!r} does not exist in tenant {tenant!r}")
+                break
+            current = row[0]
+
+    def _create_customer(self, tenant: str, c: model.Customer) -> model.Customer:
+        conn = self._writable(tenant)
+        try:
+            with transaction(conn):
+                self._check_customer_refs(conn, tenant, c)
+                conn.execute(
+                    "INSERT INTO customers (token, customer_type, parent, data) VALUES (?, ?, ?, ?)",
+                    (c.token, c.customer_type, c.parent, c.SerializeToString()),
+                )
+        except sqlite3.IntegrityError as err:
+            raise Conflict(f"customer {c.token!r} already exists in tenant {tenant!r}") from err
+        return c
+
+    async def get_customer(self, tenant: str, token: str) -> model.Customer | None:
+        return await self._worker.run(self._get_one, tenant, "customers", token, model.Customer)
+
+    async def list_customers(
+        self, tenant: str, parent: str | None, page: int, page_size: int
+    ) -> Page[model.Customer]:
+        limit, offset = check_page(page, page_size)
+        items, total = await self._worker.run(self._list_customers, tenant, parent, limit, offset)
+        return Page(items, total, page, page_size)
+
+    def _list_customers(
+        self, tenant: str, parent: str | None, limit: int, offset: int
+    ) -> tuple[list[model.Customer], int]:
+        if parent is None:
+            return self._list(tenant, "customers", model.Customer, limit, offset)
+        conn = self._readable(tenant)
+        if conn is None:
+            return [], 0
+        (total,) = conn.execute("SELECT count(*) FROM customers WHERE parent = ?", (parent,)).fetchone()
+        rows = conn.execute(
+            "SELECT data FROM customers WHERE parent = ? ORDER BY seq LIMIT ? OFFSET ?",
+            (parent, limit, offset),
+        ).fetchall()
+        return [_parse(model.Customer, data) for (data,) in rows], int(total)
+
+    async def update_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
+        if not customer.customer_type:
+            raise InvalidRequest("customer must name a customer type")
+        return await self._worker.run(self._update_customer, tenant, _copy(customer))
+
+    def _update_customer(self, tenant: str, c: model.Customer) -> model.Customer:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            row = (
+                None
+                if conn is None
+                else conn.execute("SELECT data FROM customers WHERE token = ?", (c.token,)).fetchone()
+            )
+            if conn is None or row is None:
+                raise NotFound(f"customer {c.token!r} does not exist in tenant {tenant!r}")
+            self._check_customer_refs(conn, tenant, c)
+            c.created_ms = _parse(model.Customer, row[0]).created_ms
+            conn.execute(
+                "UPDATE customers SET customer_type = ?, parent = ?, data = ? WHERE token = ?",
+                (c.customer_type, c.parent, c.SerializeToString(), c.token),
+            )
+        return c
+
+    async def delete_customer(self, tenant: str, token: str) -> None:
+        await self._worker.run(self._delete_customer, tenant, token)
+
+    def _delete_customer(self, tenant: str, token: str) -> None:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            if (
+                conn is None
+                or conn.execute("SELECT 1 FROM customers WHERE token = ?", (token,)).fetchone() is None
+            ):
+                raise NotFound(f"customer {token!r} does not exist in tenant {tenant!r}")
+            child = conn.execute("SELECT token FROM customers WHERE parent = ? LIMIT 1", (token,)).fetchone()
+            if child is not None:
+                raise InUse(f"customer {token!r} has child customer {child[0]!r}; delete or move it first")
+            for a in self._active_of_customer(conn, token):
+                raise InUse(
+                    f"customer {token!r} is named by active assignment {a.token!r} of device {a.device!r}; "
+                    "release it first"
+                )
+            conn.execute("DELETE FROM customers WHERE token = ?", (token,))
+
+    @staticmethod
+    def _active_of_customer(conn: sqlite3.Connection, customer: str) -> list[model.Assignment]:
+        """The ACTIVE assignments naming ``customer``, by device (a scan of the active ones:
+        the customer is inside the serialized assignment)."""
+        rows = conn.execute("SELECT data FROM assignments WHERE status = ? ORDER BY device", (int(_ACTIVE),))
+        return [a for (data,) in rows if (a := _parse(model.Assignment, data)).customer == customer]
+
+    async def customer_devices(
+        self, tenant: str, customer: str, page: int, page_size: int
+    ) -> Page[model.Device]:
+        limit, offset = check_page(page, page_size)
+        items, total = await self._worker.run(self._customer_devices, tenant, customer, limit, offset)
+        return Page(items, total, page, page_size)
+
+    def _customer_devices(
+        self, tenant: str, customer: str, limit: int, offset: int
+    ) -> tuple[list[model.Device], int]:
+        conn = self._readable(tenant)
+        if conn is None:
+            return [], 0
+        active = self._active_of_customer(conn, customer)
+        devices: list[model.Device] = []
+        for a in active[offset : offset + limit]:
+            row = conn.execute("SELECT data FROM devices WHERE token = ?", (a.device,)).fetchone()
+            if row is not None:
+                devices.append(_parse(model.Device, row[0]))
+        return devices, len(active)
+
     # ------------------------------------------------------------------ shared reads (worker)
 
     def _get_data(self, tenant: str, table: str, token: str) -> bytes | None:
@@ -471,6 +791,22 @@ class SqliteInvocationStore:
             return None
         path = self._data_dir / f"invocations-{tenant}.db"
         return self._worker.connect(path, _INVOCATIONS_SCHEMA, create=create)
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``invocations-<tenant>.db`` now."""
+        require_tenant(tenant)
+        await self._worker.run(self._db, tenant, create=True)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete ``invocations-<tenant>.db``; False if it did not exist."""
+        if not valid_tenant(tenant):
+            return False
+        return await self._worker.run(self._worker.remove, self._data_dir / f"invocations-{tenant}.db")
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Close the connection to the tenant's file (another instance deleted it)."""
+        if valid_tenant(tenant):
+            self._worker.close_soon(self._data_dir / f"invocations-{tenant}.db")
 
     async def create(self, inv: svc.InvocationState) -> svc.InvocationState:
         """Store a new invocation (status defaults to QUEUED, times to now). Conflict if the

@@ -56,8 +56,10 @@ async def invocations(backend: Backend) -> AsyncIterator[InvocationStore]:
 
 
 async def test_ensure_tenant_creates_then_updates(registry: Registry) -> None:
-    assert (await registry.get_tenant("acme")) == model.Tenant(
-        token="acme", name="Acme", auto_register=True, default_device_type="sensor"
+    got = await registry.get_tenant("acme")
+    assert got is not None and got.created_ms > 0
+    assert got == model.Tenant(
+        token="acme", name="Acme", auto_register=True, default_device_type="sensor", created_ms=got.created_ms
     )
     await registry.ensure_tenant(model.Tenant(token="acme", name="Acme Corp", auto_register=False))
     await registry.ensure_tenant(model.Tenant(token="globex"))
@@ -312,7 +314,8 @@ async def test_expire_due_expires_only_queued_invocations_past_their_ttl(
 async def test_tenants_list_in_creation_order_not_by_name(registry: Registry) -> None:
     for token in ("zeta", "beta", "alpha"):
         stored = await registry.ensure_tenant(model.Tenant(token=token, name=token.upper()))
-        assert stored == model.Tenant(token=token, name=token.upper())
+        assert stored.created_ms > 0
+        assert stored == model.Tenant(token=token, name=token.upper(), created_ms=stored.created_ms)
     await registry.ensure_tenant(model.Tenant(token="zeta", name="Zeta again"))  # an update keeps its place
     assert [(t.token, t.name) for t in await registry.list_tenants()] == [
         ("acme", "Acme"),

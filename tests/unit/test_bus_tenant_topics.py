@@ -1,0 +1,41 @@
+"""Deleting a tenant's topics on the embedded bus: records, committed offsets and consumer
+positions of that tenant go, other tenants keep theirs, and a topic published again under the
+same name starts over at offset 0 and is read from there by the same group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fieldgate.cloud.bus import DECODED, STAGES, Message, topic_name
+from fieldgate.cloud.bus.embedded import EmbeddedBus
+
+
+async def test_delete_tenant_topics(tmp_path: Path) -> None:
+    bus = EmbeddedBus(tmp_path / "bus.db", trim_interval_s=None)
+    acme, globex = topic_name("acme", DECODED), topic_name("globex", DECODED)
+    async with bus:
+        assert await bus.ensure_tenant_topics("acme") == [topic_name("acme", s) for s in STAGES]
+        for i in range(3):
+            await bus.publish(acme, [Message(b"d", f"a{i}".encode())])
+            await bus.publish(globex, [Message(b"d", f"g{i}".encode())])
+        async with bus.consumer("inbound", DECODED) as consumer:
+            got = []
+            while len(got) < 6:
+                got += await consumer.poll(timeout_s=1)
+            await consumer.commit(got)
+            assert bus.committed("inbound", acme) == 3
+
+            assert await bus.delete_tenant_topics("acme") == [acme]
+            assert acme not in bus.end_offsets(DECODED)
+            assert bus.committed("inbound", acme) is None
+            assert bus.committed("inbound", globex) == 3
+            assert await bus.delete_tenant_topics("acme") == []
+
+            await bus.publish(acme, [Message(b"d", b"again")])
+            assert bus.end_offsets(DECODED)[acme] == 1
+            again = await consumer.poll(timeout_s=1)
+            assert [(r.topic, r.offset, r.value) for r in again] == [(acme, 0, b"again")]
+    # On disk too: a restarted bus has the new topic only, and globex's records.
+    async with EmbeddedBus(tmp_path / "bus.db", trim_interval_s=None) as reopened:
+        assert reopened.end_offsets(DECODED) == {acme: 1, globex: 3}
+        assert reopened.committed("inbound", acme) is None
