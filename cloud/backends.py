@@ -25,6 +25,7 @@ from fieldgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from fieldgate.cloud.store._cassandra import CassandraSession
+    from fieldgate.cloud.store.state import DeviceStateStore
 
 #: The name of the token-signing key among the instance's secrets (Cassandra).
 TOKEN_SECRET = "token-signing"
@@ -121,6 +122,20 @@ def build_invocation_store(
     from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore
 
     return SqliteInvocationStore(config.data_dir / "registry")
+
+
+def build_state_store(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> DeviceStateStore:
+    """Device states and rules: ``data_dir/state/state-<tenant>.db`` or each tenant's keyspace."""
+    store = config.store
+    if store.kind == "cassandra":
+        from fieldgate.cloud.store.cassandra_state import CassandraStateStore
+
+        return CassandraStateStore(
+            _session(config, cassandra), keyspace_prefix=store.keyspace_prefix, replication=store.replication
+        )
+    from fieldgate.cloud.store.sqlite_state import SqliteStateStore
+
+    return SqliteStateStore(config.data_dir / "state")
 
 
 def build_users(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> UserStore:
