@@ -42,6 +42,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 import uvicorn
 
+from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.api.app import create_api
 from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.backends import (
@@ -51,6 +52,7 @@ from fieldgate.cloud.backends import (
     build_invocation_store,
     build_registry,
     build_users,
+    load_previous_secrets,
     load_token_secret,
 )
 from fieldgate.cloud.commands import CommandDelivery
@@ -232,6 +234,7 @@ class CloudApp:
             ServerTls(config.tls) if config.tls is not None and "ingest" in self.services else None
         )
         self._grpc_auth: ApiAuth | None = None
+        self._previous_secrets: list[str] = []
         # Liveness/readiness of this process (docs/operations/kubernetes.md); checks are added
         # at start, for the parts this process really started.
         self.health = CloudHealth()
@@ -291,12 +294,16 @@ class CloudApp:
         store decides, not a file in data_dir, so replicas without a common directory agree;
         of two replicas creating the admin at once only one's password is stored and returned."""
         if password is not None:
-            await self.users.set_password(ADMIN_USER, password)
+            await self.users.set_password(ADMIN_USER, password, role=Role.INSTANCE_ADMIN)
             return None
-        if await self.users.exists(ADMIN_USER):
+        existing = await self.users.get(ADMIN_USER)
+        if existing is not None:
+            if existing.role is not Role.INSTANCE_ADMIN:  # a store from before roles
+                await self.users.update(ADMIN_USER, role=Role.INSTANCE_ADMIN)
             return None
         generated = secrets.token_urlsafe(12)
-        return generated if await self.users.create(ADMIN_USER, generated) else None
+        created = await self.users.create(ADMIN_USER, generated, role=Role.INSTANCE_ADMIN)
+        return generated if created else None
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -318,8 +325,10 @@ class CloudApp:
                 # auth.secret_key, auth.secret_file, or the store's (generated once, shared):
                 # the REST API signs tokens with it, the gRPC APIs (on ingest) verify them.
                 secret = await load_token_secret(self.config, cassandra=self.cassandra)
+                self._previous_secrets = load_previous_secrets(self.config)
                 self._grpc_auth = ApiAuth(
-                    TokenAuthority(secret, self.config.auth.token_ttl_s), self.server_tls
+                    TokenAuthority(secret, self.config.auth.token_ttl_s, self._previous_secrets),
+                    self.server_tls,
                 )
             # The file's tenants, with ZooKeeper's settings where it has them.
             for token in self.tenant_settings.tenants():
@@ -448,6 +457,7 @@ class CloudApp:
             auth=self.config.auth,
             secret=secret,
             health=self.health,
+            previous_secrets=self._previous_secrets,
         )
         server = _EmbeddedUvicorn(
             uvicorn.Config(

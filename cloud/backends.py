@@ -178,13 +178,23 @@ async def load_token_secret(config: CloudConfig, *, cassandra: CassandraSession 
     return load_or_create_secret(config.data_dir)
 
 
-def _read_secret_file(path: Path) -> str:
+def load_previous_secrets(config: CloudConfig) -> list[str]:
+    """The previous token-signing keys (``auth.previous_secret_keys`` and the contents of
+    ``auth.previous_secret_files``): tokens they signed still verify during a key rotation."""
+    auth = config.auth
+    keys = [k.get_secret_value() for k in auth.previous_secret_keys]
+    if any(not k for k in keys):
+        raise ConfigError("auth.previous_secret_keys: a key is empty")
+    return keys + [_read_secret_file(p, "auth.previous_secret_files") for p in auth.previous_secret_files]
+
+
+def _read_secret_file(path: Path, key: str = "auth.secret_file") -> str:
     try:
         secret = path.read_text().strip()
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"auth.secret_file: cannot read {path}: {err}") from err
+        raise ConfigError(f"{key}: cannot read {path}: {err}") from err
     if not secret:
-        raise ConfigError(f"auth.secret_file: {path} is empty")
+        raise ConfigError(f"{key}: {path} is empty")
     return secret
 
 

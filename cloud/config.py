@@ -33,6 +33,10 @@ class AuthConfig(Frozen):
     secret_key: SecretStr | None = None
     secret_file: Path | None = None
     token_ttl_s: int = Field(3600, ge=60)
+    #: Key rotation: tokens signed with one of these still verify (new ones are signed with the
+    #: current key). Keep the old key here for ``token_ttl_s`` after switching, then drop it.
+    previous_secret_keys: tuple[SecretStr, ...] = Field((), max_length=16)
+    previous_secret_files: tuple[Path, ...] = Field((), max_length=16)
 
 
 class BusConfig(Frozen):

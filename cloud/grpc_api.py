@@ -18,6 +18,12 @@ even with a token). No credentials → UNAUTHENTICATED; another tenant's → PER
 front of every method the service's descriptor declares, so a new method cannot be added
 without it. The tenant must also be one the registry knows, so a request cannot create storage
 for a tenant that was never configured.
+
+Roles (cloud/api/access.py): each method needs the permission :data:`GRPC_METHODS` names for
+it, and a method missing from that map is refused (PERMISSION_DENIED) whatever the caller. An
+instance admin's token acts for every tenant; any other token for its own only. Customer users
+are refused here (the servicers do not filter by customer; they use the REST API). A client
+certificate acts as a tenant admin of the tenants it lists (never as an instance admin).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from fastapi import HTTPException
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from fieldgate.cloud.api.access import GRPC_METHODS, Permission, Role
 from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
 from fieldgate.cloud.errors import CloudError, Conflict, InvalidRequest, NotFound
@@ -104,19 +111,30 @@ class ApiAuth:
         self._authority = authority
         self._tls = tls
 
-    async def authorize(self, context: Context, request: Message) -> None:
-        """Return if the caller may act for the request's tenant, else end the call
-        (UNAUTHENTICATED without valid credentials, PERMISSION_DENIED for another tenant)."""
+    async def authorize(self, context: Context, request: Message, method: str) -> None:
+        """Return if the caller may call ``method`` (its full name) for the request's tenant,
+        else end the call (UNAUTHENTICATED without valid credentials, PERMISSION_DENIED for a
+        role without the method's permission, for another tenant, or for a method the access
+        policy does not list)."""
         peer = None
         if self._tls is not None:
             try:
                 peer = self._tls.peer(context)
             except PeerRefused as err:
                 await context.abort(err.code, str(err))
+        permission = GRPC_METHODS.get(method)
         tenant = request_tenant(request)
-        if tenant is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this request names no tenant")
         token = _bearer_token(context)
+        if token is None and (peer is None or peer.identity is None):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "credentials required: metadata 'authorization: Bearer <token>' (POST /api/v1/auth/token) "
+                "or a client certificate of the tenant",
+            )
+        if permission is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not in the access policy")
+        if permission is not Permission.INSTANCE_ADMIN and tenant is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this request names no tenant")
         if token is not None:
             if not token:
                 await context.abort(
@@ -126,17 +144,28 @@ class ApiAuth:
                 principal = self._authority.verify(token)
             except HTTPException as err:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err.detail))
-            allowed = frozenset((principal.tenant,))
             who = f"the token of {principal.user!r}"
-        elif peer is not None and peer.identity is not None:
-            allowed = peer.identity.tenants
-            who = f"the certificate of edge {peer.identity.edge_id!r}"
+            if principal.role is Role.CUSTOMER:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{who}: customer users read through the REST API (scoped to their customer)",
+                )
+            if not principal.may(permission):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{who}: role {principal.role.value} may not call {method} ({permission.value} needed)",
+                )
+            if principal.role is Role.INSTANCE_ADMIN:
+                return
+            allowed = frozenset((principal.tenant,))
         else:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "credentials required: metadata 'authorization: Bearer <token>' (POST /api/v1/auth/token) "
-                "or a client certificate of the tenant",
-            )
+            assert peer is not None and peer.identity is not None  # checked above
+            who = f"the certificate of edge {peer.identity.edge_id!r}"
+            if permission in (Permission.ADMIN, Permission.INSTANCE_ADMIN):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
+            allowed = peer.identity.tenants
+        if permission is Permission.INSTANCE_ADMIN:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is for instance admins")
         if not tenant:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant is required")
         if tenant not in allowed:
@@ -144,9 +173,12 @@ class ApiAuth:
                 grpc.StatusCode.PERMISSION_DENIED, f"{who} does not allow tenant {tenant[:70]!r}"
             )
 
-    def guard(self, method: UnaryMethod) -> UnaryMethod:
+    def guard(self, method: UnaryMethod, name: str) -> UnaryMethod:
+        """``method`` (full name ``name``, e.g. ``fieldgate.v1.DeviceManagement.GetDevice``)
+        behind :meth:`authorize`."""
+
         async def guarded(request: Any, context: Context) -> Any:
-            await self.authorize(context, request)
+            await self.authorize(context, request, name)
             return await method(request, context)
 
         return guarded
@@ -161,7 +193,7 @@ class _Authorized:
         for method in descriptor.methods:
             if method.client_streaming or method.server_streaming:
                 raise TypeError(f"{service}.{method.name}: streaming methods need a guard of their own")
-            setattr(self, method.name, auth.guard(getattr(servicer, method.name)))
+            setattr(self, method.name, auth.guard(getattr(servicer, method.name), method.full_name))
 
 
 def _paging(page: svc.PageRequest) -> tuple[int, int]:

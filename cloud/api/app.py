@@ -7,17 +7,21 @@ anything. OpenAPI is served at ``/openapi.json`` and interactive docs at ``/docs
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import Sequence
+
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from fieldgate import __version__
-from fieldgate.cloud.api.auth import TokenAuthority, auth_router, principal_dependency
+from fieldgate.cloud.api.access import check_routes, public
+from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, auth_router
 from fieldgate.cloud.api.dashboard import dashboard_router
 from fieldgate.cloud.api.errors import install_error_handlers
 from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.routes_commands import commands_router
 from fieldgate.cloud.api.routes_events import events_router
 from fieldgate.cloud.api.routes_registry import registry_router
+from fieldgate.cloud.api.routes_users import users_router
 from fieldgate.cloud.api.users import Users
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.health import CloudHealth, health_routes
@@ -42,10 +46,14 @@ def create_api(
     secret: str,
     tenant: str = "default",
     health: CloudHealth | None = None,
+    previous_secrets: Sequence[str] = (),
+    throttle: LoginThrottle | None = None,
 ) -> FastAPI:
     """The REST API over the given stores.
 
-    ``secret`` signs bearer tokens (lifetime ``auth.token_ttl_s``); ``tenant`` is the tenant of
+    ``secret`` signs bearer tokens (lifetime ``auth.token_ttl_s``); tokens signed with one of
+    ``previous_secrets`` are still accepted (key rotation). ``throttle`` counts failed logins
+    (a new one per app by default). ``tenant`` is the tenant of
     users whose record names none. ``invocations`` is accepted for symmetry with the gRPC API;
     invocation reads go through ``commands``, which scopes them to the caller's tenant.
     ``health`` (the process's checks) serves ``/healthz`` and ``/readyz``; without it
@@ -61,24 +69,26 @@ def create_api(
         max_body_size=MAX_BODY_BYTES,
     )
     install_error_handlers(app)
-    authority = TokenAuthority(secret, auth.token_ttl_s)
-    current = principal_dependency(authority)
+    authority = TokenAuthority(secret, auth.token_ttl_s, previous_secrets)
+    policy = AccessPolicy(authority, registry)
     mgmt = Management(registry, event_store)
 
-    app.include_router(auth_router(users, authority, tenant))
-    app.include_router(registry_router(mgmt, current))
-    app.include_router(events_router(mgmt, current))
-    app.include_router(commands_router(commands, mgmt, current))
-    app.include_router(dashboard_router())
+    app.include_router(auth_router(users, authority, throttle or LoginThrottle(), tenant))
+    app.include_router(registry_router(mgmt, policy))
+    app.include_router(events_router(mgmt, policy))
+    app.include_router(commands_router(commands, mgmt, policy))
+    app.include_router(users_router(users, registry, policy))
+    app.include_router(dashboard_router(), dependencies=[Depends(public())])
 
     if health is not None:
         # Plain Starlette routes: probes, not part of the documented API.
         app.router.routes.extend(health_routes(health))
     else:
 
-        @app.get("/healthz", tags=["health"])
+        @app.get("/healthz", tags=["health"], dependencies=[Depends(public())])
         async def healthz() -> Health:
             """Liveness: the REST server answers (no authentication)."""
             return Health(status="ok")
 
+    check_routes(app)  # every route declares its access policy (cloud/api/access.py)
     return app

@@ -1,36 +1,58 @@
-"""Bearer tokens for the REST API: issue on password login, verify on every request.
+"""Bearer tokens for the REST (and gRPC) APIs: issue on password login, verify on every request.
 
-Tokens are JWTs signed with HS256 and the cloud's secret; they carry the user (``sub``) and the
-user's tenant (``tenant``). Every route takes the tenant from the verified token and from
-nowhere else — no request parameter can name another tenant — which is what keeps tenants
-apart at the API. There is no server-side session: a token is valid until ``exp``
-(``auth.token_ttl_s``), and rotating the secret invalidates all of them.
+Tokens are JWTs signed with HS256. They carry the user (``sub``), the user's tenant
+(``tenant``), role (``role``) and, for customer users, customer (``customer``); the header
+names the signing key (``kid``, a hash of the key, never the key). Every route takes the
+tenant from the verified token and from nowhere else — no URL or body can name another tenant;
+only an instance admin may ask for another tenant (``X-Fieldgate-Tenant``, cloud/api/access.py).
+There is no server-side session: a token is valid until ``exp`` (``auth.token_ttl_s``), and a
+role change or a deleted user takes effect when the user's current token expires.
+
+**Key rotation without downtime**: tokens are signed with the current key and verified with the
+current key or any previous one (``auth.previous_secret_keys`` / ``previous_secret_files``).
+Make the new key current and the old one previous, wait ``token_ttl_s``, then drop the old one.
+
+**Login throttling** (:class:`LoginThrottle`): after repeated failures for one user name, or
+from one client address, logins are answered 429 with ``Retry-After`` for a window that doubles
+with each further failure, up to a cap. The state is per process (a bounded LRU map): with N
+``api`` replicas an attacker gets at most N times the budget, and a restart forgets it.
 """
 
-from collections.abc import Awaitable, Callable
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 import jwt
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
+from fieldgate.cloud.api.access import (
+    TENANT_HEADER,
+    Permission,
+    Principal,
+    PrincipalDependency,
+    Role,
+    forbidden,
+    mark,
+    public,
+)
 from fieldgate.cloud.api.models import error_docs
-from fieldgate.cloud.api.users import Users
+from fieldgate.cloud.api.users import TENANT_PATTERN, Users
+from fieldgate.cloud.store import Registry
 from fieldgate.timeutil import now_ms
+
+__all__ = ["AccessPolicy", "LoginThrottle", "Principal", "TokenAuthority", "auth_router"]
 
 TOKEN_URL = "/api/v1/auth/token"
 _ALGORITHM = "HS256"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The caller, as proven by its token."""
-
-    user: str
-    tenant: str
 
 
 class TokenOut(BaseModel):
@@ -39,72 +61,220 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
-class TokenAuthority:
-    """Signs and checks tokens with one secret and lifetime."""
+def key_id(secret: str) -> str:
+    """The ``kid`` of a signing key: 16 hex digits of a domain-separated SHA-256 of it."""
+    return hashlib.sha256(b"fieldgate-jwt-kid\0" + secret.encode()).hexdigest()[:16]
 
-    def __init__(self, secret: str, ttl_s: int) -> None:
-        if not secret:
-            raise ValueError("the token secret must not be empty")
+
+class TokenAuthority:
+    """Signs tokens with the current key; verifies them with the current or a previous one."""
+
+    def __init__(self, secret: str, ttl_s: int, previous: Sequence[str] = ()) -> None:
+        if not secret or any(not p for p in previous):
+            raise ValueError("token secrets must not be empty")
         self._secret = secret
+        self._kid = key_id(secret)
+        self._keys = {key_id(s): s for s in (*previous, secret)}
         self.ttl_s = ttl_s
 
     def issue(self, principal: Principal) -> str:
         now_s = now_ms() // 1000
-        claims = {"sub": principal.user, "tenant": principal.tenant, "iat": now_s, "exp": now_s + self.ttl_s}
-        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+        claims: dict[str, object] = {
+            "sub": principal.user,
+            "tenant": principal.tenant,
+            "role": principal.role.value,
+            "iat": now_s,
+            "exp": now_s + self.ttl_s,
+        }
+        if principal.customer is not None:
+            claims["customer"] = principal.customer
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM, headers={"kid": self._kid})
 
     def verify(self, token: str) -> Principal:
-        """The token's principal; HTTP 401 for anything expired, forged or malformed."""
+        """The token's principal; HTTP 401 for anything expired, forged, malformed, signed with
+        a key that is no longer accepted, or without a role (tokens from before roles)."""
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._keys.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise _unauthorized("invalid token (unknown signing key)")
             claims = jwt.decode(
-                token, self._secret, algorithms=[_ALGORITHM], options={"require": ["exp", "sub", "tenant"]}
+                token, key, algorithms=[_ALGORITHM], options={"require": ["exp", "sub", "tenant", "role"]}
             )
         except jwt.ExpiredSignatureError as err:
             raise _unauthorized("token expired") from err
         except jwt.PyJWTError as err:
             raise _unauthorized("invalid token") from err
-        user, tenant = claims.get("sub"), claims.get("tenant")
+        user, tenant, role, customer = (claims.get(k) for k in ("sub", "tenant", "role", "customer"))
         if not isinstance(user, str) or not isinstance(tenant, str) or not user or not tenant:
             raise _unauthorized("invalid token")
-        return Principal(user=user, tenant=tenant)
+        try:
+            parsed = Role(str(role))
+        except ValueError as err:
+            raise _unauthorized("invalid token (unknown role)") from err
+        if (parsed is Role.CUSTOMER) != isinstance(customer, str) or customer == "":
+            raise _unauthorized("invalid token (customer)")
+        return Principal(
+            user=user, tenant=tenant, role=parsed, customer=customer if isinstance(customer, str) else None
+        )
 
 
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers=_CHALLENGE)
 
 
+# --- login throttling ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int = 0
+    blocked_until: float = 0.0
+    last: float = 0.0
+
+
+class LoginThrottle:
+    """Failed logins per key (``user:<name>``, ``addr:<ip>``) in a bounded LRU map.
+
+    ``limit`` failures in a row block the key for ``base_s``; every further failure doubles the
+    window, up to ``cap_s``. A key with no failure for ``cap_s`` starts over; a successful login
+    clears its user name's key (not the address's: one valid account must not reset the
+    address's budget for guessing others)."""
+
+    def __init__(
+        self,
+        *,
+        user_limit: int = 5,
+        address_limit: int = 20,
+        base_s: float = 1.0,
+        cap_s: float = 900.0,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = {"user": user_limit, "addr": address_limit}
+        self._base_s, self._cap_s = base_s, cap_s
+        self._max_keys = max_keys
+        self._clock = clock
+        self._entries: OrderedDict[str, _Failures] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _get(self, key: str, now: float) -> _Failures | None:
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.last > self._cap_s and now >= entry.blocked_until:
+            del self._entries[key]
+            return None
+        return entry
+
+    def retry_after(self, keys: Sequence[str]) -> float:
+        """Seconds until every key may try again (0: now)."""
+        now = self._clock()
+        waits = [e.blocked_until - now for k in keys if (e := self._get(k, now)) is not None]
+        return max([0.0, *waits])
+
+    def failed(self, keys: Sequence[str]) -> None:
+        now = self._clock()
+        for key in keys:
+            entry = self._get(key, now) or _Failures()
+            entry.count += 1
+            entry.last = now
+            over = entry.count - self._limits[key.partition(":")[0]]
+            if over >= 0:
+                entry.blocked_until = now + min(self._base_s * 2.0**over, self._cap_s)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+        while len(self._entries) > self._max_keys:
+            self._entries.popitem(last=False)  # the least recently failed key is forgotten
+
+    def succeeded(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+# --- the access policy of the REST routes ---------------------------------------------------------
+
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+TenantHeader = Annotated[
+    str | None,
+    Header(
+        alias=TENANT_HEADER,
+        max_length=63,
+        pattern=TENANT_PATTERN.pattern,
+        description="instance admins only: act for this tenant instead of the token's",
+    ),
+]
 
 
-def principal_dependency(authority: TokenAuthority) -> Callable[..., Awaitable[Principal]]:
-    """A FastAPI dependency that yields the caller's :class:`Principal` or answers 401."""
+class AccessPolicy:
+    """Builds the dependency each REST route declares: :meth:`require`."""
 
-    async def current_principal(token: Annotated[str | None, Depends(_bearer)]) -> Principal:
-        if not token:
-            raise _unauthorized("not authenticated")
-        return authority.verify(token)
+    def __init__(self, authority: TokenAuthority, registry: Registry) -> None:
+        self._authority = authority
+        self._registry = registry
 
-    return current_principal
+    def require(self, permission: Permission) -> PrincipalDependency:
+        """A dependency yielding the caller's :class:`Principal`: 401 without a valid token, 403
+        if its role lacks ``permission`` or it asks for a tenant it may not act for, 404 for an
+        unknown tenant."""
+        authority, registry = self._authority, self._registry
+
+        async def principal(
+            token: Annotated[str | None, Depends(_bearer)], tenant: TenantHeader = None
+        ) -> Principal:
+            if not token:
+                raise _unauthorized("not authenticated")
+            who = authority.verify(token)
+            if not who.may(permission):
+                raise forbidden(f"role {who.role.value} may not do this ({permission.value} needed)")
+            if tenant is None or tenant == who.tenant:
+                return who
+            if not who.may_act_for(tenant):
+                raise forbidden(f"{TENANT_HEADER}: only instance admins may act for another tenant")
+            if await registry.get_tenant(tenant) is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"tenant {tenant!r} does not exist")
+            return who.acting_for(tenant)
+
+        mark(principal, permission)
+        return principal
 
 
-def auth_router(users: Users, authority: TokenAuthority, default_tenant: str) -> APIRouter:
-    router = APIRouter(tags=["auth"])
+def auth_router(
+    users: Users, authority: TokenAuthority, throttle: LoginThrottle, default_tenant: str
+) -> APIRouter:
+    router = APIRouter(tags=["auth"], dependencies=[Depends(public())])
 
     @router.post(
         TOKEN_URL,
         response_model=TokenOut,
         responses=error_docs(
-            {401: "wrong user name or password", 422: "username or password missing (send a form)"}
+            {
+                401: "wrong user name or password",
+                422: "username or password missing (send a form)",
+                429: "too many failed logins for this user or from this address: see Retry-After",
+            }
         ),
     )
-    async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
+    async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
         """OAuth2 password flow: form fields ``username`` and ``password`` → a bearer token."""
-        if len(form.username) > 256 or len(form.password) > 1024 or not form.username:
+        address = request.client.host if request.client is not None else "unknown"
+        keys = [f"user:{form.username[:256]}", f"addr:{address}"]
+        wait = throttle.retry_after(keys)
+        if wait > 0:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail="too many failed logins; try again later",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        found = None
+        if 0 < len(form.username) <= 256 and len(form.password) <= 1024:
+            found = await users.authenticate(form.username, form.password)
+        if found is None:
+            throttle.failed(keys)
             raise _unauthorized("incorrect username or password")
-        if not await users.verify(form.username, form.password):
-            raise _unauthorized("incorrect username or password")
-        tenant = await users.tenant_of(form.username) or default_tenant
-        token = authority.issue(Principal(user=form.username, tenant=tenant))
-        return TokenOut(access_token=token, expires_in=authority.ttl_s)
+        throttle.succeeded(keys[0])
+        principal = Principal(
+            user=found.name, tenant=found.tenant or default_tenant, role=found.role, customer=found.customer
+        )
+        return TokenOut(access_token=authority.issue(principal), expires_in=authority.ttl_s)
 
     return router

@@ -6,6 +6,15 @@ unique, a device has at most one active assignment, page limits, event kinds) li
 both APIs refuse the same things with the same messages. Every method takes the caller's tenant
 first and passes it to the stores, which keep tenants in separate databases; nothing here can
 reach across tenants. This module imports no web or RPC framework.
+
+The read methods also take ``customer``: for a customer user (cloud/api/access.py) only that
+customer's things exist. A device is the customer's while its active assignment names the
+customer; an assignment is the customer's when it names the customer; the customer sees a
+device's events of its active assignment only (not those recorded for an earlier customer) and
+an invocation while its device is the customer's. Everything else is NotFound, exactly as for a
+token that does not exist, so a customer cannot even learn what other customers' things are
+called. Customer lists are filtered here (a scan of the tenant's assignments per request: fine
+for the few devices a customer has, not a query to page through a million).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
+from typing import TypeVar
 
 from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
 from fieldgate.cloud.store import AssignmentEventQuery, EventQuery, EventStore, Page, Registry
@@ -25,6 +35,8 @@ TOKEN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _NAME_RE = re.compile(NAME_PATTERN)
+
+T = TypeVar("T")
 
 MAX_PAGE = 1_000_000_000  # keeps (page - 1) * page_size inside SQLite's 64-bit integers
 MAX_PAGE_SIZE = 1000
@@ -139,15 +151,47 @@ class Management:
         new.created_ms = now_ms()
         return await self._registry.create_device(new)
 
-    async def get_device(self, tenant: str, token: str) -> model.Device:
+    async def get_device(self, tenant: str, token: str, *, customer: str | None = None) -> model.Device:
         device = await self._registry.get_device(tenant, token)
-        if device is None:
+        if device is None or (customer is not None and not await self._is_customers(tenant, token, customer)):
             raise NotFound(f"device '{token}' does not exist")
         return device
 
-    async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
+    async def list_devices(
+        self, tenant: str, page: int, page_size: int, *, customer: str | None = None
+    ) -> Page[model.Device]:
         check_page(page, page_size)
-        return await self._registry.list_devices(tenant, page, page_size)
+        if customer is None:
+            return await self._registry.list_devices(tenant, page, page_size)
+        candidates = {a.device for a in await self._customer_assignments(tenant, customer) if _unreleased(a)}
+        tokens = [t for t in sorted(candidates) if await self._is_customers(tenant, t, customer)]
+        items = []
+        for token in _slice(tokens, page, page_size):
+            device = await self._registry.get_device(tenant, token)
+            if device is not None:
+                items.append(device)
+        return Page(items=items, total=len(tokens), page=page, page_size=page_size)
+
+    async def _is_customers(self, tenant: str, device: str, customer: str) -> bool:
+        active = await self._registry.active_assignment(tenant, device)
+        return active is not None and active.customer == customer
+
+    async def _customer_assignments(self, tenant: str, customer: str) -> list[model.Assignment]:
+        """Every assignment of the tenant that names ``customer``."""
+        found: list[model.Assignment] = []
+        page = 1
+        while True:
+            p = await self._registry.list_assignments(tenant, None, page, MAX_PAGE_SIZE)
+            found.extend(a for a in p.items if a.customer == customer)
+            if not p.items or page * MAX_PAGE_SIZE >= p.total:
+                return found
+            page += 1
+
+    async def visible_device(self, tenant: str, device: str, customer: str | None) -> None:
+        """NotFound unless a caller scoped to ``customer`` may see ``device`` (e.g. an
+        invocation of it); nothing to check for a caller that sees the whole tenant."""
+        if customer is not None:
+            await self.get_device(tenant, device, customer=customer)
 
     # assignments ------------------------------------------------------------------------------
 
@@ -173,20 +217,28 @@ class Management:
         return await self._registry.create_assignment(new)
 
     async def list_assignments(
-        self, tenant: str, device: str | None, page: int, page_size: int
+        self, tenant: str, device: str | None, page: int, page_size: int, *, customer: str | None = None
     ) -> Page[model.Assignment]:
         check_page(page, page_size)
-        return await self._registry.list_assignments(tenant, device or None, page, page_size)
+        if customer is None:
+            return await self._registry.list_assignments(tenant, device or None, page, page_size)
+        mine = [
+            a for a in await self._customer_assignments(tenant, customer) if not device or a.device == device
+        ]
+        mine.sort(key=lambda a: (-a.active_ms, a.token))
+        return Page(items=_slice(mine, page, page_size), total=len(mine), page=page, page_size=page_size)
 
     async def device_assignments(
-        self, tenant: str, device: str, page: int, page_size: int
+        self, tenant: str, device: str, page: int, page_size: int, *, customer: str | None = None
     ) -> Page[model.Assignment]:
-        await self.get_device(tenant, device)
-        return await self.list_assignments(tenant, device, page, page_size)
+        await self.get_device(tenant, device, customer=customer)
+        return await self.list_assignments(tenant, device, page, page_size, customer=customer)
 
-    async def get_assignment(self, tenant: str, token: str) -> model.Assignment:
+    async def get_assignment(
+        self, tenant: str, token: str, *, customer: str | None = None
+    ) -> model.Assignment:
         assignment = await self._registry.get_assignment(tenant, token)
-        if assignment is None:
+        if assignment is None or (customer is not None and assignment.customer != customer):
             raise NotFound(f"assignment '{token[:140]}' does not exist")
         return assignment
 
@@ -206,11 +258,27 @@ class Management:
         until_ms: int | None = None,
         page: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
+        customer: str | None = None,
     ) -> Page[pb.Event]:
         """A device's events, newest first. Unknown device → NotFound (never an empty page, so
-        a typo is not mistaken for a silent device)."""
+        a typo is not mistaken for a silent device). A customer gets the events of the device's
+        active assignment (its own), not those of the device's earlier customers."""
         _check_event_filters(kind, since_ms, until_ms, page, page_size)
-        await self.get_device(tenant, device)
+        await self.get_device(tenant, device, customer=customer)
+        if customer is not None:
+            active = await self._registry.active_assignment(tenant, device)
+            if active is None:  # released meanwhile
+                raise NotFound(f"device '{device}' does not exist")
+            return await self.list_assignment_events(
+                tenant,
+                active.token,
+                kind=kind,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                page=page,
+                page_size=page_size,
+                customer=customer,
+            )
         return await self._events.list_device_events(
             EventQuery(
                 tenant=tenant,
@@ -233,10 +301,11 @@ class Management:
         until_ms: int | None = None,
         page: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
+        customer: str | None = None,
     ) -> Page[pb.Event]:
         """The events stamped with ``assignment``, newest first. Unknown assignment → NotFound."""
         _check_event_filters(kind, since_ms, until_ms, page, page_size)
-        await self.get_assignment(tenant, assignment)
+        await self.get_assignment(tenant, assignment, customer=customer)
         return await self._events.list_assignment_events(
             AssignmentEventQuery(
                 tenant=tenant,
@@ -253,6 +322,15 @@ class Management:
         """The command_invocation event and the command_response events of ``invocation``,
         oldest first. The caller checks that the invocation exists (the invocation store)."""
         return await self._events.events_for_invocation(tenant, invocation)
+
+
+def _unreleased(a: model.Assignment) -> bool:
+    return a.status != model.ASSIGNMENT_STATUS_RELEASED
+
+
+def _slice(items: list[T], page: int, page_size: int) -> list[T]:
+    start = (page - 1) * page_size
+    return items[start : start + page_size]
 
 
 def _check_event_filters(

@@ -9,9 +9,10 @@ it) and JSON-encoded protobuf fields (command params, responses) as real JSON va
 import json
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from fieldgate.cloud.api.management import NAME_PATTERN, TOKEN_PATTERN
+from fieldgate.cloud.api.users import CUSTOMER_PATTERN, MAX_PASSWORD, TENANT_PATTERN, USER_PATTERN, UserRecord
 from fieldgate.cloud.invocations import MAX_TTL_S
 from fieldgate.cloud.store import Page
 from fieldgate.timeutil import ms_to_iso
@@ -34,7 +35,10 @@ _PARAM_TYPES: dict[str, model.ParamType.ValueType] = {
 }
 _PARAM_NAMES: dict[int, ParamTypeName] = {v: k for k, v in _PARAM_TYPES.items()}  # type: ignore[misc]
 
-Metadata = Annotated[dict[str, str], Field(max_length=100)]
+MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+MetaValue = Annotated[str, StringConstraints(max_length=4096)]
+Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=100)]
+ParamKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class _In(BaseModel):
@@ -79,6 +83,7 @@ class ErrorOut(BaseModel):
 
 _COMMON_ERRORS = {
     401: "missing, invalid or expired bearer token",
+    403: "the token's role may not do this, or it asked for a tenant it may not act for",
     422: "invalid request: the detail names the field and the reason",
 }
 
@@ -95,19 +100,19 @@ def error_docs(
 
 
 class ParamIn(_In):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(max_length=64, pattern=NAME_PATTERN)
     type: ParamTypeName
     required: bool = False
 
 
 class CommandIn(_In):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(max_length=64, pattern=NAME_PATTERN)
     description: str = Field("", max_length=2000)
     params: list[ParamIn] = Field(default_factory=list, max_length=64)
 
 
 class DeviceTypeIn(_In):
-    token: str = Field(pattern=TOKEN_PATTERN)
+    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
     name: str = Field("", max_length=200)
     description: str = Field("", max_length=2000)
     commands: list[CommandIn] = Field(default_factory=list, max_length=256)
@@ -175,7 +180,7 @@ class DeviceTypeOut(BaseModel):
 
 
 class DeviceIn(_In):
-    token: str = Field(pattern=TOKEN_PATTERN)
+    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
     device_type: str = Field(min_length=1, max_length=128)
     comments: str = Field("", max_length=2000)
     metadata: Metadata = Field(default_factory=dict)
@@ -260,7 +265,7 @@ class AssignmentOut(BaseModel):
 
 class CommandRequest(_In):
     command: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    params: dict[ParamKey, Any] = Field(default_factory=dict, max_length=64)
     ttl_s: int | None = Field(
         None, ge=1, le=MAX_TTL_S, description="time-to-live; default from configuration"
     )
@@ -426,6 +431,41 @@ def event_out(e: pb.Event) -> EventOut | None:
             **base, kind=_KINDS.get(sc.kind, "unspecified"), previous=sc.previous, current=sc.current
         )
     return None
+
+
+# --- users ------------------------------------------------------------------------------------
+
+RoleName = Literal["instance-admin", "tenant-admin", "operator", "viewer", "customer"]
+UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=USER_PATTERN.pattern)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PASSWORD)]
+Customer = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=CUSTOMER_PATTERN.pattern)]
+
+
+class UserIn(_In):
+    name: UserName
+    password: Password
+    role: RoleName
+    tenant: str | None = Field(
+        None, max_length=63, pattern=TENANT_PATTERN.pattern, description="default: the caller's tenant"
+    )
+    customer: Customer | None = Field(None, description="required for (and only for) role customer")
+
+
+class UserPatch(_In):
+    password: Password | None = None
+    role: RoleName | None = None
+    customer: Customer | None = Field(None, description="with role customer (or for a customer user)")
+
+
+class UserOut(BaseModel):
+    name: str
+    tenant: str
+    role: RoleName
+    customer: str | None
+
+    @classmethod
+    def from_record(cls, u: UserRecord) -> "UserOut":
+        return cls(name=u.name, tenant=u.tenant, role=u.role.value, customer=u.customer)
 
 
 # --- pages ------------------------------------------------------------------------------------

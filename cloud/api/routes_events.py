@@ -4,12 +4,12 @@ time, paged. (An invocation's events are served beside the invocation, in ``rout
 No ``from __future__ import annotations`` here: see ``routes_registry``.
 """
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from fieldgate.cloud.api.auth import Principal
+from fieldgate.cloud.api.access import Permission, Principal
+from fieldgate.cloud.api.auth import AccessPolicy
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
 from fieldgate.cloud.api.models import EventKind, EventOut, PageOut, error_docs, event_out, page_fields
 from fieldgate.cloud.api.routes_registry import ERRORS, PageNo, PageSize
@@ -40,14 +40,14 @@ def _page_out(p: Page[pb.Event]) -> PageOut[EventOut]:
     return PageOut[EventOut](items=items, **page_fields(p))
 
 
-def events_router(mgmt: Management, current: Callable[..., Awaitable[Principal]]) -> APIRouter:
+def events_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERRORS, tags=["events"])
-    Auth = Annotated[Principal, Depends(current)]
+    Read = Annotated[Principal, Depends(policy.require(Permission.READ))]
 
     @router.get("/devices/{token}/events", responses=error_docs({404: "no such device"}))
     async def list_device_events(
         token: str,
-        who: Auth,
+        who: Read,
         type: TypeParam = None,
         since: SinceParam = None,
         until: UntilParam = None,
@@ -63,13 +63,14 @@ def events_router(mgmt: Management, current: Callable[..., Awaitable[Principal]]
             until_ms=_time("until", until),
             page=page,
             page_size=page_size,
+            customer=who.scope_customer,
         )
         return _page_out(p)
 
     @router.get("/assignments/{token}/events", responses=error_docs({404: "no such assignment"}))
     async def list_assignment_events(
         token: str,
-        who: Auth,
+        who: Read,
         type: TypeParam = None,
         since: SinceParam = None,
         until: UntilParam = None,
@@ -86,6 +87,7 @@ def events_router(mgmt: Management, current: Callable[..., Awaitable[Principal]]
             until_ms=_time("until", until),
             page=page,
             page_size=page_size,
+            customer=who.scope_customer,
         )
         return _page_out(p)
 

@@ -4,12 +4,12 @@ This module deliberately does not use ``from __future__ import annotations``: Fa
 route signatures at definition time, and the per-app ``Auth`` dependency is a closure local.
 """
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from fieldgate.cloud.api.auth import Principal
+from fieldgate.cloud.api.access import Permission, Principal
+from fieldgate.cloud.api.auth import AccessPolicy
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Management
 from fieldgate.cloud.api.models import (
     AssignmentIn,
@@ -29,9 +29,10 @@ PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 ERRORS = error_docs(common=True)
 
 
-def registry_router(mgmt: Management, current: Callable[..., Awaitable[Principal]]) -> APIRouter:
+def registry_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERRORS)
-    Auth = Annotated[Principal, Depends(current)]
+    Read = Annotated[Principal, Depends(policy.require(Permission.READ))]
+    Write = Annotated[Principal, Depends(policy.require(Permission.WRITE))]
 
     # device types
 
@@ -41,19 +42,19 @@ def registry_router(mgmt: Management, current: Callable[..., Awaitable[Principal
         tags=["device types"],
         responses=error_docs({409: "a device type with that token exists"}),
     )
-    async def create_device_type(body: DeviceTypeIn, who: Auth) -> DeviceTypeOut:
+    async def create_device_type(body: DeviceTypeIn, who: Write) -> DeviceTypeOut:
         """Define a device type and the commands (with typed parameters) its devices accept."""
         return DeviceTypeOut.from_pb(await mgmt.create_device_type(who.tenant, body.to_pb()))
 
     @router.get("/device-types", tags=["device types"])
     async def list_device_types(
-        who: Auth, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+        who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
     ) -> PageOut[DeviceTypeOut]:
         p = await mgmt.list_device_types(who.tenant, page, page_size)
         return PageOut[DeviceTypeOut](items=[DeviceTypeOut.from_pb(d) for d in p.items], **page_fields(p))
 
     @router.get("/device-types/{token}", tags=["device types"], responses=error_docs({404: "no such type"}))
-    async def get_device_type(token: str, who: Auth) -> DeviceTypeOut:
+    async def get_device_type(token: str, who: Read) -> DeviceTypeOut:
         return DeviceTypeOut.from_pb(await mgmt.get_device_type(who.tenant, token))
 
     # devices
@@ -64,20 +65,20 @@ def registry_router(mgmt: Management, current: Callable[..., Awaitable[Principal
         tags=["devices"],
         responses=error_docs({409: "a device with that token exists"}),
     )
-    async def create_device(body: DeviceIn, who: Auth) -> DeviceOut:
+    async def create_device(body: DeviceIn, who: Write) -> DeviceOut:
         """Register a device of an existing device type (422 if the type does not exist)."""
         return DeviceOut.from_pb(await mgmt.create_device(who.tenant, body.to_pb()))
 
     @router.get("/devices", tags=["devices"])
     async def list_devices(
-        who: Auth, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+        who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
     ) -> PageOut[DeviceOut]:
-        p = await mgmt.list_devices(who.tenant, page, page_size)
+        p = await mgmt.list_devices(who.tenant, page, page_size, customer=who.scope_customer)
         return PageOut[DeviceOut](items=[DeviceOut.from_pb(d) for d in p.items], **page_fields(p))
 
     @router.get("/devices/{token}", tags=["devices"], responses=error_docs({404: "no such device"}))
-    async def get_device(token: str, who: Auth) -> DeviceOut:
-        return DeviceOut.from_pb(await mgmt.get_device(who.tenant, token))
+    async def get_device(token: str, who: Read) -> DeviceOut:
+        return DeviceOut.from_pb(await mgmt.get_device(who.tenant, token, customer=who.scope_customer))
 
     @router.get(
         "/devices/{token}/assignments",
@@ -85,9 +86,9 @@ def registry_router(mgmt: Management, current: Callable[..., Awaitable[Principal
         responses=error_docs({404: "no such device"}),
     )
     async def list_device_assignments(
-        token: str, who: Auth, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+        token: str, who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
     ) -> PageOut[AssignmentOut]:
-        p = await mgmt.device_assignments(who.tenant, token, page, page_size)
+        p = await mgmt.device_assignments(who.tenant, token, page, page_size, customer=who.scope_customer)
         return PageOut[AssignmentOut](items=[AssignmentOut.from_pb(a) for a in p.items], **page_fields(p))
 
     # assignments
@@ -98,18 +99,18 @@ def registry_router(mgmt: Management, current: Callable[..., Awaitable[Principal
         tags=["assignments"],
         responses=error_docs({409: "the device already has an active assignment"}),
     )
-    async def create_assignment(body: AssignmentIn, who: Auth) -> AssignmentOut:
+    async def create_assignment(body: AssignmentIn, who: Write) -> AssignmentOut:
         """Assign a device to a customer/area/asset; its events are tagged with the assignment."""
         return AssignmentOut.from_pb(await mgmt.create_assignment(who.tenant, body.to_pb()))
 
     @router.get("/assignments", tags=["assignments"])
     async def list_assignments(
-        who: Auth,
+        who: Read,
         device: Annotated[str | None, Query(max_length=128, description="only this device's")] = None,
         page: PageNo = 1,
         page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[AssignmentOut]:
-        p = await mgmt.list_assignments(who.tenant, device, page, page_size)
+        p = await mgmt.list_assignments(who.tenant, device, page, page_size, customer=who.scope_customer)
         return PageOut[AssignmentOut](items=[AssignmentOut.from_pb(a) for a in p.items], **page_fields(p))
 
     @router.post(
@@ -117,7 +118,7 @@ def registry_router(mgmt: Management, current: Callable[..., Awaitable[Principal
         tags=["assignments"],
         responses=error_docs({404: "no such assignment"}),
     )
-    async def release_assignment(token: str, who: Auth) -> AssignmentOut:
+    async def release_assignment(token: str, who: Write) -> AssignmentOut:
         return AssignmentOut.from_pb(await mgmt.release_assignment(who.tenant, token))
 
     return router

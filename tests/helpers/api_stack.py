@@ -2,11 +2,14 @@
 
 Nothing is mocked: the stores, the bus and the FastAPI app are the production classes, and the
 HTTP client talks to the app through ``httpx.ASGITransport`` (the same ASGI calls uvicorn makes).
-Two tenants exist, each with a user: ``admin`` in ``default`` and ``bob`` in ``beta``.
+Two tenants exist. Users (:data:`USERS`): ``admin`` (tenant admin of ``default``), ``bob``
+(tenant admin of ``beta``), ``root`` (instance admin, tenant ``default``), and in ``default`` the
+operator ``olga``, the viewer ``vera`` and ``cora``, a user of customer ``c1``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.api.app import create_api
 from fieldgate.cloud.api.users import SqliteUsers
 from fieldgate.cloud.bus.embedded import EmbeddedBus
@@ -26,7 +30,14 @@ from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteR
 from fieldgate.v1 import model_pb2 as model
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-USERS = {"admin": ("admin-pw", "default"), "bob": ("bob-pw", "beta")}
+USERS: dict[str, tuple[str, str, Role, str | None]] = {
+    "admin": ("admin-pw", "default", Role.TENANT_ADMIN, None),
+    "bob": ("bob-pw", "beta", Role.TENANT_ADMIN, None),
+    "root": ("root-pw", "default", Role.INSTANCE_ADMIN, None),
+    "olga": ("olga-pw", "default", Role.OPERATOR, None),
+    "vera": ("vera-pw", "default", Role.VIEWER, None),
+    "cora": ("cora-pw", "default", Role.CUSTOMER, "c1"),
+}
 TENANTS = ("default", "beta")
 
 # A device type with one command of every parameter type.
@@ -67,14 +78,16 @@ class ApiStack:
 
 async def login(client: httpx.AsyncClient, user: str) -> dict[str, str]:
     """Bearer headers for ``user`` (one of :data:`USERS`)."""
-    password, _ = USERS[user]
+    password = USERS[user][0]
     r = await client.post("/api/v1/auth/token", data={"username": user, "password": password})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 @asynccontextmanager
-async def api_stack(tmp_path: Path, *, token_ttl_s: int = 3600) -> AsyncIterator[ApiStack]:
+async def api_stack(
+    tmp_path: Path, *, token_ttl_s: int = 3600, previous_secrets: tuple[str, ...] = (), secret: str = SECRET
+) -> AsyncIterator[ApiStack]:
     registry = SqliteRegistry(tmp_path / "registry")
     invocations = SqliteInvocationStore(tmp_path / "registry")
     event_store = SqliteEventStore(tmp_path / "events")
@@ -89,8 +102,12 @@ async def api_stack(tmp_path: Path, *, token_ttl_s: int = 3600) -> AsyncIterator
             await registry.ensure_tenant(
                 model.Tenant(token=tenant, name=tenant, auto_register=True, default_device_type="default")
             )
-        for name, (password, tenant) in USERS.items():
-            await users.set_password(name, password, tenant=tenant)
+        await asyncio.gather(
+            *(
+                users.set_password(name, password, tenant=tenant, role=role, customer=customer)
+                for name, (password, tenant, role, customer) in USERS.items()
+            )
+        )
         commands = CommandService(registry, invocations, bus, default_ttl_s=3600)
         app = create_api(
             registry=registry,
@@ -99,7 +116,8 @@ async def api_stack(tmp_path: Path, *, token_ttl_s: int = 3600) -> AsyncIterator
             commands=commands,
             users=users,
             auth=AuthConfig(token_ttl_s=token_ttl_s),
-            secret=SECRET,
+            secret=secret,
+            previous_secrets=previous_secrets,
         )
         yield ApiStack(registry, invocations, event_store, bus, commands, users, app)
     finally:

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from fieldgate.cloud.api.auth import Principal, TokenAuthority
+from fieldgate.cloud.api.access import Principal, Role
+from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.grpc_api import request_tenant
 
 
@@ -37,7 +38,7 @@ class TenantTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ign
         request: Any,
     ) -> Any:
         tenant = request_tenant(request) or self._fallback
-        token = self._authority.issue(Principal(user="test", tenant=tenant))
+        token = self._authority.issue(Principal(user="test", tenant=tenant, role=Role.TENANT_ADMIN))
         metadata = list(client_call_details.metadata or ()) + list(bearer(token))
         details = grpc.aio.ClientCallDetails(
             client_call_details.method,

@@ -10,6 +10,7 @@ import httpx
 import jwt
 import pytest
 
+from fieldgate.cloud.api.auth import key_id
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -105,7 +106,11 @@ async def test_token_from_login_opens_the_api(client: httpx.AsyncClient) -> None
 async def test_forged_expired_and_garbage_tokens_are_refused(client: httpx.AsyncClient) -> None:
     now_s = now_ms() // 1000
     forged = jwt.encode({"sub": "admin", "tenant": "beta", "exp": now_s + 60}, "another-secret-" * 4)
-    expired = jwt.encode({"sub": "admin", "tenant": "default", "exp": now_s - 10}, SECRET)
+    expired = jwt.encode(
+        {"sub": "admin", "tenant": "default", "role": "tenant-admin", "exp": now_s - 10},
+        SECRET,
+        headers={"kid": key_id(SECRET)},
+    )
     no_tenant = jwt.encode({"sub": "admin", "exp": now_s + 60}, SECRET)
     none_alg = jwt.encode({"sub": "admin", "tenant": "default", "exp": now_s + 60}, None, algorithm="none")
     for token in [forged, expired, no_tenant, none_alg, "garbage", ""]:

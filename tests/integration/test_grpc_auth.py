@@ -16,7 +16,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from fieldgate.cloud.api.auth import Principal, TokenAuthority
+from fieldgate.cloud.api.access import Principal, Role
+from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import AuthConfig, CloudConfig, TenantConfig, TlsConfig
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
@@ -101,7 +102,7 @@ async def plain_api(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
 
 
 def token(tenant: str, secret: str = SECRET) -> str:
-    return TokenAuthority(secret, 3600).issue(Principal(user="u", tenant=tenant))
+    return TokenAuthority(secret, 3600).issue(Principal(user="u", tenant=tenant, role=Role.TENANT_ADMIN))
 
 
 @pytest.mark.parametrize("method", list(api_methods()), ids=lambda m: m.full_name)
@@ -197,12 +198,14 @@ async def test_cloud_app_serves_the_grpc_apis_with_the_rest_apis_tokens(tmp_path
     )
     async with CloudApp(config) as app:
         await app.ensure_admin("pw-for-the-test")
+        await app.users.set_password("dora", "pw-of-dora", tenant="default", role=Role.TENANT_ADMIN)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.rest_port}", timeout=10) as http:
-            r = await http.post(
-                "/api/v1/auth/token", data={"username": "admin", "password": "pw-for-the-test"}
-            )
-            r.raise_for_status()
-            rest_token = r.json()["access_token"]
+            tokens = {}
+            for user, password in (("admin", "pw-for-the-test"), ("dora", "pw-of-dora")):
+                r = await http.post("/api/v1/auth/token", data={"username": user, "password": password})
+                r.raise_for_status()
+                tokens[user] = r.json()["access_token"]
+            rest_token = tokens["dora"]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
             stub = svc_grpc.DeviceManagementStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -217,3 +220,7 @@ async def test_cloud_app_serves_the_grpc_apis_with_the_rest_apis_tokens(tmp_path
                     svc.ListDeviceTypesRequest(tenant="beta"), metadata=bearer(rest_token)
                 )
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # admin is the instance admin (CloudApp.ensure_admin): every tenant
+            await stub.ListDeviceTypes(
+                svc.ListDeviceTypesRequest(tenant="beta"), metadata=bearer(tokens["admin"])
+            )
