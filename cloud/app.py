@@ -14,6 +14,8 @@ share the stage's partitions through Kafka consumer groups):
   hosting that stream has (``command-delivery`` names the same process). Its replicas do not
   share [command-invocations]: each reads all of it in its own group
   (``command-delivery.<replica_id>``) and sends what its edges own;
+* ``state`` — device state, presence and rules → alerts (consumer group ``state`` on
+  [persisted]; may run as several replicas; docs/rules.md);
 * ``api`` — the REST API (command requests go to the bus like everywhere else).
 
 The bus and the stores come from :mod:`fieldgate.cloud.backends`. When
@@ -51,6 +53,7 @@ from fieldgate.cloud.backends import (
     build_event_store,
     build_invocation_store,
     build_registry,
+    build_state_store,
     build_users,
     load_previous_secrets,
     load_token_secret,
@@ -66,7 +69,9 @@ from fieldgate.cloud.ingest import EdgeSessions, IngestService
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
+from fieldgate.cloud.rules.book import RuleBook, RuleService
 from fieldgate.cloud.stage import ConsumerStage
+from fieldgate.cloud.state import DeviceStateStage
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.cloud.zkconfig_models import (
     InstanceSettings,
@@ -82,7 +87,7 @@ log = logging.getLogger(__name__)
 ADMIN_USER = "admin"
 
 # The services `fieldgate cloud run <service>` can run on their own (see the module docstring).
-SERVICES: tuple[str, ...] = ("inbound", "registration", "event-store", "ingest", "api")
+SERVICES: tuple[str, ...] = ("inbound", "registration", "event-store", "state", "ingest", "api")
 # Command delivery needs the edge sessions that ingest hosts: it is part of the ingest process.
 SERVICE_ALIASES: dict[str, str] = {"command-delivery": "ingest"}
 
@@ -202,6 +207,18 @@ class CloudApp:
             config, tenants=[t.token for t in config.tenants], cassandra=self.cassandra
         )
         self.users = build_users(config, cassandra=self.cassandra)
+        # Device states and rules (the state and api services); rule changes reach every
+        # replica through ZooKeeper when it is configured (cloud/rules/zk.py).
+        self.state_store = build_state_store(config, cassandra=self.cassandra)
+        self.rule_book = RuleBook(self.state_store)
+        self.zk_rules: Any = None
+        if config.zookeeper is not None and self.services & {"state", "api"}:
+            from fieldgate.cloud.rules.zk import ZkRules
+
+            self.zk_rules = ZkRules(config.zookeeper.hosts, config.zookeeper.instance)
+        self.rule_service = RuleService(
+            self.state_store, self.rule_book, self.zk_rules.publish if self.zk_rules is not None else None
+        )
         self.sessions = EdgeSessions()
         self.commands = CommandService(
             self.registry,
@@ -226,6 +243,17 @@ class CloudApp:
         if "event-store" in self.services:
             self.stages.append(
                 EventPersistence(self.bus, self.event_store, topic_prefix=prefix, tenant_settings=live)
+            )
+        if "state" in self.services:
+            self.stages.append(
+                DeviceStateStage(
+                    self.bus,
+                    self.state_store,
+                    self.registry,
+                    self.rule_book,
+                    topic_prefix=prefix,
+                    tenant_settings=live,
+                )
             )
         self.ingest: IngestService | None = None
         # TLS of the gRPC port (files read now: a bad one fails here); the gRPC APIs' check,
@@ -318,6 +346,8 @@ class CloudApp:
                 parts.append(self.event_store)
             if "api" in self.services:
                 parts.append(self.users)
+            if self.services & {"state", "api"}:
+                parts.append(self.state_store)
             for part in parts:
                 await part.start()
                 self._started.append(part)
@@ -330,6 +360,10 @@ class CloudApp:
                     TokenAuthority(secret, self.config.auth.token_ttl_s, self._previous_secrets),
                     self.server_tls,
                 )
+            if self.zk_rules is not None:
+                await self.zk_rules.start()
+                self._started.append(self.zk_rules)
+                await self.zk_rules.watch(self.rule_book.install)
             # The file's tenants, with ZooKeeper's settings where it has them.
             for token in self.tenant_settings.tenants():
                 settings = self.tenant_settings.get(token)
@@ -457,6 +491,8 @@ class CloudApp:
             auth=self.config.auth,
             secret=secret,
             health=self.health,
+            state_store=self.state_store,
+            rules=self.rule_service,
             previous_secrets=self._previous_secrets,
         )
         server = _EmbeddedUvicorn(
@@ -546,6 +582,7 @@ class CloudApp:
             self._health_server = self._health_task = None
         if self._tenant_tasks:
             await asyncio.gather(*self._tenant_tasks, return_exceptions=True)
+        await self.rule_book.drain()
         if self._rest is not None and self._rest_task is not None:
             self._rest.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

@@ -64,6 +64,9 @@ class TenantSettings(Frozen):
     # Payload formats the tenant's devices may use; others go to [failed-decode].
     decoders: tuple[Format, ...] = ALL_DECODERS
     pipeline: PipelineSettings = PipelineSettings()
+    # Seconds without an event after which the state stage marks a device missing (a device
+    # type's override is in the tenant's rule configuration, docs/rules.md).
+    presence_interval_s: int = Field(300, ge=1, le=30 * 86_400)
 
     @property
     def allows_every_format(self) -> bool:

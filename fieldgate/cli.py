@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument(
         "service",
         nargs="?",
-        choices=["inbound", "registration", "event-store", "command-delivery", "ingest", "api"],
+        choices=["inbound", "registration", "event-store", "state", "command-delivery", "ingest", "api"],
         help="run only this service (needs bus.kind: kafka; command-delivery runs within ingest, "
         "which hosts the edge streams it delivers to; docs/operations/distributed.md)",
     )

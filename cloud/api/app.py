@@ -21,12 +21,16 @@ from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.routes_commands import commands_router
 from fieldgate.cloud.api.routes_events import events_router
 from fieldgate.cloud.api.routes_registry import registry_router
+from fieldgate.cloud.api.routes_rules import rules_router
+from fieldgate.cloud.api.routes_state import state_router
 from fieldgate.cloud.api.routes_users import users_router
 from fieldgate.cloud.api.users import Users
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.rules.book import RuleService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
+from fieldgate.cloud.store.state import DeviceStateStore
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -48,6 +52,8 @@ def create_api(
     health: CloudHealth | None = None,
     previous_secrets: Sequence[str] = (),
     throttle: LoginThrottle | None = None,
+    state_store: DeviceStateStore | None = None,
+    rules: RuleService | None = None,
 ) -> FastAPI:
     """The REST API over the given stores.
 
@@ -78,6 +84,10 @@ def create_api(
     app.include_router(events_router(mgmt, policy))
     app.include_router(commands_router(commands, mgmt, policy))
     app.include_router(users_router(users, registry, policy))
+    if state_store is not None:  # device state and presence (cloud/state.py)
+        app.include_router(state_router(mgmt, state_store, policy))
+    if rules is not None:  # rules -> alerts (docs/rules.md)
+        app.include_router(rules_router(rules, policy))
     app.include_router(dashboard_router(), dependencies=[Depends(public())])
 
     if health is not None:

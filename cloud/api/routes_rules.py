@@ -1,0 +1,89 @@
+"""REST routes for a tenant's rules (docs/rules.md): ``/api/v1/rules`` CRUD and the
+per-device-type presence intervals (``/api/v1/presence-intervals``).
+
+Bodies are validated by the rule models (:mod:`fieldgate.cloud.rules.model`): a bad
+definition is a 422 whose ``detail`` names the field (e.g. ``body.threshold.operator``).
+Reading needs ``read`` (not open to customer users: rules are tenant configuration),
+changing needs ``write``.
+
+No ``from __future__ import annotations`` here: see ``routes_registry``.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Response, status
+from pydantic import Field
+
+from fieldgate.cloud.api.access import Permission, Principal, forbidden
+from fieldgate.cloud.api.auth import AccessPolicy
+from fieldgate.cloud.api.models import error_docs
+from fieldgate.cloud.api.routes_registry import ERRORS
+from fieldgate.cloud.errors import InvalidRequest
+from fieldgate.cloud.rules.book import RuleService
+from fieldgate.cloud.rules.model import RULE_ID_PATTERN, Rule, rule_json
+
+RuleId = Annotated[str, Path(pattern=RULE_ID_PATTERN)]
+Intervals = dict[
+    Annotated[str, Field(min_length=1, max_length=128)], Annotated[int, Field(ge=1, le=30 * 86_400)]
+]
+
+
+def rules_router(rules: RuleService, policy: AccessPolicy) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", responses=ERRORS, tags=["rules"])
+    Read = Annotated[Principal, Depends(policy.require(Permission.READ))]
+    Write = Annotated[Principal, Depends(policy.require(Permission.WRITE))]
+
+    def tenant_reader(who: Principal) -> str:
+        if who.scope_customer is not None:
+            raise forbidden("rules are tenant configuration, not open to customer users")
+        return who.tenant
+
+    @router.get("/rules")
+    async def list_rules(who: Read) -> dict[str, list[dict[str, Any]]]:
+        """Every rule of the tenant (by id)."""
+        rs = await rules.list(tenant_reader(who))
+        return {"items": [rule_json(r) for r in sorted(rs.rules, key=lambda r: r.id)]}
+
+    @router.post(
+        "/rules",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_docs(
+            {409: "a rule with that id exists", 422: "invalid rule (the detail names the field)"}
+        ),
+    )
+    async def create_rule(body: Rule, who: Write) -> dict[str, Any]:
+        """Add a rule; it applies from the next event (and clock check) in every replica."""
+        return rule_json(await rules.create(who.tenant, body))
+
+    @router.get("/rules/{rule_id}", responses=error_docs({404: "no such rule"}))
+    async def get_rule(rule_id: RuleId, who: Read) -> dict[str, Any]:
+        return rule_json(await rules.get(tenant_reader(who), rule_id))
+
+    @router.put("/rules/{rule_id}", responses=error_docs({422: "invalid rule, or the body's id differs"}))
+    async def replace_rule(rule_id: RuleId, body: Rule, who: Write) -> dict[str, Any]:
+        """Create or replace the rule ``rule_id`` (the body's ``id`` must be the same)."""
+        if body.id != rule_id:
+            raise InvalidRequest(f"id: {body.id!r} does not match the path's rule id {rule_id!r}")
+        return rule_json(await rules.replace(who.tenant, body))
+
+    @router.delete(
+        "/rules/{rule_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_docs({404: "no such rule"}),
+    )
+    async def delete_rule(rule_id: RuleId, who: Write) -> Response:
+        await rules.delete(who.tenant, rule_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @router.get("/presence-intervals")
+    async def get_presence_intervals(who: Read) -> Intervals:
+        """Per-device-type presence intervals (seconds); other types use the tenant's
+        ``presence_interval_s`` (300 by default)."""
+        return dict((await rules.list(tenant_reader(who))).presence_intervals)
+
+    @router.put("/presence-intervals")
+    async def set_presence_intervals(body: Intervals, who: Write) -> Intervals:
+        """Replace the per-device-type presence intervals (seconds, 1 … 2592000)."""
+        return dict((await rules.set_presence_intervals(who.tenant, body)).presence_intervals)
+
+    return router
