@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, status
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 
 class Role(StrEnum):
@@ -146,7 +146,13 @@ def public() -> Callable[[], None]:
     return no_authentication
 
 
-def route_policies(route: APIRoute) -> list[Permission | str]:
+def api_routes(app: FastAPI) -> list[RouteContext]:
+    """Every API route of ``app`` as it is served: included routers resolved, with the
+    dependencies of the routers they were included with (``route.dependant``)."""
+    return [rc for rc in iter_route_contexts(app.routes) if isinstance(rc.original_route, APIRoute)]
+
+
+def route_policies(route: APIRoute | RouteContext) -> list[Permission | str]:
     """The policies a route declares, anywhere in its dependency tree."""
 
     def walk(deps: list[Any]) -> Iterator[Permission | str]:
@@ -162,11 +168,10 @@ def route_policies(route: APIRoute) -> list[Permission | str]:
 def check_routes(app: FastAPI) -> None:
     """TypeError naming every route of ``app`` that declares no policy, or more than one."""
     bad = []
-    for route in app.routes:
-        if isinstance(route, APIRoute):
-            found = route_policies(route)
-            if len(found) != 1:
-                bad.append(f"{sorted(route.methods or ())} {route.path}: {found or 'no policy'}")
+    for route in api_routes(app):
+        found = route_policies(route)
+        if len(found) != 1:
+            bad.append(f"{sorted(route.methods or ())} {route.path}: {found or 'no policy'}")
     if bad:
         raise TypeError(
             "every REST route must declare exactly one Depends(require(Permission.X)) or "
