@@ -79,7 +79,8 @@ def create_api(
     policy = AccessPolicy(authority, registry)
     mgmt = Management(registry, event_store)
 
-    app.include_router(auth_router(users, authority, throttle or LoginThrottle(), tenant))
+    logins = throttle if throttle is not None else LoginThrottle()
+    app.include_router(auth_router(users, authority, logins, tenant))
     app.include_router(registry_router(mgmt, policy))
     app.include_router(events_router(mgmt, policy))
     app.include_router(commands_router(commands, mgmt, policy))

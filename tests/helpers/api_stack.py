@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.api.app import create_api
+from fieldgate.cloud.api.auth import LoginThrottle
 from fieldgate.cloud.api.users import SqliteUsers
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import AuthConfig
@@ -86,7 +87,12 @@ async def login(client: httpx.AsyncClient, user: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def api_stack(
-    tmp_path: Path, *, token_ttl_s: int = 3600, previous_secrets: tuple[str, ...] = (), secret: str = SECRET
+    tmp_path: Path,
+    *,
+    token_ttl_s: int = 3600,
+    previous_secrets: tuple[str, ...] = (),
+    secret: str = SECRET,
+    throttle: LoginThrottle | None = None,
 ) -> AsyncIterator[ApiStack]:
     registry = SqliteRegistry(tmp_path / "registry")
     invocations = SqliteInvocationStore(tmp_path / "registry")
@@ -118,6 +124,7 @@ async def api_stack(
             auth=AuthConfig(token_ttl_s=token_ttl_s),
             secret=secret,
             previous_secrets=previous_secrets,
+            throttle=throttle,
         )
         yield ApiStack(registry, invocations, event_store, bus, commands, users, app)
     finally:
