@@ -16,7 +16,9 @@ share the stage's partitions through Kafka consumer groups):
   (``command-delivery.<replica_id>``) and sends what its edges own;
 * ``state`` — device state, presence and rules → alerts (consumer group ``state`` on
   [persisted]; may run as several replicas; docs/rules.md);
-* ``api`` — the REST API (command requests go to the bus like everywhere else).
+* ``api`` — the REST API (command requests go to the bus like everywhere else);
+* ``connectors`` — outbound connectors (consumer group ``connectors`` on [persisted]; may run
+  as several replicas; docs/connectors.md).
 
 The bus and the stores come from :mod:`fieldgate.cloud.backends`. When
 ``config.zookeeper`` is set, every process — whichever services it runs — reads ZooKeeper at
@@ -60,6 +62,8 @@ from fieldgate.cloud.backends import (
 )
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
+from fieldgate.cloud.connectors.store import build_connector_store
 from fieldgate.cloud.errors import CloudError
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.cloud.health import CloudHealth, GrpcHealth, health_app
@@ -87,7 +91,7 @@ log = logging.getLogger(__name__)
 ADMIN_USER = "admin"
 
 # The services `fieldgate cloud run <service>` can run on their own (see the module docstring).
-SERVICES: tuple[str, ...] = ("inbound", "registration", "event-store", "state", "ingest", "api")
+SERVICES: tuple[str, ...] = ("inbound", "registration", "event-store", "state", "ingest", "api", "connectors")
 # Command delivery needs the edge sessions that ingest hosts: it is part of the ingest process.
 SERVICE_ALIASES: dict[str, str] = {"command-delivery": "ingest"}
 
@@ -207,6 +211,8 @@ class CloudApp:
             config, tenants=[t.token for t in config.tenants], cassandra=self.cassandra
         )
         self.users = build_users(config, cassandra=self.cassandra)
+        # Outbound connector definitions and dead letters (the api and connectors services).
+        self.connector_store = build_connector_store(config, cassandra=self.cassandra)
         # Device states and rules (the state and api services); rule changes reach every
         # replica through ZooKeeper when it is configured (cloud/rules/zk.py).
         self.state_store = build_state_store(config, cassandra=self.cassandra)
@@ -253,6 +259,18 @@ class CloudApp:
                     self.rule_book,
                     topic_prefix=prefix,
                     tenant_settings=live,
+                )
+            )
+        if "connectors" in self.services:
+            self.stages.append(
+                ConnectorStage(
+                    self.bus,
+                    self.connector_store,
+                    self.registry,
+                    topic_prefix=prefix,
+                    settings=ConnectorStageSettings(
+                        refresh_s=config.connectors.refresh_s, max_in_flight=config.connectors.max_in_flight
+                    ),
                 )
             )
         self.ingest: IngestService | None = None
@@ -346,6 +364,8 @@ class CloudApp:
                 parts.append(self.event_store)
             if "api" in self.services:
                 parts.append(self.users)
+            if self.services & {"api", "connectors"}:
+                parts.append(self.connector_store)
             if self.services & {"state", "api"}:
                 parts.append(self.state_store)
             for part in parts:
@@ -491,6 +511,7 @@ class CloudApp:
             auth=self.config.auth,
             secret=secret,
             health=self.health,
+            connectors=self.connector_store,
             state_store=self.state_store,
             rules=self.rule_service,
             previous_secrets=self._previous_secrets,
@@ -531,6 +552,8 @@ class CloudApp:
         if id(self.users) in started:
             health.add_ready("users", lambda: self.users.tenant_of(ADMIN_USER))
         for stage in self.stages:
+            if isinstance(stage, ConnectorStage):
+                health.add_live(stage.name, stage.is_running)
             for attr in ("stage", "delivery_stage", "response_stage"):
                 inner = getattr(stage, attr, None)
                 if isinstance(inner, ConsumerStage):

@@ -126,6 +126,17 @@ class TlsConfig(Frozen):
         return self
 
 
+class ConnectorsConfig(Frozen):
+    """The ``connectors`` service (outbound connectors, docs/connectors.md). The connectors
+    themselves are per tenant, managed through ``/api/v1/connectors``; these are the stage's
+    own knobs."""
+
+    # How often the stage re-reads the connector definitions and the re-drive requests.
+    refresh_s: float = Field(2.0, gt=0, le=300)
+    # Bus records tracked until every connector is done with them; beyond, the stage waits.
+    max_in_flight: int = Field(10_000, ge=1, le=1_000_000)
+
+
 class CloudConfig(Frozen):
     data_dir: Path = Path(".fieldgate/cloud")
     grpc_host: str = "127.0.0.1"
@@ -144,6 +155,8 @@ class CloudConfig(Frozen):
     zookeeper: ZookeeperConfig | None = None
     # TLS (mutual TLS with client_ca_file) on the gRPC port; None = plaintext (docs/security.md).
     tls: TlsConfig | None = None
+    # The connectors service's knobs (docs/connectors.md).
+    connectors: ConnectorsConfig = ConnectorsConfig()
     # Default time-to-live of a command invocation when the request gives none.
     default_command_ttl_s: int = Field(3600, ge=1)
     # This process's name among the `ingest` replicas: its command delivery reads

@@ -385,7 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument(
         "service",
         nargs="?",
-        choices=["inbound", "registration", "event-store", "state", "command-delivery", "ingest", "api"],
+        choices=[
+            "inbound",
+            "registration",
+            "event-store",
+            "state",
+            "command-delivery",
+            "ingest",
+            "api",
+            "connectors",
+        ],
         help="run only this service (needs bus.kind: kafka; command-delivery runs within ingest, "
         "which hosts the edge streams it delivers to; docs/operations/distributed.md)",
     )
@@ -404,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         "idempotent (the event store keys events on their alternate ids, so nothing is stored "
         "twice). Stage groups: inbound (stage decoded), registration (unregistered), "
         "persistence (enriched), command-delivery.<replica_id> (command-invocations; one group per "
-        "ingest replica, docs/operations/distributed.md).",
+        "ingest replica, docs/operations/distributed.md), connectors (persisted: re-sends the "
+        "events to the tenant's outbound connectors, docs/connectors.md).",
     )
     rp.add_argument("--config", help="YAML file (docs/configuration.md); FIELDGATE_CLOUD__* env overrides")
     rp.add_argument("--stage", required=True, choices=list(STAGES), help="the topic's stage")

@@ -107,7 +107,15 @@ class SuiteOptions:
 
 # The cloud services of distributed mode, in start order (``fieldgate cloud run <service>``):
 # ingest (gRPC uplink + command delivery) first, the REST api last, once the stages consume.
-DISTRIBUTED_SERVICES: tuple[str, ...] = ("ingest", "inbound", "registration", "event-store", "state", "api")
+DISTRIBUTED_SERVICES: tuple[str, ...] = (
+    "ingest",
+    "inbound",
+    "registration",
+    "event-store",
+    "state",
+    "connectors",
+    "api",
+)
 # A service that dies is started again after 1, 2, 4 ... RESTART_MAX_S seconds; the backoff
 # starts over once a run lasted RESTART_RESET_S.
 RESTART_MAX_S = 30.0

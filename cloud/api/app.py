@@ -13,12 +13,13 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from fieldgate import __version__
-from fieldgate.cloud.api.access import check_routes, public
+from fieldgate.cloud.api.access import Permission, check_routes, public
 from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, auth_router
 from fieldgate.cloud.api.dashboard import dashboard_router
 from fieldgate.cloud.api.errors import install_error_handlers
 from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.routes_commands import commands_router
+from fieldgate.cloud.api.routes_connectors import connectors_router
 from fieldgate.cloud.api.routes_events import events_router
 from fieldgate.cloud.api.routes_registry import registry_router
 from fieldgate.cloud.api.routes_rules import rules_router
@@ -26,6 +27,7 @@ from fieldgate.cloud.api.routes_state import state_router
 from fieldgate.cloud.api.routes_users import users_router
 from fieldgate.cloud.api.users import Users
 from fieldgate.cloud.config import AuthConfig
+from fieldgate.cloud.connectors.store import ConnectorStore
 from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.rules.book import RuleService
@@ -50,6 +52,7 @@ def create_api(
     secret: str,
     tenant: str = "default",
     health: CloudHealth | None = None,
+    connectors: ConnectorStore | None = None,
     previous_secrets: Sequence[str] = (),
     throttle: LoginThrottle | None = None,
     state_store: DeviceStateStore | None = None,
@@ -63,7 +66,9 @@ def create_api(
     users whose record names none. ``invocations`` is accepted for symmetry with the gRPC API;
     invocation reads go through ``commands``, which scopes them to the caller's tenant.
     ``health`` (the process's checks) serves ``/healthz`` and ``/readyz``; without it
-    ``/healthz`` only says the server answers.
+    ``/healthz`` only says the server answers. ``connectors`` (the connector store) adds
+    ``/api/v1/connectors`` (tenant admins: definitions carry secrets and dead letters hold
+    every customer's events).
     """
     del invocations  # read through ``commands``
     app = FastAPI(
@@ -85,6 +90,8 @@ def create_api(
     app.include_router(events_router(mgmt, policy))
     app.include_router(commands_router(commands, mgmt, policy))
     app.include_router(users_router(users, registry, policy))
+    if connectors is not None:
+        app.include_router(connectors_router(connectors, policy.require(Permission.ADMIN)))
     if state_store is not None:  # device state and presence (cloud/state.py)
         app.include_router(state_router(mgmt, state_store, policy))
     if rules is not None:  # rules -> alerts (docs/rules.md)

@@ -1,0 +1,472 @@
+"""Durable connector definitions and dead letters: one protocol, SQLite and Cassandra.
+
+Both keep a tenant's data with the tenant's other data and apart from other tenants':
+
+* **SQLite** (``store.kind: sqlite``): ``data_dir/connectors/<tenant>.db``, tables
+  ``connectors`` and ``dead_letters``;
+* **Cassandra** (``store.kind: cassandra``): the tenant's keyspace (``<prefix>_<tenant>``),
+  tables ``connectors`` and ``connector_dead_letters`` (partition = connector), created by
+  this module's own schema component (``connectors``) so the event store and registry
+  modules do not know of them. A new connector id is a lightweight transaction
+  (``IF NOT EXISTS``), so two API replicas never both create it.
+
+A dead letter is keyed by (connector, event id): dead-lettering the same event twice (a
+replay, a retry after a crash) keeps one letter with the latest reason. ``redrive`` marks
+letters for the connectors stage, which re-queues them (the API process does not deliver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.connectors.models import ConnectorSpec
+from fieldgate.cloud.errors import Conflict, NotFound, StoreError
+from fieldgate.cloud.store._sqlite import SqliteWorker, require_tenant, transaction
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.store._cassandra import CassandraSession
+
+#: Most dead letters one call returns or marks (the API pages through more with ``limit``).
+MAX_DEAD_LETTERS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    connector: str
+    event_id: str
+    event: bytes  # the pb.Event, serialized
+    reason: str
+    attempts: int
+    failed_ms: int
+    redrive: bool = False
+
+
+class ConnectorStore(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def list_connectors(self, tenant: str) -> list[ConnectorSpec]: ...
+
+    async def get(self, tenant: str, connector: str) -> ConnectorSpec | None: ...
+
+    async def create(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+        """Conflict if the id is taken."""
+
+    async def replace(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+        """NotFound if there is no such connector."""
+
+    async def delete(self, tenant: str, connector: str) -> bool:
+        """Delete the connector and its dead letters; False if it did not exist."""
+
+    async def add_dead_letters(self, tenant: str, letters: Sequence[DeadLetter]) -> None:
+        """Store (or overwrite, with redrive cleared) each letter."""
+
+    async def list_dead_letters(self, tenant: str, connector: str, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def count_dead_letters(self, tenant: str, connector: str) -> int: ...
+
+    async def request_redrive(
+        self, tenant: str, connector: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """Mark letters (all when ``event_ids`` is None, at most MAX_DEAD_LETTERS) for re-drive;
+        the number marked."""
+
+    async def redrive_batch(self, tenant: str, connector: str, limit: int) -> list[DeadLetter]:
+        """Letters marked for re-drive, at most ``limit``."""
+
+    async def remove_dead_letters(self, tenant: str, connector: str, event_ids: Sequence[str]) -> None: ...
+
+
+def _check_limit(limit: int) -> int:
+    return max(1, min(int(limit), MAX_DEAD_LETTERS))
+
+
+# ------------------------------------------------------------------------------- SQLite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS connectors (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    connector TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_ms INTEGER NOT NULL,
+    redrive INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (connector, event_id)
+);
+CREATE INDEX IF NOT EXISTS dead_letters_time ON dead_letters (connector, failed_ms);
+"""
+
+
+def _letter(row: Sequence[Any]) -> DeadLetter:
+    return DeadLetter(
+        connector=row[0],
+        event_id=row[1],
+        event=bytes(row[2]),
+        reason=row[3],
+        attempts=int(row[4]),
+        failed_ms=int(row[5]),
+        redrive=bool(row[6]),
+    )
+
+
+_LETTER_COLUMNS = "connector, event_id, event, reason, attempts, failed_ms, redrive"
+
+
+class SqliteConnectorStore:
+    """:class:`ConnectorStore` in ``<root>/<tenant>.db`` (one file per tenant)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._worker = SqliteWorker("connectors", error=StoreError)
+
+    async def start(self) -> None:
+        self._worker.start()
+
+    async def stop(self) -> None:
+        await self._worker.stop()
+
+    def _conn(self, tenant: str, *, create: bool = True) -> sqlite3.Connection | None:
+        path = self.root / f"{require_tenant(tenant)}.db"
+        return self._worker.connect(path, _SCHEMA, create=create)
+
+    async def list_connectors(self, tenant: str) -> list[ConnectorSpec]:
+        def run() -> list[str]:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return []
+            return [r[0] for r in conn.execute("SELECT spec FROM connectors ORDER BY id")]
+
+        return [ConnectorSpec.from_json(s) for s in await self._worker.run(run)]
+
+    async def get(self, tenant: str, connector: str) -> ConnectorSpec | None:
+        def run() -> str | None:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return None
+            row = conn.execute("SELECT spec FROM connectors WHERE id = ?", (connector,)).fetchone()
+            return None if row is None else str(row[0])
+
+        text = await self._worker.run(run)
+        return None if text is None else ConnectorSpec.from_json(text)
+
+    async def create(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+        def run() -> None:
+            conn = self._conn(tenant)
+            assert conn is not None
+            try:
+                conn.execute(
+                    "INSERT INTO connectors (id, spec, updated_ms) VALUES (?, ?, ?)",
+                    (spec.id, spec.to_json(), spec.updated_ms),
+                )
+            except sqlite3.IntegrityError as err:
+                raise Conflict(f"connector {spec.id!r} exists") from err
+
+        await self._worker.run(run)
+        return spec
+
+    async def replace(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+        def run() -> None:
+            conn = self._conn(tenant)
+            assert conn is not None
+            cur = conn.execute(
+                "UPDATE connectors SET spec = ?, updated_ms = ? WHERE id = ?",
+                (spec.to_json(), spec.updated_ms, spec.id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no connector {spec.id!r}")
+
+        await self._worker.run(run)
+        return spec
+
+    async def delete(self, tenant: str, connector: str) -> bool:
+        def run() -> bool:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return False
+            with transaction(conn):
+                cur = conn.execute("DELETE FROM connectors WHERE id = ?", (connector,))
+                conn.execute("DELETE FROM dead_letters WHERE connector = ?", (connector,))
+            return cur.rowcount > 0
+
+        return await self._worker.run(run)
+
+    async def add_dead_letters(self, tenant: str, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+
+        def run() -> None:
+            conn = self._conn(tenant)
+            assert conn is not None
+            with transaction(conn):
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO dead_letters ({_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    [(d.connector, d.event_id, d.event, d.reason, d.attempts, d.failed_ms) for d in letters],
+                )
+
+        await self._worker.run(run)
+
+    async def list_dead_letters(self, tenant: str, connector: str, limit: int = 100) -> list[DeadLetter]:
+        def run() -> list[DeadLetter]:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return []
+            rows = conn.execute(
+                f"SELECT {_LETTER_COLUMNS} FROM dead_letters WHERE connector = ? "
+                "ORDER BY failed_ms, event_id LIMIT ?",
+                (connector, _check_limit(limit)),
+            )
+            return [_letter(r) for r in rows]
+
+        return await self._worker.run(run)
+
+    async def count_dead_letters(self, tenant: str, connector: str) -> int:
+        def run() -> int:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return 0
+            row = conn.execute(
+                "SELECT COUNT(*) FROM dead_letters WHERE connector = ?", (connector,)
+            ).fetchone()
+            return int(row[0])
+
+        return await self._worker.run(run)
+
+    async def request_redrive(
+        self, tenant: str, connector: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        def run() -> int:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return 0
+            with transaction(conn):
+                if event_ids is None:
+                    cur = conn.execute(
+                        "UPDATE dead_letters SET redrive = 1 WHERE connector = ? AND redrive = 0",
+                        (connector,),
+                    )
+                    return cur.rowcount
+                total = 0
+                for eid in list(event_ids)[:MAX_DEAD_LETTERS]:
+                    cur = conn.execute(
+                        "UPDATE dead_letters SET redrive = 1 WHERE connector = ? AND event_id = ?",
+                        (connector, eid),
+                    )
+                    total += cur.rowcount
+                return total
+
+        return await self._worker.run(run)
+
+    async def redrive_batch(self, tenant: str, connector: str, limit: int) -> list[DeadLetter]:
+        def run() -> list[DeadLetter]:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return []
+            rows = conn.execute(
+                f"SELECT {_LETTER_COLUMNS} FROM dead_letters WHERE connector = ? AND redrive = 1 "
+                "ORDER BY failed_ms, event_id LIMIT ?",
+                (connector, _check_limit(limit)),
+            )
+            return [_letter(r) for r in rows]
+
+        return await self._worker.run(run)
+
+    async def remove_dead_letters(self, tenant: str, connector: str, event_ids: Sequence[str]) -> None:
+        if not event_ids:
+            return
+
+        def run() -> None:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return
+            with transaction(conn):
+                conn.executemany(
+                    "DELETE FROM dead_letters WHERE connector = ? AND event_id = ?",
+                    [(connector, eid) for eid in event_ids],
+                )
+
+        await self._worker.run(run)
+
+
+# ---------------------------------------------------------------------------- Cassandra
+
+
+def _cassandra_migrations(ks: str) -> list[tuple[int, list[str]]]:
+    return [
+        (
+            1,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.connectors (id text PRIMARY KEY, spec text, updated_ms bigint)",
+                f"CREATE TABLE IF NOT EXISTS {ks}.connector_dead_letters ("
+                " connector text, event_id text, event blob, reason text, attempts int, failed_ms bigint,"
+                " redrive boolean, PRIMARY KEY ((connector), event_id))",
+            ],
+        )
+    ]
+
+
+class CassandraConnectorStore:
+    """:class:`ConnectorStore` in each tenant's keyspace (see the module docstring)."""
+
+    def __init__(
+        self, session: CassandraSession, *, keyspace_prefix: str = "fg", replication: int = 1
+    ) -> None:
+        self._session = session
+        self._prefix = keyspace_prefix
+        self._replication = replication
+        self._ready: dict[str, asyncio.Future[str]] = {}
+        self._limit = asyncio.Semaphore(32)
+
+    async def start(self) -> None:
+        await self._session.start()
+
+    async def stop(self) -> None:
+        await self._session.stop()
+
+    async def _ks(self, tenant: str) -> str:
+        """The tenant's keyspace, migrated once per process (concurrent callers share it)."""
+        from fieldgate.cloud.store._cassandra import keyspace_name
+
+        fut = self._ready.get(tenant)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            ks = keyspace_name(tenant, self._prefix)
+
+            async def migrate() -> str:
+                await self._session.migrate(
+                    ks, "connectors", _cassandra_migrations(ks), replication=self._replication
+                )
+                return ks
+
+            fut = self._ready[tenant] = asyncio.ensure_future(migrate())
+        return await asyncio.shield(fut)
+
+    async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        ks = await self._ks(tenant)
+        return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
+
+    async def list_connectors(self, tenant: str) -> list[ConnectorSpec]:
+        rows = await self._run(tenant, "SELECT spec FROM {ks}.connectors LIMIT 10000")
+        return sorted((ConnectorSpec.from_json(r[0]) for r in rows), key=lambda s: s.id)
+
+    async def get(self, tenant: str, connector: str) -> ConnectorSpec | None:
+        rows = await self._run(tenant, "SELECT spec FROM {ks}.connectors WHERE id = %s", (connector,))
+        return ConnectorSpec.from_json(rows[0][0]) if rows else None
+
+    async def create(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+        rows = await self._run(
+            tenant,
+            "INSERT INTO {ks}.connectors (id, spec, updated_ms) VALUES (%s, %s, %s) IF NOT EXISTS",
+            (spec.id, spec.to_json(), spec.updated_ms),
+        )
+        if not rows or not rows[0][0]:
+            raise Conflict(f"connector {spec.id!r} exists")
+        return spec
+
+    async def replace(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+        rows = await self._run(
+            tenant,
+            "UPDATE {ks}.connectors SET spec = %s, updated_ms = %s WHERE id = %s IF EXISTS",
+            (spec.to_json(), spec.updated_ms, spec.id),
+        )
+        if not rows or not rows[0][0]:
+            raise NotFound(f"no connector {spec.id!r}")
+        return spec
+
+    async def delete(self, tenant: str, connector: str) -> bool:
+        rows = await self._run(tenant, "DELETE FROM {ks}.connectors WHERE id = %s IF EXISTS", (connector,))
+        await self._run(tenant, "DELETE FROM {ks}.connector_dead_letters WHERE connector = %s", (connector,))
+        return bool(rows and rows[0][0])
+
+    async def add_dead_letters(self, tenant: str, letters: Sequence[DeadLetter]) -> None:
+        await asyncio.gather(
+            *(
+                self._run(
+                    tenant,
+                    "INSERT INTO {ks}.connector_dead_letters"
+                    " (connector, event_id, event, reason, attempts, failed_ms, redrive)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, false)",
+                    (d.connector, d.event_id, d.event, d.reason, d.attempts, d.failed_ms),
+                )
+                for d in letters
+            )
+        )
+
+    async def _letters(self, tenant: str, connector: str) -> list[DeadLetter]:
+        rows = await self._run(
+            tenant,
+            "SELECT connector, event_id, event, reason, attempts, failed_ms, redrive"
+            " FROM {ks}.connector_dead_letters WHERE connector = %s LIMIT %s",
+            (connector, MAX_DEAD_LETTERS),
+        )
+        return sorted((_letter(r) for r in rows), key=lambda d: (d.failed_ms, d.event_id))
+
+    async def list_dead_letters(self, tenant: str, connector: str, limit: int = 100) -> list[DeadLetter]:
+        return (await self._letters(tenant, connector))[: _check_limit(limit)]
+
+    async def count_dead_letters(self, tenant: str, connector: str) -> int:
+        rows = await self._run(
+            tenant, "SELECT COUNT(*) FROM {ks}.connector_dead_letters WHERE connector = %s", (connector,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def request_redrive(
+        self, tenant: str, connector: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        letters = await self._letters(tenant, connector)
+        wanted = None if event_ids is None else set(event_ids)
+        chosen = [d.event_id for d in letters if wanted is None or d.event_id in wanted]
+        # IF EXISTS: a letter removed meanwhile (delivered by a re-drive) is not re-created.
+        results = await asyncio.gather(
+            *(
+                self._run(
+                    tenant,
+                    "UPDATE {ks}.connector_dead_letters SET redrive = true WHERE connector = %s"
+                    " AND event_id = %s IF EXISTS",
+                    (connector, eid),
+                )
+                for eid in chosen
+            )
+        )
+        return sum(1 for rows in results if rows and rows[0][0])
+
+    async def redrive_batch(self, tenant: str, connector: str, limit: int) -> list[DeadLetter]:
+        return [d for d in await self._letters(tenant, connector) if d.redrive][: _check_limit(limit)]
+
+    async def remove_dead_letters(self, tenant: str, connector: str, event_ids: Sequence[str]) -> None:
+        await asyncio.gather(
+            *(
+                self._run(
+                    tenant,
+                    "DELETE FROM {ks}.connector_dead_letters WHERE connector = %s AND event_id = %s",
+                    (connector, eid),
+                )
+                for eid in event_ids
+            )
+        )
+
+
+def build_connector_store(
+    config: CloudConfig, *, cassandra: CassandraSession | None = None
+) -> ConnectorStore:
+    """``data_dir/connectors/<tenant>.db`` on SQLite, the tenant keyspaces on Cassandra."""
+    store = config.store
+    if store.kind == "cassandra":
+        from fieldgate.cloud.store._cassandra import CassandraSession as _Session
+
+        session = cassandra or _Session(list(store.hosts), store.port)
+        return CassandraConnectorStore(
+            session, keyspace_prefix=store.keyspace_prefix, replication=store.replication
+        )
+    return SqliteConnectorStore(config.data_dir / "connectors")
