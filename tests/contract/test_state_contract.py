@@ -57,9 +57,11 @@ OLD = DeviceState(
 
 
 async def test_older_never_overwrites_newer_and_apply_is_idempotent(store: DeviceStateStore) -> None:
-    (after_new,) = await store.apply("default", [NEW])
+    await store.apply("default", [NEW])
     (after_old,) = await store.apply("default", [OLD])
-    assert after_old.assignment == "a2" and after_old.last_event_ms == 200 and after_old.last_received_ms == 210
+    assert (
+        after_old.assignment == "a2" and after_old.last_event_ms == 200 and after_old.last_received_ms == 210
+    )
     assert after_old.location == NEW.location and after_old.last_alert == NEW.last_alert
     assert after_old.measurements == {"t": MeasurementValue(200, 2.0), "h": MeasurementValue(100, 50.0)}
     assert after_old.rules["hot"].raised and "other" in after_old.rules
@@ -69,7 +71,9 @@ async def test_older_never_overwrites_newer_and_apply_is_idempotent(store: Devic
     assert (await store.get_states("default", ["d1", "nobody"])) == {"d1": after_old}
     # The same in the other order ends in the same state.
     # The same observations in the other order end in the same state (device d2).
-    await store.apply("default", [DeviceState(**{f: getattr(OLD, f) for f in OLD.__slots__} | {"device": "d2"})])
+    await store.apply(
+        "default", [DeviceState(**{f: getattr(OLD, f) for f in OLD.__slots__} | {"device": "d2"})]
+    )
     (d2,) = await store.apply(
         "default", [DeviceState(**{f: getattr(NEW, f) for f in NEW.__slots__} | {"device": "d2"})]
     )
@@ -80,7 +84,12 @@ async def test_presence_listing_pages_and_moves(store: DeviceStateStore) -> None
     states = [DeviceState(f"dev-{i:02d}", presence="missing" if i % 3 == 0 else "present") for i in range(10)]
     await store.apply("default", states)
     missing = await store.list_states("default", presence="missing")
-    assert [s.device for s in missing.items] == ["dev-00", "dev-03", "dev-06", "dev-09"] and missing.total == 4
+    assert [s.device for s in missing.items] == [
+        "dev-00",
+        "dev-03",
+        "dev-06",
+        "dev-09",
+    ] and missing.total == 4
     page2 = await store.list_states("default", page=2, page_size=4)
     assert [s.device for s in page2.items] == ["dev-04", "dev-05", "dev-06", "dev-07"] and page2.total == 10
     # dev-03 comes back (a newer presence change): it moves between the listings.

@@ -24,10 +24,19 @@ async def _state(api: httpx.AsyncClient, device: str) -> dict[str, Any] | None:
 
 async def test_presence_missing_and_back_with_a_rule(suite: Suite, api: httpx.AsyncClient) -> None:
     assert (await api.put("/api/v1/presence-intervals", json={"default": 3})).status_code == 200
-    rule = {"id": "hot", "kind": "threshold", "measurement": "t", "operator": ">", "value": 30, "level": "error"}
+    rule = {
+        "id": "hot",
+        "kind": "threshold",
+        "measurement": "t",
+        "operator": ">",
+        "value": 30,
+        "level": "error",
+    }
     assert (await api.post("/api/v1/rules", json=rule)).status_code == 201
     topic = "fieldgate/default/devices/pres-1/events"
-    await asyncio.to_thread(publish_once, suite.mqtt_port, topic, {"type": "measurement", "values": {"t": 35}})
+    await asyncio.to_thread(
+        publish_once, suite.mqtt_port, topic, {"type": "measurement", "values": {"t": 35}}
+    )
 
     async def alerted() -> list[dict[str, Any]]:
         return [e for e in await events_of(api, "pres-1", type="alert") if e["alert_type"] == "hot"]
@@ -46,7 +55,9 @@ async def test_presence_missing_and_back_with_a_rule(suite: Suite, api: httpx.As
     listed = (await api.get("/api/v1/device-states", params={"presence": "missing"})).json()
     assert "pres-1" in [s["device"] for s in listed["items"]]
 
-    await asyncio.to_thread(publish_once, suite.mqtt_port, topic, {"type": "measurement", "values": {"t": 20}})
+    await asyncio.to_thread(
+        publish_once, suite.mqtt_port, topic, {"type": "measurement", "values": {"t": 20}}
+    )
 
     async def back() -> list[dict[str, Any]]:
         evs = [e for e in await events_of(api, "pres-1", type="state_change") if e["current"] == "present"]
@@ -61,4 +72,6 @@ async def test_presence_missing_and_back_with_a_rule(suite: Suite, api: httpx.As
 
 
 async def _alerts_of_state(api: httpx.AsyncClient, device: str, state: str) -> list[dict[str, Any]]:
-    return [e for e in await events_of(api, device, type="alert") if e["metadata"].get("alert_state") == state]
+    return [
+        e for e in await events_of(api, device, type="alert") if e["metadata"].get("alert_state") == state
+    ]

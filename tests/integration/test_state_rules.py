@@ -55,13 +55,17 @@ T0 = 1_800_000_000_000
 
 
 async def send(app: CloudApp, device: str, alt: str, t: int, **payload: Any) -> None:
-    ev = pb.Event(tenant="default", device=device, alternate_id=alt, event_time_ms=t, received_time_ms=now_ms())
+    ev = pb.Event(
+        tenant="default", device=device, alternate_id=alt, event_time_ms=t, received_time_ms=now_ms()
+    )
     if "values" in payload:
         ev.measurement.values.update(payload["values"])
     elif "lat" in payload:
         ev.location.latitude, ev.location.longitude = payload["lat"], payload["lon"]
     batch = pb.EventBatch(events=[ev])
-    await app.bus.publish(topic_name("default", DECODED), [Message(device.encode(), batch.SerializeToString())])
+    await app.bus.publish(
+        topic_name("default", DECODED), [Message(device.encode(), batch.SerializeToString())]
+    )
 
 
 async def events(api: httpx.AsyncClient, device: str, kind: str) -> list[dict[str, Any]]:
@@ -112,12 +116,16 @@ async def test_threshold_with_hysteresis_and_duration(cloud: CloudApp, api: http
         await send(cloud, "tank-1", f"m{i}", T0 + dt * 1000, values={"temp": v})
     # Raised at +18 s (31 since +8 s, 10 s later) ; 29 at +20 is within the hysteresis (> 28):
     # still raised; 27.5 at +22 clears; 31 at +30 starts a new timer that never completes.
-    state = await wait_state(api, "tank-1", lambda s: s["measurements"].get("temp", {}).get("value") == 31, "last")
+    state = await wait_state(
+        api, "tank-1", lambda s: s["measurements"].get("temp", {}).get("value") == 31, "last"
+    )
     alerts = await eventually(lambda: _n(api, "tank-1", 2), timeout=15, what="raise and clear stored")
     assert alerts == [("hot", "raised"), ("hot", "cleared")]
     raised = (await events(api, "tank-1", "alert"))[0]
     assert raised["event_time_ms"] == T0 + 18_000 and raised["level"] == "critical"
-    final = await wait_state(api, "tank-1", lambda s: (s["last_alert"] or {}).get("state") == "cleared", "alert")
+    final = await wait_state(
+        api, "tank-1", lambda s: (s["last_alert"] or {}).get("state") == "cleared", "alert"
+    )
     assert final["last_alert"]["rule"] == "hot" and final["raised_rules"] == []
     assert state["last_seen_ms"] == T0 + 30_000
 
@@ -130,7 +138,14 @@ async def _n(api: httpx.AsyncClient, device: str, n: int) -> list[tuple[str, str
 async def test_rate_of_change(cloud: CloudApp, api: httpx.AsyncClient) -> None:
     await add_rule(
         api,
-        {"id": "surge", "kind": "rate_of_change", "measurement": "p", "operator": ">", "value": 1.0, "window_s": 10},
+        {
+            "id": "surge",
+            "kind": "rate_of_change",
+            "measurement": "p",
+            "operator": ">",
+            "value": 1.0,
+            "window_s": 10,
+        },
     )
     # +0.5/s, then +3/s (raise), then flat (rate over the 10 s window falls below 1: clear).
     for i, (dt, v) in enumerate([(0, 10), (2, 11), (4, 12), (6, 18), (8, 18), (16, 18), (18, 18)]):
@@ -191,10 +206,15 @@ async def test_live_rule_change_and_bad_rules(cloud: CloudApp, api: httpx.AsyncC
         ("boil", "raised")
     ]
     # Raise the threshold live: the next value clears it.
-    r = await api.put("/api/v1/rules/boil", json={**HOT, "for_s": 0, "id": "boil", "value": 80, "hysteresis": 0})
+    r = await api.put(
+        "/api/v1/rules/boil", json={**HOT, "for_s": 0, "id": "boil", "value": 80, "hysteresis": 0}
+    )
     assert r.status_code == 200, r.text
     await send(cloud, "boiler-1", "b2", T0 + 2000, values={"temp": 52})
-    assert (await eventually(lambda: _n(api, "boiler-1", 2), timeout=15, what="cleared"))[1] == ("boil", "cleared")
+    assert (await eventually(lambda: _n(api, "boiler-1", 2), timeout=15, what="cleared"))[1] == (
+        "boil",
+        "cleared",
+    )
     assert [x["id"] for x in (await api.get("/api/v1/rules")).json()["items"]] == ["boil"]
     # Bad definitions: 422 naming the field; duplicates 409; unknown 404.
     bad = await api.post("/api/v1/rules", json={**HOT, "id": "x", "operator": "=="})
@@ -245,8 +265,13 @@ async def test_restart_and_replay_do_not_duplicate_alerts(tmp_path: Path) -> Non
     await app.start()
     api = await _client(app)
     try:
+
         async def replayed() -> bool:
-            return all(not s.stage.stats.records == 0 for s in app.stages if hasattr(s, "stage") and s.stage.name == "state")
+            return all(
+                not s.stage.stats.records == 0
+                for s in app.stages
+                if hasattr(s, "stage") and s.stage.name == "state"
+            )
 
         await eventually(replayed, timeout=15, what="replay consumed")
         await send(app, "tank-9", "r4", T0 + 13_000, values={"temp": 33})
