@@ -84,6 +84,7 @@ class ErrorOut(BaseModel):
 _COMMON_ERRORS = {
     401: "missing, invalid or expired bearer token",
     403: "the token's role may not do this, or it asked for a tenant it may not act for",
+    404: "not found (also: the tenant named by X-Fieldgate-Tenant does not exist)",
     422: "invalid request: the detail names the field and the reason",
 }
 
