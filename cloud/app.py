@@ -76,6 +76,7 @@ from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.rules.book import RuleBook, RuleService
 from fieldgate.cloud.stage import ConsumerStage
 from fieldgate.cloud.state import DeviceStateStage
+from fieldgate.cloud.tenants import TenantAdmin, record_settings, tenant_record
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.cloud.zkconfig_models import (
     InstanceSettings,
@@ -128,12 +129,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 def _tenant_record(settings: TenantSettings) -> model.Tenant:
-    return model.Tenant(
-        token=settings.token,
-        name=settings.name or settings.token,
-        auto_register=settings.auto_register,
-        default_device_type=settings.default_device_type,
-    )
+    return tenant_record(settings)
 
 
 def _running_check(stage: ConsumerStage) -> Callable[[], bool]:
@@ -226,6 +222,18 @@ class CloudApp:
             self.state_store, self.rule_book, self.zk_rules.publish if self.zk_rules is not None else None
         )
         self.sessions = EdgeSessions()
+        # Tenant lifecycle (REST /api/v1/tenants, gRPC TenantManagement): provisions and removes
+        # what a tenant owns; the file's tenants cannot be deleted.
+        self.tenants = TenantAdmin(
+            self.registry,
+            self.event_store,
+            self.invocations,
+            self.bus,
+            configured=[t.token for t in self.file_config.tenants],
+            live=self.tenant_settings,
+            zk=self.zk,
+            on_deleted=self._forget_tenant,
+        )
         self.commands = CommandService(
             self.registry,
             self.invocations,
@@ -316,6 +324,7 @@ class CloudApp:
                     invocations=self.invocations,
                     commands=self.commands,
                     auth=self._api_auth(),
+                    tenants=self.tenants,
                 )
             )
             grpc_health = GrpcHealth(self.health, ("fieldgate.v1.EdgeUplink",))
@@ -384,6 +393,11 @@ class CloudApp:
                 await self.zk_rules.start()
                 self._started.append(self.zk_rules)
                 await self.zk_rules.watch(self.rule_book.install)
+            # Tenants created through the API keep their settings in their record (ZooKeeper's,
+            # when configured, were loaded above and win).
+            for record in await self.registry.list_tenants():
+                if self.tenant_settings.get(record.token) is None and record.settings_json:
+                    self.tenant_settings.update(record.token, record_settings(record))
             # The file's tenants, with ZooKeeper's settings where it has them.
             for token in self.tenant_settings.tenants():
                 settings = self.tenant_settings.get(token)
@@ -454,7 +468,7 @@ class CloudApp:
         for token, settings in loaded.tenants.items():
             self.tenant_settings.update(token, settings)
         log.info("zookeeper: %d tenant configuration(s) loaded", len(loaded.tenants))
-        await zk.watch_tenants(self.tenant_settings.update)
+        await zk.watch_tenants(self.tenant_settings.update, self._forget_tenant)
         await zk.watch_instance(self._on_instance_settings)
 
     def _on_instance_settings(self, settings: InstanceSettings) -> None:
@@ -486,6 +500,18 @@ class CloudApp:
         except CloudError as err:  # task top: the live settings apply anyway; the record is cosmetic
             log.error("tenant %s: cannot update the tenant record: %s", settings.token, err)
 
+    def _forget_tenant(self, token: str) -> None:
+        """A tenant was deleted (here, or by another process: its znode went): forget its
+        settings and what this process caches of it, so nothing here recreates its storage."""
+        self.tenant_settings.remove(token)
+        self.registry.forget_tenant(token)
+        self.event_store.forget_tenant(token)
+        self.invocations.forget_tenant(token)
+        self.bus.forget_tenant(token)
+        if self.ingest is not None:
+            self.ingest.forget_tenant(token)
+        log.info("tenant %s deleted: forgotten by this process", token)
+
     def _apply_retention(self, settings: TenantSettings) -> None:
         store = self.event_store
         if isinstance(store, _TtlStore):
@@ -511,6 +537,7 @@ class CloudApp:
             auth=self.config.auth,
             secret=secret,
             health=self.health,
+            tenants=self.tenants,
             connectors=self.connector_store,
             state_store=self.state_store,
             rules=self.rule_service,

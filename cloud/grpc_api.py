@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from fastapi import HTTPException
@@ -41,13 +41,16 @@ from google.protobuf.message import Message
 from fieldgate.cloud.api.access import GRPC_METHODS, Permission, Role
 from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
-from fieldgate.cloud.errors import CloudError, Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.errors import CloudError, Conflict, InUse, InvalidRequest, NotFound
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
 from fieldgate.cloud.tls import PeerRefused, ServerTls
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.tenants import TenantAdmin
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,6 +59,7 @@ UnaryMethod = Callable[[Any, Context], Awaitable[Any]]
 _TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CODES: tuple[tuple[type[CloudError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (InUse, grpc.StatusCode.FAILED_PRECONDITION),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
 )
@@ -390,12 +394,17 @@ def add_grpc_api(
     invocations: InvocationStore,
     commands: CommandService,
     auth: ApiAuth,
+    tenants: TenantAdmin | None = None,
 ) -> None:
-    """Register the three management services on ``server`` (before it starts), every method
-    behind ``auth``.
+    """Register the management services on ``server`` (before it starts), every method
+    behind ``auth``: device management, event queries, command invocations, customers and —
+    given ``tenants`` — tenant management (cloud/grpc_tenants.py).
 
     ``invocations`` is accepted for symmetry with the REST API; reads go through ``commands``.
     """
+    from fieldgate.cloud.api.customers import CustomerManagement
+    from fieldgate.cloud.grpc_tenants import CustomerManagementServicer, TenantManagementServicer
+
     del invocations
     mgmt = Management(registry, event_store)
     tenant = _TenantCheck(registry)
@@ -405,3 +414,10 @@ def add_grpc_api(
     svc_grpc.add_DeviceManagementServicer_to_server(dm, server)  # type: ignore[arg-type]
     svc_grpc.add_EventQueriesServicer_to_server(eq, server)  # type: ignore[arg-type]
     svc_grpc.add_CommandInvocationsServicer_to_server(ci, server)  # type: ignore[arg-type]
+    cm = _Authorized(
+        CustomerManagementServicer(CustomerManagement(registry), tenant), "CustomerManagement", auth
+    )
+    svc_grpc.add_CustomerManagementServicer_to_server(cm, server)  # type: ignore[arg-type]
+    if tenants is not None:
+        tm = _Authorized(TenantManagementServicer(tenants), "TenantManagement", auth)
+        svc_grpc.add_TenantManagementServicer_to_server(tm, server)  # type: ignore[arg-type]

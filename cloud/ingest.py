@@ -19,6 +19,18 @@ a Hello whose edge id is not the certificate's is refused (PERMISSION_DENIED), a
 command statuses naming a tenant the certificate does not list are refused like the other
 permanent refusals (counted, ``BatchAck.rejected``), so they never reach the bus or a route.
 
+Rate limits: a tenant whose live settings set ``max_events_per_s`` gets a token bucket (per
+ingest replica; ``burst_events`` deep, one second's worth by default). A batch whose events
+would overdraw its tenant's bucket is **held**: the batches before it are published and
+acknowledged, it is not — it waits, unacknowledged, until the bucket has refilled, and the
+stream reads nothing meanwhile (the edge's in-flight window fills and its durable buffer holds
+the rest). Counted in ``stats.batches_throttled`` / ``events_throttled`` / ``throttled_s`` and
+logged with the reason. Not a refusal in ``BatchAck.rejected``: the edge deletes every event of
+an acknowledged batch, refused ones included, so only a batch that is not acknowledged is
+retried — nothing over the rate is lost. A batch larger than the bucket passes when the bucket
+is full (the bucket goes into debt, which later batches wait off), so the average holds. A
+draining or superseded stream ends the wait; the held batch is sent again by the edge.
+
 Allowed payload formats: the edge's MQTT adapter records the format each event was decoded
 from in its metadata (``fieldgate.format``: json, protobuf, sitewhere). A tenant whose live
 settings (``tenant_settings``, from ZooKeeper) restrict ``decoders`` has events of any other
@@ -281,6 +293,85 @@ class IngestStats:
     rejected_foreign_tenant: int = 0  # a tenant the edge's certificate does not allow
     statuses_foreign_tenant: int = 0  # command statuses of such a tenant (dropped)
     publish_failures: int = 0  # bus unavailable; batch not acked, stream ended UNAVAILABLE
+    batches_throttled: int = 0  # held unacknowledged: their tenant was over max_events_per_s
+    events_throttled: int = 0  # the events of those batches (counted once per hold)
+    throttled_s: float = 0.0  # time streams spent waiting for a tenant's bucket
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` stored; may go into debt (see
+    :meth:`delay`). ``clock`` is monotonic seconds (injectable for tests)."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def delay(self, n: int) -> float:
+        """Seconds until ``n`` events may pass (0: now). More than ``burst`` pass when the
+        bucket is full, leaving it in debt."""
+        self._refill()
+        need = min(float(n), self.burst)
+        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
+
+    def take(self, n: int) -> None:
+        self._refill()
+        self._tokens -= n
+
+
+class _RateLimits:
+    """The tenants' buckets, made from (and remade when) their live ``max_events_per_s`` /
+    ``burst_events`` change; tenants without a limit have none."""
+
+    def __init__(self, live: TenantSettingsRegistry | None, clock: Callable[[], float]) -> None:
+        self._live = live
+        self._clock = clock
+        self._buckets: dict[str, tuple[tuple[float, float], TokenBucket]] = {}
+
+    def bucket(self, tenant: str) -> TokenBucket | None:
+        settings = self._live.get(tenant) if self._live is not None else None
+        rate = settings.max_events_per_s if settings is not None else None
+        if rate is None or settings is None:
+            self._buckets.pop(tenant, None)
+            return None
+        key = (rate, float(settings.burst_events or max(rate, 1.0)))
+        held = self._buckets.get(tenant)
+        if held is None or held[0] != key:
+            held = self._buckets[tenant] = (key, TokenBucket(key[0], key[1], self._clock))
+        return held[1]
+
+    def reserve(self, batch: svc.EventBatchUp) -> tuple[float, str]:
+        """Take the batch's tokens from every limited tenant it names and return ``(0, "")``,
+        or take nothing and return the longest wait with the reason."""
+        counts: dict[str, int] = {}
+        for ev in batch.events:
+            counts[ev.tenant] = counts.get(ev.tenant, 0) + 1
+        wait, reason = 0.0, ""
+        buckets = []
+        for tenant, n in counts.items():
+            bucket = self.bucket(tenant)
+            if bucket is None:
+                continue
+            buckets.append((bucket, n))
+            d = bucket.delay(n)
+            if d > wait:
+                wait = d
+                reason = f"tenant {tenant!r} is over its rate limit of {bucket.rate:g} events/s"
+        if wait > 0:
+            return wait, reason
+        for bucket, n in buckets:
+            bucket.take(n)
+        return 0.0, ""
+
+    def forget(self, tenant: str) -> None:
+        self._buckets.pop(tenant, None)
 
 
 class _TenantCache:
@@ -293,6 +384,9 @@ class _TenantCache:
         self._neg_ttl = negative_ttl_s
         self._max = max_entries
         self._data: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+
+    def forget(self, tenant: str) -> None:
+        self._data.pop(tenant, None)
 
     async def exists(self, tenant: str) -> bool:
         item = self._data.get(tenant)
@@ -340,8 +434,10 @@ class IngestService:
         unknown_tenant_ttl_s: float = 5.0,
         tenant_settings: TenantSettingsRegistry | None = None,
         tls: ServerTls | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stats = IngestStats()
+        self._limits = _RateLimits(tenant_settings, clock)
         # None: plaintext. With client authentication, each stream's certificate decides its
         # edge id and tenants (cloud/tls.py).
         self._tls = tls
@@ -360,6 +456,11 @@ class IngestService:
         self._draining = False
         self._no_streams = asyncio.Event()  # set while no edge stream is open
         self._no_streams.set()
+
+    def forget_tenant(self, tenant: str) -> None:
+        """A deleted tenant: ask the registry again (its events are refused from now on)."""
+        self._tenants.forget(tenant)
+        self._limits.forget(tenant)
 
     def add_servicers(self, registrar: ServicerRegistrar) -> None:
         """Have ``registrar(server)`` add more gRPC services to this server (before start)."""
@@ -579,9 +680,8 @@ class IngestService:
                         else:
                             item = nxt  # handled after these batches, in stream order
                             break
-                    for ack in await self._accept_batches(session, batches):
-                        # Overflow policy for acks: block (stop reading until the edge drains them).
-                        await session.outbound.put(svc.CloudMessage(ack=ack))
+                    if not await self._accept_in_rate(session, batches):
+                        return  # draining or superseded while a batch was held: it is not acked
                     if item is None:
                         item = await self._take(inbox, session)
                     continue
@@ -622,6 +722,56 @@ class IngestService:
             raise
         finally:
             await cancel_and_wait(pump)
+
+    async def _accept_in_rate(self, session: EdgeSession, batches: list[svc.EventBatchUp]) -> bool:
+        """Publish and acknowledge ``batches`` in order, holding each batch that its tenants'
+        rate limits do not allow yet (module docstring). False when the session started
+        draining or closed during a hold (the held batch and the rest stay unacknowledged)."""
+        i = 0
+        while i < len(batches):
+            admitted: list[svc.EventBatchUp] = []
+            wait, reason = 0.0, ""
+            for batch in batches[i:]:
+                wait, reason = self._limits.reserve(batch)
+                if wait > 0:
+                    break
+                admitted.append(batch)
+            if admitted:
+                for ack in await self._accept_batches(session, admitted):
+                    # Overflow policy for acks: block (stop reading until the edge drains them).
+                    await session.outbound.put(svc.CloudMessage(ack=ack))
+                i += len(admitted)
+            if i >= len(batches):
+                return True
+            held = batches[i]
+            self.stats.batches_throttled += 1
+            self.stats.events_throttled += len(held.events)
+            log.warning(
+                "edge %s: batch %d (%d events) held %.2fs: %s",
+                session.edge_id,
+                held.seq,
+                len(held.events),
+                wait,
+                reason,
+            )
+            started = time.monotonic()
+            ended = await self._hold(session, wait)
+            self.stats.throttled_s += time.monotonic() - started
+            if ended:
+                return False
+        return True
+
+    @staticmethod
+    async def _hold(session: EdgeSession, wait_s: float) -> bool:
+        """Wait ``wait_s``; True if the session drains or closes first."""
+        stop = asyncio.ensure_future(session.draining.wait())
+        closed = asyncio.ensure_future(session.closed.wait())
+        try:
+            done, _ = await asyncio.wait({stop, closed}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            closed.cancel()
+        return bool(done)
 
     @staticmethod
     async def _take(

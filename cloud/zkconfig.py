@@ -97,6 +97,7 @@ class ZkConfigSource:
         self._instance_callback: InstanceCallback | None = None
         self._tenants: dict[str, TenantSettings] = {}
         self._callback: TenantCallback | None = None
+        self._on_removed: Callable[[str], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watched: set[str] = set()  # touched only in kazoo's callback thread
         self._closed = False
@@ -243,15 +244,19 @@ class ZkConfigSource:
 
     # ------------------------------------------------------------------ watching
 
-    async def watch_tenants(self, callback: TenantCallback) -> None:
+    async def watch_tenants(
+        self, callback: TenantCallback, on_removed: Callable[[str], None] | None = None
+    ) -> None:
         """Call ``callback(tenant, settings)`` on the running loop whenever a tenant's znode
         gets a new valid version (including tenants created later). Versions equal to the
         current settings (e.g. the first read of a tenant :meth:`load` already saw) do not
-        call back. Call once per source."""
+        call back. ``on_removed(tenant)`` is called when a tenant's znode is deleted (the
+        tenant was deleted: docs/operations/distributed.md). Call once per source."""
         client = self._require()
         if self._callback is not None:
             raise ZkConfigError("watch_tenants was already called on this source")
         self._callback = callback
+        self._on_removed = on_removed
         self._loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(ChildrenWatch, client, self.tenants_path, self._on_children)
@@ -369,9 +374,18 @@ class ZkConfigSource:
                 log.exception("zookeeper: the instance configuration callback failed")
 
     def _removed(self, token: str) -> None:
-        # The tenant keeps running with its last settings; removing a tenant is a registry
-        # operation, not a configuration change.
-        if token in self._tenants:
+        # Deleting a tenant (TenantAdmin) deletes its znode last-but-one; the processes that
+        # watch forget the tenant. Without a removal callback the last settings stay in force.
+        known = self._tenants.pop(token, None) is not None
+        callback = self._on_removed
+        if callback is not None:
+            log.info("zookeeper: tenant %s znode deleted", token)
+            try:
+                callback(token)
+            except Exception:  # the top of this loop callback: report, keep watching
+                self.stats.callback_errors += 1
+                log.exception("zookeeper: tenant %s: the removal callback failed", token)
+        elif known:
             log.warning(
                 "zookeeper: tenant %s znode deleted; its last settings stay in force until restart", token
             )

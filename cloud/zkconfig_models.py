@@ -67,6 +67,12 @@ class TenantSettings(Frozen):
     # Seconds without an event after which the state stage marks a device missing (a device
     # type's override is in the tenant's rule configuration, docs/rules.md).
     presence_interval_s: int = Field(300, ge=1, le=30 * 86_400)
+    # Rate limit of ingest (a token bucket per tenant and ingest replica): at most this many
+    # events per second on average, bursts up to ``burst_events`` (default: one second's
+    # worth). A batch over the rate is held unacknowledged until the bucket allows it, so the
+    # edge keeps it buffered. None = unlimited.
+    max_events_per_s: float | None = Field(None, gt=0, le=1_000_000)
+    burst_events: int | None = Field(None, ge=1, le=10_000_000)
 
     @property
     def allows_every_format(self) -> bool:
@@ -198,6 +204,10 @@ class TenantSettingsRegistry:
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def remove(self, tenant: str) -> bool:
+        """Forget a deleted tenant's settings; True if it had any."""
+        return self._settings.pop(tenant, None) is not None
 
     def update(self, tenant: str, settings: TenantSettings) -> None:
         """Install new settings for ``tenant`` (already validated) and tell the listeners."""

@@ -15,15 +15,18 @@ from pydantic import BaseModel
 from fieldgate import __version__
 from fieldgate.cloud.api.access import Permission, check_routes, public
 from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, auth_router
+from fieldgate.cloud.api.customers import CustomerManagement
 from fieldgate.cloud.api.dashboard import dashboard_router
 from fieldgate.cloud.api.errors import install_error_handlers
 from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.routes_commands import commands_router
 from fieldgate.cloud.api.routes_connectors import connectors_router
+from fieldgate.cloud.api.routes_customers import customers_router
 from fieldgate.cloud.api.routes_events import events_router
 from fieldgate.cloud.api.routes_registry import registry_router
 from fieldgate.cloud.api.routes_rules import rules_router
 from fieldgate.cloud.api.routes_state import state_router
+from fieldgate.cloud.api.routes_tenants import tenants_router
 from fieldgate.cloud.api.routes_users import users_router
 from fieldgate.cloud.api.users import Users
 from fieldgate.cloud.config import AuthConfig
@@ -33,6 +36,7 @@ from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.rules.book import RuleService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
 from fieldgate.cloud.store.state import DeviceStateStore
+from fieldgate.cloud.tenants import TenantAdmin
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -52,6 +56,7 @@ def create_api(
     secret: str,
     tenant: str = "default",
     health: CloudHealth | None = None,
+    tenants: TenantAdmin | None = None,
     connectors: ConnectorStore | None = None,
     previous_secrets: Sequence[str] = (),
     throttle: LoginThrottle | None = None,
@@ -89,6 +94,13 @@ def create_api(
     app.include_router(registry_router(mgmt, policy))
     app.include_router(events_router(mgmt, policy))
     app.include_router(commands_router(commands, mgmt, policy))
+    app.include_router(
+        customers_router(
+            CustomerManagement(registry), policy.require(Permission.READ), policy.require(Permission.WRITE)
+        )
+    )
+    if tenants is not None:  # tenant management (instance administrators)
+        app.include_router(tenants_router(tenants, policy.require(Permission.INSTANCE_ADMIN)))
     app.include_router(users_router(users, registry, policy))
     if connectors is not None:
         app.include_router(connectors_router(connectors, policy.require(Permission.ADMIN)))

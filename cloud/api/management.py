@@ -201,6 +201,10 @@ class Management:
             raise InvalidRequest("device is required")
         if await self._registry.get_device(tenant, assignment.device) is None:
             raise InvalidRequest(f"device '{assignment.device}' does not exist")
+        if assignment.customer and await self._registry.get_customer(tenant, assignment.customer) is None:
+            raise InvalidRequest(
+                f"customer '{assignment.customer[:140]}' does not exist (create it with POST /api/v1/customers)"
+            )
         active = await self._registry.active_assignment(tenant, assignment.device)
         if active is not None:
             raise Conflict(

@@ -171,6 +171,12 @@ class _Sequence:
         return uuid.uuid1(node=self._node, clock_seq=self._clock_seq)
 
 
+def _parent_key(parent: str | None) -> str:
+    """The ``customers_by_parent`` partition of a customer: its parent, or ``-`` for top-level
+    customers (a partition key cannot be empty; no token starts with ``-``)."""
+    return parent or "-"
+
+
 def _applied(rows: Sequence[tuple[Any, ...]]) -> bool:
     """Whether a lightweight transaction took effect (its first column is ``[applied]``)."""
     return bool(rows and rows[0][0])
@@ -766,7 +772,7 @@ class CassandraRegistry(_CassandraStore):
         await self._db.gather(
             [
                 self._run(ctx["ins_customers_by_seq"], (_BUCKET, seq, c.token, data)),
-                self._run(ctx["ins_customers_by_parent"], (c.parent, seq, c.token, data)),
+                self._run(ctx["ins_customers_by_parent"], (_parent_key(c.parent), seq, c.token, data)),
                 self._run(ctx["ins_customers_by_type"], (c.customer_type, c.token)),
             ]
         )
@@ -801,10 +807,10 @@ class CassandraRegistry(_CassandraStore):
             raise NotFound(f"customer {customer.token!r} does not exist in tenant {tenant!r}")
         writes = [
             self._run(ctx["ins_customers_by_seq"], (_BUCKET, seq, c.token, data)),
-            self._run(ctx["ins_customers_by_parent"], (c.parent, seq, c.token, data)),
+            self._run(ctx["ins_customers_by_parent"], (_parent_key(c.parent), seq, c.token, data)),
         ]
         if (old_parent or "") != c.parent:
-            writes.append(self._run(ctx["del_customers_by_parent"], (old_parent or "", seq)))
+            writes.append(self._run(ctx["del_customers_by_parent"], (_parent_key(old_parent), seq)))
         if old_type != c.customer_type:
             writes.append(self._run(ctx["del_customers_by_type"], (old_type, c.token)))
             writes.append(self._run(ctx["ins_customers_by_type"], (c.customer_type, c.token)))
@@ -830,7 +836,7 @@ class CassandraRegistry(_CassandraStore):
         await self._db.gather(
             [
                 self._run(ctx["del_customers_by_seq"], (_BUCKET, seq)),
-                self._run(ctx["del_customers_by_parent"], (parent or "", seq)),
+                self._run(ctx["del_customers_by_parent"], (_parent_key(parent), seq)),
                 self._run(ctx["del_customers_by_type"], (ctype, token)),
             ]
         )

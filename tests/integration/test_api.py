@@ -204,6 +204,11 @@ async def test_assignments_lifecycle(client: httpx.AsyncClient, admin: dict[str,
     await make_device(client, admin, "t-1")
     body = {"device": "t-1", "customer": "acme", "area": "plant-1", "asset": "boiler", "metadata": {"k": "v"}}
     r = await client.post("/api/v1/assignments", json=body, headers=admin)
+    assert r.status_code == 422 and "customer 'acme' does not exist" in r.json()["detail"]
+    assert (await client.post("/api/v1/customer-types", json={"token": "site"}, headers=admin)).status_code == 201
+    r = await client.post("/api/v1/customers", json={"token": "acme", "customer_type": "site"}, headers=admin)
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/assignments", json=body, headers=admin)
     assert r.status_code == 201, r.text
     a = r.json()
     assert a["status"] == "active" and a["device"] == "t-1" and a["customer"] == "acme" and a["token"]

@@ -105,6 +105,13 @@ async def test_device_management_round_trip_and_status_codes(grpc_api: Clients) 
     )
     assert page.total == 5 and len(page.devices) == 2
 
+    # An assignment's customer must exist (CustomerManagement); an unknown one is refused.
+    unknown = svc.CreateAssignmentRequest(
+        assignment=model.Assignment(tenant="default", device="d-1", customer="acme")
+    )
+    assert await _code(c.devices.CreateAssignment(unknown)) == grpc.StatusCode.INVALID_ARGUMENT
+    await c.stack.registry.create_customer_type("default", model.CustomerType(token="site"))
+    await c.stack.registry.create_customer("default", model.Customer(token="acme", customer_type="site"))
     a = await c.devices.CreateAssignment(
         svc.CreateAssignmentRequest(
             assignment=model.Assignment(tenant="default", device="d-1", customer="acme")

@@ -36,9 +36,15 @@ DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 def api_methods() -> Iterator[MethodDescriptor]:
+    """Every method acting inside a tenant (instance-admin methods, which name none — tenant
+    management — are checked in tests/integration/test_api_tenants.py)."""
+    from fieldgate.cloud.api.access import GRPC_METHODS, Permission
+
     for service in svc.DESCRIPTOR.services_by_name.values():
         if service.name not in NOT_TOKEN_SERVICES:
-            yield from service.methods
+            for method in service.methods:
+                if GRPC_METHODS.get(method.full_name) is not Permission.INSTANCE_ADMIN:
+                    yield method
 
 
 def request_for(method: MethodDescriptor, tenant: str) -> Message:
