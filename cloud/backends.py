@@ -25,6 +25,7 @@ from fieldgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from fieldgate.cloud.store._cassandra import CassandraSession
+    from fieldgate.cloud.store.site import SiteStore
     from fieldgate.cloud.store.state import DeviceStateStore
 
 #: The name of the token-signing key among the instance's secrets (Cassandra).
@@ -136,6 +137,21 @@ def build_state_store(config: CloudConfig, *, cassandra: CassandraSession | None
     from fieldgate.cloud.store.sqlite_state import SqliteStateStore
 
     return SqliteStateStore(config.data_dir / "state")
+
+
+def build_site_store(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> SiteStore:
+    """Areas, zones, assets and device groups: ``data_dir/site/site-<tenant>.db`` or each
+    tenant's keyspace (component ``site``)."""
+    store = config.store
+    if store.kind == "cassandra":
+        from fieldgate.cloud.store.cassandra_site import CassandraSiteStore
+
+        return CassandraSiteStore(
+            _session(config, cassandra), keyspace_prefix=store.keyspace_prefix, replication=store.replication
+        )
+    from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
+
+    return SqliteSiteStore(config.data_dir / "site")
 
 
 def build_users(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> UserStore:

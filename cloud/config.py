@@ -137,6 +137,13 @@ class ConnectorsConfig(Frozen):
     max_in_flight: int = Field(10_000, ge=1, le=1_000_000)
 
 
+class LabelsConfig(Frozen):
+    """QR labels (``/api/v1/{devices,assets,areas}/{token}/label.png|svg``): the code is a URL
+    to the entity under ``base_url`` (where people scanning it reach this cloud)."""
+
+    base_url: str = Field("http://127.0.0.1:8080", min_length=1, max_length=500, pattern=r"^https?://[^\s]+$")
+
+
 class CloudConfig(Frozen):
     data_dir: Path = Path(".fieldgate/cloud")
     grpc_host: str = "127.0.0.1"
@@ -157,6 +164,8 @@ class CloudConfig(Frozen):
     tls: TlsConfig | None = None
     # The connectors service's knobs (docs/connectors.md).
     connectors: ConnectorsConfig = ConnectorsConfig()
+    # QR labels of devices, assets and areas (the URL they encode).
+    labels: LabelsConfig = LabelsConfig()
     # Default time-to-live of a command invocation when the request gives none.
     default_command_ttl_s: int = Field(3600, ge=1)
     # This process's name among the `ingest` replicas: its command delivery reads

@@ -400,10 +400,17 @@ class SiteStoreBase:
             raise InvalidRequest(
                 f"device group '{element.token}' cannot be an element of '{group}': that makes a cycle"
             )
+        present = any(
+            (e.kind, e.token) == (element.kind, element.token)
+            for e in await self._element_rows(tenant, group)
+        )
+        if present:  # only its roles change; the reference is counted already
+            await self._put_element_row(tenant, group, element)
+            return element
         if nested and not await self._incref(tenant, "device_group", element.token, src):
             raise NotFound(f"{describe('device_group', element.token)} does not exist")
         new = await self._put_element_row(tenant, group, element)
-        if nested and not new:  # already an element: its roles changed, the count did not
+        if nested and not new:  # another replica added it meanwhile: count it once
             await self._decref(tenant, "device_group", element.token, src)
         return element
 
