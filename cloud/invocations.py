@@ -127,8 +127,14 @@ class CommandService:
         params: dict[str, Any],
         ttl_s: int | None,
         initiator: str,
+        *,
+        invocation_id: str | None = None,
     ) -> svc.InvocationState:
-        """Queue ``command`` for ``device``. Raises NotFound (no such device) or InvalidRequest."""
+        """Queue ``command`` for ``device``. Raises NotFound (no such device) or InvalidRequest.
+
+        ``invocation_id`` (default: a random one) lets a caller that must not invoke twice
+        (batch operations, cloud/batch) derive the id itself: a second call with the same id
+        raises Conflict from the invocation store and publishes nothing."""
         dev = await self._registry.get_device(tenant, device)
         if dev is None:
             raise NotFound(f"device '{device}' does not exist")
@@ -144,7 +150,7 @@ class CommandService:
         now = now_ms()
         params_json = json.dumps(clean, separators=(",", ":"), allow_nan=False)
         state = svc.InvocationState(
-            id=uuid.uuid4().hex,
+            id=invocation_id or uuid.uuid4().hex,
             tenant=tenant,
             device=device,
             command=command,

@@ -1,0 +1,182 @@
+"""Schedules: cron (five fields, UTC, croniter) and one-shot, running a command or a batch.
+
+The runner (inside the ``api`` service, one per replica) looks at every enabled schedule of
+every tenant each ``tick_s``. A schedule's *due time* is the latest cron time at or before
+now (one shot: ``at_ms`` once it has passed), never one before the schedule was created or
+before the last run it recorded. A due time runs only after its claim row was created
+(:meth:`~fieldgate.cloud.batch.store.BatchStore.claim_run`: unique key on SQLite, LWT on
+Cassandra), so with several replicas exactly one of them runs it.
+
+Missed runs: after downtime only the *latest* missed due time runs, once; earlier ones are
+skipped (a schedule catching up a night of five-minute runs would flood the devices).
+
+What a run does is idempotent too: a command gets the invocation id derived from (schedule,
+due time), a batch the operation id derived from them, so even two runs of one due time
+would create one invocation or one operation. A replica that crashes between its claim and
+the action loses that one due time (at most once for it; the claim row shows it with an
+empty result); the next due time runs as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+from fieldgate.cloud.batch.models import BatchAction, BatchRequest, CommandAction, Schedule, ScheduleRun
+from fieldgate.cloud.batch.operations import BatchOperations, derived_id
+from fieldgate.cloud.batch.store import BatchStore
+from fieldgate.cloud.errors import CloudError, Conflict, NotFound
+from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.store import Registry
+from fieldgate.tasks import cancel_and_wait
+from fieldgate.timeutil import now_ms
+
+log = logging.getLogger(__name__)
+
+
+def due_time(schedule: Schedule, now: int) -> int | None:
+    """The due time (ms) to run at ``now``, or None (see the module docstring)."""
+    floor = max(schedule.created_ms, schedule.last_due_ms + 1 if schedule.last_due_ms is not None else 0)
+    if schedule.at_ms is not None:
+        due = schedule.at_ms
+        if due > now or (schedule.last_due_ms is not None and due <= schedule.last_due_ms):
+            return None
+        return due
+    assert schedule.cron is not None
+    start = datetime.fromtimestamp(now / 1000, tz=UTC)
+    prev: datetime = croniter(schedule.cron, start).get_prev(datetime)
+    due = int(prev.timestamp() * 1000)
+    return due if due >= floor else None
+
+
+def next_time(schedule: Schedule, now: int) -> int | None:
+    """When the schedule runs next (for the API), or None."""
+    if not schedule.enabled:
+        return None
+    if schedule.at_ms is not None:
+        return schedule.at_ms if schedule.last_due_ms is None else None
+    assert schedule.cron is not None
+    start = datetime.fromtimestamp(now / 1000, tz=UTC)
+    nxt: datetime = croniter(schedule.cron, start).get_next(datetime)
+    return int(nxt.timestamp() * 1000)
+
+
+class Scheduler:
+    """Runs due schedules exactly once per due time across replicas (module docstring)."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        registry: Registry,
+        commands: CommandService,
+        operations: BatchOperations,
+        *,
+        replica: str = "default",
+        tick_s: float = 1.0,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self._registry = registry
+        self._commands = commands
+        self._operations = operations
+        self.replica = replica
+        self._tick_s = tick_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], int] = {}  # (tenant, schedule) -> latest due handled
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0  # due times this replica ran
+        self.lost_claims = 0  # due times another replica claimed first
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # task top: log, try again next tick
+                log.exception("scheduler: a tick failed; retrying")
+            await asyncio.sleep(self._tick_s)
+
+    async def tick(self) -> int:
+        """One pass over every tenant's schedules; how many due times this replica ran."""
+        ran = 0
+        for tenant in await self._registry.list_tenants():
+            for schedule in await self.store.list_schedules(tenant.token):
+                if schedule.enabled and await self._maybe_run(tenant.token, schedule):
+                    ran += 1
+        return ran
+
+    async def _maybe_run(self, tenant: str, schedule: Schedule) -> bool:
+        now = self._clock()
+        due = due_time(schedule, now)
+        key = (tenant, schedule.id)
+        if due is None or self._seen.get(key, -1) >= due:
+            return False
+        self._seen[key] = due
+        claimed = await self.store.claim_run(
+            tenant, ScheduleRun(schedule=schedule.id, due_ms=due, replica=self.replica, run_ms=now)
+        )
+        if not claimed:
+            self.lost_claims += 1
+            return False
+        result = await self._run(tenant, schedule, due)
+        self.runs += 1
+        await self.store.finish_run(tenant, schedule.id, due, result)
+        current = await self.store.get_schedule(tenant, schedule.id)
+        if current is not None and (current.last_due_ms is None or current.last_due_ms < due):
+            update: dict[str, object] = {"last_due_ms": due, "last_result": result, "updated_ms": now}
+            if current.at_ms is not None:
+                update["enabled"] = False  # a one-shot schedule is done
+            try:
+                await self.store.replace_schedule(tenant, current.model_copy(update=update))
+            except NotFound:
+                pass  # deleted meanwhile
+        return True
+
+    async def _run(self, tenant: str, schedule: Schedule, due: int) -> str:
+        action = schedule.action
+        initiator = f"schedule:{schedule.id}"
+        try:
+            if isinstance(action, CommandAction):
+                inv_id = derived_id("schedule", tenant, schedule.id, str(due))
+                try:
+                    state = await self._commands.invoke(
+                        tenant,
+                        action.device,
+                        action.command,
+                        dict(action.params),
+                        action.ttl_s,
+                        initiator,
+                        invocation_id=inv_id,
+                    )
+                    return f"invocation {state.id}"
+                except Conflict:
+                    return f"invocation {inv_id}"
+            assert isinstance(action, BatchAction)
+            op_id = derived_id("schedule-batch", tenant, schedule.id, str(due))
+            request = BatchRequest(
+                command=action.command, params=action.params, ttl_s=action.ttl_s, selection=action.selection
+            )
+            try:
+                op = await self._operations.create(
+                    tenant, request, initiator, schedule=schedule.id, op_id=op_id
+                )
+                return f"batch {op.id}"
+            except Conflict:
+                return f"batch {op_id}"
+        except CloudError as err:  # the action was refused (device gone, bad params): recorded
+            log.warning("tenant %s: schedule %s at %d failed: %s", tenant, schedule.id, due, err)
+            return f"failed: {err}"
