@@ -16,7 +16,10 @@ share the stage's partitions through Kafka consumer groups):
   (``command-delivery.<replica_id>``) and sends what its edges own;
 * ``state`` — device state, presence and rules → alerts (consumer group ``state`` on
   [persisted]; may run as several replicas; docs/rules.md);
-* ``api`` — the REST API (command requests go to the bus like everywhere else);
+* ``api`` — the REST API (command requests go to the bus like everywhere else), and the
+  batch-operation runner and the scheduler (cloud/batch): they only call CommandService, so
+  they need no stage of their own; several ``api`` replicas are safe (schedule runs are
+  claimed once per due time, batch invocations have derived ids);
 * ``connectors`` — outbound connectors (consumer group ``connectors`` on [persisted]; may run
   as several replicas; docs/connectors.md).
 
@@ -60,6 +63,9 @@ from fieldgate.cloud.backends import (
     load_previous_secrets,
     load_token_secret,
 )
+from fieldgate.cloud.batch.operations import BatchOperations
+from fieldgate.cloud.batch.scheduler import Scheduler
+from fieldgate.cloud.batch.store import build_batch_store
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
@@ -241,6 +247,16 @@ class CloudApp:
             config.default_command_ttl_s,
             topic_prefix=prefix,
         )
+        # Batch operations and schedules (the api service; cloud/batch).
+        self.batch_store = build_batch_store(config, cassandra=self.cassandra)
+        self.batch = BatchOperations(self.batch_store, self.registry, self.commands)
+        self.scheduler = Scheduler(
+            self.batch_store,
+            self.registry,
+            self.commands,
+            self.batch,
+            replica=config.effective_replica_id(),
+        )
         self.stages: list[Any] = []
         if "registration" in self.services:
             self.stages.append(
@@ -377,6 +393,8 @@ class CloudApp:
                 parts.append(self.connector_store)
             if self.services & {"state", "api"}:
                 parts.append(self.state_store)
+            if "api" in self.services:
+                parts.append(self.batch_store)
             for part in parts:
                 await part.start()
                 self._started.append(part)
@@ -416,6 +434,9 @@ class CloudApp:
                 await self.grpc_health.start()
                 self._started.append(self.grpc_health)
             if "api" in self.services:
+                for runner in (self.batch, self.scheduler):  # resumes unfinished batches
+                    await runner.start()
+                    self._started.append(runner)
                 await self._start_rest(secret)
             if self.config.health.port is not None:
                 await self._start_health_listener()
@@ -541,6 +562,7 @@ class CloudApp:
             connectors=self.connector_store,
             state_store=self.state_store,
             rules=self.rule_service,
+            batch=self.batch,
             previous_secrets=self._previous_secrets,
         )
         server = _EmbeddedUvicorn(

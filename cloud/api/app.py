@@ -19,6 +19,7 @@ from fieldgate.cloud.api.customers import CustomerManagement
 from fieldgate.cloud.api.dashboard import dashboard_router
 from fieldgate.cloud.api.errors import install_error_handlers
 from fieldgate.cloud.api.management import Management
+from fieldgate.cloud.api.routes_batch import batch_router
 from fieldgate.cloud.api.routes_commands import commands_router
 from fieldgate.cloud.api.routes_connectors import connectors_router
 from fieldgate.cloud.api.routes_customers import customers_router
@@ -29,6 +30,7 @@ from fieldgate.cloud.api.routes_state import state_router
 from fieldgate.cloud.api.routes_tenants import tenants_router
 from fieldgate.cloud.api.routes_users import users_router
 from fieldgate.cloud.api.users import Users
+from fieldgate.cloud.batch.operations import BatchOperations
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.connectors.store import ConnectorStore
 from fieldgate.cloud.health import CloudHealth, health_routes
@@ -62,6 +64,7 @@ def create_api(
     throttle: LoginThrottle | None = None,
     state_store: DeviceStateStore | None = None,
     rules: RuleService | None = None,
+    batch: BatchOperations | None = None,
 ) -> FastAPI:
     """The REST API over the given stores.
 
@@ -73,7 +76,8 @@ def create_api(
     ``health`` (the process's checks) serves ``/healthz`` and ``/readyz``; without it
     ``/healthz`` only says the server answers. ``connectors`` (the connector store) adds
     ``/api/v1/connectors`` (tenant admins: definitions carry secrets and dead letters hold
-    every customer's events).
+    every customer's events). ``batch`` adds ``/api/v1/batch-operations`` and
+    ``/api/v1/schedules`` (cloud/batch).
     """
     del invocations  # read through ``commands``
     app = FastAPI(
@@ -108,6 +112,8 @@ def create_api(
         app.include_router(state_router(mgmt, state_store, policy))
     if rules is not None:  # rules -> alerts (docs/rules.md)
         app.include_router(rules_router(rules, policy))
+    if batch is not None:  # batch operations and schedules (cloud/batch)
+        app.include_router(batch_router(batch, policy))
     app.include_router(dashboard_router(), dependencies=[Depends(public())])
 
     if health is not None:
