@@ -75,9 +75,10 @@ def derived_id(*parts: str) -> str:
 
 
 class GroupMembers(Protocol):
-    """The device tokens of a device group (the group store); NotFound for an unknown group."""
+    """The device tokens of a device group, nested groups included (the site store,
+    cloud/store/site.py, is one); NotFound for an unknown group."""
 
-    async def group_devices(self, tenant: str, group: str) -> list[str]: ...
+    async def members(self, tenant: str, group: str) -> list[str]: ...
 
 
 class BatchOperations:
@@ -131,7 +132,7 @@ class BatchOperations:
             if self._groups is None:
                 raise InvalidRequest("selection.group: device groups are not available on this cloud")
             try:
-                members = await self._groups.group_devices(tenant, selection.group)
+                members = await self._groups.members(tenant, selection.group)
             except NotFound as err:
                 raise InvalidRequest(f"selection.group: {err}") from err
             return list(dict.fromkeys(members))

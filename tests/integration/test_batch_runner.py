@@ -256,3 +256,27 @@ async def test_one_shot_schedule_fires_once_and_a_batch_schedule_starts_an_opera
     listed, total = await store.list_operations(T, 1, 10)
     assert total == 1 and listed[0].schedule == "once" and listed[0].total == 2
     assert done.last_result == f"batch {listed[0].id}"
+
+
+async def test_a_group_selection_resolves_through_the_site_store(world: World, tmp_path: Path) -> None:
+    from fieldgate.cloud.backends import build_site_store
+    from fieldgate.cloud.errors import InvalidRequest
+    from fieldgate.cloud.store.site import DeviceGroup, GroupElement
+
+    site = build_site_store(world.config)
+    await site.start()
+    try:
+        await site.create(T, DeviceGroup(token="valves"))
+        await site.create(T, DeviceGroup(token="north"))
+        await site.put_element(T, "north", GroupElement(kind="device", token="act-03"))
+        await site.put_element(T, "valves", GroupElement(kind="device", token="act-01"))
+        await site.put_element(T, "valves", GroupElement(kind="group", token="north"))
+        ops = BatchOperations(await world.batch_store(), world.registry, world.commands, groups=site)
+        req = BatchRequest(command="ping", selection=Selection(group="valves"))
+        assert await ops.resolve(T, req.selection) == ["act-01", "act-03"]
+        op = await ops.create(T, req, "tester")
+        assert op.total == 2
+        with pytest.raises(InvalidRequest, match=r"selection\.group"):
+            await ops.create(T, BatchRequest(command="ping", selection=Selection(group="nope")), "tester")
+    finally:
+        await site.stop()
