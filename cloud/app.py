@@ -58,6 +58,7 @@ from fieldgate.cloud.backends import (
     build_event_store,
     build_invocation_store,
     build_registry,
+    build_site_store,
     build_state_store,
     build_users,
     load_previous_secrets,
@@ -80,6 +81,7 @@ from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.rules.book import RuleBook, RuleService
+from fieldgate.cloud.rules.zones import ZonePolygons
 from fieldgate.cloud.stage import ConsumerStage
 from fieldgate.cloud.state import DeviceStateStage
 from fieldgate.cloud.tenants import TenantAdmin, record_settings, tenant_record
@@ -218,6 +220,9 @@ class CloudApp:
         # Device states and rules (the state and api services); rule changes reach every
         # replica through ZooKeeper when it is configured (cloud/rules/zk.py).
         self.state_store = build_state_store(config, cassandra=self.cassandra)
+        # Areas, zones, assets, device groups (the api service; the state stage reads zones).
+        self.site_store = build_site_store(config, cassandra=self.cassandra)
+        self.zone_polygons = ZonePolygons(self.site_store, self.registry)
         self.rule_book = RuleBook(self.state_store)
         self.zk_rules: Any = None
         if config.zookeeper is not None and self.services & {"state", "api"}:
@@ -283,6 +288,7 @@ class CloudApp:
                     self.rule_book,
                     topic_prefix=prefix,
                     tenant_settings=live,
+                    polygons=self.zone_polygons,
                 )
             )
         if "connectors" in self.services:
@@ -393,6 +399,9 @@ class CloudApp:
                 parts.append(self.connector_store)
             if self.services & {"state", "api"}:
                 parts.append(self.state_store)
+                parts.append(self.site_store)
+            if "state" in self.services:  # geofence rules naming zones
+                parts.append(self.zone_polygons)
             if "api" in self.services:
                 parts.append(self.batch_store)
             for part in parts:
@@ -562,6 +571,8 @@ class CloudApp:
             connectors=self.connector_store,
             state_store=self.state_store,
             rules=self.rule_service,
+            site=self.site_store,
+            labels_base_url=self.config.labels.base_url,
             batch=self.batch,
             previous_secrets=self._previous_secrets,
         )

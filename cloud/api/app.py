@@ -24,8 +24,10 @@ from fieldgate.cloud.api.routes_commands import commands_router
 from fieldgate.cloud.api.routes_connectors import connectors_router
 from fieldgate.cloud.api.routes_customers import customers_router
 from fieldgate.cloud.api.routes_events import events_router
+from fieldgate.cloud.api.routes_labels import labels_router
 from fieldgate.cloud.api.routes_registry import registry_router
 from fieldgate.cloud.api.routes_rules import rules_router
+from fieldgate.cloud.api.routes_site import site_router
 from fieldgate.cloud.api.routes_state import state_router
 from fieldgate.cloud.api.routes_tenants import tenants_router
 from fieldgate.cloud.api.routes_users import users_router
@@ -37,6 +39,7 @@ from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.rules.book import RuleService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
+from fieldgate.cloud.store.site import SiteStore
 from fieldgate.cloud.store.state import DeviceStateStore
 from fieldgate.cloud.tenants import TenantAdmin
 
@@ -64,6 +67,8 @@ def create_api(
     throttle: LoginThrottle | None = None,
     state_store: DeviceStateStore | None = None,
     rules: RuleService | None = None,
+    site: SiteStore | None = None,
+    labels_base_url: str = "http://127.0.0.1:8080",
     batch: BatchOperations | None = None,
 ) -> FastAPI:
     """The REST API over the given stores.
@@ -114,6 +119,12 @@ def create_api(
         app.include_router(rules_router(rules, policy))
     if batch is not None:  # batch operations and schedules (cloud/batch)
         app.include_router(batch_router(batch, policy))
+    if site is not None:  # areas, zones, assets, device groups (docs/model.md)
+        app.include_router(
+            site_router(site, mgmt, policy.require(Permission.READ), policy.require(Permission.WRITE))
+        )
+    # QR labels of devices (and of assets and areas with the site store)
+    app.include_router(labels_router(site, mgmt, policy.require(Permission.READ), labels_base_url))
     app.include_router(dashboard_router(), dependencies=[Depends(public())])
 
     if health is not None:

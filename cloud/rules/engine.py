@@ -50,7 +50,8 @@ class Firing:
 
 
 class PolygonSource(Protocol):
-    """Where a geofence rule's polygon comes from (inline today; zones later)."""
+    """Where a geofence rule's polygon comes from (inline, or a zone: cloud/rules/zones.py).
+    Empty: unknown for now (the rule's state is left as it is)."""
 
     def polygon(self, tenant: str, rule: GeofenceRule) -> Sequence[Point]: ...
 
@@ -158,6 +159,8 @@ def evaluate_event(
         if kind != "location":
             return rs, None
         poly = (polygons or InlinePolygons()).polygon(tenant, rule)
+        if not poly:  # a zone not loaded yet, or gone: nothing to judge by
+            return rs, None
         inside = point_in_polygon(ev.location.latitude, ev.location.longitude, poly)
         alarm = inside if rule.on == "enter" else not inside
         new = _stamp(rs or RuleState(), ev)

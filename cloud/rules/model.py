@@ -110,17 +110,26 @@ class GeofenceRule(_Rule):
     it leaves); ``on: leave`` — raised while it is outside (cleared when it is back inside).
 
     The polygon is given inline as [lat, lon] points (at least 3, not closed: the last point
-    joins the first). Where polygons come from is an interface
-    (:class:`fieldgate.cloud.rules.engine.PolygonSource`) so zones can supply them later.
+    joins the first), or ``zone`` names a zone of the tenant (docs/model.md) whose polygon is
+    used (:class:`fieldgate.cloud.rules.zones.ZonePolygons`); exactly one of the two.
     """
 
     kind: Literal["geofence"]
     on: Literal["enter", "leave"] = "leave"
-    polygon: tuple[Point, ...] = Field(min_length=3, max_length=MAX_POLYGON_POINTS)
+    polygon: tuple[Point, ...] = Field((), max_length=MAX_POLYGON_POINTS)
+    zone: str = Field("", max_length=128, pattern=r"^(|[A-Za-z0-9][A-Za-z0-9_.:@-]*)$")
+
+    @model_validator(mode="after")
+    def _polygon_or_zone(self) -> GeofenceRule:
+        if bool(self.polygon) == bool(self.zone):
+            raise ValueError("a geofence rule needs either a polygon (at least 3 points) or a zone, not both")
+        return self
 
     @field_validator("polygon")
     @classmethod
     def _points(cls, value: tuple[Point, ...]) -> tuple[Point, ...]:
+        if not value:
+            return value
         for i, (lat, lon) in enumerate(value):
             if not (math.isfinite(lat) and -90 <= lat <= 90):
                 raise ValueError(f"point {i}: latitude {lat} is not within [-90, 90]")

@@ -28,6 +28,7 @@ from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore
 from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
 from fieldgate.v1 import model_pb2 as model
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -70,6 +71,7 @@ class ApiStack:
     commands: CommandService
     users: SqliteUsers
     app: FastAPI
+    site: SqliteSiteStore | None = None
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -99,9 +101,10 @@ async def api_stack(
     event_store = SqliteEventStore(tmp_path / "events")
     bus = EmbeddedBus(tmp_path / "bus.db")
     users = SqliteUsers(tmp_path / "users.db")
+    site = SqliteSiteStore(tmp_path / "site")
     started: list[Any] = []
     try:
-        for part in (bus, registry, invocations, event_store, users):
+        for part in (bus, registry, invocations, event_store, users, site):
             await part.start()
             started.append(part)
         for tenant in TENANTS:
@@ -125,8 +128,9 @@ async def api_stack(
             secret=secret,
             previous_secrets=previous_secrets,
             throttle=throttle,
+            site=site,
         )
-        yield ApiStack(registry, invocations, event_store, bus, commands, users, app)
+        yield ApiStack(registry, invocations, event_store, bus, commands, users, app, site)
     finally:
         for part in reversed(started):
             await part.stop()

@@ -81,6 +81,13 @@ PATH_SAMPLES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("users", "name"): ("user", None),
     ("customer-types", "token"): ("ctype", None),
     ("customers", "token"): ("customer", "customer"),
+    ("area-types", "token"): ("atype", None),
+    ("areas", "token"): ("area", None),
+    ("zones", "token"): ("zone", None),
+    ("asset-types", "token"): ("asttype", None),
+    ("assets", "token"): ("asset", None),
+    ("device-groups", "token"): ("group", None),
+    ("elements", "element"): ("device", None),
 }
 _serial = itertools.count()
 
@@ -98,6 +105,17 @@ def _body_for(model: str, things: dict[str, str]) -> dict[str, Any]:
         "CustomerTypeChange": {"name": "renamed"},
         "CustomerIn": {"token": f"new-cust-{n}", "customer_type": things["ctype"]},
         "CustomerChange": {"customer_type": things["ctype"]},
+        "SiteTypeIn": {"token": f"new-stype-{n}"},
+        "SiteTypeChange": {"name": "renamed"},
+        "AreaIn": {"token": f"new-area-{n}", "area_type": things["atype"]},
+        "AreaChange": {"area_type": things["atype"]},
+        "ZoneIn": {"token": f"new-zone-{n}", "polygon": [[1, 1], [1, 2], [2, 2]]},
+        "ZoneMove": {"area": things["area"], "polygon": [[1, 1], [1, 2], [2, 2]]},
+        "AssetIn": {"token": f"new-asset-{n}", "asset_type": things["asttype"]},
+        "AssetChange": {"asset_type": things["asttype"]},
+        "DeviceGroupIn": {"token": f"new-group-{n}"},
+        "DeviceGroupChange": {"name": "renamed"},
+        "ElementIn": {"kind": "device", "token": things["device"]},
     }
     if model not in samples:
         pytest.fail(f"no sample body for request model {model}: add one to BODY_SAMPLES")
@@ -175,6 +193,18 @@ async def make_tenant_a(stack: ApiStack, client: httpx.AsyncClient) -> TenantA:
     has_customers = any(r.path_format == "/api/v1/customers" for r in api_routes(stack.app))
     if has_customers:
         await post("/api/v1/customer-types", {"token": "a-ctype"})
+    site: dict[str, str] = {}
+    if any(r.path_format == "/api/v1/areas" for r in api_routes(stack.app)):  # the site model
+        secret = {"description": "A-SECRET-TYPE"}
+        await post("/api/v1/area-types", {"token": "a-atype", **secret})
+        await post("/api/v1/areas", {"token": "a-area", "area_type": "a-atype", **secret})
+        zone = {"token": "a-zone", "polygon": [[1, 1], [1, 2], [2, 2]], **secret}
+        await post("/api/v1/areas/a-area/zones", zone)
+        await post("/api/v1/asset-types", {"token": "a-asttype", **secret})
+        await post("/api/v1/assets", {"token": "a-asset", "asset_type": "a-asttype", **secret})
+        await post("/api/v1/device-groups", {"token": "a-group", **secret})
+        site = {"atype": "a-atype", "area": "a-area", "zone": "a-zone", "asttype": "a-asttype"}
+        site |= {"asset": "a-asset", "group": "a-group"}
     per: dict[str, dict[str, str]] = {}
     for c in ("c1", "c2"):
         mark = c.upper()
@@ -208,7 +238,10 @@ async def make_tenant_a(stack: ApiStack, client: httpx.AsyncClient) -> TenantA:
             "user": "vera",
             "ctype": "a-ctype",
             "customer": c,
+            **site,
         }
+        if site:
+            await post("/api/v1/device-groups/a-group/elements", {"kind": "device", "token": device})
     return TenantA(per["c1"], per["c2"])
 
 

@@ -1,0 +1,508 @@
+"""REST routes of the site model (docs/model.md): area types, areas, zones, asset types, assets
+and device groups. Thin: the rules (references exist, nothing referenced is deleted, no cycles)
+are in the site store. Reading needs ``read`` (site records are the tenant's structure, like
+device types: customer users read them too, but see only their customer's devices in a
+group); changing needs ``write``. Bodies are strict (unknown fields, wrong types → 422).
+
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures at
+definition time, and the per-app dependencies are closure locals.
+"""
+
+from collections.abc import Awaitable, Callable, Sequence
+from enum import Enum
+from typing import Annotated, Literal, Self, TypeVar, cast
+
+from fastapi import APIRouter, Depends, Query, status
+from pydantic import BaseModel, Field, field_validator
+
+from fieldgate.cloud.api.access import Principal
+from fieldgate.cloud.api.management import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    TOKEN_PATTERN,
+    Management,
+)
+from fieldgate.cloud.api.models import Metadata, PageOut, _In, error_docs, iso, page_fields
+from fieldgate.cloud.errors import NotFound
+from fieldgate.cloud.store import Page
+from fieldgate.cloud.store.site import (
+    MAX_DESCRIPTION,
+    MAX_NAME,
+    MAX_ROLES,
+    MAX_ZONE_POINTS,
+    Area,
+    AreaType,
+    Asset,
+    AssetType,
+    DeviceGroup,
+    GroupElement,
+    Kind,
+    SiteRecord,
+    SiteStore,
+    Zone,
+    check_polygon,
+    describe,
+)
+
+PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
+Search = Annotated[str | None, Query(max_length=128, description="token prefix, or name prefix (any case)")]
+RefQuery = Annotated[str | None, Query(max_length=128)]
+ERRORS = error_docs(common=True)
+RoleName = Annotated[str, Field(min_length=1, max_length=64)]
+LatLon = Annotated[list[float], Field(min_length=2, max_length=2, description="[lat, lon]")]
+RefToken = Annotated[str, Field(max_length=128, pattern=TOKEN_PATTERN)]
+
+
+# --- bodies ------------------------------------------------------------------------------------
+
+
+class _Common(_In):
+    name: str = Field("", max_length=MAX_NAME)
+    description: str = Field("", max_length=MAX_DESCRIPTION)
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class _WithToken(_In):
+    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
+
+
+class SiteTypeChange(_Common):
+    """An area type or asset type: name, description, metadata."""
+
+
+class SiteTypeIn(SiteTypeChange, _WithToken):
+    pass
+
+
+class AreaChange(_Common):
+    area_type: RefToken
+    parent: str = Field("", max_length=128, description="the parent area's token; empty = top level")
+
+
+class AreaIn(AreaChange, _WithToken):
+    pass
+
+
+class ZoneChange(_Common):
+    polygon: list[LatLon] = Field(
+        min_length=3, max_length=MAX_ZONE_POINTS, description="[lat, lon] points, not closed"
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _points(cls, value: list[list[float]]) -> list[list[float]]:
+        check_polygon([(p[0], p[1]) for p in value])
+        return value
+
+    def points(self) -> tuple[tuple[float, float], ...]:
+        return tuple((p[0], p[1]) for p in self.polygon)
+
+
+class ZoneIn(ZoneChange, _WithToken):
+    pass
+
+
+class ZoneMove(ZoneChange):
+    area: RefToken
+
+
+class AssetChange(_Common):
+    asset_type: RefToken
+
+
+class AssetIn(AssetChange, _WithToken):
+    pass
+
+
+class DeviceGroupChange(_Common):
+    roles: list[RoleName] = Field(default_factory=list, max_length=MAX_ROLES)
+
+
+class DeviceGroupIn(DeviceGroupChange, _WithToken):
+    pass
+
+
+class ElementIn(_In):
+    kind: Literal["device", "group"]
+    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
+    roles: list[RoleName] = Field(default_factory=list, max_length=MAX_ROLES)
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    token: str
+    name: str
+    description: str
+    metadata: dict[str, str]
+    created: str
+
+    @classmethod
+    def of(cls, r: SiteRecord) -> Self:
+        fields = r.model_dump(exclude={"created_ms"})
+        return cls(**{k: v for k, v in fields.items() if k in cls.model_fields}, created=iso(r.created_ms))
+
+
+OutT = TypeVar("OutT", bound=_Out)
+
+
+class AreaTypeOut(_Out):
+    pass
+
+
+class AreaOut(_Out):
+    area_type: str
+    parent: str
+
+
+class ZoneOut(_Out):
+    area: str
+    polygon: list[tuple[float, float]]
+
+
+class AssetTypeOut(_Out):
+    pass
+
+
+class AssetOut(_Out):
+    asset_type: str
+
+
+class DeviceGroupOut(_Out):
+    roles: list[str]
+
+
+class ElementOut(BaseModel):
+    kind: str
+    token: str
+    roles: list[str]
+
+
+class DeviceTokensOut(BaseModel):
+    group: str
+    recursive: bool
+    devices: list[str]
+
+
+class Deleted(BaseModel):
+    token: str
+    deleted: bool = True
+
+
+def site_router(
+    site: SiteStore,
+    mgmt: Management,
+    read: Callable[..., Awaitable[Principal]],
+    write: Callable[..., Awaitable[Principal]],
+) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", responses=ERRORS)
+    Read = Annotated[Principal, Depends(read)]
+    Write = Annotated[Principal, Depends(write)]
+    in_use = error_docs({404: "no such entity", 409: "still referenced (the detail says by what)"})
+    created = status.HTTP_201_CREATED
+
+    async def need(tenant: str, kind: Kind, token: str) -> SiteRecord:
+        record = await site.get(tenant, kind, token)
+        if record is None:
+            raise NotFound(f"{describe(kind, token)} does not exist")
+        return record
+
+    async def visible(who: Principal, devices: Sequence[str]) -> list[str]:
+        """A customer user sees only its customer's devices among a group's."""
+        if who.scope_customer is None:
+            return list(devices)
+        out = []
+        for d in devices:
+            try:
+                await mgmt.get_device(who.tenant, d, customer=who.scope_customer)
+            except NotFound:
+                continue
+            out.append(d)
+        return out
+
+    def page_of(out: type[OutT], p: Page[SiteRecord]) -> PageOut[OutT]:
+        page = PageOut[out](items=[out.of(r) for r in p.items], **page_fields(p))  # type: ignore[valid-type]
+        return cast("PageOut[OutT]", page)
+
+    # area types ---------------------------------------------------------------------------------
+    tag: list[str | Enum] = ["areas"]
+
+    @router.post("/area-types", status_code=created, tags=tag, responses=error_docs({409: "token taken"}))
+    async def create_area_type(body: SiteTypeIn, who: Write) -> AreaTypeOut:
+        return AreaTypeOut.of(await site.create(who.tenant, AreaType(**body.model_dump())))
+
+    @router.get("/area-types", tags=tag)
+    async def list_area_types(
+        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+    ) -> PageOut[AreaTypeOut]:
+        return page_of(AreaTypeOut, await site.find(who.tenant, "area_type", page, page_size, search=search))
+
+    @router.get("/area-types/{token}", tags=tag, responses=error_docs({404: "no such area type"}))
+    async def get_area_type(token: str, who: Read) -> AreaTypeOut:
+        return AreaTypeOut.of(await need(who.tenant, "area_type", token))
+
+    @router.put("/area-types/{token}", tags=tag, responses=error_docs({404: "no such area type"}))
+    async def update_area_type(token: str, body: SiteTypeChange, who: Write) -> AreaTypeOut:
+        return AreaTypeOut.of(await site.update(who.tenant, AreaType(token=token, **body.model_dump())))
+
+    @router.delete("/area-types/{token}", tags=tag, responses=in_use)
+    async def delete_area_type(token: str, who: Write) -> Deleted:
+        """409 while an area has this type."""
+        await site.delete(who.tenant, "area_type", token)
+        return Deleted(token=token)
+
+    # areas --------------------------------------------------------------------------------------
+
+    @router.post(
+        "/areas",
+        status_code=created,
+        tags=tag,
+        responses=error_docs({404: "the area type or parent does not exist", 409: "token taken"}),
+    )
+    async def create_area(body: AreaIn, who: Write) -> AreaOut:
+        return AreaOut.of(await site.create(who.tenant, Area(**body.model_dump())))
+
+    @router.get("/areas", tags=tag)
+    async def list_areas(
+        who: Read,
+        parent: Annotated[str | None, Query(max_length=128, description="only this area's children")] = None,
+        search: Search = None,
+        page: PageNo = 1,
+        page_size: PageSize = DEFAULT_PAGE_SIZE,
+    ) -> PageOut[AreaOut]:
+        ref: tuple[Kind, str] | None = None
+        if parent:
+            await need(who.tenant, "area", parent)
+            ref = ("area", parent)
+        return page_of(
+            AreaOut, await site.find(who.tenant, "area", page, page_size, search=search, referencing=ref)
+        )
+
+    @router.get("/areas/{token}", tags=tag, responses=error_docs({404: "no such area"}))
+    async def get_area(token: str, who: Read) -> AreaOut:
+        return AreaOut.of(await need(who.tenant, "area", token))
+
+    @router.put(
+        "/areas/{token}",
+        tags=tag,
+        responses=error_docs({404: "no such area, type or parent", 422: "invalid, or a cycle"}),
+    )
+    async def update_area(token: str, body: AreaChange, who: Write) -> AreaOut:
+        """Replace type, parent, name, description and metadata (a parent below it: 422)."""
+        return AreaOut.of(await site.update(who.tenant, Area(token=token, **body.model_dump())))
+
+    @router.delete("/areas/{token}", tags=tag, responses=in_use)
+    async def delete_area(token: str, who: Write) -> Deleted:
+        """409 while a child area or a zone names it."""
+        await site.delete(who.tenant, "area", token)
+        return Deleted(token=token)
+
+    # zones --------------------------------------------------------------------------------------
+
+    @router.post(
+        "/areas/{token}/zones",
+        status_code=created,
+        tags=["zones"],
+        responses=error_docs({404: "no such area", 409: "token taken"}),
+    )
+    async def create_zone(token: str, body: ZoneIn, who: Write) -> ZoneOut:
+        """A zone of the area: a polygon of at least 3 [lat, lon] points."""
+        return ZoneOut.of(
+            await site.create(
+                who.tenant, Zone(area=token, **body.model_dump(exclude={"polygon"}), polygon=body.points())
+            )
+        )
+
+    @router.get("/areas/{token}/zones", tags=["zones"], responses=error_docs({404: "no such area"}))
+    async def list_area_zones(
+        token: str,
+        who: Read,
+        search: Search = None,
+        page: PageNo = 1,
+        page_size: PageSize = DEFAULT_PAGE_SIZE,
+    ) -> PageOut[ZoneOut]:
+        await need(who.tenant, "area", token)
+        p = await site.find(who.tenant, "zone", page, page_size, search=search, referencing=("area", token))
+        return page_of(ZoneOut, p)
+
+    @router.get("/zones", tags=["zones"])
+    async def list_zones(
+        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+    ) -> PageOut[ZoneOut]:
+        return page_of(ZoneOut, await site.find(who.tenant, "zone", page, page_size, search=search))
+
+    @router.get("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone"}))
+    async def get_zone(token: str, who: Read) -> ZoneOut:
+        return ZoneOut.of(await need(who.tenant, "zone", token))
+
+    @router.put("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone or area"}))
+    async def update_zone(token: str, body: ZoneMove, who: Write) -> ZoneOut:
+        """Replace area, polygon, name, description and metadata."""
+        return ZoneOut.of(
+            await site.update(
+                who.tenant, Zone(token=token, **body.model_dump(exclude={"polygon"}), polygon=body.points())
+            )
+        )
+
+    @router.delete("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone"}))
+    async def delete_zone(token: str, who: Write) -> Deleted:
+        await site.delete(who.tenant, "zone", token)
+        return Deleted(token=token)
+
+    # asset types and assets ---------------------------------------------------------------------
+    tag = ["assets"]
+
+    @router.post("/asset-types", status_code=created, tags=tag, responses=error_docs({409: "token taken"}))
+    async def create_asset_type(body: SiteTypeIn, who: Write) -> AssetTypeOut:
+        return AssetTypeOut.of(await site.create(who.tenant, AssetType(**body.model_dump())))
+
+    @router.get("/asset-types", tags=tag)
+    async def list_asset_types(
+        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+    ) -> PageOut[AssetTypeOut]:
+        return page_of(
+            AssetTypeOut, await site.find(who.tenant, "asset_type", page, page_size, search=search)
+        )
+
+    @router.get("/asset-types/{token}", tags=tag, responses=error_docs({404: "no such asset type"}))
+    async def get_asset_type(token: str, who: Read) -> AssetTypeOut:
+        return AssetTypeOut.of(await need(who.tenant, "asset_type", token))
+
+    @router.put("/asset-types/{token}", tags=tag, responses=error_docs({404: "no such asset type"}))
+    async def update_asset_type(token: str, body: SiteTypeChange, who: Write) -> AssetTypeOut:
+        return AssetTypeOut.of(await site.update(who.tenant, AssetType(token=token, **body.model_dump())))
+
+    @router.delete("/asset-types/{token}", tags=tag, responses=in_use)
+    async def delete_asset_type(token: str, who: Write) -> Deleted:
+        """409 while an asset has this type."""
+        await site.delete(who.tenant, "asset_type", token)
+        return Deleted(token=token)
+
+    @router.post(
+        "/assets",
+        status_code=created,
+        tags=tag,
+        responses=error_docs({404: "the asset type does not exist", 409: "token taken"}),
+    )
+    async def create_asset(body: AssetIn, who: Write) -> AssetOut:
+        return AssetOut.of(await site.create(who.tenant, Asset(**body.model_dump())))
+
+    @router.get("/assets", tags=tag)
+    async def list_assets(
+        who: Read,
+        asset_type: Annotated[
+            str | None, Query(max_length=128, description="only assets of this type")
+        ] = None,
+        search: Search = None,
+        page: PageNo = 1,
+        page_size: PageSize = DEFAULT_PAGE_SIZE,
+    ) -> PageOut[AssetOut]:
+        ref: tuple[Kind, str] | None = ("asset_type", asset_type) if asset_type else None
+        return page_of(
+            AssetOut, await site.find(who.tenant, "asset", page, page_size, search=search, referencing=ref)
+        )
+
+    @router.get("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset"}))
+    async def get_asset(token: str, who: Read) -> AssetOut:
+        return AssetOut.of(await need(who.tenant, "asset", token))
+
+    @router.put("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset or asset type"}))
+    async def update_asset(token: str, body: AssetChange, who: Write) -> AssetOut:
+        return AssetOut.of(await site.update(who.tenant, Asset(token=token, **body.model_dump())))
+
+    @router.delete("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset"}))
+    async def delete_asset(token: str, who: Write) -> Deleted:
+        await site.delete(who.tenant, "asset", token)
+        return Deleted(token=token)
+
+    # device groups ------------------------------------------------------------------------------
+    tag = ["device groups"]
+
+    @router.post("/device-groups", status_code=created, tags=tag, responses=error_docs({409: "token taken"}))
+    async def create_device_group(body: DeviceGroupIn, who: Write) -> DeviceGroupOut:
+        return DeviceGroupOut.of(await site.create(who.tenant, DeviceGroup(**body.model_dump())))
+
+    @router.get("/device-groups", tags=tag)
+    async def list_device_groups(
+        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+    ) -> PageOut[DeviceGroupOut]:
+        return page_of(
+            DeviceGroupOut, await site.find(who.tenant, "device_group", page, page_size, search=search)
+        )
+
+    @router.get("/device-groups/{token}", tags=tag, responses=error_docs({404: "no such group"}))
+    async def get_device_group(token: str, who: Read) -> DeviceGroupOut:
+        return DeviceGroupOut.of(await need(who.tenant, "device_group", token))
+
+    @router.put("/device-groups/{token}", tags=tag, responses=error_docs({404: "no such group"}))
+    async def update_device_group(token: str, body: DeviceGroupChange, who: Write) -> DeviceGroupOut:
+        return DeviceGroupOut.of(await site.update(who.tenant, DeviceGroup(token=token, **body.model_dump())))
+
+    @router.delete("/device-groups/{token}", tags=tag, responses=in_use)
+    async def delete_device_group(token: str, who: Write) -> Deleted:
+        """409 while the group is an element of another group; its own elements go with it."""
+        await site.delete(who.tenant, "device_group", token)
+        return Deleted(token=token)
+
+    @router.get("/device-groups/{token}/elements", tags=tag, responses=error_docs({404: "no such group"}))
+    async def list_group_elements(
+        token: str, who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+    ) -> PageOut[ElementOut]:
+        """Groups first, then devices, by token (customer users: only their devices)."""
+        p = await site.elements(who.tenant, token, 1, 100_000)
+        shown = set(await visible(who, [e.token for e in p.items if e.kind == "device"]))
+        items = [e for e in p.items if e.kind == "group" or e.token in shown]
+        start = (page - 1) * page_size
+        return PageOut[ElementOut](
+            items=[
+                ElementOut(kind=e.kind, token=e.token, roles=list(e.roles))
+                for e in items[start : start + page_size]
+            ],
+            page=page,
+            page_size=page_size,
+            total=len(items),
+        )
+
+    @router.post(
+        "/device-groups/{token}/elements",
+        status_code=created,
+        tags=tag,
+        responses=error_docs({404: "no such group, device or nested group", 422: "invalid, or a cycle"}),
+    )
+    async def add_group_element(token: str, body: ElementIn, who: Write) -> ElementOut:
+        """Add a device or a nested group with its roles (an element already there gets the new roles)."""
+        if body.kind == "device":
+            await mgmt.get_device(who.tenant, body.token)
+        el = await site.put_element(
+            who.tenant, token, GroupElement(kind=body.kind, token=body.token, roles=tuple(body.roles))
+        )
+        return ElementOut(kind=el.kind, token=el.token, roles=list(el.roles))
+
+    @router.delete(
+        "/device-groups/{token}/elements/{element}",
+        tags=tag,
+        responses=error_docs({404: "no such group, or not an element of it"}),
+    )
+    async def remove_group_element(
+        token: str,
+        element: str,
+        who: Write,
+        kind: Annotated[Literal["device", "group"], Query(description="what the element is")] = "device",
+    ) -> Deleted:
+        await site.remove_element(who.tenant, token, kind, element)
+        return Deleted(token=element)
+
+    @router.get("/device-groups/{token}/devices", tags=tag, responses=error_docs({404: "no such group"}))
+    async def list_group_devices(
+        token: str,
+        who: Read,
+        recursive: Annotated[bool, Query(description="include the devices of nested groups")] = True,
+    ) -> DeviceTokensOut:
+        """The group's device tokens (nested groups resolved), sorted, without duplicates."""
+        devices = await site.members(who.tenant, token, recursive=recursive)
+        return DeviceTokensOut(group=token, recursive=recursive, devices=await visible(who, devices))
+
+    return router
