@@ -254,7 +254,7 @@ class CloudApp:
         )
         # Batch operations and schedules (the api service; cloud/batch).
         self.batch_store = build_batch_store(config, cassandra=self.cassandra)
-        self.batch = BatchOperations(self.batch_store, self.registry, self.commands)
+        self.batch = BatchOperations(self.batch_store, self.registry, self.commands, groups=self.site_store)
         self.scheduler = Scheduler(
             self.batch_store,
             self.registry,

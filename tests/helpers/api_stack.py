@@ -23,6 +23,8 @@ from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.api.app import create_api
 from fieldgate.cloud.api.auth import LoginThrottle
 from fieldgate.cloud.api.users import SqliteUsers
+from fieldgate.cloud.batch.operations import BatchOperations
+from fieldgate.cloud.batch.store import SqliteBatchStore
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.invocations import CommandService
@@ -102,7 +104,9 @@ async def api_stack(
     bus = EmbeddedBus(tmp_path / "bus.db")
     users = SqliteUsers(tmp_path / "users.db")
     site = SqliteSiteStore(tmp_path / "site")
-    started: list[Any] = []
+    batch_store = SqliteBatchStore(tmp_path / "batch")
+    started: list[Any] = [batch_store]
+    await batch_store.start()
     try:
         for part in (bus, registry, invocations, event_store, users, site):
             await part.start()
@@ -118,6 +122,7 @@ async def api_stack(
             )
         )
         commands = CommandService(registry, invocations, bus, default_ttl_s=3600)
+        batch = BatchOperations(batch_store, registry, commands)  # routes only; no runner
         app = create_api(
             registry=registry,
             event_store=event_store,
@@ -128,6 +133,7 @@ async def api_stack(
             secret=secret,
             previous_secrets=previous_secrets,
             throttle=throttle,
+            batch=batch,
             site=site,
         )
         yield ApiStack(registry, invocations, event_store, bus, commands, users, app, site)

@@ -236,6 +236,16 @@ async def test_bad_input_is_refused_naming_the_field(suite: Suite, api: httpx.As
     assert (await api.get("/api/v1/batch-operations")).json()["total"] == 0
     assert (await api.get("/api/v1/schedules")).json()["items"] == []
 
+    # A device group (the site store) is a selection too.
+    assert (await api.post("/api/v1/device-groups", json={"token": "g2"})).status_code == 201
+    r = await api.post("/api/v1/device-groups/g2/elements", json={"kind": "device", "token": "bad-2"})
+    assert r.status_code in (200, 201), r.text
+    r = await api.post("/api/v1/batch-operations", json={"command": "ping", "selection": {"group": "g2"}})
+    assert r.status_code == 201, r.text
+    assert r.json()["progress"]["total"] == 1
+    devices = (await api.get(f"/api/v1/batch-operations/{r.json()['operation']['id']}/devices")).json()
+    assert [e["device"] for e in devices["items"]] == ["bad-2"]
+
 
 async def test_schedule_crud_and_a_one_shot_firing(suite: Suite, api: httpx.AsyncClient) -> None:
     sim = GatewaySim(suite.mqtt_port)

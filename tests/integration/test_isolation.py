@@ -81,6 +81,8 @@ PATH_SAMPLES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("users", "name"): ("user", None),
     ("customer-types", "token"): ("ctype", None),
     ("customers", "token"): ("customer", "customer"),
+    ("batch-operations", "operation_id"): ("batch", None),
+    ("schedules", "schedule_id"): ("schedule", None),
     ("area-types", "token"): ("atype", None),
     ("areas", "token"): ("area", None),
     ("zones", "token"): ("zone", None),
@@ -105,6 +107,12 @@ def _body_for(model: str, things: dict[str, str]) -> dict[str, Any]:
         "CustomerTypeChange": {"name": "renamed"},
         "CustomerIn": {"token": f"new-cust-{n}", "customer_type": things["ctype"]},
         "CustomerChange": {"customer_type": things["ctype"]},
+        "BatchRequest": {"command": "ping", "selection": {"devices": [things["device"]]}},
+        "ScheduleIn": {
+            "id": things.get("schedule", f"new-sched-{n}"),
+            "cron": "0 3 * * *",
+            "action": {"kind": "command", "device": things["device"], "command": "ping"},
+        },
         "SiteTypeIn": {"token": f"new-stype-{n}"},
         "SiteTypeChange": {"name": "renamed"},
         "AreaIn": {"token": f"new-area-{n}", "area_type": things["atype"]},
@@ -242,6 +250,14 @@ async def make_tenant_a(stack: ApiStack, client: httpx.AsyncClient) -> TenantA:
         }
         if site:
             await post("/api/v1/device-groups/a-group/elements", {"kind": "device", "token": device})
+    if any(r.path_format == "/api/v1/batch-operations" for r in api_routes(stack.app)):
+        op = await post(
+            "/api/v1/batch-operations", {"command": "ping", "selection": {"devices": ["dev-c1", "dev-c2"]}}
+        )
+        action = {"kind": "command", "device": "dev-c1", "command": "ping"}
+        await post("/api/v1/schedules", {"id": "a-sched", "cron": "0 3 * * *", "action": action})
+        for c in per.values():
+            c |= {"batch": op["operation"]["id"], "schedule": "a-sched"}
     return TenantA(per["c1"], per["c2"])
 
 
