@@ -95,6 +95,7 @@ class BatchOperations:
         max_per_s: float = 200.0,
         poll_s: float = 1.0,
         rescan_s: float = 30.0,
+        mirror_s: float = 2.0,
     ) -> None:
         self.store = store
         self._registry = registry
@@ -110,6 +111,11 @@ class BatchOperations:
         self._pace_lock = asyncio.Lock()
         self._poll_s = poll_s
         self._rescan_s = rescan_s
+        # The runner re-reads an operation's in-flight invocations at most every mirror_s (a
+        # large batch waiting for offline devices costs one read per device per round); a GET
+        # of the operation mirrors at once.
+        self._mirror_s = mirror_s
+        self._mirrored: dict[tuple[str, str], float] = {}
         self._active: dict[tuple[str, str], None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -272,6 +278,7 @@ class BatchOperations:
                 for key in list(self._active):
                     if not await self.run_once(*key):
                         self._active.pop(key, None)
+                        self._mirrored.pop(key, None)
             except asyncio.CancelledError:
                 raise
             except Exception:  # task top: log, retry on the next round
@@ -301,6 +308,10 @@ class BatchOperations:
             current = await self.store.get_operation(tenant, op.id)
             if current is not None and current.status is OperationStatus.PENDING:
                 await self.store.save_operation(tenant, op)
+        now = asyncio.get_running_loop().time()
+        if now - self._mirrored.get((tenant, op.id), -1e18) < self._mirror_s:
+            return True
+        self._mirrored[(tenant, op.id)] = now
         return not await self._mirror(tenant, op)
 
     async def _pace(self) -> None:
