@@ -12,9 +12,11 @@ skipped (a schedule catching up a night of five-minute runs would flood the devi
 
 What a run does is idempotent too: a command gets the invocation id derived from (schedule,
 due time), a batch the operation id derived from them, so even two runs of one due time
-would create one invocation or one operation. A replica that crashes between its claim and
-the action loses that one due time (at most once for it; the claim row shows it with an
-empty result); the next due time runs as usual.
+create one invocation or one operation. That is what makes a crash safe: a claim whose run
+has no result after ``lease_s`` (its replica died between the claim and the end of the run)
+is taken over by the next replica that looks at that due time, which runs the action again —
+the derived id turns a second attempt into the first one's result. (A cron schedule whose
+next due time has come meanwhile runs that one instead: the latest due time wins.)
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Scheduler:
         *,
         replica: str = "default",
         tick_s: float = 1.0,
+        lease_s: float = 60.0,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.store = store
@@ -85,11 +88,13 @@ class Scheduler:
         self._operations = operations
         self.replica = replica
         self._tick_s = tick_s
+        self._lease_ms = int(lease_s * 1000)
         self._clock = clock
         self._seen: dict[tuple[str, str], int] = {}  # (tenant, schedule) -> latest due handled
         self._task: asyncio.Task[None] | None = None
         self.runs = 0  # due times this replica ran
         self.lost_claims = 0  # due times another replica claimed first
+        self.taken_over = 0  # claims of a replica that did not finish, run again here
 
     async def start(self) -> None:
         if self._task is None:
@@ -130,8 +135,21 @@ class Scheduler:
             tenant, ScheduleRun(schedule=schedule.id, due_ms=due, replica=self.replica, run_ms=now)
         )
         if not claimed:
-            self.lost_claims += 1
-            return False
+            run = await self.store.get_run(tenant, schedule.id, due)
+            if run is None or run.result:
+                self.lost_claims += 1
+                return False
+            if now - run.run_ms < self._lease_ms:
+                self._seen.pop(key, None)  # still running elsewhere: look again next tick
+                return False
+            self.taken_over += 1
+            log.warning(
+                "tenant %s: schedule %s at %d: replica %s claimed it and did not finish; running it here",
+                tenant,
+                schedule.id,
+                due,
+                run.replica,
+            )
         result = await self._run(tenant, schedule, due)
         self.runs += 1
         await self.store.finish_run(tenant, schedule.id, due, result)

@@ -101,6 +101,8 @@ class BatchStore(Protocol):
 
     async def finish_run(self, tenant: str, schedule_id: str, due_ms: int, result: str) -> None: ...
 
+    async def get_run(self, tenant: str, schedule_id: str, due_ms: int) -> ScheduleRun | None: ...
+
     async def list_runs(self, tenant: str, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
         """Newest first."""
 
@@ -420,6 +422,23 @@ class SqliteBatchStore:
 
         await self._worker.run(run)
 
+    async def get_run(self, tenant: str, schedule_id: str, due_ms: int) -> ScheduleRun | None:
+        def run() -> ScheduleRun | None:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return None
+            r = conn.execute(
+                "SELECT schedule, due_ms, replica, run_ms, result FROM schedule_runs WHERE schedule = ? AND due_ms = ?",
+                (schedule_id, due_ms),
+            ).fetchone()
+            return (
+                None
+                if r is None
+                else ScheduleRun(schedule=r[0], due_ms=r[1], replica=r[2], run_ms=r[3], result=r[4])
+            )
+
+        return await self._worker.run(run)
+
     async def list_runs(self, tenant: str, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
         def run() -> list[ScheduleRun]:
             conn = self._conn(tenant, create=False)
@@ -654,6 +673,17 @@ class CassandraBatchStore:
             "UPDATE {ks}.schedule_runs SET result = %s WHERE schedule = %s AND due_ms = %s",
             (result, schedule_id, due_ms),
         )
+
+    async def get_run(self, tenant: str, schedule_id: str, due_ms: int) -> ScheduleRun | None:
+        rows = await self._run(
+            tenant,
+            "SELECT schedule, due_ms, replica, run_ms, result FROM {ks}.schedule_runs WHERE schedule = %s AND due_ms = %s",
+            (schedule_id, due_ms),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return ScheduleRun(schedule=r[0], due_ms=r[1], replica=r[2], run_ms=r[3], result=r[4] or "")
 
     async def list_runs(self, tenant: str, schedule_id: str, limit: int = 100) -> list[ScheduleRun]:
         rows = await self._run(

@@ -280,3 +280,41 @@ async def test_a_group_selection_resolves_through_the_site_store(world: World, t
             await ops.create(T, BatchRequest(command="ping", selection=Selection(group="nope")), "tester")
     finally:
         await site.stop()
+
+
+async def test_a_claim_whose_replica_died_is_taken_over_once(world: World) -> None:
+    from fieldgate.cloud.batch.models import ScheduleRun
+
+    now = [T0 + 10_000]
+    store = await world.batch_store()
+    ops = BatchOperations(store, world.registry, world.commands)
+    await store.create_schedule(
+        T,
+        Schedule(
+            id="once",
+            at_ms=T0,
+            action=CommandAction(device="act-05", command="ping"),
+            tenant=T,
+            created_ms=T0 - 1000,
+            updated_ms=T0 - 1000,
+        ),
+    )
+    # Replica "dead" claimed the due time and died before running it.
+    assert await store.claim_run(
+        T, ScheduleRun(schedule="once", due_ms=T0, replica="dead", run_ms=T0 + 5_000)
+    )
+    a = Scheduler(store, world.registry, world.commands, ops, replica="a", clock=lambda: now[0], lease_s=60)
+    assert await a.tick() == 0  # within the lease: the claimer may still be at it
+    assert await a.tick() == 0
+    assert await world.invocations.list_pending(T) == []
+    now[0] = T0 + 70_000
+    b = Scheduler(store, world.registry, world.commands, ops, replica="b", clock=lambda: now[0], lease_s=60)
+    assert sum(await asyncio.gather(a.tick(), b.tick())) >= 1  # both may take over; one invocation results
+    pending = await world.invocations.list_pending(T)
+    assert [p.device for p in pending] == ["act-05"]
+    run = await store.get_run(T, "once", T0)
+    assert run is not None and run.result == f"invocation {pending[0].id}"
+    done = await store.get_schedule(T, "once")
+    assert done is not None and not done.enabled
+    assert await a.tick() == 0 and await b.tick() == 0
+    assert len(await world.invocations.list_pending(T)) == 1
