@@ -540,7 +540,19 @@ class CloudApp:
         self.bus.forget_tenant(token)
         if self.ingest is not None:
             self.ingest.forget_tenant(token)
+        self.site_store.forget_tenant(token)
+        self.zone_polygons.forget_tenant(token)
+        if self._running:  # its areas, zones, assets and groups go too (SQLite: its own file)
+            task = asyncio.get_running_loop().create_task(self._delete_site(token))
+            self._tenant_tasks.add(task)
+            task.add_done_callback(self._tenant_tasks.discard)
         log.info("tenant %s deleted: forgotten by this process", token)
+
+    async def _delete_site(self, token: str) -> None:
+        try:
+            await self.site_store.delete_tenant(token)
+        except CloudError as err:  # task top: a later delete of the tenant tries again
+            log.error("tenant %s: cannot delete its site records: %s", token, err)
 
     def _apply_retention(self, settings: TenantSettings) -> None:
         store = self.event_store

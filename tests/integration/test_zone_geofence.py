@@ -88,3 +88,20 @@ def test_a_geofence_rule_needs_a_polygon_or_a_zone() -> None:
     ):
         with pytest.raises(ValueError):
             RULE_ADAPTER.validate_python(bad)
+
+
+async def test_a_deleted_tenants_site_records_go_with_it(cloud: CloudApp, api: httpx.AsyncClient) -> None:  # noqa: F811
+    assert (await api.post("/api/v1/tenants", json={"token": "acme"})).status_code == 201, (
+        "admin is an instance admin"
+    )
+    acme = {"X-Fieldgate-Tenant": "acme"}
+    assert (await api.post("/api/v1/area-types", json={"token": "site"}, headers=acme)).status_code == 201
+    assert (await api.delete("/api/v1/tenants/acme?confirm=acme")).status_code == 200
+
+    async def gone() -> bool | None:
+        return True if await cloud.site_store.get("acme", "area_type", "site") is None else None
+
+    await eventually(gone, timeout=10, what="site records of the deleted tenant removed")
+    assert (await api.post("/api/v1/tenants", json={"token": "acme"})).status_code == 201
+    listed = await api.get("/api/v1/area-types", headers=acme)
+    assert listed.status_code == 200 and listed.json()["total"] == 0
