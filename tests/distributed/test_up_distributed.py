@@ -47,7 +47,15 @@ async def api(suite: Suite) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_publish_and_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
     # Each cloud service is its own process, and the edge agent too.
-    assert set(suite.cloud_procs) == {"ingest", "inbound", "registration", "event-store", "api"}
+    assert set(suite.cloud_procs) == {
+        "ingest",
+        "inbound",
+        "registration",
+        "event-store",
+        "state",
+        "connectors",
+        "api",
+    }
     assert suite.edge_proc is not None and suite.edge is None
     await asyncio.to_thread(
         publish_once,
