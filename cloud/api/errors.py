@@ -83,7 +83,16 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+async def _on_model_error(request: Request, exc: Exception) -> JSONResponse:
+    """A pydantic model built inside a route from a path value (e.g. a token that is not a valid
+    token) is the caller's error: 422, never a 500."""
+    return JSONResponse(status_code=422, content={"detail": f"invalid value: {exc}"[:500]})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    from pydantic import ValidationError
+
+    app.add_exception_handler(ValidationError, _on_model_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(CloudError, _on_cloud_error)
