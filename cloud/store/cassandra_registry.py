@@ -37,7 +37,6 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -52,6 +51,7 @@ from fieldgate.cloud.store._cassandra import (
     instance_keyspace,
     keyspace_name,
 )
+from fieldgate.cloud.store._registry_cache import RegistryCache
 from fieldgate.cloud.store._sqlite import check_page, require_tenant, valid_tenant
 from fieldgate.cloud.store.sqlite_registry import transition_allowed
 from fieldgate.timeutil import now_ms
@@ -316,12 +316,7 @@ class CassandraRegistry(_CassandraStore):
         )
         self._seq = _Sequence()
         self._known_tenants: set[str] = set()
-        self._device_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._device_cache_size = device_cache_size
-        # (tenant, device) -> (valid until, serialized active assignment or None)
-        self._assignment_cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
-        self._assignment_cache_s = assignment_cache_s
-        self._clock = clock
+        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock)
 
     def _instance_statements(self, ks: str) -> dict[str, str]:
         return {
@@ -464,9 +459,7 @@ class CassandraRegistry(_CassandraStore):
         assignments): another process (or this one) deleted it."""
         super().forget_tenant(tenant)
         self._known_tenants.discard(tenant)
-        for cache in (self._device_cache, self._assignment_cache):
-            for key in [k for k in cache if k[0] == tenant]:
-                del cache[key]
+        self._cache.forget_tenant(tenant)
 
     async def get_tenant(self, token: str) -> model.Tenant | None:
         if not valid_tenant(token):
@@ -548,26 +541,19 @@ class CassandraRegistry(_CassandraStore):
         data = stored.SerializeToString()
         if not await self._create(ctx, "devices", (stored.token, stored.device_type, data)):
             raise Conflict(f"device {stored.token!r} already exists in tenant {stored.tenant!r}")
-        self._cache_device(stored.tenant, stored.token, data)
+        self._cache.put_device(stored.tenant, stored.token, data)
         return _copy(stored)
 
     async def get_device(self, tenant: str, token: str) -> model.Device | None:
         """The device, or None. Found devices are served from memory after the first lookup."""
-        cached = self._device_cache.get((tenant, token))
+        cached = self._cache.device(tenant, token)
         if cached is not None:
-            self._device_cache.move_to_end((tenant, token))
             return _parse(model.Device, cached)
         data = await self._get_data(tenant, "sel_devices", token)
         if data is None:
             return None
-        self._cache_device(tenant, token, data)
+        self._cache.put_device(tenant, token, data)
         return _parse(model.Device, data)
-
-    def _cache_device(self, tenant: str, token: str, data: bytes) -> None:
-        cache = self._device_cache
-        cache[(tenant, token)] = data
-        while len(cache) > self._device_cache_size:
-            cache.popitem(last=False)
 
     async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
         check_page(page, page_size)
@@ -612,23 +598,18 @@ class CassandraRegistry(_CassandraStore):
             await self._db.gather(writes)
             return a
         finally:
-            self._assignment_cache.pop((a.tenant, a.device), None)
+            self._cache.drop_assignment(a.tenant, a.device)
 
     async def get_assignment(self, tenant: str, token: str) -> model.Assignment | None:
         data = await self._get_data(tenant, "sel_assignment", token)
         return None if data is None else _parse(model.Assignment, data)
 
     async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None:
-        key = (tenant, device)
-        hit = self._assignment_cache.get(key)
-        now = self._clock()
-        if hit is not None and hit[0] > now:
-            return None if hit[1] is None else _parse(model.Assignment, hit[1])
+        hit, cached = self._cache.assignment(tenant, device)
+        if hit:
+            return None if cached is None else _parse(model.Assignment, cached)
         data = await self._get_data(tenant, "sel_active", device)
-        if self._assignment_cache_s > 0:
-            if len(self._assignment_cache) >= self._device_cache_size:
-                self._assignment_cache.clear()
-            self._assignment_cache[key] = (now + self._assignment_cache_s, data)
+        self._cache.put_assignment(tenant, device, data)
         return None if data is None else _parse(model.Assignment, data)
 
     async def list_assignments(
@@ -675,7 +656,7 @@ class CassandraRegistry(_CassandraStore):
         )
         if a.customer:
             await self._run(ctx["free_active_customer"], (a.customer, a.device, token))
-        self._assignment_cache.pop((tenant, a.device), None)
+        self._cache.drop_assignment(tenant, a.device)
         return a
 
     # ------------------------------------------------------------------ customer types

@@ -43,7 +43,6 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +52,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, StoreError
 from fieldgate.cloud.store import Page
+from fieldgate.cloud.store._registry_cache import RegistryCache
 from fieldgate.cloud.store._sqlite import (
     SqliteWorker,
     Synchronous,
@@ -168,12 +168,7 @@ class SqliteRegistry:
         self._data_dir = data_dir
         self._worker = SqliteWorker("registry", error=StoreError, synchronous=synchronous)
         self._known_tenants: set[str] = set()
-        self._device_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._device_cache_size = device_cache_size
-        # (tenant, device) -> (valid until, serialized active assignment or None)
-        self._assignment_cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
-        self._assignment_cache_s = assignment_cache_s
-        self._clock = clock
+        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock)
 
     async def start(self) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
@@ -295,9 +290,7 @@ class SqliteRegistry:
         self._known_tenants.discard(token)
         if valid_tenant(token):
             self._worker.close_soon(self._data_dir / f"registry-{token}.db")
-        for cache in (self._device_cache, self._assignment_cache):
-            for key in [k for k in cache if k[0] == token]:
-                del cache[key]
+        self._cache.forget_tenant(token)
 
     async def get_tenant(self, token: str) -> model.Tenant | None:
         if not valid_tenant(token):
@@ -356,7 +349,7 @@ class SqliteRegistry:
         if not stored.created_ms:
             stored.created_ms = now_ms()
         created = await self._worker.run(self._create_device, stored)
-        self._cache_device(created.tenant, created.token, created.SerializeToString())
+        self._cache.put_device(created.tenant, created.token, created.SerializeToString())
         return _copy(created)
 
     def _create_device(self, device: model.Device) -> model.Device:
@@ -378,22 +371,14 @@ class SqliteRegistry:
 
     async def get_device(self, tenant: str, token: str) -> model.Device | None:
         """The device, or None. Found devices are served from memory after the first lookup."""
-        cached = self._device_cache.get((tenant, token))
+        cached = self._cache.device(tenant, token)
         if cached is not None:
-            self._device_cache.move_to_end((tenant, token))
             return _parse(model.Device, cached)
         data = await self._worker.run(self._get_data, tenant, "devices", token)
         if data is None:
             return None
-        self._cache_device(tenant, token, data)
+        self._cache.put_device(tenant, token, data)
         return _parse(model.Device, data)
-
-    def _cache_device(self, tenant: str, token: str, data: bytes) -> None:
-        # Event-loop side only (the cache is never touched by the worker thread).
-        cache = self._device_cache
-        cache[(tenant, token)] = data
-        while len(cache) > self._device_cache_size:
-            cache.popitem(last=False)
 
     async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
         limit, offset = check_page(page, page_size)
@@ -418,7 +403,7 @@ class SqliteRegistry:
         try:
             return await self._worker.run(self._create_assignment, stored)
         finally:
-            self._assignment_cache.pop((stored.tenant, stored.device), None)
+            self._cache.drop_assignment(stored.tenant, stored.device)
 
     def _create_assignment(self, a: model.Assignment) -> model.Assignment:
         conn = self._writable(a.tenant)
@@ -441,16 +426,11 @@ class SqliteRegistry:
         return await self._worker.run(self._get_one, tenant, "assignments", token, model.Assignment)
 
     async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None:
-        key = (tenant, device)
-        hit = self._assignment_cache.get(key)
-        now = self._clock()
-        if hit is not None and hit[0] > now:
-            return None if hit[1] is None else _parse(model.Assignment, hit[1])
+        hit, cached = self._cache.assignment(tenant, device)
+        if hit:
+            return None if cached is None else _parse(model.Assignment, cached)
         data = await self._worker.run(self._active_assignment, tenant, device)
-        if self._assignment_cache_s > 0:
-            if len(self._assignment_cache) >= self._device_cache_size:
-                self._assignment_cache.clear()
-            self._assignment_cache[key] = (now + self._assignment_cache_s, data)
+        self._cache.put_assignment(tenant, device, data)
         return None if data is None else _parse(model.Assignment, data)
 
     def _active_assignment(self, tenant: str, device: str) -> bytes | None:
@@ -486,7 +466,7 @@ class SqliteRegistry:
     async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
         """Mark the assignment RELEASED (idempotent). NotFound if there is no such assignment."""
         released = await self._worker.run(self._release_assignment, tenant, token)
-        self._assignment_cache.pop((tenant, released.device), None)
+        self._cache.drop_assignment(tenant, released.device)
         return released
 
     def _release_assignment(self, tenant: str, token: str) -> model.Assignment:
