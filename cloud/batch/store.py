@@ -35,6 +35,7 @@ from fieldgate.cloud.batch.models import (
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.errors import Conflict, NotFound, StoreError
 from fieldgate.cloud.store._sqlite import SqliteWorker, check_page, require_tenant, transaction
+from fieldgate.cloud.store._tenant_keyspace import TenantKeyspaceStore
 from fieldgate.timeutil import now_ms
 
 if TYPE_CHECKING:
@@ -477,44 +478,11 @@ def _cassandra_migrations(ks: str) -> list[tuple[int, list[str]]]:
     ]
 
 
-class CassandraBatchStore:
+class CassandraBatchStore(TenantKeyspaceStore):
     """:class:`BatchStore` in each tenant's keyspace (see the module docstring)."""
 
-    def __init__(
-        self, session: CassandraSession, *, keyspace_prefix: str = "fg", replication: int = 1
-    ) -> None:
-        self._session = session
-        self._prefix = keyspace_prefix
-        self._replication = replication
-        self._ready: dict[str, asyncio.Future[str]] = {}
-        self._limit = asyncio.Semaphore(32)
-
-    async def start(self) -> None:
-        await self._session.start()
-
-    async def stop(self) -> None:
-        await self._session.stop()
-
-    async def _ks(self, tenant: str) -> str:
-        from fieldgate.cloud.store._cassandra import keyspace_name
-
-        require_tenant(tenant)
-        fut = self._ready.get(tenant)
-        if fut is None or (fut.done() and fut.exception() is not None):
-            ks = keyspace_name(tenant, self._prefix)
-
-            async def migrate() -> str:
-                await self._session.migrate(
-                    ks, "batch", _cassandra_migrations(ks), replication=self._replication
-                )
-                return ks
-
-            fut = self._ready[tenant] = asyncio.ensure_future(migrate())
-        return await asyncio.shield(fut)
-
-    async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        ks = await self._ks(tenant)
-        return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
+    component = "batch"
+    migrations = staticmethod(_cassandra_migrations)
 
     async def _all_elements(self, tenant: str, op_id: str) -> list[BatchElement]:
         rows = await self._run(

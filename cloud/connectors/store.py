@@ -28,6 +28,7 @@ from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.connectors.models import ConnectorSpec
 from fieldgate.cloud.errors import Conflict, NotFound, StoreError
 from fieldgate.cloud.store._sqlite import SqliteWorker, require_tenant, transaction
+from fieldgate.cloud.store._tenant_keyspace import TenantKeyspaceStore
 
 if TYPE_CHECKING:
     from fieldgate.cloud.store._cassandra import CassandraSession
@@ -317,44 +318,11 @@ def _cassandra_migrations(ks: str) -> list[tuple[int, list[str]]]:
     ]
 
 
-class CassandraConnectorStore:
+class CassandraConnectorStore(TenantKeyspaceStore):
     """:class:`ConnectorStore` in each tenant's keyspace (see the module docstring)."""
 
-    def __init__(
-        self, session: CassandraSession, *, keyspace_prefix: str = "fg", replication: int = 1
-    ) -> None:
-        self._session = session
-        self._prefix = keyspace_prefix
-        self._replication = replication
-        self._ready: dict[str, asyncio.Future[str]] = {}
-        self._limit = asyncio.Semaphore(32)
-
-    async def start(self) -> None:
-        await self._session.start()
-
-    async def stop(self) -> None:
-        await self._session.stop()
-
-    async def _ks(self, tenant: str) -> str:
-        """The tenant's keyspace, migrated once per process (concurrent callers share it)."""
-        from fieldgate.cloud.store._cassandra import keyspace_name
-
-        fut = self._ready.get(tenant)
-        if fut is None or (fut.done() and fut.exception() is not None):
-            ks = keyspace_name(tenant, self._prefix)
-
-            async def migrate() -> str:
-                await self._session.migrate(
-                    ks, "connectors", _cassandra_migrations(ks), replication=self._replication
-                )
-                return ks
-
-            fut = self._ready[tenant] = asyncio.ensure_future(migrate())
-        return await asyncio.shield(fut)
-
-    async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        ks = await self._ks(tenant)
-        return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
+    component = "connectors"
+    migrations = staticmethod(_cassandra_migrations)
 
     async def list_connectors(self, tenant: str) -> list[ConnectorSpec]:
         rows = await self._run(tenant, "SELECT spec FROM {ks}.connectors LIMIT 10000")

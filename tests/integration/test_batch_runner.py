@@ -151,7 +151,11 @@ async def test_restart_mid_batch_invokes_every_device_exactly_once(world: World)
     finally:
         await second.stop()
     assert second.already_invoked >= 1  # the crashed element was found, not invoked again
-    assert invoked_before + second.invoked + made_here == 40
+    # Stopping the first runner can cut up to max_concurrency invokes short after the store write
+    # but before they were counted; the second runner finds those as already invoked. Counted
+    # creations therefore never exceed 40, and the store holds exactly one per device (below).
+    assert invoked_before + second.invoked + made_here <= 40
+    assert invoked_before + second.invoked + made_here + second.already_invoked >= 40
     queued = await world.invocations.list_pending(T)
     assert len(queued) == 40  # one invocation per device, none twice
     assert {q.id for q in queued} == {element_invocation_id(T, op.id, f"act-{i:02d}") for i in range(40)}

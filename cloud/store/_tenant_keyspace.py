@@ -1,0 +1,62 @@
+"""A small base for stores that keep tables of their own in each tenant's Cassandra keyspace
+(batch operations, connectors): the keyspace migrated once per process and tenant — concurrent
+first callers share one migration, a failed one is tried again — and statements run with a
+bounded number in flight. The Cassandra driver is imported only when a keyspace is first used,
+so the modules that subclass this load without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fieldgate.cloud.store._sqlite import require_tenant
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.store._cassandra import CassandraSession
+
+class TenantKeyspaceStore:
+    """Subclasses name their ``component`` (its schema version is recorded under that name) and
+    the ``migrations`` for a keyspace; statements use ``{ks}`` for the tenant's keyspace."""
+
+    component: str
+
+    @staticmethod
+    def migrations(ks: str) -> list[tuple[int, list[str]]]:
+        raise NotImplementedError
+
+    def __init__(
+        self, session: CassandraSession, *, keyspace_prefix: str = "fg", replication: int = 1
+    ) -> None:
+        self._session = session
+        self._prefix = keyspace_prefix
+        self._replication = replication
+        self._ready: dict[str, asyncio.Future[str]] = {}
+        self._limit = asyncio.Semaphore(32)
+
+    async def start(self) -> None:
+        await self._session.start()
+
+    async def stop(self) -> None:
+        await self._session.stop()
+
+    async def _ks(self, tenant: str) -> str:
+        """The tenant's keyspace, migrated once per process (concurrent callers share it)."""
+        from fieldgate.cloud.store._cassandra import keyspace_name
+
+        require_tenant(tenant)
+        fut = self._ready.get(tenant)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            ks = keyspace_name(tenant, self._prefix)
+
+            async def migrate() -> str:
+                await self._session.migrate(ks, self.component, self.migrations(ks), replication=self._replication)
+                return ks
+
+            fut = self._ready[tenant] = asyncio.ensure_future(migrate())
+        return await asyncio.shield(fut)
+
+    async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        ks = await self._ks(tenant)
+        return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
