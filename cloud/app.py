@@ -55,6 +55,7 @@ from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.backends import (
     build_bus,
     build_cassandra,
+    build_edge_directory,
     build_event_store,
     build_invocation_store,
     build_registry,
@@ -71,6 +72,7 @@ from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.connectors.store import build_connector_store
+from fieldgate.cloud.edges import EdgeTracker
 from fieldgate.cloud.errors import CloudError
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.cloud.health import CloudHealth, GrpcHealth, health_app
@@ -78,6 +80,7 @@ from fieldgate.cloud.ids import event_id
 from fieldgate.cloud.inbound import InboundProcessing
 from fieldgate.cloud.ingest import EdgeSessions, IngestService
 from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.live import LiveHub
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.rules.book import RuleBook, RuleService
@@ -223,6 +226,13 @@ class CloudApp:
         # Areas, zones, assets, device groups (the api service; the state stage reads zones).
         self.site_store = build_site_store(config, cassandra=self.cassandra)
         self.zone_polygons = ZonePolygons(self.site_store, self.registry)
+        # Edge agents seen by ingest (written there, read by the api's /api/v1/edges).
+        self.edge_directory = build_edge_directory(config, cassandra=self.cassandra)
+        self.edge_tracker = EdgeTracker(self.edge_directory) if "ingest" in self.services else None
+        # The api's live events (SSE): its own tail consumers of the bus (cloud/live.py).
+        self.live = (
+            LiveHub(self.bus, self.invocations, topic_prefix=prefix) if "api" in self.services else None
+        )
         self.rule_book = RuleBook(self.state_store)
         self.zk_rules: Any = None
         if config.zookeeper is not None and self.services & {"state", "api"}:
@@ -337,6 +347,7 @@ class CloudApp:
                 topic_prefix=prefix,
                 tenant_settings=live,
                 tls=self.server_tls,
+                edges=self.edge_tracker,
             )
             ingest.add_servicers(
                 lambda server: add_grpc_api(
@@ -404,6 +415,10 @@ class CloudApp:
                 parts.append(self.zone_polygons)
             if "api" in self.services:
                 parts.append(self.batch_store)
+            if self.services & {"api", "ingest"}:
+                parts.append(self.edge_directory)
+            if self.edge_tracker is not None:
+                parts.append(self.edge_tracker)
             for part in parts:
                 await part.start()
                 self._started.append(part)
@@ -446,6 +461,9 @@ class CloudApp:
                 for runner in (self.batch, self.scheduler):  # resumes unfinished batches
                     await runner.start()
                     self._started.append(runner)
+                if self.live is not None:
+                    await self.live.start()
+                    self._started.append(self.live)
                 await self._start_rest(secret)
             if self.config.health.port is not None:
                 await self._start_health_listener()
@@ -587,6 +605,8 @@ class CloudApp:
             labels_base_url=self.config.labels.base_url,
             batch=self.batch,
             previous_secrets=self._previous_secrets,
+            live=self.live,
+            edges=self.edge_directory,
         )
         server = _EmbeddedUvicorn(
             uvicorn.Config(
@@ -678,6 +698,8 @@ class CloudApp:
         if self._tenant_tasks:
             await asyncio.gather(*self._tenant_tasks, return_exceptions=True)
         await self.rule_book.drain()
+        if self.live is not None:  # open SSE responses would keep the REST server waiting
+            self.live.close_streams()
         if self._rest is not None and self._rest_task is not None:
             self._rest.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

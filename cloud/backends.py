@@ -25,6 +25,7 @@ from fieldgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from fieldgate.cloud.store._cassandra import CassandraSession
+    from fieldgate.cloud.store.edges import EdgeDirectory
     from fieldgate.cloud.store.site import SiteStore
     from fieldgate.cloud.store.state import DeviceStateStore
 
@@ -137,6 +138,21 @@ def build_state_store(config: CloudConfig, *, cassandra: CassandraSession | None
     from fieldgate.cloud.store.sqlite_state import SqliteStateStore
 
     return SqliteStateStore(config.data_dir / "state")
+
+
+def build_edge_directory(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> EdgeDirectory:
+    """Edge agents seen by ingest (the dashboard's edges page): ``data_dir/edges.db`` or the
+    instance keyspace's ``edges`` table."""
+    store = config.store
+    if store.kind == "cassandra":
+        from fieldgate.cloud.store.cassandra_edges import CassandraEdgeDirectory
+
+        return CassandraEdgeDirectory(
+            _session(config, cassandra), keyspace_prefix=store.keyspace_prefix, replication=store.replication
+        )
+    from fieldgate.cloud.store.sqlite_edges import SqliteEdgeDirectory
+
+    return SqliteEdgeDirectory(config.data_dir / "edges.db")
 
 
 def build_site_store(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> SiteStore:

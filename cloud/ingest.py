@@ -86,12 +86,15 @@ from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 
 if TYPE_CHECKING:
+    from fieldgate.cloud.edges import EdgeTracker
     from fieldgate.cloud.zkconfig_models import TenantSettingsRegistry
 
 log = logging.getLogger(__name__)
 
 # Messages of one stream read ahead of the handler (bounded; overflow policy: stop reading).
 READ_AHEAD = 64
+# Welcome.features: the optional uplink messages this cloud takes (EdgeStatus).
+FEATURES = ("edge-status",)
 # Events of consecutive batches published together at most (one bus write for all of them).
 MAX_COALESCED_EVENTS = 20_000
 
@@ -435,8 +438,11 @@ class IngestService:
         tenant_settings: TenantSettingsRegistry | None = None,
         tls: ServerTls | None = None,
         clock: Callable[[], float] = time.monotonic,
+        edges: EdgeTracker | None = None,
     ) -> None:
         self.stats = IngestStats()
+        # The shared edge directory (the dashboard's edges page), fed from the streams.
+        self._edges = edges
         self._limits = _RateLimits(tenant_settings, clock)
         # None: plaintext. With client authentication, each stream's certificate decides its
         # edge id and tenants (cloud/tls.py).
@@ -584,6 +590,8 @@ class IngestService:
                 )
             tenants = peer.identity.tenants
         session = self._sessions.open(first.hello.edge_id, tenants)
+        if self._edges is not None:
+            self._edges.opened(session.edge_id, session.session_id, first.hello.version)
         self.stats.streams_total += 1
         self.stats.streams_active += 1
         self._no_streams.clear()
@@ -595,7 +603,7 @@ class IngestService:
         )
         reader = asyncio.create_task(self._read(requests, session), name=f"uplink-read:{session.edge_id}")
         try:
-            yield svc.CloudMessage(welcome=svc.Welcome(session_id=session.session_id))
+            yield svc.CloudMessage(welcome=svc.Welcome(session_id=session.session_id, features=FEATURES))
             while True:
                 msg = await self._next_outbound(session, reader)
                 if msg is None:
@@ -610,6 +618,8 @@ class IngestService:
         finally:
             await cancel_and_wait(reader)
             self._sessions.close(session)
+            if self._edges is not None:
+                self._edges.closed(session.session_id)
             self.stats.streams_active -= 1
             if self.stats.streams_active == 0:
                 self._no_streams.set()
@@ -697,6 +707,9 @@ class IngestService:
                         )
                     else:
                         await self._sessions.report_status(session, update)
+                elif kind == "status":  # the edge's buffer figures (EdgeStatus)
+                    if self._edges is not None:
+                        self._edges.reported(session.session_id, item.status)
                 elif kind == "hello":
                     raise ProtocolViolation("Hello sent twice on one stream")
                 else:
@@ -917,6 +930,8 @@ class IngestService:
             await self._bus.publish(topic_name(tenant, DECODED, self._prefix), messages_by_device(events))
         for tenant, events in merged.items():
             self._sessions.learn(session, tenant, {ev.device for ev in events})
+            if self._edges is not None:
+                self._edges.carried(session.session_id, tenant)
 
         acks = []
         for batch, by_tenant, rejected in per_batch:

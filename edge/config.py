@@ -133,6 +133,9 @@ class UplinkConfig(Frozen):
     # stream) and start the next session as soon as it answers instead of sleeping the whole
     # backoff; 0 = sleep the whole backoff. Bounds how long a backlog waits after an outage.
     probe_interval_s: float = Field(1.0, ge=0)
+    # Send the cloud an EdgeStatus (buffer depth, age of the oldest unacknowledged event,
+    # failed decodes) on connect and then this often, if the cloud takes it; 0 = never.
+    status_interval_s: float = Field(5.0, ge=0)
     # TLS to the cloud (docs/security.md): on when `tls` is true or any file below is set.
     # ca_file: the CA that signed the cloud's server certificate (None: the system's roots);
     # cert_file + key_file: this edge's client certificate (`fieldgate pki issue-edge`), for a

@@ -48,6 +48,7 @@ from typing import Protocol
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from fieldgate import __version__
 from fieldgate.edge.buffer import EventBuffer
@@ -55,6 +56,8 @@ from fieldgate.edge.config import UplinkConfig
 from fieldgate.edge.errors import EdgeError, UplinkError
 from fieldgate.errors import ConfigError
 from fieldgate.tasks import cancel_and_wait
+from fieldgate.timeutil import now_ms
+from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,7 @@ class UplinkStats:
     commands_received: int = 0
     command_errors: int = 0
     statuses_sent: int = 0
+    edge_statuses_sent: int = 0  # EdgeStatus reports (buffer figures) sent
     last_backoff_s: float = 0.0
     probe_shortcuts: int = 0  # backoff waits cut short because the cloud answered a probe
     auth_refusals: int = 0  # sessions the cloud refused for this edge's certificate
@@ -156,6 +160,7 @@ class _Session:
     inflight: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     # (first batch seq that confirms it, invocation, status)
     unconfirmed: list[tuple[int, str, int]] = field(default_factory=list)
+    reports: bool = False  # the cloud takes EdgeStatus (Welcome.features)
 
 
 class Uplink:
@@ -364,6 +369,7 @@ class Uplink:
                 raise UplinkError(f"expected Welcome, got {_kind(first)}")
             self._welcomed = True
             session = _Session(call, asyncio.Semaphore(self._config.max_inflight_batches))
+            session.reports = "edge-status" in first.welcome.features
             self._session = session
             self.stats.connected = True
             self.stats.sessions += 1
@@ -387,13 +393,45 @@ class Uplink:
     async def _pump(self, session: _Session) -> None:
         sender = asyncio.create_task(self._send_loop(session), name="uplink-send")
         receiver = asyncio.create_task(self._receive_loop(session), name="uplink-receive")
+        tasks = {sender, receiver}
+        if session.reports and self._config.status_interval_s > 0:
+            tasks.add(asyncio.create_task(self._report_loop(session), name="uplink-status"))
         try:
-            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises the failure
             raise UplinkError("uplink stream ended")
         finally:
-            await cancel_and_wait(sender, receiver)
+            await cancel_and_wait(*tasks)
+
+    async def edge_status(self) -> svc.EdgeStatus:
+        """The figures only the edge knows: what is buffered and how old the oldest is."""
+        buffer = self._buffer
+        oldest_ms = 0
+        if buffer.depth:
+            first = await buffer.read_after(0, 1)
+            if first:
+                try:
+                    ev = pb.Event.FromString(first[0][1])
+                    oldest_ms = ev.received_time_ms or ev.event_time_ms
+                except DecodeError:
+                    oldest_ms = 0
+        return svc.EdgeStatus(
+            buffer_depth=buffer.depth,
+            oldest_pending_ms=oldest_ms,
+            failed_decodes=buffer.failed_depth,
+            time_ms=now_ms(),
+        )
+
+    async def _report_loop(self, session: _Session) -> None:
+        """EdgeStatus at once and every ``status_interval_s`` (a write failure ends the stream
+        through the other loops; this one just stops)."""
+        while True:
+            status = await self.edge_status()
+            async with session.write_lock:
+                await session.call.write(svc.EdgeMessage(status=status))
+            self.stats.edge_statuses_sent += 1
+            await asyncio.sleep(self._config.status_interval_s)
 
     async def _send_loop(self, session: _Session) -> None:
         cfg = self._config

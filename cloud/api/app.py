@@ -8,6 +8,7 @@ anything. OpenAPI is served at ``/openapi.json`` and interactive docs at ``/docs
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
@@ -16,13 +17,15 @@ from fieldgate import __version__
 from fieldgate.cloud.api.access import Permission, check_routes, public
 from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, auth_router
 from fieldgate.cloud.api.customers import CustomerManagement
-from fieldgate.cloud.api.dashboard import dashboard_router
+from fieldgate.cloud.api.dashboard import DashboardFiles, dashboard_router, install_spa_fallback
 from fieldgate.cloud.api.errors import install_error_handlers
+from fieldgate.cloud.api.fleet import FleetQueries
 from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.routes_batch import batch_router
 from fieldgate.cloud.api.routes_commands import commands_router
 from fieldgate.cloud.api.routes_connectors import connectors_router
 from fieldgate.cloud.api.routes_customers import customers_router
+from fieldgate.cloud.api.routes_dashboard import dashboard_api_router
 from fieldgate.cloud.api.routes_events import events_router
 from fieldgate.cloud.api.routes_labels import labels_router
 from fieldgate.cloud.api.routes_registry import registry_router
@@ -37,8 +40,10 @@ from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.connectors.store import ConnectorStore
 from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.live import LiveHub
 from fieldgate.cloud.rules.book import RuleService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
+from fieldgate.cloud.store.edges import EdgeDirectory
 from fieldgate.cloud.store.site import SiteStore
 from fieldgate.cloud.store.state import DeviceStateStore
 from fieldgate.cloud.tenants import TenantAdmin
@@ -70,6 +75,10 @@ def create_api(
     site: SiteStore | None = None,
     labels_base_url: str = "http://127.0.0.1:8080",
     batch: BatchOperations | None = None,
+    live: LiveHub | None = None,
+    edges: EdgeDirectory | None = None,
+    static_dir: Path | None = None,
+    live_keepalive_s: float = 15.0,
 ) -> FastAPI:
     """The REST API over the given stores.
 
@@ -82,7 +91,10 @@ def create_api(
     ``/healthz`` only says the server answers. ``connectors`` (the connector store) adds
     ``/api/v1/connectors`` (tenant admins: definitions carry secrets and dead letters hold
     every customer's events). ``batch`` adds ``/api/v1/batch-operations`` and
-    ``/api/v1/schedules`` (cloud/batch).
+    ``/api/v1/schedules`` (cloud/batch). ``live`` (the process's live hub, started by its
+    owner, who also closes its streams before stopping the server) serves ``/api/v1/live``;
+    ``edges`` (the edge directory) feeds ``/api/v1/edges``; ``static_dir`` is the dashboard
+    build to serve (default: the package's, cloud/api/dashboard.py).
     """
     del invocations  # read through ``commands``
     app = FastAPI(
@@ -98,9 +110,10 @@ def create_api(
     policy = AccessPolicy(authority, registry)
     mgmt = Management(registry, event_store)
 
+    fleet = FleetQueries(registry, mgmt, commands, states=state_store, site=site, edges=edges)
     logins = throttle if throttle is not None else LoginThrottle()
     app.include_router(auth_router(users, authority, logins, tenant))
-    app.include_router(registry_router(mgmt, policy))
+    app.include_router(registry_router(mgmt, policy, search=fleet))
     app.include_router(events_router(mgmt, policy))
     app.include_router(commands_router(commands, mgmt, policy))
     app.include_router(
@@ -125,7 +138,12 @@ def create_api(
         )
     # QR labels of devices (and of assets and areas with the site store)
     app.include_router(labels_router(site, mgmt, policy.require(Permission.READ), labels_base_url))
-    app.include_router(dashboard_router(), dependencies=[Depends(public())])
+    app.include_router(
+        dashboard_api_router(mgmt, fleet, registry, policy, live, keepalive_s=live_keepalive_s)
+    )
+    dashboard_files = DashboardFiles(static_dir)
+    app.include_router(dashboard_router(dashboard_files), dependencies=[Depends(public())])
+    install_spa_fallback(app, dashboard_files)
 
     if health is not None:
         # Plain Starlette routes: probes, not part of the documented API.

@@ -1,115 +1,115 @@
-"""A one-page dashboard at ``/``: log in, see the tenant's devices and their latest events.
+"""Serves the dashboard: the built single-page app (dashboard/, built into
+``fieldgate/cloud/api/static/dashboard/`` by ``make dashboard`` and shipped as package data).
 
-It is a static HTML page with a little inline JavaScript that calls the same REST API as any
-other client (token from the login form, kept in sessionStorage), so it needs no build step and
-grants nothing the API does not. All text from the API is inserted with ``textContent``, never
-as HTML, so a device that names itself ``<script>`` cannot run code in the page.
+* ``GET /`` and every other GET of a path no route serves and that is not the API's
+  (``/devices/x``, ``/alerts``, ``/login``, ...) → ``index.html`` (``no-cache``: a new build is
+  seen at once); the SPA routes in the browser;
+* ``GET /assets/<file>`` → the build's content-hashed files, cached for a year;
+* other top-level files of the build (``/favicon.svg``) are served as they are.
+
+Those responses — and only those: Swagger UI at ``/docs`` needs its inline script — carry the
+Content-Security-Policy of docs/dashboard.md (no inline scripts, nothing from other origins),
+``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``. Paths under
+``/api/`` (and the docs and probes) that no route serves stay JSON 404s. Without a build the
+page answers 503 saying how to build it. The SPA talks to the REST API like any client, with
+the bearer token in the Authorization header (never in a URL).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+import mimetypes
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>fieldgate</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
- table{border-collapse:collapse;margin-top:1rem;width:100%}
- td,th{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}
- code{font-size:.85rem} #err{color:#b00} .muted{color:#777}
-</style></head>
-<body>
-<h1>fieldgate</h1>
-<form id="login">
- <input name="username" placeholder="user" value="admin" autocomplete="username">
- <input name="password" type="password" placeholder="password" autocomplete="current-password">
- <button>Log in</button> <span class="muted">API docs: <a href="/docs">/docs</a></span>
-</form>
-<p id="err"></p>
-<div id="main" hidden>
- <button id="refresh">Refresh</button> <button id="logout">Log out</button>
- <table><thead><tr><th>device</th><th>type</th><th>latest events</th></tr></thead>
- <tbody id="devices"></tbody></table>
-</div>
-<script>
-const $ = (id) => document.getElementById(id);
-const el = (tag, text) => {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = text;
-  return e;
-};
-let token = sessionStorage.getItem("fieldgate-token");
+from fastapi import APIRouter, FastAPI, HTTPException, status
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
-async function api(path) {
-  const r = await fetch(path, {headers: {Authorization: "Bearer " + token}});
-  if (r.status === 401) { logout(); throw new Error("session expired, log in again"); }
-  if (!r.ok) throw new Error(path + ": " + r.status);
-  return r.json();
+DEFAULT_STATIC_DIR = Path(__file__).resolve().parent / "static" / "dashboard"
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
 }
-
-function describe(ev) {
-  switch (ev.type) {
-    case "measurement": return Object.entries(ev.values).map(([k, v]) => k + "=" + v).join(" ");
-    case "location": return ev.lat + ", " + ev.lon + " (" + ev.ele + " m)";
-    case "alert": return ev.level + " " + ev.alert_type + ": " + ev.message;
-    case "command_invocation": return ev.command + " " + JSON.stringify(ev.params);
-    case "command_response": return "response " + JSON.stringify(ev.response);
-    case "state_change": return ev.kind + " " + ev.previous + " -> " + ev.current;
-    default: return "";
-  }
-}
-
-async function load() {
-  $("err").textContent = "";
-  try {
-    const devices = await api("/api/v1/devices?page_size=100");
-    const body = $("devices");
-    body.replaceChildren();
-    for (const d of devices.items) {
-      const events = await api("/api/v1/devices/" + encodeURIComponent(d.token) + "/events?page_size=5");
-      const tr = el("tr");
-      tr.append(el("td", d.token), el("td", d.device_type));
-      const cell = el("td");
-      if (events.items.length === 0) cell.append(el("span", "no events"));
-      for (const ev of events.items) {
-        const line = el("div");
-        line.append(el("code", ev.event_time + " " + ev.type + " "), el("span", describe(ev)));
-        cell.append(line);
-      }
-      tr.append(cell);
-      body.append(tr);
-    }
-    if (devices.total > devices.items.length)
-      body.append(el("tr", "... " + devices.total + " devices in all"));
-  } catch (e) { $("err").textContent = e.message; }
-}
-
-function show() { $("main").hidden = !token; $("login").hidden = !!token; if (token) load(); }
-function logout() { token = null; sessionStorage.removeItem("fieldgate-token"); show(); }
-
-$("login").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const form = new URLSearchParams(new FormData(ev.target));
-  const r = await fetch("/api/v1/auth/token", {method: "POST", body: form});
-  const j = await r.json();
-  if (!r.ok) { $("err").textContent = j.detail; return; }
-  token = j.access_token; sessionStorage.setItem("fieldgate-token", token); show();
-});
-$("refresh").addEventListener("click", load);
-$("logout").addEventListener("click", logout);
-show();
-</script>
-</body></html>
-"""
+ASSET_CACHE = "public, max-age=31536000, immutable"
+# First path segments that are never the SPA's (their unknown paths stay JSON 404s).
+RESERVED = frozenset({"api", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics", "assets"})
+NOT_BUILT = (
+    "The dashboard is not built: run `make dashboard` (needs Node.js at build time) to build "
+    "dashboard/ into fieldgate/cloud/api/static/dashboard/. The REST API works without it: /docs.\n"
+)
 
 
-def dashboard_router() -> APIRouter:
+class DashboardFiles:
+    """The build directory and how its files are answered (see the module docstring)."""
+
+    def __init__(self, static_dir: Path | None = None) -> None:
+        self.root = (static_dir or DEFAULT_STATIC_DIR).resolve()
+
+    @property
+    def built(self) -> bool:
+        return (self.root / "index.html").is_file()
+
+    def index(self) -> Response:
+        if not self.built:
+            return PlainTextResponse(NOT_BUILT, status.HTTP_503_SERVICE_UNAVAILABLE, headers=SECURITY_HEADERS)
+        return FileResponse(
+            self.root / "index.html",
+            media_type="text/html; charset=utf-8",
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"},
+        )
+
+    def file(self, relative: str, cache: str) -> Response | None:
+        """The build's file at ``relative`` (never outside the build directory), or None."""
+        if not relative or "\x00" in relative:
+            return None
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root) or not path.is_file():
+            return None
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={**SECURITY_HEADERS, "Cache-Control": cache})
+
+
+def dashboard_router(files: DashboardFiles) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/", response_class=HTMLResponse)
-    async def dashboard() -> HTMLResponse:
-        return HTMLResponse(PAGE)
+    @router.get("/")
+    async def dashboard() -> Response:
+        return files.index()
+
+    @router.get("/assets/{path:path}")
+    async def asset(path: str) -> Response:
+        found = files.file(f"assets/{path}", ASSET_CACHE)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such dashboard asset")
+        return found
 
     return router
+
+
+def install_spa_fallback(app: FastAPI, files: DashboardFiles) -> None:
+    """Answer GETs that no route matched with the SPA (or a top-level build file), unless the
+    path is the API's. Hooked in as the router's not-found handler rather than a catch-all
+    route, so that e.g. ``POST /api/v1/nope`` stays a 404 (a catch-all GET would make it 405)."""
+    not_found: Callable[[Scope, Receive, Send], Awaitable[None]] = app.router.default
+
+    async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "/"))
+        first = path.lstrip("/").split("/", 1)[0]
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and first not in RESERVED:
+            response = None
+            if "/" not in path.lstrip("/") and "." in first:  # a top-level file of the build
+                response = files.file(first, "no-cache")
+            elif "." not in path.rsplit("/", 1)[-1]:  # an SPA route (no file extension)
+                response = files.index()
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+    app.router.default = fallback

@@ -4,12 +4,13 @@ This module deliberately does not use ``from __future__ import annotations``: Fa
 route signatures at definition time, and the per-app ``Auth`` dependency is a closure local.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 
 from fieldgate.cloud.api.access import Permission, Principal
 from fieldgate.cloud.api.auth import AccessPolicy
+from fieldgate.cloud.api.fleet import DeviceFilter, FleetQueries
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Management
 from fieldgate.cloud.api.models import (
     AssignmentIn,
@@ -29,8 +30,9 @@ PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 ERRORS = error_docs(common=True)
 
 
-def registry_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
+def registry_router(mgmt: Management, policy: AccessPolicy, search: FleetQueries | None = None) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERRORS)
+    devices = search  # device search and filters (cloud/api/fleet.py)
     Read = Annotated[Principal, Depends(policy.require(Permission.READ))]
     Write = Annotated[Principal, Depends(policy.require(Permission.WRITE))]
 
@@ -71,9 +73,29 @@ def registry_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
 
     @router.get("/devices", tags=["devices"])
     async def list_devices(
-        who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+        who: Read,
+        page: PageNo = 1,
+        page_size: PageSize = DEFAULT_PAGE_SIZE,
+        search: Annotated[str | None, Query(max_length=128, description="substring of token or name")] = None,
+        device_type: Annotated[str | None, Query(max_length=128, description="only this type's")] = None,
+        presence: Annotated[
+            Literal["present", "missing", "online", "offline"] | None,
+            Query(description="present|missing (presence), online|offline (edge link)"),
+        ] = None,
+        group: Annotated[
+            str | None, Query(max_length=128, description="members of this device group")
+        ] = None,
+        area: Annotated[
+            str | None, Query(max_length=128, description="actively assigned to this area")
+        ] = None,
     ) -> PageOut[DeviceOut]:
-        p = await mgmt.list_devices(who.tenant, page, page_size, customer=who.scope_customer)
+        """The tenant's devices by token; the filters combine (AND). An unknown group, area or
+        device type is a 404, not an empty page."""
+        if devices is not None:
+            f = DeviceFilter(search, device_type, presence, group, area)
+            p = await devices.list_devices(who.tenant, f, page, page_size, customer=who.scope_customer)
+        else:
+            p = await mgmt.list_devices(who.tenant, page, page_size, customer=who.scope_customer)
         return PageOut[DeviceOut](items=[DeviceOut.from_pb(d) for d in p.items], **page_fields(p))
 
     @router.get("/devices/{token}", tags=["devices"], responses=error_docs({404: "no such device"}))

@@ -101,8 +101,12 @@ class Bus(Protocol):
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Append ``messages`` to ``topic``; returns once they are durable."""
 
-    def consumer(self, group: str, stage: str) -> Consumer:
-        """A consumer of ``stage`` across all tenants' topics (pattern subscription)."""
+    def consumer(self, group: str, stage: str, *, tail: bool = False) -> Consumer:
+        """A consumer of ``stage`` across all tenants' topics (pattern subscription).
+
+        ``tail=True``: an ephemeral reader that starts at the end of each topic that exists
+        when it subscribes (later topics from their start), never commits and never holds back
+        retention — for live views that must not replay history (cloud/live.py)."""
 
     async def ensure_tenant_topics(self, tenant: str) -> list[str]:
         """Provision every stage's topic of a new tenant; their names."""

@@ -262,11 +262,12 @@ class EmbeddedBus:
 
     # ---------------------------------------------------------------- consuming
 
-    def consumer(self, group: str, stage: str) -> EmbeddedConsumer:
-        """A consumer of ``stage`` across all tenants (enter it with ``async with``)."""
+    def consumer(self, group: str, stage: str, *, tail: bool = False) -> EmbeddedConsumer:
+        """A consumer of ``stage`` across all tenants (enter it with ``async with``).
+        ``tail``: see :meth:`fieldgate.cloud.bus.Bus.consumer` (not remembered on disk)."""
         if not group:
             raise BusError("consumer group must not be empty")
-        return EmbeddedConsumer(self, group, stage)
+        return EmbeddedConsumer(self, group, stage, tail=tail)
 
     # ---------------------------------------------------------------- admin
 
@@ -612,10 +613,11 @@ class EmbeddedConsumer:
     the group's active member (the earliest to enter that is still inside) receives records.
     """
 
-    def __init__(self, bus: EmbeddedBus, group: str, stage: str) -> None:
+    def __init__(self, bus: EmbeddedBus, group: str, stage: str, *, tail: bool = False) -> None:
         self._bus = bus
         self.group = group
         self.stage = stage
+        self.tail = tail
         self._entered = False
         self._closed = False
         self._positions: dict[str, int] = {}  # topic -> next offset this member will read
@@ -625,7 +627,12 @@ class EmbeddedConsumer:
         if self._entered:
             raise BusError("consumer already entered")
         bus = self._bus
-        await bus._submit(_WriteOp(bus._new_future(), group_stage=(self.group, self.stage)))
+        if self.tail:  # ephemeral: no group on disk (retention ignores it), start at the ends
+            await bus.start()
+            for name, topic in bus._by_stage.get(self.stage, {}).items():
+                self._positions[name] = topic.end
+        else:
+            await bus._submit(_WriteOp(bus._new_future(), group_stage=(self.group, self.stage)))
         bus._members.setdefault((self.group, self.stage), []).append(self)
         self._entered = True
         return self
@@ -709,6 +716,8 @@ class EmbeddedConsumer:
     async def commit(self, records: Sequence[Record]) -> None:
         """Persist, per topic, the offset after the highest of ``records``."""
         self._check()
+        if self.tail:
+            return  # a tail reader keeps its position in memory only
         highest: dict[str, int] = {}
         for rec in records:
             if rec.partition != 0:

@@ -452,12 +452,17 @@ class KafkaBus:
 
     # ---------------------------------------------------------------- consuming
 
-    def consumer(self, group: str, stage: str) -> KafkaConsumer:
-        """A member of ``group`` reading every tenant's topic of ``stage``."""
-        return KafkaConsumer(self, group, stage)
+    def consumer(self, group: str, stage: str, *, tail: bool = False) -> KafkaConsumer:
+        """A member of ``group`` reading every tenant's topic of ``stage``. ``tail``: the
+        group has no committed offsets and starts at the end (``auto.offset.reset=latest``);
+        it never commits, so Kafka keeps nothing of it once it leaves."""
+        return KafkaConsumer(self, group, stage, tail=tail)
 
-    def _new_consumer_config(self, group: str) -> dict[str, Any]:
-        return {**self._consumer_config, "group.id": group}
+    def _new_consumer_config(self, group: str, *, tail: bool = False) -> dict[str, Any]:
+        config = {**self._consumer_config, "group.id": group}
+        if tail:
+            config["auto.offset.reset"] = "latest"
+        return config
 
     # ---------------------------------------------------------------- operations (replay, lag)
 
@@ -601,10 +606,11 @@ class KafkaConsumer:
     run in that same thread, between calls that see a consistent assignment).
     """
 
-    def __init__(self, bus: KafkaBus, group: str, stage: str) -> None:
+    def __init__(self, bus: KafkaBus, group: str, stage: str, *, tail: bool = False) -> None:
         self._bus = bus
         self.group = group
         self.stage = stage
+        self.tail = tail
         self.pattern = stage_pattern(stage, bus.prefix)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._consumer: _KConsumer | None = None
@@ -657,7 +663,7 @@ class KafkaConsumer:
 
     def _open(self) -> None:
         try:
-            c = _KConsumer(self._bus._new_consumer_config(self.group))
+            c = _KConsumer(self._bus._new_consumer_config(self.group, tail=self.tail))
             c.subscribe(
                 [self.pattern], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
@@ -796,6 +802,8 @@ class KafkaConsumer:
     async def commit(self, records: Sequence[Record]) -> None:
         """Commit, per owned (topic, partition), the offset after the highest of ``records``."""
         self._check()
+        if self.tail:
+            return  # a tail reader's group must not keep offsets (it would replay from them)
         highest: dict[tuple[str, int], int] = {}
         for rec in records:
             key = (rec.topic, rec.partition)

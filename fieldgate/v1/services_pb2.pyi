@@ -109,15 +109,23 @@ class Welcome(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What this cloud understands beyond the base protocol; an edge sends EdgeStatus only to a
+        cloud that lists "edge-status" (an older cloud would end the stream on an unknown message).
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,30 +241,70 @@ class CommandStatusUpdate(_message.Message):
 Global___CommandStatusUpdate: _TypeAlias = CommandStatusUpdate  # noqa: Y015
 
 @_typing.final
+class EdgeStatus(_message.Message):
+    """The edge's periodic health report (on connect, then every few seconds): what only the edge
+    knows about its uplink. Older edges never send it; the cloud then shows no buffer figures.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUFFER_DEPTH_FIELD_NUMBER: _builtins.int
+    OLDEST_PENDING_MS_FIELD_NUMBER: _builtins.int
+    FAILED_DECODES_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    buffer_depth: _builtins.int
+    """events stored and not yet acknowledged by the cloud"""
+    oldest_pending_ms: _builtins.int
+    """received time of the oldest of them (0: buffer empty)"""
+    failed_decodes: _builtins.int
+    """payloads kept in the edge's failed-decode lane"""
+    time_ms: _builtins.int
+    """when the edge took these figures"""
+    def __init__(
+        self,
+        *,
+        buffer_depth: _builtins.int = ...,
+        oldest_pending_ms: _builtins.int = ...,
+        failed_decodes: _builtins.int = ...,
+        time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_depth", b"buffer_depth", "failed_decodes", b"failed_decodes", "oldest_pending_ms", b"oldest_pending_ms", "time_ms", b"time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EdgeStatus: _TypeAlias = EdgeStatus  # noqa: Y015
+
+@_typing.final
 class EdgeMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HELLO_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     COMMAND_STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
     def batch(self) -> Global___EventBatchUp: ...
     @_builtins.property
     def command_status(self) -> Global___CommandStatusUpdate: ...
+    @_builtins.property
+    def status(self) -> Global___EdgeStatus: ...
     def __init__(
         self,
         *,
         hello: Global___Hello | None = ...,
         batch: Global___EventBatchUp | None = ...,
         command_status: Global___CommandStatusUpdate | None = ...,
+        status: Global___EdgeStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "command_status", b"command_status", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "command_status", b"command_status", "hello", b"hello", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "command_status", b"command_status", "hello", b"hello", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "command_status", b"command_status", "hello", b"hello", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "batch", "command_status"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "batch", "command_status", "status"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

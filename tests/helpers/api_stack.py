@@ -97,6 +97,7 @@ async def api_stack(
     previous_secrets: tuple[str, ...] = (),
     secret: str = SECRET,
     throttle: LoginThrottle | None = None,
+    static_dir: Path | None = None,
 ) -> AsyncIterator[ApiStack]:
     registry = SqliteRegistry(tmp_path / "registry")
     invocations = SqliteInvocationStore(tmp_path / "registry")
@@ -135,6 +136,7 @@ async def api_stack(
             throttle=throttle,
             batch=batch,
             site=site,
+            static_dir=static_dir,
         )
         yield ApiStack(registry, invocations, event_store, bus, commands, users, app, site)
     finally:
