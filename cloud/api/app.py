@@ -108,7 +108,7 @@ def create_api(
     install_error_handlers(app)
     authority = TokenAuthority(secret, auth.token_ttl_s, previous_secrets)
     policy = AccessPolicy(authority, registry)
-    mgmt = Management(registry, event_store)
+    mgmt = Management(registry, event_store, site)
 
     fleet = FleetQueries(registry, mgmt, commands, states=state_store, site=site, edges=edges)
     logins = throttle if throttle is not None else LoginThrottle()

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
 from fieldgate.cloud.store import AssignmentEventQuery, EventQuery, EventStore, Page, Registry
+from fieldgate.cloud.store.site import Kind, SiteStore
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -112,9 +113,12 @@ def _check_metadata(metadata: Mapping[str, str]) -> None:
 class Management:
     """Registry and event-store operations for one caller's tenant (see the module docstring)."""
 
-    def __init__(self, registry: Registry, event_store: EventStore) -> None:
+    def __init__(self, registry: Registry, event_store: EventStore, site: SiteStore | None = None) -> None:
         self._registry = registry
         self._events = event_store
+        # Areas and assets an assignment names must exist there, and are held (kept from
+        # deletion) while the assignment is active. Without it they are not checked.
+        self._site = site
 
     # device types -----------------------------------------------------------------------------
 
@@ -205,6 +209,14 @@ class Management:
             raise InvalidRequest(
                 f"customer '{assignment.customer[:140]}' does not exist (create it with POST /api/v1/customers)"
             )
+        site_refs = _site_refs(assignment)
+        if self._site is not None:
+            for kind, token in site_refs:
+                if await self._site.get(tenant, kind, token) is None:
+                    route = "areas" if kind == "area" else "assets"
+                    raise InvalidRequest(
+                        f"{kind} '{token[:140]}' does not exist (create it with POST /api/v1/{route})"
+                    )
         active = await self._registry.active_assignment(tenant, assignment.device)
         if active is not None:
             raise Conflict(
@@ -218,7 +230,20 @@ class Management:
         new.status = model.ASSIGNMENT_STATUS_ACTIVE
         new.active_ms = now_ms()
         new.released_ms = 0
-        return await self._registry.create_assignment(new)
+        if self._site is None or not site_refs:
+            return await self._registry.create_assignment(new)
+        # Held before the assignment is stored (as the site store orders its own references):
+        # a delete racing this create either sees the hold or makes the hold fail.
+        holder = ("assignment", new.token)
+        try:
+            await self._site.hold(tenant, holder, site_refs)
+        except NotFound as err:  # deleted since the check above
+            raise InvalidRequest(str(err)) from err
+        try:
+            return await self._registry.create_assignment(new)
+        except BaseException:
+            await self._site.let_go(tenant, holder, site_refs)
+            raise
 
     async def list_assignments(
         self, tenant: str, device: str | None, page: int, page_size: int, *, customer: str | None = None
@@ -248,7 +273,12 @@ class Management:
 
     async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
         # The registry raises NotFound for an unknown token (mapped to 404 / NOT_FOUND).
-        return await self._registry.release_assignment(tenant, token)
+        released = await self._registry.release_assignment(tenant, token)
+        site_refs = _site_refs(released)
+        if self._site is not None and site_refs:
+            # Idempotent (a second release, or one on another replica, gives nothing back twice).
+            await self._site.let_go(tenant, ("assignment", released.token), site_refs)
+        return released
 
     # events -----------------------------------------------------------------------------------
 
@@ -326,6 +356,16 @@ class Management:
         """The command_invocation event and the command_response events of ``invocation``,
         oldest first. The caller checks that the invocation exists (the invocation store)."""
         return await self._events.events_for_invocation(tenant, invocation)
+
+
+def _site_refs(a: model.Assignment) -> list[tuple[Kind, str]]:
+    """The site records an assignment names (held while it is active)."""
+    refs: list[tuple[Kind, str]] = []
+    if a.area:
+        refs.append(("area", a.area))
+    if a.asset:
+        refs.append(("asset", a.asset))
+    return refs
 
 
 def _unreleased(a: model.Assignment) -> bool:

@@ -60,6 +60,8 @@ def _statements(ks: str) -> dict[str, str]:
         "delete": f"DELETE FROM {r} WHERE kind = ? AND tok = ? IF refs = 0",
         "ref_add": f"INSERT INTO {ks}.site_refs (target_kind, target, src_kind, src) VALUES (?, ?, ?, ?)",
         "ref_del": f"DELETE FROM {ks}.site_refs WHERE target_kind = ? AND target = ? AND src_kind = ? AND src = ?",
+        "ref_drop": f"DELETE FROM {ks}.site_refs WHERE target_kind = ? AND target = ? AND src_kind = ? AND src = ?"
+        " IF EXISTS",
         "referrers": f"SELECT src_kind, src FROM {ks}.site_refs WHERE target_kind = ? AND target = ? LIMIT ?",
         "el_insert": f"INSERT INTO {ks}.site_elements (grp, kind, tok, roles) VALUES (?, ?, ?, ?) IF NOT EXISTS",
         "el_update": f"UPDATE {ks}.site_elements SET roles = ? WHERE grp = ? AND kind = ? AND tok = ? IF EXISTS",
@@ -193,6 +195,12 @@ class CassandraSiteStore(SiteStoreBase):
         ctx = await self._ctx(tenant)
         await self._add_to_refs(ctx, kind, token, -1)
         await self._run(ctx["ref_del"], (kind, token, *src))
+
+    async def _drop_ref(self, tenant: str, kind: Kind, token: str, src: tuple[str, str]) -> None:
+        ctx = await self._ctx(tenant)
+        applied, _ = await self._applied(ctx["ref_drop"], (kind, token, *src))
+        if applied:  # the one caller that removed the row gives the count back
+            await self._add_to_refs(ctx, kind, token, -1)
 
     async def _delete_row(self, tenant: str, kind: Kind, token: str) -> DeleteOutcome:
         applied, rest = await self._applied((await self._ctx(tenant))["delete"], (kind, token))

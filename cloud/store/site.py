@@ -208,6 +208,16 @@ class SiteStore(Protocol):
         """The device tokens of ``group`` (and with ``recursive``, of its nested groups), sorted
         and without duplicates. NotFound for an unknown group."""
 
+    async def hold(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
+        """Count references from something outside the site model (``holder``, e.g.
+        ``("assignment", token)``) on ``refs``, which then cannot be deleted (InUse naming the
+        holder) until :meth:`let_go`. NotFound naming the first that does not exist (then none
+        is held)."""
+
+    async def let_go(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
+        """Give back what :meth:`hold` counted; a reference the holder does not hold (given
+        back already, by another replica too) is not counted twice."""
+
     async def delete_tenant(self, tenant: str) -> bool:
         """Remove every site record of the tenant; False if there was none."""
 
@@ -249,6 +259,11 @@ class SiteStoreBase:
         raise NotImplementedError
 
     async def _decref(self, tenant: str, kind: Kind, token: str, src: tuple[str, str]) -> None:
+        raise NotImplementedError
+
+    async def _drop_ref(self, tenant: str, kind: Kind, token: str, src: tuple[str, str]) -> None:
+        """Like :meth:`_decref`, but only if ``src``'s reference row exists (deleted first,
+        conditionally): two callers giving back the same reference count it back once."""
         raise NotImplementedError
 
     async def _delete_row(self, tenant: str, kind: Kind, token: str) -> DeleteOutcome:
@@ -298,6 +313,19 @@ class SiteStoreBase:
     async def _give_refs(self, tenant: str, record: SiteRecord, refs: Sequence[tuple[Kind, str]]) -> None:
         for kind, token in refs:
             await self._decref(tenant, kind, token, (record.KIND, record.token))
+
+    async def hold(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
+        taken: list[tuple[Kind, str]] = []
+        for kind, token in refs:
+            if not await self._incref(tenant, kind, token, holder):
+                for k, t in taken:
+                    await self._drop_ref(tenant, k, t, holder)
+                raise NotFound(f"{describe(kind, token)} does not exist")
+            taken.append((kind, token))
+
+    async def let_go(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
+        for kind, token in refs:
+            await self._drop_ref(tenant, kind, token, holder)
 
     async def _check_area_parent(self, tenant: str, area: Area) -> None:
         """The new parent must not be the area itself or below it."""

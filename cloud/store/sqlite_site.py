@@ -141,6 +141,22 @@ class SqliteSiteStore(SiteStoreBase):
 
         await self._worker.run(run)
 
+    async def _drop_ref(self, tenant: str, kind: Kind, token: str, src: tuple[str, str]) -> None:
+        def run() -> None:
+            conn = self._w(tenant)
+            with transaction(conn):
+                cur = conn.execute(
+                    "DELETE FROM refs WHERE target_kind = ? AND target = ? AND src_kind = ? AND src = ?",
+                    (kind, token, *src),
+                )
+                if cur.rowcount == 1:
+                    conn.execute(
+                        "UPDATE records SET refs = MAX(refs - 1, 0) WHERE kind = ? AND token = ?",
+                        (kind, token),
+                    )
+
+        await self._worker.run(run)
+
     async def _delete_row(self, tenant: str, kind: Kind, token: str) -> DeleteOutcome:
         def run() -> DeleteOutcome:
             conn = self._w(tenant)

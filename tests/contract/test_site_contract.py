@@ -179,3 +179,37 @@ async def test_two_replicas_race_for_a_token_and_a_delete(site: SiteStore, backe
         assert (await site.find(T, "area", 1, 10)).total == 1 + len(created)
     finally:
         await other.stop()
+
+
+async def test_holds_from_outside_keep_records_and_are_given_back_once(
+    site: SiteStore, backend: Backend
+) -> None:
+    """What an active assignment does: it holds its area and asset (deletes refused naming it),
+    an unknown one is NotFound and nothing stays held, and giving back twice (two replicas
+    releasing at once) counts once — the other holder still keeps the record."""
+    await site.create(T, AreaType(token="b"))
+    await site.create(T, Area(token="hall", area_type="b"))
+    await site.create(T, AssetType(token="pump"))
+    await site.create(T, Asset(token="p-1", asset_type="pump"))
+    with pytest.raises(NotFound, match="asset 'nope'"):
+        await site.hold(T, ("assignment", "a0"), [("area", "hall"), ("asset", "nope")])
+    await site.delete(T, "area", "hall")  # nothing was kept by the failed hold
+    await site.create(T, Area(token="hall", area_type="b"))
+
+    await site.hold(T, ("assignment", "a1"), [("area", "hall"), ("asset", "p-1")])
+    await site.hold(T, ("assignment", "a2"), [("area", "hall")])
+    with pytest.raises(InUse, match="assignment 'a1'"):
+        await site.delete(T, "asset", "p-1")
+    other = await _replica(backend)
+    try:
+        await asyncio.gather(
+            site.let_go(T, ("assignment", "a1"), [("area", "hall"), ("asset", "p-1")]),
+            other.let_go(T, ("assignment", "a1"), [("area", "hall"), ("asset", "p-1")]),
+        )
+    finally:
+        await other.stop()
+    with pytest.raises(InUse, match="assignment 'a2'"):
+        await site.delete(T, "area", "hall")
+    await site.delete(T, "asset", "p-1")
+    await site.let_go(T, ("assignment", "a2"), [("area", "hall")])
+    await site.delete(T, "area", "hall")

@@ -211,3 +211,49 @@ async def test_roles_and_tenants(stack: ApiStack, client: httpx.AsyncClient) -> 
     assert listed.status_code == 200 and listed.json()["total"] == 0 and "OURS" not in listed.text
     # the same token in another tenant is another record
     assert (await client.post("/api/v1/area-types", json={"token": "site"}, headers=bob)).status_code == 201
+
+
+async def test_assignments_name_existing_references_and_hold_them(client: httpx.AsyncClient) -> None:
+    """An assignment naming a customer, area or asset that does not exist is a 422 naming it;
+    while it is active its customer, area and asset cannot be deleted (409 naming it); once
+    released they can (a second release gives nothing back twice)."""
+    await ok(client.post("/api/v1/device-types", json=THERMOSTAT), 201)
+    await ok(client.post("/api/v1/devices", json={"token": "t-1", "device_type": "thermostat"}), 201)
+    await ok(client.post("/api/v1/area-types", json={"token": "building"}), 201)
+    await ok(client.post("/api/v1/areas", json={"token": "hall", "area_type": "building"}), 201)
+    await ok(client.post("/api/v1/asset-types", json={"token": "pump"}), 201)
+    await ok(client.post("/api/v1/assets", json={"token": "p-7", "asset_type": "pump"}), 201)
+    await ok(client.post("/api/v1/customer-types", json={"token": "site"}), 201)
+    await ok(client.post("/api/v1/customers", json={"token": "acme", "customer_type": "site"}), 201)
+
+    for field, missing in (("customer", "nope-c"), ("area", "nope-a"), ("asset", "nope-x")):
+        r = await client.post("/api/v1/assignments", json={"device": "t-1", field: missing})
+        assert r.status_code == 422 and f"{field} '{missing}' does not exist" in r.json()["detail"], r.text
+    assert (await ok(client.get("/api/v1/assignments")))["total"] == 0
+
+    asg = await ok(
+        client.post(
+            "/api/v1/assignments", json={"device": "t-1", "customer": "acme", "area": "hall", "asset": "p-7"}
+        ),
+        201,
+    )
+    for path, what in (
+        ("/api/v1/areas/hall", "area 'hall'"),
+        ("/api/v1/assets/p-7", "asset 'p-7'"),
+        ("/api/v1/customers/acme", "customer 'acme'"),
+    ):
+        r = await client.delete(path)
+        assert r.status_code == 409, r.text
+        assert asg["token"] in r.json()["detail"] and "assignment" in r.json()["detail"], r.text
+        assert what.split("'")[1] in r.json()["detail"]
+
+    await ok(client.post(f"/api/v1/assignments/{asg['token']}/release"))
+    await ok(client.post(f"/api/v1/assignments/{asg['token']}/release"))  # idempotent
+    # A second active assignment holds the area: one release must not free it for both.
+    await ok(client.post("/api/v1/devices", json={"token": "t-2", "device_type": "thermostat"}), 201)
+    other = await ok(client.post("/api/v1/assignments", json={"device": "t-2", "area": "hall"}), 201)
+    r = await client.delete("/api/v1/areas/hall")
+    assert r.status_code == 409 and other["token"] in r.json()["detail"], r.text
+    await ok(client.post(f"/api/v1/assignments/{other['token']}/release"))
+    for path in ("/api/v1/areas/hall", "/api/v1/assets/p-7", "/api/v1/customers/acme"):
+        assert (await client.delete(path)).status_code in (200, 204), path

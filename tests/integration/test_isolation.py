@@ -52,7 +52,12 @@ pytestmark = pytest.mark.integration
 
 A, B = "default", "beta"
 # Routes anyone may call; a route added here is a decision, not an accident.
-PUBLIC_ROUTES = {("POST", "/api/v1/auth/token"), ("GET", "/"), ("GET", "/healthz")}
+PUBLIC_ROUTES = {
+    ("POST", "/api/v1/auth/token"),
+    ("GET", "/"),
+    ("GET", "/assets/{path:path}"),  # the dashboard's built files (cloud/api/dashboard.py)
+    ("GET", "/healthz"),
+}
 ROLE_USERS = {Role.TENANT_ADMIN: "admin", Role.OPERATOR: "olga", Role.VIEWER: "vera", Role.CUSTOMER: "cora"}
 ROLE_USERS_ALL = {**ROLE_USERS, Role.INSTANCE_ADMIN: "root"}
 
@@ -224,8 +229,14 @@ async def make_tenant_a(stack: ApiStack, client: httpx.AsyncClient) -> TenantA:
         await post(
             "/api/v1/devices", {"token": device, "device_type": "a-type", "comments": f"A-SECRET-DEV-{mark}"}
         )
+        # An assignment's area must exist (422 otherwise) and areas are the whole tenant's:
+        # with the site model the customer's secret travels in the assignment's metadata.
+        secret_area = f"A-SECRET-AREA-{mark}"
         asg = await post(
-            "/api/v1/assignments", {"device": device, "customer": c, "area": f"A-SECRET-AREA-{mark}"}
+            "/api/v1/assignments",
+            {"device": device, "customer": c, "area": "a-area", "metadata": {"where": secret_area}}
+            if site
+            else {"device": device, "customer": c, "area": secret_area},
         )
         event = pb.Event(
             tenant=A,
