@@ -105,7 +105,7 @@ def install_spa_fallback(app: FastAPI, files: DashboardFiles) -> None:
             response = None
             if "/" not in path.lstrip("/") and "." in first:  # a top-level file of the build
                 response = files.file(first, "no-cache")
-            elif "." not in path.rsplit("/", 1)[-1]:  # an SPA route (no file extension)
+            else:  # an SPA route (also /devices/sensor.1: tokens may contain dots)
                 response = files.index()
             if response is not None:
                 await response(scope, receive, send)

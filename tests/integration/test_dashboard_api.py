@@ -486,7 +486,7 @@ async def test_dashboard_static_files_csp_and_spa_fallback(tmp_path: Path) -> No
         assert (await client.get("/assets/missing.js")).status_code == 404
         assert (await client.get("/assets/../index.html")).status_code in (200, 404)  # never outside
         assert (await client.get("/assets/%2e%2e/%2e%2e/pyproject.toml")).status_code == 404
-        for spa in ("/devices/x", "/alerts", "/edges", "/login"):
+        for spa in ("/devices/x", "/devices/sensor.1", "/alerts", "/edges", "/login"):
             r = await client.get(spa)
             assert r.status_code == 200 and "app-1a2b.js" in r.text, spa
             assert r.headers["content-security-policy"].startswith(CSP_START)
