@@ -513,3 +513,27 @@ async def test_dashboard_without_build_says_how_to_build(tmp_path: Path) -> None
         assert r.status_code == 503 and "make dashboard" in r.text
         assert r.headers["content-type"].startswith("text/plain")
         assert (await client.get("/api/v1/devices")).status_code == 401
+
+
+async def test_customer_stream_sees_only_its_devices(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
+    await registered(cloud, ted, "default", "mine")
+    await registered(cloud, ted, "default", "theirs")
+    assert (await ted.post("/api/v1/customer-types", json={"token": "site"})).status_code == 201
+    r = await ted.post("/api/v1/customers", json={"token": "c1", "customer_type": "site"})
+    assert r.status_code == 201, r.text
+    r = await ted.post("/api/v1/assignments", json={"device": "mine", "customer": "c1"})
+    assert r.status_code == 201, r.text
+    await cloud.users.set_password("cora", PASSWORD, tenant="default", role=Role.CUSTOMER, customer="c1")
+    cora = await login(cloud, "cora")
+    try:
+        assert (await cora.get("/api/v1/live", params={"device": "theirs"})).status_code == 404
+        async with live(cora) as sse:
+            await send(cloud, "default", "theirs", _event("default", "theirs", "t-1", 1.0))
+            await send(cloud, "default", "mine", _event("default", "mine", "m-1", 1.0))
+            seen = await sse.until(lambda m: m[0] == "event" and m[1]["alternate_id"] == "m-1")
+        assert {m[1]["device"] for m in seen if m[0] == "event"} == {"mine"}
+        r = await cora.get("/api/v1/fleet")
+        assert r.json()["devices"] == 1 and r.json()["edges_connected"] == 0
+        assert (await cora.get("/api/v1/edges")).json()["items"] == []
+    finally:
+        await cora.aclose()
