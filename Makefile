@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup run test lint proto bench clean
+.PHONY: setup run test lint proto bench clean dashboard
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ lint: setup
 
 proto: setup
 	$(PY) scripts/gen_proto.py
+
+# Rebuild the dashboard SPA (dashboard/) into fieldgate/cloud/api/static/dashboard (committed;
+# Node is needed only here, never at run time).
+dashboard:
+	cd dashboard && npm ci && npm run build
 
 bench: setup
 	$(PY) benchmarks/bench_ingest.py $(ARGS)
