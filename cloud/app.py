@@ -358,6 +358,8 @@ class CloudApp:
                     commands=self.commands,
                     auth=self._api_auth(),
                     tenants=self.tenants,
+                    site=self.site_store,
+                    states=self.state_store,
                 )
             )
             grpc_health = GrpcHealth(self.health, ("fieldgate.v1.EdgeUplink",))

@@ -50,6 +50,8 @@ from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 
 if TYPE_CHECKING:
+    from fieldgate.cloud.store.site import SiteStore
+    from fieldgate.cloud.store.state import DeviceStateStore
     from fieldgate.cloud.tenants import TenantAdmin
 
 T = TypeVar("T")
@@ -395,10 +397,14 @@ def add_grpc_api(
     commands: CommandService,
     auth: ApiAuth,
     tenants: TenantAdmin | None = None,
+    site: SiteStore | None = None,
+    states: DeviceStateStore | None = None,
 ) -> None:
     """Register the management services on ``server`` (before it starts), every method
     behind ``auth``: device management, event queries, command invocations, customers and —
-    given ``tenants`` — tenant management (cloud/grpc_tenants.py).
+    given ``tenants`` — tenant management (cloud/grpc_tenants.py), given ``site`` the site
+    model (which assignments then check and hold) and given ``states`` device state
+    (cloud/grpc_site.py).
 
     ``invocations`` is accepted for symmetry with the REST API; reads go through ``commands``.
     """
@@ -406,7 +412,7 @@ def add_grpc_api(
     from fieldgate.cloud.grpc_tenants import CustomerManagementServicer, TenantManagementServicer
 
     del invocations
-    mgmt = Management(registry, event_store)
+    mgmt = Management(registry, event_store, site)
     tenant = _TenantCheck(registry)
     dm = _Authorized(DeviceManagementServicer(mgmt, tenant), "DeviceManagement", auth)
     eq = _Authorized(EventQueriesServicer(mgmt, commands, tenant), "EventQueries", auth)
@@ -418,6 +424,16 @@ def add_grpc_api(
         CustomerManagementServicer(CustomerManagement(registry), tenant), "CustomerManagement", auth
     )
     svc_grpc.add_CustomerManagementServicer_to_server(cm, server)  # type: ignore[arg-type]
+    if site is not None:
+        from fieldgate.cloud.grpc_site import SiteManagementServicer
+
+        sm = _Authorized(SiteManagementServicer(site, mgmt, tenant, _guarded), "SiteManagement", auth)
+        svc_grpc.add_SiteManagementServicer_to_server(sm, server)  # type: ignore[arg-type]
+    if states is not None:
+        from fieldgate.cloud.grpc_site import DeviceStatesServicer
+
+        ds = _Authorized(DeviceStatesServicer(states, mgmt, tenant, _guarded), "DeviceStates", auth)
+        svc_grpc.add_DeviceStatesServicer_to_server(ds, server)  # type: ignore[arg-type]
     if tenants is not None:
         tm = _Authorized(TenantManagementServicer(tenants), "TenantManagement", auth)
         svc_grpc.add_TenantManagementServicer_to_server(tm, server)  # type: ignore[arg-type]

@@ -88,6 +88,17 @@ GRPC_METHODS: dict[str, Permission] = {
     "fieldgate.v1.CustomerManagement.UpdateCustomer": P.WRITE,
     "fieldgate.v1.CustomerManagement.DeleteCustomer": P.WRITE,
     "fieldgate.v1.CustomerManagement.ListCustomerDevices": P.READ,
+    "fieldgate.v1.SiteManagement.CreateSiteRecord": P.WRITE,
+    "fieldgate.v1.SiteManagement.GetSiteRecord": P.READ,
+    "fieldgate.v1.SiteManagement.ListSiteRecords": P.READ,
+    "fieldgate.v1.SiteManagement.UpdateSiteRecord": P.WRITE,
+    "fieldgate.v1.SiteManagement.DeleteSiteRecord": P.WRITE,
+    "fieldgate.v1.SiteManagement.PutGroupElement": P.WRITE,
+    "fieldgate.v1.SiteManagement.RemoveGroupElement": P.WRITE,
+    "fieldgate.v1.SiteManagement.ListGroupElements": P.READ,
+    "fieldgate.v1.SiteManagement.ListGroupDevices": P.READ,
+    "fieldgate.v1.DeviceStates.GetDeviceState": P.READ,
+    "fieldgate.v1.DeviceStates.ListDeviceStates": P.READ,
 }
 
 TENANT_HEADER = "X-Fieldgate-Tenant"

@@ -1494,3 +1494,537 @@ class CustomerManagement:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SiteManagementStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateSiteRecord = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/CreateSiteRecord',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.FromString,
+                _registered_method=True)
+        self.GetSiteRecord = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/GetSiteRecord',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordKey.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.FromString,
+                _registered_method=True)
+        self.ListSiteRecords = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/ListSiteRecords',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListSiteRecordsRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListSiteRecordsResponse.FromString,
+                _registered_method=True)
+        self.UpdateSiteRecord = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/UpdateSiteRecord',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.FromString,
+                _registered_method=True)
+        self.DeleteSiteRecord = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/DeleteSiteRecord',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordKey.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.PutGroupElement = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/PutGroupElement',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GroupElementRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.GroupElementReply.FromString,
+                _registered_method=True)
+        self.RemoveGroupElement = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/RemoveGroupElement',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GroupElementRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.ListGroupElements = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/ListGroupElements',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListGroupElementsRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListGroupElementsResponse.FromString,
+                _registered_method=True)
+        self.ListGroupDevices = channel.unary_unary(
+                '/fieldgate.v1.SiteManagement/ListGroupDevices',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListGroupDevicesRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListGroupDevicesResponse.FromString,
+                _registered_method=True)
+
+
+class SiteManagementServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateSiteRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSiteRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSiteRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSiteRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSiteRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutGroupElement(self, request, context):
+        """A device element must be a device of the tenant; a nested group must not make a cycle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroupElement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroupElements(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroupDevices(self, request, context):
+        """The group's device tokens, nested groups included unless direct_only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SiteManagementServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateSiteRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSiteRecord,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.SerializeToString,
+            ),
+            'GetSiteRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSiteRecord,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordKey.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.SerializeToString,
+            ),
+            'ListSiteRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSiteRecords,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListSiteRecordsRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListSiteRecordsResponse.SerializeToString,
+            ),
+            'UpdateSiteRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSiteRecord,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.SerializeToString,
+            ),
+            'DeleteSiteRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSiteRecord,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.SiteRecordKey.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
+            ),
+            'PutGroupElement': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutGroupElement,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GroupElementRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.GroupElementReply.SerializeToString,
+            ),
+            'RemoveGroupElement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroupElement,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GroupElementRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListGroupElements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroupElements,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListGroupElementsRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListGroupElementsResponse.SerializeToString,
+            ),
+            'ListGroupDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroupDevices,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListGroupDevicesRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListGroupDevicesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fieldgate.v1.SiteManagement', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fieldgate.v1.SiteManagement', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SiteManagement:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateSiteRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/CreateSiteRecord',
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSiteRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/GetSiteRecord',
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordKey.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSiteRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/ListSiteRecords',
+            fieldgate_dot_v1_dot_services__pb2.ListSiteRecordsRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListSiteRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSiteRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/UpdateSiteRecord',
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSiteRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/DeleteSiteRecord',
+            fieldgate_dot_v1_dot_services__pb2.SiteRecordKey.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutGroupElement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/PutGroupElement',
+            fieldgate_dot_v1_dot_services__pb2.GroupElementRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.GroupElementReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroupElement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/RemoveGroupElement',
+            fieldgate_dot_v1_dot_services__pb2.GroupElementRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroupElements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/ListGroupElements',
+            fieldgate_dot_v1_dot_services__pb2.ListGroupElementsRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListGroupElementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroupDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.SiteManagement/ListGroupDevices',
+            fieldgate_dot_v1_dot_services__pb2.ListGroupDevicesRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListGroupDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DeviceStatesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetDeviceState = channel.unary_unary(
+                '/fieldgate.v1.DeviceStates/GetDeviceState',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GetDeviceStateRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeviceStateReply.FromString,
+                _registered_method=True)
+        self.ListDeviceStates = channel.unary_unary(
+                '/fieldgate.v1.DeviceStates/ListDeviceStates',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceStatesRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceStatesResponse.FromString,
+                _registered_method=True)
+
+
+class DeviceStatesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetDeviceState(self, request, context):
+        """NOT_FOUND for an unknown device or one without state yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeviceStates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeviceStatesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetDeviceState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceState,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GetDeviceStateRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeviceStateReply.SerializeToString,
+            ),
+            'ListDeviceStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeviceStates,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceStatesRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceStatesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fieldgate.v1.DeviceStates', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fieldgate.v1.DeviceStates', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DeviceStates:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetDeviceState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceStates/GetDeviceState',
+            fieldgate_dot_v1_dot_services__pb2.GetDeviceStateRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeviceStateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeviceStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceStates/ListDeviceStates',
+            fieldgate_dot_v1_dot_services__pb2.ListDeviceStatesRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListDeviceStatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -392,3 +392,137 @@ class CustomerManagementServicer(metaclass=_abc_1.ABCMeta):
         """Devices whose active assignment names the customer."""
 
 def add_CustomerManagementServicer_to_server(servicer: CustomerManagementServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SiteManagementStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SiteManagementAsyncStub: ...
+    CreateSiteRecord: _grpc.UnaryUnaryMultiCallable[_services_pb2.SiteRecordRequest, _services_pb2.SiteRecordReply]
+    GetSiteRecord: _grpc.UnaryUnaryMultiCallable[_services_pb2.SiteRecordKey, _services_pb2.SiteRecordReply]
+    ListSiteRecords: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListSiteRecordsRequest, _services_pb2.ListSiteRecordsResponse]
+    UpdateSiteRecord: _grpc.UnaryUnaryMultiCallable[_services_pb2.SiteRecordRequest, _services_pb2.SiteRecordReply]
+    DeleteSiteRecord: _grpc.UnaryUnaryMultiCallable[_services_pb2.SiteRecordKey, _services_pb2.DeleteResponse]
+    PutGroupElement: _grpc.UnaryUnaryMultiCallable[_services_pb2.GroupElementRequest, _services_pb2.GroupElementReply]
+    """A device element must be a device of the tenant; a nested group must not make a cycle."""
+    RemoveGroupElement: _grpc.UnaryUnaryMultiCallable[_services_pb2.GroupElementRequest, _services_pb2.DeleteResponse]
+    ListGroupElements: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListGroupElementsRequest, _services_pb2.ListGroupElementsResponse]
+    ListGroupDevices: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListGroupDevicesRequest, _services_pb2.ListGroupDevicesResponse]
+    """The group's device tokens, nested groups included unless direct_only."""
+
+@_typing.type_check_only
+class SiteManagementAsyncStub(SiteManagementStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateSiteRecord: _aio.UnaryUnaryMultiCallable[_services_pb2.SiteRecordRequest, _services_pb2.SiteRecordReply]  # type: ignore[assignment]
+    GetSiteRecord: _aio.UnaryUnaryMultiCallable[_services_pb2.SiteRecordKey, _services_pb2.SiteRecordReply]  # type: ignore[assignment]
+    ListSiteRecords: _aio.UnaryUnaryMultiCallable[_services_pb2.ListSiteRecordsRequest, _services_pb2.ListSiteRecordsResponse]  # type: ignore[assignment]
+    UpdateSiteRecord: _aio.UnaryUnaryMultiCallable[_services_pb2.SiteRecordRequest, _services_pb2.SiteRecordReply]  # type: ignore[assignment]
+    DeleteSiteRecord: _aio.UnaryUnaryMultiCallable[_services_pb2.SiteRecordKey, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+    PutGroupElement: _aio.UnaryUnaryMultiCallable[_services_pb2.GroupElementRequest, _services_pb2.GroupElementReply]  # type: ignore[assignment]
+    """A device element must be a device of the tenant; a nested group must not make a cycle."""
+    RemoveGroupElement: _aio.UnaryUnaryMultiCallable[_services_pb2.GroupElementRequest, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+    ListGroupElements: _aio.UnaryUnaryMultiCallable[_services_pb2.ListGroupElementsRequest, _services_pb2.ListGroupElementsResponse]  # type: ignore[assignment]
+    ListGroupDevices: _aio.UnaryUnaryMultiCallable[_services_pb2.ListGroupDevicesRequest, _services_pb2.ListGroupDevicesResponse]  # type: ignore[assignment]
+    """The group's device tokens, nested groups included unless direct_only."""
+
+class SiteManagementServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def CreateSiteRecord(
+        self,
+        request: _services_pb2.SiteRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.SiteRecordReply, _abc.Awaitable[_services_pb2.SiteRecordReply]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSiteRecord(
+        self,
+        request: _services_pb2.SiteRecordKey,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.SiteRecordReply, _abc.Awaitable[_services_pb2.SiteRecordReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSiteRecords(
+        self,
+        request: _services_pb2.ListSiteRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListSiteRecordsResponse, _abc.Awaitable[_services_pb2.ListSiteRecordsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateSiteRecord(
+        self,
+        request: _services_pb2.SiteRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.SiteRecordReply, _abc.Awaitable[_services_pb2.SiteRecordReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSiteRecord(
+        self,
+        request: _services_pb2.SiteRecordKey,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PutGroupElement(
+        self,
+        request: _services_pb2.GroupElementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.GroupElementReply, _abc.Awaitable[_services_pb2.GroupElementReply]]:
+        """A device element must be a device of the tenant; a nested group must not make a cycle."""
+
+    @_abc_1.abstractmethod
+    def RemoveGroupElement(
+        self,
+        request: _services_pb2.GroupElementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListGroupElements(
+        self,
+        request: _services_pb2.ListGroupElementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListGroupElementsResponse, _abc.Awaitable[_services_pb2.ListGroupElementsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListGroupDevices(
+        self,
+        request: _services_pb2.ListGroupDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListGroupDevicesResponse, _abc.Awaitable[_services_pb2.ListGroupDevicesResponse]]:
+        """The group's device tokens, nested groups included unless direct_only."""
+
+def add_SiteManagementServicer_to_server(servicer: SiteManagementServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DeviceStatesStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeviceStatesAsyncStub: ...
+    GetDeviceState: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetDeviceStateRequest, _services_pb2.DeviceStateReply]
+    """NOT_FOUND for an unknown device or one without state yet."""
+    ListDeviceStates: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListDeviceStatesRequest, _services_pb2.ListDeviceStatesResponse]
+
+@_typing.type_check_only
+class DeviceStatesAsyncStub(DeviceStatesStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetDeviceState: _aio.UnaryUnaryMultiCallable[_services_pb2.GetDeviceStateRequest, _services_pb2.DeviceStateReply]  # type: ignore[assignment]
+    """NOT_FOUND for an unknown device or one without state yet."""
+    ListDeviceStates: _aio.UnaryUnaryMultiCallable[_services_pb2.ListDeviceStatesRequest, _services_pb2.ListDeviceStatesResponse]  # type: ignore[assignment]
+
+class DeviceStatesServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetDeviceState(
+        self,
+        request: _services_pb2.GetDeviceStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeviceStateReply, _abc.Awaitable[_services_pb2.DeviceStateReply]]:
+        """NOT_FOUND for an unknown device or one without state yet."""
+
+    @_abc_1.abstractmethod
+    def ListDeviceStates(
+        self,
+        request: _services_pb2.ListDeviceStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListDeviceStatesResponse, _abc.Awaitable[_services_pb2.ListDeviceStatesResponse]]: ...
+
+def add_DeviceStatesServicer_to_server(servicer: DeviceStatesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -312,3 +312,168 @@ async def test_an_invocation_with_its_events(grpc_api: Clients) -> None:
     assert await _code(c.events.ListInvocationEvents(other)) == grpc.StatusCode.NOT_FOUND
     no_tenant = svc.ListInvocationEventsRequest(id=inv.id)
     assert await _code(c.events.ListInvocationEvents(no_tenant)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+async def site_api(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub]]:
+    """The management services with the site model and device state (cloud/grpc_site.py)."""
+    from fieldgate.cloud.store.sqlite_state import SqliteStateStore
+
+    async with api_stack(tmp_path) as stack:
+        states = SqliteStateStore(tmp_path / "state")
+        await states.start()
+        server = grpc.aio.server()
+        authority = TokenAuthority(SECRET, 3600)
+        add_grpc_api(
+            server,
+            registry=stack.registry,
+            event_store=stack.event_store,
+            invocations=stack.invocations,
+            commands=stack.commands,
+            auth=ApiAuth(authority),
+            site=stack.site,
+            states=states,
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            interceptors = [TenantTokenInterceptor(authority)]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
+                clients = Clients(
+                    stack,
+                    svc_grpc.DeviceManagementStub(channel),
+                    svc_grpc.EventQueriesStub(channel),
+                    svc_grpc.CommandInvocationsStub(channel),
+                )
+                clients.states_store = states  # type: ignore[attr-defined]
+                yield clients, svc_grpc.SiteManagementStub(channel), svc_grpc.DeviceStatesStub(channel)
+        finally:
+            await server.stop(grace=None)
+            await states.stop()
+
+
+def _rec(kind: str, **doc: object) -> svc.SiteRecordRequest:
+    return svc.SiteRecordRequest(tenant="default", kind=kind, json=json.dumps(doc))
+
+
+async def test_site_model_and_assignment_references(
+    site_api: tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub],
+) -> None:
+    c, site, _ = site_api
+    await _setup(c)
+    await site.CreateSiteRecord(_rec("area_type", token="building", name="Building"))
+    area = await site.CreateSiteRecord(_rec("area", token="hall", area_type="building"))
+    assert area.kind == "area" and json.loads(area.json)["created_ms"] > 0
+    square = [[52.0, 13.0], [52.0, 13.1], [52.1, 13.1]]
+    await site.CreateSiteRecord(_rec("zone", token="dock", area="hall", polygon=square))
+    await site.CreateSiteRecord(_rec("asset_type", token="pump"))
+    await site.CreateSiteRecord(_rec("asset", token="p-1", asset_type="pump"))
+    got = await site.GetSiteRecord(svc.SiteRecordKey(tenant="default", kind="zone", token="dock"))
+    assert json.loads(got.json)["polygon"] == square
+    zones = await site.ListSiteRecords(
+        svc.ListSiteRecordsRequest(tenant="default", kind="zone", referencing_kind="area", referencing="hall")
+    )
+    assert [r.token for r in zones.records] == ["dock"] and zones.total == 1
+    renamed = await site.UpdateSiteRecord(_rec("area", token="hall", area_type="building", name="Hall"))
+    assert json.loads(renamed.json)["name"] == "Hall"
+
+    # refusals: unknown kind, a bad document naming the field, unknown reference, taken token
+    codes = [
+        await _code(site.CreateSiteRecord(_rec("planet", token="x"))),
+        await _code(site.CreateSiteRecord(_rec("zone", token="z", area="hall", polygon=[[1, 1]]))),
+        await _code(site.CreateSiteRecord(_rec("asset", token="p-2", asset_type="nope"))),
+        await _code(site.CreateSiteRecord(_rec("asset", token="p-1", asset_type="pump"))),
+        await _code(site.GetSiteRecord(svc.SiteRecordKey(tenant="default", kind="area", token="nope"))),
+    ]
+    assert codes == [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+    ]
+
+    # device groups: elements, nesting, resolved devices; a device element must exist
+    await site.CreateSiteRecord(_rec("device_group", token="outer"))
+    await site.CreateSiteRecord(_rec("device_group", token="inner"))
+    el = svc.GroupElementRequest(
+        tenant="default", group="inner", element_kind="device", token="d-1", roles=["r"]
+    )
+    assert list((await site.PutGroupElement(el)).roles) == ["r"]
+    nest = svc.GroupElementRequest(tenant="default", group="outer", element_kind="group", token="inner")
+    await site.PutGroupElement(nest)
+    cycle = svc.GroupElementRequest(tenant="default", group="inner", element_kind="group", token="outer")
+    assert await _code(site.PutGroupElement(cycle)) == grpc.StatusCode.INVALID_ARGUMENT
+    ghost = svc.GroupElementRequest(tenant="default", group="outer", element_kind="device", token="ghost")
+    assert await _code(site.PutGroupElement(ghost)) == grpc.StatusCode.NOT_FOUND
+    devices = await site.ListGroupDevices(svc.ListGroupDevicesRequest(tenant="default", group="outer"))
+    assert list(devices.devices) == ["d-1"]
+    direct = svc.ListGroupDevicesRequest(tenant="default", group="outer", direct_only=True)
+    assert list((await site.ListGroupDevices(direct)).devices) == []
+    els = await site.ListGroupElements(svc.ListGroupElementsRequest(tenant="default", group="outer"))
+    assert [(e.element_kind, e.token) for e in els.elements] == [("group", "inner")]
+
+    # assignments: an unknown area/asset is INVALID_ARGUMENT; a held one cannot be deleted
+    bad = model.Assignment(tenant="default", device="d-1", area="nope")
+    assert await _code(c.devices.CreateAssignment(svc.CreateAssignmentRequest(assignment=bad))) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    a = await c.devices.CreateAssignment(
+        svc.CreateAssignmentRequest(assignment=model.Assignment(tenant="default", device="d-1", area="hall"))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await site.DeleteSiteRecord(svc.SiteRecordKey(tenant="default", kind="area", token="hall"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "zone 'dock'" in str(
+        info.value.details()
+    )
+    await site.DeleteSiteRecord(svc.SiteRecordKey(tenant="default", kind="zone", token="dock"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await site.DeleteSiteRecord(svc.SiteRecordKey(tenant="default", kind="area", token="hall"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and a.token in str(info.value.details())
+    await c.devices.ReleaseAssignment(svc.ReleaseAssignmentRequest(tenant="default", token=a.token))
+    deleted = await site.DeleteSiteRecord(svc.SiteRecordKey(tenant="default", kind="area", token="hall"))
+    assert deleted.token == "hall"
+    beta = await site.ListSiteRecords(svc.ListSiteRecordsRequest(tenant="beta", kind="asset"))
+    assert beta.total == 0
+
+
+async def test_device_states(
+    site_api: tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub],
+) -> None:
+    from fieldgate.cloud.store.state import DeviceState, MeasurementValue
+
+    c, _, states = site_api
+    await _setup(c)
+    await c.devices.CreateDevice(
+        svc.CreateDeviceRequest(device=model.Device(token="d-2", tenant="default", device_type="thermostat"))
+    )
+    store = c.states_store  # type: ignore[attr-defined]
+    await store.apply(
+        "default",
+        [
+            DeviceState(
+                device="d-1",
+                device_type="thermostat",
+                last_received_ms=T0,
+                measurements={"t": MeasurementValue(time_ms=T0, value=21.5)},
+            ),
+            DeviceState(device="d-2", device_type="thermostat", presence="missing", presence_ms=T0),
+        ],
+    )
+    one = await states.GetDeviceState(svc.GetDeviceStateRequest(tenant="default", device="d-1"))
+    assert one.presence == "present" and json.loads(one.state_json)["measurements"]["t"]["value"] == 21.5
+    missing = await states.ListDeviceStates(svc.ListDeviceStatesRequest(tenant="default", presence="missing"))
+    assert [s.device for s in missing.states] == ["d-2"] and missing.total == 1
+    every = await states.ListDeviceStates(svc.ListDeviceStatesRequest(tenant="default"))
+    assert every.total == 2
+    await c.devices.CreateDevice(
+        svc.CreateDeviceRequest(device=model.Device(token="d-3", tenant="default", device_type="thermostat"))
+    )
+    codes = [
+        await _code(states.GetDeviceState(svc.GetDeviceStateRequest(tenant="default", device="d-3"))),
+        await _code(states.GetDeviceState(svc.GetDeviceStateRequest(tenant="default", device="ghost"))),
+        await _code(states.ListDeviceStates(svc.ListDeviceStatesRequest(tenant="default", presence="gone"))),
+    ]
+    assert codes == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT]

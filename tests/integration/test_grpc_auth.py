@@ -21,6 +21,7 @@ from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import AuthConfig, CloudConfig, TenantConfig, TlsConfig
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
+from fieldgate.cloud.store.sqlite_state import SqliteStateStore
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.pki import CertificateAuthority
 from fieldgate.v1 import services_pb2 as svc
@@ -97,6 +98,8 @@ async def plain_api(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
             invocations=stack.invocations,
             commands=stack.commands,
             auth=ApiAuth(TokenAuthority(SECRET, 3600)),
+            site=stack.site,
+            states=SqliteStateStore(tmp_path / "state"),  # unstarted: only authorization is under test
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -159,6 +162,8 @@ async def mtls_api(
             invocations=stack.invocations,
             commands=stack.commands,
             auth=ApiAuth(TokenAuthority(SECRET, 3600), tls),
+            site=stack.site,
+            states=SqliteStateStore(tmp_path / "state"),  # unstarted: only authorization is under test
         )
         port = server.add_secure_port("127.0.0.1:0", tls.credentials())
         await server.start()
