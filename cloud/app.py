@@ -307,6 +307,7 @@ class CloudApp:
                     self.bus,
                     self.connector_store,
                     self.registry,
+                    site=self.site_store,
                     topic_prefix=prefix,
                     settings=ConnectorStageSettings(
                         refresh_s=config.connectors.refresh_s, max_in_flight=config.connectors.max_in_flight
@@ -410,8 +411,11 @@ class CloudApp:
                 parts.append(self.users)
             if self.services & {"api", "connectors"}:
                 parts.append(self.connector_store)
-            if self.services & {"state", "api"}:
+            # ingest serves the gRPC APIs (SiteManagement, DeviceStates); connectors filter by
+            # device group and area through the site store.
+            if self.services & {"state", "api", "ingest"}:
                 parts.append(self.state_store)
+            if self.services & {"state", "api", "ingest", "connectors"}:
                 parts.append(self.site_store)
             if "state" in self.services:  # geofence rules naming zones
                 parts.append(self.zone_polygons)

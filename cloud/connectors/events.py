@@ -57,18 +57,25 @@ class EventContext:
     device_type: str = ""
     area: str = ""
     customer: str = ""
+    areas: frozenset[str] = frozenset()  # the assignment's area and the areas above it
+    groups: frozenset[str] = frozenset()  # of the filter's groups, those the device is in
 
 
 class EventFilter(Protocol):
     """Decides whether a connector gets an event. ``needs_device``/``needs_assignment`` tell
     the stage which registry lookups :meth:`matches` relies on (none: no lookups at all).
-    Group filters can implement this too once device groups exist."""
+    ``groups`` names the device groups whose membership it reads."""
 
     @property
     def needs_device(self) -> bool: ...
 
     @property
     def needs_assignment(self) -> bool: ...
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The device groups whose membership :meth:`matches` reads (``ctx.groups``)."""
+        ...
 
     def matches(self, ev: pb.Event, ctx: EventContext) -> bool: ...
 
@@ -82,6 +89,7 @@ class FieldFilter:
         self._device_types = frozenset(spec.device_types)
         self._areas = frozenset(spec.areas)
         self._customers = frozenset(spec.customers)
+        self._groups = frozenset(spec.groups)
         self._patterns = spec.devices
 
     @property
@@ -92,6 +100,10 @@ class FieldFilter:
     def needs_assignment(self) -> bool:
         return bool(self._areas or self._customers)
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return self.spec.groups
+
     def matches(self, ev: pb.Event, ctx: EventContext) -> bool:
         if self._types and event_type(ev) not in self._types:
             return False
@@ -99,6 +111,8 @@ class FieldFilter:
             return False
         if self._device_types and ctx.device_type not in self._device_types:
             return False
-        if self._areas and (not ctx.area or ctx.area not in self._areas):
+        if self._areas and not (self._areas & (ctx.areas or {ctx.area} - {""})):
+            return False
+        if self._groups and not (self._groups & ctx.groups):
             return False
         return not (self._customers and (not ctx.customer or ctx.customer not in self._customers))

@@ -57,14 +57,18 @@ def topic_placeholders(template: str) -> set[str]:
 class FilterSpec(_Model):
     """Which events a connector gets. Every non-empty list must match (AND across lists, OR
     within one); an empty list matches everything. ``devices`` are shell-style patterns of
-    device tokens (``thermo-*``); ``areas`` / ``customers`` are tokens of the event's active
-    assignment (an event without an assignment matches no area/customer filter)."""
+    device tokens (``thermo-*``); ``groups`` are device groups (the site store) the device is
+    in, nested groups included; ``areas`` match the area of the event's assignment or an area
+    above it (a filter on a site matches its halls); ``customers`` the assignment's customer (an
+    event without an assignment matches no area/customer filter). Memberships and area parents
+    are read through a short cache, so a change takes effect within 5 s."""
 
     event_types: tuple[str, ...] = ()
     device_types: tuple[str, ...] = ()
     devices: tuple[str, ...] = Field((), description="device token patterns, fnmatch style")
     areas: tuple[str, ...] = ()
     customers: tuple[str, ...] = ()
+    groups: tuple[str, ...] = Field((), description="device group tokens (nested groups included)")
 
     @field_validator("event_types")
     @classmethod

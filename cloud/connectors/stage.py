@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,14 +56,17 @@ from fieldgate.cloud.connectors.events import EventContext
 from fieldgate.cloud.connectors.models import ConnectorSpec
 from fieldgate.cloud.connectors.runner import ConnectorRunner, Item, SinkFactory, build_sink
 from fieldgate.cloud.connectors.store import ConnectorStore
-from fieldgate.cloud.errors import BusError, StoreError
+from fieldgate.cloud.errors import BusError, NotFound, StoreError
 from fieldgate.cloud.stage import TtlLru
 from fieldgate.cloud.store import Registry
+from fieldgate.cloud.store.site import MAX_DEPTH, Area, SiteStore
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 
 GROUP = "connectors"
+#: How long a device group's members and an area's parents are cached (filters by group/area).
+SITE_TTL_S = 5.0
 
 T = TypeVar("T")
 
@@ -124,6 +128,7 @@ class ConnectorStage:
         topic_prefix: str = "fieldgate",
         settings: ConnectorStageSettings | None = None,
         sink_factory: SinkFactory = build_sink,
+        site: SiteStore | None = None,
     ) -> None:
         self.name = "connectors"
         self.stats = ConnectorStageStats()
@@ -142,6 +147,11 @@ class ConnectorStage:
         self._tasks: list[asyncio.Task[None]] = []
         self._devices: TtlLru[tuple[str, str], str] = TtlLru(10_000, 30.0)
         self._assignments: TtlLru[tuple[str, str], EventContext] = TtlLru(10_000, 30.0)
+        # Filters by device group and area read the site store (none: such filters match nothing
+        # beyond an exact area).
+        self._site = site
+        self._members: TtlLru[tuple[str, str], frozenset[str]] = TtlLru(1_000, SITE_TTL_S)
+        self._area_paths: TtlLru[tuple[str, str], frozenset[str]] = TtlLru(10_000, SITE_TTL_S)
         self._sync_lock = asyncio.Lock()
 
     @property
@@ -334,7 +344,7 @@ class ConnectorStage:
         for ev in batch.events:
             for runner in runners:
                 f = runner.filter
-                ctx = await self._context(tenant, ev, f.needs_device, f.needs_assignment)
+                ctx = await self._context(tenant, ev, f.needs_device, f.needs_assignment, f.groups)
                 if not f.matches(ev, ctx):
                     continue
                 tracked.remaining += 1
@@ -364,8 +374,10 @@ class ConnectorStage:
         msg = [Message(key=record.key, value=failed.SerializeToString())]
         await self._retry(lambda: self._bus.publish(topic_name(tenant, FAILED_DECODE, self._prefix), msg))
 
-    async def _context(self, tenant: str, ev: pb.Event, device: bool, assignment: bool) -> EventContext:
-        if not device and not assignment:
+    async def _context(
+        self, tenant: str, ev: pb.Event, device: bool, assignment: bool, groups: Sequence[str] = ()
+    ) -> EventContext:
+        if not device and not assignment and not groups:
             return EventContext()
         device_type = ""
         if device:
@@ -383,7 +395,48 @@ class ConnectorStage:
                 ctx = EventContext(area=a.area, customer=a.customer) if a is not None else EventContext()
                 self._assignments.put((tenant, ev.assignment), ctx)
             area, customer = ctx.area, ctx.customer
-        return EventContext(device_type=device_type, area=area, customer=customer)
+        areas = await self._area_path(tenant, area) if area else frozenset()
+        member_of = frozenset([g for g in groups if ev.device in await self._group_members(tenant, g)])
+        return EventContext(
+            device_type=device_type, area=area, customer=customer, areas=areas, groups=member_of
+        )
+
+    async def _group_members(self, tenant: str, group: str) -> frozenset[str]:
+        """The group's devices (nested groups included); empty for an unknown group."""
+        if self._site is None:
+            return frozenset()
+        site = self._site
+        cached = self._members.get((tenant, group))
+        if cached is None:
+
+            async def read() -> frozenset[str]:
+                try:
+                    return frozenset(await site.members(tenant, group))
+                except NotFound:
+                    return frozenset()
+
+            cached = await self._retry(read)
+            self._members.put((tenant, group), cached)
+        return cached
+
+    async def _area_path(self, tenant: str, area: str) -> frozenset[str]:
+        """``area`` and the areas above it (just ``area`` without the site store)."""
+        if self._site is None:
+            return frozenset([area])
+        site = self._site
+        cached = self._area_paths.get((tenant, area))
+        if cached is None:
+            path = [area]
+            current = area
+            while len(path) <= MAX_DEPTH:
+                rec = await self._retry(functools.partial(site.get, tenant, "area", current))
+                if not isinstance(rec, Area) or not rec.parent or rec.parent in path:
+                    break
+                current = rec.parent
+                path.append(current)
+            cached = frozenset(path)
+            self._area_paths.put((tenant, area), cached)
+        return cached
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, retried with back-off while the store or bus is unavailable."""

@@ -22,6 +22,7 @@ from fieldgate.cloud.connectors.stage import GROUP, ConnectorStage, ConnectorSta
 from fieldgate.cloud.connectors.store import SqliteConnectorStore
 from fieldgate.cloud.ids import event_id
 from fieldgate.cloud.stage import messages_by_device
+from fieldgate.cloud.store.site import SiteStore
 from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -81,7 +82,10 @@ class StageRig:
 
 @asynccontextmanager
 async def stage_rig(
-    tmp_path: Path, connectors: Sequence[ConnectorSpec], settings: ConnectorStageSettings = FAST
+    tmp_path: Path,
+    connectors: Sequence[ConnectorSpec],
+    settings: ConnectorStageSettings = FAST,
+    site: SiteStore | None = None,
 ) -> AsyncIterator[StageRig]:
     bus = EmbeddedBus(tmp_path / "bus.db")
     registry = SqliteRegistry(tmp_path / "registry")
@@ -91,7 +95,7 @@ async def stage_rig(
     await registry.ensure_tenant(model.Tenant(token=TENANT, name=TENANT))
     for spec in connectors:
         await store.create(TENANT, spec)
-    stage = ConnectorStage(bus, store, registry, settings=settings)
+    stage = ConnectorStage(bus, store, registry, settings=settings, site=site)
     await stage.start()
     try:
         yield StageRig(bus, registry, store, stage)

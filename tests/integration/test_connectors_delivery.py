@@ -192,6 +192,71 @@ async def test_filters_choose_the_events(tmp_path: Path) -> None:
         assert other.id not in got
 
 
+async def test_filters_by_device_group_and_area(tmp_path: Path) -> None:
+    """``groups``: the device is in the group or in a group nested in it; ``areas``: the
+    assignment's area or an area above it. A device in no group, or assigned elsewhere, or an
+    unknown group: nothing."""
+    from fieldgate.cloud.store.site import Area, AreaType, DeviceGroup, GroupElement
+    from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
+    from fieldgate.v1 import model_pb2 as model
+
+    site = SqliteSiteStore(tmp_path / "site")
+    await site.start()
+    try:
+        await site.create(TENANT, AreaType(token="b"))
+        await site.create(TENANT, Area(token="plant", area_type="b"))
+        await site.create(TENANT, Area(token="hall-1", area_type="b", parent="plant"))
+        await site.create(TENANT, Area(token="yard", area_type="b"))
+        await site.create(TENANT, DeviceGroup(token="fleet"))
+        await site.create(TENANT, DeviceGroup(token="north-fleet"))
+        await site.put_element(TENANT, "fleet", GroupElement(kind="group", token="north-fleet"))
+        await site.put_element(TENANT, "fleet", GroupElement(kind="device", token="d-1"))
+        await site.put_element(TENANT, "north-fleet", GroupElement(kind="device", token="d-2"))
+        async with webhook_receiver(secret=SECRET) as rx:
+            base = {"kind": "webhook", "webhook": {"url": rx.url, "secret": SECRET}}
+            specs = [
+                ConnectorSpec.model_validate({**base, "id": "fleet", "filter": {"groups": ["fleet"]}}),
+                ConnectorSpec.model_validate({**base, "id": "north", "filter": {"groups": ["north-fleet"]}}),
+                ConnectorSpec.model_validate({**base, "id": "ghost", "filter": {"groups": ["no-such"]}}),
+                ConnectorSpec.model_validate({**base, "id": "plant", "filter": {"areas": ["plant"]}}),
+                ConnectorSpec.model_validate(
+                    {**base, "id": "hall", "filter": {"areas": ["hall-1"], "groups": ["fleet"]}}
+                ),
+            ]
+            async with stage_rig(tmp_path, specs, site=site) as rig:
+                reg = rig.registry
+                await reg.create_device_type(TENANT, model.DeviceType(token="t", name="t"))
+                assigned = {}
+                for device, area in (("d-1", "hall-1"), ("d-2", "yard"), ("d-3", "plant")):
+                    await reg.create_device(model.Device(token=device, tenant=TENANT, device_type="t"))
+                    assigned[device] = await reg.create_assignment(
+                        model.Assignment(tenant=TENANT, device=device, area=area)
+                    )
+                evs = []
+                for i, device in enumerate(("d-1", "d-2", "d-3", "d-4"), start=1):
+                    ev = make_event(i, device=device)
+                    if device in assigned:
+                        ev.assignment = assigned[device].token
+                    evs.append(ev)
+                await publish(rig.bus, evs)
+                d1, d2, d3, d4 = evs
+                expected = {
+                    d1.id: {"fleet", "plant", "hall"},  # in fleet directly; hall-1 is in the plant
+                    d2.id: {"fleet", "north"},  # in north-fleet, nested in fleet; the yard is no plant
+                    d3.id: {"plant"},  # in no group
+                }
+                await eventually(lambda: _async(len(rx.accepted) >= 6), what="deliveries")
+                await eventually(lambda: _async(rig.committed() == rig.end()), what="commit")
+                await asyncio.sleep(0.3)
+        got: dict[str, set[str]] = {}
+        for body, conn in zip(rx.accepted, rx.connectors, strict=True):
+            got.setdefault(body["id"], set()).add(conn)
+        assert got == expected
+        assert d4.id not in got
+    finally:
+        await site.stop()
+
+
 async def _async(value: object) -> object:
     return value
 
