@@ -1,13 +1,15 @@
 """The site model of a tenant: area types and areas (a tree), zones (polygons in an area), asset
 types and assets, device groups (elements: devices or nested groups, each with roles).
 
-Records are pydantic models stored as JSON documents (not protobuf): nothing outside the REST
-API and the geofence rules reads them, there is no gRPC API for them yet, and a JSON document per
-record keeps both backends to one table of records plus one of references. Every record has a
+Records are pydantic models stored as JSON documents (not protobuf): the REST API, the gRPC
+``SiteManagement`` service (which carries the same JSON, cloud/grpc_site.py), the geofence rules,
+batch operations and connector filters read them, and a JSON document per record keeps both
+backends to one table of records plus one of references. Every record has a
 token (unique per tenant and kind), a name, a description, metadata and its creation time.
 
 References are explicit (:meth:`SiteRecord.refs`): an area names its area type and parent, a
-zone its area, an asset its asset type, a group's element a nested group. A store keeps a
+zone its area, an asset its asset type, a group's element a nested group; from outside, an
+active assignment holds its area and asset (:meth:`SiteStore.hold`). A store keeps a
 reference count on every record and refuses (:class:`~fieldgate.cloud.errors.InUse`) to delete
 one that is still referenced, naming who references it. On Cassandra the counts change by
 compare-and-set and deletes are ``IF refs = 0``, so two replicas cannot delete a record while

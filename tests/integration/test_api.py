@@ -208,9 +208,24 @@ async def test_assignments_lifecycle(client: httpx.AsyncClient, admin: dict[str,
     body = {"device": "t-1", "customer": "acme", "area": "plant-1", "asset": "boiler", "metadata": {"k": "v"}}
     r = await client.post("/api/v1/assignments", json=body, headers=admin)
     assert r.status_code == 422 and "customer 'acme' does not exist" in r.json()["detail"]
-    assert (await client.post("/api/v1/customer-types", json={"token": "site"}, headers=admin)).status_code == 201
+    assert (
+        await client.post("/api/v1/customer-types", json={"token": "site"}, headers=admin)
+    ).status_code == 201
     r = await client.post("/api/v1/customers", json={"token": "acme", "customer_type": "site"}, headers=admin)
     assert r.status_code == 201, r.text
+    # the area and the asset must exist too
+    r = await client.post("/api/v1/assignments", json=body, headers=admin)
+    assert r.status_code == 422 and "area 'plant-1' does not exist" in r.json()["detail"]
+    for path, doc in (
+        ("/api/v1/area-types", {"token": "building"}),
+        ("/api/v1/areas", {"token": "plant-1", "area_type": "building"}),
+        ("/api/v1/asset-types", {"token": "boilers"}),
+    ):
+        assert (await client.post(path, json=doc, headers=admin)).status_code == 201
+    r = await client.post("/api/v1/assignments", json=body, headers=admin)
+    assert r.status_code == 422 and "asset 'boiler' does not exist" in r.json()["detail"]
+    asset = {"token": "boiler", "asset_type": "boilers"}
+    assert (await client.post("/api/v1/assets", json=asset, headers=admin)).status_code == 201
     r = await client.post("/api/v1/assignments", json=body, headers=admin)
     assert r.status_code == 201, r.text
     a = r.json()
