@@ -17,9 +17,12 @@ export function MeasurementChart({ name, xs, ys, rangeS }: { name: string; xs: n
       scales: {
         x: {
           time: true,
-          range: () => {
+          // The chosen range, but starting at the first point when the data is younger than
+          // that (a device seen for a minute is not a sliver at the right edge of 24 h).
+          range: (u) => {
             const now = Date.now() / 1000;
-            return [now - rangeS, now];
+            const first = u.data[0].length ? (u.data[0][0] as number) : now - rangeS;
+            return [Math.max(now - rangeS, Math.min(first, now - 60) - 5), now + 2];
           },
         },
       },

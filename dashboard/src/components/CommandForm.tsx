@@ -30,7 +30,10 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
   useEffect(() => {
     if (!commands.some((c) => c.name === name)) setName(commands[0]?.name ?? "");
   }, [commands]);
-  useEffect(() => setValues({}), [name]);
+  useEffect(() => {
+    setValues({});
+    setMsg(null);
+  }, [name]);
   const cmd = commands.find((c) => c.name === name);
   if (commands.length === 0) return <p class="muted">This device type declares no commands.</p>;
 
@@ -56,7 +59,7 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
         params,
         ...(Number.isFinite(ttlS) && ttlS > 0 ? { ttl_s: ttlS } : {}),
       });
-      setMsg({ ok: true, text: `Sent ${cmd.name}: invocation ${inv.id} is ${inv.status.toLowerCase()}.` });
+      setMsg({ ok: true, text: `Sent ${cmd.name} (invocation ${inv.id}, ${inv.status.toLowerCase()}): its status follows in the history.` });
       onSent(inv);
     } catch (err) {
       setMsg({ ok: false, text: describeError(err, `Sending ${cmd.name} failed`) });

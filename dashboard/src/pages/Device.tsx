@@ -14,30 +14,34 @@ const RANGES: [string, number][] = [
   ["24 h", 86400],
 ];
 
-type Series = Record<string, { xs: number[]; ys: number[] }>;
+type Series = { ids: Set<string>; by: Record<string, { xs: number[]; ys: number[] }> };
+const EMPTY: Series = { ids: new Set(), by: {} };
 type Measurement = Extract<DeviceEvent, { type: "measurement" }>;
 type Location = Extract<DeviceEvent, { type: "location" }>;
 type AlertEvent = Extract<DeviceEvent, { type: "alert" }>;
 
+/** Add measurement events to the series (each event once, by id; xs kept sorted) and drop the
+ *  points older than `fromS`. History and live events overlap: the ids make that harmless. */
 function addPoints(series: Series, events: Measurement[], fromS: number): Series {
-  const out: Series = {};
-  for (const [k, v] of Object.entries(series)) {
+  const ids = new Set(series.ids);
+  const by: Series["by"] = {};
+  for (const [k, v] of Object.entries(series.by)) {
     const keep = v.xs.findIndex((x) => x >= fromS);
-    out[k] = keep < 0 ? { xs: [], ys: [] } : { xs: v.xs.slice(keep), ys: v.ys.slice(keep) };
+    by[k] = keep < 0 ? { xs: [], ys: [] } : { xs: v.xs.slice(keep), ys: v.ys.slice(keep) };
   }
   for (const ev of events) {
     const x = ev.event_time_ms / 1000;
-    if (x < fromS) continue;
+    if (x < fromS || ids.has(ev.id)) continue;
+    ids.add(ev.id);
     for (const [k, y] of Object.entries(ev.values)) {
-      const s = (out[k] ??= { xs: [], ys: [] });
-      // Keep xs sorted: live events nearly always come last; insert otherwise.
+      const s = (by[k] ??= { xs: [], ys: [] });
       let i = s.xs.length;
       while (i > 0 && s.xs[i - 1] > x) i--;
       s.xs.splice(i, 0, x);
       s.ys.splice(i, 0, y);
     }
   }
-  return out;
+  return { ids, by };
 }
 
 /** The events of a device since a time, newest first, up to `max` (a few pages of 1000). */
@@ -144,7 +148,7 @@ export function DevicePage({ token }: { token: string }) {
     () => (device.data ? get<DeviceType>(`/api/v1/device-types/${enc(device.data.device_type)}`) : Promise.resolve(null)),
     [device.data?.device_type],
   );
-  const [series, setSeries] = useState<Series>({});
+  const [series, setSeries] = useState<Series>(EMPTY);
   const history = useLoad(
     "Measurements",
     async () => {
@@ -155,7 +159,7 @@ export function DevicePage({ token }: { token: string }) {
     [token, rangeS],
   );
   useEffect(() => {
-    if (history.data) setSeries(addPoints({}, history.data, Date.now() / 1000 - rangeS));
+    if (history.data) setSeries((cur) => addPoints(cur, history.data!, Date.now() / 1000 - rangeS));
   }, [history.data]);
   const locations = useLoad("Locations", () => eventsSince<Location>(token, "location", undefined, 200), [token]);
   const [liveLocations, setLiveLocations] = useState<Location[]>([]);
@@ -169,6 +173,7 @@ export function DevicePage({ token }: { token: string }) {
   const [invs, setInvs] = useState<Invocation[]>([]);
   useEffect(() => setInvs(invocations.data ?? []), [invocations.data]);
   useEffect(() => {
+    setSeries(EMPTY);
     setLiveLocations([]);
     setLiveAlerts([]);
   }, [token]);
@@ -241,7 +246,7 @@ export function DevicePage({ token }: { token: string }) {
   const d = device.data;
   const s = state.data;
   const health = healthOf(s);
-  const names = Array.from(new Set([...Object.keys(s?.measurements ?? {}), ...Object.keys(series)])).sort();
+  const names = Array.from(new Set([...Object.keys(s?.measurements ?? {}), ...Object.keys(series.by)])).sort();
 
   return (
     <main class="page">
@@ -312,7 +317,7 @@ export function DevicePage({ token }: { token: string }) {
         {names.length === 0 && <p class="muted">No measurements yet.</p>}
         <div class="charts">
           {names.map((n) => {
-            const ser = series[n] ?? { xs: [], ys: [] };
+            const ser = series.by[n] ?? { xs: [], ys: [] };
             const last = ser.ys.length ? ser.ys[ser.ys.length - 1] : s?.measurements[n]?.value;
             const lastT = ser.xs.length ? new Date(ser.xs[ser.xs.length - 1] * 1000).toISOString() : s?.measurements[n]?.time;
             return (
