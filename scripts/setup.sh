@@ -16,6 +16,8 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 # kcat and protoc: the documented way to read and decode a stage's Kafka topic (tested).
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# Debian's Chromium: the dashboard's browser test drives it with Playwright (no browser download).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
