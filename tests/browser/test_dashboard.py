@@ -186,6 +186,12 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             await expect(sim_row).to_be_visible()
             await page.get_by_test_id("device-search").fill("")
             await expect(html_row).to_be_visible()
+            await page.get_by_label("State").select_option("online")
+            await expect(html_row).to_have_count(0)
+            await expect(sim_row).to_be_visible()
+            await page.get_by_label("State").select_option("")
+            await expect(html_row).to_be_visible()
+            await page.get_by_role("heading", name="Devices").click()  # no focus ring in the picture
             await page.screenshot(path=SHOTS / "dashboard-devices.png")
 
             # The device page: the chart grows from live events, without a reload.
