@@ -361,6 +361,7 @@ class CloudApp:
                     tenants=self.tenants,
                     site=self.site_store,
                     states=self.state_store,
+                    rules=self.rule_service,
                 )
             )
             grpc_health = GrpcHealth(self.health, ("fieldgate.v1.EdgeUplink",))

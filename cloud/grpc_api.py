@@ -50,6 +50,7 @@ from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 
 if TYPE_CHECKING:
+    from fieldgate.cloud.rules.book import RuleService
     from fieldgate.cloud.store.site import SiteStore
     from fieldgate.cloud.store.state import DeviceStateStore
     from fieldgate.cloud.tenants import TenantAdmin
@@ -399,12 +400,13 @@ def add_grpc_api(
     tenants: TenantAdmin | None = None,
     site: SiteStore | None = None,
     states: DeviceStateStore | None = None,
+    rules: RuleService | None = None,
 ) -> None:
     """Register the management services on ``server`` (before it starts), every method
     behind ``auth``: device management, event queries, command invocations, customers and —
     given ``tenants`` — tenant management (cloud/grpc_tenants.py), given ``site`` the site
-    model (which assignments then check and hold) and given ``states`` device state
-    (cloud/grpc_site.py).
+    model (which assignments then check and hold), given ``states`` device state and given
+    ``rules`` the tenant's rules (cloud/grpc_site.py).
 
     ``invocations`` is accepted for symmetry with the REST API; reads go through ``commands``.
     """
@@ -434,6 +436,11 @@ def add_grpc_api(
 
         ds = _Authorized(DeviceStatesServicer(states, mgmt, tenant, _guarded), "DeviceStates", auth)
         svc_grpc.add_DeviceStatesServicer_to_server(ds, server)  # type: ignore[arg-type]
+    if rules is not None:
+        from fieldgate.cloud.grpc_site import RulesServicer
+
+        rs = _Authorized(RulesServicer(rules, tenant, _guarded), "Rules", auth)
+        svc_grpc.add_RulesServicer_to_server(rs, server)  # type: ignore[arg-type]
     if tenants is not None:
         tm = _Authorized(TenantManagementServicer(tenants), "TenantManagement", auth)
         svc_grpc.add_TenantManagementServicer_to_server(tm, server)  # type: ignore[arg-type]

@@ -1,16 +1,17 @@
-"""The gRPC ``SiteManagement`` and ``DeviceStates`` services: adapters over the stores the REST
-routes use (cloud/api/routes_site.py, routes_state.py), so the same things are refused with the
-same messages. ``add_grpc_api`` (cloud/grpc_api.py) registers them behind its ``ApiAuth``.
+"""The gRPC ``SiteManagement``, ``DeviceStates`` and ``Rules`` services: adapters over the stores
+and services the REST routes use (cloud/api/routes_site.py, routes_state.py, routes_rules.py), so
+the same things are refused with the same messages. ``add_grpc_api`` (cloud/grpc_api.py) registers them behind its ``ApiAuth``.
 
 Site records travel as the site store's JSON documents (the pydantic records of
 cloud/store/site.py), not as one protobuf message per kind: the store keeps them as JSON and a
 new field of a record then needs no proto change. A document that does not validate is
 INVALID_ARGUMENT naming the field. Device state travels as the REST API's ``DeviceState``
-document. These are tenant-wide reads: customer users are refused by ``ApiAuth`` already.
+document, a rule as the REST API's rule document. These are tenant-wide reads: customer users are refused by ``ApiAuth`` already.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -18,6 +19,8 @@ from pydantic import ValidationError
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management, check_page
 from fieldgate.cloud.api.routes_state import DeviceStateOut
 from fieldgate.cloud.errors import InvalidRequest, NotFound
+from fieldgate.cloud.rules.book import RuleService
+from fieldgate.cloud.rules.model import RULE_ADAPTER, Rule, rule_json
 from fieldgate.cloud.store.site import KINDS, RECORD_TYPES, GroupElement, Kind, SiteRecord, SiteStore
 from fieldgate.cloud.store.state import DeviceStateStore, Presence
 from fieldgate.v1 import services_pb2 as svc
@@ -211,3 +214,55 @@ class DeviceStatesServicer(svc_grpc.DeviceStatesServicer):
             )
 
         return cast(svc.ListDeviceStatesResponse, await self._guarded(context, run()))
+
+
+def _rule(document: str) -> Rule:
+    try:
+        return RULE_ADAPTER.validate_json(document or "{}")
+    except ValidationError as err:
+        raise InvalidRequest(f"invalid rule: {_errors(err)}") from err
+
+
+def _rule_reply(rule: Rule) -> svc.RuleReply:
+    return svc.RuleReply(id=rule.id, json=json.dumps(rule_json(rule), separators=(",", ":")))
+
+
+class RulesServicer(svc_grpc.RulesServicer):
+    def __init__(self, rules: RuleService, tenant: TenantCheck, guarded: Any) -> None:
+        self._rules = rules
+        self._tenant = tenant
+        self._guarded = guarded
+
+    async def ListRules(self, request: svc.ListRulesRequest, context: Context) -> svc.ListRulesResponse:
+        async def run() -> svc.ListRulesResponse:
+            rs = await self._rules.list(await self._tenant(request.tenant))
+            return svc.ListRulesResponse(rules=[_rule_reply(r) for r in sorted(rs.rules, key=lambda r: r.id)])
+
+        return cast(svc.ListRulesResponse, await self._guarded(context, run()))
+
+    async def GetRule(self, request: svc.RuleKey, context: Context) -> svc.RuleReply:
+        async def run() -> svc.RuleReply:
+            return _rule_reply(await self._rules.get(await self._tenant(request.tenant), request.id))
+
+        return cast(svc.RuleReply, await self._guarded(context, run()))
+
+    async def CreateRule(self, request: svc.RuleRequest, context: Context) -> svc.RuleReply:
+        async def run() -> svc.RuleReply:
+            tenant = await self._tenant(request.tenant)
+            return _rule_reply(await self._rules.create(tenant, _rule(request.json)))
+
+        return cast(svc.RuleReply, await self._guarded(context, run()))
+
+    async def ReplaceRule(self, request: svc.RuleRequest, context: Context) -> svc.RuleReply:
+        async def run() -> svc.RuleReply:
+            tenant = await self._tenant(request.tenant)
+            return _rule_reply(await self._rules.replace(tenant, _rule(request.json)))
+
+        return cast(svc.RuleReply, await self._guarded(context, run()))
+
+    async def DeleteRule(self, request: svc.RuleKey, context: Context) -> svc.DeleteResponse:
+        async def run() -> svc.DeleteResponse:
+            await self._rules.delete(await self._tenant(request.tenant), request.id)
+            return svc.DeleteResponse(token=request.id)
+
+        return cast(svc.DeleteResponse, await self._guarded(context, run()))

@@ -99,6 +99,11 @@ GRPC_METHODS: dict[str, Permission] = {
     "fieldgate.v1.SiteManagement.ListGroupDevices": P.READ,
     "fieldgate.v1.DeviceStates.GetDeviceState": P.READ,
     "fieldgate.v1.DeviceStates.ListDeviceStates": P.READ,
+    "fieldgate.v1.Rules.ListRules": P.READ,
+    "fieldgate.v1.Rules.GetRule": P.READ,
+    "fieldgate.v1.Rules.CreateRule": P.WRITE,
+    "fieldgate.v1.Rules.ReplaceRule": P.WRITE,
+    "fieldgate.v1.Rules.DeleteRule": P.WRITE,
 }
 
 TENANT_HEADER = "X-Fieldgate-Tenant"

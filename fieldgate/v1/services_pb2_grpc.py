@@ -2028,3 +2028,248 @@ class DeviceStates:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RulesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListRules = channel.unary_unary(
+                '/fieldgate.v1.Rules/ListRules',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
+        self.GetRule = channel.unary_unary(
+                '/fieldgate.v1.Rules/GetRule',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.RuleKey.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleReply.FromString,
+                _registered_method=True)
+        self.CreateRule = channel.unary_unary(
+                '/fieldgate.v1.Rules/CreateRule',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.RuleRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleReply.FromString,
+                _registered_method=True)
+        self.ReplaceRule = channel.unary_unary(
+                '/fieldgate.v1.Rules/ReplaceRule',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.RuleRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleReply.FromString,
+                _registered_method=True)
+        self.DeleteRule = channel.unary_unary(
+                '/fieldgate.v1.Rules/DeleteRule',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.RuleKey.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+
+
+class RulesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ListRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRule(self, request, context):
+        """ALREADY_EXISTS for a taken id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplaceRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RulesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListRulesRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.ListRulesResponse.SerializeToString,
+            ),
+            'GetRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRule,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleKey.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.RuleReply.SerializeToString,
+            ),
+            'CreateRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRule,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.RuleReply.SerializeToString,
+            ),
+            'ReplaceRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceRule,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.RuleReply.SerializeToString,
+            ),
+            'DeleteRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRule,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.RuleKey.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fieldgate.v1.Rules', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fieldgate.v1.Rules', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Rules:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.Rules/ListRules',
+            fieldgate_dot_v1_dot_services__pb2.ListRulesRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.ListRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.Rules/GetRule',
+            fieldgate_dot_v1_dot_services__pb2.RuleKey.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.RuleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.Rules/CreateRule',
+            fieldgate_dot_v1_dot_services__pb2.RuleRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.RuleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.Rules/ReplaceRule',
+            fieldgate_dot_v1_dot_services__pb2.RuleRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.RuleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.Rules/DeleteRule',
+            fieldgate_dot_v1_dot_services__pb2.RuleKey.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

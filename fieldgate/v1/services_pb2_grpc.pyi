@@ -526,3 +526,64 @@ class DeviceStatesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_services_pb2.ListDeviceStatesResponse, _abc.Awaitable[_services_pb2.ListDeviceStatesResponse]]: ...
 
 def add_DeviceStatesServicer_to_server(servicer: DeviceStatesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RulesStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RulesAsyncStub: ...
+    ListRules: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListRulesRequest, _services_pb2.ListRulesResponse]
+    GetRule: _grpc.UnaryUnaryMultiCallable[_services_pb2.RuleKey, _services_pb2.RuleReply]
+    CreateRule: _grpc.UnaryUnaryMultiCallable[_services_pb2.RuleRequest, _services_pb2.RuleReply]
+    """ALREADY_EXISTS for a taken id."""
+    ReplaceRule: _grpc.UnaryUnaryMultiCallable[_services_pb2.RuleRequest, _services_pb2.RuleReply]
+    DeleteRule: _grpc.UnaryUnaryMultiCallable[_services_pb2.RuleKey, _services_pb2.DeleteResponse]
+
+@_typing.type_check_only
+class RulesAsyncStub(RulesStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListRules: _aio.UnaryUnaryMultiCallable[_services_pb2.ListRulesRequest, _services_pb2.ListRulesResponse]  # type: ignore[assignment]
+    GetRule: _aio.UnaryUnaryMultiCallable[_services_pb2.RuleKey, _services_pb2.RuleReply]  # type: ignore[assignment]
+    CreateRule: _aio.UnaryUnaryMultiCallable[_services_pb2.RuleRequest, _services_pb2.RuleReply]  # type: ignore[assignment]
+    """ALREADY_EXISTS for a taken id."""
+    ReplaceRule: _aio.UnaryUnaryMultiCallable[_services_pb2.RuleRequest, _services_pb2.RuleReply]  # type: ignore[assignment]
+    DeleteRule: _aio.UnaryUnaryMultiCallable[_services_pb2.RuleKey, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+
+class RulesServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def ListRules(
+        self,
+        request: _services_pb2.ListRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.ListRulesResponse, _abc.Awaitable[_services_pb2.ListRulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRule(
+        self,
+        request: _services_pb2.RuleKey,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.RuleReply, _abc.Awaitable[_services_pb2.RuleReply]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateRule(
+        self,
+        request: _services_pb2.RuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.RuleReply, _abc.Awaitable[_services_pb2.RuleReply]]:
+        """ALREADY_EXISTS for a taken id."""
+
+    @_abc_1.abstractmethod
+    def ReplaceRule(
+        self,
+        request: _services_pb2.RuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.RuleReply, _abc.Awaitable[_services_pb2.RuleReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteRule(
+        self,
+        request: _services_pb2.RuleKey,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]: ...
+
+def add_RulesServicer_to_server(servicer: RulesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -318,7 +318,8 @@ async def test_an_invocation_with_its_events(grpc_api: Clients) -> None:
 async def site_api(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub]]:
-    """The management services with the site model and device state (cloud/grpc_site.py)."""
+    """The management services with the site model, device state and rules (cloud/grpc_site.py)."""
+    from fieldgate.cloud.rules.book import RuleBook, RuleService
     from fieldgate.cloud.store.sqlite_state import SqliteStateStore
 
     async with api_stack(tmp_path) as stack:
@@ -335,6 +336,7 @@ async def site_api(
             auth=ApiAuth(authority),
             site=stack.site,
             states=states,
+            rules=RuleService(states, RuleBook(states), None),
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -348,6 +350,7 @@ async def site_api(
                     svc_grpc.CommandInvocationsStub(channel),
                 )
                 clients.states_store = states  # type: ignore[attr-defined]
+                clients.rules = svc_grpc.RulesStub(channel)  # type: ignore[attr-defined]
                 yield clients, svc_grpc.SiteManagementStub(channel), svc_grpc.DeviceStatesStub(channel)
         finally:
             await server.stop(grace=None)
@@ -477,3 +480,29 @@ async def test_device_states(
         await _code(states.ListDeviceStates(svc.ListDeviceStatesRequest(tenant="default", presence="gone"))),
     ]
     assert codes == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT]
+
+
+async def test_rules(
+    site_api: tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub],
+) -> None:
+    c = site_api[0]
+    rules: svc_grpc.RulesAsyncStub = c.rules  # type: ignore[attr-defined]
+    hot = {"id": "hot", "kind": "threshold", "measurement": "t", "operator": ">", "value": 30}
+    made = await rules.CreateRule(svc.RuleRequest(tenant="default", json=json.dumps(hot)))
+    assert made.id == "hot" and json.loads(made.json)["value"] == 30
+    dup = svc.RuleRequest(tenant="default", json=json.dumps(hot))
+    bad = svc.RuleRequest(tenant="default", json=json.dumps({**hot, "id": "h2", "operator": "~"}))
+    assert await _code(rules.CreateRule(dup)) == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await rules.CreateRule(bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "operator" in str(info.value.details())
+    changed = await rules.ReplaceRule(
+        svc.RuleRequest(tenant="default", json=json.dumps({**hot, "value": 35}))
+    )
+    assert json.loads(changed.json)["value"] == 35
+    got = await rules.GetRule(svc.RuleKey(tenant="default", id="hot"))
+    assert json.loads(got.json)["value"] == 35
+    assert [r.id for r in (await rules.ListRules(svc.ListRulesRequest(tenant="default"))).rules] == ["hot"]
+    assert (await rules.DeleteRule(svc.RuleKey(tenant="default", id="hot"))).token == "hot"
+    assert await _code(rules.GetRule(svc.RuleKey(tenant="default", id="hot"))) == grpc.StatusCode.NOT_FOUND
+    assert (await rules.ListRules(svc.ListRulesRequest(tenant="beta"))).rules == []

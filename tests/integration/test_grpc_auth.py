@@ -21,6 +21,7 @@ from fieldgate.cloud.api.auth import TokenAuthority
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import AuthConfig, CloudConfig, TenantConfig, TlsConfig
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
+from fieldgate.cloud.rules.book import RuleBook, RuleService
 from fieldgate.cloud.store.sqlite_state import SqliteStateStore
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.pki import CertificateAuthority
@@ -91,6 +92,7 @@ def test_every_api_service_is_enumerated() -> None:
 async def plain_api(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     async with api_stack(tmp_path) as stack:
         server = grpc.aio.server()
+        rule_store = SqliteStateStore(tmp_path / "rules")  # unstarted, like states
         add_grpc_api(
             server,
             registry=stack.registry,
@@ -100,6 +102,7 @@ async def plain_api(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
             auth=ApiAuth(TokenAuthority(SECRET, 3600)),
             site=stack.site,
             states=SqliteStateStore(tmp_path / "state"),  # unstarted: only authorization is under test
+            rules=RuleService(rule_store, RuleBook(rule_store)),
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -155,6 +158,7 @@ async def mtls_api(
     )
     async with api_stack(tmp_path) as stack:
         server = grpc.aio.server()
+        rule_store = SqliteStateStore(tmp_path / "rules")  # unstarted, like states
         add_grpc_api(
             server,
             registry=stack.registry,
@@ -164,6 +168,7 @@ async def mtls_api(
             auth=ApiAuth(TokenAuthority(SECRET, 3600), tls),
             site=stack.site,
             states=SqliteStateStore(tmp_path / "state"),  # unstarted: only authorization is under test
+            rules=RuleService(rule_store, RuleBook(rule_store)),
         )
         port = server.add_secure_port("127.0.0.1:0", tls.credentials())
         await server.start()
