@@ -210,6 +210,9 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             assert await page.evaluate("window.__same_page") is True, "the page reloaded"
             assert await chart.locator("canvas").count() == 1
             print("chart points", first, "->", await count.inner_text(), "last value", first_value)
+            await page.get_by_role("button", name="1 h").click()
+            await expect(count).not_to_have_text("0")
+            await page.get_by_role("button", name="15 min").click()
             await expect(
                 page.get_by_test_id("device-map").locator("path.leaflet-interactive").first
             ).to_be_visible()
@@ -241,6 +244,8 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             await expect(page.get_by_role("button", name=re.compile("Menu"))).to_be_visible()
             await expect(nav.get_by_role("link", name="Alerts", exact=True)).to_be_hidden()
             await page.screenshot(path=SHOTS / "dashboard-phone-device.png")
+            width = await page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"the phone layout of the device page scrolls sideways ({width}px)"
             await page.get_by_role("button", name=re.compile("Menu")).click()
             await nav.get_by_role("link", name="Devices", exact=True).click()
             await expect(page.locator(f"tr[data-device='{SIM}']")).to_be_visible()
