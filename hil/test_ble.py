@@ -17,8 +17,8 @@ from fieldgate.sims import ble_gatt as fw
 from fieldgate.v1 import events_pb2 as pb
 from hil import targets_ble
 from hil.targets_ble import BleTarget
-from tests.helpers.edge_cloud import eventually
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
+from tests.helpers.waiting import eventually
 
 ble_target = targets_ble.ble_target
 

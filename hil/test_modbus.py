@@ -16,7 +16,7 @@ import pytest
 from fieldgate.edge.adapters.modbus import ModbusAdapter
 from fieldgate.v1 import events_pb2 as pb
 from hil.targets_modbus import CommandCheck, ModbusTarget, RecordingSink, modbus_target
-from tests.helpers.edge_cloud import eventually
+from tests.helpers.waiting import eventually
 
 __all__ = ["modbus_target"]  # the fixture, imported so pytest finds it
 

@@ -16,7 +16,8 @@ import pytest
 from fieldgate.edge.adapters.serial import SerialAdapter
 from fieldgate.v1 import events_pb2 as pb
 from hil.targets_serial import SerialTarget, serial_target
-from tests.helpers.serial_sinks import RecordingSink, wait_for
+from tests.helpers.serial_sinks import RecordingSink
+from tests.helpers.waiting import eventually
 
 __all__ = ["serial_target"]  # the fixture, imported so pytest finds it
 
@@ -39,8 +40,8 @@ async def test_readings_arrive_with_plausible_values(
 ) -> None:
     _, sink = running
     for device in serial_target.devices:
-        await wait_for(
-            lambda d=device: len(sink.measurements(d)) >= 3, within_s=30, what=f"readings of {device}"
+        await eventually(
+            lambda d=device: len(sink.measurements(d)) >= 3, timeout=30, what=f"readings of {device}"
         )
         for values in sink.measurements(device):
             assert values and all(math.isfinite(v) for v in values.values())
@@ -56,12 +57,14 @@ async def test_commands_are_acked_and_answered(
 ) -> None:
     adapter, sink = running
     for n, check in enumerate(serial_target.command_checks):
-        await wait_for(lambda c=check: adapter.is_online("default", c.device), within_s=30)
+        await eventually(lambda c=check: adapter.is_online("default", c.device), timeout=30)
         inv = pb.CommandInvocation(
             invocation=f"hil-{n}", command=check.command, params_json=json.dumps(check.params)
         )
         await adapter.send_command("default", check.device, inv)  # returns once acked
-        await wait_for(lambda i=inv.invocation: i in sink.responses(), within_s=30, what=f"answer to {check}")
+        await eventually(
+            lambda i=inv.invocation: i in sink.responses(), timeout=30, what=f"answer to {check}"
+        )
         assert set(check.expect) <= set(sink.responses()[inv.invocation])
 
 
@@ -71,13 +74,15 @@ async def test_unplug_and_replug_recovers(
     sims = serial_target.require_sims()
     adapter, sink = running
     for device, sim in sims.items():
-        await wait_for(lambda d=device: len(sink.seqs(d)) >= 3)
+        await eventually(lambda d=device: len(sink.seqs(d)) >= 3)
         sim.unplug()
-        await wait_for(lambda d=device: not adapter.is_online("default", d), what=f"{device} offline")
+        await eventually(lambda d=device: not adapter.is_online("default", d), what=f"{device} offline")
         sim.plug()
-        await wait_for(lambda d=device: adapter.is_online("default", d), what=f"{device} back")
+        await eventually(lambda d=device: adapter.is_online("default", d), what=f"{device} back")
         first = sim.seq + 1
-        await wait_for(lambda d=device, f=first: max(sink.seqs(d)) >= f + 10, what=f"{device} readings again")
+        await eventually(
+            lambda d=device, f=first: max(sink.seqs(d)) >= f + 10, what=f"{device} readings again"
+        )
         assert set(range(first, first + 11)) <= set(sink.seqs(device)), "readings lost after replug"
         assert adapter.health.snapshot()[("default", device)].reconnects == 1
 
@@ -88,11 +93,11 @@ async def test_bad_frames_are_counted_and_good_ones_keep_coming(
     sims = serial_target.require_sims()
     adapter, sink = running
     for device, sim in sims.items():
-        await wait_for(lambda d=device: len(sink.seqs(d)) >= 3)
+        await eventually(lambda d=device: len(sink.seqs(d)) >= 3)
         faults = ["garbage", "crc", "truncated"] if sim.mode == "binary" else ["garbage", "decode"]
         for fault in faults:
             await sim.inject(fault)  # type: ignore[arg-type]
         last = sim.seq
-        await wait_for(lambda d=device, s=last: max(sink.seqs(d)) >= s + 5, what=f"{device} after faults")
+        await eventually(lambda d=device, s=last: max(sink.seqs(d)) >= s + 5, what=f"{device} after faults")
         errors = adapter.health.snapshot()[("default", device)].errors
         assert all(errors.get(kind, 0) >= 1 for kind in faults), errors

@@ -33,13 +33,12 @@ from fieldgate.cloud.zkconfig_models import TenantSettings
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
-from fieldgate.suite import free_port
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 

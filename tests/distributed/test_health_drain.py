@@ -29,11 +29,10 @@ from fieldgate.cloud.config import BusConfig, CloudConfig, HealthConfig, StoreCo
 from fieldgate.devservers import CassandraServer, KafkaServer, kafka_server
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
-from fieldgate.suite import free_port
 from tests.distributed.test_distributed_e2e import _start_service, _stop
 from tests.distributed.test_ingest_replicas import _connected_to, _measurements, _now
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -49,7 +48,9 @@ async def _grpc_status(port: int) -> int:
         return int(reply.status)
 
 
-async def test_readiness_follows_kafka_and_liveness_does_not(tmp_path: Path, cassandra: CassandraServer) -> None:
+async def test_readiness_follows_kafka_and_liveness_does_not(
+    tmp_path: Path, cassandra: CassandraServer
+) -> None:
     run = uuid.uuid4().hex[:8]
     with kafka_server(tmp_path / "kafka") as kafka:
         config = CloudConfig(
@@ -113,7 +114,9 @@ async def test_sigterm_of_the_edges_ingest_replica_under_load_loses_nothing(
     for name, port in ports.items():
         # Each replica its own data dir: nothing on disk is shared.
         data = json.loads(
-            config.model_copy(update={"grpc_port": port, "data_dir": tmp_path / f"ingest-{name}"}).model_dump_json()
+            config.model_copy(
+                update={"grpc_port": port, "data_dir": tmp_path / f"ingest-{name}"}
+            ).model_dump_json()
         )
         files[name] = tmp_path / f"ingest-{name}.yaml"
         files[name].write_text(json.dumps(data))  # JSON is YAML
@@ -171,7 +174,9 @@ async def test_sigterm_of_the_edges_ingest_replica_under_load_loses_nothing(
                 assert "still open after" not in victim_log  # the stream ended within the drain
 
                 await eventually(
-                    _now(lambda: survivor in _connected_to(logs, edge_id)), timeout=30, what="edge on the survivor"
+                    _now(lambda: survivor in _connected_to(logs, edge_id)),
+                    timeout=30,
+                    what="edge on the survivor",
                 )
                 for t in threads:
                     await asyncio.to_thread(t.join, 60)

@@ -31,13 +31,12 @@ from fieldgate.cloud.store import EventQuery
 from fieldgate.devservers import CassandraServer, KafkaServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
-from fieldgate.suite import free_port
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import model_pb2 as model
 from tests.distributed.test_distributed_e2e import _start_service, _stop, publish_once
 from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 

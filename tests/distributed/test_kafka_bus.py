@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fieldgate.cloud.bus import DECODED, ENRICHED, PERSISTED, Message, Record, topic_name
-from fieldgate.cloud.bus.kafka import KafkaBus, KafkaConsumer
+from fieldgate.cloud.bus.kafka import KafkaBus
 from fieldgate.cloud.inbound import InboundProcessing
 from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
@@ -27,6 +27,7 @@ from fieldgate.devservers import KafkaServer
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.cloud_pipeline import DEFAULT_TENANTS, measurement
+from tests.helpers.waiting import collect, eventually, never
 
 pytestmark = pytest.mark.distributed
 
@@ -53,15 +54,6 @@ def _seq(record: Record) -> int:
     return int(record.value.decode().rsplit(":", 1)[1])
 
 
-async def _poll_until(consumer: KafkaConsumer, count: int, wait_s: float = WAIT_S) -> list[Record]:
-    """Poll until ``count`` records arrived (or the wait ends); returns them in arrival order."""
-    out: list[Record] = []
-    deadline = asyncio.get_running_loop().time() + wait_s
-    while len(out) < count and asyncio.get_running_loop().time() < deadline:
-        out.extend(await consumer.poll(500, 0.5))
-    return out
-
-
 async def _fully_committed(bus: KafkaBus, group: str, topic: str) -> bool:
     """The group committed every record of ``topic`` (partitions never written count as done)."""
     ends = {p: end for p, end in (await bus.end_offsets(topic)).items() if end > 0}
@@ -84,7 +76,7 @@ async def test_publish_poll_commit(bus: KafkaBus) -> None:
         await bus.publish(topic, _msgs(d, 0, 20))
     assert sum((await bus.end_offsets(topic)).values()) == 120
     async with bus.consumer("g1", DECODED) as c:
-        got = await _poll_until(c, 120)
+        got = await collect(lambda: c.poll(500, 0.5), 120, WAIT_S)
         assert len(got) == 120
         assert {r.value for r in got} == {m.value for d in devices for m in _msgs(d, 0, 20)}
         assert all(r.topic == topic and r.timestamp_ms > 0 for r in got)
@@ -103,30 +95,30 @@ async def test_restart_resumes_after_committed_offset(bus: KafkaBus) -> None:
     topic = topic_name("acme", DECODED, bus.prefix)
     await bus.publish(topic, _msgs("d1", 0, 20))
     async with bus.consumer("g", DECODED) as c:
-        got = await _poll_until(c, 20)
+        got = await collect(lambda: c.poll(500, 0.5), 20, WAIT_S)
         assert [_seq(r) for r in got] == list(range(20))
         await c.commit(got[:12])  # the stage processed only the first 12
     await bus.publish(topic, _msgs("d1", 20, 5))
     async with bus.consumer("g", DECODED) as c:
-        again = await _poll_until(c, 13)
+        again = await collect(lambda: c.poll(500, 0.5), 13, WAIT_S)
         assert [_seq(r) for r in again] == list(range(12, 25))
         await c.commit(again)
     async with bus.consumer("g", DECODED) as c:
         assert await c.poll(500, 3.0) == []
     # Another group is independent: it starts at the beginning.
     async with bus.consumer("other", DECODED) as c:
-        assert len(await _poll_until(c, 25)) == 25
+        assert len(await collect(lambda: c.poll(500, 0.5), 25, WAIT_S)) == 25
 
 
 async def test_pattern_subscription_sees_a_new_tenant(bus: KafkaBus) -> None:
     await bus.publish(topic_name("first", DECODED, bus.prefix), _msgs("d", 0, 1))
     async with bus.consumer("g", DECODED) as c:
-        assert len(await _poll_until(c, 1)) == 1
+        assert len(await collect(lambda: c.poll(500, 0.5), 1, WAIT_S)) == 1
         newcomer = topic_name("newcomer", DECODED, bus.prefix)
         await bus.publish(newcomer, _msgs("d", 0, 3))
         # ... and a topic of another stage is not this consumer's business.
         await bus.publish(topic_name("newcomer", ENRICHED, bus.prefix), _msgs("x", 0, 3))
-        got = await _poll_until(c, 3)
+        got = await collect(lambda: c.poll(500, 0.5), 3, WAIT_S)
         assert [(r.topic, _seq(r)) for r in got] == [(newcomer, 0), (newcomer, 1), (newcomer, 2)]
         assert await c.poll(500, 2.0) == []
 
@@ -153,18 +145,21 @@ async def test_two_consumers_share_partitions(bus: KafkaBus) -> None:
         tasks = [asyncio.create_task(run(i)) for i in (0, 1)]
         try:
             # Both members joined and own partitions (6 partitions: 3 each with roundrobin).
-            deadline = asyncio.get_running_loop().time() + WAIT_S
-            while not (c0.assignment and c1.assignment) or len(c0.assignment | c1.assignment) < 6:
-                assert asyncio.get_running_loop().time() < deadline, "group never settled"
-                await asyncio.sleep(0.2)
+            await eventually(
+                lambda: c0.assignment and c1.assignment and len(c0.assignment | c1.assignment) == 6,
+                WAIT_S,
+                "the group settles (6 partitions over both members)",
+            )
             assert not (c0.assignment & c1.assignment)
             for t in tenants:
                 topic = topic_name(t, DECODED, bus.prefix)
                 for d in range(12):
                     await bus.publish(topic, _msgs(f"{t}-dev{d}", 0, 25))
-            while len({r.value for rs in received.values() for r in rs}) < expected:
-                assert asyncio.get_running_loop().time() < deadline + WAIT_S, "records missing"
-                await asyncio.sleep(0.2)
+            await eventually(
+                lambda: len({r.value for rs in received.values() for r in rs}) >= expected,
+                WAIT_S,
+                f"all {expected} records read",
+            )
         finally:
             stop.set()
             await asyncio.gather(*tasks)
@@ -185,15 +180,17 @@ async def test_member_leaving_hands_over_its_partitions(bus: KafkaBus) -> None:
     await bus.ensure_topic(topic)
     async with bus.consumer("ho", DECODED) as survivor:
         async with bus.consumer("ho", DECODED) as leaver:
-            deadline = asyncio.get_running_loop().time() + WAIT_S
-            while not (survivor.assignment and leaver.assignment):
-                assert asyncio.get_running_loop().time() < deadline
+
+            async def both_assigned() -> bool:
                 await asyncio.gather(survivor.poll(10, 0.2), leaver.poll(10, 0.2))
+                return bool(survivor.assignment and leaver.assignment)
+
+            await eventually(both_assigned, WAIT_S, "both members own partitions")
         # The leaver closed (left the group); the survivor takes all partitions and reads
         # everything, including what was published to the leaver's partitions.
         for d in range(9):
             await bus.publish(topic, _msgs(f"dev{d}", 0, 5))
-        got = await _poll_until(survivor, 45)
+        got = await collect(lambda: survivor.poll(500, 0.5), 45, WAIT_S)
         assert len({r.value for r in got}) == 45
         assert len(survivor.assignment) == 3
 
@@ -202,10 +199,10 @@ async def test_seek_replays(bus: KafkaBus) -> None:
     topic = topic_name("acme", DECODED, bus.prefix)
     await bus.publish(topic, _msgs("d1", 0, 5))
     async with bus.consumer("g", DECODED) as c:
-        first = await _poll_until(c, 5)
+        first = await collect(lambda: c.poll(500, 0.5), 5, WAIT_S)
         assert [_seq(r) for r in first] == [0, 1, 2, 3, 4]
         await c.seek(topic, first[0].partition, first[2].offset)
-        again = await _poll_until(c, 3)
+        again = await collect(lambda: c.poll(500, 0.5), 3, WAIT_S)
         assert [_seq(r) for r in again] == [2, 3, 4]
         assert [r.offset for r in again] == [r.offset for r in first[2:]]
 
@@ -218,16 +215,16 @@ async def test_reset_offsets_to_offset_and_time(bus: KafkaBus) -> None:
     await asyncio.sleep(0.05)
     await bus.publish(topic, _msgs("d1", 5, 5))
     async with bus.consumer("replay", PERSISTED) as c:
-        got = await _poll_until(c, 10)
+        got = await collect(lambda: c.poll(500, 0.5), 10, WAIT_S)
         await c.commit(got)
     targets = await bus.reset_offsets("replay", PERSISTED, "acme", to_time_ms=middle)
     partition = got[0].partition
     assert targets[partition] == got[5].offset
     async with bus.consumer("replay", PERSISTED) as c:
-        assert [_seq(r) for r in await _poll_until(c, 5)] == [5, 6, 7, 8, 9]
+        assert [_seq(r) for r in await collect(lambda: c.poll(500, 0.5), 5, WAIT_S)] == [5, 6, 7, 8, 9]
     await bus.reset_offsets("replay", PERSISTED, "acme", to_offset=0)
     async with bus.consumer("replay", PERSISTED) as c:
-        assert [_seq(r) for r in await _poll_until(c, 10)] == list(range(10))
+        assert [_seq(r) for r in await collect(lambda: c.poll(500, 0.5), 10, WAIT_S)] == list(range(10))
     assert await bus.reset_offsets("replay", PERSISTED, "nobody", to_offset=0) == {}
 
 
@@ -285,11 +282,15 @@ async def test_real_pipeline_on_kafka(bus: KafkaBus, tmp_path: Path) -> None:
                 out[d] = [e for e in page.items if e.WhichOneof("payload") == "measurement"]
             return out
 
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while sum(len(v) for v in (await stored()).values()) < len(batch):
-            assert asyncio.get_running_loop().time() < deadline, "events were not stored"
-            await asyncio.sleep(0.3)
-        await asyncio.sleep(2.0)  # give a duplicate time to show up
+        async def all_stored() -> bool:
+            return sum(len(v) for v in (await stored()).values()) >= len(batch)
+
+        async def one_twice() -> bool:
+            return sum(len(v) for v in (await stored()).values()) > len(batch)
+
+        await eventually(all_stored, WAIT_S, "every event stored")
+        # The retry's copies went through the same stages right behind: none may land.
+        await never(one_twice, within=2.0, what="an event stored twice")
         final = await stored()
         for d, evs in by_device.items():
             assert sorted(e.alternate_id for e in final[d]) == sorted(e.alternate_id for e in evs)
@@ -298,9 +299,11 @@ async def test_real_pipeline_on_kafka(bus: KafkaBus, tmp_path: Path) -> None:
         assert sum((await bus.end_offsets(persisted_topic)).values()) > 0
         # ... and committed everything it consumed from [enriched].
         enriched_topic = topic_name("default", ENRICHED, prefix)
-        while not await _fully_committed(bus, "persistence", enriched_topic):
-            assert asyncio.get_running_loop().time() < deadline + WAIT_S, "persistence did not commit"
-            await asyncio.sleep(0.3)
+        await eventually(
+            lambda: _fully_committed(bus, "persistence", enriched_topic),
+            WAIT_S,
+            "persistence committed [enriched]",
+        )
     finally:
         for part in reversed(started):
             await part.stop()  # type: ignore[attr-defined]

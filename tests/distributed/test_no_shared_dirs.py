@@ -29,11 +29,10 @@ from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantCo
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
-from fieldgate.suite import free_port
 from tests.contract.conftest import drop_keyspaces
 from tests.distributed.test_distributed_e2e import _start_service, _stop, publish_once
 from tests.helpers.edge_mqtt import CommandDevice
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 

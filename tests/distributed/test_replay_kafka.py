@@ -4,31 +4,23 @@ the group is live, Kafka refuses and the command says to stop the consumers firs
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
 import pytest
 
 from fieldgate.cli import replay
-from fieldgate.cloud.bus import ENRICHED, Message, Record, topic_name
-from fieldgate.cloud.bus.kafka import KafkaBus, KafkaConsumer
+from fieldgate.cloud.bus import ENRICHED, Message, topic_name
+from fieldgate.cloud.bus.kafka import KafkaBus
 from fieldgate.cloud.config import BusConfig, CloudConfig
 from fieldgate.cloud.errors import BusError
 from fieldgate.devservers import KafkaServer
+from tests.helpers.waiting import collect
 
 pytestmark = pytest.mark.distributed
 
 WAIT_S = 60.0
 GROUP = "persistence"
-
-
-async def _poll_until(consumer: KafkaConsumer, count: int) -> list[Record]:
-    out: list[Record] = []
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while len(out) < count and asyncio.get_running_loop().time() < deadline:
-        out.extend(await consumer.poll(500, 0.5))
-    return out
 
 
 async def test_replay_resets_the_group_to_the_beginning(kafka: KafkaServer, tmp_path: Path) -> None:
@@ -45,7 +37,7 @@ async def test_replay_resets_the_group_to_the_beginning(kafka: KafkaServer, tmp_
             topic_name("acme", ENRICHED, prefix), [Message(key=v.split(b":")[0], value=v) for v in values]
         )
         async with bus.consumer(GROUP, ENRICHED) as c:
-            first = await _poll_until(c, len(values))
+            first = await collect(lambda: c.poll(500, 0.5), len(values), WAIT_S)
             await c.commit(first)
             assert sorted(r.value for r in first) == sorted(values)
             with pytest.raises(BusError, match="stop its consumers"):
@@ -55,5 +47,5 @@ async def test_replay_resets_the_group_to_the_beginning(kafka: KafkaServer, tmp_
         assert targets == {0: 0, 1: 0, 2: 0}
 
         async with bus.consumer(GROUP, ENRICHED) as c:
-            again = await _poll_until(c, len(values))
+            again = await collect(lambda: c.poll(500, 0.5), len(values), WAIT_S)
         assert sorted(r.value for r in again) == sorted(values)

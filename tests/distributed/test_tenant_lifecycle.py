@@ -21,9 +21,8 @@ from fieldgate.cloud.store._cassandra import CassandraSession, keyspace_name
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
-from fieldgate.suite import free_port
 from tests.distributed.test_zk_live_settings import json_event, publish
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 

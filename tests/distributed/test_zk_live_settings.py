@@ -42,11 +42,10 @@ from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.codec.topics import FORMAT_METADATA_KEY
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
-from fieldgate.suite import free_port
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,10 @@ import yaml
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig
 from fieldgate.cloud.store import EventQuery
-from fieldgate.suite import Suite, SuiteOptions, free_port
+from fieldgate.suite import Suite, SuiteOptions
 from tests.helpers.backends import BACKENDS, backends_for
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -88,16 +86,6 @@ async def test_cloud_outage_under_load_loses_nothing(
         assert set(ids) == set(pub.acked)
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
-
-
 def _start_edge(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "fieldgate.cli", "edge", "run", "--config", str(config)],
@@ -136,7 +124,7 @@ async def test_kill_9_of_edge_agent_loses_nothing_acknowledged(
         log = tmp_path / "edge.log"
         proc = _start_edge(edge_cfg, log)
         try:
-            await asyncio.to_thread(_wait_port, mqtt_port)
+            await asyncio.to_thread(wait_for_port, mqtt_port, proc=proc)
             pub = AckedPublisher("127.0.0.1", mqtt_port)
             await asyncio.to_thread(pub.connect)
             stop = threading.Event()
@@ -157,7 +145,7 @@ async def test_kill_9_of_edge_agent_loses_nothing_acknowledged(
             assert len(acked) > 500
 
             proc = _start_edge(edge_cfg, log)
-            await asyncio.to_thread(_wait_port, mqtt_port)
+            await asyncio.to_thread(wait_for_port, mqtt_port, proc=proc)
 
             async def all_acked_stored() -> bool:
                 return acked <= set(await stored_ids(cloud, "k9-1"))

@@ -34,6 +34,8 @@ def backends_for(request: pytest.FixtureRequest, kind: str) -> Backends:
     name = "e" + uuid.uuid4().hex[:9]
     return Backends(
         bus=BusConfig(kind="kafka", bootstrap=kafka.bootstrap, topic_prefix=name, partitions=2),
-        store=StoreConfig(kind="cassandra", hosts=(cassandra.host,), port=cassandra.port, keyspace_prefix=name),
+        store=StoreConfig(
+            kind="cassandra", hosts=(cassandra.host,), port=cassandra.port, keyspace_prefix=name
+        ),
         zookeeper=ZookeeperConfig(hosts=zookeeper.hosts, instance=name),
     )

@@ -20,18 +20,9 @@ import grpc.aio
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
+from tests.helpers.waiting import eventually
 
 EventKey = tuple[str, str, str]
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``within_s`` seconds."""
-    steps = max(1, int(within_s / 0.02))
-    for _ in range(steps):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {within_s} s")
 
 
 @dataclass
@@ -62,7 +53,6 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
         self.sessions: list[_Session] = []
         self._server: grpc.aio.Server | None = None
         self._ids = itertools.count(1)
-        self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,16 +86,11 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
     def unique_ids(self) -> set[str]:
         return {alt for _, _, alt in self.events}
 
-    async def wait_until(self, predicate: Callable[[], bool], within_s: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds, re-checking whenever the cloud receives something."""
-        async with asyncio.timeout(within_s):
-            while not predicate():
-                changed = self._changed
-                try:
-                    async with asyncio.timeout(0.2):
-                        await changed.wait()
-                except TimeoutError:
-                    pass
+    async def wait_until(
+        self, predicate: Callable[[], object], within_s: float = 30.0, what: str | None = None
+    ) -> None:
+        """Wait until ``predicate()`` holds (:func:`tests.helpers.waiting.eventually`)."""
+        await eventually(predicate, within_s, what)
 
     async def wait_for_session(self, within_s: float = 30.0) -> None:
         await self.wait_until(lambda: bool(self.sessions), within_s)
@@ -123,10 +108,6 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
             for seq in held:
                 await session.write(svc.CloudMessage(ack=svc.BatchAck(seq=seq)))
 
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
     # ------------------------------------------------------------------ the service
 
     async def Connect(  # type: ignore[override]
@@ -142,7 +123,6 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
         self.hellos.append(first.hello.edge_id)
         await session.write(svc.CloudMessage(welcome=svc.Welcome(session_id=f"s{next(self._ids)}")))
         self.sessions.append(session)
-        self._notify()
         try:
             while True:
                 message = await context.read()
@@ -160,7 +140,6 @@ class TestCloud(svc_grpc.EdgeUplinkServicer):
                         session.held_acks.append(message.batch.seq)
                 elif kind == "command_status":
                     self.statuses.append(message.command_status)
-                self._notify()
         finally:
             if session in self.sessions:
                 self.sessions.remove(session)

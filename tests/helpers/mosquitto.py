@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,17 +30,10 @@ from pathlib import Path
 import pytest
 
 import fieldgate.edge.adapters.mqtt as mqtt_adapter
+from tests.helpers.waiting import free_port, wait_for_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 SHIPPED_CONFIG = Path(mqtt_adapter.__file__).with_name("mosquitto-fieldgate.conf")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the usual small race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def render_config(
@@ -85,24 +77,18 @@ class Mosquitto:
     def log_path(self) -> Path:
         return self.workdir / "mosquitto.log"
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self.config_path.write_text(self.config_text)
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log_text()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s")
+        try:
+            wait_for_port(self.port, self.host, timeout, proc=self.proc)
+        except AssertionError as err:
+            self.stop()
+            raise RuntimeError(f"mosquitto: {err}: {self.log_text()}") from None
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from fieldgate.v1 import events_pb2 as pb
 
@@ -52,13 +52,3 @@ class RecordingSink:
             for e in self.events
             if e.WhichOneof("payload") == "command_response"
         }
-
-
-async def wait_for(predicate: Callable[[], bool], within_s: float = 15.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` holds; fail after ``within_s`` seconds (a generous bound)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {within_s} s")
-        await asyncio.sleep(0.02)

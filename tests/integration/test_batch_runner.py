@@ -6,7 +6,7 @@ missed runs run the latest one once, a one-shot schedule fires once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,13 +93,6 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await drop_keyspaces(request.getfixturevalue("cassandra"), config.store.keyspace_prefix)
 
 
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    async def probe() -> bool:
-        return predicate()
-
-    await eventually(probe, timeout=timeout, interval=0.02, what=what)
-
-
 def request_for(prefix: str = "act-") -> BatchRequest:
     return BatchRequest(
         command="set-interval",
@@ -116,7 +109,7 @@ async def test_restart_mid_batch_invokes_every_device_exactly_once(world: World)
     op = await first.create(T, request_for(), "tester")
     assert op.total == 40
     await first.start()
-    await until(lambda: first.invoked >= 10, timeout=20, what="some elements invoked")
+    await eventually(lambda: first.invoked >= 10, timeout=20, what="some elements invoked")
     await first.stop()  # the process dies mid-batch
     invoked_before = first.invoked
     assert invoked_before < 40
@@ -176,7 +169,7 @@ async def test_cancel_stops_the_elements_not_yet_invoked(world: World) -> None:
     op = await ops.create(T, request_for(), "tester")
     await ops.start()
     try:
-        await until(lambda: ops.invoked >= 3, timeout=20, what="three invoked")
+        await eventually(lambda: ops.invoked >= 3, timeout=20, what="three invoked")
         cancelled = await ops.cancel(T, op.id)
         assert cancelled.status is OperationStatus.CANCELLED
         await asyncio.sleep(0.5)  # the runner gets every chance to invoke more

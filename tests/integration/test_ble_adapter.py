@@ -22,8 +22,9 @@ from fieldgate.sims.ble import CUSTOM_1, CUSTOM_LAYOUT, ENV_1, HR_1, BleSim
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.dbus_ble import ble_sim_env, needs_dbus_daemon
-from tests.helpers.edge_cloud import TestCloud, eventually
+from tests.helpers.edge_cloud import TestCloud
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.integration, needs_dbus_daemon]
 

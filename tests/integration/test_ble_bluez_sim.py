@@ -16,7 +16,7 @@ from bleak import BleakClient, BleakScanner
 from fieldgate.sims import ble_gatt as gatt
 from fieldgate.sims.ble import CUSTOM_1, ENV_1, ENV_2, BleSim
 from tests.helpers.dbus_ble import ble_sim_env, needs_dbus_daemon
-from tests.helpers.edge_cloud import eventually
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.integration, needs_dbus_daemon]
 

@@ -13,7 +13,7 @@ from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.edge_adapters import LoopbackAdapter
-from tests.helpers.edge_cloud import eventually
+from tests.helpers.waiting import eventually
 
 QUEUED = svc.COMMAND_STATUS_QUEUED
 DELIVERED = svc.COMMAND_STATUS_DELIVERED

@@ -26,15 +26,7 @@ from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.api_stack import api_stack
 from tests.helpers.edge_adapters import LoopbackAdapter
-
-
-async def until(predicate: Any, what: str, within_s: float = 15.0) -> None:
-    for _ in range(int(within_s / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {within_s}s")
-
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +51,7 @@ async def cloud(tmp_path: Path) -> AsyncIterator[CloudApp]:
     for user, (tenant, role) in USERS.items():
         await app.users.set_password(user, PASSWORD, tenant=tenant, role=role)
     assert app.live is not None
-    await until(lambda: app.live is not None and app.live.ready, "live hub subscribed")
+    await eventually(lambda: app.live is not None and app.live.ready, what="live hub subscribed")
     yield app
     await app.stop()
 
@@ -263,7 +255,7 @@ async def test_stream_limits_and_auth(cloud: CloudApp, ted: httpx.AsyncClient) -
         r = await bea.get("/api/v1/live")
         await bea.aclose()
         assert r.status_code == 429 and "this server" in r.json()["detail"]
-    await until(lambda: hub.stats.subscribers == 0, "streams closed after the clients left")
+    await eventually(lambda: hub.stats.subscribers == 0, what="streams closed after the clients left")
     async with live(ted):  # a slot is free again
         pass
 

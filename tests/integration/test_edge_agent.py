@@ -25,8 +25,9 @@ from fieldgate.edge.errors import BufferFull
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.edge_adapters import LoopbackAdapter
-from tests.helpers.edge_cloud import TestCloud, eventually
-from tests.helpers.edge_mqtt import AckedPublisher, CommandDevice, free_port, wait_for_port
+from tests.helpers.edge_cloud import TestCloud
+from tests.helpers.edge_mqtt import AckedPublisher, CommandDevice
+from tests.helpers.waiting import eventually, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -272,7 +273,7 @@ async def test_kill_9_mid_stream_loses_nothing_that_was_acknowledged(
     log_file = tmp_path / "agent.log"
     proc = await asyncio.to_thread(_spawn_agent, config_file, log_file)
     try:
-        await asyncio.to_thread(wait_for_port, mqtt_port)
+        await asyncio.to_thread(wait_for_port, mqtt_port, proc=proc)
         publisher = AckedPublisher(mqtt_port, "pub-kill")
         await asyncio.to_thread(publisher.connect)
         # The cloud is up and acknowledging while the agent is killed.

@@ -25,11 +25,10 @@ from fieldgate.cloud.store import EventQuery
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.edge.probes import AgentProbes
-from fieldgate.suite import free_port
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = pytest.mark.integration
 

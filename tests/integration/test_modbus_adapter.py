@@ -18,7 +18,7 @@ from fieldgate.edge.adapters.modbus import ModbusAdapter, ModbusConfig, build_mo
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.sims.modbus import ModbusSlaveSim, command_map, register_map
 from fieldgate.v1 import events_pb2 as pb
-from tests.helpers.edge_cloud import eventually
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -29,9 +29,9 @@ from fieldgate.errors import ConfigError
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.edge_cloud import TestCloud
-from tests.helpers.mosquitto import free_port
 from tests.helpers.mqtt_devices import Device, measurement
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
+from tests.helpers.waiting import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,9 @@ from fieldgate.edge.codec import topics
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.v1 import events_pb2 as pb
-from tests.helpers.mosquitto import free_port
 from tests.helpers.mqtt_devices import Device, measurement
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ from fieldgate.edge.codec import topics
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.v1 import events_pb2 as pb
-from tests.helpers.mosquitto import Mosquitto, free_port, mosquitto, start_mosquitto
+from tests.helpers.mosquitto import Mosquitto, mosquitto, start_mosquitto
 from tests.helpers.mqtt_devices import Device, measurement
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 __all__ = ["mosquitto"]  # the fixture, imported for pytest
 

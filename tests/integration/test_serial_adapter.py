@@ -19,7 +19,8 @@ from fieldgate.edge.errors import DeliveryError
 from fieldgate.errors import ConfigError
 from fieldgate.sims.serial import CHANNELS, SerialDeviceSim
 from fieldgate.v1 import events_pb2 as pb
-from tests.helpers.serial_sinks import RecordingSink, wait_for
+from tests.helpers.serial_sinks import RecordingSink
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def connected(adapter: SerialAdapter, device: str) -> Callable[[], bool]:
 async def test_measurements_arrive_with_names_and_values(tmp_path: Path, mode: str) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=50) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
-            await wait_for(lambda: len(sink.seqs()) >= 20, what="20 measurements")
+            await eventually(lambda: len(sink.seqs()) >= 20, what="20 measurements")
     values = sink.measurements()
     assert set(values[0]) == {"seq", "temperature", "humidity"}
     assert all(-20 <= v["temperature"] <= 60 and 0 <= v["humidity"] <= 100 for v in values)
@@ -88,12 +89,12 @@ async def test_measurements_arrive_with_names_and_values(tmp_path: Path, mode: s
 async def test_commands_are_acked_then_answered(tmp_path: Path, mode: str) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=5) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
-            await wait_for(lambda: adapter.is_online("default", "mcu-1"), what="port open")
+            await eventually(lambda: adapter.is_online("default", "mcu-1"), what="port open")
             await adapter.send_command("default", "mcu-1", invocation("inv-ping", "ping"))
             await adapter.send_command(
                 "default", "mcu-1", invocation("inv-int", "set-interval", '{"seconds": 2}')
             )
-            await wait_for(lambda: {"inv-ping", "inv-int"} <= set(sink.responses()), what="both answers")
+            await eventually(lambda: {"inv-ping", "inv-int"} <= set(sink.responses()), what="both answers")
             responses = sink.responses()
             assert responses["inv-ping"]["pong"] in (True, 1.0)
             assert responses["inv-int"] == {"interval_s": 2} or responses["inv-int"] == {"interval_s": 2.0}
@@ -115,7 +116,7 @@ async def test_commands_are_acked_then_answered(tmp_path: Path, mode: str) -> No
 async def test_binary_commands_need_numeric_parameters(tmp_path: Path) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode="binary", device="mcu-1", rate_hz=5) as sim:
         async with running(port_config(sim.link, "mcu-1", "binary")) as (adapter, _sink):
-            await wait_for(lambda: adapter.is_online("default", "mcu-1"))
+            await eventually(lambda: adapter.is_online("default", "mcu-1"))
             with pytest.raises(DeliveryError, match="numbers"):
                 await adapter.send_command("default", "mcu-1", invocation("i", "label", '{"text": "hi"}'))
 
@@ -132,12 +133,12 @@ async def test_each_fault_is_counted_while_good_frames_keep_flowing(
 ) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=100, seed=1) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
-            await wait_for(lambda: len(sink.seqs()) >= 5, what="first measurements")
+            await eventually(lambda: len(sink.seqs()) >= 5, what="first measurements")
             for fault in faults:
                 await sim.inject(fault)  # type: ignore[arg-type]
                 await asyncio.sleep(0.05)
             after = sim.seq
-            await wait_for(lambda: max(sink.seqs()) >= after + 20, what="measurements after the faults")
+            await eventually(lambda: max(sink.seqs()) >= after + 20, what="measurements after the faults")
             counted = errors(adapter, "mcu-1")
     expected = {f: 1 for f in faults}
     if mode == "json":  # a cut JSON line is bad JSON
@@ -157,16 +158,16 @@ async def test_each_fault_is_counted_while_good_frames_keep_flowing(
 async def test_unplug_and_replug_recovers_without_losing_later_frames(tmp_path: Path, mode: str) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=100) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
-            await wait_for(lambda: len(sink.seqs()) >= 10)
+            await eventually(lambda: len(sink.seqs()) >= 10)
             for round_ in range(1, 3):
                 sim.unplug()
-                await wait_for(lambda: not connected(adapter, "mcu-1")(), what="disconnected")
+                await eventually(lambda: not connected(adapter, "mcu-1")(), what="disconnected")
                 assert not adapter.is_online("default", "mcu-1")
                 await asyncio.sleep(0.3)  # a few failed reopen attempts (ENOENT)
                 sim.plug()
-                await wait_for(lambda r=round_: adapter.stats.reconnects >= r, what="reconnected")
+                await eventually(lambda r=round_: adapter.stats.reconnects >= r, what="reconnected")
                 first_after = sim.seq + 1
-                await wait_for(lambda f=first_after: max(sink.seqs()) >= f + 30, what="frames after replug")
+                await eventually(lambda f=first_after: max(sink.seqs()) >= f + 30, what="frames after replug")
                 got = set(sink.seqs())
                 assert set(range(first_after, first_after + 31)) <= got
             health = adapter.health.snapshot()[("default", "mcu-1")]
@@ -181,10 +182,10 @@ async def test_device_vanishing_mid_command_fails_the_command_only(tmp_path: Pat
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=20) as sim:
         port = port_config(sim.link, "mcu-1", mode, ack_timeout_s=60)
         async with running(port) as (adapter, sink):
-            await wait_for(lambda: adapter.is_online("default", "mcu-1"))
+            await eventually(lambda: adapter.is_online("default", "mcu-1"))
             sim.ack_commands = sim.respond = False  # hangs on the command
             pending = asyncio.create_task(adapter.send_command("default", "mcu-1", invocation("i1", "ping")))
-            await wait_for(lambda: len(sim.commands) == 1, what="command on the wire")
+            await eventually(lambda: len(sim.commands) == 1, what="command on the wire")
             sim.unplug()
             async with asyncio.timeout(10):  # long before the 60 s ack timeout
                 with pytest.raises(DeliveryError, match="port lost"):
@@ -194,9 +195,9 @@ async def test_device_vanishing_mid_command_fails_the_command_only(tmp_path: Pat
                 await adapter.send_command("default", "mcu-1", invocation("i2", "ping"))
             sim.ack_commands = sim.respond = True
             sim.plug()
-            await wait_for(lambda: adapter.is_online("default", "mcu-1"))
+            await eventually(lambda: adapter.is_online("default", "mcu-1"))
             await adapter.send_command("default", "mcu-1", invocation("i3", "ping"))
-            await wait_for(lambda: "i3" in sink.responses())
+            await eventually(lambda: "i3" in sink.responses())
 
 
 async def test_two_ports_at_once(tmp_path: Path) -> None:
@@ -206,17 +207,17 @@ async def test_two_ports_at_once(tmp_path: Path) -> None:
     ):
         ports = (port_config(sim_a.link, "mcu-a", "json"), port_config(sim_b.link, "mcu-b", "binary"))
         async with running(*ports) as (adapter, sink):
-            await wait_for(lambda: len(sink.seqs("mcu-a")) >= 10 and len(sink.seqs("mcu-b")) >= 10)
+            await eventually(lambda: len(sink.seqs("mcu-a")) >= 10 and len(sink.seqs("mcu-b")) >= 10)
             await asyncio.gather(
                 adapter.send_command("default", "mcu-a", invocation("ia", "ping")),
                 adapter.send_command("default", "mcu-b", invocation("ib", "ping")),
             )
-            await wait_for(lambda: {"ia", "ib"} <= set(sink.responses()))
+            await eventually(lambda: {"ia", "ib"} <= set(sink.responses()))
             # One port unplugged does not disturb the other.
             sim_a.unplug()
-            await wait_for(lambda: not adapter.is_online("default", "mcu-a"))
+            await eventually(lambda: not adapter.is_online("default", "mcu-a"))
             n = len(sink.seqs("mcu-b"))
-            await wait_for(lambda: len(sink.seqs("mcu-b")) >= n + 20)
+            await eventually(lambda: len(sink.seqs("mcu-b")) >= n + 20)
             assert adapter.is_online("default", "mcu-b")
     responders = {e.device for e in sink.events if e.WhichOneof("payload") == "command_response"}
     assert responders == {"mcu-a", "mcu-b"}
@@ -228,13 +229,13 @@ async def test_slow_sink_holds_data_in_the_tty_not_in_memory(tmp_path: Path) -> 
     sink = RecordingSink(accept_delay_s=0.2)
     async with SerialDeviceSim(tmp_path / "tty0", mode="json", device="mcu-1", rate_hz=0) as sim:
         async with running(port_config(sim.link, "mcu-1", "json"), sink=sink) as (adapter, _):
-            await wait_for(lambda: sink.accept_calls >= 8, what="several slow batches")
+            await eventually(lambda: sink.accept_calls >= 8, what="several slow batches")
             written = sim.seq
             received = len(sink.seqs())
             # The line is flat out, yet the sim could only get ahead by what the tty buffers.
             assert written - received < 5000
             sim.sending = False
-            await wait_for(lambda: max(sink.seqs(), default=0) >= sim.seq - 1, within_s=60, what="drained")
+            await eventually(lambda: max(sink.seqs(), default=0) >= sim.seq - 1, timeout=60, what="drained")
     seqs = sink.seqs()
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "backpressure lost data"
     assert adapter.stats.bytes_read > 0
@@ -244,14 +245,14 @@ async def test_silent_device_is_reported_disconnected_and_comes_back(tmp_path: P
     async with SerialDeviceSim(tmp_path / "tty0", mode="binary", device="mcu-1", rate_hz=20) as sim:
         port = port_config(sim.link, "mcu-1", "binary", silence_timeout_s=0.5)
         async with running(port) as (adapter, sink):
-            await wait_for(connected(adapter, "mcu-1"))
+            await eventually(connected(adapter, "mcu-1"))
             sim.silent = True
-            await wait_for(lambda: not connected(adapter, "mcu-1")(), what="silence noticed")
+            await eventually(lambda: not connected(adapter, "mcu-1")(), what="silence noticed")
             assert not adapter.is_online("default", "mcu-1")
             with pytest.raises(DeliveryError):
                 await adapter.send_command("default", "mcu-1", invocation("i", "ping"))
             sim.silent = False
-            await wait_for(connected(adapter, "mcu-1"), what="back after silence")
+            await eventually(connected(adapter, "mcu-1"), what="back after silence")
             assert adapter.is_online("default", "mcu-1")
             assert errors(adapter, "mcu-1").get("silent") == 1
             assert sink.online.count(("default", "mcu-1")) == 2

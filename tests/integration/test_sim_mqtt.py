@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,21 +22,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fieldgate.sims.errors import SimConfigError, SimConnectError
 from fieldgate.sims.mqtt import MqttDeviceSim, add_cli_arguments, run_from_args
 from fieldgate.timeutil import now_ms
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 async def broker_port() -> AsyncIterator[int]:
     """An amqtt broker on a free 127.0.0.1 port, anonymous access, in this test's event loop."""
-    port = _free_port()
+    port = free_port()
     broker = Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
@@ -283,7 +275,7 @@ async def test_cli_runs_bounded_and_prints_a_summary(
 
 async def test_unreachable_broker_and_bad_options_fail_clearly() -> None:
     with pytest.raises(SimConnectError, match="cannot connect"):
-        await MqttDeviceSim(port=_free_port(), devices=1).start()
+        await MqttDeviceSim(port=free_port(), devices=1).start()
     for bad in ({"batch": 0}, {"rate_hz": -1.0}, {"qos": 2}, {"devices": ["a/b"]}, {"max_inflight": 70_000}):
         with pytest.raises(SimConfigError):
             MqttDeviceSim(**bad)  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from fieldgate.edge.config import BufferConfig, UplinkConfig
 from fieldgate.edge.uplink import Uplink, backoff_delay, encode_batch
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
-from tests.helpers.edge_cloud import TestCloud, eventually
+from tests.helpers.edge_cloud import TestCloud
+from tests.helpers.waiting import eventually, free_port
 
 
 def events(prefix: str, n: int, device: str = "dev-1") -> list[pb.Event]:
@@ -25,12 +25,6 @@ def events(prefix: str, n: int, device: str = "dev-1") -> list[pb.Event]:
         e.measurement.values["n"] = float(i)
         out.append(e)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MemoryOutbox:

@@ -5,7 +5,6 @@ not, and what a certificate lets an edge send."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,11 @@ from fieldgate.edge.uplink import CONNECT_METHOD, Uplink
 from fieldgate.pki import CertificateAuthority
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
-from tests.helpers.edge_cloud import eventually
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "batch_max_delay_ms": 2.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def events(prefix: str, n: int, tenant: str = "default", device: str = "dev-1") -> list[pb.Event]:
