@@ -59,13 +59,34 @@ def load_all(text: str) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def helm_template(helm: Path, *values_files: Path, sets: Iterable[str] = ()) -> list[Manifest]:
-    argv: list[str | Path] = [helm, "template", "fg", CHART, "--namespace", "fieldgate"]
+def _value_args(
+    values_files: Iterable[Path], sets: Iterable[str], set_files: Iterable[str]
+) -> list[str | Path]:
+    argv: list[str | Path] = []
     for f in values_files:
         argv += ["--values", f]
     for s in sets:
         argv += ["--set", s]
+    for s in set_files:
+        argv += ["--set-file", s]
+    return argv
+
+
+def helm_template(
+    helm: Path, *values_files: Path, sets: Iterable[str] = (), set_files: Iterable[str] = ()
+) -> list[Manifest]:
+    argv: list[str | Path] = [helm, "template", "fg", CHART, "--namespace", "fieldgate"]
+    argv += _value_args(values_files, sets, set_files)
     return load_all(run(argv).stdout)
+
+
+def helm_notes(helm: Path, *values_files: Path, sets: Iterable[str] = ()) -> str:
+    """What ``helm install`` prints after installing (NOTES.txt), rendered without a cluster."""
+    argv: list[str | Path] = [helm, "install", "fg", CHART, "--namespace", "fieldgate", "--dry-run=client"]
+    argv += _value_args(values_files, sets, ())
+    out = run(argv).stdout
+    assert "\nNOTES:\n" in out, out[-2000:]
+    return out.split("\nNOTES:\n", 1)[1]
 
 
 def kustomize_build(kustomize: Path, directory: Path) -> list[Manifest]:

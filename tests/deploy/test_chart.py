@@ -6,16 +6,25 @@ token signing key mounted where the configuration says."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from fieldgate import config as cfg
+from fieldgate.cloud.app import SERVICES
 from fieldgate.cloud.config import CloudConfig
 from tests.deploy import manifests as mf
 
-SERVICES = ("ingest", "inbound", "registration", "event-store", "api")
+# SERVICES is the one list of the cloud's services (`fieldgate cloud run <service>`). The chart's
+# own list is the keys of values.yaml's `services`; these tests fail when the two differ.
+# The services behind a Kubernetes Service; every other one is a consumer stage.
+FRONTED = ("ingest", "api")
+CONSUMER_STAGES = tuple(s for s in SERVICES if s not in FRONTED)
 # The health contract of the cloud processes (cloud.yaml health: {port: 8081}; the api also on
 # its REST port). ingest's readiness is the gRPC health protocol on its gRPC port.
 HEALTH_PATHS = {"/healthz", "/readyz"}
@@ -98,6 +107,41 @@ def test_bad_values_fail_with_a_message_naming_the_value(helm: Path, sets: list[
     assert message in proc.stderr, proc.stderr
 
 
+def chart_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((mf.CHART / "values.yaml").read_text())
+    return values
+
+
+def chart_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((mf.CHART / "values.schema.json").read_text())
+    return schema
+
+
+def test_the_chart_lists_exactly_the_services_of_the_code() -> None:
+    assert set(FRONTED) <= set(SERVICES)
+    assert sorted(chart_values()["services"]) == sorted(SERVICES)
+    services = chart_schema()["properties"]["services"]
+    # Every service required, no other allowed: a values file cannot drop one or add a typo.
+    assert sorted(services["required"]) == sorted(SERVICES)
+    assert sorted(services["properties"]) == sorted(SERVICES)
+    assert services["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["services.state=null"], "at '/services': missing property 'state'"),
+        (["services.alerts.replicas=1"], "at '/services': additional properties 'alerts' not allowed"),
+    ],
+)
+def test_values_cannot_drop_or_invent_a_service(helm: Path, sets: list[str], message: str) -> None:
+    argv: list[str | Path] = [helm, "template", "fg", mf.CHART]
+    for s in sets:
+        argv += ["--set", s]
+    proc = mf.run(argv, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
 def test_one_deployment_per_service_running_that_service(rendered: list[mf.Manifest]) -> None:
     names = {d["metadata"]["name"] for d in mf.of_kind(rendered, "Deployment")}
     assert names == {f"fg-fieldgate-{s}" for s in SERVICES}
@@ -112,20 +156,19 @@ def test_one_deployment_per_service_running_that_service(rendered: list[mf.Manif
 def test_replicas_and_autoscalers(
     chart_default: list[mf.Manifest], chart_production: list[mf.Manifest]
 ) -> None:
-    assert {s: deployment(chart_default, s)["spec"]["replicas"] for s in SERVICES} == {
-        "ingest": 2,
-        "inbound": 2,
-        "registration": 1,
-        "event-store": 2,
-        "api": 2,
-    }
+    defaults = chart_values()["services"]
+    for s in SERVICES:
+        assert deployment(chart_default, s)["spec"]["replicas"] == defaults[s]["replicas"] >= 1, s
     assert mf.of_kind(chart_default, "HorizontalPodAutoscaler") == []
     assert deployment(chart_production, "ingest")["spec"]["replicas"] == 3
     hpas = {
         h["spec"]["scaleTargetRef"]["name"]: h
         for h in mf.of_kind(chart_production, "HorizontalPodAutoscaler")
     }
-    assert set(hpas) == {"fg-fieldgate-inbound", "fg-fieldgate-event-store", "fg-fieldgate-api"}
+    production = yaml.safe_load((mf.HERE / "values-existing-clusters.yaml").read_text())["services"]
+    autoscaled = {s for s, v in production.items() if v["autoscaling"]["enabled"]}
+    assert {"inbound", "event-store", "state", "api"} <= autoscaled
+    assert set(hpas) == {f"fg-fieldgate-{s}" for s in autoscaled}
     for name, hpa in hpas.items():
         target = mf.one(chart_production, "Deployment", name)
         # The HPA owns the replica count; a replicas field would fight it on every upgrade.
@@ -153,6 +196,31 @@ def test_probes_point_at_what_the_processes_serve(rendered: list[mf.Manifest]) -
             "path": "/healthz",
             "port": "health",
         }
+
+
+def test_consumer_stages_are_probed_on_the_health_port_and_get_no_service(
+    rendered: list[mf.Manifest],
+) -> None:
+    conf = cloud_config(rendered)
+    services = mf.of_kind(rendered, "Service")
+    for stage in CONSUMER_STAGES:
+        c = container(rendered, stage)
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": conf.health.port}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}, stage
+        assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}, stage
+        labels = mf.pod_labels(deployment(rendered, stage))
+        assert not [s for s in services if mf.matches(s["spec"]["selector"], labels)], stage
+        assert "lifecycle" not in c, f"{stage}: nothing routes to it, no preStop wait needed"
+
+
+def test_notes_list_every_service_and_warn_about_idle_consumers(helm: Path) -> None:
+    notes = mf.helm_notes(helm, sets=["config.kafka.partitions=1"])
+    listed = re.findall(r"^  (\S+) +\d+ replicas?$", notes, re.MULTILINE)
+    assert sorted(listed) == sorted(SERVICES)
+    # Replicas beyond the partitions stand by: said for each consumer stage with 2 replicas.
+    warned = set(re.findall(r"^WARNING: (\S+) may run", notes, re.MULTILINE))
+    defaults = chart_values()["services"]
+    assert warned == {s for s in CONSUMER_STAGES if defaults[s]["replicas"] > 1}
 
 
 def test_containers_run_as_non_root_with_a_read_only_root(rendered: list[mf.Manifest]) -> None:
@@ -201,6 +269,10 @@ def test_production_values_reach_the_configuration(chart_production: list[mf.Man
     assert conf.drain_timeout_s == 30
     lb = mf.one(chart_production, "Service", "fg-fieldgate-ingest")
     assert lb["spec"]["type"] == "LoadBalancer"
+    # On the Deployment, where a reloader looks (not on the pods).
+    api = deployment(chart_production, "api")
+    assert api["metadata"]["annotations"] == {"secret.reloader.stakater.com/reload": "fieldgate-credentials"}
+    assert "secret.reloader.stakater.com/reload" not in api["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_token_key_is_mounted_where_the_configuration_points(rendered: list[mf.Manifest]) -> None:
@@ -286,3 +358,130 @@ def test_server_only_tls_names_no_client_ca(helm: Path) -> None:
     conf = cloud_config(mf.helm_template(helm, sets=["tls.requireClientCert=false"]))
     assert conf.tls is not None and not conf.tls.require_client_cert
     assert conf.tls.client_ca_file is None and conf.tls.crl_file is None
+
+
+def grpc_ports(manifests: list[mf.Manifest]) -> dict[str, mf.Manifest]:
+    return {
+        s["metadata"]["name"]: next(p for p in s["spec"]["ports"] if p["name"] == "grpc")
+        for s in mf.of_kind(manifests, "Service")
+        if s["metadata"]["name"].startswith("fg-fieldgate-ingest")
+    }
+
+
+def test_ingest_services_claim_cleartext_http2_only_without_tls(
+    chart_default: list[mf.Manifest], helm: Path
+) -> None:
+    # With TLS the port speaks TLS: kubernetes.io/h2c (HTTP/2 in the clear) would make a proxy
+    # or mesh that honours appProtocol talk cleartext to it.
+    ports = grpc_ports(chart_default)
+    assert set(ports) == {"fg-fieldgate-ingest", "fg-fieldgate-ingest-headless"}
+    assert [p.get("appProtocol") for p in ports.values()] == [None, None]
+    cleartext = grpc_ports(mf.helm_template(helm, sets=["tls.enabled=false"]))
+    assert [p.get("appProtocol") for p in cleartext.values()] == ["kubernetes.io/h2c"] * 2
+
+
+def pem(kind: str, body: str) -> str:
+    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "cert": pem("CERTIFICATE", "c2VydmVyIGNlcnRpZmljYXRl"),
+        "key": pem("PRIVATE KEY", "c2VydmVyIGtleQ=="),
+        "ca": pem("CERTIFICATE", "ZWRnZSBDQQ=="),
+        "crl": pem("X509 CRL", "cmV2b2NhdGlvbnM="),
+    }
+    paths = {}
+    for name, text in files.items():
+        paths[name] = tmp_path / f"{name}.pem"
+        paths[name].write_text(text)
+    return paths
+
+
+def chart_made_tls(helm: Path, files: dict[str, Path], *sets: str) -> list[mf.Manifest]:
+    return mf.helm_template(
+        helm,
+        sets=["tls.existingSecret=", *sets],
+        set_files=[f"tls.pem.{name}={path}" for name, path in files.items()],
+    )
+
+
+def pod_annotations(manifests: list[mf.Manifest], service: str) -> dict[str, str]:
+    annotations: dict[str, str] = deployment(manifests, service)["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    return annotations
+
+
+def test_the_chart_can_make_the_tls_secret_from_pem_files(helm: Path, tls_files: dict[str, Path]) -> None:
+    manifests = chart_made_tls(helm, tls_files)
+    assert mf.schema_problems(manifests) == []
+    secret = mf.one(manifests, "Secret", "fg-fieldgate-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    keys = {"tls.crt": "cert", "tls.key": "key", "ca.crt": "ca", "crl.pem": "crl"}
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        k: tls_files[name].read_text() for k, name in keys.items()
+    }
+    # Each file the configuration names is mounted from that Secret (mounted_file checks the key).
+    conf = cloud_config(manifests)
+    assert conf.tls is not None
+    for path in (conf.tls.cert_file, conf.tls.key_file, conf.tls.client_ca_file, conf.tls.crl_file):
+        source = mf.mounted_file(deployment(manifests, "ingest"), "ingest", str(path), manifests)
+        assert source is not None and source[0] == "Secret" and source[1].startswith("fg-fieldgate-tls/")
+
+
+def test_a_new_certificate_key_or_ca_rolls_ingest_and_a_new_crl_does_not(
+    helm: Path, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    before = chart_made_tls(helm, tls_files)
+    for service in SERVICES:  # only ingest reads the TLS files
+        assert ("checksum/tls" in pod_annotations(before, service)) == (service == "ingest"), service
+    for name in ("cert", "key", "ca", "crl"):
+        rotated = dict(tls_files)
+        rotated[name] = tmp_path / f"new-{name}.pem"
+        rotated[name].write_text(tls_files[name].read_text().replace("\n", "\nbmV3\n", 1))
+        after = chart_made_tls(helm, rotated)
+        changed = {s for s in SERVICES if pod_annotations(after, s) != pod_annotations(before, s)}
+        # ingest reads the certificate, key and CA once; the CRL it re-reads while it runs.
+        assert changed == (set() if name == "crl" else {"ingest"}), name
+    # With an existing Secret, ingest's pods carry its hash too (taken by `helm upgrade` from
+    # the cluster; constant in `helm template`, which sees no cluster).
+    assert "checksum/tls" in pod_annotations(mf.helm_template(helm), "ingest")
+
+
+@pytest.mark.parametrize(
+    ("sets", "drop", "message"),
+    [
+        ([], "cert", 'tls.pem.cert is empty: with tls.existingSecret "" the chart makes the TLS Secret'),
+        ([], "ca", "tls.pem.ca is empty"),
+        (
+            [],
+            "crl",
+            'tls.pem.crl is empty: with tls.existingSecret "" the chart makes the TLS Secret '
+            "from tls.pem (helm --set-file tls.pem.crl=<PEM file>), or set tls.crl=false",
+        ),
+        (["tls.pem.key=pki/server.key"], None, "tls.pem.key is not PEM text"),
+    ],
+)
+def test_a_chart_made_tls_secret_needs_its_pem_files(
+    helm: Path, tls_files: dict[str, Path], sets: list[str], drop: str | None, message: str
+) -> None:
+    files = {
+        k: v
+        for k, v in tls_files.items()
+        if k != drop and not any(s.startswith(f"tls.pem.{k}=") for s in sets)
+    }
+    argv: list[str | Path] = [helm, "template", "fg", mf.CHART, "--set", "tls.existingSecret="]
+    for s in sets:
+        argv += ["--set", s]
+    for name, path in files.items():
+        argv += ["--set-file", f"tls.pem.{name}={path}"]
+    proc = mf.run(argv, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_server_only_tls_from_the_chart_needs_no_ca(helm: Path, tls_files: dict[str, Path]) -> None:
+    files = {k: tls_files[k] for k in ("cert", "key")}
+    manifests = chart_made_tls(helm, files, "tls.requireClientCert=false")
+    assert set(mf.one(manifests, "Secret", "fg-fieldgate-tls")["data"]) == {"tls.crt", "tls.key"}

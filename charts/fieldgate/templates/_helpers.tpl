@@ -1,6 +1,14 @@
-{{/* The five cloud services, in the order they are rendered. */}}
+{{/* The cloud services, one Deployment each: the keys of .Values.services (values.yaml has one
+     per service of `fieldgate cloud run`, fieldgate.cloud.app.SERVICES, and the schema requires
+     exactly those), space-separated in alphabetical order. */}}
 {{- define "fieldgate.serviceNames" -}}
-ingest inbound registration event-store api
+{{- keys .Values.services | sortAlpha | join " " -}}
+{{- end -}}
+
+{{/* The consumer stages (Kafka consumer groups; no Service, nothing calls them): every service
+     but ingest (the edges' gRPC uplink) and api (REST). */}}
+{{- define "fieldgate.consumerStages" -}}
+{{- without (keys .Values.services | sortAlpha) "ingest" "api" | join " " -}}
 {{- end -}}
 
 {{- define "fieldgate.name" -}}
@@ -129,5 +137,44 @@ app.kubernetes.io/component: {{ .service }}
 {{- toYaml $conf -}}
 {{- end -}}
 
-{{/* Where the gRPC TLS material (tls.existingSecret) is mounted. */}}
+{{/* Where the gRPC TLS material is mounted. */}}
 {{- define "fieldgate.tlsDir" -}}/var/run/secrets/fieldgate-tls{{- end -}}
+
+{{/* The Secret with the gRPC TLS material: tls.existingSecret, or the chart's (tls-secret.yaml). */}}
+{{- define "fieldgate.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "fieldgate.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/* checksum/secret: the credentials' values, or the existing Secret's keys as the API server
+     has them at install/upgrade (lookup; nothing in `helm template`, where it is constant). */}}
+{{- define "fieldgate.authChecksum" -}}
+{{- $a := .Values.auth -}}
+{{- if $a.existingSecret -}}
+{{- $data := (lookup "v1" "Secret" .Release.Namespace $a.existingSecret).data | default dict -}}
+{{- pick $data $a.adminPasswordKey $a.jwtSecretKey | toJson | sha256sum -}}
+{{- else -}}
+{{- toJson $a | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/* checksum/tls (ingest's pods): what ingest reads once, at start — certificate, key, client
+     CA — from tls.pem, or from the existing Secret as the API server has it at install/upgrade
+     (lookup). Not the CRL: ingest re-reads crl.pem while it runs, and a roll would end every
+     edge stream for nothing. */}}
+{{- define "fieldgate.tlsChecksum" -}}
+{{- if .Values.tls.existingSecret -}}
+{{- $data := (lookup "v1" "Secret" .Release.Namespace .Values.tls.existingSecret).data | default dict -}}
+{{- pick $data "tls.crt" "tls.key" "ca.crt" | toJson | sha256sum -}}
+{{- else -}}
+{{- pick .Values.tls.pem "cert" "key" "ca" | toJson | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/* appProtocol of the gRPC port: HTTP/2 in the clear (kubernetes.io/h2c) without TLS. With
+     TLS there is no standard value for "HTTP/2 inside TLS", and h2c would tell a proxy or a
+     mesh to speak cleartext HTTP/2 to a TLS port: none is set. */}}
+{{- define "fieldgate.grpcAppProtocol" -}}
+{{- if not .Values.tls.enabled -}}
+appProtocol: kubernetes.io/h2c
+{{- end -}}
+{{- end -}}
