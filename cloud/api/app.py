@@ -2,7 +2,8 @@
 
 :func:`create_api` holds no state of its own beyond what it is given; the routers are built by
 factories that close over their dependencies, so two apps (two clouds in one test) never share
-anything. OpenAPI is served at ``/openapi.json`` and interactive docs at ``/docs``.
+anything. OpenAPI is served at ``/openapi.json`` and interactive docs at ``/docs`` and ``/redoc``,
+from the package (cloud/api/api_docs.py: no CDN).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 
 from fieldgate import __version__
 from fieldgate.cloud.api.access import Permission, check_routes, public
+from fieldgate.cloud.api.api_docs import api_docs_router
 from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, auth_router
 from fieldgate.cloud.api.customers import CustomerManagement
 from fieldgate.cloud.api.dashboard import DashboardFiles, dashboard_router, install_spa_fallback
@@ -104,7 +106,11 @@ def create_api(
         "Get a bearer token from POST /api/v1/auth/token (OAuth2 password form).",
         # Requests are small JSON documents; refuse bigger bodies (413) before buffering them.
         max_body_size=MAX_BODY_BYTES,
+        # Not FastAPI's /docs and /redoc: they load their scripts from a CDN (api_docs.py).
+        docs_url=None,
+        redoc_url=None,
     )
+    app.include_router(api_docs_router(app), dependencies=[Depends(public())])
     install_error_handlers(app)
     authority = TokenAuthority(secret, auth.token_ttl_s, previous_secrets)
     policy = AccessPolicy(authority, registry)

@@ -7,8 +7,8 @@
 * ``GET /assets/<file>`` → the build's content-hashed files, cached for a year;
 * other top-level files of the build (``/favicon.svg``) are served as they are.
 
-Those responses — and only those: Swagger UI at ``/docs`` needs its inline script — carry the
-Content-Security-Policy of docs/dashboard.md (no inline scripts, nothing from other origins),
+Those responses carry the Content-Security-Policy of docs/dashboard.md (no inline scripts,
+nothing from other origins; ``/docs`` and ``/redoc`` have their own, cloud/api/api_docs.py),
 ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``. Paths under
 ``/api/`` (and the docs and probes) that no route serves stay JSON 404s. Without a build the
 page answers 503 saying how to build it. The SPA talks to the REST API like any client, with

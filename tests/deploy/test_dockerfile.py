@@ -19,8 +19,10 @@ from tests.deploy import dockerfile as df
 from tests.deploy import manifests as mf
 
 DOCKERFILE = mf.ROOT / "Dockerfile"
-# pyproject.toml [tool.setuptools.package-data]: besides the modules, these go into the wheel.
+# pyproject.toml [tool.setuptools.package-data]: besides the modules, these go into the wheel,
+# and every file below these directories (the dashboard's build, the assets of /docs and /redoc).
 PACKAGE_DATA = ("py.typed", "*.pyi", "*.conf", "*.xml")
+PACKAGE_DATA_DIRS = ("fieldgate/cloud/api/static",)
 
 
 def hadolint() -> Path:
@@ -40,8 +42,9 @@ def package_files() -> set[str]:
     for dirpath, dirnames, filenames in os.walk(mf.ROOT / "fieldgate", followlinks=True):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         rel = Path(dirpath).relative_to(mf.ROOT)
+        data_dir = any(rel.is_relative_to(d) for d in PACKAGE_DATA_DIRS)
         for f in filenames:
-            if f.endswith(".py") or any(Path(f).match(p) for p in PACKAGE_DATA):
+            if data_dir or f.endswith(".py") or any(Path(f).match(p) for p in PACKAGE_DATA):
                 expected.add(str(rel / f))
     return expected
 
@@ -121,6 +124,10 @@ def test_wheel_holds_the_symlinked_subpackages_and_data_files(image: tuple[df.Em
         assert f"fieldgate/{package}/__init__.py" in names
     assert "fieldgate/edge/adapters/mqtt/mosquitto-fieldgate.conf" in names
     assert {"fieldgate/devservers/poms/kafka/pom.xml", "fieldgate/devservers/poms/cassandra/pom.xml"} <= names
+    # /docs and /redoc work offline: their assets (and licences) are in the package.
+    docs = "fieldgate/cloud/api/static/docs/"
+    assert {docs + "swagger-ui/swagger-ui-bundle.js", docs + "redoc/redoc.standalone.js"} <= names
+    assert {docs + "swagger-ui/NOTICE", docs + "redoc/LICENSE"} <= names
 
 
 def test_installed_image_runs_fieldgate(image: tuple[df.Emulator, set[str]]) -> None:
