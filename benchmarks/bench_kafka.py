@@ -55,7 +55,7 @@ from fieldgate.cloud.persistence import EventPersistence
 from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.stage import StageSettings
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore
-from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
+from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.devservers import CassandraServer, kafka_server, start_cassandra
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -217,12 +217,13 @@ async def pipeline(
     settings = StageSettings(poll_timeout_s=0.2)
     async with KafkaBus(bootstrap, prefix=prefix, partitions=partitions, metadata_refresh_ms=1000) as bus:
         registry = SqliteRegistry(workdir / "registry")
-        inbound = InboundProcessing(bus, registry, settings=settings, topic_prefix=prefix)
+        invocations = SqliteInvocationStore(workdir / "registry")
+        inbound = InboundProcessing(bus, registry, invocations, settings=settings, topic_prefix=prefix)
         registration = Registration(bus, registry, DEFAULT_TENANTS, settings=settings, topic_prefix=prefix)
         persistence = EventPersistence(bus, store, settings=settings, topic_prefix=prefix)  # type: ignore[arg-type]
         started: list[object] = []
         try:
-            for part in (registry, store, registration, inbound, persistence):
+            for part in (registry, invocations, store, registration, inbound, persistence):
                 await part.start()  # type: ignore[attr-defined]
                 started.append(part)
             return await through_pipeline(bus, prefix, messages, devices)
@@ -281,7 +282,11 @@ def _stage_main(
             registry = SqliteRegistry(Path(data_dir) / "registry")
             parts: list[object] = [registry]
             if kind == "inbound":
-                parts.append(InboundProcessing(bus, registry, settings=settings, topic_prefix=prefix))
+                invocations = SqliteInvocationStore(Path(data_dir) / "registry")
+                parts += [
+                    invocations,
+                    InboundProcessing(bus, registry, invocations, settings=settings, topic_prefix=prefix),
+                ]
             elif kind == "registration":
                 parts.append(
                     Registration(bus, registry, DEFAULT_TENANTS, settings=settings, topic_prefix=prefix)

@@ -284,7 +284,9 @@ class CloudApp:
                 )
             )
         if "inbound" in self.services:
-            self.stages.append(InboundProcessing(self.bus, self.registry, topic_prefix=prefix))
+            self.stages.append(
+                InboundProcessing(self.bus, self.registry, self.invocations, topic_prefix=prefix)
+            )
         if "event-store" in self.services:
             self.stages.append(
                 EventPersistence(self.bus, self.event_store, topic_prefix=prefix, tenant_settings=live)

@@ -16,7 +16,13 @@ terminal states are final, so the order in which they arrive does not matter):
 * ``CommandStatusUpdate`` from edges (status listener): DELIVERED / FAILED / EXPIRED are
   applied; QUEUED (kept on the edge's disk) leaves the invocation QUEUED.
 * ``[persisted]`` (consumer group ``command-responses``): a command_response event marks its
-  invocation ANSWERED with the response.
+  invocation ANSWERED with the response — only if it is the answer of the invocation's own
+  device (same tenant, same device; batch invocations too). Inbound processing has already
+  written the verdict into ``command_response.refused``; this stage applies the same rule
+  (:func:`~fieldgate.cloud.invocations.response_refusal`) to the invocation it reads, and a
+  refused response (unknown invocation, another device's) changes nothing and is counted in
+  ``stats.responses_refused``. An answer to an invocation that had already FAILED (the edge's
+  response timeout) or EXPIRED makes it LATE: linked, with the response, the reason kept.
 
 A sweep (every ``sweep_interval_s``) expires QUEUED invocations past their time-to-live and
 retries sends that were refused because an edge's outbound queue was full.
@@ -52,6 +58,7 @@ from fieldgate.cloud.bus import COMMAND_INVOCATIONS, PERSISTED, Bus, Record
 from fieldgate.cloud.config import REPLICA_ID_PATTERN
 from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.ingest import EdgeSessions
+from fieldgate.cloud.invocations import REFUSED_UNKNOWN, response_refusal
 from fieldgate.cloud.stage import (
     ConsumerStage,
     PoisonRecord,
@@ -103,7 +110,9 @@ class CommandStats:
     status_updates: int = 0  # DELIVERED/FAILED/EXPIRED applied from edges
     status_ignored: int = 0  # QUEUED/unknown statuses from edges
     answered: int = 0
-    responses_unmatched: int = 0  # command_response for an invocation we do not know
+    late: int = 0  # answers to invocations that had failed or expired (now LATE)
+    responses_refused: int = 0  # command_responses not applied: unknown invocation or another device's
+    responses_unmatched: int = 0  # of those: for an invocation we do not know
     flushes: int = 0  # device flushes (route appeared / retry)
     flush_overflows: int = 0
     task_failures: int = 0  # flush or sweep loop errors (logged, retried)
@@ -259,25 +268,39 @@ class CommandDelivery:
         tenant = tenant_of(records[0], self._prefix)
         for record in records:
             for ev in decode_batch(record, tenant, check_events=False).events:
-                if ev.WhichOneof("payload") != "command_response":
-                    continue
-                answer = ev.command_response
-                state = await self._invocations.update_status(
+                if ev.WhichOneof("payload") == "command_response":
+                    await self._apply_response(tenant, ev)
+
+    async def _apply_response(self, tenant: str, ev: pb.Event) -> None:
+        """Link a command_response to its invocation if it is its device's (module docstring)."""
+        answer = ev.command_response
+        refused = answer.refused  # inbound's verdict (it logged it)
+        if not refused:
+            current = await self._invocations.get(tenant, answer.invocation)
+            refused = response_refusal(current, tenant, ev.device)
+            if refused:  # inbound let it pass: stored before this rule, or the invocation is gone
+                log.warning(
+                    "tenant %s: command_response of %r for invocation %r refused: %s",
                     tenant,
+                    ev.device,
                     answer.invocation,
-                    svc.COMMAND_STATUS_ANSWERED,
-                    response_json=answer.response_json,
+                    refused,
                 )
-                if state is None:
-                    self.stats.responses_unmatched += 1
-                    log.warning(
-                        "tenant %s: device %r answered unknown invocation %r",
-                        tenant,
-                        ev.device,
-                        answer.invocation,
-                    )
-                else:
-                    self.stats.answered += 1
+        if refused:
+            self.stats.responses_refused += 1
+            if refused == REFUSED_UNKNOWN:
+                self.stats.responses_unmatched += 1
+            return
+        state = await self._invocations.update_status(
+            tenant, answer.invocation, svc.COMMAND_STATUS_ANSWERED, response_json=answer.response_json
+        )
+        if state is None:  # deleted between the two calls (its tenant is being deleted)
+            self.stats.responses_refused += 1
+            self.stats.responses_unmatched += 1
+        elif state.status == svc.COMMAND_STATUS_LATE:
+            self.stats.late += 1
+        else:
+            self.stats.answered += 1
 
     # -- edge listeners --------------------------------------------------------------------
 

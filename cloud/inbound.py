@@ -10,6 +10,14 @@ LRU of recent ids). The LRU only saves work: the event store is the authority on
 Events of devices the registry does not know go to ``[unregistered]`` unchanged; the
 registration stage decides whether to register the device and sends them back here.
 
+Command responses are checked here, before they are stored: a ``command_response`` is linked
+to its invocation only when the invocation (looked up in the tenant's invocation store) is for
+the device that sent it (:func:`~fieldgate.cloud.invocations.response_refusal`). Otherwise the
+reason is written into ``command_response.refused`` (whatever the device put there is
+overwritten) and counted in ``stats.responses_refused``: the event is still stored and shown
+in the device's history, but the event store does not file it under the invocation, and the
+command response stage does not apply it.
+
 Device lookups are cached in a small LRU whose entries live ``device_cache_ttl_s`` (2 s by
 default), so a new or released assignment shows up on events within seconds. Unknown devices
 are not cached: right after registration their re-sent events must find the new device.
@@ -20,11 +28,13 @@ Records are committed only after the enriched/unregistered records are published
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fieldgate.cloud.bus import DECODED, ENRICHED, UNREGISTERED, Bus, Record, topic_name
 from fieldgate.cloud.ids import DeviceIds, event_id
+from fieldgate.cloud.invocations import response_refusal
 from fieldgate.cloud.stage import (
     ConsumerStage,
     LruSet,
@@ -35,10 +45,13 @@ from fieldgate.cloud.stage import (
     messages_by_device,
     tenant_of,
 )
-from fieldgate.cloud.store import Registry
+from fieldgate.cloud.store import InvocationStore, Registry
 from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import services_pb2 as svc
 
 GROUP = "inbound"
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GROUP", "InboundProcessing", "InboundStats", "event_id"]
 
@@ -50,6 +63,7 @@ class InboundStats:
     unregistered: int = 0  # events of unknown devices sent to [unregistered]
     duplicates: int = 0  # repeats of a recently seen alternate id, dropped
     device_lookups: int = 0  # registry round trips (cache misses)
+    responses_refused: int = 0  # command_responses not linked: unknown invocation or another device's
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,7 @@ class InboundProcessing:
         self,
         bus: Bus,
         registry: Registry,
+        invocations: InvocationStore,
         *,
         topic_prefix: str = "fieldgate",
         settings: StageSettings | None = None,
@@ -74,6 +89,7 @@ class InboundProcessing:
         self.stats = InboundStats()
         self._bus = bus
         self._registry = registry
+        self._invocations = invocations
         self._prefix = topic_prefix
         self._devices: TtlLru[tuple[str, str], _DeviceInfo] = TtlLru(device_cache_size, device_cache_ttl_s)
         self._recent: LruSet[tuple[str, str, str]] = LruSet(recent_ids)
@@ -106,6 +122,26 @@ class InboundProcessing:
         self._devices.put(key, info)
         return info
 
+    async def _check_responses(self, tenant: str, responses: Sequence[pb.Event]) -> None:
+        """Set ``command_response.refused`` on each response: "" when its invocation is its own
+        device's, else the reason (see the module docstring). One lookup per invocation id."""
+        states: dict[str, svc.InvocationState | None] = {}
+        for ev in responses:
+            inv_id = ev.command_response.invocation
+            if inv_id not in states:
+                states[inv_id] = await self._invocations.get(tenant, inv_id) if inv_id else None
+            reason = response_refusal(states[inv_id], tenant, ev.device)
+            ev.command_response.refused = reason
+            if reason:
+                self.stats.responses_refused += 1
+                log.warning(
+                    "tenant %s: command_response of %r for invocation %r refused: %s",
+                    tenant,
+                    ev.device,
+                    inv_id,
+                    reason,
+                )
+
     async def _handle(self, records: Sequence[Record]) -> None:
         """One pass over the polled events (this runs for every event: kept flat and cheap).
 
@@ -120,6 +156,7 @@ class InboundProcessing:
         unregistered: list[pb.Event] = []
         fresh: list[tuple[str, str, str]] = []
         seen: set[tuple[str, str, str]] = set()
+        responses: list[pb.Event] = []
         events_in = duplicates = 0
         for record in records:
             events = decode_batch(record, tenant, check_events=False).events
@@ -150,8 +187,12 @@ class InboundProcessing:
                 ev.assignment = info.assignment
                 enriched.append(ev)
                 fresh.append(key)
+                if ev.HasField("command_response"):
+                    responses.append(ev)
         self.stats.events_in += events_in
         self.stats.duplicates += duplicates
+        if responses:
+            await self._check_responses(tenant, responses)
 
         if enriched:
             await self._bus.publish(topic_name(tenant, ENRICHED, self._prefix), messages_by_device(enriched))

@@ -14,7 +14,9 @@ replicas each see everything:
   lives in the shared invocation store and is moved by other processes (command delivery on
   ingest, the edge's statuses, responses), so the hub watches each such invocation: it reads
   it every ``poll_s`` (and at once when a ``command_response`` of it is persisted) and sends
-  an ``invocation`` message on every status change, until it is terminal. The watch list is
+  an ``invocation`` message on every status change, until it is terminal. A (linked)
+  ``command_response`` of an invocation watches it again until the answer is applied: an
+  answer after the invocation failed or expired turns it ``late``. The watch list is
   bounded (:data:`MAX_WATCHED`, overflow: the oldest watch is dropped, counted).
 
 Every subscriber has a bounded queue (``queue_size``, default 256) with the *drop-oldest*
@@ -46,7 +48,8 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 MAX_WATCHED = 4096
-_TERMINAL = frozenset({svc.COMMAND_STATUS_ANSWERED, svc.COMMAND_STATUS_FAILED, svc.COMMAND_STATUS_EXPIRED})
+_ANSWERS = frozenset({svc.COMMAND_STATUS_ANSWERED, svc.COMMAND_STATUS_LATE})
+_TERMINAL = frozenset({*_ANSWERS, svc.COMMAND_STATUS_FAILED, svc.COMMAND_STATUS_EXPIRED})
 
 LiveItem = tuple[str, "pb.Event | svc.InvocationState"]  # ("event", Event) | ("invocation", state)
 
@@ -197,6 +200,8 @@ class LiveHub:
         self._counters: dict[str, _Counters] = {}
         # (tenant, invocation id) -> last status sent (0: none yet), oldest first
         self._watched: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # Watched invocations with a response stored: watched until answered or late.
+        self._awaiting_answer: set[tuple[str, str]] = set()
         self._check_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started_ms = 0
@@ -347,10 +352,11 @@ class LiveHub:
                 continue
             for ev in batch.events:
                 self._fan_out(tenant, ev.device, ("event", ev))
-                if ev.WhichOneof("payload") == "command_response":
+                if ev.WhichOneof("payload") == "command_response" and not ev.command_response.refused:
                     key = (tenant, ev.command_response.invocation)
-                    if key in self._watched:
-                        self._check_now.set()
+                    self._watch(key)
+                    self._awaiting_answer.add(key)
+                    self._check_now.set()
 
     def _on_failed(self, records: Iterable[Record]) -> None:
         for record in records:
@@ -370,11 +376,19 @@ class LiveHub:
             inv = ev.command_invocation.invocation
             if not inv:
                 continue
-            self._watched[(tenant, inv)] = self._watched.get((tenant, inv), 0)
-            if len(self._watched) > MAX_WATCHED:
-                self._watched.popitem(last=False)
-                self.stats.watch_overflows += 1
+            self._watch((tenant, inv))
             self._check_now.set()
+
+    def _watch(self, key: tuple[str, str]) -> None:
+        self._watched[key] = self._watched.get(key, 0)
+        if len(self._watched) > MAX_WATCHED:
+            dropped, _ = self._watched.popitem(last=False)
+            self._awaiting_answer.discard(dropped)
+            self.stats.watch_overflows += 1
+
+    def _unwatch(self, key: tuple[str, str]) -> None:
+        self._watched.pop(key, None)
+        self._awaiting_answer.discard(key)
 
     async def _watch_invocations(self) -> None:
         while True:
@@ -385,7 +399,7 @@ class LiveHub:
             for key, sent in list(self._watched.items())[:MAX_WATCHED]:
                 tenant, inv = key
                 if tenant not in self._subs:
-                    self._watched.pop(key, None)  # nobody is listening: stop watching
+                    self._unwatch(key)  # nobody is listening: stop watching
                     continue
                 try:
                     state = await self._invocations.get(tenant, inv)
@@ -398,5 +412,8 @@ class LiveHub:
                     self._fan_out(tenant, state.device, ("invocation", state))
                     if key in self._watched:
                         self._watched[key] = state.status
-                if state.status in _TERMINAL:
-                    self._watched.pop(key, None)
+                # A failed invocation whose answer is stored may still turn late: keep watching.
+                if state.status in _ANSWERS or (
+                    state.status in _TERMINAL and key not in self._awaiting_answer
+                ):
+                    self._unwatch(key)

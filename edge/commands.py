@@ -9,8 +9,11 @@ What it guarantees, and how:
   online the command is handed to it (DELIVERED) and a response deadline of
   ``response_timeout_s`` is armed; the agent calls :meth:`CommandRouter.on_response` when the
   device's command_response event passes through it (and is already durable), which disarms
-  it. No answer in time → FAILED "timeout". The response itself travels up as an event; the
-  cloud marks the invocation ANSWERED, so the edge never reports ANSWERED.
+  it — only if it comes from the device the command was for: another device's answer is
+  counted (``stats["responses_refused"]``) and changes nothing here (the cloud refuses to
+  link it too). No answer in time → FAILED "timeout". The response itself travels up as an
+  event; the cloud marks the invocation ANSWERED (LATE if it comes after the timeout), so the
+  edge never reports ANSWERED.
 - **Offline → wait on disk.** A command for an offline device waits until the adapter calls
   :meth:`CommandRouter.on_online` for it, or until its ``expires_ms`` passes → EXPIRED.
 - **Bounded.** At most ``max_pending`` commands wait or await a response; more are FAILED
@@ -195,12 +198,24 @@ class CommandRouter:
             self._spawn(self._deliver_in_order([inv_id for _, inv_id in waiting]))
 
     async def on_response(self, tenant: str, device: str, invocation: str) -> None:
-        """The device answered (its command_response event is already durable)."""
+        """``device`` answered ``invocation`` (its command_response event is already durable).
+        An answer from a device the command was not for is counted and ignored."""
+        active = self._active.get(invocation)
+        if active is not None and (active.tenant, active.device) != (tenant, device):
+            self.stats["responses_refused"] += 1
+            log.warning(
+                "command %s is for %s/%s; the answer of %s/%s does not count",
+                invocation,
+                active.tenant,
+                active.device,
+                tenant,
+                device,
+            )
+            return
         self.stats["answered"] += 1
         if invocation in self._delivering:
             self._answered_early.add(invocation)
             return
-        active = self._active.get(invocation)
         if active is None:
             return  # unknown, or already timed out / answered
         self._active.pop(invocation, None)

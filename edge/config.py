@@ -163,8 +163,10 @@ class UplinkConfig(Frozen):
 class CommandsConfig(Frozen):
     """The command router."""
 
-    # A delivered command not answered in this time is reported failed (reason "timeout").
-    response_timeout_s: float = Field(30.0, gt=0)
+    # A delivered command not answered in this time is reported failed (reason "timeout"); an
+    # answer after that is still linked in the cloud (status "late"). Five minutes: long enough
+    # for a person playing the device (README tour).
+    response_timeout_s: float = Field(300.0, gt=0)
     # Commands waiting for an offline device; beyond this new ones are failed ("edge queue full").
     max_pending: int = Field(10_000, ge=1)
 

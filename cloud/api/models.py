@@ -24,7 +24,7 @@ ParamTypeName = Literal["string", "int", "float", "bool"]
 EventKind = Literal[
     "measurement", "location", "alert", "command_invocation", "command_response", "state_change"
 ]
-InvocationStatus = Literal["unspecified", "queued", "delivered", "answered", "failed", "expired"]
+InvocationStatus = Literal["unspecified", "queued", "delivered", "answered", "failed", "expired", "late"]
 AssignmentStatusName = Literal["unspecified", "active", "missing", "released"]
 
 _PARAM_TYPES: dict[str, model.ParamType.ValueType] = {
@@ -278,6 +278,7 @@ _STATUS_NAMES: dict[int, InvocationStatus] = {
     svc.COMMAND_STATUS_ANSWERED: "answered",
     svc.COMMAND_STATUS_FAILED: "failed",
     svc.COMMAND_STATUS_EXPIRED: "expired",
+    svc.COMMAND_STATUS_LATE: "late",
 }
 
 
@@ -286,9 +287,12 @@ class InvocationOut(BaseModel):
     device: str
     command: str
     params: Any
-    status: InvocationStatus
-    reason: str
-    response: Any = Field(description="the device's answer (a JSON value) once answered, else null")
+    status: InvocationStatus = Field(
+        description="queued → delivered → answered, or failed / expired; late: answered by the "
+        "device after it had failed or expired (reason still says why)"
+    )
+    reason: str = Field(description="why it failed or expired (kept when it is late), else empty")
+    response: Any = Field(description="the device's answer (a JSON value) once answered or late, else null")
     created: str
     updated: str
     expires: str
@@ -357,6 +361,11 @@ class CommandResponseOut(_EventBase):
     type: Literal["command_response"] = "command_response"
     invocation: str
     response: Any
+    refused: str | None = Field(
+        None,
+        description="why the cloud did not link this response to the invocation (an unknown "
+        "invocation, or one for another device); null when it is linked",
+    )
 
 
 class StateChangeOut(_EventBase):
@@ -425,7 +434,12 @@ def event_out(e: pb.Event) -> EventOut | None:
         )
     if kind == "command_response":
         cr = e.command_response
-        return CommandResponseOut(**base, invocation=cr.invocation, response=_json_value(cr.response_json))
+        return CommandResponseOut(
+            **base,
+            invocation=cr.invocation,
+            response=_json_value(cr.response_json),
+            refused=cr.refused or None,
+        )
     if kind == "state_change":
         sc = e.state_change
         return StateChangeOut(

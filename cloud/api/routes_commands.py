@@ -54,15 +54,20 @@ def commands_router(commands: CommandService, mgmt: Management, policy: AccessPo
 
     @router.get("/invocations/{invocation_id}", responses=error_docs({404: "no such invocation"}))
     async def get_invocation(invocation_id: str, who: Read) -> InvocationOut:
-        """Status (queued, delivered, answered, failed, expired) and, once answered, the response."""
+        """Status (queued, delivered, answered, failed, expired, late) and, once answered (or
+        late), the response."""
         return InvocationOut.from_pb(await visible(who, invocation_id))
 
     @router.get("/invocations/{invocation_id}/events", responses=error_docs({404: "no such invocation"}))
     async def get_invocation_events(invocation_id: str, who: Read) -> InvocationEventsOut:
-        """The invocation with its events: what was sent and every response the device gave."""
+        """The invocation with its events: what was sent and every response its device gave
+        (never another device's: those are refused, and shown only in that device's events)."""
         state = await visible(who, invocation_id)
         events = await mgmt.invocation_events(who.tenant, state.id)
-        items = [out for out in (event_out(e) for e in events) if out is not None]
+        # The event store files only the device's own responses under the invocation; events
+        # stored before that rule may include other devices' answers, which are left out here.
+        own = (e for e in events if e.device == state.device)
+        items = [out for out in (event_out(e) for e in own) if out is not None]
         return InvocationEventsOut(invocation=InvocationOut.from_pb(state), events=items)
 
     return router

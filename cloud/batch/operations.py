@@ -9,7 +9,11 @@ invokes the elements through CommandService with at most ``max_concurrency`` inv
 flight and at most ``max_per_s`` started per second, and afterwards mirrors each element's
 status from the invocation store (queued → delivered → answered | failed | expired) until
 every element is final. Offline devices' invocations stay QUEUED and are delivered by the
-existing command machinery when the device comes back.
+existing command machinery when the device comes back. An element is final once failed or
+expired: the device's late answer (the invocation turns LATE) does not change it, and an
+invocation first seen LATE is recorded as failed with its reason — the operation records what
+happened while it ran; the invocation itself shows ``late``. Like every invocation, an
+element's is answered only by its own device (cloud/commands.py).
 
 Never invoked twice: an element's invocation id is derived from (tenant, operation, device)
 (:func:`element_invocation_id`) and handed to CommandService, whose invocation store refuses a
@@ -61,6 +65,7 @@ MIRROR: dict[int, ElementStatus] = {
     svc.COMMAND_STATUS_ANSWERED: ElementStatus.ANSWERED,
     svc.COMMAND_STATUS_FAILED: ElementStatus.FAILED,
     svc.COMMAND_STATUS_EXPIRED: ElementStatus.EXPIRED,
+    svc.COMMAND_STATUS_LATE: ElementStatus.FAILED,  # it had failed; the answer came too late
 }
 _IN_FLIGHT = (ElementStatus.QUEUED, ElementStatus.DELIVERED)
 

@@ -82,7 +82,8 @@ class EventStore(Protocol):
         self, tenant: str, invocation: str, limit: int = MAX_INVOCATION_EVENTS
     ) -> list[pb.Event]:
         """The command_invocation event of ``invocation`` and the command_response events that
-        answer it, oldest first (event time), at most ``limit``. Empty for an unknown id."""
+        answer it, oldest first (event time), at most ``limit``. Empty for an unknown id.
+        A response whose ``refused`` is set (not its device's invocation) is not among them."""
 
     async def get_event(self, tenant: str, event_id: str) -> pb.Event | None: ...
 
@@ -179,7 +180,7 @@ class Registry(Protocol):
 
 
 class InvocationStore(Protocol):
-    """Command invocations and their status (queued, delivered, answered, failed, expired)."""
+    """Command invocations and their status (queued, delivered, answered, failed, expired, late)."""
 
     async def start(self) -> None: ...
 
@@ -197,8 +198,10 @@ class InvocationStore(Protocol):
         reason: str = "",
         response_json: str | None = None,
     ) -> svc.InvocationState | None:
-        """Move an invocation forward. Terminal states (answered, failed, expired) are final;
-        an update that would move backwards is ignored and the current state returned."""
+        """Move an invocation forward. Terminal states (answered, failed, expired, late) are
+        final, with one exception: ANSWERED on a FAILED or EXPIRED invocation makes it LATE (the
+        response is kept, ``reason`` still says why it had failed). An update that would move
+        backwards is ignored and the current state returned."""
 
     async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
         """Invocations still queued for a device, oldest first."""

@@ -16,7 +16,8 @@ Schema and design notes are in docs/operations/cassandra.md; in short, per tenan
 * ``events_by_key`` — ``key`` (16 bytes of the deterministic event id, :mod:`fieldgate.cloud.ids`)
   → event: :meth:`get_event` and the idempotency check. ``event_aliases`` maps ids that are not
   the derived one (command invocation events carry the invocation id) to their key.
-* ``events_by_invocation`` — ``(invocation), event_time_ms, key``: an invocation and its responses.
+* ``events_by_invocation`` — ``(invocation), event_time_ms, key``: an invocation and its responses
+  (those of its own device: a response inbound processing refused is not written there).
 * ``events_by_assignment``, ``events_by_assignment_kind``, ``assignment_days`` (schema version 2)
   — the three device tables again, keyed by the assignment token the event carries
   (``pb.Event.assignment``, stamped by inbound enrichment): an assignment's events by time range
@@ -194,8 +195,10 @@ class _Lister:
 
 
 def _invocation_of(event: pb.Event, kind: str) -> str:
+    """The invocation the event is filed under: a command_invocation's own, a command_response's
+    unless inbound processing refused it (``refused``: not its device's invocation)."""
     if kind == "command_response":
-        return event.command_response.invocation
+        return "" if event.command_response.refused else event.command_response.invocation
     if kind == "command_invocation":
         return event.command_invocation.invocation
     return ""

@@ -21,8 +21,9 @@ Races between replicas are settled by lightweight transactions (Paxos), never by
 write: ``INSERT ... IF NOT EXISTS`` for every token (a second creator gets Conflict), for a
 device's active-assignment slot (at most one ACTIVE assignment per device), for a tenant's
 record; ``UPDATE ... IF status = ?`` for an assignment's release and for every invocation status
-move (the loser re-reads and applies :func:`transition_allowed` to what won), so two replicas
-moving, answering or expiring the same invocation change it once.
+move (the loser re-reads and applies :func:`next_status` to what won), so two replicas
+moving, answering or expiring the same invocation change it once, and an answer racing the
+edge's timeout ends answered or late, never lost.
 
 A write is several statements (the keyed row by LWT first, then the listing rows). A process
 that dies between them leaves the entity stored but missing from its listing (its token stays
@@ -53,12 +54,12 @@ from fieldgate.cloud.store._cassandra import (
 )
 from fieldgate.cloud.store._registry_cache import RegistryCache
 from fieldgate.cloud.store._sqlite import check_page, require_tenant, valid_tenant
-from fieldgate.cloud.store.sqlite_registry import transition_allowed
+from fieldgate.cloud.store.sqlite_registry import apply_status, check_requested, next_status
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 
-__all__ = ["CassandraInvocationStore", "CassandraRegistry", "transition_allowed"]
+__all__ = ["CassandraInvocationStore", "CassandraRegistry", "next_status"]
 
 M = TypeVar("M", bound=ProtoMessage)
 
@@ -69,10 +70,17 @@ _RELEASED = model.ASSIGNMENT_STATUS_RELEASED
 _QUEUED = svc.COMMAND_STATUS_QUEUED
 _EXPIRED = svc.COMMAND_STATUS_EXPIRED
 _KNOWN = frozenset(
-    {_QUEUED, svc.COMMAND_STATUS_DELIVERED, svc.COMMAND_STATUS_ANSWERED, svc.COMMAND_STATUS_FAILED, _EXPIRED}
+    {
+        _QUEUED,
+        svc.COMMAND_STATUS_DELIVERED,
+        svc.COMMAND_STATUS_ANSWERED,
+        svc.COMMAND_STATUS_FAILED,
+        _EXPIRED,
+        svc.COMMAND_STATUS_LATE,
+    }
 )
 # Compare-and-set rounds of one status update before giving up (each lost round means another
-# writer moved the invocation forward, and there are only three forward moves).
+# writer moved the invocation forward, and there are only four forward moves).
 _CAS_ROUNDS = 8
 
 
@@ -957,24 +965,21 @@ class CassandraInvocationStore(_CassandraStore):
         reason: str = "",
         response_json: str | None = None,
     ) -> svc.InvocationState | None:
-        """Move an invocation forward; None if it does not exist. Terminal states are final;
-        backwards or repeated updates are ignored and the current state returned."""
-        if status not in _KNOWN:
-            raise InvalidRequest(f"unknown command status {status}")
+        """Move an invocation forward; None if it does not exist. Terminal states are final
+        (except failed → late on an answer); backwards or repeated updates are ignored and the
+        current state returned."""
+        check_requested(status)
         ctx = await self._open(tenant, create=False)
         if ctx is None:
             return None
 
         def moved(inv: svc.InvocationState) -> svc.InvocationState:
-            inv.status = status
-            inv.reason = reason
-            if response_json is not None:
-                inv.response_json = response_json
-            inv.updated_ms = max(now_ms(), inv.updated_ms)
-            return inv
+            new = apply_status(inv, status, reason, response_json, now_ms())
+            assert new is not None  # _move asked next_status first, on the same status
+            return new
 
         state, _ = await self._move(
-            ctx, invocation_id, lambda current: transition_allowed(current, status), moved
+            ctx, invocation_id, lambda current: next_status(current, status) is not None, moved
         )
         return state
 
@@ -982,7 +987,7 @@ class CassandraInvocationStore(_CassandraStore):
         self,
         ctx: dict[str, Any],
         invocation_id: str,
-        allowed: Callable[[int], bool],
+        allowed: Callable[[svc.CommandStatus.ValueType], bool],
         change: Callable[[svc.InvocationState], svc.InvocationState],
     ) -> tuple[svc.InvocationState | None, bool]:
         """Read; if ``allowed(current status)``, compare-and-set the ``change``d state on the

@@ -7,7 +7,7 @@ tenant's rows; a read for a tenant that never stored anything creates no file.
 Each event is kept whole as its serialized ``pb.Event`` beside the columns that queries need:
 ``id``, ``device``, ``alternate_id``, ``kind`` (the payload oneof name), ``event_time_ms``,
 ``received_time_ms``, ``assignment`` and ``invocation`` (set for command invocations and
-command responses).
+for command responses that inbound processing linked; a refused one is stored unfiled).
 
 Idempotency: every row carries ``key``, the 16 bytes of
 ``uuid5(NAMESPACE_URL, "<tenant>/<device>/<alternate_id>")`` — the contract's event id, from
@@ -101,8 +101,10 @@ EVENT_KINDS: frozenset[str] = frozenset(f.name for f in pb.Event.DESCRIPTOR.oneo
 
 
 def _invocation_of(event: pb.Event, kind: str) -> str:
+    """The invocation the event is filed under: a command_invocation's own, a command_response's
+    unless inbound processing refused it (``refused``: not its device's invocation)."""
     if kind == "command_response":
-        return event.command_response.invocation
+        return "" if event.command_response.refused else event.command_response.invocation
     if kind == "command_invocation":
         return event.command_invocation.invocation
     return ""

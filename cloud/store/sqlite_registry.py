@@ -31,11 +31,14 @@ Rules a caller will notice:
   (another process may have created the device). Active assignments are cached too, for a few
   seconds (``assignment_cache_s``), and invalidated at once by this instance's own writes.
 
-Invocation status rules (:meth:`SqliteInvocationStore.update_status`): QUEUED → DELIVERED →
-ANSWERED, and FAILED / EXPIRED from QUEUED or DELIVERED. ANSWERED, FAILED and EXPIRED are
-final; ANSWERED may skip DELIVERED (a device's answer can overtake the edge's status report). An
-update that would move backwards, repeat the current state or leave a final state is ignored
-and the current state returned.
+Invocation status rules (:meth:`SqliteInvocationStore.update_status`, :func:`next_status`):
+QUEUED → DELIVERED → ANSWERED, and FAILED / EXPIRED from QUEUED or DELIVERED. ANSWERED may skip
+DELIVERED (a device's answer can overtake the edge's status report). ANSWERED, FAILED, EXPIRED
+and LATE are final, with one exception: an answer (ANSWERED) to a FAILED or EXPIRED invocation
+makes it LATE — the device did answer, after the edge's response timeout or the time-to-live;
+the response is kept and ``reason`` still says why it had failed. LATE is never requested, only
+derived. An update that would move backwards, repeat the current state or leave a final state
+is ignored and the current state returned.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
@@ -741,15 +744,54 @@ _DELIVERED = svc.COMMAND_STATUS_DELIVERED
 _ANSWERED = svc.COMMAND_STATUS_ANSWERED
 _FAILED = svc.COMMAND_STATUS_FAILED
 _EXPIRED = svc.COMMAND_STATUS_EXPIRED
-_FINAL = frozenset({_ANSWERED, _FAILED, _EXPIRED})
+_LATE = svc.COMMAND_STATUS_LATE
+_FAILURES = frozenset({_FAILED, _EXPIRED})
+_FINAL = frozenset({_ANSWERED, _LATE, *_FAILURES})
 _KNOWN = frozenset({_QUEUED, _DELIVERED, *_FINAL})
+#: What ``update_status`` may be asked for (LATE is derived, never requested).
+REQUESTABLE = _KNOWN - {_LATE}
 
 
-def transition_allowed(current: int, new: int) -> bool:
-    """Whether an invocation may move from ``current`` to ``new`` (see the module docstring)."""
-    if current in _FINAL or new == current:
-        return False
-    return not (new == _QUEUED and current == _DELIVERED)
+Status: TypeAlias = svc.CommandStatus.ValueType
+
+
+def next_status(current: Status, requested: Status) -> Status | None:
+    """The status an invocation in ``current`` takes when ``requested`` is applied, or None if
+    the update is ignored (see the module docstring)."""
+    if requested == _ANSWERED and current in _FAILURES:
+        return _LATE
+    if current in _FINAL or requested == current or requested == _LATE:
+        return None
+    if requested == _QUEUED and current == _DELIVERED:
+        return None
+    return requested
+
+
+def apply_status(
+    inv: svc.InvocationState, requested: Status, reason: str, response_json: str | None, now: int
+) -> svc.InvocationState | None:
+    """``inv`` moved by ``requested`` (changed in place), or None if the update is ignored. A
+    late answer keeps the failure's reason; a response is recorded once, the first."""
+    status = next_status(inv.status, requested)
+    if status is None:
+        return None
+    inv.status = status
+    if status != _LATE:
+        inv.reason = reason
+    if response_json is not None:
+        inv.response_json = response_json
+    inv.updated_ms = max(now, inv.updated_ms)
+    return inv
+
+
+def check_requested(status: int) -> None:
+    """InvalidRequest unless ``update_status`` may be asked for ``status``."""
+    if status not in REQUESTABLE:
+        raise InvalidRequest(
+            f"unknown command status {status}"
+            if status not in _KNOWN
+            else "LATE is not requested: an answer (ANSWERED) to a failed invocation makes it late"
+        )
 
 
 class SqliteInvocationStore:
@@ -837,10 +879,10 @@ class SqliteInvocationStore:
         reason: str = "",
         response_json: str | None = None,
     ) -> svc.InvocationState | None:
-        """Move an invocation forward; None if it does not exist. Terminal states are final;
-        backwards or repeated updates are ignored and the current state returned."""
-        if status not in _KNOWN:
-            raise InvalidRequest(f"unknown command status {status}")
+        """Move an invocation forward; None if it does not exist. Terminal states are final
+        (except failed → late on an answer); backwards or repeated updates are ignored and the
+        current state returned."""
+        check_requested(status)
         return await self._worker.run(self._update, tenant, invocation_id, status, reason, response_json)
 
     def _update(
@@ -859,18 +901,14 @@ class SqliteInvocationStore:
             if row is None:
                 return None
             inv = _parse(svc.InvocationState, row[0])
-            if not transition_allowed(inv.status, status):
+            moved = apply_status(inv, status, reason, response_json, now_ms())
+            if moved is None:
                 return inv
-            inv.status = status
-            inv.reason = reason
-            if response_json is not None:
-                inv.response_json = response_json
-            inv.updated_ms = max(now_ms(), inv.updated_ms)
             conn.execute(
                 "UPDATE invocations SET status = ?, data = ? WHERE id = ?",
-                (int(status), inv.SerializeToString(), invocation_id),
+                (int(moved.status), moved.SerializeToString(), invocation_id),
             )
-        return inv
+        return moved
 
     async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
         """Invocations still QUEUED for ``device``, oldest first."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66ieldgate/v1/events.proto\x12\x0c\x66ieldgate.v1\"s\n\x0bMeasurement\x12\x35\n\x06values\x18\x01 \x03(\x0b\x32%.fieldgate.v1.Measurement.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x08Location\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x11\n\televation\x18\x03 \x01(\x01\"\xb7\x01\n\x05\x41lert\x12\x12\n\nalert_type\x18\x01 \x01(\t\x12\'\n\x05level\x18\x02 \x01(\x0e\x32\x18.fieldgate.v1.AlertLevel\x12\x0f\n\x07message\x18\x03 \x01(\t\x12)\n\x06source\x18\x04 \x01(\x0e\x32\x19.fieldgate.v1.AlertSource\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.fieldgate.v1.AlertState\x12\x0c\n\x04rule\x18\x06 \x01(\t\"t\n\x11\x43ommandInvocation\x12\x12\n\ninvocation\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x12\n\nexpires_ms\x18\x04 \x01(\x03\x12\x11\n\tinitiator\x18\x05 \x01(\t\"<\n\x0f\x43ommandResponse\x12\x12\n\ninvocation\x18\x01 \x01(\t\x12\x15\n\rresponse_json\x18\x02 \x01(\t\"]\n\x0bStateChange\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fieldgate.v1.StateChangeKind\x12\x10\n\x08previous\x18\x02 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\t\"\xb0\x04\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x61lternate_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x12\n\nassignment\x18\x05 \x01(\t\x12\x15\n\revent_time_ms\x18\x06 \x01(\x03\x12\x18\n\x10received_time_ms\x18\x07 \x01(\x03\x12\x33\n\x08metadata\x18\x08 \x03(\x0b\x32!.fieldgate.v1.Event.MetadataEntry\x12\x30\n\x0bmeasurement\x18\n \x01(\x0b\x32\x19.fieldgate.v1.MeasurementH\x00\x12*\n\x08location\x18\x0b \x01(\x0b\x32\x16.fieldgate.v1.LocationH\x00\x12$\n\x05\x61lert\x18\x0c \x01(\x0b\x32\x13.fieldgate.v1.AlertH\x00\x12=\n\x12\x63ommand_invocation\x18\r \x01(\x0b\x32\x1f.fieldgate.v1.CommandInvocationH\x00\x12\x39\n\x10\x63ommand_response\x18\x0e \x01(\x0b\x32\x1d.fieldgate.v1.CommandResponseH\x00\x12\x31\n\x0cstate_change\x18\x0f \x01(\x0b\x32\x19.fieldgate.v1.StateChangeH\x00\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"1\n\nEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.fieldgate.v1.Event\"i\n\x0c\x46\x61iledDecode\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x18\n\x10received_time_ms\x18\x05 \x01(\x03*\x89\x01\n\nAlertLevel\x12\x1b\n\x17\x41LERT_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41LERT_LEVEL_INFO\x10\x01\x12\x17\n\x13\x41LERT_LEVEL_WARNING\x10\x02\x12\x15\n\x11\x41LERT_LEVEL_ERROR\x10\x03\x12\x18\n\x14\x41LERT_LEVEL_CRITICAL\x10\x04*]\n\x0b\x41lertSource\x12\x1c\n\x18\x41LERT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_SOURCE_DEVICE\x10\x01\x12\x17\n\x13\x41LERT_SOURCE_SYSTEM\x10\x02*Z\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_RAISED\x10\x01\x12\x17\n\x13\x41LERT_STATE_CLEARED\x10\x02*\x9a\x01\n\x0fStateChangeKind\x12!\n\x1dSTATE_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eSTATE_CHANGE_KIND_REGISTRATION\x10\x01\x12 \n\x1cSTATE_CHANGE_KIND_ASSIGNMENT\x10\x02\x12\x1e\n\x1aSTATE_CHANGE_KIND_PRESENCE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66ieldgate/v1/events.proto\x12\x0c\x66ieldgate.v1\"s\n\x0bMeasurement\x12\x35\n\x06values\x18\x01 \x03(\x0b\x32%.fieldgate.v1.Measurement.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"B\n\x08Location\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x11\n\televation\x18\x03 \x01(\x01\"\xb7\x01\n\x05\x41lert\x12\x12\n\nalert_type\x18\x01 \x01(\t\x12\'\n\x05level\x18\x02 \x01(\x0e\x32\x18.fieldgate.v1.AlertLevel\x12\x0f\n\x07message\x18\x03 \x01(\t\x12)\n\x06source\x18\x04 \x01(\x0e\x32\x19.fieldgate.v1.AlertSource\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.fieldgate.v1.AlertState\x12\x0c\n\x04rule\x18\x06 \x01(\t\"t\n\x11\x43ommandInvocation\x12\x12\n\ninvocation\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x12\n\nexpires_ms\x18\x04 \x01(\x03\x12\x11\n\tinitiator\x18\x05 \x01(\t\"M\n\x0f\x43ommandResponse\x12\x12\n\ninvocation\x18\x01 \x01(\t\x12\x15\n\rresponse_json\x18\x02 \x01(\t\x12\x0f\n\x07refused\x18\x03 \x01(\t\"]\n\x0bStateChange\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fieldgate.v1.StateChangeKind\x12\x10\n\x08previous\x18\x02 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\t\"\xb0\x04\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x61lternate_id\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x12\n\nassignment\x18\x05 \x01(\t\x12\x15\n\revent_time_ms\x18\x06 \x01(\x03\x12\x18\n\x10received_time_ms\x18\x07 \x01(\x03\x12\x33\n\x08metadata\x18\x08 \x03(\x0b\x32!.fieldgate.v1.Event.MetadataEntry\x12\x30\n\x0bmeasurement\x18\n \x01(\x0b\x32\x19.fieldgate.v1.MeasurementH\x00\x12*\n\x08location\x18\x0b \x01(\x0b\x32\x16.fieldgate.v1.LocationH\x00\x12$\n\x05\x61lert\x18\x0c \x01(\x0b\x32\x13.fieldgate.v1.AlertH\x00\x12=\n\x12\x63ommand_invocation\x18\r \x01(\x0b\x32\x1f.fieldgate.v1.CommandInvocationH\x00\x12\x39\n\x10\x63ommand_response\x18\x0e \x01(\x0b\x32\x1d.fieldgate.v1.CommandResponseH\x00\x12\x31\n\x0cstate_change\x18\x0f \x01(\x0b\x32\x19.fieldgate.v1.StateChangeH\x00\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"1\n\nEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.fieldgate.v1.Event\"i\n\x0c\x46\x61iledDecode\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x18\n\x10received_time_ms\x18\x05 \x01(\x03*\x89\x01\n\nAlertLevel\x12\x1b\n\x17\x41LERT_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41LERT_LEVEL_INFO\x10\x01\x12\x17\n\x13\x41LERT_LEVEL_WARNING\x10\x02\x12\x15\n\x11\x41LERT_LEVEL_ERROR\x10\x03\x12\x18\n\x14\x41LERT_LEVEL_CRITICAL\x10\x04*]\n\x0b\x41lertSource\x12\x1c\n\x18\x41LERT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_SOURCE_DEVICE\x10\x01\x12\x17\n\x13\x41LERT_SOURCE_SYSTEM\x10\x02*Z\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_RAISED\x10\x01\x12\x17\n\x13\x41LERT_STATE_CLEARED\x10\x02*\x9a\x01\n\x0fStateChangeKind\x12!\n\x1dSTATE_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eSTATE_CHANGE_KIND_REGISTRATION\x10\x01\x12 \n\x1cSTATE_CHANGE_KIND_ASSIGNMENT\x10\x02\x12\x1e\n\x1aSTATE_CHANGE_KIND_PRESENCE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEASUREMENT_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_METADATAENTRY']._loaded_options = None
   _globals['_EVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ALERTLEVEL']._serialized_start=1411
-  _globals['_ALERTLEVEL']._serialized_end=1548
-  _globals['_ALERTSOURCE']._serialized_start=1550
-  _globals['_ALERTSOURCE']._serialized_end=1643
-  _globals['_ALERTSTATE']._serialized_start=1645
-  _globals['_ALERTSTATE']._serialized_end=1735
-  _globals['_STATECHANGEKIND']._serialized_start=1738
-  _globals['_STATECHANGEKIND']._serialized_end=1892
+  _globals['_ALERTLEVEL']._serialized_start=1428
+  _globals['_ALERTLEVEL']._serialized_end=1565
+  _globals['_ALERTSOURCE']._serialized_start=1567
+  _globals['_ALERTSOURCE']._serialized_end=1660
+  _globals['_ALERTSTATE']._serialized_start=1662
+  _globals['_ALERTSTATE']._serialized_end=1752
+  _globals['_STATECHANGEKIND']._serialized_start=1755
+  _globals['_STATECHANGEKIND']._serialized_end=1909
   _globals['_MEASUREMENT']._serialized_start=43
   _globals['_MEASUREMENT']._serialized_end=158
   _globals['_MEASUREMENT_VALUESENTRY']._serialized_start=113
@@ -54,15 +54,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDINVOCATION']._serialized_start=414
   _globals['_COMMANDINVOCATION']._serialized_end=530
   _globals['_COMMANDRESPONSE']._serialized_start=532
-  _globals['_COMMANDRESPONSE']._serialized_end=592
-  _globals['_STATECHANGE']._serialized_start=594
-  _globals['_STATECHANGE']._serialized_end=687
-  _globals['_EVENT']._serialized_start=690
-  _globals['_EVENT']._serialized_end=1250
-  _globals['_EVENT_METADATAENTRY']._serialized_start=1192
-  _globals['_EVENT_METADATAENTRY']._serialized_end=1239
-  _globals['_EVENTBATCH']._serialized_start=1252
-  _globals['_EVENTBATCH']._serialized_end=1301
-  _globals['_FAILEDDECODE']._serialized_start=1303
-  _globals['_FAILEDDECODE']._serialized_end=1408
+  _globals['_COMMANDRESPONSE']._serialized_end=609
+  _globals['_STATECHANGE']._serialized_start=611
+  _globals['_STATECHANGE']._serialized_end=704
+  _globals['_EVENT']._serialized_start=707
+  _globals['_EVENT']._serialized_end=1267
+  _globals['_EVENT_METADATAENTRY']._serialized_start=1209
+  _globals['_EVENT_METADATAENTRY']._serialized_end=1256
+  _globals['_EVENTBATCH']._serialized_start=1269
+  _globals['_EVENTBATCH']._serialized_end=1318
+  _globals['_FAILEDDECODE']._serialized_start=1320
+  _globals['_FAILEDDECODE']._serialized_end=1425
 # @@protoc_insertion_point(module_scope)

@@ -241,19 +241,26 @@ class CommandResponse(_message.Message):
 
     INVOCATION_FIELD_NUMBER: _builtins.int
     RESPONSE_JSON_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     invocation: _builtins.str
     """Id of the invocation this answers."""
     response_json: _builtins.str
     """Response body, JSON-encoded."""
+    refused: _builtins.str
+    """Set by the cloud (inbound processing), never by a device: why this response is not linked
+    to the invocation ("unknown invocation", or it was not for this device). Empty: linked.
+    The event is stored either way (it is the device's data).
+    """
     def __init__(
         self,
         *,
         invocation: _builtins.str = ...,
         response_json: _builtins.str = ...,
+        refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation", "response_json", b"response_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation", "refused", b"refused", "response_json", b"response_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,8 +33,16 @@ class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Command
     COMMAND_STATUS_ANSWERED: _CommandStatus.ValueType  # 3
     COMMAND_STATUS_FAILED: _CommandStatus.ValueType  # 4
     COMMAND_STATUS_EXPIRED: _CommandStatus.ValueType  # 5
+    COMMAND_STATUS_LATE: _CommandStatus.ValueType  # 6
+    """Answered by its device after it had failed or expired (e.g. after the edge's response
+    timeout): the response is kept and `reason` still says why it had failed. Never reported
+    by an edge; the cloud sets it when the response arrives.
+    """
 
-class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper): ...
+class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper):
+    """QUEUED -> DELIVERED -> ANSWERED, or FAILED / EXPIRED; ANSWERED, FAILED, EXPIRED and LATE are
+    final, except that the device's own answer to a FAILED or EXPIRED invocation makes it LATE.
+    """
 
 COMMAND_STATUS_UNSPECIFIED: CommandStatus.ValueType  # 0
 COMMAND_STATUS_QUEUED: CommandStatus.ValueType  # 1
@@ -42,6 +50,11 @@ COMMAND_STATUS_DELIVERED: CommandStatus.ValueType  # 2
 COMMAND_STATUS_ANSWERED: CommandStatus.ValueType  # 3
 COMMAND_STATUS_FAILED: CommandStatus.ValueType  # 4
 COMMAND_STATUS_EXPIRED: CommandStatus.ValueType  # 5
+COMMAND_STATUS_LATE: CommandStatus.ValueType  # 6
+"""Answered by its device after it had failed or expired (e.g. after the edge's response
+timeout): the response is kept and `reason` still says why it had failed. Never reported
+by an edge; the cloud sets it when the response arrives.
+"""
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
 
 class _EventType:

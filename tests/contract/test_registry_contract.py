@@ -7,6 +7,7 @@ tests/contract/test_cassandra_stores.py (races between replicas, keyspaces, the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,6 +23,7 @@ DELIVERED = svc.COMMAND_STATUS_DELIVERED
 ANSWERED = svc.COMMAND_STATUS_ANSWERED
 FAILED = svc.COMMAND_STATUS_FAILED
 EXPIRED = svc.COMMAND_STATUS_EXPIRED
+LATE = svc.COMMAND_STATUS_LATE
 
 
 def sensor_type() -> model.DeviceType:
@@ -249,9 +251,57 @@ async def test_terminal_states_are_final_and_backwards_is_ignored(invocations: I
     assert back is not None and back.status == DELIVERED
     failed = await invocations.update_status("acme", "inv-1", FAILED, reason="timeout")
     assert failed is not None and failed.status == FAILED and failed.reason == "timeout"
-    late = await invocations.update_status("acme", "inv-1", ANSWERED, response_json="{}")
-    assert late == failed
+    for status in (DELIVERED, QUEUED, EXPIRED, FAILED):
+        again = await invocations.update_status("acme", "inv-1", status, reason="other")
+        assert again == failed
     assert await invocations.get("acme", "inv-1") == failed
+
+
+async def test_an_answer_after_the_timeout_makes_the_invocation_late(invocations: InvocationStore) -> None:
+    """The device did answer, after the edge's response timeout: the answer is kept (first one
+    wins), the status is LATE, the reason still says why it had failed, and LATE is final."""
+    await invocations.create(invocation())
+    await invocations.update_status("acme", "inv-1", DELIVERED)
+    failed = await invocations.update_status("acme", "inv-1", FAILED, reason="timeout")
+    assert failed is not None
+    late = await invocations.update_status("acme", "inv-1", ANSWERED, response_json='{"pong":1}')
+    assert late is not None
+    assert (late.status, late.reason, late.response_json) == (LATE, "timeout", '{"pong":1}')
+    assert late.updated_ms >= failed.updated_ms
+    assert await invocations.get("acme", "inv-1") == late
+    for status in (ANSWERED, FAILED, EXPIRED, DELIVERED, QUEUED):
+        assert await invocations.update_status("acme", "inv-1", status, response_json='{"pong":2}') == late
+
+
+async def test_late_is_derived_never_requested(invocations: InvocationStore) -> None:
+    await invocations.create(invocation())
+    with pytest.raises(InvalidRequest, match="late"):
+        await invocations.update_status("acme", "inv-1", LATE)
+    state = await invocations.get("acme", "inv-1")
+    assert state is not None and state.status == QUEUED
+
+
+async def test_an_answer_racing_the_timeout_is_never_lost(backend: Backend) -> None:
+    """The edge's FAILED "timeout" and the device's answer reach two replicas at once: whichever
+    wins, the invocation ends with the answer (answered, or late with the reason)."""
+    first, second = backend.invocations(), backend.invocations()
+    await first.start()
+    await second.start()
+    try:
+        for i in range(8):
+            inv_id = f"race-{i}"
+            await first.create(invocation(inv_id))
+            await first.update_status("acme", inv_id, DELIVERED)
+            await asyncio.gather(
+                first.update_status("acme", inv_id, FAILED, reason="timeout"),
+                second.update_status("acme", inv_id, ANSWERED, response_json=f'{{"n":{i}}}'),
+            )
+            final = await first.get("acme", inv_id)
+            assert final is not None and final.response_json == f'{{"n":{i}}}', final
+            assert (final.status, final.reason) in ((ANSWERED, ""), (LATE, "timeout")), final
+    finally:
+        await first.stop()
+        await second.stop()
 
 
 async def test_answer_may_overtake_the_delivered_report(invocations: InvocationStore) -> None:
@@ -303,9 +353,12 @@ async def test_expire_due_expires_only_queued_invocations_past_their_ttl(
     assert state is not None and state.status == EXPIRED
     assert await invocations.expire_due(2_000) == []
     assert [i.id for i in await invocations.pending_for_device("acme", "dev-1")] == ["later", "forever"]
-    # An expired invocation stays expired, even if an answer arrives late.
+    # An expired invocation stays expired for the edge; its device's answer makes it late.
+    stale = await invocations.update_status("acme", "due", DELIVERED)
+    assert stale is not None and stale.status == EXPIRED
     late = await invocations.update_status("acme", "due", ANSWERED, response_json="{}")
-    assert late is not None and late.status == EXPIRED
+    assert late is not None and (late.status, late.reason, late.response_json) == (LATE, "ttl expired", "{}")
+    assert await invocations.expire_due(2_000) == []
 
 
 # ---------------------------------------------------------------- beyond the original SQLite tests

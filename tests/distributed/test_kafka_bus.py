@@ -22,7 +22,7 @@ from fieldgate.cloud.registration import Registration
 from fieldgate.cloud.stage import StageSettings
 from fieldgate.cloud.store import EventQuery
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore
-from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
+from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.devservers import KafkaServer
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -250,10 +250,11 @@ async def test_real_pipeline_on_kafka(bus: KafkaBus, tmp_path: Path) -> None:
     settings = StageSettings(poll_timeout_s=0.2)
     registry = SqliteRegistry(tmp_path / "registry")
     events = SqliteEventStore(tmp_path / "events")
-    inbound = InboundProcessing(bus, registry, settings=settings, topic_prefix=prefix)
+    invocations = SqliteInvocationStore(tmp_path / "registry")
+    inbound = InboundProcessing(bus, registry, invocations, settings=settings, topic_prefix=prefix)
     registration = Registration(bus, registry, DEFAULT_TENANTS, settings=settings, topic_prefix=prefix)
     persistence = EventPersistence(bus, events, settings=settings, topic_prefix=prefix)
-    parts = (registry, events, registration, inbound, persistence)
+    parts = (registry, invocations, events, registration, inbound, persistence)
     started: list[object] = []
     try:
         for part in parts:

@@ -121,6 +121,60 @@ async def test_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
         dev.stop()
 
 
+async def test_a_device_answers_only_its_own_commands(suite: Suite, api: httpx.AsyncClient) -> None:
+    """Another device's command_response (fieldgate JSON, or SiteWhere's Acknowledge) naming
+    actor-2's invocation is kept in that device's history with the reason it was refused, and
+    the invocation shows only actor-2's own answer."""
+    dev = CommandDevice(suite.mqtt_port, "default", "actor-2")
+    try:
+        await asyncio.to_thread(dev.start)
+        await asyncio.to_thread(
+            publish_once,
+            suite.mqtt_port,
+            "fieldgate/default/devices/actor-2/events",
+            {"type": "measurement", "values": {"x": 1}},
+        )
+        await eventually(lambda: events_of(api, "actor-2"), timeout=10, what="first event")
+        r = await api.post("/api/v1/devices/actor-2/commands", json={"command": "ping", "params": {}})
+        assert r.status_code == 201, r.text
+        inv_id = r.json()["id"]
+
+        async def answered() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await api.get(f"/api/v1/invocations/{inv_id}")).json()
+            return body if body["status"] == "answered" else None
+
+        await eventually(answered, timeout=15, what="invocation answered by its device")
+    finally:
+        dev.stop()
+
+    intruder = {"type": "command_response", "invocation": inv_id, "response": {"pong": "forged"}}
+    await asyncio.to_thread(
+        publish_once, suite.mqtt_port, "fieldgate/default/devices/intruder-1/events", intruder
+    )
+    acknowledge = {
+        "deviceToken": "sw-intruder",
+        "type": "Acknowledge",
+        "request": {"originatingEventId": inv_id, "response": "done"},
+    }
+    await asyncio.to_thread(publish_once, suite.mqtt_port, "SiteWhere/default/input/json", acknowledge)
+
+    for device in ("intruder-1", "sw-intruder"):
+
+        async def kept(device: str = device) -> list[dict[str, Any]]:
+            return await events_of(api, device, type="command_response")
+
+        [event] = await eventually(kept, timeout=15, what=f"{device}'s response stored")
+        assert (event["invocation"], event["refused"]) == (inv_id, "the invocation is for another device")
+
+    final = (await api.get(f"/api/v1/invocations/{inv_id}")).json()
+    assert (final["status"], final["response"]) == ("answered", {"pong": True})
+    linked = (await api.get(f"/api/v1/invocations/{inv_id}/events")).json()["events"]
+    assert {(e["device"], e["type"]) for e in linked} == {
+        ("actor-2", "command_invocation"),
+        ("actor-2", "command_response"),
+    }
+
+
 async def test_command_validation(suite: Suite, api: httpx.AsyncClient) -> None:
     await asyncio.to_thread(
         publish_once,

@@ -66,7 +66,7 @@ class CloudPipeline:
             unknown_tenant_ttl_s=self.unknown_tenant_ttl_s,
         )
         self.inbound = InboundProcessing(
-            self.bus, self.registry, settings=self.settings, recent_ids=self.recent_ids
+            self.bus, self.registry, self.invocations, settings=self.settings, recent_ids=self.recent_ids
         )
         self.registration = Registration(self.bus, self.registry, self.tenants, settings=self.settings)
         self.persistence = EventPersistence(self.bus, self.events, settings=self.settings)

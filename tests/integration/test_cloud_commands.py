@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fieldgate.cloud.batch.operations import element_invocation_id
+from fieldgate.cloud.invocations import REFUSED_OTHER_DEVICE, REFUSED_UNKNOWN
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -48,13 +50,15 @@ async def wait_status(
     return state
 
 
-def response_event(device: str, inv_id: str, body: dict[str, object]) -> pb.Event:
+def response_event(device: str, inv_id: str, body: dict[str, object], *, refused: str = "") -> pb.Event:
     return pb.Event(
         tenant="default",
         device=device,
-        alternate_id=f"resp-{inv_id}",
+        alternate_id=f"resp-{device}-{inv_id}",
         event_time_ms=now_ms(),
-        command_response=pb.CommandResponse(invocation=inv_id, response_json=json.dumps(body)),
+        command_response=pb.CommandResponse(
+            invocation=inv_id, response_json=json.dumps(body), refused=refused
+        ),
     )
 
 
@@ -145,5 +149,72 @@ async def test_response_for_unknown_invocation_is_counted(cloud: CloudPipeline) 
     async with edge(cloud.port) as e:
         await e.send_and_ack([response_event("chatty-1", "no-such-invocation", {"x": 1})])
     await eventually(lambda: _counter(cloud.delivery.stats.responses_unmatched == 1), what="counted")
-    # The event itself is kept in the device's history.
-    assert len(await cloud.device_events("chatty-1", kind="command_response")) == 1
+    assert cloud.delivery.stats.responses_refused == 1
+    # The event itself is kept in the device's history, with the reason it was not linked.
+    [kept] = await cloud.device_events("chatty-1", kind="command_response")
+    assert kept.command_response.refused == REFUSED_UNKNOWN
+    assert await cloud.events.events_for_invocation("default", "no-such-invocation") == []
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch-derived-id"])
+async def test_a_device_answers_only_its_own_invocation(cloud: CloudPipeline, batch: bool) -> None:
+    """Another device of the tenant answering actor-1's invocation is refused: the invocation is
+    not answered, shows nothing of it, and the intruder's event is kept with the reason. A
+    device cannot mark its own answer refused or linked (the cloud overwrites the field)."""
+    for device in ("actor-1", "actor-2"):
+        await register(cloud, device)
+    inv_id = element_invocation_id("default", "op-1", "actor-1") if batch else None
+    async with edge(cloud.port) as e:
+        await e.send_and_ack([measurement("actor-1", "a-1"), measurement("actor-2", "b-1")])
+        inv = await cloud.commands.invoke(
+            "default", "actor-1", "ping", {}, None, "test", invocation_id=inv_id
+        )
+        down = await e.next_command()
+        assert down.invocation.invocation == inv.id
+        await e.status(down, svc.COMMAND_STATUS_DELIVERED)
+        await wait_status(cloud, inv.id, svc.COMMAND_STATUS_DELIVERED)
+
+        await e.send_and_ack([response_event("actor-2", inv.id, {"from": "actor-2"})])
+        await eventually(lambda: _counter(cloud.delivery.stats.responses_refused == 1), what="refused")
+        assert cloud.inbound.stats.responses_refused == 1
+        assert cloud.delivery.stats.responses_unmatched == 0
+        state = await status_of(cloud, inv.id)
+        assert (state.status, state.response_json) == (svc.COMMAND_STATUS_DELIVERED, "")
+        [kept] = await cloud.device_events("actor-2", kind="command_response")
+        assert (kept.command_response.invocation, kept.command_response.refused) == (
+            inv.id,
+            REFUSED_OTHER_DEVICE,
+        )
+
+        # The device's own answer, even with a forged verdict on it, is linked.
+        await e.send_and_ack([response_event("actor-1", inv.id, {"from": "actor-1"}, refused="forged")])
+        final = await wait_status(cloud, inv.id, svc.COMMAND_STATUS_ANSWERED)
+        assert json.loads(final.response_json) == {"from": "actor-1"}
+
+    linked = await cloud.events.events_for_invocation("default", inv.id)
+    assert [(ev.device, ev.WhichOneof("payload")) for ev in linked] == [
+        ("actor-1", "command_invocation"),
+        ("actor-1", "command_response"),
+    ]
+    assert linked[1].command_response.refused == ""
+    assert cloud.delivery.stats.responses_refused == 1
+
+
+async def test_an_answer_after_the_response_timeout_is_late(cloud: CloudPipeline) -> None:
+    """The edge gave up waiting (FAILED "timeout"); the device's answer still comes: the
+    invocation is linked to it and shows LATE, the reason kept."""
+    await register(cloud, "slow-1")
+    async with edge(cloud.port) as e:
+        await e.send_and_ack([measurement("slow-1", "s-1")])
+        inv = await cloud.commands.invoke("default", "slow-1", "ping", {}, None, "test")
+        down = await e.next_command()
+        await e.status(down, svc.COMMAND_STATUS_DELIVERED)
+        await e.status(down, svc.COMMAND_STATUS_FAILED, reason="timeout")
+        await wait_status(cloud, inv.id, svc.COMMAND_STATUS_FAILED)
+
+        await e.send_and_ack([response_event("slow-1", inv.id, {"pong": True})])
+        late = await wait_status(cloud, inv.id, svc.COMMAND_STATUS_LATE)
+    assert (late.reason, json.loads(late.response_json)) == ("timeout", {"pong": True})
+    assert cloud.delivery.stats.late == 1
+    linked = await cloud.events.events_for_invocation("default", inv.id)
+    assert [ev.WhichOneof("payload") for ev in linked] == ["command_invocation", "command_response"]

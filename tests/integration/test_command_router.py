@@ -100,6 +100,21 @@ async def test_online_device_gets_the_command_and_its_answer_stops_the_timeout(r
     assert rig.statuses.of("inv-1") == [QUEUED, DELIVERED]
 
 
+async def test_another_devices_answer_does_not_stop_the_timeout(rig: Rig) -> None:
+    """Only the device the command was for answers it: another device's command_response (or
+    a same-named device of another tenant) is counted and changes nothing."""
+    rig.adapter.online.add(("default", "dev-1"))
+    await rig.router.on_command(command("inv-1"))
+    await eventually(lambda: rig.statuses.of("inv-1") == [QUEUED, DELIVERED], 10)
+    await rig.router.on_response("default", "dev-2", "inv-1")
+    await rig.router.on_response("other", "dev-1", "inv-1")
+    assert rig.router.stats["responses_refused"] == 2
+    assert rig.router.stats["answered"] == 0
+    assert rig.router.pending == 1
+    await eventually(lambda: rig.statuses.of("inv-1") == [QUEUED, DELIVERED, FAILED], 10)
+    assert rig.statuses.reason("inv-1") == "timeout"
+
+
 async def test_offline_device_gets_the_command_when_it_comes_online(rig: Rig) -> None:
     await rig.router.on_command(command("inv-1"))
     assert rig.statuses.of("inv-1") == [QUEUED]

@@ -295,6 +295,34 @@ async def test_invocation_status_changes_are_streamed(cloud: CloudApp, ted: http
     assert (await ted.get("/api/v1/devices/nope/invocations")).status_code == 404
 
 
+async def test_a_late_answer_is_streamed(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
+    """The invocation expired (its watch ended there); its device answers after all: the stream
+    sends it again, now late, with the answer and the reason it had expired."""
+    await registered(cloud, ted, "default", "d6")
+    async with live(ted, device="d6") as sse:
+        r = await ted.post("/api/v1/devices/d6/commands", json={"command": "ping", "params": {}, "ttl_s": 1})
+        if r.status_code == 422:  # the default device type may define no ping: any command of it
+            pytest.skip(r.text)
+        assert r.status_code == 201, r.text
+        inv = r.json()["id"]
+        await sse.until(lambda m: m[0] == "invocation" and m[1]["id"] == inv and m[1]["status"] == "expired")
+        answer = pb.Event(
+            tenant="default",
+            device="d6",
+            alternate_id="late-answer",
+            event_time_ms=now_ms(),
+            received_time_ms=now_ms(),
+        )
+        answer.command_response.invocation = inv
+        answer.command_response.response_json = '{"pong": true}'
+        await send(cloud, "default", "d6", answer)
+        seen = await sse.until(
+            lambda m: m[0] == "invocation" and m[1]["id"] == inv and m[1]["status"] == "late"
+        )
+    late = seen[-1][1]
+    assert late["response"] == {"pong": True} and late["reason"]
+
+
 # -- fleet, devices, alerts, me ------------------------------------------------------------
 
 
