@@ -7,8 +7,9 @@ its page and watch its chart grow from live events (no reload), send ``ping`` fr
 form and see it answered, look at the fleet, alerts and edges pages, stop the simulated device and
 see its page say it is offline or missing. Along the way: no console error or CSP violation, the
 Content-Security-Policy header on ``/``, the bearer token in no request URL, and a device whose
-name is HTML shown as text. Screenshots of each page go to docs/images/ (or
-$FIELDGATE_SCREENSHOTS) for the docs and the README."""
+name is HTML shown as text. Screenshots of each page go to a temporary directory, or to the
+directory $FIELDGATE_SCREENshots names: ``FIELDGATE_SCREENshots=docs/images`` refreshes the
+committed ones the docs and the README show (docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import pytest
 from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.conftest import login
 from tests.e2e.test_end_to_end import publish_once
+from tests.helpers.waiting import eventually, not_yet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -43,8 +45,6 @@ CHROMIUM_ARGS = [
 PASSWORD = "browser-secret-pw"
 SIM = "sim-0001"  # the suite's first simulated device (fieldgate.sims.device.device_tokens)
 XSS_NAME = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
-REPO = Path(__file__).resolve().parents[2]
-SHOTS = Path(os.environ.get("FIELDGATE_SCREENSHOTS", REPO / "docs" / "images"))
 TIMEOUT_MS = 30_000
 
 if not CHROMIUM.exists():
@@ -52,6 +52,14 @@ if not CHROMIUM.exists():
         "needs Debian's chromium at /usr/bin/chromium (scripts/setup.sh installs it)", allow_module_level=True
     )
 playwright_api = pytest.importorskip("playwright.async_api", reason="needs playwright (the [test] extra)")
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where the screenshots go: the directory $FIELDGATE_SCREENshots names, else this test's
+    temporary directory (a test run leaves the work tree as it found it)."""
+    named = os.environ.get("FIELDGATE_SCREENshots")
+    return Path(named) if named else tmp_path / "screenshots"
 
 
 @pytest.fixture
@@ -88,17 +96,16 @@ async def _prepare(suite: Suite, api: httpx.AsyncClient) -> None:
 
 
 async def _wait_json(api: httpx.AsyncClient, path: str, ok: Any, what: str, timeout: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    async def probe() -> Any:
         r = await api.get(path)
         if r.status_code == 200 and ok(r.json()):
             return r.json()
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what}: {r.status_code} {r.text[:300]}")
-        await asyncio.sleep(0.5)
+        return not_yet(f"{r.status_code} {r.text[:300]}")
+
+    return await eventually(probe, timeout, what)
 
 
-async def test_dashboard_in_chromium(suite: Suite) -> None:
+async def test_dashboard_in_chromium(suite: Suite, shots: Path) -> None:
     from playwright.async_api import ConsoleMessage, Request, async_playwright, expect
 
     api = await login(suite.rest_url, PASSWORD)
@@ -110,7 +117,7 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
     finally:
         await api.aclose()
     base = suite.rest_url
-    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(shots.mkdir, parents=True, exist_ok=True)
     console_errors: list[str] = []
     urls: list[str] = []
     failed: list[str] = []
@@ -170,7 +177,7 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             await expect(page.get_by_test_id("fleet-edges").locator(".value")).to_have_text("1")
             await expect(page.get_by_test_id("recent-events").locator("tbody tr").first).to_be_visible()
             await expect(page.get_by_test_id("fleet-tenants")).to_contain_text("default")
-            await page.screenshot(path=SHOTS / "dashboard-fleet.png")
+            await page.screenshot(path=shots / "dashboard-fleet.png")
 
             # The device list: the simulated device appears; the HTML name is text.
             await nav.get_by_role("link", name="Devices", exact=True).click()
@@ -192,7 +199,7 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             await page.get_by_label("State").select_option("")
             await expect(html_row).to_be_visible()
             await page.get_by_role("heading", name="Devices").click()  # no focus ring in the picture
-            await page.screenshot(path=SHOTS / "dashboard-devices.png")
+            await page.screenshot(path=shots / "dashboard-devices.png")
 
             # The device page: the chart grows from live events, without a reload.
             await sim_row.get_by_role("link", name=SIM).click()
@@ -237,19 +244,19 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             await expect(interval.get_by_test_id("invocation-status")).to_have_text("answered")
             await expect(interval.get_by_test_id("invocation-response")).to_contain_text('"interval_s":1')
             await page.evaluate("window.scrollTo(0, 0)")
-            await page.screenshot(path=SHOTS / "dashboard-device.png", full_page=True)
+            await page.screenshot(path=shots / "dashboard-device.png", full_page=True)
 
             # Phone-sized: the nav collapses behind a menu button, the device list stacks.
             await page.set_viewport_size({"width": 390, "height": 844})
             await expect(page.get_by_role("button", name=re.compile("Menu"))).to_be_visible()
             await expect(nav.get_by_role("link", name="Alerts", exact=True)).to_be_hidden()
-            await page.screenshot(path=SHOTS / "dashboard-phone-device.png")
+            await page.screenshot(path=shots / "dashboard-phone-device.png")
             width = await page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"the phone layout of the device page scrolls sideways ({width}px)"
             await page.get_by_role("button", name=re.compile("Menu")).click()
             await nav.get_by_role("link", name="Devices", exact=True).click()
             await expect(page.locator(f"tr[data-device='{SIM}']")).to_be_visible()
-            await page.screenshot(path=SHOTS / "dashboard-phone.png")
+            await page.screenshot(path=shots / "dashboard-phone.png")
             width = await page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"the phone layout scrolls sideways ({width}px)"
             await page.set_viewport_size({"width": 1280, "height": 800})
@@ -259,11 +266,11 @@ async def test_dashboard_in_chromium(suite: Suite) -> None:
             alerts = page.get_by_test_id("alerts-table")
             await expect(alerts).to_contain_text("door-open")
             await expect(alerts).to_contain_text(SIM)
-            await page.screenshot(path=SHOTS / "dashboard-alerts.png")
+            await page.screenshot(path=shots / "dashboard-alerts.png")
             await nav.get_by_role("link", name="Edges", exact=True).click()
             edge = page.locator(f"tr[data-edge='{suite.options.edge_id}']")
             await expect(edge).to_contain_text("connected")
-            await page.screenshot(path=SHOTS / "dashboard-edges.png")
+            await page.screenshot(path=shots / "dashboard-edges.png")
 
             # Stop the simulated device: its page says so, live (no reload).
             await page.goto(f"{base}/devices/{SIM}")

@@ -12,6 +12,8 @@ condition instead, with a generous deadline that only matters when the test fail
   be checked for a while, so wait for the positive condition first (the count reached, the
   stream caught up), then use ``never`` for the window in which a wrong extra would show up.
 - :func:`collect` gathers batches from a fetch call (a consumer's ``poll``) until enough arrived.
+- :func:`not_yet` lets a probe say why it is not there yet (a falsy value with a useful repr,
+  e.g. the last HTTP status and body), which the failure message then shows.
 - :func:`free_port` and :func:`wait_for_port` for servers a test starts itself.
 
 Usage::
@@ -36,6 +38,27 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_INTERVAL_S = 0.05
 _REPR_LIMIT = 300
+
+
+class NotYet:
+    """A falsy probe result that carries what the probe saw (see :func:`not_yet`)."""
+
+    __slots__ = ("detail",)
+
+    def __init__(self, detail: object) -> None:
+        self.detail = detail
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"not yet: {self.detail}"
+
+
+def not_yet(detail: object) -> NotYet:
+    """``return not_yet(f"{r.status_code} {r.text}")`` from a probe: keep waiting, and if the wait
+    fails, show this as the last value."""
+    return NotYet(detail)
 
 
 def _short(value: object) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.helpers.waiting import collect, eventually, free_port, never, port_open, wait_for_port
+from tests.helpers.waiting import collect, eventually, free_port, never, not_yet, port_open, wait_for_port
 
 
 async def test_eventually_returns_the_first_truthy_value_of_a_sync_probe() -> None:
@@ -46,6 +46,18 @@ async def test_eventually_names_what_it_waited_for_and_the_last_value() -> None:
     # Without ``what`` the probe's own source names it.
     with pytest.raises(AssertionError, match=r"len\(rows\) == 3"):
         await eventually(lambda: len(rows) == 3, 0.1)
+
+
+async def test_a_probe_says_why_it_is_not_there_yet() -> None:
+    status = iter([503, 503, 200])
+
+    def probe() -> object:
+        code = next(status, 404)
+        return {"ok": True} if code == 200 else not_yet(f"HTTP {code}")
+
+    assert await eventually(probe, 5, interval=0.001) == {"ok": True}
+    with pytest.raises(AssertionError, match=r"for the report; last value: not yet: HTTP 404$"):
+        await eventually(probe, 0.1, "the report")
 
 
 async def test_eventually_lets_a_probe_error_through() -> None:
