@@ -23,7 +23,7 @@ from fieldgate.cloud.store.cassandra_registry import CassandraRegistry
 from fieldgate.devservers import CassandraServer, KafkaServer
 from fieldgate.v1 import model_pb2 as model
 from tests.helpers.connectors import FAST, SECRET, TENANT, make_event, publish, webhook
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, eventually_sync
 from tests.helpers.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.distributed
@@ -35,15 +35,15 @@ def _read_topic(bootstrap: str, topic: str, want: int, timeout_s: float = 30.0) 
     )
     consumer.subscribe([topic])
     out: list[tuple[bytes, dict]] = []
-    try:
-        import time
 
-        deadline = time.monotonic() + timeout_s
-        while len(out) < want and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
+    def enough() -> bool:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
             out.append((msg.key(), orjson.loads(msg.value())))
+        return len(out) >= want
+
+    try:
+        eventually_sync(enough, timeout_s, f"{want} records on {topic}", interval=0)
     finally:
         consumer.close()
     return out
@@ -86,7 +86,7 @@ async def test_kafka_connector_delivers_while_the_webhook_is_down(
             assert rx.accepted == []  # the webhook is still down
             rx.mode = "ok"
             await eventually(
-                lambda: _now(set(rx.event_ids()) == {e.id for e in events}), what="webhook", timeout=60
+                lambda: set(rx.event_ids()) == {e.id for e in events}, what="webhook", timeout=60
             )
             assert rx.bad_signatures == 0
             # Dead letters and re-drive on Cassandra.
@@ -101,7 +101,7 @@ async def test_kafka_connector_delivers_while_the_webhook_is_down(
             assert letters[0].event_id == make_event(99).id and "HTTP 400" in letters[0].reason
             rx.mode = "ok"
             assert await store.request_redrive(TENANT, "hook") == 1
-            await eventually(lambda: _now(make_event(99).id in rx.event_ids()), what="re-drive", timeout=30)
+            await eventually(lambda: make_event(99).id in rx.event_ids(), what="re-drive", timeout=30)
             await eventually(lambda: _zero(store), what="dead letter removed", timeout=10)
         finally:
             await stage.stop()
@@ -110,10 +110,6 @@ async def test_kafka_connector_delivers_while_the_webhook_is_down(
                 await session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
             for part in (store, registry, bus):
                 await part.stop()
-
-
-async def _now(value: bool) -> bool:
-    return value
 
 
 async def _zero(store: CassandraConnectorStore) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.test_end_to_end import publish_once
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -48,6 +49,8 @@ async def test_live_stream_and_edges_across_processes(suite: Suite) -> None:
                         "fieldgate/default/devices/dash-1/events",
                         {"type": "measurement", "values": {"n": float(i)}},
                     )
+                    # Pacing of the re-sends, not a wait: the stream's reader below waits (with
+                    # its deadline) for the first event that gets through.
                     await asyncio.sleep(2)
 
             task = asyncio.create_task(publisher())
@@ -62,13 +65,12 @@ async def test_live_stream_and_edges_across_processes(suite: Suite) -> None:
                 task.cancel()
         assert event is not None and event["device"] == "dash-1" and "n" in event["values"]
 
-        edge: dict[str, Any] = {}
-        for _ in range(60):
+        async def edge_reported() -> dict[str, Any] | None:
             items = (await api.get("/api/v1/edges")).json()["items"]
             edge = next((e for e in items if e["edge_id"] == suite.options.edge_id), {})
-            if edge.get("buffer_depth") is not None:
-                break
-            await asyncio.sleep(1)
+            return edge if edge.get("buffer_depth") is not None else None
+
+        edge = await eventually(edge_reported, 60, "the edge's buffer depth in /edges", interval=1)
         assert edge["connected"] and edge["buffer_depth"] is not None and edge["uplink_lag_ms"] is not None
         fleet = (await api.get("/api/v1/fleet")).json()
         assert fleet["edges_connected"] >= 1 and fleet["events_last_minute"] >= 1

@@ -38,7 +38,7 @@ from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, eventually_sync, free_port, not_yet
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -371,16 +371,16 @@ def _records_of_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, byt
         consumer.assign(parts)
         remaining = {k for k, end in ends.items() if end > 0}
         records: list[tuple[str, bytes, bytes]] = []
-        for _ in range(600):  # bounded: at most ~60 s of polling
-            if not remaining:
-                break
+
+        def at_the_end() -> object:
             msg = consumer.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            records.append((msg.topic(), msg.key() or b"", msg.value() or b""))
-            if msg.offset() + 1 >= ends[(msg.topic(), msg.partition())]:
-                remaining.discard((msg.topic(), msg.partition()))
-        assert not remaining, f"could not read to the end of {sorted(remaining)}"
+            if msg is not None and not msg.error():
+                records.append((msg.topic(), msg.key() or b"", msg.value() or b""))
+                if msg.offset() + 1 >= ends[(msg.topic(), msg.partition())]:
+                    remaining.discard((msg.topic(), msg.partition()))
+            return True if not remaining else not_yet(f"partitions not read to the end: {sorted(remaining)}")
+
+        eventually_sync(at_the_end, 60, "every partition read to the end", interval=0)
         return records
     finally:
         consumer.close()

@@ -30,9 +30,9 @@ from fieldgate.devservers import CassandraServer, KafkaServer, kafka_server
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
 from tests.distributed.test_distributed_e2e import _start_service, _stop
-from tests.distributed.test_ingest_replicas import _connected_to, _measurements, _now
+from tests.distributed.test_ingest_replicas import _connected_to, _measurements
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, free_port, never
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -144,7 +144,7 @@ async def test_sigterm_of_the_edges_ingest_replica_under_load_loses_nothing(
         try:
             async with edge:
                 assert await edge.uplink.wait_connected(30), "edge never connected"
-                await eventually(_now(lambda: _connected_to(logs, edge_id)), timeout=20, what="edge in a log")
+                await eventually(lambda: _connected_to(logs, edge_id), timeout=20, what="edge in a log")
                 victim = _connected_to(logs, edge_id)[0]
                 survivor = "b" if victim == "a" else "a"
 
@@ -162,7 +162,7 @@ async def test_sigterm_of_the_edges_ingest_replica_under_load_loses_nothing(
                 for t in threads:
                     t.start()
                 await eventually(
-                    _now(lambda: len(publisher.acked) >= LOAD_DEVICES * LOAD_COUNT // 3),
+                    lambda: len(publisher.acked) >= LOAD_DEVICES * LOAD_COUNT // 3,
                     timeout=60,
                     what="a third of the load acknowledged",
                 )
@@ -174,7 +174,7 @@ async def test_sigterm_of_the_edges_ingest_replica_under_load_loses_nothing(
                 assert "still open after" not in victim_log  # the stream ended within the drain
 
                 await eventually(
-                    _now(lambda: survivor in _connected_to(logs, edge_id)),
+                    lambda: survivor in _connected_to(logs, edge_id),
                     timeout=30,
                     what="edge on the survivor",
                 )
@@ -191,7 +191,12 @@ async def test_sigterm_of_the_edges_ingest_replica_under_load_loses_nothing(
                     return True
 
                 await eventually(all_stored, timeout=ARRIVAL_S, interval=1.0, what="every event stored")
-                await asyncio.sleep(1.0)  # a duplicate still in flight would land now (it must not)
+
+                async def stored_twice() -> list[str]:
+                    return [d for d in devices if len(await _measurements(app, tenant, d)) > LOAD_COUNT]
+
+                # A duplicate still in flight would land now: none may.
+                await never(stored_twice, within=1.0, interval=0.25, what="an event stored twice")
                 for d in devices:
                     values = sorted(await _measurements(app, tenant, d))
                     assert values == [float(i) for i in range(LOAD_COUNT)], d  # each exactly once

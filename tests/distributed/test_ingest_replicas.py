@@ -18,7 +18,6 @@ import json
 import signal
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from fieldgate.v1 import model_pb2 as model
 from tests.distributed.test_distributed_e2e import _start_service, _stop, publish_once
 from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, free_port, never
 
 pytestmark = [pytest.mark.distributed, pytest.mark.integration]
 
@@ -73,15 +72,6 @@ async def _command(api: httpx.AsyncClient, device: str) -> str:
 async def _answered(api: httpx.AsyncClient, inv_id: str) -> dict[str, Any] | None:
     body = await _invocation(api, inv_id)
     return body if body["status"] == "answered" else None
-
-
-def _now(check: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
-    """A synchronous check as a probe for ``eventually``."""
-
-    async def probe() -> Any:
-        return check()
-
-    return probe
 
 
 def _connected_to(logs: dict[str, Path], edge_id: str) -> list[str]:
@@ -148,7 +138,7 @@ async def test_edge_fails_over_and_commands_follow_it(
         try:
             async with edge:
                 assert await edge.uplink.wait_connected(30), "edge never connected"
-                await eventually(_now(lambda: _connected_to(logs, edge_id)), timeout=20, what="edge in a log")
+                await eventually(lambda: _connected_to(logs, edge_id), timeout=20, what="edge in a log")
                 first = _connected_to(logs, edge_id)
                 assert len(first) == 1, first
                 victim = first[0]
@@ -179,8 +169,13 @@ async def test_edge_fails_over_and_commands_follow_it(
 
                 # A command for a device no replica has a route to: QUEUED on both.
                 queued = await _command(api, "late-1")
-                await asyncio.sleep(3)  # both replicas have read it by now (and could not send it)
-                assert (await _invocation(api, queued))["status"] == "queued"
+
+                async def not_queued() -> str | None:
+                    status = str((await _invocation(api, queued))["status"])
+                    return status if status != "queued" else None
+
+                # Both replicas read it meanwhile (and could not send it): it stays QUEUED.
+                await never(not_queued, within=3, what="the unroutable command leaving QUEUED")
 
                 # Load, and kill -9 the edge's replica in the middle of it.
                 await asyncio.to_thread(publisher.connect)
@@ -197,7 +192,7 @@ async def test_edge_fails_over_and_commands_follow_it(
                 for t in threads:
                     t.start()
                 await eventually(
-                    _now(lambda: len(publisher.acked) >= LOAD_DEVICES * LOAD_COUNT // 3),
+                    lambda: len(publisher.acked) >= LOAD_DEVICES * LOAD_COUNT // 3,
                     timeout=60,
                     what="a third of the load acknowledged",
                 )
@@ -205,12 +200,12 @@ async def test_edge_fails_over_and_commands_follow_it(
                 replicas[victim].send_signal(signal.SIGKILL)
                 await replicas[victim].wait()
                 await eventually(
-                    _now(lambda: edge.uplink.stats.sessions > sessions_before and edge.uplink.connected),
+                    lambda: edge.uplink.stats.sessions > sessions_before and edge.uplink.connected,
                     timeout=30,
                     what="edge reconnected",
                 )
                 await eventually(
-                    _now(lambda: survivor in _connected_to(logs, edge_id)),
+                    lambda: survivor in _connected_to(logs, edge_id),
                     timeout=10,
                     what="edge on the survivor",
                 )

@@ -7,9 +7,9 @@ not the code under test elsewhere.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cassandra.cluster import Cluster
@@ -19,6 +19,7 @@ from confluent_kafka.cimpl import NewTopic
 from kazoo.client import KazooClient
 
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
+from tests.helpers.waiting import eventually_sync
 
 pytestmark = pytest.mark.distributed
 
@@ -42,13 +43,12 @@ def test_kafka_delivers_a_produced_message_to_a_consumer_group(kafka: KafkaServe
     )
     try:
         consumer.subscribe([topic])
-        received = None
-        deadline = time.monotonic() + 60
-        while received is None and time.monotonic() < deadline:
+
+        def consumed() -> Any:
             message = consumer.poll(1.0)
-            if message is not None and message.error() is None:
-                received = message
-        assert received is not None, "message not consumed within 60s"
+            return message if message is not None and message.error() is None else None
+
+        received = eventually_sync(consumed, 60, "the message consumed", interval=0)
         assert (received.key(), received.value()) == (b"device-1", b"hello")
         consumer.commit(message=received, asynchronous=False)
     finally:

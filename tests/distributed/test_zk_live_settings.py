@@ -250,9 +250,7 @@ async def test_invalid_znode_keeps_the_running_settings(
 
             await eventually(rejected, timeout=WAIT_S, what="the invalid version is rejected")
             operator.set(path, b"{not json")
-            await eventually(
-                lambda: _at_least(zk.stats.rejected, 2), timeout=WAIT_S, what="bad JSON rejected"
-            )
+            await eventually(lambda: zk.stats.rejected >= 2, timeout=WAIT_S, what="bad JSON rejected")
     finally:
         operator.stop()
         operator.close()
@@ -271,10 +269,6 @@ async def test_invalid_znode_keeps_the_running_settings(
 
     await eventually(refused, timeout=WAIT_S, what="A's JSON refused under the kept settings")
     assert await stack.values(a, "d9") == set()
-
-
-async def _at_least(value: int, n: int) -> bool:
-    return value >= n
 
 
 # ---------------------------------------------------------------- instance znode

@@ -21,7 +21,7 @@ from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.conftest import login
 from tests.helpers.edge_mqtt import CommandDevice
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, never
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -212,9 +212,13 @@ async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncCl
     )
     assert r.status_code == 201, r.text
     inv_id = r.json()["id"]
-    await asyncio.sleep(1.0)
-    state = (await api.get(f"/api/v1/invocations/{inv_id}")).json()
-    assert state["status"] == "queued"
+
+    async def not_queued() -> str | None:
+        status = str((await api.get(f"/api/v1/invocations/{inv_id}")).json()["status"])
+        return status if status != "queued" else None
+
+    # Nobody is subscribed: it waits at the edge.
+    await never(not_queued, within=1.0, what="the command for the offline device leaving QUEUED")
 
     dev = CommandDevice(suite.mqtt_port, "default", "sleepy-1")
     try:

@@ -19,7 +19,7 @@ from fieldgate.cloud.store import EventQuery
 from fieldgate.suite import Suite, SuiteOptions
 from tests.helpers.backends import BACKENDS, backends_for
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually, free_port, wait_for_port
+from tests.helpers.waiting import eventually, free_port, never, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -41,8 +41,9 @@ async def stored_ids(cloud: CloudApp, device: str) -> list[str]:
 async def test_cloud_outage_under_load_loses_nothing(
     tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
-    # 5 s of load at 600 msg/s; 15 s on Kafka/Cassandra, whose clients take seconds to stop.
-    total = 3000 if backend == "embedded" else 9000
+    # Load at 600 msg/s, before, during and after the outage: it stops once the cloud is back and
+    # has taken more (a bound of 60 s of load, far more than it takes even on a busy machine).
+    most = 600 * 60
     b = backends_for(request, backend)
     opts = SuiteOptions(
         data_dir=tmp_path / "fg",
@@ -55,32 +56,51 @@ async def test_cloud_outage_under_load_loses_nothing(
     async with Suite(opts) as suite:
         pub = AckedPublisher("127.0.0.1", suite.mqtt_port)
         await asyncio.to_thread(pub.connect)
-        done = threading.Event()
+        done, stop = threading.Event(), threading.Event()
 
         def load() -> None:
-            pub.publish_measurements("default", "outage-1", total, rate_hz=600)
+            pub.publish_measurements("default", "outage-1", most, rate_hz=600, stop=stop)
             done.set()
+
+        def acked_more(than: int) -> bool:
+            return len(pub.acked) >= than
 
         thread = threading.Thread(target=load, daemon=True)
         thread.start()
-        await asyncio.sleep(1.0)
-        # Outage: the whole cloud goes away for a few seconds while devices keep publishing.
+
+        async def flowing() -> bool:
+            return len(await stored_ids(suite.cloud, "outage-1")) >= 300
+
+        await eventually(flowing, timeout=60, interval=0.2, what="events flowing into the cloud")
+        # Outage: the whole cloud goes away while devices keep publishing (the edge buffers).
         cfg: CloudConfig = suite.cloud.config
         await suite.cloud.stop()
-        await asyncio.sleep(3.0)
-        assert not done.is_set(), "load finished before the outage ended; raise total"
+        mark = len(pub.acked)
+        await eventually(
+            lambda: acked_more(mark + 1200), timeout=60, what="two seconds of load during the outage"
+        )
         suite.cloud = CloudApp(cfg)
         await suite.cloud.start()
+        mark = len(pub.acked)
+        await eventually(lambda: acked_more(mark + 600), timeout=60, what="load after the outage")
+        assert not done.is_set(), "the load ended before the outage did"
+        stop.set()
         await asyncio.to_thread(thread.join, 60)
         assert await asyncio.to_thread(pub.wait_all_acked, 30)
         pub.close()
+        total = len(pub.sent)
         assert len(pub.acked) == total
 
         async def all_stored() -> bool:
             return len(await stored_ids(suite.cloud, "outage-1")) >= total
 
         await eventually(all_stored, timeout=60, interval=0.5, what="every event stored")
-        await asyncio.sleep(1.0)  # let any duplicate that is still in flight land (it must not)
+
+        async def stored_twice() -> bool:
+            return len(await stored_ids(suite.cloud, "outage-1")) > total
+
+        # A duplicate still in flight would land now: none may.
+        await never(stored_twice, within=1.0, interval=0.25, what="an event stored twice")
         ids = await stored_ids(suite.cloud, "outage-1")
         assert len(ids) == total, f"{len(ids) - len(set(ids))} stored twice"
         assert set(ids) == set(pub.acked)

@@ -25,8 +25,9 @@ import pytest
 from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.conftest import PASSWORD, login
 from tests.e2e.test_end_to_end import events_of, publish_once
+from tests.helpers.connectors import connector_running
 from tests.helpers.edge_mqtt import CommandDevice
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, never
 from tests.helpers.webhook_receiver import webhook_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -118,7 +119,7 @@ async def test_site_walkthrough(suite: Suite, api: httpx.AsyncClient) -> None:
             "delivery": {"max_attempts": 100, "initial_backoff_s": 0.1, "max_backoff_s": 0.5, "timeout_s": 2},
         }
         await _ok(api, "POST", "/api/v1/connectors", hook)
-        await asyncio.sleep(1.5)  # the stage reads its connectors again (refresh)
+        await eventually(lambda: connector_running(suite.cloud, "hook"), what="the stage runs the connector")
 
         # --- the geofence: outside, into the dock, out again ------------------------------------
         for lat, lon in (OUTSIDE, IN_DOCK, OUTSIDE):
@@ -141,14 +142,13 @@ async def test_site_walkthrough(suite: Suite, api: httpx.AsyncClient) -> None:
         assert state["location"]["lat"] == pytest.approx(OUTSIDE[0])
 
         # --- the receiver was down all along: let it recover ------------------------------------
-        await eventually(lambda: _want_n(rx.failed, 3), timeout=20, what="webhook retried against 500s")
+        await eventually(lambda: rx.failed >= 3, timeout=20, what="webhook retried against 500s")
         assert rx.accepted == []
         rx.mode = "ok"
         want = {e["id"] for e in stored}
-        await eventually(
-            lambda: _want_set(rx.event_ids(), want), timeout=30, what="every measurement delivered"
-        )
-        await asyncio.sleep(1.0)  # anything still in flight
+        await eventually(lambda: want <= set(rx.event_ids()), timeout=30, what="every measurement delivered")
+        # Nothing that is not a depot measurement arrives after them.
+        await never(lambda: set(rx.event_ids()) - want, within=1.0, what="an event the filter excludes")
         got = rx.event_ids()
         assert set(got) == want  # nothing lost, and nothing that is not a depot measurement
         assert len(rx.keys) == len(want)  # a duplicate of an event carries that event's key
@@ -207,14 +207,6 @@ async def test_site_walkthrough(suite: Suite, api: httpx.AsyncClient) -> None:
 async def _want(coro: Any, n: int) -> Any:
     got = await coro
     return got if len(got) >= n else None
-
-
-async def _want_n(value: int, n: int) -> bool:
-    return value >= n
-
-
-async def _want_set(got: list[str], want: set[str]) -> bool:
-    return want <= set(got)
 
 
 async def _want_eq(coro: Any, want: str) -> bool:

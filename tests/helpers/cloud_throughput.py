@@ -19,10 +19,6 @@ from tests.helpers.cloud_pipeline import CloudPipeline, EdgeClient
 from tests.helpers.waiting import eventually
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 def make_batch(n: int, batch_no: int, size: int, devices: int) -> list[pb.Event]:
     now = now_ms()
     return [
@@ -45,7 +41,7 @@ async def measure(batches: int, size: int, devices: int, window: int, timeout_s:
             # Warm up: registers the devices (auto-registration) outside the timed part.
             await client.send_and_ack(make_batch(0, -1, devices, devices))
             warm = devices + devices  # events + one registration state change per device
-            await eventually(lambda: _true(cloud.persistence.stats.stored >= warm), timeout=timeout_s)
+            await eventually(lambda: cloud.persistence.stats.stored >= warm, timeout=timeout_s)
 
             payloads = [make_batch(b, b, size, devices) for b in range(batches)]
             total = batches * size
@@ -62,7 +58,7 @@ async def measure(batches: int, size: int, devices: int, window: int, timeout_s:
                 in_flight -= 1
             acked = time.perf_counter() - start
             await eventually(
-                lambda: _true(cloud.persistence.stats.stored >= warm + total),
+                lambda: cloud.persistence.stats.stored >= warm + total,
                 timeout=timeout_s,
                 interval=0.01,
             )

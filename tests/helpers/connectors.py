@@ -15,6 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import PERSISTED, Bus, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.connectors.models import ConnectorSpec
@@ -31,6 +32,20 @@ from fieldgate.v1 import model_pb2 as model
 TENANT = "default"
 SECRET = "connector-secret-0123456789"
 FAST = ConnectorStageSettings(refresh_s=0.2, poll_timeout_s=0.1)
+
+
+def connector_running(app: CloudApp, connector: str, tenant: str = TENANT) -> bool:
+    """The cloud's connectors stage runs ``connector`` (it reads the definitions every
+    refresh_s, so a connector created through the API starts a moment later)."""
+    stages = [s for s in app.stages if isinstance(s, ConnectorStage)]
+    return any(s.runner(tenant, connector) is not None for s in stages)
+
+
+def connectors_committed(app: CloudApp, tenant: str = TENANT) -> bool:
+    """The connectors' consumer group committed all of the tenant's [persisted] topic."""
+    assert isinstance(app.bus, EmbeddedBus)
+    topic = topic_name(tenant, PERSISTED)
+    return app.bus.committed(GROUP, topic) == app.bus.end_offsets(PERSISTED).get(topic, 0)
 
 
 def make_event(i: int, device: str = "dev-1", kind: str = "measurement", tenant: str = TENANT) -> pb.Event:

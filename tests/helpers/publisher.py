@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.helpers.waiting import eventually_sync
+
 
 @dataclass
 class AckedPublisher:
@@ -85,16 +87,21 @@ class AckedPublisher:
             ident = f"{prefix}-{i}"
             self.publish(topic, {"type": "measurement", "values": {"n": i}, "id": ident}, ident)
             if rate_hz:
+                # Pacing, not a wait: the load arrives at rate_hz while the test does its part.
                 time.sleep(1.0 / rate_hz)
 
     def wait_all_acked(self, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Whether every publish got its PUBACK within ``timeout`` (blocks: call it in a thread)."""
+
+        def none_pending() -> bool:
             with self._lock:
-                if not self._mid_to_id:
-                    return True
-            time.sleep(0.05)
-        return False
+                return not self._mid_to_id
+
+        try:
+            eventually_sync(none_pending, timeout, "a PUBACK for every publish")
+        except AssertionError:
+            return False
+        return True
 
     def close(self) -> None:
         self.client.disconnect()

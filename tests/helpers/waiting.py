@@ -6,7 +6,7 @@ condition instead, with a generous deadline that only matters when the test fail
 
 - :func:`eventually` polls a predicate (sync or async) until it returns something truthy and
   returns that value; after ``timeout`` seconds it fails, naming what it waited for and the last
-  value it saw.
+  value it saw. :func:`eventually_sync` is the same for code that cannot await.
 - :func:`never` is the negative check ("no duplicate lands", "nothing more arrives"): it polls a
   predicate for the whole window and fails as soon as it turns truthy. A negative claim can only
   be checked for a while, so wait for the positive condition first (the count reached, the
@@ -127,6 +127,27 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def eventually_sync(
+    probe: Callable[[], T],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    what: str | None = None,
+    *,
+    interval: float = DEFAULT_INTERVAL_S,
+) -> T:
+    """:func:`eventually` for code that cannot await: sync fixtures, a helper's thread, a test
+    that blocks its event loop on purpose. Blocks the calling thread while it polls."""
+    started = time.monotonic()
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() - started >= timeout:
+            raise AssertionError(
+                f"waited {time.monotonic() - started:.1f} s for {_describe(probe, what)}; last value: {_short(value)}"
+            )
+        time.sleep(interval)
+
+
 async def never(
     probe: Callable[[], Any],
     within: float,
@@ -202,12 +223,12 @@ def wait_for_port(
 ) -> None:
     """Block until ``host:port`` accepts connections (for sync fixtures; from async code call it
     through ``asyncio.to_thread``). With ``proc``, fail at once if that process exits first."""
-    started = time.monotonic()
-    while not port_open(port, host):
+
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(
                 f"process {proc.pid} exited with {proc.returncode} before listening on {host}:{port}"
             )
-        if time.monotonic() - started >= timeout:
-            raise AssertionError(f"nothing listens on {host}:{port} after {timeout:g} s")
-        time.sleep(DEFAULT_INTERVAL_S)
+        return port_open(port, host)
+
+    eventually_sync(listening, timeout, f"something to listen on {host}:{port}")

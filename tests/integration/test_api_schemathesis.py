@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.helpers.api_stack import USERS, api_stack
+from tests.helpers.waiting import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -59,10 +60,7 @@ class _Server:
     def __enter__(self) -> _Server:
         self._thread.start()
         assert self._ready.wait(30)
-        deadline = time.monotonic() + 30
-        while not (self._server is not None and self._server.started):
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
+        eventually_sync(lambda: self._server is not None and self._server.started, 30, "uvicorn started")
         return self
 
     def __exit__(self, *exc: object) -> None:

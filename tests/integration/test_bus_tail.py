@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fieldgate.cloud.bus import PERSISTED, Message, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
+from tests.helpers.waiting import collect
 
 A = topic_name("default", PERSISTED)
 B = topic_name("beta", PERSISTED)
@@ -29,14 +30,10 @@ async def test_tail_starts_at_the_end_and_leaves_no_trace(tmp_path: Path) -> Non
             assert await tail.poll(timeout_s=0.1) == []  # history is not replayed
             await bus.publish(A, _msgs("new-1"))
             await bus.publish(B, _msgs("beta-1"))  # a topic created after the tail subscribed
-            got = []
-            for _ in range(5):
-                got += [r.value for r in await tail.poll(timeout_s=0.2)]
+            got = [r.value for r in await collect(lambda: tail.poll(timeout_s=0.2), 2, what="records")]
             assert sorted(got) == [b"beta-1", b"new-1"]
             await tail.commit(await tail.poll(timeout_s=0.05))  # a no-op, not an error
-            records = []
-            for _ in range(5):
-                records += await group.poll(timeout_s=0.2)
+            records = await collect(lambda: group.poll(timeout_s=0.2), 5, what="records")
             assert len(records) == 5
             await group.commit(records)
         assert bus.committed("live.x", A) is None

@@ -113,7 +113,7 @@ async def test_reconnecting_edge_gets_queued_commands_without_sending_events(clo
     await eventually(lambda: _no_edges(cloud), what="edge disconnected")
 
     inv = await cloud.commands.invoke("default", "roamer-1", "ping", {}, 600, "test")
-    await eventually(lambda: _counter(cloud.delivery.stats.waiting_offline >= 1), what="invocation waiting")
+    await eventually(lambda: cloud.delivery.stats.waiting_offline >= 1, what="invocation waiting")
 
     async with edge(cloud.port, "edge-r") as e:  # same edge id: its devices are known
         down = await e.next_command()
@@ -122,10 +122,6 @@ async def test_reconnecting_edge_gets_queued_commands_without_sending_events(clo
 
 async def _no_edges(cloud: CloudPipeline) -> bool:
     return not cloud.sessions.connected_edges
-
-
-async def _counter(value: bool) -> bool:
-    return value
 
 
 async def test_queued_invocation_expires(cloud: CloudPipeline) -> None:
@@ -148,7 +144,7 @@ async def test_response_for_unknown_invocation_is_counted(cloud: CloudPipeline) 
     await register(cloud, "chatty-1")
     async with edge(cloud.port) as e:
         await e.send_and_ack([response_event("chatty-1", "no-such-invocation", {"x": 1})])
-    await eventually(lambda: _counter(cloud.delivery.stats.responses_unmatched == 1), what="counted")
+    await eventually(lambda: cloud.delivery.stats.responses_unmatched == 1, what="counted")
     assert cloud.delivery.stats.responses_refused == 1
     # The event itself is kept in the device's history, with the reason it was not linked.
     [kept] = await cloud.device_events("chatty-1", kind="command_response")
@@ -175,7 +171,7 @@ async def test_a_device_answers_only_its_own_invocation(cloud: CloudPipeline, ba
         await wait_status(cloud, inv.id, svc.COMMAND_STATUS_DELIVERED)
 
         await e.send_and_ack([response_event("actor-2", inv.id, {"from": "actor-2"})])
-        await eventually(lambda: _counter(cloud.delivery.stats.responses_refused == 1), what="refused")
+        await eventually(lambda: cloud.delivery.stats.responses_refused == 1, what="refused")
         assert cloud.inbound.stats.responses_refused == 1
         assert cloud.delivery.stats.responses_unmatched == 0
         state = await status_of(cloud, inv.id)

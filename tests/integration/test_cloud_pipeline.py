@@ -19,7 +19,7 @@ from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 from tests.helpers.cloud_pipeline import CloudPipeline, EdgeClient, edge, measurement
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import collect, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -199,14 +199,15 @@ async def test_poison_record_is_dead_lettered_and_the_stage_continues(cloud: Clo
 
 
 async def _read_failed(cloud: CloudPipeline, tenant: str) -> list[pb.FailedDecode]:
-    out: list[pb.FailedDecode] = []
+    """The tenant's failed decodes: at least one, and whatever else is there by then."""
     async with cloud.bus.consumer("test-inspector", FAILED_DECODE) as consumer:
-        for _ in range(20):
+
+        async def fetch() -> list[pb.FailedDecode]:
             records = await consumer.poll(100, 0.2)
-            out.extend(pb.FailedDecode.FromString(r.value) for r in records if tenant in r.topic)
-            if out and not records:
-                break
-    return out
+            return [pb.FailedDecode.FromString(r.value) for r in records if tenant in r.topic]
+
+        out = await collect(fetch, 1, what="failed decodes")
+        return out + await fetch()
 
 
 async def test_tenant_created_later_is_accepted(tmp_path: Path) -> None:
@@ -237,12 +238,8 @@ async def test_unknown_tenant_config_falls_back_to_registry(tmp_path: Path) -> N
         await cloud.registry.ensure_tenant(model.Tenant(token="apionly", auto_register=False))
         async with edge(cloud.port) as e:
             await e.send_and_ack([measurement("d", "a-1", tenant="apionly")])
-        await eventually(lambda: _true(cloud.registration.stats.events_kept_unregistered == 1), what="kept")
+        await eventually(lambda: cloud.registration.stats.events_kept_unregistered == 1, what="kept")
         assert await cloud.registry.get_device("apionly", "d") is None
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_edge_client_helper_sees_welcome(cloud: CloudPipeline) -> None:
@@ -251,7 +248,7 @@ async def test_edge_client_helper_sees_welcome(cloud: CloudPipeline) -> None:
     assert welcome.session_id
     assert cloud.sessions.connected_edges == ["edge-w"]
     await client.close()
-    await eventually(lambda: _true(cloud.sessions.connected_edges == []), what="session closed")
+    await eventually(lambda: cloud.sessions.connected_edges == [], what="session closed")
 
 
 async def test_reconnect_supersedes_the_old_stream(cloud: CloudPipeline) -> None:
@@ -263,7 +260,7 @@ async def test_reconnect_supersedes_the_old_stream(cloud: CloudPipeline) -> None
     await old.send_and_ack([measurement("dual-1", "du-1")])
     new = EdgeClient(cloud.port, "edge-same")
     await new.connect()
-    await eventually(lambda: _true(old.stream_ended), what="old stream ended")
+    await eventually(lambda: old.stream_ended, what="old stream ended")
     inv = await cloud.commands.invoke("default", "dual-1", "ping", {}, 60, "test")
     down = await new.next_command()
     assert down.invocation.invocation == inv.id
@@ -282,6 +279,6 @@ async def test_stop_ends_streams_cleanly(tmp_path: Path) -> None:
         await client.send_and_ack([measurement("bye-1", "b-1")])
     finally:
         await cloud.stop()
-    await eventually(lambda: _true(client.stream_ended), what="stream ended")
+    await eventually(lambda: client.stream_ended, what="stream ended")
     assert await client.code() == grpc.StatusCode.OK
     await client.close()

@@ -41,10 +41,6 @@ async def dead_letters(bus: EmbeddedBus) -> list[pb.FailedDecode]:
     return out
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_record_that_keeps_failing_is_dead_lettered(bus: EmbeddedBus) -> None:
     handled: list[bytes] = []
     attempts: dict[bytes, int] = {}
@@ -60,9 +56,9 @@ async def test_record_that_keeps_failing_is_dead_lettered(bus: EmbeddedBus) -> N
     await publish(bus, b"a", b"bad", b"c")
     await stage.start()
     try:
-        await eventually(lambda: _true(stage.stats.records == 3), what="three records committed")
+        await eventually(lambda: stage.stats.records == 3, what="three records committed")
         await publish(bus, b"d")
-        await eventually(lambda: _true(b"d" in handled), what="the stage keeps going")
+        await eventually(lambda: b"d" in handled, what="the stage keeps going")
     finally:
         await stage.stop()
 
@@ -90,7 +86,7 @@ async def test_unavailable_store_is_retried_not_dead_lettered(bus: EmbeddedBus) 
     await publish(bus, b"x", b"y")
     await stage.start()
     try:
-        await eventually(lambda: _true(handled == [b"x", b"y"]), what="records handled after the outage")
+        await eventually(lambda: handled == [b"x", b"y"], what="records handled after the outage")
     finally:
         await stage.stop()
     assert stage.stats.transient_failures == 3
@@ -107,14 +103,14 @@ async def test_committed_records_are_not_seen_again(bus: EmbeddedBus) -> None:
     await publish(bus, b"3", tenant="t2")
     stage = ConsumerStage("t", bus, group="g", stage=DECODED, handler=handler, settings=FAST)
     await stage.start()
-    await eventually(lambda: _true(len(seen) == 3), what="all records")
+    await eventually(lambda: len(seen) == 3, what="all records")
     await stage.stop()
 
     await publish(bus, b"4", tenant="t1")
     again = ConsumerStage("t", bus, group="g", stage=DECODED, handler=handler, settings=FAST)
     await again.start()
     try:
-        await eventually(lambda: _true(len(seen) == 4), what="the new record")
+        await eventually(lambda: len(seen) == 4, what="the new record")
     finally:
         await again.stop()
     assert sorted(seen) == [b"1", b"2", b"3", b"4"]

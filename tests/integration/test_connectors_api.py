@@ -17,8 +17,8 @@ from fieldgate.cli import main
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig, ConnectorsConfig
 from fieldgate.timeutil import now_ms
-from tests.helpers.connectors import SECRET, make_event, publish
-from tests.helpers.waiting import eventually
+from tests.helpers.connectors import SECRET, connector_running, connectors_committed, make_event, publish
+from tests.helpers.waiting import eventually, never
 from tests.helpers.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -116,7 +116,7 @@ async def test_dead_letters_over_rest_and_redrive(tmp_path: Path) -> None:
     async with webhook_receiver(secret=SECRET) as rx, cloud(tmp_path) as (app, api):
         rx.mode = "500"
         assert (await api.post("/api/v1/connectors", json=hook(rx.url, max_attempts=2))).status_code == 201
-        await asyncio.sleep(0.5)  # the stage picks the connector up within refresh_s
+        await eventually(lambda: connector_running(app, "hook"), what="the stage runs the new connector")
         await publish(app.bus, events)
 
         async def letters() -> dict[str, Any] | None:
@@ -133,10 +133,10 @@ async def test_dead_letters_over_rest_and_redrive(tmp_path: Path) -> None:
         one = events[0].id
         r = await api.post("/api/v1/connectors/hook/dead-letters/redrive", json={"event_ids": [one]})
         assert r.status_code == 202 and r.json()["requested"] == 1
-        await eventually(lambda: _now(rx.event_ids() == [one]), what="one re-driven")
+        await eventually(lambda: rx.event_ids() == [one], what="one re-driven")
         r = await api.post("/api/v1/connectors/hook/dead-letters/redrive")
         assert r.json()["requested"] == 3
-        await eventually(lambda: _now(set(rx.event_ids()) == {e.id for e in events}), what="all re-driven")
+        await eventually(lambda: set(rx.event_ids()) == {e.id for e in events}, what="all re-driven")
 
         async def empty() -> bool:
             return bool((await api.get("/api/v1/connectors/hook/dead-letters")).json()["total"] == 0)
@@ -150,26 +150,24 @@ async def test_replay_cli_resends_a_time_range(tmp_path: Path) -> None:
     async with webhook_receiver(secret=SECRET) as rx:
         async with cloud(tmp_path) as (app, api):
             assert (await api.post("/api/v1/connectors", json=hook(rx.url))).status_code == 201
-            await asyncio.sleep(0.5)
+            await eventually(lambda: connector_running(app, "hook"), what="the stage runs the new connector")
             await publish(app.bus, first)
             await asyncio.sleep(0.05)
             since_ms = now_ms()
             await asyncio.sleep(0.05)
             await publish(app.bus, second)
-            await eventually(lambda: _now(len(rx.event_ids()) == 6), what="first delivery")
-            await asyncio.sleep(0.3)  # the watermark commit
+            await eventually(lambda: len(rx.event_ids()) == 6, what="first delivery")
+            await eventually(
+                lambda: connectors_committed(app), what="the connectors group committed [persisted]"
+            )
         assert rx.duplicates == 0
         config = tmp_path / "cloud.yaml"
         config.write_text(f"data_dir: {tmp_path}\n")
         argv = ["cloud", "replay", "--config", str(config), "--stage", "persisted", "--group", "connectors"]
         assert await asyncio.to_thread(main, [*argv, "--tenant", "default", "--since", str(since_ms)]) == 0
         async with cloud(tmp_path) as (_app, _api):
-            await eventually(lambda: _now(len(rx.event_ids()) == 9), what="replayed delivery")
-            await asyncio.sleep(0.5)
+            await eventually(lambda: len(rx.event_ids()) == 9, what="replayed delivery")
+            await never(lambda: len(rx.event_ids()) > 9, within=0.5, what="more than the replayed range")
         # Exactly the second range again, with the keys the receiver already has.
         assert rx.event_ids()[6:] == [e.id for e in second]
         assert set(rx.keys) == {e.id for e in first + second} and rx.duplicates == 3
-
-
-async def _now(value: bool) -> bool:
-    return value

@@ -8,7 +8,6 @@ re-driven, and the bus offsets are committed only once every connector is done."
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from tests.helpers.connectors import (
     webhook,
 )
 from tests.helpers.mosquitto import Mosquitto, mosquitto  # noqa: F401  (fixture)
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, never
 from tests.helpers.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -55,20 +54,18 @@ async def test_webhook_outage_recovers_while_mqtt_keeps_delivering(
             async with stage_rig(tmp_path, [webhook("hook", rx.url), mqtt_spec]) as rig:
                 await publish(rig.bus, events[:15])
                 # The broker gets everything while the webhook answers 500.
-                await eventually(lambda: _async(len(set(sub.ids())) >= 15), what="mqtt delivery", timeout=20)
+                await eventually(lambda: len(set(sub.ids())) >= 15, what="mqtt delivery", timeout=20)
                 assert rx.accepted == [] and rx.failed > 0
                 # Then the receiver hangs past the connector's timeout: still nothing accepted.
                 rx.mode, rx.hang_s = "hang", 2.0
                 await publish(rig.bus, events[15:])
-                await eventually(lambda: _async(len(set(sub.ids())) == 30), what="mqtt delivery", timeout=20)
+                await eventually(lambda: len(set(sub.ids())) == 30, what="mqtt delivery", timeout=20)
                 assert rx.accepted == []
                 # Not committed: the webhook has not delivered (nor dead-lettered) the events.
                 assert (rig.committed() or 0) < rig.end()
                 rx.mode = "ok"
-                await eventually(
-                    lambda: _async(set(rx.event_ids()) == ids), what="webhook delivery", timeout=30
-                )
-                await eventually(lambda: _async(rig.committed() == rig.end()), what="commit", timeout=10)
+                await eventually(lambda: set(rx.event_ids()) == ids, what="webhook delivery", timeout=30)
+                await eventually(lambda: rig.committed() == rig.end(), what="commit", timeout=10)
                 hook = rig.stage.runner(TENANT, "hook")
                 assert hook is not None and hook.stats.attempts_failed > 0 and hook.stats.dead_lettered == 0
         finally:
@@ -93,12 +90,12 @@ async def test_dead_letter_after_max_attempts_then_redrive(tmp_path: Path) -> No
             assert {d.event_id for d in letters} == {ev.id for ev in events}
             assert all(d.attempts == 3 and "HTTP 500" in d.reason for d in letters)
             # Dead letters are durable: the records are committed, nothing is lost.
-            await eventually(lambda: _async(rig.committed() == rig.end()), what="commit")
+            await eventually(lambda: rig.committed() == rig.end(), what="commit")
             assert rx.accepted == []
 
             rx.mode = "ok"
             assert await rig.store.request_redrive(TENANT, "hook") == 5
-            await eventually(lambda: _async(len(set(rx.event_ids())) == 5), what="re-drive", timeout=20)
+            await eventually(lambda: len(set(rx.event_ids())) == 5, what="re-drive", timeout=20)
             await eventually(lambda: _count(rig), what="dead letters removed", timeout=10)
             runner = rig.stage.runner(TENANT, "hook")
             assert runner is not None and runner.stats.redriven == 5
@@ -124,15 +121,13 @@ async def test_full_queue_dead_letters_with_that_policy_and_blocks_with_block(tm
             await publish(rig.bus, events)
             spill = rig.stage.runner(TENANT, "spill")
             assert spill is not None
-            await eventually(lambda: _async(spill.stats.overflow_dead_lettered >= 17), what="overflow")
+            await eventually(lambda: spill.stats.overflow_dead_lettered >= 17, what="overflow")
             assert spill.queued <= 2
             letters = await rig.store.list_dead_letters(TENANT, "spill", 100)
             assert all(d.reason.startswith("queue full") and d.attempts == 0 for d in letters)
             rx.mode = "ok"
             await rig.store.request_redrive(TENANT, "spill")
-            await eventually(
-                lambda: _async(set(rx.event_ids()) == {e.id for e in events}), what="all", timeout=20
-            )
+            await eventually(lambda: set(rx.event_ids()) == {e.id for e in events}, what="all", timeout=20)
 
     async with webhook_receiver(secret=SECRET) as rx:
         rx.mode = "500"
@@ -141,14 +136,15 @@ async def test_full_queue_dead_letters_with_that_policy_and_blocks_with_block(tm
             await publish(rig.bus, events)
             wait = rig.stage.runner(TENANT, "wait")
             assert wait is not None
-            await eventually(lambda: _async(wait.stats.blocked > 0), what="blocked")
-            await asyncio.sleep(0.5)
-            assert wait.queued <= 2 and wait.stats.dead_lettered == 0
-            assert rig.stage.stats.offered <= 3  # the stage stopped reading
-            rx.mode = "ok"
-            await eventually(
-                lambda: _async(set(rx.event_ids()) == {e.id for e in events}), what="all", timeout=20
+            await eventually(lambda: wait.stats.blocked > 0, what="blocked")
+            # The stage stopped reading: nothing beyond the queue and the one it waits to offer.
+            await never(
+                lambda: wait.queued > 2 or wait.stats.dead_lettered or rig.stage.stats.offered > 3,
+                within=0.5,
+                what="the blocked connector reading on or dead-lettering",
             )
+            rx.mode = "ok"
+            await eventually(lambda: set(rx.event_ids()) == {e.id for e in events}, what="all", timeout=20)
             assert await rig.store.count_dead_letters(TENANT, "wait") == 0
 
 
@@ -182,9 +178,9 @@ async def test_filters_choose_the_events(tmp_path: Path) -> None:
             other = make_event(4, device="dev-9")
             await publish(rig.bus, [alert, pump, valve, other])
             expected = {alert.id: {"alerts"}, pump.id: {"pumps", "north"}, valve.id: {"typed"}}
-            await eventually(lambda: _async(len(rx.accepted) >= 4), what="deliveries")
-            await eventually(lambda: _async(rig.committed() == rig.end()), what="commit")
-            await asyncio.sleep(0.3)
+            await eventually(lambda: len(rx.accepted) >= 4, what="deliveries")
+            await eventually(lambda: rig.committed() == rig.end(), what="commit")
+            await never(lambda: len(rx.accepted) > 4, within=0.3, what="a delivery the filters exclude")
         got: dict[str, set[str]] = {}
         for body, conn in zip(rx.accepted, rx.connectors, strict=True):
             got.setdefault(body["id"], set()).add(conn)
@@ -245,9 +241,9 @@ async def test_filters_by_device_group_and_area(tmp_path: Path) -> None:
                     d2.id: {"fleet", "north"},  # in north-fleet, nested in fleet; the yard is no plant
                     d3.id: {"plant"},  # in no group
                 }
-                await eventually(lambda: _async(len(rx.accepted) >= 6), what="deliveries")
-                await eventually(lambda: _async(rig.committed() == rig.end()), what="commit")
-                await asyncio.sleep(0.3)
+                await eventually(lambda: len(rx.accepted) >= 6, what="deliveries")
+                await eventually(lambda: rig.committed() == rig.end(), what="commit")
+                await never(lambda: len(rx.accepted) > 6, within=0.3, what="a delivery the filters exclude")
         got: dict[str, set[str]] = {}
         for body, conn in zip(rx.accepted, rx.connectors, strict=True):
             got.setdefault(body["id"], set()).add(conn)
@@ -255,10 +251,6 @@ async def test_filters_by_device_group_and_area(tmp_path: Path) -> None:
         assert d4.id not in got
     finally:
         await site.stop()
-
-
-async def _async(value: object) -> object:
-    return value
 
 
 async def _letters(rig, n: int):  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.api_stack import api_stack
 from tests.helpers.edge_adapters import LoopbackAdapter
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, not_yet
 
 pytestmark = pytest.mark.integration
 
@@ -84,21 +84,22 @@ async def send(app: CloudApp, tenant: str, device: str, *events: pb.Event) -> No
     await app.bus.publish(topic_name(tenant, DECODED), [Message(device.encode(), batch.SerializeToString())])
 
 
-async def registered(app: CloudApp, api: httpx.AsyncClient, tenant: str, device: str) -> None:
-    """Send a first event of ``device`` (auto-registration) and wait until it is stored, so
-    that the registration's own state_change event is history for a stream opened next."""
-    alt = f"first-{device}"
-    await send(app, tenant, device, _event(tenant, device, alt, 0.0))
-    for _ in range(200):
-        if await stored(api, device, alt):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{device}: first event not stored")
+async def registered(app: CloudApp, tenant: str, device: str, alt: str | None = None) -> None:
+    """Send a first event of ``device`` (auto-registration) and wait until the live hub has read
+    it and the registration's own state_change event, so that both are history for a stream
+    opened next. (Stored is not enough: the hub reads [persisted], written after the store.)"""
+    hub = app.live
+    assert hub is not None
+    alt = alt or f"first-{device}"
+    seen: set[str] = set()
 
+    def read() -> bool:
+        seen.update(item.alternate_id for kind, item in sub.take()[1] if isinstance(item, pb.Event))
+        return {alt, f"registration:{device}"} <= seen
 
-async def stored(api: httpx.AsyncClient, device: str, alt: str) -> bool:
-    r = await api.get(f"/api/v1/devices/{device}/events", params={"page_size": 1000})
-    return r.status_code == 200 and any(e["alternate_id"] == alt for e in r.json()["items"])
+    with hub.subscribe(tenant, "test-registered", device=device) as sub:
+        await send(app, tenant, device, _event(tenant, device, alt, 0.0))
+        await eventually(read, what=f"{device}: its first event and registration read by the live hub")
 
 
 class Sse:
@@ -148,13 +149,7 @@ async def live(client: httpx.AsyncClient, **params: str) -> AsyncIterator[Sse]:
 
 
 async def test_live_stream_sends_new_events_not_history(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
-    await send(cloud, "default", "d1", _event("default", "d1", "old-1", 1.0))
-    for _ in range(100):
-        if await stored(ted, "d1", "old-1"):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("old event not stored")
+    await registered(cloud, "default", "d1", "old-1")
     async with live(ted) as sse:
         await send(cloud, "default", "d1", _event("default", "d1", "new-1", 2.0))
         seen = await sse.until(lambda m: m[0] == "event" and m[1]["alternate_id"] == "new-1")
@@ -169,8 +164,8 @@ async def test_live_stream_is_tenant_scoped_and_device_filtered(
     cloud: CloudApp, ted: httpx.AsyncClient
 ) -> None:
     bea = await login(cloud, "bea")
-    await registered(cloud, ted, "default", "d2")
-    await registered(cloud, bea, "beta", "b1")
+    await registered(cloud, "default", "d2")
+    await registered(cloud, "beta", "b1")
     try:
         async with live(bea) as beta_sse, live(ted, device="d2") as d2_sse:
             await send(cloud, "default", "d1", _event("default", "d1", "a-d1", 1.0))
@@ -196,7 +191,7 @@ async def test_slow_client_gets_dropped_and_queue_stays_bounded(
 ) -> None:
     hub = cloud.live
     assert hub is not None
-    await registered(cloud, ted, "default", "d3")
+    await registered(cloud, "default", "d3")
     hub.queue_size = 8  # new subscriptions get 8 slots (the hello tells the client)
     async with ted.stream("GET", "/api/v1/live", timeout=30) as r:
         sse = Sse(r)
@@ -219,20 +214,14 @@ async def test_hub_subscription_queue_is_bounded(cloud: CloudApp) -> None:
     hub = cloud.live
     assert hub is not None
     ted = await login(cloud)
-    await registered(cloud, ted, "default", "d4")
+    await registered(cloud, "default", "d4")
     await ted.aclose()
     with hub.subscribe("default", "someone") as sub:
         await send(
             cloud, "default", "d4", *[_event("default", "d4", f"q-{i}", 1.0) for i in range(QUEUE_SIZE + 44)]
         )
 
-        async def filled() -> bool:
-            return sub.dropped >= 44
-
-        for _ in range(200):
-            if await filled():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: sub.dropped >= 44, what="44 dropped")
         dropped, items = sub.take()
     assert dropped == 44 and len(items) == QUEUE_SIZE
     assert items[-1][1].alternate_id == f"q-{QUEUE_SIZE + 43}"  # type: ignore[union-attr]
@@ -277,7 +266,7 @@ async def test_server_stop_ends_open_streams(tmp_path: Path) -> None:
 
 
 async def test_invocation_status_changes_are_streamed(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
-    await registered(cloud, ted, "default", "d5")
+    await registered(cloud, "default", "d5")
     async with live(ted, device="d5") as sse:
         r = await ted.post("/api/v1/devices/d5/commands", json={"command": "ping", "params": {}, "ttl_s": 2})
         if r.status_code == 422:  # the default device type may define no ping: any command of it
@@ -353,11 +342,11 @@ async def test_fleet_counts_and_device_filters(cloud: CloudApp, ted: httpx.Async
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    for _ in range(100):
+    async def counted() -> Any:
         f = await fleet()
-        if f["online"] == 2 and f["events_last_minute"] >= 2:
-            break
-        await asyncio.sleep(0.1)
+        return f if f["online"] == 2 and f["events_last_minute"] >= 2 else not_yet(f)
+
+    f = await eventually(counted, what="two online devices and their events in /fleet")
     assert f["devices"] == 3 and f["online"] == 2 and f["unknown"] == 1
     assert f["offline"] == 0 and f["missing"] == 0 and f["alerts_raised"] == 0
     assert f["events_last_minute"] >= 2 and f["events_per_s"] > 0
@@ -415,11 +404,11 @@ async def test_alerts_lists_device_alerts(cloud: CloudApp, ted: httpx.AsyncClien
     ev.alert.message = "too hot"
     ev.alert.source = pb.ALERT_SOURCE_DEVICE
     await send(cloud, "default", "a-1", ev)
-    for _ in range(100):
-        items = (await ted.get("/api/v1/alerts")).json()["items"]
-        if items:
-            break
-        await asyncio.sleep(0.1)
+
+    async def alerts() -> list[dict[str, Any]]:
+        return list((await ted.get("/api/v1/alerts")).json()["items"])
+
+    items = await eventually(alerts, what="the device's alert in /alerts")
     assert [(i["device"], i["alert_type"], i["message"], i["level"]) for i in items] == [
         ("a-1", "overheat", "too hot", "warning")
     ]
@@ -454,11 +443,12 @@ async def test_edges_show_connected_agents_with_buffer(
             assert r.status_code == 200, r.text
             return {e["edge_id"]: e for e in r.json()["items"]}
 
-        for _ in range(150):
+        async def both_reported() -> Any:
             found = await edges()
-            if set(found) == {"edge-new", "edge-old"} and found["edge-new"]["buffer_depth"] is not None:
-                break
-            await asyncio.sleep(0.1)
+            ok = set(found) == {"edge-new", "edge-old"} and found["edge-new"]["buffer_depth"] is not None
+            return found if ok else not_yet(found)
+
+        found = await eventually(both_reported, what="both edges, the new one with its buffer depth")
         new, old = found["edge-new"], found["edge-old"]
         assert new["connected"] and new["connected_since"] and new["version"]
         assert new["buffer_depth"] == 0 and new["uplink_lag_ms"] == 0 and new["failed_decodes"] == 0
@@ -469,11 +459,12 @@ async def test_edges_show_connected_agents_with_buffer(
         r = await bea.get("/api/v1/edges")
         await bea.aclose()
         assert r.json()["items"] == []  # these edges never carried beta's events
-    for _ in range(100):
+
+    async def disconnected() -> Any:
         found = await edges()
-        if not found["edge-new"]["connected"]:
-            break
-        await asyncio.sleep(0.1)
+        return found if not found["edge-new"]["connected"] else not_yet(found["edge-new"])
+
+    found = await eventually(disconnected, what="edge-new disconnected in /edges")
     assert not found["edge-new"]["connected"] and found["edge-new"]["connected_since"] is None
 
 
@@ -536,8 +527,8 @@ async def test_dashboard_without_build_says_how_to_build(tmp_path: Path) -> None
 
 
 async def test_customer_stream_sees_only_its_devices(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
-    await registered(cloud, ted, "default", "mine")
-    await registered(cloud, ted, "default", "theirs")
+    await registered(cloud, "default", "mine")
+    await registered(cloud, "default", "theirs")
     assert (await ted.post("/api/v1/customer-types", json={"token": "site"})).status_code == 201
     r = await ted.post("/api/v1/customers", json={"token": "c1", "customer_type": "site"})
     assert r.status_code == 201, r.text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -28,7 +28,7 @@ from fieldgate.edge.probes import AgentProbes
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 from tests.helpers.publisher import AckedPublisher
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, eventually_sync, free_port, never
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +156,10 @@ async def test_drain_under_load_acks_what_it_committed_and_loses_nothing(tmp_pat
                 lambda: _at_least(cloud, "drain-1", total), timeout=60, what="every event stored"
             )
             assert edge.uplink.stats.sessions > sessions
-            await asyncio.sleep(1.0)  # a duplicate still in flight would land now (it must not)
+            # A duplicate still in flight (re-sent after the drain) would land now: none may.
+            await never(
+                lambda: _at_least(cloud, "drain-1", total + 1), within=1.0, what="an event stored twice"
+            )
             ids = await _stored(cloud, "drain-1")
             assert len(ids) == total, f"{len(ids) - len(set(ids))} stored twice"
             assert set(ids) == set(pub.acked)
@@ -203,19 +206,20 @@ async def test_edge_liveness_fails_while_its_event_loop_is_blocked(tmp_path: Pat
     agent.probes = AgentProbes(agent, agent.buffer, agent.uplink, 1000, interval_s=0.1, stale_s=0.5)
     async with agent:
         url = f"http://127.0.0.1:{port}/healthz"
-        seen: list[int] = []
 
-        def probe_later() -> None:
-            time.sleep(0.8)
-            seen.append(httpx.get(url, timeout=5).status_code)
+        def status() -> int:
+            return httpx.get(url, timeout=5).status_code
 
-        thread = threading.Thread(target=probe_later)
-        thread.start()
-        time.sleep(1.5)  # noqa: ASYNC251 - the point: the agent's loop is stuck
-        thread.join()
-        assert seen == [503]
-        await asyncio.sleep(0.3)
-        assert (await asyncio.to_thread(httpx.get, url, timeout=5)).status_code == 200
+        async def alive() -> bool:
+            return await asyncio.to_thread(status) == 200
+
+        assert await alive()
+        with ThreadPoolExecutor(1) as pool:
+            # The point of the test: the agent's loop is stuck in result() (a blocking wait on
+            # purpose) until the probe, served by its own thread, says 503 (stale after 0.5 s).
+            stuck = pool.submit(eventually_sync, lambda: status() == 503, 30, "/healthz says 503")
+            assert stuck.result()
+        await eventually(alive, 30, "/healthz 200 again once the loop runs")
 
 
 async def test_edge_readiness_is_false_when_its_buffer_is_full(tmp_path: Path) -> None:

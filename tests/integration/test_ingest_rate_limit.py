@@ -62,9 +62,7 @@ async def test_over_rate_batches_are_held_and_nothing_is_lost(tmp_path: Path) ->
                 started = time.monotonic()
                 await uplink.start()
                 try:
-                    await eventually(
-                        lambda: _true(buf.depth == 0), timeout=60, what="every event acknowledged"
-                    )
+                    await eventually(lambda: buf.depth == 0, timeout=60, what="every event acknowledged")
                 finally:
                     await uplink.stop()
                 elapsed = time.monotonic() - started
@@ -88,7 +86,3 @@ async def test_over_rate_batches_are_held_and_nothing_is_lost(tmp_path: Path) ->
         assert N <= BURST + RATE * elapsed + 10
         assert elapsed >= (N - BURST - 10) / RATE * 0.9
         assert topic_name("lim", DECODED) in bus.end_offsets(DECODED)
-
-
-async def _true(value: bool) -> bool:
-    return value

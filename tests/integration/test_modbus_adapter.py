@@ -7,7 +7,6 @@ device — and on counts, never on timings.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -250,7 +249,10 @@ async def test_unplug_and_replug_recover(
     sim.unplug()
     await eventually(lambda: not adapter.is_online("default", "meter-1"), what="offline after unplug")
     assert not adapter.health.snapshot()[("default", "meter-2")].connected
-    await asyncio.sleep(0.3)  # a few reopen attempts against a missing tty
+    errors = adapter.stats.port_errors
+    await eventually(
+        lambda: adapter.stats.port_errors > errors, what="a reopen attempt against the missing tty"
+    )
     sim.replug()
     before = len(sink.measurements("meter-1"))
     await eventually(lambda: len(sink.measurements("meter-1")) > before + 3, what="polls after replug")

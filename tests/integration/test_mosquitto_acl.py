@@ -7,7 +7,6 @@ anonymous clients off. A client logging in as the edge agent watches what gets t
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from fieldgate.cli import main
 from fieldgate.edge.codec import topics
 from tests.helpers.mosquitto import Mosquitto, start_mosquitto
+from tests.helpers.waiting import eventually, never
 from tests.integration.test_mqtt_auth import Client
 
 pytestmark = pytest.mark.integration
@@ -94,8 +94,15 @@ async def test_mosquitto_accepts_the_written_files(broker: Mosquitto) -> None:
             # closes the connection of a QoS 1 forger), so they never reach the agent.
             for topic in (topics.events_topic("default", "dev-b"), topics.commands_topic("default", "dev-b")):
                 forger = await login(broker, "dev-a", PASSWORDS["dev-a"])
-                forger.publish(topic, {"type": "alert", "alert_type": "forged", "invocation": "i-forged"})
-                await asyncio.sleep(0.3)
+                info = forger.publish(
+                    topic, {"type": "alert", "alert_type": "forged", "invocation": "i-forged"}
+                )
+                # The broker has dealt with it: acknowledged (and dropped) it, or closed the connection.
+                await eventually(
+                    lambda i=info, f=forger: i.is_published() or not f.client.is_connected(),
+                    10,
+                    "the broker's answer to the forged publish",
+                )
                 await forger.close()
 
             await a.publish_acked(
@@ -113,10 +120,14 @@ async def test_mosquitto_accepts_the_written_files(broker: Mosquitto) -> None:
             )
             topic, _ = await agent.next_message()
             assert topic == topics.events_topic("default", "dev-b")
-            await asyncio.sleep(0.5)
-            assert agent.messages.empty(), "a forged event reached the agent"
-            assert a.messages.empty(), "dev-a read dev-b's commands or others' events"
-            assert b.messages.empty(), "dev-b received a command written by dev-a"
+            # agent: a forged event reached it; dev-a: it read dev-b's commands or others' events;
+            # dev-b: it received a command written by dev-a.
+            clients = {"agent": agent, "dev-a": a, "dev-b": b}
+            await never(
+                lambda: [name for name, c in clients.items() if not c.messages.empty()],
+                within=0.5,
+                what="a message the ACL should have stopped",
+            )
         finally:
             for client in (agent, a, b):
                 await client.close()

@@ -22,7 +22,7 @@ from fieldgate.edge.errors import DeliveryError
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.mqtt_devices import Device, measurement
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, free_port, never
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,7 @@ async def test_qos1_puback_only_after_the_sink_made_events_durable(embedded: Emb
     dev = await embedded.device()
     try:
         info = dev.publish(topics.events_topic("default", "slow"), measurement(1, "held-1"))
-        await eventually(lambda: _true(embedded.sink.pending == 1), what="message handed to the sink")
+        await eventually(lambda: embedded.sink.pending == 1, what="message handed to the sink")
         # The sink has the message but has not returned: the device must not have its PUBACK.
         await asyncio.to_thread(info.wait_for_publish, 1.5)
         assert not info.is_published()
@@ -257,13 +257,12 @@ async def test_qos0_flood_pauses_reading_and_loses_nothing_once_the_sink_resumes
         topic = topics.events_topic("default", "chatty")
         for i in range(400):
             dev.publish(topic, measurement(i, f"q0-{i}"), qos=0)
-        await eventually(lambda: _true(harness.sink.pending >= 50), what="window filled")
-        await asyncio.sleep(0.3)
+        await eventually(lambda: harness.sink.pending >= 50, what="window filled")
+        await eventually(lambda: harness.adapter.stats.reads_paused >= 1, what="reading paused")
         # Reading stopped at the window: no more than 50 messages are being handed over.
-        assert harness.sink.pending == 50
-        assert harness.adapter.stats.reads_paused >= 1
+        await never(lambda: harness.sink.pending > 50, within=0.3, what="more than the window handed over")
         harness.sink.gate.set()
-        await eventually(lambda: _true(len(harness.sink.events) == 400), what="all QoS 0 messages")
+        await eventually(lambda: len(harness.sink.events) == 400, what="all QoS 0 messages")
         assert sorted(harness.sink.alternate_ids()) == sorted(f"q0-{i}" for i in range(400))
     finally:
         await dev.close()
@@ -282,7 +281,7 @@ async def test_commands_reach_subscribed_device_and_subscribing_makes_it_online(
     dev = await embedded.device()
     try:
         await dev.subscribe(topics.commands_topic("default", "valve-3"))
-        await eventually(lambda: _true(("default", "valve-3") in embedded.online.seen), what="on_online")
+        await eventually(lambda: ("default", "valve-3") in embedded.online.seen, what="on_online")
         assert adapter.is_online("default", "valve-3")
         assert adapter.owns("default", "valve-3")
         assert not adapter.is_online("default", "valve-4")
@@ -298,9 +297,7 @@ async def test_commands_reach_subscribed_device_and_subscribing_makes_it_online(
         assert adapter.stats.commands_sent == 1
     finally:
         await dev.close()
-    await eventually(
-        lambda: _true(not adapter.is_online("default", "valve-3")), what="offline after disconnect"
-    )
+    await eventually(lambda: not adapter.is_online("default", "valve-3"), what="offline after disconnect")
     with pytest.raises(DeliveryError):
         await adapter.send_command("default", "valve-3", invocation)
 
@@ -311,7 +308,7 @@ async def test_wildcard_command_subscription_announces_known_devices(embedded: E
     try:
         await dev.publish_acked(topics.events_topic("default", "known-1"), measurement(1))
         await watcher.subscribe("fieldgate/default/devices/+/commands")
-        await eventually(lambda: _true(("default", "known-1") in embedded.online.seen), what="on_online")
+        await eventually(lambda: ("default", "known-1") in embedded.online.seen, what="on_online")
         assert embedded.adapter.is_online("default", "anyone")
         await embedded.adapter.send_command(
             "default", "known-1", pb.CommandInvocation(invocation="i", command="ping")
@@ -360,7 +357,7 @@ async def test_unacknowledged_message_is_sent_again_after_reconnect(embedded: Em
         info = dev.publish(topics.events_topic("default", "d1"), measurement(1, "kept-by-device"))
         stats = embedded.adapter.stats
         await eventually(
-            lambda: _true(stats.messages_held + stats.messages_failed >= 1), what="message not made durable"
+            lambda: stats.messages_held + stats.messages_failed >= 1, what="message not made durable"
         )
         assert not info.is_published()
         assert stats.connections_dropped >= 1
@@ -379,7 +376,3 @@ async def test_port_in_use_is_a_clear_error(embedded: Embedded) -> None:
     clash = EmbeddedMqttAdapter(MqttConfig(port=embedded.port), tenants=TENANTS)
     with pytest.raises(EdgeError, match=str(embedded.port)):
         await clash.start(RecordingSink(), OnlineRecorder())
-
-
-async def _true(value: bool) -> bool:
-    return value

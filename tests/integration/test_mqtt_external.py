@@ -25,7 +25,7 @@ from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.mosquitto import Mosquitto, mosquitto, start_mosquitto
 from tests.helpers.mqtt_devices import Device, measurement
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, free_port, never
 
 __all__ = ["mosquitto"]  # the fixture, imported for pytest
 
@@ -88,10 +88,6 @@ async def _publish_all(dev: Device, device: str, count: int, prefix: str) -> Non
         assert info.is_published()
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 def test_factory_builds_the_external_backend() -> None:
     adapter = build_mqtt_adapter(MqttConfig(mode="external"), tenants=TENANTS)
     assert isinstance(adapter, ExternalMqttAdapter)
@@ -117,9 +113,7 @@ async def test_json_protobuf_and_sitewhere_events_arrive(mosquitto: Mosquitto, a
         await dev.publish_acked(topics.events_topic("default", "pump-1"), b"{broken")
     finally:
         await dev.close()
-    await eventually(
-        lambda: _true(len(agent.sink.events) == 3 and len(agent.sink.rejected) == 1), what="all events"
-    )
+    await eventually(lambda: len(agent.sink.events) == 3 and len(agent.sink.rejected) == 1, what="all events")
     by_id = {e.alternate_id: e for e in agent.sink.events if e.alternate_id}
     assert by_id["j-1"].measurement.values["n"] == 1.5 and by_id["j-1"].device == "pump-1"
     assert by_id["p-1"].measurement.values["rpm"] == 3.0
@@ -156,9 +150,7 @@ async def test_messages_published_while_the_agent_is_away_all_arrive_after_it_re
 
     second = await _agent(mosquitto.port, "edge-away")
     try:
-        await eventually(
-            lambda: _true(len(second.sink.events) >= BACKLOG), timeout=60, what="backlog delivered"
-        )
+        await eventually(lambda: len(second.sink.events) >= BACKLOG, timeout=60, what="backlog delivered")
         counts = Counter(second.sink.alternate_ids())
         assert set(counts) == {f"away-{i}" for i in range(BACKLOG)}
         assert set(counts.values()) == {1}
@@ -176,7 +168,7 @@ async def test_slow_agent_loses_nothing_beyond_mosquittos_default_queue_limit(mo
         # The agent is stuck in the sink with a full window; the broker holds the rest for it.
         assert sink.pending > 0 and not sink.events
         sink.gate.set()  # type: ignore[union-attr]
-        await eventually(lambda: _true(len(sink.events) >= BACKLOG), timeout=60, what="all delivered")
+        await eventually(lambda: len(sink.events) >= BACKLOG, timeout=60, what="all delivered")
         assert Counter(sink.alternate_ids()) == Counter(f"slow-{i}" for i in range(BACKLOG))
         assert agent.adapter.stats.reads_paused >= 1 or agent.adapter.stats.messages_accepted == BACKLOG
     finally:
@@ -200,9 +192,12 @@ async def test_with_mosquittos_default_queue_limit_the_same_backlog_would_be_los
             await dev.close()
         second = await _agent(broker.port, "edge-default-conf")
         try:
-            await eventually(lambda: _true(len(second.sink.events) >= 1000), timeout=30, what="queued part")
-            await asyncio.sleep(1.0)
-            assert len(set(second.sink.alternate_ids())) < BACKLOG
+            await eventually(lambda: len(second.sink.events) >= 1000, timeout=30, what="queued part")
+            await never(
+                lambda: len(set(second.sink.alternate_ids())) >= BACKLOG,
+                within=1.0,
+                what="the whole backlog delivered (nothing dropped)",
+            )
         finally:
             await second.stop()
         assert broker.dropped_messages_logged()
@@ -224,9 +219,9 @@ async def test_messages_not_made_durable_are_redelivered_after_reconnect(
     try:
         await _publish_all(dev, "d1", 10, trouble)
         stats = agent.adapter.stats
-        await eventually(lambda: _true(stats.connections_dropped >= 1), what="adapter dropped its connection")
+        await eventually(lambda: stats.connections_dropped >= 1, what="adapter dropped its connection")
         sink.full = False
-        await eventually(lambda: _true(len(set(sink.alternate_ids())) == 10), timeout=30, what="redelivery")
+        await eventually(lambda: len(set(sink.alternate_ids())) == 10, timeout=30, what="redelivery")
         assert set(sink.alternate_ids()) == {f"{trouble}-{i}" for i in range(10)}
         assert stats.messages_failed + stats.messages_held >= 1
     finally:
@@ -237,33 +232,32 @@ async def test_messages_not_made_durable_are_redelivered_after_reconnect(
 async def test_reconnects_with_backoff_when_the_broker_restarts(mosquitto: Mosquitto, agent: Agent) -> None:
     assert agent.adapter.is_online("default", "d1")
     mosquitto.stop()
-    await eventually(lambda: _true(agent.adapter.stats.disconnects >= 1), what="disconnect noticed")
+    await eventually(lambda: agent.adapter.stats.disconnects >= 1, what="disconnect noticed")
     # Broker gone: the device counts as offline, so the command router keeps its commands.
     assert not agent.adapter.is_online("default", "d1")
     with pytest.raises(DeliveryError):
         await agent.adapter.send_command(
             "default", "d1", pb.CommandInvocation(invocation="i", command="ping")
         )
-    await asyncio.sleep(1.5)  # a few failed attempts with backoff
-    assert agent.adapter.stats.connect_failures >= 1
+    await eventually(lambda: agent.adapter.stats.connect_failures >= 2, what="failed attempts with backoff")
     mosquitto.start()
     async with asyncio.timeout(15):
         await agent.adapter.wait_ready()
-    await eventually(lambda: _true(("default", "d1") in agent.online.seen), what="on_online after reconnect")
+    await eventually(lambda: ("default", "d1") in agent.online.seen, what="on_online after reconnect")
     assert agent.adapter.is_online("default", "d1")
     dev = await _device(mosquitto)
     try:
         await dev.publish_acked(topics.events_topic("default", "d1"), measurement(1, "after-restart"))
     finally:
         await dev.close()
-    await eventually(lambda: _true("after-restart" in agent.sink.alternate_ids()), what="event after restart")
+    await eventually(lambda: "after-restart" in agent.sink.alternate_ids(), what="event after restart")
 
 
 async def test_broker_not_there_at_start_is_retried(tmp_path: Path) -> None:
     port = free_port()
     agent = await _agent(port, "edge-early", ready=False)
     try:
-        await eventually(lambda: _true(agent.adapter.stats.connect_failures >= 2), what="failed attempts")
+        await eventually(lambda: agent.adapter.stats.connect_failures >= 2, what="failed attempts")
         broker = start_mosquitto(tmp_path, port=port)
         try:
             async with asyncio.timeout(15):
@@ -273,7 +267,7 @@ async def test_broker_not_there_at_start_is_retried(tmp_path: Path) -> None:
                 await dev.publish_acked(topics.events_topic("default", "d1"), measurement(1, "late"))
             finally:
                 await dev.close()
-            await eventually(lambda: _true(agent.sink.alternate_ids() == ["late"]), what="event")
+            await eventually(lambda: agent.sink.alternate_ids() == ["late"], what="event")
         finally:
             broker.stop()
     finally:

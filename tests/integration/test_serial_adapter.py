@@ -163,7 +163,11 @@ async def test_unplug_and_replug_recovers_without_losing_later_frames(tmp_path: 
                 sim.unplug()
                 await eventually(lambda: not connected(adapter, "mcu-1")(), what="disconnected")
                 assert not adapter.is_online("default", "mcu-1")
-                await asyncio.sleep(0.3)  # a few failed reopen attempts (ENOENT)
+                failures = adapter.stats.open_failures
+                await eventually(
+                    lambda f=failures: adapter.stats.open_failures > f,
+                    what="a failed reopen attempt (ENOENT)",
+                )
                 sim.plug()
                 await eventually(lambda r=round_: adapter.stats.reconnects >= r, what="reconnected")
                 first_after = sim.seq + 1

@@ -15,7 +15,7 @@ from fieldgate.edge.uplink import Uplink, backoff_delay, encode_batch
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.edge_cloud import TestCloud
-from tests.helpers.waiting import eventually, free_port
+from tests.helpers.waiting import eventually, free_port, never
 
 
 def events(prefix: str, n: int, device: str = "dev-1") -> list[pb.Event]:
@@ -117,8 +117,9 @@ async def test_cloud_outage_loses_nothing(buffer: EventBuffer) -> None:
         producer = asyncio.create_task(produce())
         await cloud.wait_until(lambda: len(cloud.events) > 200)
         await cloud.stop()  # outage while events keep arriving
-        await asyncio.sleep(2.0)
-        assert not uplink.connected
+        await eventually(
+            lambda: not uplink.connected and buffer.depth > 0, 30, "a backlog builds up during the outage"
+        )
         backlog = buffer.depth
         await cloud.start()
         await producer
@@ -144,8 +145,7 @@ async def test_unacknowledged_batches_are_bounded_and_resent(buffer: EventBuffer
         await uplink.start()
         try:
             await cloud.wait_until(lambda: cloud.batches == 2)
-            await asyncio.sleep(0.5)
-            assert cloud.batches == 2  # no more until acked
+            await never(lambda: cloud.batches > 2, within=0.5, what="a third batch before an ack")
             assert buffer.depth == 100
             await cloud.release_acks()
             await cloud.wait_until(lambda: len(cloud.events) == 100)
@@ -239,12 +239,12 @@ async def test_a_cloud_back_after_a_long_outage_is_noticed_within_a_probe_interv
     try:
         await eventually(lambda: uplink.stats.reconnects >= 1, 10, "first failure")
         assert uplink.stats.last_backoff_s >= 10.0  # equal jitter: at least half the cap
-        await asyncio.sleep(0.5)
+        # The cloud returns while the uplink is in that wait (at least ~10 s still to go).
         async with TestCloud(port=port) as cloud:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            await cloud.wait_until(lambda: len(cloud.events) == 10, within_s=8)
-            assert loop.time() - t0 < 5.0, "waited for the backoff instead of the probe"
+            await cloud.wait_until(lambda: len(cloud.events) == 10, within_s=9)
+            assert loop.time() - t0 < 8.0, "waited for the backoff instead of the probe"
         assert uplink.stats.probe_shortcuts >= 1
     finally:
         await uplink.stop()

@@ -19,6 +19,7 @@ from fieldgate.cloud.bus import (
 from fieldgate.cloud.bus.embedded import EmbeddedBus, EmbeddedConsumer
 from fieldgate.cloud.errors import BusError
 from fieldgate.timeutil import now_ms
+from tests.helpers.waiting import collect
 
 T_A = topic_name("acme", DECODED)
 T_B = topic_name("globex", DECODED)
@@ -40,14 +41,9 @@ async def bus(tmp_path: Path) -> AsyncIterator[EmbeddedBus]:
     await b.stop()
 
 
-async def drain(c: EmbeddedConsumer, want: int, timeout_s: float = 5.0) -> list[Record]:
-    """Poll until ``want`` records arrived (or fail after ``timeout_s``)."""
-    out: list[Record] = []
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while len(out) < want:
-        assert asyncio.get_running_loop().time() < deadline, f"only {len(out)} of {want} records arrived"
-        out.extend(await c.poll(max_records=500, timeout_s=0.5))
-    return out
+async def drain(c: EmbeddedConsumer, want: int) -> list[Record]:
+    """Poll until ``want`` records arrived (:func:`tests.helpers.waiting.collect`)."""
+    return await collect(lambda: c.poll(max_records=500, timeout_s=0.5), want, what="records")
 
 
 async def test_publish_then_poll_returns_records_in_order_with_offsets(bus: EmbeddedBus) -> None:

@@ -72,9 +72,10 @@ async def test_cleanup_on_cancellation_gets_its_grace_period() -> None:
 
     async def graceful() -> None:
         try:
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # until cancelled
         except asyncio.CancelledError:
-            await asyncio.sleep(0.3)  # e.g. leaving a bus: must not be cut short
+            # The slow cleanup under test (e.g. leaving a bus), not a wait: must not be cut short.
+            await asyncio.sleep(0.3)
             cleaned.append("done")
             raise
 

@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from tests.helpers.waiting import collect, eventually, free_port, never, not_yet, port_open, wait_for_port
+from tests.helpers.waiting import (
+    collect,
+    eventually,
+    eventually_sync,
+    free_port,
+    never,
+    not_yet,
+    port_open,
+    wait_for_port,
+)
 
 
 async def test_eventually_returns_the_first_truthy_value_of_a_sync_probe() -> None:
@@ -68,6 +77,13 @@ async def test_eventually_lets_a_probe_error_through() -> None:
         await eventually(probe, 1)
 
 
+def test_eventually_sync_polls_in_the_calling_thread() -> None:
+    values = iter([0, 0, 7])
+    assert eventually_sync(lambda: next(values), 5, interval=0.001) == 7
+    with pytest.raises(AssertionError, match=r"waited 0\.\d s for the seventh; last value: 0"):
+        eventually_sync(lambda: 0, 0.1, "the seventh")
+
+
 async def test_never_watches_the_whole_window() -> None:
     calls = 0
 
@@ -104,7 +120,9 @@ async def test_collect_gathers_batches_until_enough() -> None:
 def test_free_port_and_wait_for_port() -> None:
     port = free_port()
     assert not port_open(port)
-    with pytest.raises(AssertionError, match=f"nothing listens on 127.0.0.1:{port} after 0.1 s"):
+    with pytest.raises(
+        AssertionError, match=f"for something to listen on 127.0.0.1:{port}; last value: False"
+    ):
         wait_for_port(port, timeout=0.1)
     with socket.socket() as server:
         server.bind(("127.0.0.1", port))
