@@ -287,7 +287,7 @@ async def test_invocation_status_changes_are_streamed(cloud: CloudApp, ted: http
 async def test_a_late_answer_is_streamed(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
     """The invocation expired (its watch ended there); its device answers after all: the stream
     sends it again, now late, with the answer and the reason it had expired."""
-    await registered(cloud, ted, "default", "d6")
+    await registered(cloud, "default", "d6")
     async with live(ted, device="d6") as sse:
         r = await ted.post("/api/v1/devices/d6/commands", json={"command": "ping", "params": {}, "ttl_s": 1})
         if r.status_code == 422:  # the default device type may define no ping: any command of it
