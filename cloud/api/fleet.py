@@ -54,6 +54,39 @@ def _matches(state: DeviceState | None, presence: PresenceFilter) -> bool:
     return cls == presence
 
 
+def device_alerts(s: DeviceState, which: Literal["raised", "all"], now: int) -> list[AlertValue]:
+    """A device's alerts as the dashboard shows them. ``raised``: its last alert if that was
+    raised by a rule that is still raised, or sent by the device itself (no rule) within the
+    last hour (:data:`DEVICE_ALERT_WINDOW_MS`: a device alert has no "cleared"), and an alert
+    for each other rule raised now. ``all``: its last alert, whatever it was, and its raised
+    rules."""
+    raised = {rid: r for rid, r in s.rules.items() if r.raised}
+    out: list[AlertValue] = []
+    a = s.last_alert
+    if a is not None:
+        if a.rule:
+            keep = which == "all" or a.rule in raised
+        else:
+            keep = which == "all" or now - a.time_ms <= DEVICE_ALERT_WINDOW_MS
+        if keep:
+            out.append(a)
+    for rid, r in sorted(raised.items()):
+        if a is not None and a.rule == rid:
+            continue
+        out.append(
+            AlertValue(
+                time_ms=r.since_ms or r.updated_ms,
+                alert_type=rid,
+                level="warning",
+                message=f"rule {rid} is raised",
+                source="system",
+                state="raised",
+                rule=rid,
+            )
+        )
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceFilter:
     search: str | None = None  # substring of the token or the "name" metadata (case-insensitive)
@@ -164,23 +197,26 @@ class FleetQueries:
     # -- overview --------------------------------------------------------------------------
 
     async def counts(self, tenant: str, *, customer: str | None = None) -> FleetCounts:
+        """Devices by state class, and how many have a raised alert: exactly the devices that
+        :meth:`alerts` lists for ``raised`` (a rule raised now, or a device-sent alert of the
+        last hour), so the overview's number and the alerts page agree."""
         devices = await self._all_devices(tenant, customer)
         states = await self._states_of(tenant, [d.token for d in devices])
+        now = now_ms()
         by: dict[StateClass, int] = {"online": 0, "offline": 0, "missing": 0, "unknown": 0}
         raised = 0
         for d in devices:
             s = states.get(d.token)
             by[state_class(s)] += 1
-            if s is not None and any(r.raised for r in s.rules.values()):
+            if s is not None and device_alerts(s, "raised", now):
                 raised += 1
         return FleetCounts(len(devices), by["online"], by["offline"], by["missing"], by["unknown"], raised)
 
     async def alerts(
         self, tenant: str, which: Literal["raised", "all"], *, customer: str | None = None
     ) -> list[AlertItem]:
-        """Newest first. ``raised``: each device's alert of a rule that is raised now, and its
-        last device alert if it is of the last hour; ``all``: every device's last alert, and
-        its raised rules. (Older alerts are in each device's events.)"""
+        """Newest first, the :func:`device_alerts` of every device. (Older alerts are in each
+        device's events.)"""
         devices = await self._all_devices(tenant, customer)
         states = await self._states_of(tenant, [d.token for d in devices])
         now = now_ms()
@@ -189,29 +225,7 @@ class FleetQueries:
             s = states.get(d.token)
             if s is None:
                 continue
-            raised = {rid: r for rid, r in s.rules.items() if r.raised}
-            a = s.last_alert
-            if a is not None:
-                if a.rule:
-                    keep = which == "all" or a.rule in raised
-                else:
-                    keep = which == "all" or now - a.time_ms <= DEVICE_ALERT_WINDOW_MS
-                if keep:
-                    out.append(AlertItem(d.token, d.device_type, a))
-            for rid, r in sorted(raised.items()):
-                if a is not None and a.rule == rid:
-                    continue
-                at = r.since_ms or r.updated_ms
-                alert = AlertValue(
-                    time_ms=at,
-                    alert_type=rid,
-                    level="warning",
-                    message=f"rule {rid} is raised",
-                    source="system",
-                    state="raised",
-                    rule=rid,
-                )
-                out.append(AlertItem(d.token, d.device_type, alert))
+            out.extend(AlertItem(d.token, d.device_type, a) for a in device_alerts(s, which, now))
         out.sort(key=lambda i: (-i.alert.time_ms, i.device))
         return out
 

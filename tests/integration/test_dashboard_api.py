@@ -414,6 +414,48 @@ async def test_alerts_lists_device_alerts(cloud: CloudApp, ted: httpx.AsyncClien
     ]
 
 
+def _device_alert(device: str, alt: str, at_ms: int) -> pb.Event:
+    ev = pb.Event(
+        tenant="default", device=device, alternate_id=alt, event_time_ms=at_ms, received_time_ms=now_ms()
+    )
+    ev.alert.alert_type = "door-open"
+    ev.alert.level = pb.ALERT_LEVEL_WARNING
+    ev.alert.message = "cabinet door open"
+    ev.alert.source = pb.ALERT_SOURCE_DEVICE
+    return ev
+
+
+async def test_fleet_counts_devices_with_device_sent_alerts(cloud: CloudApp, ted: httpx.AsyncClient) -> None:
+    """The fleet's "devices with raised alerts" counts the devices the alerts page lists as raised: a rule
+    raised now, or an alert the device sent itself within the last hour (not an older one)."""
+    hot = {"id": "hot", "kind": "threshold", "measurement": "temp", "operator": ">", "value": 30}
+    r = await ted.post("/api/v1/rules", json=hot)
+    assert r.status_code == 201, r.text
+    await send(cloud, "default", "rule-1", _event("default", "rule-1", "rule-1-a", 35.0))
+    await send(cloud, "default", "dev-1", _device_alert("dev-1", "dev-1-a", now_ms()))
+    await send(cloud, "default", "old-1", _device_alert("old-1", "old-1-a", now_ms() - 2 * 3_600_000))
+    await send(cloud, "default", "calm-1", _event("default", "calm-1", "calm-1-a", 20.0))
+
+    async def states_in() -> bool:
+        r = await ted.get("/api/v1/device-states", params={"page_size": 100})
+        s = {i["device"]: i for i in r.json()["items"]}
+        return (
+            {"rule-1", "dev-1", "old-1", "calm-1"} <= s.keys()
+            and s["rule-1"]["raised_rules"] == ["hot"]
+            and s["dev-1"]["last_alert"] is not None
+            and s["old-1"]["last_alert"] is not None
+        )
+
+    await eventually(states_in, timeout=20, what="the four devices' states")
+    r = await ted.get("/api/v1/fleet")
+    assert r.status_code == 200, r.text
+    assert r.json()["alerts_raised"] == 2, r.json()
+    raised = (await ted.get("/api/v1/alerts", params={"state": "raised"})).json()["items"]
+    assert sorted(i["device"] for i in raised) == ["dev-1", "rule-1"]
+    every = (await ted.get("/api/v1/alerts", params={"state": "all"})).json()["items"]
+    assert sorted(i["device"] for i in every) == ["dev-1", "old-1", "rule-1"]
+
+
 # -- edges ---------------------------------------------------------------------------------
 
 
