@@ -4,9 +4,10 @@ Kept apart from the MQTT transport (:mod:`fieldgate.sims.mqtt`) so that a serial
 simulator can reuse the same device behaviour, and so the payloads can be checked without a
 broker. The payload shapes are the device-side contract of docs/protocols/mqtt.md:
 
-- measurement ``{"type":"measurement","values":{...},"ts":<epoch ms>,"id":"<alternate id>"}``,
-  one object per message or several in a JSON array;
-- SiteWhere's ``{"deviceToken":..,"type":"DeviceMeasurement","request":{"name","value","eventDate"}}``;
+- measurement ``{"type":"measurement","values":{...},"ts":<epoch ms>,"id":"<alternate id>",
+  "metadata":{"unit.<name>":"<unit>",...}}``, one object per message or several in a JSON array;
+- SiteWhere's ``{"deviceToken":..,"type":"DeviceMeasurement","request":{"name","value","eventDate",
+  "metadata":{"unit.<name>":..}}}``;
 - commands arrive as ``{"invocation":"<id>","command":"ping","params":{...}}`` and are answered
   with ``{"type":"command_response","invocation":"<id>","response":{...}}``.
 """
@@ -28,6 +29,8 @@ TEMPERATURE_RANGE = (-20.0, 60.0)
 HUMIDITY_RANGE = (0.0, 100.0)
 TEMPERATURE_STEP = 0.05  # standard deviation per reading, °C
 HUMIDITY_STEP = 0.2  # standard deviation per reading, %RH
+# The unit of each reading, sent as event metadata ``unit.<name>`` (docs/protocols/mqtt.md).
+UNITS = {"temperature": "°C", "humidity": "%"}
 
 # The names the simulated firmware knows; anything else is answered with an error response.
 COMMANDS = ("ping", "set-interval")
@@ -70,11 +73,19 @@ class Sensors:
         return {"temperature": round(self.temperature, 2), "humidity": round(self.humidity, 1)}
 
 
+def unit_metadata(names: Sequence[str]) -> dict[str, str]:
+    """``{"unit.<name>": unit}`` for the names that have a unit (:data:`UNITS`)."""
+    return {f"unit.{n}": UNITS[n] for n in names if n in UNITS}
+
+
 def measurement(values: dict[str, float], ts_ms: int, event_id: str | None = None) -> dict[str, Any]:
-    """One measurement event object of the JSON contract."""
+    """One measurement event object of the JSON contract, with the units of its values."""
     event: dict[str, Any] = {"type": "measurement", "values": values, "ts": ts_ms}
     if event_id is not None:
         event["id"] = event_id
+    units = unit_metadata(list(values))
+    if units:
+        event["metadata"] = units
     return event
 
 
@@ -92,6 +103,9 @@ def encode_sitewhere_measurement(
     request: dict[str, Any] = {"name": name, "value": value, "eventDate": ts_ms}
     if alternate_id is not None:
         request["alternateId"] = alternate_id
+    units = unit_metadata([name])
+    if units:
+        request["metadata"] = units
     return orjson.dumps({"deviceToken": device, "type": "DeviceMeasurement", "request": request})
 
 

@@ -50,7 +50,7 @@ from fieldgate.edge.codec.serial_binary import (
 )
 from fieldgate.edge.codec.serial_frames import BinaryFramer, FrameError, LineFramer, encode_frame
 from fieldgate.edge.errors import DecodeError
-from fieldgate.sims.device import Sensors, encode_command_response, handle_command
+from fieldgate.sims.device import Sensors, encode_command_response, handle_command, measurement
 from fieldgate.sims.errors import SimConfigError, SimError
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
@@ -170,7 +170,7 @@ class SerialDeviceSim:
     def measurement_bytes(self, seq: int) -> bytes:
         values = self._sensors.read(self._rng)
         if self.mode == "json":
-            doc = {"type": "measurement", "values": {"seq": seq, **values}, "ts": now_ms()}
+            doc = measurement({"seq": seq, **values}, now_ms())
             return orjson.dumps(doc) + b"\n"
         msg = Measurement(((0, float(seq)), (1, values["temperature"]), (2, values["humidity"])))
         return encode_frame(encode_message(msg))

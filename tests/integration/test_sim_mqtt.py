@@ -124,6 +124,7 @@ async def test_measurements_have_documented_shape_and_all_acked_events_arrive(br
         assert -20 <= event["values"]["temperature"] <= 60 and 0 <= event["values"]["humidity"] <= 100
         assert isinstance(event["ts"], int) and before <= event["ts"] <= now_ms()
         assert event["id"].startswith(sim.run_id)
+        assert event["metadata"] == {"unit.temperature": "°C", "unit.humidity": "%"}
     received = [e["id"] for e in listener.events()]
     assert sorted(received) == sorted(acked) and len(set(acked)) == 60
 
@@ -156,6 +157,8 @@ async def test_sitewhere_flavour_publishes_device_measurements(broker_port: int)
         assert event["deviceToken"] == "boiler-1" and event["type"] == "DeviceMeasurement"
         assert isinstance(event["request"]["value"], float) and isinstance(event["request"]["eventDate"], int)
         names.append(event["request"]["name"])
+        units = {"temperature": {"unit.temperature": "°C"}, "humidity": {"unit.humidity": "%"}}
+        assert event["request"]["metadata"] == units[names[-1]]
     assert names == ["temperature", "humidity", "temperature", "humidity"]
 
 
