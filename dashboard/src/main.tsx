@@ -5,7 +5,7 @@ import "leaflet/dist/leaflet.css";
 import "./style.css";
 import { get, getToken, onAuthChange, setToken } from "./api";
 import { live, type LiveStatus } from "./live";
-import { navigate, onLinkClick, usePath } from "./router";
+import { navigate, onLinkClick, useLocation } from "./router";
 import { Login } from "./pages/Login";
 import { FleetPage } from "./pages/Fleet";
 import { DevicesPage } from "./pages/Devices";
@@ -72,9 +72,9 @@ function Nav({ path, me }: { path: string; me: Me | null }) {
   );
 }
 
-function Route({ path, me }: { path: string; me: Me | null }) {
+function Route({ path, search, me }: { path: string; search: string; me: Me | null }) {
   if (path === "/" || path === "") return <FleetPage admin={me?.instance_admin ?? false} />;
-  if (path === "/devices") return <DevicesPage />;
+  if (path === "/devices") return <DevicesPage query={search} />;
   const m = /^\/devices\/([^/]+)$/.exec(path);
   if (m) return <DevicePage token={decodeURIComponent(m[1])} />;
   if (path === "/alerts") return <AlertsPage />;
@@ -90,7 +90,7 @@ function Route({ path, me }: { path: string; me: Me | null }) {
 }
 
 function App() {
-  const path = usePath();
+  const { path, search } = useLocation();
   const [token, setTok] = useState(getToken());
   const [me, setMe] = useState<Me | null>(null);
   useEffect(() => onAuthChange(() => setTok(getToken())), []);
@@ -98,7 +98,8 @@ function App() {
     if (!token) {
       live.stop();
       setMe(null);
-      if (path !== "/login") navigate("/login?next=" + encodeURIComponent(path), true);
+      // The whole address comes back after login, filters included (/devices?presence=missing).
+      if (path !== "/login") navigate("/login?next=" + encodeURIComponent(path + search), { replace: true });
       return;
     }
     live.start();
@@ -108,14 +109,14 @@ function App() {
   useEffect(() => {
     if (token && path === "/login") {
       const next = new URLSearchParams(location.search).get("next");
-      navigate(next && next.startsWith("/") && !next.startsWith("//") && next !== "/login" ? next : "/", true);
+      navigate(next && next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/login") ? next : "/", { replace: true });
     }
   }, [token, path]);
   if (!token || path === "/login") return <Login />;
   return (
     <div class="shell" onClick={onLinkClick}>
       <Nav path={path} me={me} />
-      <Route path={path} me={me} />
+      <Route path={path} search={search} me={me} />
     </div>
   );
 }

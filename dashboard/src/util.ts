@@ -92,16 +92,6 @@ export function ago(iso: string | null | undefined): string {
   return `${Math.round(s / 86400)} d ago`;
 }
 
-export function fmtNumber(v: number | null | undefined, digits = 2): string {
-  if (v === null || v === undefined || Number.isNaN(v)) return "—";
-  return Number.isInteger(v) ? String(v) : v.toFixed(digits);
-}
-
-export function json(v: unknown): string {
-  if (v === null || v === undefined) return "—";
-  return typeof v === "string" ? v : JSON.stringify(v);
-}
-
 export type Health = "online" | "offline" | "missing" | "unknown";
 
 /** The contract's states: missing = presence missing; offline = edge link disconnected. */

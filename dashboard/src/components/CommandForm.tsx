@@ -27,13 +27,17 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
   const [ttl, setTtl] = useState("60");
   const [busy, setBusy] = useState(false);
   const [msg, setMsg] = useState<{ ok: boolean; text: string } | null>(null);
-  useEffect(() => {
-    if (!commands.some((c) => c.name === name)) setName(commands[0]?.name ?? "");
-  }, [commands]);
-  useEffect(() => {
+  // Another command starts with empty parameters. Done in the same update as the choice (not
+  // in an effect after it, which would wipe what was typed right after choosing).
+  const choose = (next: string) => {
+    if (next === name) return;
+    setName(next);
     setValues({});
     setMsg(null);
-  }, [name]);
+  };
+  useEffect(() => {
+    if (!commands.some((c) => c.name === name)) choose(commands[0]?.name ?? "");
+  }, [commands]);
   const cmd = commands.find((c) => c.name === name);
   if (commands.length === 0) return <p class="muted">This device type declares no commands.</p>;
 
@@ -72,7 +76,7 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
     <form class="command-form" onSubmit={submit} data-testid="command-form">
       <label>
         Command
-        <select name="command" value={name} onChange={(e) => setName(e.currentTarget.value)}>
+        <select name="command" value={name} onChange={(e) => choose(e.currentTarget.value)}>
           {commands.map((c) => (
             <option key={c.name} value={c.name}>
               {c.name}
@@ -87,7 +91,10 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
             {p.name} <span class="muted small">({p.type}{p.required ? ", required" : ""})</span>
           </span>
           {p.type === "bool" ? (
-            <input type="checkbox" name={p.name} checked={Boolean(values[p.name])} onChange={(e) => setValues({ ...values, [p.name]: e.currentTarget.checked })} />
+            <input type="checkbox" name={p.name} checked={Boolean(values[p.name])} onChange={(e) => {
+                const v = e.currentTarget.checked;
+                setValues((vs) => ({ ...vs, [p.name]: v }));
+              }} />
           ) : p.type === "int" || p.type === "float" ? (
             <input
               name={p.name}
@@ -95,7 +102,10 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
               step={p.type === "int" ? "1" : "any"}
               required={p.required}
               value={(values[p.name] as string) ?? ""}
-              onInput={(e) => setValues({ ...values, [p.name]: e.currentTarget.value })}
+              onInput={(e) => {
+                const v = e.currentTarget.value;
+                setValues((vs) => ({ ...vs, [p.name]: v }));
+              }}
             />
           ) : (
             <input
@@ -103,7 +113,10 @@ export function CommandForm({ device, commands, onSent }: { device: string; comm
               type="text"
               required={p.required}
               value={(values[p.name] as string) ?? ""}
-              onInput={(e) => setValues({ ...values, [p.name]: e.currentTarget.value })}
+              onInput={(e) => {
+                const v = e.currentTarget.value;
+                setValues((vs) => ({ ...vs, [p.name]: v }));
+              }}
             />
           )}
         </label>

@@ -1,4 +1,5 @@
 import type { ComponentChildren } from "preact";
+import { statusClass } from "../format";
 import type { Health } from "../util";
 
 export function StateBadge({ state }: { state: Health | string }) {
@@ -13,10 +14,12 @@ export function LevelBadge({ level }: { level: string }) {
   return <span class={`badge level-${level}`}>{level}</span>;
 }
 
+/** An invocation's status by name: the known ones coloured, any other (a status this build
+ *  does not know yet) shown as it is, in the neutral colour. */
 export function StatusBadge({ status }: { status: string }) {
-  const s = status.toLowerCase();
+  const s = status.toLowerCase() || "unspecified";
   return (
-    <span class={`badge status-${s}`} data-testid="invocation-status">
+    <span class={`badge status-${statusClass(s)}`} data-testid="invocation-status">
       {s}
     </span>
   );

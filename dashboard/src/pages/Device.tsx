@@ -5,7 +5,8 @@ import { CommandForm } from "../components/CommandForm";
 import { Card, ErrorNote, LevelBadge, StateBadge, StatusBadge, TableWrap } from "../components/common";
 import { DeviceMap, type Point } from "../components/DeviceMap";
 import type { Device, DeviceEvent, DeviceState, DeviceType, Invocation, Page, Zone } from "../types";
-import { ago, fmtNumber, fmtTime, healthOf, json, useInterval, useLive, useLoad, useThrottled } from "../util";
+import { fmtValue, jsonLine, jsonPretty, preview, unitOf } from "../format";
+import { ago, fmtTime, healthOf, useInterval, useLive, useLoad, useThrottled } from "../util";
 import { deviceLabel } from "./Devices";
 
 const RANGES: [string, number][] = [
@@ -14,15 +15,29 @@ const RANGES: [string, number][] = [
   ["24 h", 86400],
 ];
 
-type Series = { ids: Set<string>; by: Record<string, { xs: number[]; ys: number[] }> };
-const EMPTY: Series = { ids: new Set(), by: {} };
+/** The chart points by measurement name, and each name's unit: the newest a measurement event
+ *  of the device carried in its metadata (`unit.<name>`, docs/protocols/mqtt.md). */
+type Series = {
+  ids: Set<string>;
+  by: Record<string, { xs: number[]; ys: number[] }>;
+  units: Record<string, { unit: string; t: number }>;
+};
+const EMPTY: Series = { ids: new Set(), by: {}, units: {} };
 type Measurement = Extract<DeviceEvent, { type: "measurement" }>;
 type Location = Extract<DeviceEvent, { type: "location" }>;
 type AlertEvent = Extract<DeviceEvent, { type: "alert" }>;
 
 /** Add measurement events to the series (each event once, by id; xs kept sorted) and drop the
- *  points older than `fromS`. History and live events overlap: the ids make that harmless. */
+ *  points older than `fromS`. History and live events overlap: the ids make that harmless.
+ *  Units are learnt from every event, also one older than the range. */
 function addPoints(series: Series, events: Measurement[], fromS: number): Series {
+  const units = { ...series.units };
+  for (const ev of events) {
+    for (const k of Object.keys(ev.values)) {
+      const unit = unitOf(ev.metadata, k);
+      if (unit && ev.event_time_ms >= (units[k]?.t ?? -Infinity)) units[k] = { unit, t: ev.event_time_ms };
+    }
+  }
   const ids = new Set(series.ids);
   const by: Series["by"] = {};
   for (const [k, v] of Object.entries(series.by)) {
@@ -41,7 +56,7 @@ function addPoints(series: Series, events: Measurement[], fromS: number): Series
       s.ys.splice(i, 0, y);
     }
   }
-  return { ids, by };
+  return { ids, by, units };
 }
 
 /** The events of a device since a time, newest first, up to `max` (a few pages of 1000). */
@@ -91,6 +106,30 @@ function QrLabel({ token }: { token: string }) {
   );
 }
 
+const JSON_PREVIEW = 60;
+
+/** JSON in a table cell: on one line with spaces to wrap at (a line breaks between tokens, not
+ *  inside one); longer than {@link JSON_PREVIEW} characters, the start of it with a "more"
+ *  toggle that opens it indented. */
+function JsonCell({ value, testid }: { value: unknown; testid?: string }) {
+  const line = jsonLine(value);
+  if (line.length <= JSON_PREVIEW) {
+    return (
+      <code class="json" data-testid={testid}>
+        {line}
+      </code>
+    );
+  }
+  return (
+    <details class="json" data-testid={testid}>
+      <summary>
+        <code class="json">{preview(line, JSON_PREVIEW)}</code>
+      </summary>
+      <pre class="json">{jsonPretty(value)}</pre>
+    </details>
+  );
+}
+
 function InvocationTable({ items }: { items: Invocation[] }) {
   if (items.length === 0) return <p class="muted">No commands sent to this device yet.</p>;
   return (
@@ -108,17 +147,17 @@ function InvocationTable({ items }: { items: Invocation[] }) {
         <tbody>
           {items.map((i) => (
             <tr key={i.id} data-invocation={i.id} data-command={i.command}>
-              <td class="nowrap">{fmtTime(i.created)}</td>
+              <td>{fmtTime(i.created)}</td>
               <td>{i.command}</td>
               <td>
-                <code>{json(i.params)}</code>
+                <JsonCell value={i.params} testid="invocation-params" />
               </td>
               <td>
                 <StatusBadge status={i.status} />
                 {i.reason && <span class="muted small"> {i.reason}</span>}
               </td>
               <td>
-                <code data-testid="invocation-response">{json(i.response)}</code>
+                <JsonCell value={i.response} testid="invocation-response" />
               </td>
             </tr>
           ))}
@@ -154,6 +193,8 @@ export function DevicePage({ token }: { token: string }) {
     async () => {
       const since = new Date(Date.now() - rangeS * 1000).toISOString();
       const evs = await eventsSince<Measurement>(token, "measurement", since, 5000);
+      // Nothing in the range: the newest measurement still says which units the values have.
+      if (evs.length === 0) return eventsSince<Measurement>(token, "measurement", undefined, 1);
       return evs.reverse();
     },
     [token, rangeS],
@@ -320,16 +361,17 @@ export function DevicePage({ token }: { token: string }) {
             const ser = series.by[n] ?? { xs: [], ys: [] };
             const last = ser.ys.length ? ser.ys[ser.ys.length - 1] : s?.measurements[n]?.value;
             const lastT = ser.xs.length ? new Date(ser.xs[ser.xs.length - 1] * 1000).toISOString() : s?.measurements[n]?.time;
+            const unit = series.units[n]?.unit ?? "";
             return (
               <div class="chart-box" key={n} data-measurement={n}>
                 <div class="chart-head">
-                  <strong>{n}</strong>
-                  <span data-testid="last-value">{fmtNumber(last)}</span>
+                  <strong data-testid="chart-title">{unit ? `${n} (${unit})` : n}</strong>
+                  <span data-testid="last-value">{fmtValue(last, unit)}</span>
                   <span class="muted small">
-                    at {fmtTime(lastT)} · <span data-testid="point-count">{ser.xs.length}</span> points
+                    at {fmtTime(lastT)} · <span data-testid="point-count">{ser.xs.length}</span> point{ser.xs.length === 1 ? "" : "s"}
                   </span>
                 </div>
-                <MeasurementChart name={n} xs={ser.xs} ys={ser.ys} rangeS={rangeS} />
+                <MeasurementChart name={n} unit={unit} xs={ser.xs} ys={ser.ys} rangeS={rangeS} />
               </div>
             );
           })}

@@ -2,14 +2,25 @@ import { useState } from "preact/hooks";
 import { get } from "../api";
 import { Card, ErrorNote, TableWrap } from "../components/common";
 import { describeEvent } from "../describe";
+import { fmtValue } from "../format";
 import type { DeviceEvent, Fleet } from "../types";
-import { fmtNumber, useInterval, useLive, useLoad, useThrottled } from "../util";
+import { useInterval, useLive, useLoad, useThrottled } from "../util";
 
-function Stat({ label, value, cls, testid }: { label: string; value: string | number; cls?: string; testid?: string }) {
-  return (
-    <div class={`stat ${cls ?? ""}`} data-testid={testid}>
+/** One figure; with `href` a link to the list behind it (e.g. the missing devices). */
+function Stat({ label, value, cls, testid, href }: { label: string; value: string | number; cls?: string; testid?: string; href?: string }) {
+  const body = (
+    <>
       <span class="value">{value}</span>
       <span class="label">{label}</span>
+    </>
+  );
+  return href ? (
+    <a class={`stat link ${cls ?? ""}`} data-testid={testid} href={href}>
+      {body}
+    </a>
+  ) : (
+    <div class={`stat ${cls ?? ""}`} data-testid={testid}>
+      {body}
     </div>
   );
 }
@@ -33,15 +44,21 @@ export function FleetPage({ admin }: { admin: boolean }) {
       {!f && !fleet.error && <p class="muted">Loading…</p>}
       {f && (
         <div class="stats" data-testid="fleet-stats">
-          <Stat label="devices" value={f.devices} testid="fleet-devices" />
-          <Stat label="online" value={f.online} cls="state-online" testid="fleet-online" />
-          <Stat label="offline" value={f.offline} cls="state-offline" testid="fleet-offline" />
-          <Stat label="missing" value={f.missing} cls="state-missing" testid="fleet-missing" />
+          <Stat label="devices" value={f.devices} testid="fleet-devices" href="/devices" />
+          <Stat label="online" value={f.online} cls="state-online" testid="fleet-online" href="/devices?presence=online" />
+          <Stat label="offline" value={f.offline} cls="state-offline" testid="fleet-offline" href="/devices?presence=offline" />
+          <Stat label="missing" value={f.missing} cls="state-missing" testid="fleet-missing" href="/devices?presence=missing" />
           {f.unknown > 0 && <Stat label="no state yet" value={f.unknown} cls="state-unknown" />}
-          <Stat label="events / s (last 10 s)" value={fmtNumber(f.events_per_s, 1)} testid="fleet-eps" />
+          <Stat label="events / s (last 10 s)" value={fmtValue(f.events_per_s)} testid="fleet-eps" />
           <Stat label="events last minute" value={f.events_last_minute} />
           <Stat label="failed decodes (1 h)" value={f.failed_decodes_last_hour} cls={f.failed_decodes_last_hour > 0 ? "warn" : ""} />
-          <Stat label="devices with raised alerts" value={f.alerts_raised} cls={f.alerts_raised > 0 ? "warn" : ""} />
+          <Stat
+            label="devices with raised alerts"
+            value={f.alerts_raised}
+            cls={f.alerts_raised > 0 ? "warn" : ""}
+            testid="fleet-alerts"
+            href="/alerts"
+          />
           <Stat label="edges connected" value={f.edges_connected} testid="fleet-edges" />
         </div>
       )}
