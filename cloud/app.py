@@ -70,8 +70,10 @@ from fieldgate.cloud.batch.scheduler import Scheduler
 from fieldgate.cloud.batch.store import build_batch_store
 from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.connectors.admin import ConnectorAdmin
 from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.connectors.store import build_connector_store
+from fieldgate.cloud.connectors.targets import TargetPolicy
 from fieldgate.cloud.edges import EdgeTracker
 from fieldgate.cloud.errors import CloudError
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
@@ -220,6 +222,12 @@ class CloudApp:
         self.users = build_users(config, cassandra=self.cassandra)
         # Outbound connector definitions and dead letters (the api and connectors services).
         self.connector_store = build_connector_store(config, cassandra=self.cassandra)
+        # Where connectors may send (the operator's connectors.allow_networks), checked by the
+        # api at creation and by the connectors service at every connect.
+        self.connector_targets = TargetPolicy.from_networks(config.connectors.allow_networks)
+        self.connector_admin = ConnectorAdmin(
+            self.connector_store, self.bus, self.connector_targets, topic_prefix=prefix
+        )
         # Device states and rules (the state and api services); rule changes reach every
         # replica through ZooKeeper when it is configured (cloud/rules/zk.py).
         self.state_store = build_state_store(config, cassandra=self.cassandra)
@@ -311,6 +319,7 @@ class CloudApp:
                     self.registry,
                     site=self.site_store,
                     topic_prefix=prefix,
+                    targets=self.connector_targets,
                     settings=ConnectorStageSettings(
                         refresh_s=config.connectors.refresh_s, max_in_flight=config.connectors.max_in_flight
                     ),
@@ -607,7 +616,7 @@ class CloudApp:
             secret=secret,
             health=self.health,
             tenants=self.tenants,
-            connectors=self.connector_store,
+            connectors=self.connector_admin,
             state_store=self.state_store,
             rules=self.rule_service,
             site=self.site_store,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fieldgate.config import Frozen
 
@@ -135,6 +136,22 @@ class ConnectorsConfig(Frozen):
     refresh_s: float = Field(2.0, gt=0, le=300)
     # Bus records tracked until every connector is done with them; beyond, the stage waits.
     max_in_flight: int = Field(10_000, ge=1, le=1_000_000)
+    # Networks (CIDR) connector targets may reach although they are not globally reachable:
+    # by default a target that resolves to a loopback, link-local, private, unique-local,
+    # multicast or unspecified address is refused (cloud/connectors/targets.py). An operator
+    # setting, for on-premises receivers; tenants cannot change it.
+    allow_networks: tuple[str, ...] = Field((), max_length=256)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for text in v:
+            try:
+                out.append(str(ipaddress.ip_network(text.strip(), strict=True)))
+            except ValueError as err:
+                raise ValueError(f"{text!r} is not a network in CIDR notation: {err}") from err
+        return tuple(out)
 
 
 class LabelsConfig(Frozen):

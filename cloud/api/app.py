@@ -39,7 +39,7 @@ from fieldgate.cloud.api.routes_users import users_router
 from fieldgate.cloud.api.users import Users
 from fieldgate.cloud.batch.operations import BatchOperations
 from fieldgate.cloud.config import AuthConfig
-from fieldgate.cloud.connectors.store import ConnectorStore
+from fieldgate.cloud.connectors.admin import ConnectorAdmin
 from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.live import LiveHub
@@ -69,7 +69,7 @@ def create_api(
     tenant: str = "default",
     health: CloudHealth | None = None,
     tenants: TenantAdmin | None = None,
-    connectors: ConnectorStore | None = None,
+    connectors: ConnectorAdmin | None = None,
     previous_secrets: Sequence[str] = (),
     throttle: LoginThrottle | None = None,
     state_store: DeviceStateStore | None = None,
@@ -90,7 +90,7 @@ def create_api(
     users whose record names none. ``invocations`` is accepted for symmetry with the gRPC API;
     invocation reads go through ``commands``, which scopes them to the caller's tenant.
     ``health`` (the process's checks) serves ``/healthz`` and ``/readyz``; without it
-    ``/healthz`` only says the server answers. ``connectors`` (the connector store) adds
+    ``/healthz`` only says the server answers. ``connectors`` (the connector admin) adds
     ``/api/v1/connectors`` (tenant admins: definitions carry secrets and dead letters hold
     every customer's events). ``batch`` adds ``/api/v1/batch-operations`` and
     ``/api/v1/schedules`` (cloud/batch). ``live`` (the process's live hub, started by its

@@ -1,8 +1,10 @@
 """REST routes of the outbound connectors: ``/api/v1/connectors`` (CRUD), their dead letters
 and the re-drive action (docs/connectors.md, docs/api.md).
 
-Definitions are stored in the connector store (cloud/connectors/store.py); the connectors
-service picks changes up within ``connectors.refresh_s``, in whichever process it runs.
+Definitions are created and replaced through the connector admin (cloud/connectors/admin.py:
+targets vetted against the operator's network policy, a new connector's start on the bus) and
+read from the connector store; the connectors service picks changes up within
+``connectors.refresh_s``, in whichever process it runs.
 Secrets are write-only: responses carry ``secret_set``/``password_set`` flags, and a PUT that
 leaves a secret out keeps the stored one.
 
@@ -17,9 +19,10 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from fieldgate.cloud.api.models import error_docs
+from fieldgate.cloud.connectors.admin import ConnectorAdmin
 from fieldgate.cloud.connectors.events import event_document
 from fieldgate.cloud.connectors.models import CONNECTOR_ID_PATTERN, ConnectorIn, ConnectorOut, ConnectorSpec
-from fieldgate.cloud.connectors.store import MAX_DEAD_LETTERS, ConnectorStore
+from fieldgate.cloud.connectors.store import MAX_DEAD_LETTERS
 from fieldgate.cloud.errors import InvalidRequest, NotFound
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -71,8 +74,9 @@ def _letter_event(data: bytes) -> dict[str, Any]:
     return event_document(pb.Event.FromString(data))
 
 
-def connectors_router(store: ConnectorStore, auth: Callable[..., Awaitable[Any]]) -> APIRouter:
+def connectors_router(admin: ConnectorAdmin, auth: Callable[..., Awaitable[Any]]) -> APIRouter:
     """The routes; ``auth`` is the dependency that yields the caller (its ``tenant``)."""
+    store = admin.store
     router = APIRouter(prefix="/api/v1/connectors", tags=["connectors"], responses=error_docs(common=True))
     Caller = Annotated[_Caller, Depends(auth)]
 
@@ -86,14 +90,19 @@ def connectors_router(store: ConnectorStore, auth: Callable[..., Awaitable[Any]]
         "",
         status_code=status.HTTP_201_CREATED,
         responses=error_docs(
-            {409: "a connector with that id exists", 422: "invalid definition (the field is named)"}
+            {
+                409: "a connector with that id exists",
+                422: "invalid definition, or a target the cloud may not reach (the field is named)",
+            }
         ),
     )
     async def create_connector(body: ConnectorIn, who: Caller) -> ConnectorOut:
-        """Define a connector (webhook, mqtt or kafka) for the caller's tenant."""
+        """Define a connector (webhook, mqtt or kafka) for the caller's tenant. It delivers the
+        events stored from now on. A target that resolves to an inside address (loopback,
+        private, link-local, ...) is refused unless the operator allowed its network."""
         spec = ConnectorSpec.model_validate({**body.model_dump(), "updated_ms": now_ms()})
         spec = spec.model_copy(update={"webhook": body.webhook, "mqtt": body.mqtt, "kafka": body.kafka})
-        return ConnectorOut.from_spec(await store.create(who.tenant, spec))
+        return ConnectorOut.from_spec(await admin.create(who.tenant, spec))
 
     @router.get("")
     async def list_connectors(who: Caller) -> ConnectorList:
@@ -104,7 +113,12 @@ def connectors_router(store: ConnectorStore, auth: Callable[..., Awaitable[Any]]
     async def get_connector(connector: ConnectorId, who: Caller) -> ConnectorOut:
         return ConnectorOut.from_spec(await existing(who.tenant, connector))
 
-    @router.put("/{connector}", responses=error_docs({404: "no such connector", 422: "invalid definition"}))
+    @router.put(
+        "/{connector}",
+        responses=error_docs(
+            {404: "no such connector", 422: "invalid definition, or a target the cloud may not reach"}
+        ),
+    )
     async def replace_connector(connector: ConnectorId, body: ConnectorIn, who: Caller) -> ConnectorOut:
         """Replace the definition; secrets left out are kept."""
         if body.id != connector:
@@ -114,7 +128,7 @@ def connectors_router(store: ConnectorStore, auth: Callable[..., Awaitable[Any]]
             {**body.model_dump(), "updated_ms": max(now_ms(), old.updated_ms + 1)}
         )
         spec = spec.model_copy(update={"webhook": body.webhook, "mqtt": body.mqtt, "kafka": body.kafka})
-        return ConnectorOut.from_spec(await store.replace(who.tenant, spec.with_secrets_of(old)))
+        return ConnectorOut.from_spec(await admin.replace(who.tenant, spec.with_secrets_of(old)))
 
     @router.delete(
         "/{connector}",

@@ -108,6 +108,10 @@ class Bus(Protocol):
         when it subscribes (later topics from their start), never commits and never holds back
         retention — for live views that must not replay history (cloud/live.py)."""
 
+    async def topic_end_offsets(self, topic: str) -> dict[int, int]:
+        """``{partition: next offset to be written}`` of ``topic`` ({} if it does not exist):
+        where a reader that must see everything from now on starts (a new connector)."""
+
     async def ensure_tenant_topics(self, tenant: str) -> list[str]:
         """Provision every stage's topic of a new tenant; their names."""
 

@@ -367,6 +367,12 @@ class EmbeddedBus:
         """``{topic: next offset to be written}`` of every topic of ``stage`` (lag checks)."""
         return {name: t.end for name, t in self._by_stage.get(stage, {}).items()}
 
+    async def topic_end_offsets(self, topic: str) -> dict[int, int]:
+        """``{0: next offset to be written}`` of ``topic``; {} if it does not exist."""
+        await self.start()
+        t = self._topics.get(topic)
+        return {} if t is None else {0: t.end}
+
     def committed(self, group: str, topic: str) -> int | None:
         """The group's committed offset (next to read) of ``topic``, if any."""
         return self._committed.get((group, topic))

@@ -485,6 +485,10 @@ class KafkaBus:
         parts = await self.partitions_of(topic)
         return await asyncio.to_thread(self._watermarks, topic, parts, "high")
 
+    async def topic_end_offsets(self, topic: str) -> dict[int, int]:
+        """:meth:`end_offsets` ({} if the topic does not exist), the Bus protocol's name."""
+        return await self.end_offsets(topic)
+
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         """``{partition: committed offset (next to read)}`` of ``group`` on ``topic``."""
         parts = await self.partitions_of(topic)

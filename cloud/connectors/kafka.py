@@ -5,6 +5,14 @@ The producer is idempotent with ``acks=all``; a delivery is done when every mess
 report came back without error. A dedicated thread polls the producer for reports and
 resolves the asyncio futures with ``call_soon_threadsafe``, like the Kafka bus does.
 ``message.timeout.ms`` is the connector's ``timeout_s``.
+
+Targets are vetted against the operator's
+:class:`~fieldgate.cloud.connectors.targets.TargetPolicy`: the bootstrap brokers before the
+producer is made, and the brokers the cluster advertises in its metadata right after (and
+again every ``METADATA_CHECK_S``) — librdkafka connects to those by itself, so a cluster that
+advertises an inside address is refused (deliveries fail permanently, ``target refused: …``).
+librdkafka resolves names itself, so between two checks a name could point elsewhere; allow
+Kafka connectors only where that residual risk is acceptable (docs/connectors.md).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from fieldgate.cloud.connectors.events import encode_document, event_document
 from fieldgate.cloud.connectors.models import DeliverySpec, KafkaSpec
 from fieldgate.cloud.connectors.sink import DeliveryError
+from fieldgate.cloud.connectors.targets import TargetPolicy, TargetRefused, kafka_hosts
 from fieldgate.v1 import events_pb2 as pb
 
 # Errors that cannot heal by retrying the same message.
@@ -32,9 +42,23 @@ _PERMANENT = frozenset(
 )
 
 
+#: How often the brokers of the cluster's metadata are checked again.
+METADATA_CHECK_S = 300.0
+
+
 class KafkaSink:
-    def __init__(self, tenant: str, connector: str, spec: KafkaSpec, delivery: DeliverySpec) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        connector: str,
+        spec: KafkaSpec,
+        delivery: DeliverySpec,
+        *,
+        targets: TargetPolicy | None = None,
+    ) -> None:
         self._connector = connector
+        self._targets = targets or TargetPolicy()
+        self._checked_at = 0.0  # monotonic time of the last metadata check
         self._spec = spec
         self._timeout = delivery.timeout_s
         self._config: dict[str, Any] = {
@@ -58,6 +82,12 @@ class KafkaSink:
             return
         self._loop = asyncio.get_running_loop()
         try:
+            hosts = kafka_hosts(self._spec.bootstrap)
+        except ValueError as err:
+            raise DeliveryError(f"kafka bootstrap: {err}", permanent=True) from err
+        for host, port in hosts:
+            await self._targets.vet(host, port)
+        try:
             producer = Producer(self._config)
         except KafkaException as err:
             raise DeliveryError(f"kafka producer: {err}", permanent=True) from err
@@ -67,6 +97,23 @@ class KafkaSink:
             target=self._poll, args=(producer,), name=f"connector-{self._connector}", daemon=True
         )
         self._thread.start()
+        try:
+            await self._check_brokers()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _check_brokers(self) -> None:
+        """Vet the brokers the cluster advertises (its metadata)."""
+        producer = self._producer
+        assert producer is not None
+        try:
+            md = await asyncio.to_thread(producer.list_topics, timeout=self._timeout)
+        except KafkaException as err:
+            raise DeliveryError(f"kafka metadata: {err}") from err
+        for broker in md.brokers.values():
+            await self._targets.vet(str(broker.host), int(broker.port))
+        self._checked_at = time.monotonic()
 
     def _poll(self, producer: Producer) -> None:
         while not self._stopping.is_set():
@@ -84,6 +131,12 @@ class KafkaSink:
 
     async def send(self, events: Sequence[pb.Event], *, attempt: int) -> None:
         await self.start()
+        if time.monotonic() - self._checked_at > METADATA_CHECK_S:
+            try:
+                await self._check_brokers()
+            except TargetRefused:
+                await self.stop()
+                raise
         producer, loop = self._producer, self._loop
         assert producer is not None and loop is not None
         futures: list[asyncio.Future[None]] = []

@@ -7,6 +7,13 @@ its own thread (``loop_start``) and reconnects by itself (1 s … 30 s); its cal
 resolve asyncio futures through ``call_soon_threadsafe``. While it is not connected,
 ``send`` fails at once (retried by the runner) instead of letting paho queue messages in
 memory without a bound.
+
+Every (re)connect is vetted against the operator's
+:class:`~fieldgate.cloud.connectors.targets.TargetPolicy`: before it, the host is resolved and
+every address checked (paho's ``on_pre_connect``, so a refused target is never contacted);
+after it, the socket's peer is checked once more (``on_socket_open``, before any MQTT byte is
+sent), since paho resolves the name again itself. A refused target makes deliveries fail
+permanently (dead letters, reason ``target refused: …``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from fieldgate.cloud.connectors.events import encode_document, event_document, event_type
 from fieldgate.cloud.connectors.models import DeliverySpec, MqttSpec
 from fieldgate.cloud.connectors.sink import DeliveryError
+from fieldgate.cloud.connectors.targets import RESOLVE_TIMEOUT_S, TargetPolicy, TargetRefused, vet_peer
 from fieldgate.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -42,8 +50,18 @@ def render_topic(template: str, ev: pb.Event, connector: str) -> str:
 
 
 class MqttSink:
-    def __init__(self, tenant: str, connector: str, spec: MqttSpec, delivery: DeliverySpec) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        connector: str,
+        spec: MqttSpec,
+        delivery: DeliverySpec,
+        *,
+        targets: TargetPolicy | None = None,
+    ) -> None:
         self._tenant = tenant
+        self._targets = targets or TargetPolicy()
+        self._refused: str | None = None  # why the last (re)connect was refused (paho's thread)
         self._connector = connector
         self._spec = spec
         self._timeout = delivery.timeout_s
@@ -70,6 +88,8 @@ class MqttSink:
             client.tls_set_context(ssl.create_default_context())
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(100)
+        client.on_pre_connect = self._on_pre_connect
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -101,6 +121,40 @@ class MqttSink:
             return
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             loop.call_soon_threadsafe(fn, *args)
+
+    def _on_pre_connect(self, _c: Any, _u: Any) -> None:
+        """Resolve and check the host before paho connects (in paho's thread; the resolver
+        runs on the event loop). An OSError makes paho count a failed connect and retry."""
+        loop = self._loop
+        if loop is None:
+            raise ConnectionRefusedError("mqtt sink is not started")
+        vet = asyncio.run_coroutine_threadsafe(self._targets.vet(self._spec.host, self._spec.port), loop)
+        try:
+            vet.result(RESOLVE_TIMEOUT_S + 1.0)
+        except TargetRefused as err:
+            self._refuse(err.detail)
+            raise ConnectionRefusedError(err.reason) from err
+        except TimeoutError as err:
+            vet.cancel()
+            raise ConnectionRefusedError(f"resolving {self._spec.host!r} timed out") from err
+        self._refused = None
+
+    def _on_socket_open(self, _c: Any, _u: Any, sock: Any) -> None:
+        """The peer paho reached (its own resolution) must be allowed too."""
+        try:
+            vet_peer(self._targets, sock, self._spec.host)
+        except TargetRefused as err:
+            self._refuse(err.detail)
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise ConnectionRefusedError(err.reason) from err
+        except OSError as err:  # not connected after all: paho's own error handling follows
+            log.info("connector %s/%s: mqtt peer unknown: %s", self._tenant, self._connector, err)
+
+    def _refuse(self, detail: str) -> None:
+        self._refused = detail
+        self._last_error = f"target refused: {detail}"
+        log.warning("connector %s/%s: mqtt %s", self._tenant, self._connector, self._last_error)
 
     def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
@@ -138,6 +192,9 @@ class MqttSink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(self._timeout, 2.0)):
                     await self._connected.wait()
+            refused = self._refused
+            if refused is not None:
+                raise TargetRefused(refused)
             if not self._connected.is_set():
                 raise DeliveryError(f"mqtt {self._spec.host}:{self._spec.port} {self._last_error}")
         futures: list[asyncio.Future[None]] = []

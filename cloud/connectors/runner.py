@@ -35,6 +35,7 @@ from fieldgate.cloud.connectors.events import EventFilter, FieldFilter
 from fieldgate.cloud.connectors.models import ConnectorSpec
 from fieldgate.cloud.connectors.sink import DeliveryError, Sink
 from fieldgate.cloud.connectors.store import ConnectorStore, DeadLetter
+from fieldgate.cloud.connectors.targets import TargetPolicy
 from fieldgate.cloud.errors import StoreError
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
@@ -71,22 +72,23 @@ class RunnerStats:
     retrying: bool = False
 
 
-def build_sink(tenant: str, spec: ConnectorSpec) -> Sink:
-    """The sink of ``spec.kind`` (client libraries imported only for the kinds in use)."""
+def build_sink(tenant: str, spec: ConnectorSpec, targets: TargetPolicy | None = None) -> Sink:
+    """The sink of ``spec.kind`` (client libraries imported only for the kinds in use), its
+    connections vetted against ``targets`` (None: the default policy, no inside address)."""
     if spec.kind == "webhook":
         from fieldgate.cloud.connectors.webhook import WebhookSink
 
         assert spec.webhook is not None
-        return WebhookSink(tenant, spec.id, spec.webhook, spec.delivery)
+        return WebhookSink(tenant, spec.id, spec.webhook, spec.delivery, targets=targets)
     if spec.kind == "mqtt":
         from fieldgate.cloud.connectors.mqtt import MqttSink
 
         assert spec.mqtt is not None
-        return MqttSink(tenant, spec.id, spec.mqtt, spec.delivery)
+        return MqttSink(tenant, spec.id, spec.mqtt, spec.delivery, targets=targets)
     from fieldgate.cloud.connectors.kafka import KafkaSink
 
     assert spec.kafka is not None
-    return KafkaSink(tenant, spec.id, spec.kafka, spec.delivery)
+    return KafkaSink(tenant, spec.id, spec.kafka, spec.delivery, targets=targets)
 
 
 def backoff_s(attempt: int, initial: float, cap: float, rng: random.Random) -> float:

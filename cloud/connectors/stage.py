@@ -13,7 +13,10 @@ the first one some connector has not yet delivered or dead-lettered (dead letter
 durable, in the connector store). So:
 
 * nothing is lost: a crash re-reads from the watermark, and every event after it is offered
-  again (at-least-once);
+  again (at-least-once) — but only to the connectors that had not finished it: each
+  connector's **position** per partition (:mod:`~fieldgate.cloud.connectors.progress`) is
+  kept in the connector store (at most every ``position_interval_s``, and at stop), so one
+  dead webhook holding the watermark back does not make a healthy connector re-send;
 * duplicates carry the same idempotency key (the event id, derived from tenant, device and
   alternate id), which receivers de-duplicate on;
 * a connector that is down holds the watermark back by at most its retry time (its events
@@ -22,11 +25,26 @@ durable, in the connector store). So:
 * memory is bounded: each connector's queue is bounded, and at most ``max_in_flight``
   records are tracked — beyond that the stage stops reading until the oldest is done.
 
+**A new connector starts where it was created**: the API records the end of the tenant's
+``[persisted]`` topic with it (cloud/connectors/admin.py). When the stage first sees it — up
+to ``refresh_s`` later, or after a restart — and has already read past that point, it seeks
+the partition back there and reads again: the new connector gets those records, the others
+pass over them (their positions are beyond). The same happens whenever a record shows that
+some connector's position is behind what the stage reads (a partition that comes back from
+another replica is first checked against the stored positions). Records the bus no longer
+has (retention) are skipped with a warning after two seeks that did not bring them back.
+
+**Replay**: ``fieldgate cloud replay --group connectors`` moves the group's offsets back. The
+stage keeps its own last commit with the positions (owner ``STAGE_OWNER``), so a record below
+it that its own seeks do not explain is a replay: every connector of the tenant is offered
+again from there (docs/connectors.md).
+
 Definitions are read from the connector store for every tenant of the registry, and re-read
 every ``refresh_s`` seconds, so a connector created, changed, disabled or deleted through
 the API (in this process or another) takes effect without a restart. The same loop picks up
 dead letters marked for re-drive and queues them again (removed from the dead letters once
-delivered).
+delivered). Connections go only where the operator's
+:class:`~fieldgate.cloud.connectors.targets.TargetPolicy` allows.
 """
 
 from __future__ import annotations
@@ -35,6 +53,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -54,8 +73,10 @@ from fieldgate.cloud.bus import (
 )
 from fieldgate.cloud.connectors.events import EventContext
 from fieldgate.cloud.connectors.models import ConnectorSpec
+from fieldgate.cloud.connectors.progress import ConnectorProgress
 from fieldgate.cloud.connectors.runner import ConnectorRunner, Item, SinkFactory, build_sink
-from fieldgate.cloud.connectors.store import ConnectorStore
+from fieldgate.cloud.connectors.store import STAGE_OWNER, ConnectorStore
+from fieldgate.cloud.connectors.targets import TargetPolicy
 from fieldgate.cloud.errors import BusError, NotFound, StoreError
 from fieldgate.cloud.stage import TtlLru
 from fieldgate.cloud.store import Registry
@@ -81,6 +102,9 @@ class ConnectorStageSettings:
     poll_timeout_s: float = 0.5
     redrive_batch: int = 100
     retry_s: float = 0.2  # first back-off of a registry/store/bus call that failed (doubles to 5 s)
+    # How often the connectors' positions are written to the store (and at stop): what a
+    # crash (not a stop) may make a healthy connector send twice.
+    position_interval_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -95,6 +119,10 @@ class ConnectorStageStats:
     refresh_failures: int = 0
     lookup_retries: int = 0
     loop_restarts: int = 0
+    seeks: int = 0  # partitions read again for a connector behind the stage (a new one)
+    replays: int = 0  # the group's offsets moved back by someone else (a replay)
+    gone: int = 0  # records a connector should have had that the bus no longer keeps
+    position_failures: int = 0
     last_error: str = ""
 
 
@@ -127,8 +155,9 @@ class ConnectorStage:
         *,
         topic_prefix: str = "fieldgate",
         settings: ConnectorStageSettings | None = None,
-        sink_factory: SinkFactory = build_sink,
+        sink_factory: SinkFactory | None = None,
         site: SiteStore | None = None,
+        targets: TargetPolicy | None = None,
     ) -> None:
         self.name = "connectors"
         self.stats = ConnectorStageStats()
@@ -137,11 +166,24 @@ class ConnectorStage:
         self._registry = registry
         self._prefix = topic_prefix
         self._settings = settings or ConnectorStageSettings()
-        self._sink_factory = sink_factory
+        # Where connectors may connect (None: no inside address at all).
+        self.targets = targets or TargetPolicy()
+        self._sink_factory: SinkFactory = sink_factory or functools.partial(build_sink, targets=self.targets)
         self.runners: dict[str, dict[str, ConnectorRunner]] = {}  # tenant -> id -> runner
+        self._progress: dict[tuple[str, str], ConnectorProgress] = {}  # (tenant, id) -> place
+        # The stage's own last commit per tenant and partition (from the store, then ours).
+        self._committed: dict[str, dict[int, int]] = {}
+        self._committed_saved: dict[str, dict[int, int]] = {}
         self._loaded: set[str] = set()
         self._tracked: dict[tuple[str, int], deque[_Tracked]] = {}
         self._in_flight = 0
+        # This consumer session: the offset after the last record read per partition, seeks
+        # asked for (applied between polls) and made (until the first record after them).
+        self._read_next: dict[tuple[str, int], int] = {}
+        self._seek_to: dict[tuple[str, int], int] = {}
+        self._sought: dict[tuple[str, int], int] = {}
+        self._seek_attempts: dict[tuple[str, int], tuple[int, int]] = {}  # tp -> (target, seeks)
+        self._saved_at = 0.0
         self._settled = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -184,10 +226,17 @@ class ConnectorStage:
         for runners in self.runners.values():
             for runner in runners.values():
                 await runner.stop()
+        # What the runners finished after the consume loop's last commit.
+        with contextlib.suppress(StoreError):
+            await self._save_positions(force=True)
         self.runners.clear()
+        self._progress.clear()
+        self._committed.clear()
+        self._committed_saved.clear()
         self._loaded.clear()
         self._tracked.clear()
         self._in_flight = 0
+        self._forget_session()
 
     def runner(self, tenant: str, connector: str) -> ConnectorRunner | None:
         return self.runners.get(tenant, {}).get(connector)
@@ -208,19 +257,48 @@ class ConnectorStage:
             wanted = {s.id: s for s in specs}
             for cid in [c for c in runners if c not in wanted]:
                 log.info("connector %s/%s deleted", tenant, cid)
+                self._progress.pop((tenant, cid), None)
                 await runners.pop(cid).delete()
+            new = [cid for cid in wanted if cid not in runners]
+            stored = await self._store.positions(tenant) if new or tenant not in self._loaded else {}
+            if tenant not in self._committed:
+                self._committed[tenant] = dict(stored.get(STAGE_OWNER, {}))
+                self._committed_saved[tenant] = dict(self._committed[tenant])
             for cid, spec in wanted.items():
                 runner = runners.get(cid)
                 if runner is None:
+                    self._progress[(tenant, cid)] = progress = ConnectorProgress(stored.get(cid))
                     runner = runners[cid] = ConnectorRunner(
                         tenant, spec, self._store, sink_factory=self._sink_factory
                     )
                     runner.start()
                     log.info("connector %s/%s (%s) running", tenant, cid, spec.kind)
+                    self._rewind_for(tenant, cid, progress)
                 elif runner.spec != spec:
                     await runner.reconfigure(spec)
                     log.info("connector %s/%s reconfigured", tenant, cid)
             self._loaded.add(tenant)
+
+    def _rewind_for(self, tenant: str, cid: str, progress: ConnectorProgress) -> None:
+        """A connector the stage sees for the first time: where the stage has already read past
+        its start, read those partitions again (the consume loop seeks between polls)."""
+        topic = topic_name(tenant, PERSISTED, self._prefix)
+        for (t, partition), reading in list(self._read_next.items()):
+            if t != topic:
+                continue
+            start = progress.next(partition, reading)
+            if start < reading:
+                log.info(
+                    "connector %s/%s starts at %s[%d]@%d, before the stage's %d: reading it again",
+                    tenant,
+                    cid,
+                    topic,
+                    partition,
+                    start,
+                    reading,
+                )
+                tp = (topic, partition)
+                self._seek_to[tp] = min(start, self._seek_to.get(tp, start))
 
     async def _redrive(self, tenant: str) -> None:
         for runner in list(self.runners.get(tenant, {}).values()):
@@ -260,10 +338,14 @@ class ConnectorStage:
                 log.warning("connectors: cannot refresh the definitions: %s", err)
 
     async def _runners_for(self, tenant: str) -> list[ConnectorRunner]:
+        """Every runner of ``tenant``, disabled ones too (they pass over records)."""
         if tenant not in self._loaded:
-            specs = await self._retry(lambda: self._store.list_connectors(tenant))
-            await self._sync(tenant, specs)
-        return [r for r in self.runners.get(tenant, {}).values() if r.accepting]
+
+            async def load() -> None:
+                await self._sync(tenant, await self._store.list_connectors(tenant))
+
+            await self._retry(load)
+        return list(self.runners.get(tenant, {}).values())
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -282,6 +364,7 @@ class ConnectorStage:
                 log.exception("connectors: consumer failed; re-opening in %.1fs", delay)
                 self._tracked.clear()  # the new consumer starts from the committed offsets
                 self._in_flight = 0
+                self._forget_session()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
@@ -302,15 +385,126 @@ class ConnectorStage:
                 for record in records:
                     if self._stopping.is_set():
                         break
+                    if (record.topic, record.partition) in self._seek_to:
+                        continue  # read again after the seek
                     await self._handle(record)
+                await self._apply_seeks(consumer)
                 await self._commit(consumer)
         finally:
             # Stopping (or a failure): commit what the connectors finished, once more.
-            with contextlib.suppress(BusError):
-                await self._commit(consumer)
+            with contextlib.suppress(BusError, StoreError):
+                await self._commit(consumer, force_save=True)
+
+    def _forget_session(self) -> None:
+        self._read_next.clear()
+        self._seek_to.clear()
+        self._sought.clear()
+        self._seek_attempts.clear()
+
+    async def _apply_seeks(self, consumer: Consumer) -> None:
+        seeks, self._seek_to = self._seek_to, {}
+        for (topic, partition), offset in seeks.items():
+            await consumer.seek(topic, partition, offset)
+            self._sought[(topic, partition)] = offset
+            self._read_next.pop((topic, partition), None)
+            self.stats.seeks += 1
+
+    def _notice_replay(
+        self, tenant: str, record: Record, sought: int | None, runners: Sequence[ConnectorRunner]
+    ) -> None:
+        """A record below the stage's own last commit that neither the stage's reading order
+        nor its own seek explains: the group's offsets were moved back (a replay, or the
+        tenant's topic was made anew). The tenant's connectors are offered from there again,
+        and the stage's commits may go down to it."""
+        p, o = record.partition, record.offset
+        expected = self._read_next.get((record.topic, p))
+        committed = self._committed.get(tenant, {}).get(p)
+        if sought is not None or committed is None or o >= committed:
+            return
+        if expected is not None and o >= expected:
+            return
+        log.info(
+            "connectors: %s[%d] is read again from %d, below the stage's last commit %d "
+            "(a replay): the tenant's connectors are offered those records again",
+            record.topic,
+            p,
+            o,
+            committed,
+        )
+        self.stats.replays += 1
+        for runner in runners:
+            self._place(tenant, runner.id).rewind(p, o)
+        self._committed[tenant][p] = o
+
+    async def _in_place(
+        self, tenant: str, record: Record, sought: int | None, runners: Sequence[ConnectorRunner]
+    ) -> bool:
+        """Whether ``record`` is where every connector of ``tenant`` expects the stage to read;
+        False when the partition must be read again from further back for one of them (a seek
+        is asked for, the record dropped)."""
+        tp = (record.topic, record.partition)
+        p, o = record.partition, record.offset
+        behind = self._behind(tenant, runners, p, o)
+        if behind:
+            # Another replica may have moved them on while it owned the partition.
+            stored = await self._retry(lambda: self._store.positions(tenant))
+            for cid in behind:
+                self._place(tenant, cid).catch_up(stored.get(cid, {}))
+            behind = self._behind(tenant, runners, p, o)
+        if not behind:
+            self._seek_attempts.pop(tp, None)
+            return True
+        target = min(behind.values())
+        last_target, seeks = self._seek_attempts.get(tp, (target, 0))
+        if last_target != target:
+            seeks = 0
+        if sought is not None and sought <= target and seeks >= 2:
+            log.warning(
+                "connectors: %d record(s) of %s[%d] from %d on are no longer on the bus: "
+                "connector(s) %s skip them",
+                o - target,
+                record.topic,
+                p,
+                target,
+                ", ".join(sorted(behind)),
+            )
+            self.stats.gone += o - target
+            for cid in behind:
+                self._place(tenant, cid).passed(p, o - 1)
+            self._seek_attempts.pop(tp, None)
+            return True
+        self._seek_attempts[tp] = (target, seeks + 1)
+        self._seek_to[tp] = min(target, self._seek_to.get(tp, target))
+        return False
+
+    def _behind(self, tenant: str, runners: Sequence[ConnectorRunner], p: int, o: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for runner in runners:
+            nxt = self._place(tenant, runner.id).next(p, o)
+            if nxt < o:
+                out[runner.id] = nxt
+        return out
+
+    def _place(self, tenant: str, cid: str) -> ConnectorProgress:
+        progress = self._progress.get((tenant, cid))
+        if progress is None:  # a runner made before its progress (cannot happen; be safe)
+            progress = self._progress[(tenant, cid)] = ConnectorProgress()
+        return progress
 
     async def _handle(self, record: Record) -> None:
         key = (record.topic, record.partition)
+        try:
+            tenant: str | None = parse_topic(record.topic, self._prefix)[0]
+        except ValueError:
+            tenant = None
+        sought = self._sought.pop(key, None)
+        runners: list[ConnectorRunner] = []
+        if tenant is not None:
+            runners = await self._runners_for(tenant)
+            self._notice_replay(tenant, record, sought, runners)
+            if runners and not await self._in_place(tenant, record, sought, runners):
+                return
+        self._read_next[key] = record.offset + 1
         queue = self._tracked.setdefault(key, deque())
         if queue and record.offset <= queue[-1].record.offset:
             # Re-delivered from an older position (a rebalance gave the partition back): what
@@ -322,40 +516,66 @@ class ConnectorStage:
         self._in_flight += 1
         self.stats.records += 1
         try:
-            await self._offer(record, tracked)
+            await self._offer(record, tracked, tenant, runners)
         finally:
             tracked.sealed = True
 
-    async def _offer(self, record: Record, tracked: _Tracked) -> None:
+    async def _offer(
+        self, record: Record, tracked: _Tracked, tenant: str | None, runners: Sequence[ConnectorRunner]
+    ) -> None:
+        p, o = record.partition, record.offset
+        # Each runner takes the record once: those whose next offset it is (others had it
+        # already, or wait for a seek back to where they are).
+        due = [r for r in runners if self._place(tenant or "", r.id).next(p, o) == o]
         try:
-            tenant, _ = parse_topic(record.topic, self._prefix)
+            if tenant is None:
+                raise ValueError(f"not a topic of prefix {self._prefix!r}")
             batch = pb.EventBatch.FromString(record.value)
         except (ValueError, ProtobufDecodeError) as err:
+            self._pass(tenant, due, p, o)
             await self._undecodable(record, str(err))
             return
-        runners = await self._runners_for(tenant)
         if not runners:
             return
         for ev in batch.events:
             if ev.tenant != tenant:
+                self._pass(tenant, due, p, o)
                 await self._undecodable(record, f"event of tenant {ev.tenant!r} in the topic of {tenant!r}")
                 return
         self.stats.events += len(batch.events)
-        for ev in batch.events:
-            for runner in runners:
-                f = runner.filter
+        for runner in due:
+            progress = self._place(tenant, runner.id)
+            progress.passed(p, o)
+            if not runner.accepting:
+                continue  # disabled: passes over the record
+            f = runner.filter
+            matched = []
+            for ev in batch.events:
                 ctx = await self._context(tenant, ev, f.needs_device, f.needs_assignment, f.groups)
-                if not f.matches(ev, ctx):
-                    continue
-                tracked.remaining += 1
+                if f.matches(ev, ctx):
+                    matched.append(ev)
+            if not matched:
+                continue
+            tracked.remaining += len(matched)
+            progress.add_pending(p, o, len(matched))
 
-                def done(t: _Tracked = tracked) -> None:
-                    t.done()
-                    if t.settled:
-                        self._settled.set()
+            def done(t: _Tracked = tracked, progress: ConnectorProgress = progress) -> None:
+                t.done()
+                progress.settle(p, o)
+                if t.settled:
+                    self._settled.set()
 
+            for ev in matched:
                 self.stats.offered += 1
-                await runner.offer(Item(ev, done))
+                if runner.accepting:
+                    await runner.offer(Item(ev, done))
+                else:  # deleted while the record was being offered
+                    done()
+
+    def _pass(self, tenant: str | None, runners: Sequence[ConnectorRunner], p: int, o: int) -> None:
+        if tenant is not None:
+            for runner in runners:
+                self._place(tenant, runner.id).passed(p, o)
 
     async def _undecodable(self, record: Record, reason: str) -> None:
         self.stats.undecodable += 1
@@ -451,18 +671,58 @@ class ConnectorStage:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _commit(self, consumer: Consumer) -> None:
-        """Commit each partition up to its watermark (see the module docstring)."""
+    async def _commit(self, consumer: Consumer, *, force_save: bool = False) -> None:
+        """Commit each partition up to its watermark (see the module docstring) — never below
+        what the stage committed before (a seek back for a new connector reads records again,
+        it does not move the group back) — then store the positions that moved."""
         heads: list[Record] = []
         count = 0
-        for queue in self._tracked.values():
+        for (topic, partition), queue in self._tracked.items():
             last: Record | None = None
             while queue and queue[0].settled:
                 last = queue.popleft().record
                 self._in_flight -= 1
                 count += 1
-            if last is not None:
+            if last is None:
+                continue
+            try:
+                tenant = parse_topic(topic, self._prefix)[0]
+            except ValueError:
                 heads.append(last)
+                continue
+            committed = self._committed.get(tenant)
+            if committed is not None and last.offset + 1 <= committed.get(partition, -1):
+                continue
+            heads.append(last)
+            if committed is not None:
+                committed[partition] = last.offset + 1
         if heads:
             await consumer.commit(heads)
             self.stats.committed += count
+        await self._save_positions(force=force_save)
+
+    async def _save_positions(self, *, force: bool = False) -> None:
+        """Store the connectors' positions and the stage's commits that changed, at most every
+        ``position_interval_s`` (``force``: now). A failure is counted and tried again later."""
+        now = time.monotonic()
+        if not force and now - self._saved_at < self._settings.position_interval_s:
+            return
+        self._saved_at = now
+        try:
+            for (tenant, cid), progress in list(self._progress.items()):
+                changed = progress.unsaved()
+                if changed:
+                    await self._store.save_positions(tenant, cid, changed)
+                    progress.saved(changed)
+            for tenant, committed in self._committed.items():
+                if not self.runners.get(tenant):
+                    continue  # nothing to tell a replay from a restart for
+                saved = self._committed_saved.setdefault(tenant, {})
+                changed = {p: o for p, o in committed.items() if saved.get(p) != o}
+                if changed:
+                    await self._store.save_positions(tenant, STAGE_OWNER, changed)
+                    saved.update(changed)
+        except StoreError as err:
+            self.stats.position_failures += 1
+            self.stats.last_error = str(err)[:500]
+            log.warning("connectors: cannot store the positions: %s", err)

@@ -13,13 +13,22 @@ Both keep a tenant's data with the tenant's other data and apart from other tena
 A dead letter is keyed by (connector, event id): dead-lettering the same event twice (a
 replay, a retry after a crash) keeps one letter with the latest reason. ``redrive`` marks
 letters for the connectors stage, which re-queues them (the API process does not deliver).
+
+**Positions** (table ``connector_positions``): per connector and partition of the tenant's
+``[persisted]`` topic, the next offset the connector has not finished with. A connector
+created through the API gets its start there (the topic's end offsets at creation, plus
+``ANY_PARTITION`` → 0 for partitions it has no row for), so it delivers every event stored
+after its creation however late the stage notices it; the stage then keeps them up to date,
+so a connector never re-sends what it finished because another one is behind. The stage's own
+last committed offsets are kept under the owner ``STAGE_OWNER`` (not a connector id), to tell
+a replay (the group's offsets moved back by an operator) from a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +44,10 @@ if TYPE_CHECKING:
 
 #: Most dead letters one call returns or marks (the API pages through more with ``limit``).
 MAX_DEAD_LETTERS = 10_000
+#: The owner of the connectors stage's own committed offsets among the positions.
+STAGE_OWNER = "~stage"
+#: The partition of a start position that applies to every partition without a row.
+ANY_PARTITION = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +70,24 @@ class ConnectorStore(Protocol):
 
     async def get(self, tenant: str, connector: str) -> ConnectorSpec | None: ...
 
-    async def create(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
-        """Conflict if the id is taken."""
+    async def create(
+        self, tenant: str, spec: ConnectorSpec, start: Mapping[int, int] | None = None
+    ) -> ConnectorSpec:
+        """Conflict if the id is taken. ``start``: where on the tenant's ``[persisted]`` topic
+        the connector begins (``{partition: offset}``; partitions not listed begin at 0); None
+        records no start, and the stage begins it wherever it is reading when it first sees it."""
 
     async def replace(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
         """NotFound if there is no such connector."""
 
     async def delete(self, tenant: str, connector: str) -> bool:
-        """Delete the connector and its dead letters; False if it did not exist."""
+        """Delete the connector, its dead letters and positions; False if it did not exist."""
+
+    async def positions(self, tenant: str) -> dict[str, dict[int, int]]:
+        """Every owner's (connectors', ``STAGE_OWNER``'s) ``{partition: offset}``."""
+
+    async def save_positions(self, tenant: str, owner: str, positions: Mapping[int, int]) -> None:
+        """Store (overwrite) ``owner``'s offsets of the given partitions."""
 
     async def add_dead_letters(self, tenant: str, letters: Sequence[DeadLetter]) -> None:
         """Store (or overwrite, with redrive cleared) each letter."""
@@ -108,7 +131,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (connector, event_id)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_time ON dead_letters (connector, failed_ms);
+CREATE TABLE IF NOT EXISTS connector_positions (
+    owner TEXT NOT NULL,
+    bus_partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (owner, bus_partition)
+);
 """
+
+
+def _start_rows(connector: str, start: Mapping[int, int]) -> list[tuple[str, int, int]]:
+    rows = {ANY_PARTITION: 0, **{int(p): int(o) for p, o in start.items()}}
+    return [(connector, p, max(0, o)) for p, o in sorted(rows.items())]
 
 
 def _letter(row: Sequence[Any]) -> DeadLetter:
@@ -163,17 +197,26 @@ class SqliteConnectorStore:
         text = await self._worker.run(run)
         return None if text is None else ConnectorSpec.from_json(text)
 
-    async def create(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+    async def create(
+        self, tenant: str, spec: ConnectorSpec, start: Mapping[int, int] | None = None
+    ) -> ConnectorSpec:
         def run() -> None:
             conn = self._conn(tenant)
             assert conn is not None
-            try:
-                conn.execute(
-                    "INSERT INTO connectors (id, spec, updated_ms) VALUES (?, ?, ?)",
-                    (spec.id, spec.to_json(), spec.updated_ms),
-                )
-            except sqlite3.IntegrityError as err:
-                raise Conflict(f"connector {spec.id!r} exists") from err
+            with transaction(conn):
+                try:
+                    conn.execute(
+                        "INSERT INTO connectors (id, spec, updated_ms) VALUES (?, ?, ?)",
+                        (spec.id, spec.to_json(), spec.updated_ms),
+                    )
+                except sqlite3.IntegrityError as err:
+                    raise Conflict(f"connector {spec.id!r} exists") from err
+                conn.execute("DELETE FROM connector_positions WHERE owner = ?", (spec.id,))
+                if start is not None:
+                    conn.executemany(
+                        "INSERT INTO connector_positions (owner, bus_partition, next_offset) VALUES (?, ?, ?)",
+                        _start_rows(spec.id, start),
+                    )
 
         await self._worker.run(run)
         return spec
@@ -200,9 +243,39 @@ class SqliteConnectorStore:
             with transaction(conn):
                 cur = conn.execute("DELETE FROM connectors WHERE id = ?", (connector,))
                 conn.execute("DELETE FROM dead_letters WHERE connector = ?", (connector,))
+                conn.execute("DELETE FROM connector_positions WHERE owner = ?", (connector,))
             return cur.rowcount > 0
 
         return await self._worker.run(run)
+
+    async def positions(self, tenant: str) -> dict[str, dict[int, int]]:
+        def run() -> dict[str, dict[int, int]]:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return {}
+            out: dict[str, dict[int, int]] = {}
+            for owner, partition, offset in conn.execute(
+                "SELECT owner, bus_partition, next_offset FROM connector_positions"
+            ):
+                out.setdefault(str(owner), {})[int(partition)] = int(offset)
+            return out
+
+        return await self._worker.run(run)
+
+    async def save_positions(self, tenant: str, owner: str, positions: Mapping[int, int]) -> None:
+        if not positions:
+            return
+
+        def run() -> None:
+            conn = self._conn(tenant)
+            assert conn is not None
+            with transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO connector_positions (owner, bus_partition, next_offset) VALUES (?, ?, ?)",
+                    [(owner, int(p), int(o)) for p, o in positions.items()],
+                )
+
+        await self._worker.run(run)
 
     async def add_dead_letters(self, tenant: str, letters: Sequence[DeadLetter]) -> None:
         if not letters:
@@ -314,7 +387,14 @@ def _cassandra_migrations(ks: str) -> list[tuple[int, list[str]]]:
                 " connector text, event_id text, event blob, reason text, attempts int, failed_ms bigint,"
                 " redrive boolean, PRIMARY KEY ((connector), event_id))",
             ],
-        )
+        ),
+        (
+            2,
+            [
+                f"CREATE TABLE IF NOT EXISTS {ks}.connector_positions ("
+                " owner text, bus_partition int, next_offset bigint, PRIMARY KEY ((owner), bus_partition))",
+            ],
+        ),
     ]
 
 
@@ -332,7 +412,18 @@ class CassandraConnectorStore(TenantKeyspaceStore):
         rows = await self._run(tenant, "SELECT spec FROM {ks}.connectors WHERE id = %s", (connector,))
         return ConnectorSpec.from_json(rows[0][0]) if rows else None
 
-    async def create(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
+    async def create(
+        self, tenant: str, spec: ConnectorSpec, start: Mapping[int, int] | None = None
+    ) -> ConnectorSpec:
+        # The start goes in first: the stage must never see the connector without it. Two
+        # tables cannot share one lightweight transaction; a create that loses the race for
+        # the id to another one of the same moment rewrites that one's start with its own
+        # (the same point, give or take the milliseconds between them).
+        if await self.get(tenant, spec.id) is not None:
+            raise Conflict(f"connector {spec.id!r} exists")
+        await self._run(tenant, "DELETE FROM {ks}.connector_positions WHERE owner = %s", (spec.id,))
+        if start is not None:
+            await self._put_positions(tenant, _start_rows(spec.id, start))
         rows = await self._run(
             tenant,
             "INSERT INTO {ks}.connectors (id, spec, updated_ms) VALUES (%s, %s, %s) IF NOT EXISTS",
@@ -341,6 +432,30 @@ class CassandraConnectorStore(TenantKeyspaceStore):
         if not rows or not rows[0][0]:
             raise Conflict(f"connector {spec.id!r} exists")
         return spec
+
+    async def _put_positions(self, tenant: str, rows: Sequence[tuple[str, int, int]]) -> None:
+        await asyncio.gather(
+            *(
+                self._run(
+                    tenant,
+                    "INSERT INTO {ks}.connector_positions (owner, bus_partition, next_offset) VALUES (%s, %s, %s)",
+                    row,
+                )
+                for row in rows
+            )
+        )
+
+    async def positions(self, tenant: str) -> dict[str, dict[int, int]]:
+        rows = await self._run(
+            tenant, "SELECT owner, bus_partition, next_offset FROM {ks}.connector_positions LIMIT 1000000"
+        )
+        out: dict[str, dict[int, int]] = {}
+        for owner, partition, offset in rows:
+            out.setdefault(str(owner), {})[int(partition)] = int(offset)
+        return out
+
+    async def save_positions(self, tenant: str, owner: str, positions: Mapping[int, int]) -> None:
+        await self._put_positions(tenant, [(owner, int(p), int(o)) for p, o in positions.items()])
 
     async def replace(self, tenant: str, spec: ConnectorSpec) -> ConnectorSpec:
         rows = await self._run(
@@ -355,6 +470,7 @@ class CassandraConnectorStore(TenantKeyspaceStore):
     async def delete(self, tenant: str, connector: str) -> bool:
         rows = await self._run(tenant, "DELETE FROM {ks}.connectors WHERE id = %s IF EXISTS", (connector,))
         await self._run(tenant, "DELETE FROM {ks}.connector_dead_letters WHERE connector = %s", (connector,))
+        await self._run(tenant, "DELETE FROM {ks}.connector_positions WHERE owner = %s", (connector,))
         return bool(rows and rows[0][0])
 
     async def add_dead_letters(self, tenant: str, letters: Sequence[DeadLetter]) -> None:
