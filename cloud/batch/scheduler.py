@@ -3,7 +3,8 @@
 The runner (inside the ``api`` service, one per replica) looks at every enabled schedule of
 every tenant each ``tick_s``. A schedule's *due time* is the latest cron time at or before
 now (one shot: ``at_ms`` once it has passed), never one before the schedule was created or
-before the last run it recorded. A due time runs only after its claim row was created
+before the last run it recorded — so a one-shot schedule whose ``at_ms`` is before its
+creation never runs (it is not "overdue", it was never ahead). A due time runs only after its claim row was created
 (:meth:`~fieldgate.cloud.batch.store.BatchStore.claim_run`: unique key on SQLite, LWT on
 Cassandra), so with several replicas exactly one of them runs it.
 
@@ -40,12 +41,18 @@ from fieldgate.timeutil import now_ms
 log = logging.getLogger(__name__)
 
 
+def _floor(schedule: Schedule) -> int:
+    """The earliest due time the schedule may still run: not before its creation, not at or
+    before its last run."""
+    return max(schedule.created_ms, schedule.last_due_ms + 1 if schedule.last_due_ms is not None else 0)
+
+
 def due_time(schedule: Schedule, now: int) -> int | None:
     """The due time (ms) to run at ``now``, or None (see the module docstring)."""
-    floor = max(schedule.created_ms, schedule.last_due_ms + 1 if schedule.last_due_ms is not None else 0)
+    floor = _floor(schedule)
     if schedule.at_ms is not None:
         due = schedule.at_ms
-        if due > now or (schedule.last_due_ms is not None and due <= schedule.last_due_ms):
+        if due > now or due < floor:
             return None
         return due
     assert schedule.cron is not None
@@ -60,7 +67,7 @@ def next_time(schedule: Schedule, now: int) -> int | None:
     if not schedule.enabled:
         return None
     if schedule.at_ms is not None:
-        return schedule.at_ms if schedule.last_due_ms is None else None
+        return schedule.at_ms if schedule.at_ms >= _floor(schedule) else None
     assert schedule.cron is not None
     start = datetime.fromtimestamp(now / 1000, tz=UTC)
     nxt: datetime = croniter(schedule.cron, start).get_next(datetime)

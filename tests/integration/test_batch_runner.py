@@ -261,6 +261,34 @@ async def test_one_shot_schedule_fires_once_and_a_batch_schedule_starts_an_opera
     assert done.last_result == f"batch {listed[0].id}"
 
 
+async def test_a_one_shot_schedule_set_before_its_creation_never_runs(world: World) -> None:
+    """docs/api.md: a due time before the schedule was created never runs — a one-shot time in
+    the past is not overdue, it was never ahead."""
+    from fieldgate.cloud.batch.scheduler import next_time
+
+    now = [T0]
+    store = await world.batch_store()
+    ops = BatchOperations(store, world.registry, world.commands)
+    sched = Scheduler(store, world.registry, world.commands, ops, clock=lambda: now[0])
+    past = Schedule(
+        id="past",
+        at_ms=T0 - 60_000,
+        action=CommandAction(device="act-01", command="ping"),
+        tenant=T,
+        created_ms=T0,
+        updated_ms=T0,
+    )
+    await store.create_schedule(T, past)
+    assert next_time(past, now[0]) is None
+    for step in (0, 1_000, 3_600_000):
+        now[0] = T0 + step
+        assert await sched.tick() == 0
+    assert await world.invocations.list_pending(T) == []
+    assert await store.list_runs(T, "past", 10) == []
+    kept = await store.get_schedule(T, "past")
+    assert kept is not None and kept.last_due_ms is None
+
+
 async def test_a_group_selection_resolves_through_the_site_store(world: World, tmp_path: Path) -> None:
     from fieldgate.cloud.backends import build_site_store
     from fieldgate.cloud.errors import InvalidRequest
