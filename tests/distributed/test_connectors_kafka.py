@@ -22,7 +22,7 @@ from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace
 from fieldgate.cloud.store.cassandra_registry import CassandraRegistry
 from fieldgate.devservers import CassandraServer, KafkaServer
 from fieldgate.v1 import model_pb2 as model
-from tests.helpers.connectors import FAST, SECRET, TENANT, make_event, publish, webhook
+from tests.helpers.connectors import FAST, LOOPBACK_TARGETS, SECRET, TENANT, make_event, publish, webhook
 from tests.helpers.waiting import eventually, eventually_sync
 from tests.helpers.webhook_receiver import webhook_receiver
 
@@ -63,7 +63,9 @@ async def test_kafka_connector_delivers_while_the_webhook_is_down(
         rx.mode = "500"
         for part in (bus, registry, store):
             await part.start()
-        stage = ConnectorStage(bus, store, registry, topic_prefix=name, settings=FAST)
+        stage = ConnectorStage(
+            bus, store, registry, topic_prefix=name, settings=FAST, targets=LOOPBACK_TARGETS
+        )
         try:
             await registry.ensure_tenant(model.Tenant(token=TENANT, name=TENANT))
             kafka_spec = ConnectorSpec.model_validate(

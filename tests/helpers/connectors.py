@@ -18,9 +18,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import PERSISTED, Bus, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
+from fieldgate.cloud.config import ConnectorsConfig
 from fieldgate.cloud.connectors.models import ConnectorSpec
 from fieldgate.cloud.connectors.stage import GROUP, ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.connectors.store import SqliteConnectorStore
+from fieldgate.cloud.connectors.targets import TargetPolicy
 from fieldgate.cloud.ids import event_id
 from fieldgate.cloud.stage import messages_by_device
 from fieldgate.cloud.store.site import SiteStore
@@ -32,6 +34,11 @@ from fieldgate.v1 import model_pb2 as model
 TENANT = "default"
 SECRET = "connector-secret-0123456789"
 FAST = ConnectorStageSettings(refresh_s=0.2, poll_timeout_s=0.1)
+#: The operator setting the tests need: their receivers listen on 127.0.0.1, which connectors
+#: may not reach by default (cloud/connectors/targets.py).
+LOOPBACK_ALLOWED = ConnectorsConfig(refresh_s=0.2, allow_networks=("127.0.0.0/8",))
+#: The stage's policy from that setting.
+LOOPBACK_TARGETS = TargetPolicy.from_networks(LOOPBACK_ALLOWED.allow_networks)
 
 
 def connector_running(app: CloudApp, connector: str, tenant: str = TENANT) -> bool:
@@ -101,6 +108,7 @@ async def stage_rig(
     connectors: Sequence[ConnectorSpec],
     settings: ConnectorStageSettings = FAST,
     site: SiteStore | None = None,
+    targets: TargetPolicy = LOOPBACK_TARGETS,
 ) -> AsyncIterator[StageRig]:
     bus = EmbeddedBus(tmp_path / "bus.db")
     registry = SqliteRegistry(tmp_path / "registry")
@@ -110,7 +118,7 @@ async def stage_rig(
     await registry.ensure_tenant(model.Tenant(token=TENANT, name=TENANT))
     for spec in connectors:
         await store.create(TENANT, spec)
-    stage = ConnectorStage(bus, store, registry, settings=settings, site=site)
+    stage = ConnectorStage(bus, store, registry, settings=settings, site=site, targets=targets)
     await stage.start()
     try:
         yield StageRig(bus, registry, store, stage)

@@ -2,7 +2,8 @@
 
 It records every request it answered with 2xx (body, headers) and can be told to fail for a
 while: ``mode = "500"`` answers 500, ``"hang"`` sleeps past the client's timeout, ``"ok"``
-accepts. It de-duplicates on ``Idempotency-Key`` the way a receiver should, so a test can
+accepts, ``"redirect"`` answers 302 to its own URL (a client that followed it would be
+accepted). Failures carry a body (``SECRET_BODY``) that must never reach a dead letter. It de-duplicates on ``Idempotency-Key`` the way a receiver should, so a test can
 tell a duplicate (same key, counted in ``duplicates``) from a second, different delivery.
 """
 
@@ -22,6 +23,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+#: What the receiver's error responses say in their body (tests check no dead letter holds it).
+SECRET_BODY = "internal detail: db=10.0.0.5 user=admin"
 
 
 @dataclass
@@ -58,14 +62,17 @@ class Receiver:
         self.attempts_seen.append(int(request.headers.get("x-fieldgate-attempt", "0")))
         if self.mode == "500":
             self.failed += 1
-            return Response("receiver is down", status_code=500)
+            return Response(SECRET_BODY, status_code=500)
+        if self.mode == "redirect":
+            self.failed += 1
+            return Response(SECRET_BODY, status_code=302, headers={"Location": self.url + "?followed=1"})
         if self.mode == "hang":
             self.failed += 1
             await asyncio.sleep(self.hang_s)
             return Response("too late", status_code=200)
         if self.mode == "400":
             self.failed += 1
-            return Response("bad request", status_code=400)
+            return Response(SECRET_BODY, status_code=400)
         if self.secret is not None:
             expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
             if not hmac.compare_digest(expected, request.headers.get("x-fieldgate-signature", "")):
