@@ -59,6 +59,7 @@ def _cmd_up(ns: argparse.Namespace) -> int:
         edge_process=not ns.edge_in_process or ns.distributed,
         log_level=ns.log_level,
         distributed=ns.distributed,
+        connector_networks=tuple(ns.allow_connector_network or ()),
     )
 
     async def body(stop: asyncio.Event) -> None:
@@ -376,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="real ZooKeeper, Kafka and Cassandra (fetched with mvn, under DATA_DIR/servers) and one "
         "process per cloud service; implies the edge agent in its own process "
         "(docs/operations/distributed.md)",
+    )
+    up.add_argument(
+        "--allow-connector-network",
+        action="append",
+        metavar="CIDR",
+        help="a network outbound connectors may reach although it is inside (loopback, private, "
+        "...), e.g. 127.0.0.0/8 for a webhook receiver on this machine; repeatable; default none "
+        "(connectors.allow_networks, docs/connectors.md)",
     )
     up.set_defaults(func=_cmd_up)
 

@@ -41,6 +41,7 @@ from fieldgate.cloud.backends import build_registry, build_users
 from fieldgate.cloud.config import (
     BusConfig,
     CloudConfig,
+    ConnectorsConfig,
     StoreConfig,
     TenantConfig,
     TlsConfig,
@@ -98,6 +99,9 @@ class SuiteOptions:
     southbound: tuple[str, ...] = ()
     # Real ZooKeeper/Kafka/Cassandra and one process per cloud service (needs edge_process).
     distributed: bool = False
+    # Networks (CIDR) outbound connectors may reach although inside (connectors.allow_networks;
+    # e.g. "127.0.0.0/8" for a webhook receiver on this machine). Default: none.
+    connector_networks: tuple[str, ...] = ()
     # The in-process cloud on other backends, e.g. Kafka, Cassandra and ZooKeeper servers that
     # already run (None = the embedded bus, SQLite events, tenants from the file only).
     bus: BusConfig | None = None
@@ -141,6 +145,7 @@ class Suite:
             bus=options.bus or BusConfig(),
             store=options.store or StoreConfig(),
             zookeeper=options.zookeeper,
+            connectors=ConnectorsConfig(allow_networks=options.connector_networks),
         )
         self._cloud: CloudApp | None = None
         self.cloud_procs: dict[str, asyncio.subprocess.Process] = {}
@@ -581,6 +586,8 @@ class Suite:
         yield f"gRPC         {self.grpc_target}"
         yield f"MQTT         {self.mqtt_host}:{self.mqtt_port}  (devices publish to fieldgate/default/devices/<device>/events)"
         yield f"Data         {self.options.data_dir}"
+        nets = ", ".join(self._cloud_config.connectors.allow_networks) or "none (public targets only)"
+        yield f"Connectors   inside networks allowed: {nets}  (--allow-connector-network CIDR)"
         if self.kafka is not None:
             yield f"Kafka        {self.kafka.bootstrap}"
         if self.zookeeper is not None:

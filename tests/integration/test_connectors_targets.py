@@ -27,7 +27,15 @@ from fieldgate.cloud.connectors.admin import ConnectorAdmin
 from fieldgate.cloud.connectors.models import ConnectorSpec
 from fieldgate.cloud.connectors.store import DeadLetter
 from fieldgate.cloud.connectors.targets import IPAddress, TargetPolicy
-from tests.helpers.connectors import LOOPBACK_TARGETS, SECRET, TENANT, StageRig, make_event, publish, stage_rig
+from tests.helpers.connectors import (
+    LOOPBACK_TARGETS,
+    SECRET,
+    TENANT,
+    StageRig,
+    make_event,
+    publish,
+    stage_rig,
+)
 from tests.helpers.waiting import eventually
 from tests.helpers.webhook_receiver import SECRET_BODY, webhook_receiver
 
@@ -103,7 +111,11 @@ async def test_inside_targets_are_refused_at_creation_in_any_spelling(tmp_path: 
         mqtt = {"id": "m", "kind": "mqtt", "mqtt": {"host": "localhost", "port": 1883}}
         r = await api.post("/api/v1/connectors", json=mqtt)
         assert r.status_code == 422 and "mqtt.host" in r.json()["detail"], r.text
-        kafka = {"id": "k", "kind": "kafka", "kafka": {"bootstrap": "8.8.8.8:9092,127.0.0.1:9092", "topic": "t"}}
+        kafka = {
+            "id": "k",
+            "kind": "kafka",
+            "kafka": {"bootstrap": "8.8.8.8:9092,127.0.0.1:9092", "topic": "t"},
+        }
         r = await api.post("/api/v1/connectors", json=kafka)
         assert r.status_code == 422 and "kafka.bootstrap" in r.json()["detail"], r.text
         assert (await api.get("/api/v1/connectors")).json()["total"] == 0
@@ -220,11 +232,18 @@ async def test_an_mqtt_target_that_resolves_inside_is_never_contacted(tmp_path: 
         ("redirect", "HTTP 302 Found (redirects are not followed)"),
     ],
 )
-async def test_a_dead_letter_says_the_status_line_not_the_body(tmp_path: Path, mode: str, reason: str) -> None:
+async def test_a_dead_letter_says_the_status_line_not_the_body(
+    tmp_path: Path, mode: str, reason: str
+) -> None:
     async with webhook_receiver(secret=SECRET) as rx:
         rx.mode = mode
         spec = ConnectorSpec.model_validate(
-            {"id": "hook", "kind": "webhook", "webhook": {"url": rx.url, "secret": SECRET}, "delivery": FAST_DELIVERY}
+            {
+                "id": "hook",
+                "kind": "webhook",
+                "webhook": {"url": rx.url, "secret": SECRET},
+                "delivery": FAST_DELIVERY,
+            }
         )
         async with stage_rig(tmp_path, [spec]) as rig:
             await publish(rig.bus, [make_event(1)])
