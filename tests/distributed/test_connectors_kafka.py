@@ -2,7 +2,9 @@
 a Kafka connector producing to a real topic (read back with confluent-kafka), and a webhook
 connector whose receiver is down meanwhile — the Kafka connector keeps delivering, the
 webhook's events wait (uncommitted) and arrive once it is back; definitions and dead
-letters live in the tenant's Cassandra keyspace."""
+letters live in the tenant's Cassandra keyspace. And on the same backends: a connector the
+stage notices late gets everything stored after its creation, and a dead webhook does not
+make a healthy connector re-send across a restart."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
+from fieldgate.cloud.bus import PERSISTED, topic_name
 from fieldgate.cloud.bus.kafka import KafkaBus
+from fieldgate.cloud.connectors.admin import ConnectorAdmin
 from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.stage import ConnectorStage
+from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.connectors.store import CassandraConnectorStore
 from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace, keyspace_name
 from fieldgate.cloud.store.cassandra_registry import CassandraRegistry
@@ -108,6 +112,74 @@ async def test_kafka_connector_delivers_while_the_webhook_is_down(
         finally:
             await stage.stop()
             # The session's Cassandra is shared by the whole run: drop what this test made.
+            for ks in (keyspace_name(TENANT, name), instance_keyspace(name)):
+                await session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+            for part in (store, registry, bus):
+                await part.stop()
+
+
+async def test_late_connectors_and_a_dead_webhook_on_kafka_and_cassandra(
+    tmp_path: Path, kafka: KafkaServer, cassandra: CassandraServer
+) -> None:
+    name = "p" + uuid.uuid4().hex[:9]
+    bus = KafkaBus(kafka.bootstrap, prefix=name, partitions=2, tenants=[TENANT])
+    session = CassandraSession([cassandra.host], cassandra.port)
+    registry = CassandraRegistry(session, keyspace_prefix=name)
+    store = CassandraConnectorStore(session, keyspace_prefix=name)
+    a = [make_event(i, device=f"dev-{i % 4}") for i in range(8)]
+    b = [make_event(i, device=f"dev-{i % 4}") for i in range(8, 16)]
+    c = [make_event(i, device=f"dev-{i % 4}") for i in range(16, 24)]
+    topic = topic_name(TENANT, PERSISTED, name)
+    slow = ConnectorStageSettings(refresh_s=3600, poll_timeout_s=0.1)  # refresh() when told
+    async with (
+        webhook_receiver(secret=SECRET) as ok,
+        webhook_receiver(secret=SECRET) as dead,
+        webhook_receiver(secret=SECRET) as late,
+    ):
+        dead.mode = "500"
+        for part in (bus, registry, store):
+            await part.start()
+        stage = ConnectorStage(
+            bus, store, registry, topic_prefix=name, settings=slow, targets=LOOPBACK_TARGETS
+        )
+        try:
+            await registry.ensure_tenant(model.Tenant(token=TENANT, name=TENANT))
+            admin = ConnectorAdmin(store, bus, LOOPBACK_TARGETS, topic_prefix=name)
+            await admin.create(TENANT, webhook("healthy", ok.url))
+            await admin.create(TENANT, webhook("dead", dead.url, max_attempts=100))
+            await stage.start()
+            await publish(bus, a, prefix=name)
+            await eventually(lambda: len(ok.event_ids()) == 8, what="healthy delivery", timeout=60)
+
+            # Created while events flow; the stage reads on without it until told to refresh.
+            await admin.create(TENANT, webhook("late", late.url))
+            await publish(bus, b, prefix=name)
+            await eventually(lambda: len(ok.event_ids()) == 16, what="healthy delivery", timeout=60)
+            assert stage.runner(TENANT, "late") is None
+            await stage.refresh()
+            await eventually(lambda: len(late.event_ids()) == 8, what="late delivery", timeout=60)
+            assert set(late.event_ids()) == {e.id for e in b}  # all of b, nothing of a
+            assert ok.duplicates == 0
+
+            # A restart while the dead one holds the watermark back: nobody healthy re-sends.
+            assert sum((await bus.committed("connectors", topic)).values()) < 24
+            await stage.stop()
+            await stage.start()
+            await publish(bus, c, prefix=name)
+            await eventually(lambda: len(set(ok.event_ids())) == 24, what="healthy delivery", timeout=60)
+            await eventually(lambda: len(set(late.event_ids())) == 16, what="late delivery", timeout=60)
+            assert ok.duplicates == 0 and late.duplicates == 0
+            assert set(late.event_ids()) == {e.id for e in b + c}
+            positions = await store.positions(TENANT)
+            assert set(positions) >= {"healthy", "dead", "late"}
+            dead.mode = "ok"
+            await eventually(
+                lambda: set(dead.event_ids()) == {e.id for e in a + b + c},
+                what="dead recovers",
+                timeout=60,
+            )
+        finally:
+            await stage.stop()
             for ks in (keyspace_name(TENANT, name), instance_keyspace(name)):
                 await session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
             for part in (store, registry, bus):
