@@ -340,6 +340,16 @@ def _cmd_config_check(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _network(text: str) -> str:
+    """An argparse type: a network in CIDR notation (host bits clear)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=True))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a network in CIDR notation: {err}") from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldgate", description="Edge-to-cloud device gateway suite.")
     p.add_argument("--log-level", default=os.environ.get("FIELDGATE_LOG_LEVEL", "INFO"))
@@ -381,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--allow-connector-network",
         action="append",
+        type=_network,
         metavar="CIDR",
         help="a network outbound connectors may reach although it is inside (loopback, private, "
         "...), e.g. 127.0.0.0/8 for a webhook receiver on this machine; repeatable; default none "

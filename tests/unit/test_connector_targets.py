@@ -113,6 +113,15 @@ def test_host_port_parsing() -> None:
     assert kafka_hosts("a:1, SASL_SSL://b:2,[::1]") == [("a", 1), ("b", 2), ("::1", 9092)]
 
 
+def test_fieldgate_up_takes_the_operator_networks() -> None:
+    from fieldgate.cli import build_parser
+
+    ns = build_parser().parse_args(["up", "--allow-connector-network", "127.0.0.0/8"])
+    assert ns.allow_connector_network == ["127.0.0.0/8"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--allow-connector-network", "127.0.0.1/8"])
+
+
 def test_progress_positions() -> None:
     p = ConnectorProgress({ANY_PARTITION: 0, 1: 50})
     assert p.next(1, 80) == 50  # stored start
