@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 SLOW_REFRESH = ConnectorStageSettings(refresh_s=3600, poll_timeout_s=0.1)
 
 
-async def _caught_up(rig: StageRig) -> bool:
+def _caught_up(rig: StageRig) -> bool:
     return rig.committed() == rig.end()
 
 
@@ -54,7 +54,7 @@ async def test_a_connector_noticed_late_delivers_everything_stored_after_its_cre
         await eventually(lambda: _caught_up(rig), what="the stage read the later events")
         assert rig.stage.runner(TENANT, "late") is None
         await rig.stage.refresh()
-        await eventually(lambda: _now(len(set(rx.event_ids())) >= len(after)), what="late delivery")
+        await eventually(lambda: len(set(rx.event_ids())) >= len(after), what="late delivery")
         assert rx.event_ids() == [e.id for e in after]  # in order, nothing from before
         assert rig.stage.stats.seeks >= 1
         # A second connector, noticed late while the first one is running: the first does not
@@ -63,9 +63,9 @@ async def test_a_connector_noticed_late_delivers_everything_stored_after_its_cre
         async with webhook_receiver(secret=SECRET) as rx2:
             await admin.create(TENANT, webhook("later", rx2.url))
             await publish(rig.bus, rx2_events)
-            await eventually(lambda: _now(len(rx.event_ids()) == 7), what="first connector delivery")
+            await eventually(lambda: len(rx.event_ids()) == 7, what="first connector delivery")
             await rig.stage.refresh()
-            await eventually(lambda: _now(len(rx2.event_ids()) == 2), what="second connector delivery")
+            await eventually(lambda: len(rx2.event_ids()) == 2, what="second connector delivery")
             assert rx2.event_ids() == [e.id for e in rx2_events]
             await eventually(lambda: _caught_up(rig), what="commit")
         assert rx.duplicates == 0 and rx.event_ids() == [e.id for e in after + rx2_events]
@@ -79,7 +79,7 @@ async def test_a_dead_webhook_does_not_make_a_healthy_one_resend(tmp_path: Path)
         specs = [webhook("healthy", ok.url), webhook("dead", dead.url, max_attempts=100)]
         async with stage_rig(tmp_path, specs) as rig:
             await publish(rig.bus, first)
-            await eventually(lambda: _now(len(ok.event_ids()) == 10), what="healthy delivery")
+            await eventually(lambda: len(ok.event_ids()) == 10, what="healthy delivery")
             assert (rig.committed() or 0) < rig.end()  # the dead one holds the watermark back
             # A restart (a deploy, a crash with a clean stop): the bus is re-read from the
             # watermark; the healthy connector must pass over what it delivered.
@@ -87,18 +87,14 @@ async def test_a_dead_webhook_does_not_make_a_healthy_one_resend(tmp_path: Path)
             await rig.stage.start()
             await publish(rig.bus, second)
             # Re-sends would come before the new events (a connector delivers in order).
-            await eventually(lambda: _now(len(set(ok.event_ids())) == 15), what="healthy delivery")
+            await eventually(lambda: len(set(ok.event_ids())) == 15, what="healthy delivery")
             assert ok.duplicates == 0
             assert ok.event_ids() == [e.id for e in first + second]
             dead.mode = "ok"
             await eventually(
-                lambda: _now(set(dead.event_ids()) == {e.id for e in first + second}),
+                lambda: set(dead.event_ids()) == {e.id for e in first + second},
                 what="the dead one recovers",
                 timeout=30,
             )
             await eventually(lambda: _caught_up(rig), what="commit")
         assert ok.duplicates == 0
-
-
-async def _now(value: bool) -> bool:
-    return value

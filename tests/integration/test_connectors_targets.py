@@ -178,7 +178,7 @@ async def test_a_name_that_resolves_inside_later_is_refused_at_connect_time(tmp_
             admin = ConnectorAdmin(rig.store, rig.bus, policy)
             await admin.create(TENANT, spec)  # public at creation
             resolver.names["hooks.example"] = "127.0.0.1"  # ... and inside now, where rx listens
-            await eventually(lambda: _runs(rig), what="the stage runs the connector")
+            await eventually(lambda: rig.stage.runner(TENANT, "hook") is not None, what="the stage runs it")
             await publish(rig.bus, [make_event(1)])
             letters = await eventually(lambda: _letters(rig, "hook", 1), what="dead letter")
         assert letters[0].reason.startswith("target refused: hooks.example → 127.0.0.1 is a loopback address")
@@ -204,7 +204,7 @@ async def test_the_webhook_connects_to_the_address_it_checked(tmp_path: Path) ->
         async with stage_rig(tmp_path, [spec], targets=policy) as rig:
             events = [make_event(i) for i in range(3)]
             await publish(rig.bus, events)
-            await eventually(lambda: _now(set(rx.event_ids()) == {e.id for e in events}), what="delivery")
+            await eventually(lambda: set(rx.event_ids()) == {e.id for e in events}, what="delivery")
         assert rx.bad_signatures == 0
 
 
@@ -251,11 +251,3 @@ async def test_a_dead_letter_says_the_status_line_not_the_body(
         assert letters[0].reason == reason
         assert SECRET_BODY not in letters[0].reason
         assert rx.accepted == []  # a redirect to the receiver itself was not followed
-
-
-async def _runs(rig: StageRig) -> bool:
-    return rig.stage.runner(TENANT, "hook") is not None
-
-
-async def _now(value: bool) -> bool:
-    return value
