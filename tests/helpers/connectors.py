@@ -41,13 +41,6 @@ LOOPBACK_ALLOWED = ConnectorsConfig(refresh_s=0.2, allow_networks=("127.0.0.0/8"
 LOOPBACK_TARGETS = TargetPolicy.from_networks(LOOPBACK_ALLOWED.allow_networks)
 
 
-def connector_running(app: CloudApp, connector: str, tenant: str = TENANT) -> bool:
-    """The cloud's connectors stage runs ``connector`` (it reads the definitions every
-    refresh_s, so a connector created through the API starts a moment later)."""
-    stages = [s for s in app.stages if isinstance(s, ConnectorStage)]
-    return any(s.runner(tenant, connector) is not None for s in stages)
-
-
 def connectors_committed(app: CloudApp, tenant: str = TENANT) -> bool:
     """The connectors' consumer group committed all of the tenant's [persisted] topic."""
     assert isinstance(app.bus, EmbeddedBus)
