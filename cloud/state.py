@@ -110,6 +110,11 @@ class StateStats:
     clock_checks: int = 0  # devices re-read by the clock check
     clock_errors: int = 0
     schedule_evicted: int = 0  # devices dropped from the clock schedule (over max_tracked)
+    schedule_rebuilds: int = 0  # tenant schedules (re)built from the stored states
+
+
+# What a tenant's due times are computed from besides each device's state (DeviceStateStage._basis).
+_Basis = tuple[tuple[tuple[str, int], ...], int | None, tuple[MissingDataRule, ...]]
 
 
 class _Schedule:
@@ -138,6 +143,17 @@ class _Schedule:
             latest = max(self.due, key=lambda k: self.due[k])
             del self.due[latest]
             self.evicted += 1
+
+    def set_earlier(self, device: str, due: int | None) -> None:
+        """Schedule ``device`` at ``due`` unless it is already due sooner. Checking a device too
+        early costs one store read (the check re-reads it and schedules it again); checking it
+        too late is the defect, so a schedule rebuilt from possibly stale reads only ever moves
+        checks earlier."""
+        if due is None:
+            return
+        have = self.due.get(device)
+        if have is None or due < have:
+            self.set(device, due)
 
     def pop_due(self, now: int, limit: int) -> list[str]:
         out: list[str] = []
@@ -181,7 +197,8 @@ class DeviceStateStage:
         self._polygons = polygons
         self._clock = clock
         self._schedules: dict[str, _Schedule] = {}
-        self._loaded: set[str] = set()
+        # Per tenant: the settings its schedule's due times were computed with (see _basis).
+        self._bases: dict[str, _Basis] = {}
         self._tick_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.stage = ConsumerStage(
@@ -227,6 +244,19 @@ class DeviceStateStage:
             sched = self._schedules[tenant] = _Schedule(self._max_tracked)
         return sched
 
+    def _basis(self, tenant: str, rules: RuleSet) -> _Basis:
+        """Everything a due time depends on besides the device's own state: the per-type
+        presence intervals, the tenant's default interval and the ``missing_data`` rules. When
+        it changes, every due time computed from the old one may be wrong (an interval cut
+        from 300 s to 5 s must not wait for the old 300 s), so the clock rebuilds the tenant's
+        schedule (:meth:`_load`)."""
+        live = self._live.get(tenant) if self._live is not None else None
+        return (
+            tuple(sorted(rules.presence_intervals.items())),
+            getattr(live, "presence_interval_s", None),
+            tuple(r for r in rules.rules if isinstance(r, MissingDataRule)),
+        )
+
     def _next_due(self, tenant: str, state: DeviceState, rules: RuleSet) -> int | None:
         dues: list[int] = []
         if state.presence == PRESENT and state.last_received_ms > 0:
@@ -263,6 +293,9 @@ class DeviceStateStage:
             await self._bus.publish(topic_name(tenant, ENRICHED, self._prefix), messages_by_device(out))
         merged = await self._store.apply(tenant, states)
         self.stats.devices_updated += len(merged)
+        # The rules in force now, not those of the batch's start: a change made meanwhile may
+        # already have rebuilt the schedule, which these due times must not undo.
+        rules = await self._rules.rules(tenant)
         sched = self._schedule(tenant)
         for m in merged:
             sched.set(m.device, self._next_due(tenant, m, rules))
@@ -425,20 +458,22 @@ class DeviceStateStage:
             known.update(self._live.tenants())
         return sorted(known)
 
-    async def _load(self, tenant: str) -> None:
-        """Schedule the stored states of ``tenant`` (once per process start)."""
-        rules = await self._rules.rules(tenant)
+    async def _load(self, tenant: str, rules: RuleSet, basis: _Basis) -> None:
+        """(Re)schedule the stored states of ``tenant`` with ``rules``: at the first tick of
+        this process, and again whenever the tenant's :meth:`_basis` changes. Reads at most
+        ``max_tracked`` states; an entry already scheduled sooner keeps its time."""
+        self._bases[tenant] = basis  # first: a change during the reads triggers another rebuild
         sched = self._schedule(tenant)
-        page = 1
-        while len(sched.due) < self._max_tracked:
+        page, read = 1, 0
+        while read < self._max_tracked:
             p = await self._store.list_states(tenant, page=page, page_size=500)
             for st in p.items:
-                if st.device not in sched.due:
-                    sched.set(st.device, self._next_due(tenant, st, rules))
+                sched.set_earlier(st.device, self._next_due(tenant, st, rules))
+            read += len(p.items)
             if page * 500 >= p.total or not p.items:
                 break
             page += 1
-        self._loaded.add(tenant)
+        self.stats.schedule_rebuilds += 1
 
     async def tick(self) -> int:
         """One clock check over every tenant; the number of events emitted."""
@@ -446,15 +481,16 @@ class DeviceStateStage:
         budget = self._max_checks
         now = self._clock()
         for tenant in self._tenants():
-            if tenant not in self._loaded:
-                await self._load(tenant)
+            rules = await self._rules.rules(tenant)
+            basis = self._basis(tenant, rules)
+            if self._bases.get(tenant) != basis:
+                await self._load(tenant, rules, basis)
             sched = self._schedule(tenant)
             devices = sched.pop_due(now, budget)
             if not devices:
                 continue
             budget -= len(devices)
             self.stats.clock_checks += len(devices)
-            rules = await self._rules.rules(tenant)
             states = await self._store.get_states(tenant, devices)
             out: list[pb.Event] = []
             for device in devices:
