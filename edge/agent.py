@@ -10,9 +10,17 @@ Orchestration only — no protocol code lives here. The agent is the adapters'
 - ``reject`` keeps an undecodable payload in the failed-decode lane, counts it by reason kind
   and logs it at WARNING (rate-limited, so a misbehaving device cannot flood the log).
 
-Start order: buffer → command router → adapters → uplink → metrics endpoint; ``stop`` undoes
-whatever was started, in reverse, and is idempotent. Unacknowledged events and pending
-commands stay on disk for the next start.
+Link health → cloud: every adapter with a :class:`~fieldgate.edge.health.HealthBoard`
+(``adapter.health``) has its connect/disconnect transitions turned into PRESENCE state change
+events, queued in order (bounded: ``MAX_PRESENCE_PENDING``, the oldest dropped and counted in
+``presence_dropped``) and written to the buffer in batches by one task. The queue is open from
+the moment the buffer is open until after the adapters stopped, so a port that does not open
+at start, and every link the agent's own stop takes down, are reported too (the latter reach
+the cloud with the next start, with the time they happened).
+
+Start order: buffer → link queue → command router → adapters → uplink → metrics endpoint;
+``stop`` undoes whatever was started, in reverse, and is idempotent. Unacknowledged events and
+pending commands stay on disk for the next start.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +44,7 @@ from fieldgate.edge.adapters.serial import build_serial_adapter
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.commands import CommandRouter
 from fieldgate.edge.config import EdgeConfig
-from fieldgate.edge.errors import EdgeError
+from fieldgate.edge.errors import BufferFull, EdgeError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.edge.metrics import EdgeMetrics
 from fieldgate.edge.probes import AgentProbes
@@ -49,9 +58,13 @@ log = logging.getLogger(__name__)
 COMMANDS_DB = Path("commands.db")
 # At most one failed-decode WARNING per this many seconds; the next one says how many were quiet.
 REJECT_LOG_INTERVAL_S = 10.0
-# Presence changes being written at once; beyond this they are dropped and counted (a flapping
-# link must not pile up tasks).
-MAX_PRESENCE_IN_FLIGHT = 1000
+# Link changes waiting to be written; beyond this the oldest are dropped and counted (a flapping
+# link must not grow memory). Large enough for every device of an MQTT broker going down at once.
+MAX_PRESENCE_PENDING = 100_000
+# Link changes written to the buffer in one append; retries while the buffer is full.
+PRESENCE_BATCH = 1000
+PRESENCE_RETRY_INITIAL_S = 0.05
+PRESENCE_RETRY_MAX_S = 1.0
 
 
 class _RateLimitedWarning:
@@ -116,7 +129,10 @@ class EdgeAgent:
         self._warn_reject = _RateLimitedWarning(REJECT_LOG_INTERVAL_S)
         self._lifecycle = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
-        self._presence_tasks: set[asyncio.Task[None]] = set()
+        self._presence_queue: deque[pb.Event] = deque()
+        self._presence_wake = asyncio.Event()
+        self._presence_open = False
+        self._presence_writer: asyncio.Task[None] | None = None
         self.presence_dropped = 0
         for adapter in self.adapters:
             board = getattr(adapter, "health", None)
@@ -137,9 +153,10 @@ class EdgeAgent:
                 self.config.data_dir.mkdir(parents=True, exist_ok=True)
                 await self.buffer.open()
                 stack.push_async_callback(self.buffer.close)
+                self._open_presence()
+                stack.push_async_callback(self._close_presence)
                 await self.router.start()
                 stack.push_async_callback(self.router.stop)
-                stack.push_async_callback(self._drain_presence)
                 for adapter in self.adapters:
                     await adapter.start(self, self.router.on_online)
                     stack.push_async_callback(adapter.stop)
@@ -236,8 +253,8 @@ class EdgeAgent:
         return hook
 
     def _presence(self, adapter_name: str, tenant: str, device: str, connected: bool) -> None:
-        """Forward a link going up or down to the cloud as a PRESENCE state change event."""
-        if self._stack is None or len(self._presence_tasks) >= MAX_PRESENCE_IN_FLIGHT:
+        """Queue a link going up or down, for the cloud, as a PRESENCE state change event."""
+        if not self._presence_open:
             self.presence_dropped += 1
             return
         t = now_ms()
@@ -246,20 +263,59 @@ class EdgeAgent:
         event.state_change.kind = pb.STATE_CHANGE_KIND_PRESENCE
         event.state_change.previous = "disconnected" if connected else "connected"
         event.state_change.current = "connected" if connected else "disconnected"
-        task = asyncio.get_running_loop().create_task(self._write_presence(event, adapter_name))
-        self._presence_tasks.add(task)
-        task.add_done_callback(self._presence_tasks.discard)
-
-    async def _write_presence(self, event: pb.Event, adapter_name: str) -> None:
-        try:
-            await self.accept([event], source=f"{adapter_name}:presence")
-        except EdgeError as err:  # BufferFull under reject_new: presence is advisory
+        if len(self._presence_queue) >= MAX_PRESENCE_PENDING:
+            self._presence_queue.popleft()  # drop-oldest: the newest change is the one that counts
             self.presence_dropped += 1
-            log.warning("presence of %s/%s not recorded: %s", event.tenant, event.device, err)
+        self._presence_queue.append(event)
+        self._presence_wake.set()
 
-    async def _drain_presence(self) -> None:
-        if self._presence_tasks:
-            await asyncio.gather(*self._presence_tasks, return_exceptions=True)
+    def _open_presence(self) -> None:
+        self._presence_open = True
+        self._presence_writer = asyncio.get_running_loop().create_task(
+            self._write_presence(), name="agent:link-changes"
+        )
+
+    async def _close_presence(self) -> None:
+        """After the adapters stopped: write what they reported, then stop the writer."""
+        self._presence_open = False
+        writer, self._presence_writer = self._presence_writer, None
+        self._presence_wake.set()
+        if writer is not None:
+            await writer
+
+    async def _write_presence(self) -> None:
+        """The one writer of link changes: in order, in batches, until closed and drained.
+        While the buffer is full (``reject_new``) it retries with a capped backoff, the queue
+        keeping the newest changes; what is left when the agent stops is dropped and counted."""
+        delay = PRESENCE_RETRY_INITIAL_S
+        while True:
+            if not self._presence_queue:
+                if not self._presence_open:
+                    return
+                self._presence_wake.clear()
+                await self._presence_wake.wait()
+                continue
+            n = min(len(self._presence_queue), PRESENCE_BATCH)
+            batch = [self._presence_queue.popleft() for _ in range(n)]
+            try:
+                await self.accept(batch, source="link-health")
+            except BufferFull as err:
+                if not self._presence_open:
+                    self.presence_dropped += len(batch) + len(self._presence_queue)
+                    self._presence_queue.clear()
+                    log.warning("link changes not recorded at stop: %s", err)
+                    return
+                self._presence_queue.extendleft(reversed(batch))
+                while len(self._presence_queue) > MAX_PRESENCE_PENDING:
+                    self._presence_queue.popleft()
+                    self.presence_dropped += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PRESENCE_RETRY_MAX_S)
+                continue
+            except Exception:  # task top: count, report, keep writing the next changes
+                self.presence_dropped += len(batch)
+                log.exception("%d link change(s) not recorded", len(batch))
+            delay = PRESENCE_RETRY_INITIAL_S
 
     # ------------------------------------------------------------------ wiring
 

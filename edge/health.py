@@ -28,6 +28,8 @@ class LinkHealth:
     last_seen_ms: int = 0
     reconnects: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    # A transition was forwarded: until then "disconnected" is the unknown initial state.
+    reported: bool = False
 
 
 class HealthBoard:
@@ -69,6 +71,14 @@ class HealthBoard:
         if h is not None and h.connected:
             self._flip(tenant, device, h, False)
 
+    def down(self, tenant: str, device: str) -> None:
+        """The device is known to be unreachable: like :meth:`disconnected`, but also reported
+        when nothing was reported yet (a port that does not open at start, a device's will
+        message after a restart of the agent), so the cloud does not keep an older "connected"."""
+        h = self._get(tenant, device)
+        if h is not None and (h.connected or not h.reported):
+            self._flip(tenant, device, h, False)
+
     def error(self, tenant: str, device: str, kind: str) -> None:
         h = self._get(tenant, device)
         if h is None:
@@ -79,11 +89,12 @@ class HealthBoard:
 
     def snapshot(self) -> dict[DeviceKey, LinkHealth]:
         return {
-            k: LinkHealth(v.connected, v.last_seen_ms, v.reconnects, dict(v.errors))
+            k: LinkHealth(v.connected, v.last_seen_ms, v.reconnects, dict(v.errors), v.reported)
             for k, v in self._devices.items()
         }
 
     def _flip(self, tenant: str, device: str, h: LinkHealth, up: bool) -> None:
         h.connected = up
+        h.reported = True
         if self.on_change is not None:
             self.on_change(tenant, device, up)

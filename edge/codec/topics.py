@@ -3,7 +3,10 @@
 Devices publish to ``fieldgate/<tenant>/devices/<device>/events`` (JSON) or
 ``.../events/pb`` (a protobuf ``EventBatch``) and receive commands on
 ``fieldgate/<tenant>/devices/<device>/commands``. SiteWhere devices publish JSON to
-``SiteWhere/<tenant>/input/json`` and name their device inside the payload.
+``SiteWhere/<tenant>/input/json`` and name their device inside the payload. A device (or the
+gateway speaking for it) may report its own link on ``fieldgate/<tenant>/devices/<device>/link``
+— ``connected`` after connecting, ``disconnected`` as its will message — which is how an edge
+behind an external broker learns that a device went away.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ ROOT = "fieldgate"
 EVENTS_FILTER = f"{ROOT}/+/devices/+/events"
 EVENTS_PB_FILTER = f"{ROOT}/+/devices/+/events/pb"
 SITEWHERE_FILTER = "SiteWhere/+/input/json"
-SUBSCRIPTIONS = (EVENTS_FILTER, EVENTS_PB_FILTER, SITEWHERE_FILTER)
+LINK_FILTER = f"{ROOT}/+/devices/+/link"
+SUBSCRIPTIONS = (EVENTS_FILTER, EVENTS_PB_FILTER, SITEWHERE_FILTER, LINK_FILTER)
+# Payloads of the link topic (exact text, no JSON): a will message is static, so is the contract.
+LINK_CONNECTED = "connected"
+LINK_DISCONNECTED = "disconnected"
 
 # Tenant and device tokens: what fits in a topic level and a URL path segment.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -65,6 +72,19 @@ def parse_commands_topic(topic: str) -> tuple[str, str] | None:
     """``(tenant, device)`` of a commands topic, or None."""
     parts = topic.split("/")
     if len(parts) == 5 and parts[0] == ROOT and parts[2] == "devices" and parts[4] == "commands":
+        if TOKEN_RE.match(parts[1]) and TOKEN_RE.match(parts[3]):
+            return parts[1], parts[3]
+    return None
+
+
+def link_topic(tenant: str, device: str) -> str:
+    return f"{ROOT}/{tenant}/devices/{device}/link"
+
+
+def parse_link_topic(topic: str) -> tuple[str, str] | None:
+    """``(tenant, device)`` of a link topic, or None."""
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[0] == ROOT and parts[2] == "devices" and parts[4] == "link":
         if TOKEN_RE.match(parts[1]) and TOKEN_RE.match(parts[3]):
             return parts[1], parts[3]
     return None

@@ -31,13 +31,20 @@ class Device:
         client_id: str | None = None,
         clean_session: bool = True,
         max_inflight: int = 100,
+        keepalive: int = 30,
+        will: tuple[str, str] | None = None,
     ) -> None:
+        """``will``: (topic, payload) the broker publishes (QoS 1, retained) when this client
+        vanishes without DISCONNECT."""
         self.host, self.port = host, port
+        self.keepalive = keepalive
         self.client_id = client_id or f"test-dev-{uuid.uuid4().hex[:8]}"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=clean_session
         )
         self.client.max_inflight_messages_set(max_inflight)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100_000)
         self._connected = threading.Event()
         self._subacks: dict[int, threading.Event] = {}
@@ -54,7 +61,7 @@ class Device:
 
     async def connect(self, wait_s: float = 10.0) -> Device:
         def run() -> None:
-            self.client.connect(self.host, self.port, keepalive=30)
+            self.client.connect(self.host, self.port, keepalive=self.keepalive)
             self.client.loop_start()
             if not self._connected.wait(wait_s):
                 raise TimeoutError(f"{self.client_id}: no CONNACK from {self.host}:{self.port}")
@@ -92,6 +99,11 @@ class Device:
             self.client.loop_stop()
 
         await asyncio.to_thread(run)
+
+    async def go_silent(self) -> None:
+        """Stop sending anything, keepalive pings included, with the connection left open (as
+        a device whose network vanished: no FIN ever reaches the broker). ``drop`` closes it."""
+        await asyncio.to_thread(self.client.loop_stop)
 
     async def drop(self) -> None:
         """Vanish without DISCONNECT (as a device losing power would)."""

@@ -130,7 +130,14 @@ def test_acl_of_a_device_a_gateway_and_an_enrolling_client() -> None:
         Principal("all", "default", "all", patterns=("*",)), "fieldgate/default/devices/+/commands"
     )
 
+    # Link reports (and wills) on a device's own link topic only.
+    device = Principal("dev-a", "default", "dev-a")
+    assert acl.may_publish(device, "fieldgate/default/devices/dev-a/link")
+    assert not acl.may_publish(device, "fieldgate/default/devices/dev-b/link")
+    assert not acl.may_publish(device, "fieldgate/other/devices/dev-a/link")
+
     enrolling = Principal("enroll:default:new", "default", "new", enrolling=True)
+    assert not acl.may_publish(enrolling, "fieldgate/default/devices/new/link")
     assert not acl.may_publish(enrolling, "fieldgate/default/devices/new/events")
     assert acl.may_subscribe(enrolling, "fieldgate/default/devices/new/credentials")
     assert not acl.may_subscribe(enrolling, "fieldgate/default/devices/new/commands")
@@ -145,8 +152,10 @@ def test_mosquitto_acl_file() -> None:
     assert blocks["user dev-a"] == [
         "topic write fieldgate/default/devices/dev-a/events",
         "topic write fieldgate/default/devices/dev-a/events/pb",
+        "topic write fieldgate/default/devices/dev-a/link",
         "topic read fieldgate/default/devices/dev-a/commands",
     ]
+    assert "topic read fieldgate/+/devices/+/link" in blocks["user edge"]
     assert "topic read fieldgate/acme/devices/pump-1/commands" in blocks["user gw"]
     assert "topic write fieldgate/+/devices/+/commands" in blocks["user edge"]
     assert "SiteWhere" not in text

@@ -7,9 +7,9 @@ as a Mosquitto ACL file.
 
 A device identity (tenant A, device X) may
 
-- publish to ``fieldgate/A/devices/X/events`` and ``.../events/pb``, and to
-  ``SiteWhere/A/input/json`` — whose payload names the device, so the dispatcher refuses a
-  message that names any device but X;
+- publish to ``fieldgate/A/devices/X/events`` and ``.../events/pb``, its link reports to
+  ``fieldgate/A/devices/X/link``, and to ``SiteWhere/A/input/json`` — whose payload names the
+  device, so the dispatcher refuses a message that names any device but X;
 - subscribe to (and receive) ``fieldgate/A/devices/X/commands`` only.
 
 A gateway identity has the same rights for each further device its ``devices`` patterns match
@@ -67,6 +67,9 @@ def may_publish(principal: Principal, topic: str) -> bool:
         return True
     if principal.enrolling:
         return False
+    link = topics.parse_link_topic(topic)
+    if link is not None:
+        return principal.speaks_for(*link)
     inbound = topics.parse_inbound(topic)
     if inbound is None:
         return False

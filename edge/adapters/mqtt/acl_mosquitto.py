@@ -1,8 +1,8 @@
 """The credentials file as Mosquitto's ``password_file`` and ``acl_file`` (external mode).
 
 ``fieldgate mqtt mosquitto-files`` writes both from the same identities the embedded broker
-uses, with the rules of :mod:`.acl`: each device may write its own events topics and read its
-own commands topic; a gateway's extra devices become more lines (``"*"`` becomes ``+``, the whole
+uses, with the rules of :mod:`.acl`: each device may write its own events and link topics (the
+latter also as its will) and read its own commands topic; a gateway's extra devices become more lines (``"*"`` becomes ``+``, the whole
 tenant; other shell patterns cannot be expressed in Mosquitto's ACL syntax and are refused). The
 edge agent gets a user of its own that reads every device's events and writes their commands.
 
@@ -61,6 +61,7 @@ def acl_file(identities: Iterable[Identity], *, agent_username: str | None, site
             f"user {agent_username}",
             f"topic read {topics.EVENTS_FILTER}",
             f"topic read {topics.EVENTS_PB_FILTER}",
+            f"topic read {topics.LINK_FILTER}",
             *([f"topic read {topics.SITEWHERE_FILTER}"] if sitewhere else []),
             f"topic write {topics.ROOT}/+/devices/+/commands",
             "",
@@ -71,6 +72,7 @@ def acl_file(identities: Iterable[Identity], *, agent_username: str | None, site
         for device in levels:
             out.append(f"topic write {topics.ROOT}/{identity.tenant}/devices/{device}/events")
             out.append(f"topic write {topics.ROOT}/{identity.tenant}/devices/{device}/events/pb")
+            out.append(f"topic write {topics.ROOT}/{identity.tenant}/devices/{device}/link")
         if levels == ["+"]:
             out.append(f"topic read {tenant_commands_filter(identity.tenant)}")
         else:

@@ -37,6 +37,16 @@ before amqtt's own handling:
 - :class:`PresencePlugin` is an ordinary amqtt plugin (loaded by dotted path from the broker
   configuration): it reports subscriptions and connections to a :class:`PresenceListener` so the
   adapter can tell the command router that a device became reachable.
+- Link state (:mod:`.link`): :class:`IngestBroker` wraps amqtt's per-connection
+  ``_handle_client_session`` so that the :class:`~.link.LinkTracker` hears of every connection
+  opening and — whatever ends it — closing, synchronously and in order (amqtt's plugin events
+  are tasks that may run after the connection is gone). The dispatcher tells it which devices
+  each client publishes for.
+- Keepalive: amqtt's broker never closes a client that stops sending (its read timeout handler
+  does nothing), so a device whose network vanished would stay connected. :class:`IngestHandler`
+  closes a connection that sent nothing for 1.5 times its keepalive (MQTT 3.1.1 §3.1.2.10) as a
+  network failure — amqtt then publishes the client's will — unless the agent itself paused
+  reading it (backpressure).
 
 These hooks use amqtt internals; ``amqtt==0.12.1`` is pinned for that reason and
 :func:`check_amqtt_compatible` refuses other versions at start-up.
@@ -47,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any, Protocol
 
 import amqtt
@@ -59,6 +70,7 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.plugins.base import BasePlugin
 
 from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher, Outcome
+from fieldgate.edge.adapters.mqtt.link import LinkTracker
 from fieldgate.edge.adapters.mqtt.presence import filter_matches, is_wildcard
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.errors import EdgeError
@@ -69,13 +81,16 @@ SUPPORTED_AMQTT = "0.12.1"
 # Messages waiting in amqtt's relay queue above which acknowledgements wait for it to drain.
 RELAY_BACKLOG_LIMIT = 10_000
 PRESENCE_PLUGIN = f"{__name__}.PresencePlugin"
+# A client that sends nothing for this many keepalive periods is disconnected (MQTT 3.1.1: 1.5).
+KEEPALIVE_GRACE = 1.5
 # Loaded by amqtt from this path only when mqtt.auth is on (it imports argon2 on first use).
 ACCESS_PLUGIN = "fieldgate.edge.adapters.mqtt.auth_plugins.DeviceAccessPlugin"
 
 
 def check_amqtt_compatible() -> None:
     version = getattr(amqtt, "__version__", "unknown")
-    if version != SUPPORTED_AMQTT or not hasattr(Broker, "_initialize_client_session"):
+    hooked = ("_initialize_client_session", "_handle_client_session")
+    if version != SUPPORTED_AMQTT or not all(hasattr(Broker, name) for name in hooked):
         raise EdgeError(
             f"the embedded MQTT broker needs amqtt=={SUPPORTED_AMQTT} (installed: {version}); "
             "it hooks amqtt's protocol handler to acknowledge messages only once they are durable"
@@ -208,6 +223,7 @@ class IngestHandler(BrokerProtocolHandler):  # type: ignore[misc]
         self._gate = asyncio.Event()
         self._gate.set()
         self._dropping = False
+        self._expired: asyncio.Task[None] | None = None
 
     def attach(self, session: Any, reader: Any, writer: Any) -> None:
         super().attach(session, _GatedReader(reader, self._gate), writer)
@@ -231,7 +247,8 @@ class IngestHandler(BrokerProtocolHandler):  # type: ignore[misc]
                 self._gate.clear()
                 self._stats.reads_paused += 1
             try:
-                outcome = await self._dispatcher.handle(topic, bytes(data), speaker)
+                client = self.session.client_id if self.session is not None else None
+                outcome = await self._dispatcher.handle(topic, bytes(data), speaker, client)
             finally:
                 self._inflight -= 1
                 if self._inflight <= self._low and not self._gate.is_set():
@@ -252,6 +269,19 @@ class IngestHandler(BrokerProtocolHandler):  # type: ignore[misc]
                 await self._broker.wait_relay_capacity()
         await super().handle_publish(publish_packet)
 
+    def handle_read_timeout(self) -> None:
+        """Nothing came for the session's keepalive (already times 1.5): the client is gone."""
+        if not self._gate.is_set() or self._expired is not None or self.session is None:
+            return  # we paused reading ourselves, or the connection is already being closed
+        self._stats.keepalive_timeouts += 1
+        log.info(
+            "MQTT client %s sent nothing for %d s (1.5 times its keepalive): disconnecting it",
+            self.session.client_id,
+            self.session.keep_alive,
+        )
+        # As a network failure: amqtt's broker loop publishes the will and stops this handler.
+        self._expired = asyncio.get_running_loop().create_task(self.handle_connection_closed())
+
     async def _drop_connection(self) -> None:
         """Close the device's connection so that it sends its unacknowledged messages again."""
         if self._dropping or self.writer is None:
@@ -271,9 +301,16 @@ class IngestBroker(Broker):  # type: ignore[misc]
     """amqtt's broker whose client connections are served by :class:`IngestHandler`."""
 
     def __init__(
-        self, config: dict[str, Any], *, dispatcher: Dispatcher, stats: MqttStats, max_inflight: int
+        self,
+        config: dict[str, Any],
+        *,
+        dispatcher: Dispatcher,
+        stats: MqttStats,
+        max_inflight: int,
+        links: LinkTracker | None = None,
     ) -> None:
         super().__init__(config)
+        self._links = links
         self._ingest_dispatcher = dispatcher
         self._ingest_stats = stats
         self._ingest_max_inflight = max_inflight
@@ -331,6 +368,8 @@ class IngestBroker(Broker):  # type: ignore[misc]
         _unattached, session = await super()._initialize_client_session(
             reader, writer, remote_address, remote_port
         )
+        if session.keep_alive > 0:
+            session.keep_alive = math.ceil(session.keep_alive * KEEPALIVE_GRACE)
         handler = IngestHandler(
             self.plugins_manager,
             loop=self._loop,
@@ -340,6 +379,29 @@ class IngestBroker(Broker):  # type: ignore[misc]
             max_inflight=self._ingest_max_inflight,
         )
         return handler, session
+
+    async def _handle_client_session(
+        self,
+        reader: Any,
+        writer: Any,
+        client_session: Any,
+        handler: Any,
+        server: Any,
+        listener_name: str,
+    ) -> None:
+        """amqtt's whole life of one connection, from CONNECT to its end, told to the link
+        tracker: opened before anything of it is handled, closed whatever ends it."""
+        client_id = client_session.client_id
+        links = self._links if isinstance(client_id, str) and client_id else None
+        if links is not None:
+            links.opened(client_id)
+        try:
+            await super()._handle_client_session(
+                reader, writer, client_session, handler, server, listener_name
+            )
+        finally:
+            if links is not None:
+                links.closed(client_id)
 
     def presence_plugin(self) -> PresencePlugin:
         plugin = self.plugins_manager.get_plugin(PresencePlugin.__name__)

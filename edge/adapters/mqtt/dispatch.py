@@ -8,6 +8,10 @@ the events are durable or the payload is kept in the failed-decode lane.
 Nothing here knows which transport delivered the message; both backends run
 :meth:`Dispatcher.handle` at the top of a per-message task, and it never raises (except
 cancellation): one bad message cannot break an adapter.
+
+Links: a message on a device's link topic (``connected``/``disconnected``) and every device
+whose events were made durable are told to the backend's :class:`~.link.LinkReports`, with
+the sending client's id when the backend knows it (the embedded broker).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Collection, Mapping
 
 from fieldgate.edge.adapters import EventSink
 from fieldgate.edge.adapters.mqtt.acl import Principal
+from fieldgate.edge.adapters.mqtt.link import LinkReports
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.codec import DecodeContext, EventDecoder, topics
@@ -79,6 +84,7 @@ class Dispatcher:
         stats: MqttStats,
         devices: DeviceRegistry,
         decoders: Mapping[topics.Format, EventDecoder] | None = None,
+        links: LinkReports | None = None,
     ) -> None:
         self._sink = sink
         self._tenants = frozenset(tenants)
@@ -86,6 +92,7 @@ class Dispatcher:
         self._sitewhere = sitewhere_compat
         self._stats = stats
         self._devices = devices
+        self._links = links
         self._decoders = dict(decoders) if decoders is not None else {f: decoder_for(f) for f in _FORMATS}
         self._held_log = _Throttle()
         self._failed_log = _Throttle()
@@ -94,18 +101,24 @@ class Dispatcher:
     def wants(self, topic: str) -> bool:
         """True for topics this dispatcher handles (the embedded broker relays the others only)."""
         if topic.startswith(topics.ROOT + "/"):
-            return any(filter_matches(f, topic) for f in (topics.EVENTS_FILTER, topics.EVENTS_PB_FILTER))
+            return any(
+                filter_matches(f, topic)
+                for f in (topics.EVENTS_FILTER, topics.EVENTS_PB_FILTER, topics.LINK_FILTER)
+            )
         return self._sitewhere and filter_matches(topics.SITEWHERE_FILTER, topic)
 
-    async def handle(self, topic: str, payload: bytes, speaker: Principal | None = None) -> Outcome:
+    async def handle(
+        self, topic: str, payload: bytes, speaker: Principal | None = None, client: str | None = None
+    ) -> Outcome:
         """Process one message. Never raises except :class:`asyncio.CancelledError`.
 
         ``speaker``: the authenticated sender (embedded broker with ``mqtt.auth``); a message
         whose events name a device it may not speak for (a SiteWhere payload's deviceToken) is
-        dropped whole and counted, never handed to the sink.
+        dropped whole and counted, never handed to the sink. ``client``: the sender's MQTT
+        client id, when known (the embedded broker), for the devices' link state.
         """
         try:
-            return await self._dispatch(topic, payload, speaker)
+            return await self._dispatch(topic, payload, speaker, client)
         except BufferFull:
             self._stats.messages_held += 1
             suppressed = self._held_log.ready()
@@ -129,7 +142,12 @@ class Dispatcher:
                 )
             return Outcome.FAILED
 
-    async def _dispatch(self, topic: str, payload: bytes, speaker: Principal | None) -> Outcome:
+    async def _dispatch(
+        self, topic: str, payload: bytes, speaker: Principal | None, client: str | None
+    ) -> Outcome:
+        link = topics.parse_link_topic(topic)
+        if link is not None:
+            return await self._link(topic, payload, link, client)
         inbound = topics.parse_inbound(topic)
         if inbound is None or (inbound.format == "sitewhere" and not self._sitewhere):
             if self.wants(topic):
@@ -175,9 +193,33 @@ class Dispatcher:
                 key = (event.tenant, event.device)
                 if key != last:
                     self._devices.add(*key)
+                    if self._links is not None:
+                        self._links.spoke(client, *key)
                     last = key
         self._stats.messages_accepted += 1
         self._stats.events_accepted += len(events)
+        return Outcome.ACCEPTED
+
+    async def _link(self, topic: str, payload: bytes, link: tuple[str, str], client: str | None) -> Outcome:
+        """A device's link report: ``connected`` or ``disconnected`` (exact text)."""
+        tenant, device = link
+        if tenant not in self._tenants:
+            return await self._reject("tenant", payload, topic, tenant, f"unknown tenant {tenant!r}")
+        if not payload:
+            # An empty (retained) message clears the broker's retained report: no news.
+            self._stats.messages_ignored += 1
+            return Outcome.IGNORED
+        text = payload[:64].decode("utf-8", "replace").strip()
+        if text not in (topics.LINK_CONNECTED, topics.LINK_DISCONNECTED) or len(payload) > 64:
+            reason = (
+                f"link: expected {topics.LINK_CONNECTED!r} or {topics.LINK_DISCONNECTED!r}, "
+                f"got {payload[:32]!r}"
+            )
+            return await self._reject("decode", payload[: self._max_payload], topic, tenant, reason)
+        self._devices.add(tenant, device)
+        if self._links is not None:
+            self._links.reported(client, tenant, device, text == topics.LINK_CONNECTED)
+        self._stats.link_reports += 1
         return Outcome.ACCEPTED
 
     def _deny(self, topic: str, speaker: Principal, tenant: str, device: str) -> Outcome:

@@ -25,6 +25,12 @@ offline devices: they wait on disk in the router until the device subscribes aga
 Commands are written straight to each matching subscriber's connection with QoS 1 and
 ``send_command`` returns once a subscriber acknowledged (PUBACK), so "delivered" means the
 device's MQTT client has it.
+
+Link state (``health``, forwarded to the cloud as PRESENCE ``connected``/``disconnected``): a
+device is connected while some connected client serves it — subscribed to its own commands
+topic, published events for it, or reported ``connected`` on its link topic — and
+disconnected within moments of the last such client's DISCONNECT, closed socket or missed
+keepalive (1.5 times the keepalive the client asked for). :mod:`.link` has the exact rules.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from amqtt.errors import BrokerError
 from fieldgate.edge.adapters import EventSink, OnlineCallback
 from fieldgate.edge.adapters.mqtt.amqtt_hooks import IngestBroker, broker_config, check_amqtt_compatible
 from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher
+from fieldgate.edge.adapters.mqtt.link import LinkTracker
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches, is_wildcard, notify_online
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.codec import topics
 from fieldgate.edge.codec.commands import encode_command_json
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError, EdgeError
+from fieldgate.edge.health import HealthBoard
 from fieldgate.errors import ConfigError
 from fieldgate.v1 import events_pb2 as pb
 
@@ -86,6 +94,8 @@ class EmbeddedMqttAdapter:
         self._max_inflight = max_inflight_per_connection
         self.stats = MqttStats()
         self.devices = DeviceRegistry(max_known_devices)
+        self.health = HealthBoard()
+        self.links = LinkTracker(self.health, max_bindings=max_known_devices)
         self._broker: IngestBroker | None = None
         self._on_online: OnlineCallback | None = None
 
@@ -119,12 +129,14 @@ class EmbeddedMqttAdapter:
             sitewhere_compat=self._config.sitewhere_compat,
             stats=self.stats,
             devices=self.devices,
+            links=self.links,
         )
         broker = IngestBroker(
             broker_config(self._config.host, self._config.port, access_control=access_control, tls=tls),
             dispatcher=dispatcher,
             stats=self.stats,
             max_inflight=self._max_inflight,
+            links=self.links,
         )
         broker.presence_plugin().listener = self
         if access_control:
@@ -185,6 +197,7 @@ class EmbeddedMqttAdapter:
             return
         broker.presence_plugin().listener = None
         await broker.shutdown()
+        self.links.close_all()  # whatever amqtt did with the connections: they are gone
 
     def owns(self, tenant: str, device: str) -> bool:
         # Any device of our tenants may connect at any time (also one not seen since a restart):
@@ -241,7 +254,14 @@ class EmbeddedMqttAdapter:
         if self._authenticator is not None and topic_filter.endswith("/credentials"):
             await self._hand_over_credentials(client_id)
             return
+        self._bind_subscriber(client_id, topic_filter)
         await self._announce(topic_filter)
+
+    def _bind_subscriber(self, client_id: str, topic_filter: str) -> None:
+        """A client subscribed to one device's own commands topic serves that device."""
+        parsed = topics.parse_commands_topic(topic_filter)
+        if parsed is not None and parsed[0] in self._tenants:
+            self.links.bind(client_id, *parsed)
 
     async def _hand_over_credentials(self, client_id: str) -> None:
         """An enrolling device subscribed to its credentials topic: send what was made for it."""
@@ -270,6 +290,7 @@ class EmbeddedMqttAdapter:
             return
         for topic_filter, subscriptions in list(broker.subscriptions.items()):
             if any(session.client_id == client_id for session, _ in subscriptions):
+                self._bind_subscriber(client_id, topic_filter)
                 await self._announce(topic_filter)
 
     async def _announce(self, topic_filter: str) -> None:

@@ -27,6 +27,15 @@ topic and ``send_command`` returns once the broker acknowledged them. While the 
 unreachable every device is offline: the router keeps their commands waiting, and after the
 reconnect ``on_online`` is called for each device it asked about in the meantime. Ownership:
 every device of the configured tenants.
+
+Link state (``health``, forwarded to the cloud as PRESENCE ``connected``/``disconnected``): the
+broker does not tell other clients who connects (Mosquitto's ``$SYS`` tree has counts only),
+so a device's link is what it reports on ``fieldgate/<tenant>/devices/<device>/link``:
+``connected`` after connecting, ``disconnected`` as its will message (published by the broker
+when the device misses its keepalive or its connection breaks) and before a clean DISCONNECT
+(docs/protocols/mqtt.md, *Link state*). The agent subscribes to those topics too; a device
+that never reports has no link state, and a lost broker connection changes none (the devices
+may still be connected to the broker).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from fieldgate.edge.adapters import EventSink, OnlineCallback
 from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher, Outcome
+from fieldgate.edge.adapters.mqtt.link import ReportedLinks
 from fieldgate.edge.adapters.mqtt.paho_loop import PahoAsyncioBridge
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, notify_online
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
@@ -48,6 +58,7 @@ from fieldgate.edge.codec import topics
 from fieldgate.edge.codec.commands import encode_command_json
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
+from fieldgate.edge.health import HealthBoard
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
 
@@ -89,6 +100,8 @@ class ExternalMqttAdapter:
         self._max_pending_commands = max_pending_commands
         self.stats = MqttStats()
         self.devices = DeviceRegistry(max_known_devices)
+        self.health = HealthBoard()
+        self.links = ReportedLinks(self.health)
         self._waiting = DeviceRegistry(max_known_devices)
         self._filters = [
             f for f in topics.SUBSCRIPTIONS if config.sitewhere_compat or f != topics.SITEWHERE_FILTER
@@ -130,6 +143,7 @@ class ExternalMqttAdapter:
             sitewhere_compat=self._config.sitewhere_compat,
             stats=self.stats,
             devices=self.devices,
+            links=self.links,
         )
         self._client = self._make_client()
         self._bridge = PahoAsyncioBridge(self._client, self._loop)

@@ -16,6 +16,10 @@ class MqttStats:
     events_accepted: int = 0
     # Messages put into the failed-decode lane, by reason kind: decode, oversize, tenant, topic.
     messages_rejected: dict[str, int] = field(default_factory=dict)
+    # Devices' reports on their link topics (``connected``/``disconnected``), taken.
+    link_reports: int = 0
+    # Embedded broker: connections closed because the client sent nothing for 1.5 times its keepalive.
+    keepalive_timeouts: int = 0
     # Messages on topics that are not fieldgate's (relayed by the embedded broker, nothing else).
     messages_ignored: int = 0
     # Not acknowledged because the buffer is full (overflow policy reject_new); the sender keeps

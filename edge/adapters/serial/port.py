@@ -4,7 +4,10 @@ Life of a port: open (pyserial) → *connected* (link health, ``on_online`` so q
 go out) → read loop → the link fails (unplug: EIO/EOF; ENOENT while reopening) → every
 command awaiting an ack fails with DeliveryError → *disconnected* → reopen after a delay that
 starts at ``reconnect_initial_s`` and doubles up to ``reconnect_max_s`` (reset once a session
-delivered a valid frame).
+delivered a valid frame). A port that does not open at start is reported *disconnected* at
+once (so a link the cloud knew from an earlier run of the agent does not stay "connected"),
+and with ``silence_timeout_s`` an open port whose device sends nothing valid for that long is
+*disconnected* until its next valid frame.
 
 Backpressure: the read loop awaits ``sink.accept`` for the events of one read before it reads
 again, and retries (not reading meanwhile) while the buffer is full under ``reject_new``. The
@@ -78,6 +81,8 @@ class SerialPort:
                 link = SerialLink.open(self.config.port, self.config.baudrate)
             except LinkError as err:
                 self._stats.open_failures += 1
+                # Not there (yet): the cloud must not keep a "connected" from an earlier run.
+                self._health.down(self.tenant, self.device)
                 if quiet_failures == 0:
                     log.warning(
                         "serial %s (%s/%s): %s; retrying", self.config.port, self.tenant, self.device, err
