@@ -204,3 +204,18 @@ async def test_a_device_can_report_its_own_link(embedded: Edge) -> None:
     failed = await embedded.agent.failed_decodes()
     assert failed and "link: expected 'connected' or 'disconnected'" in failed[0].reason
     await gateway.close()
+
+
+async def test_links_the_agent_takes_down_reach_the_cloud_after_its_restart(tmp_path: Path) -> None:
+    """Stopping the agent stops its broker: its devices are disconnected, and the cloud hears
+    it when the agent is back (rather than keeping them connected for ever)."""
+    async with TestCloud() as cloud:
+        port = free_port()
+        async with await _edge(tmp_path, "embedded", port, cloud) as agent:
+            edge = Edge("embedded", agent, cloud, port)
+            dev = await edge.device().connect()
+            await dev.subscribe(topics.commands_topic("default", "lamp-1"))
+            await edge.wait_links("lamp-1", ["connected"])
+        await dev.drop()  # (paho would connect to the next broker by itself)
+        async with await _edge(tmp_path, "embedded", port, cloud) as agent:
+            await Edge("embedded", agent, cloud, port).wait_links("lamp-1", ["connected", "disconnected"])

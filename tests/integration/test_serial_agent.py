@@ -149,3 +149,54 @@ async def test_serial_device_through_the_real_cloud_and_rest(tmp_path: Path) -> 
                     assert final["response"] == {"interval_s": 3.0}
                     assert sim.commands[-1] == ("set-interval", {"seconds": 3.0})
                     assert sim.interval_s == 3
+
+
+@pytest.mark.e2e
+async def test_a_serial_device_whose_port_vanishes_is_offline(tmp_path: Path) -> None:
+    """Through the real cloud: a device whose pty vanishes is ``offline`` (its link down, its
+    presence still ``present``), and so is one whose port is not there when the agent starts."""
+    password = "serial-link-pw"
+    async with Suite(SuiteOptions(data_dir=tmp_path / "fg", admin_password=password)) as suite:
+        async with SerialDeviceSim(tmp_path / "tty1", mode="json", device="mcu-gone", rate_hz=10) as sim:
+            serial = build_serial_adapter(
+                SerialConfig(
+                    enabled=True,
+                    ports=(
+                        port_config(sim.link, "mcu-gone", "json"),
+                        port_config(tmp_path / "no-such-tty", "mcu-absent", "json"),
+                    ),
+                ),
+                tenants=("default",),
+            )
+            async with EdgeAgent(edge_config(tmp_path, suite.grpc_target), adapters=[serial]):
+                async with httpx.AsyncClient(base_url=suite.rest_url, timeout=10) as api:
+                    r = await api.post("/api/v1/auth/token", data={"username": "admin", "password": password})
+                    r.raise_for_status()
+                    api.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+
+                    async def listed(presence: str) -> set[str]:
+                        r = await api.get("/api/v1/devices", params={"presence": presence, "page_size": 100})
+                        return {d["token"] for d in r.json()["items"]} if r.status_code == 200 else set()
+
+                    async def online() -> bool:
+                        return "mcu-gone" in await listed("online")
+
+                    await eventually(online, timeout=30, what="the serial device online")
+
+                    async def absent_offline() -> bool:
+                        return "mcu-absent" in await listed("offline")
+
+                    await eventually(absent_offline, timeout=30, what="the device without a port offline")
+
+                    sim.unplug()
+
+                    async def gone_offline() -> dict[str, Any] | None:
+                        r = await api.get("/api/v1/devices/mcu-gone/state")
+                        body: dict[str, Any] = r.json()
+                        return body if (body.get("link") or {}).get("status") == "disconnected" else None
+
+                    state = await eventually(
+                        gone_offline, timeout=30, what="the unplugged device's link down"
+                    )
+                    assert state["presence"] == "present" and state["link"]["adapter"] == "serial"
+                    assert "mcu-gone" in await listed("offline")
