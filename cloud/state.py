@@ -21,8 +21,11 @@ tenant's rule configuration's ``presence_intervals[device type]``, else the tena
 ``presence_interval_s`` (300 s) — becomes ``missing`` (a PRESENCE StateChange present →
 missing), and ``present`` again with the next event it sends. A clock task checks every
 ``tick_s`` a bounded number of devices (``max_checks_per_tick``) whose check is due, taken
-from an in-memory schedule (a heap) fed by the events this process handled and, at start, by
-the stored states; each candidate is re-read from the store before anything is sent, so a
+from an in-memory schedule (a heap) fed by the events this process handled and by the stored
+states — read at start, and again whenever what the due times are computed from changes (an
+interval, the tenant's default, a ``missing_data`` rule: :meth:`DeviceStateStage._basis`), so
+a cut interval reaches devices that are silent already; a rebuild only moves checks earlier.
+Each candidate is re-read from the store before anything is sent, so a
 replica whose schedule is stale (the device now belongs to another replica's partition) sends
 nothing wrong. The missing change is applied to the stored state only by the device's owner,
 when the StateChange comes back on ``[persisted]`` and the device has not spoken since (its

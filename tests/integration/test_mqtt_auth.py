@@ -114,7 +114,12 @@ class Harness:
         return dev
 
     def devices_seen(self) -> set[str]:
-        return {device for _, device, _ in self.cloud.events}
+        """Devices the cloud got events of, not counting link changes (a login makes them)."""
+        return {
+            e.device
+            for e in self.cloud.events.values()
+            if e.state_change.current not in ("connected", "disconnected")
+        }
 
 
 async def start_agent(tmp_path: Path, cloud: TestCloud, **auth_extra: Any) -> Harness:
@@ -385,3 +390,23 @@ async def test_tls_listener_with_passwords(tmp_path: Path) -> None:
         await plain.close()
     finally:
         await adapter.stop()
+
+
+async def test_credentials_name_the_device_whose_link_is_up(harness: Harness) -> None:
+    """Logged in as dev-b is connected as dev-b (nothing subscribed or published yet), until
+    the connection ends; an enrolling client is no device yet."""
+
+    def links(device: str) -> list[str]:
+        return [
+            e.state_change.current
+            for e in sorted(harness.cloud.events.values(), key=lambda e: e.event_time_ms)
+            if e.device == device and e.state_change.current in ("connected", "disconnected")
+        ]
+
+    dev = await harness.client("dev-b", PASSWORDS["dev-b"])
+    await harness.cloud.wait_until(lambda: links("dev-b") == ["connected"], 20)
+    enrolling = await harness.client("enroll:default:new-1", SECRET)
+    await dev.close()
+    await harness.cloud.wait_until(lambda: links("dev-b") == ["connected", "disconnected"], 20)
+    await enrolling.close()
+    assert links("new-1") == []

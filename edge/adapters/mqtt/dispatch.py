@@ -34,6 +34,8 @@ from fieldgate.timeutil import now_ms
 log = logging.getLogger(__name__)
 
 _FORMATS: tuple[topics.Format, ...] = ("json", "protobuf", "sitewhere")
+_LINK_UP = topics.LINK_CONNECTED.encode()
+_LINK_DOWN = topics.LINK_DISCONNECTED.encode()
 
 
 class Outcome(enum.Enum):
@@ -209,8 +211,8 @@ class Dispatcher:
             # An empty (retained) message clears the broker's retained report: no news.
             self._stats.messages_ignored += 1
             return Outcome.IGNORED
-        text = payload[:64].decode("utf-8", "replace").strip()
-        if text not in (topics.LINK_CONNECTED, topics.LINK_DISCONNECTED) or len(payload) > 64:
+        text = payload.strip()
+        if text not in (_LINK_UP, _LINK_DOWN):
             reason = (
                 f"link: expected {topics.LINK_CONNECTED!r} or {topics.LINK_DISCONNECTED!r}, "
                 f"got {payload[:32]!r}"
@@ -218,7 +220,7 @@ class Dispatcher:
             return await self._reject("decode", payload[: self._max_payload], topic, tenant, reason)
         self._devices.add(tenant, device)
         if self._links is not None:
-            self._links.reported(client, tenant, device, text == topics.LINK_CONNECTED)
+            self._links.reported(client, tenant, device, text == _LINK_UP)
         self._stats.link_reports += 1
         return Outcome.ACCEPTED
 

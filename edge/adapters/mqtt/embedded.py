@@ -27,8 +27,9 @@ Commands are written straight to each matching subscriber's connection with QoS 
 device's MQTT client has it.
 
 Link state (``health``, forwarded to the cloud as PRESENCE ``connected``/``disconnected``): a
-device is connected while some connected client serves it — subscribed to its own commands
-topic, published events for it, or reported ``connected`` on its link topic — and
+device is connected while some connected client serves it — logged in with the device's
+credentials (``mqtt.auth``), subscribed to its own commands topic, published events for it, or
+reported ``connected`` on its link topic — and
 disconnected within moments of the last such client's DISCONNECT, closed socket or missed
 keepalive (1.5 times the keepalive the client asked for). :mod:`.link` has the exact rules.
 """
@@ -284,10 +285,15 @@ class EmbeddedMqttAdapter:
             log.warning("credentials for enrolled device %s not delivered: %r", principal.describe(), err)
 
     async def client_connected(self, client_id: str) -> None:
-        # A persistent session may come back with its subscriptions and send no SUBSCRIBE.
         broker = self._broker
         if broker is None:
             return
+        # With mqtt.auth a device's credentials name it: logged in is connected.
+        entry = broker.sessions.get(client_id)
+        principal = broker.principal_of(entry[0]) if entry is not None else None
+        if principal is not None and principal.device and not (principal.enrolling or principal.unrestricted):
+            self.links.bind(client_id, principal.tenant, principal.device)
+        # A persistent session may come back with its subscriptions and send no SUBSCRIBE.
         for topic_filter, subscriptions in list(broker.subscriptions.items()):
             if any(session.client_id == client_id for session, _ in subscriptions):
                 self._bind_subscriber(client_id, topic_filter)

@@ -8,6 +8,7 @@ shows a present device whose link is down as ``offline`` (docs/rules.md).
 **Embedded broker** (:class:`LinkTracker`): the broker sees every connection, so the link
 is exact. A client *serves* a device from the first sign that it speaks for it —
 
+- it logged in with the device's credentials (``mqtt.auth``; a gateway's own token),
 - it subscribes to the device's own commands topic (``fieldgate/<t>/devices/<d>/commands``;
   wildcard filters do not count: a monitor on ``#`` is not every device),
 - it publishes events for the device (the topic's device, or each device a SiteWhere payload
