@@ -59,8 +59,9 @@ COMMANDS_DB = Path("commands.db")
 # At most one failed-decode WARNING per this many seconds; the next one says how many were quiet.
 REJECT_LOG_INTERVAL_S = 10.0
 # Link changes waiting to be written; beyond this the oldest are dropped and counted (a flapping
-# link must not grow memory). Large enough for every device of an MQTT broker going down at once.
-MAX_PRESENCE_PENDING = 100_000
+# link must not grow memory). Twice what one adapter's board tracks (health.MAX_DEVICES): every
+# device of a broker going down and coming back at once fits.
+MAX_PRESENCE_PENDING = 20_000
 # Link changes written to the buffer in one append; retries while the buffer is full.
 PRESENCE_BATCH = 1000
 PRESENCE_RETRY_INITIAL_S = 0.05
