@@ -51,7 +51,7 @@ import uvicorn
 
 from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.api.app import create_api
-from fieldgate.cloud.api.auth import TokenAuthority
+from fieldgate.cloud.api.auth import TokenAuthority, UserSessions
 from fieldgate.cloud.backends import (
     build_bus,
     build_cassandra,
@@ -89,7 +89,7 @@ from fieldgate.cloud.rules.book import RuleBook, RuleService
 from fieldgate.cloud.rules.zones import ZonePolygons
 from fieldgate.cloud.stage import ConsumerStage
 from fieldgate.cloud.state import DeviceStateStage
-from fieldgate.cloud.tenants import TenantAdmin, record_settings, tenant_record
+from fieldgate.cloud.tenants import TenantAdmin, TenantStores, record_settings, tenant_record
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.cloud.zkconfig_models import (
     InstanceSettings,
@@ -154,6 +154,23 @@ class _Pingable(Protocol):
     """A bus that can answer a readiness probe (both buses do)."""
 
     async def ping(self) -> None: ...
+
+
+class _ForgetsTenants(Protocol):
+    """A part of the process that caches something per tenant."""
+
+    def forget_tenant(self, tenant: str) -> None: ...
+
+
+def _unique(parts: list[Any]) -> list[Any]:
+    """``parts`` without repeats (by identity), in order."""
+    seen: set[int] = set()
+    out: list[Any] = []
+    for part in parts:
+        if id(part) not in seen:
+            seen.add(id(part))
+            out.append(part)
+    return out
 
 
 @runtime_checkable
@@ -243,7 +260,9 @@ class CloudApp:
         )
         self.rule_book = RuleBook(self.state_store)
         self.zk_rules: Any = None
-        if config.zookeeper is not None and self.services & {"state", "api"}:
+        # The state stage evaluates the rules; api and ingest serve them (REST, gRPC) and delete a
+        # deleted tenant's set.
+        if config.zookeeper is not None and self.services & {"state", "api", "ingest"}:
             from fieldgate.cloud.rules.zk import ZkRules
 
             self.zk_rules = ZkRules(config.zookeeper.hosts, config.zookeeper.instance)
@@ -251,18 +270,9 @@ class CloudApp:
             self.state_store, self.rule_book, self.zk_rules.publish if self.zk_rules is not None else None
         )
         self.sessions = EdgeSessions()
-        # Tenant lifecycle (REST /api/v1/tenants, gRPC TenantManagement): provisions and removes
-        # what a tenant owns; the file's tenants cannot be deleted.
-        self.tenants = TenantAdmin(
-            self.registry,
-            self.event_store,
-            self.invocations,
-            self.bus,
-            configured=[t.token for t in self.file_config.tenants],
-            live=self.tenant_settings,
-            zk=self.zk,
-            on_deleted=self._forget_tenant,
-        )
+        # Whether a token's user still is what the token says: REST and gRPC check each request
+        # (cloud/api/auth.py); a deleted tenant's users are dropped from it here.
+        self.user_sessions = UserSessions(self.users)
         self.commands = CommandService(
             self.registry,
             self.invocations,
@@ -279,6 +289,30 @@ class CloudApp:
             self.commands,
             self.batch,
             replica=config.effective_replica_id(),
+        )
+        # Every store that keeps data of a tenant (THE list, cloud/tenants.py): provisioned and
+        # deleted with the tenant, forgotten by every process when another deletes it.
+        self.tenant_stores = TenantStores(
+            users=self.users,
+            states=self.state_store,
+            site=self.site_store,
+            connectors=self.connector_store,
+            batch=self.batch_store,
+            edges=self.edge_directory,
+            invocations=self.invocations,
+            events=self.event_store,
+            rules_zk=self.zk_rules,
+        )
+        # Tenant lifecycle (REST /api/v1/tenants, gRPC TenantManagement): provisions and removes
+        # what a tenant owns; the file's tenants cannot be deleted.
+        self.tenants = TenantAdmin(
+            self.registry,
+            self.tenant_stores,
+            self.bus,
+            configured=[t.token for t in self.file_config.tenants],
+            live=self.tenant_settings,
+            zk=self.zk,
+            on_deleted=self._forget_tenant,
         )
         self.stages: list[Any] = []
         if "registration" in self.services:
@@ -437,7 +471,11 @@ class CloudApp:
                 parts.append(self.edge_directory)
             if self.edge_tracker is not None:
                 parts.append(self.edge_tracker)
-            for part in parts:
+            if self.services & {"api", "ingest"}:
+                # Tenant management (REST on api, gRPC on ingest) provisions and deletes every
+                # tenant-owned store; tokens are checked against the users (REST and gRPC).
+                parts += [s for _n, s in self.tenant_stores.owned() if s is not self.zk_rules]
+            for part in _unique(parts):
                 await part.start()
                 self._started.append(part)
             if self.services & {"api", "ingest"}:
@@ -448,6 +486,7 @@ class CloudApp:
                 self._grpc_auth = ApiAuth(
                     TokenAuthority(secret, self.config.auth.token_ttl_s, self._previous_secrets),
                     self.server_tls,
+                    self.user_sessions,
                 )
             if self.zk_rules is not None:
                 await self.zk_rules.start()
@@ -568,27 +607,35 @@ class CloudApp:
 
     def _forget_tenant(self, token: str) -> None:
         """A tenant was deleted (here, or by another process: its znode went): forget its
-        settings and what this process caches of it, so nothing here recreates its storage."""
+        settings and what this process caches of it — every tenant-owned store of the list, the
+        registry, and :meth:`tenant_caches` — so nothing here serves or recreates it. (The
+        connectors stage also checks each tenant's incarnation itself, for processes that are
+        not told: cloud/connectors/stage.py.)"""
         self.tenant_settings.remove(token)
         self.registry.forget_tenant(token)
-        self.event_store.forget_tenant(token)
-        self.invocations.forget_tenant(token)
-        self.bus.forget_tenant(token)
-        if self.ingest is not None:
-            self.ingest.forget_tenant(token)
-        self.site_store.forget_tenant(token)
-        self.zone_polygons.forget_tenant(token)
-        if self._running:  # its areas, zones, assets and groups go too (SQLite: its own file)
-            task = asyncio.get_running_loop().create_task(self._delete_site(token))
-            self._tenant_tasks.add(task)
-            task.add_done_callback(self._tenant_tasks.discard)
+        for _name, store in self.tenant_stores.owned():
+            store.forget_tenant(token)
+        for cache in self.tenant_caches():
+            cache.forget_tenant(token)
         log.info("tenant %s deleted: forgotten by this process", token)
 
-    async def _delete_site(self, token: str) -> None:
-        try:
-            await self.site_store.delete_tenant(token)
-        except CloudError as err:  # task top: a later delete of the tenant tries again
-            log.error("tenant %s: cannot delete its site records: %s", token, err)
+    def tenant_caches(self) -> list[_ForgetsTenants]:
+        """What this process caches per tenant besides the stores (tests/integration/
+        test_tenant_lifecycle.py checks that every part of the app with a ``forget_tenant`` is
+        here, in :attr:`tenant_stores` or the registry)."""
+        caches: list[_ForgetsTenants] = [
+            self.bus,
+            self.zone_polygons,
+            self.rule_book,
+            self.user_sessions,
+            self.batch,
+            self.scheduler,
+        ]
+        if self.ingest is not None:
+            caches.append(self.ingest)
+        if self.edge_tracker is not None:
+            caches.append(self.edge_tracker)
+        return caches
 
     def _apply_retention(self, settings: TenantSettings) -> None:
         store = self.event_store
@@ -625,6 +672,7 @@ class CloudApp:
             previous_secrets=self._previous_secrets,
             live=self.live,
             edges=self.edge_directory,
+            sessions=self.user_sessions,
         )
         server = _EmbeddedUvicorn(
             uvicorn.Config(

@@ -98,6 +98,12 @@ class EdgeTracker:
             stream.closed = stream.urgent = True
             self._wake.set()
 
+    def forget_tenant(self, tenant: str) -> None:
+        """The tenant was deleted (its edge directory entries with it): stop writing it into the
+        records of the open streams that carried it."""
+        for stream in self._streams.values():
+            stream.tenants.discard(tenant)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -11,7 +11,9 @@ They are registered on the ingest service's ``grpc.aio`` server (``add_grpc_api`
 requests name their tenant; every call must prove it may act for that tenant, and
 :class:`ApiAuth` is the one place that decides: a bearer token in the metadata
 (``authorization: Bearer <jwt>``, the REST API's tokens, checked by its
-:class:`~fieldgate.cloud.api.auth.TokenAuthority`) whose tenant is the request's, or — with
+:class:`~fieldgate.cloud.api.auth.TokenAuthority` and, like every REST request, against the user
+store by :class:`~fieldgate.cloud.api.auth.UserSessions`: a deleted or changed user's token is
+refused at once) whose tenant is the request's, or — with
 mutual TLS — a client certificate listing that tenant (cloud/tls.py; a revoked one is refused
 even with a token). No credentials → UNAUTHENTICATED; another tenant's → PERMISSION_DENIED.
 ``add_grpc_api`` registers each service through :class:`_Authorized`, which puts that check in
@@ -39,7 +41,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from fieldgate.cloud.api.access import GRPC_METHODS, Permission, Role
-from fieldgate.cloud.api.auth import TokenAuthority
+from fieldgate.cloud.api.auth import TokenAuthority, UserSessions
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
 from fieldgate.cloud.errors import CloudError, Conflict, InUse, InvalidRequest, NotFound
 from fieldgate.cloud.invocations import CommandService
@@ -114,9 +116,14 @@ def _bearer_token(context: Context) -> str | None:
 class ApiAuth:
     """Who may call the gRPC APIs for which tenant (see the module docstring): the one place."""
 
-    def __init__(self, authority: TokenAuthority, tls: ServerTls | None = None) -> None:
+    def __init__(
+        self, authority: TokenAuthority, tls: ServerTls | None = None, sessions: UserSessions | None = None
+    ) -> None:
+        """``sessions`` checks each token's user (the cloud process passes its own); without it
+        tokens are checked by signature and claims only (tests that sign tokens themselves)."""
         self._authority = authority
         self._tls = tls
+        self._sessions = sessions if sessions is not None else UserSessions(None)
 
     async def authorize(self, context: Context, request: Message, method: str) -> None:
         """Return if the caller may call ``method`` (its full name) for the request's tenant,
@@ -148,7 +155,7 @@ class ApiAuth:
                     grpc.StatusCode.UNAUTHENTICATED, "authorization: expected 'Bearer <token>'"
                 )
             try:
-                principal = self._authority.verify(token)
+                principal = await self._sessions.principal(self._authority, token)
             except HTTPException as err:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err.detail))
             who = f"the token of {principal.user!r}"

@@ -387,6 +387,9 @@ class TtlLru(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def clear(self) -> None:
+        self._data.clear()
+
 
 class LruSet(Generic[K]):
     """A bounded set that forgets its least recently added members (overflow: evict oldest)."""

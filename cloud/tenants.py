@@ -1,22 +1,35 @@
 """Tenants as first-class objects: create (provision), read, update and delete (deprovision).
 
-A tenant owns: its registry record (with its settings), its registry, invocation and event
-storage (SQLite: ``registry-<t>.db``, ``invocations-<t>.db``, ``events-<t>.db``; Cassandra: its
-keyspace with every table), its bus topics (one per stage) and, with ZooKeeper configured, its
-znode ``/fieldgate/<instance>/tenants/<t>``. :class:`TenantAdmin` is the one place that creates
-and removes all of them, for the REST routes (cloud/api/routes_tenants.py) and the gRPC
-``TenantManagement`` service alike; the rules and messages live here once.
+A tenant owns: its registry record (with its settings) and the registry's data, the data of
+every store listed in :class:`TenantStores` — THE one list of tenant-owned stores —, its bus
+topics (one per stage) and, with ZooKeeper configured, its znode
+``/fieldgate/<instance>/tenants/<t>``. :class:`TenantAdmin` is the one place that creates and
+removes all of them, for the REST routes (cloud/api/routes_tenants.py) and the gRPC
+``TenantManagement`` service alike; the rules and messages live here once. Provisioning,
+deletion, the processes' forget path (cloud/app.py) and the lifecycle tests all iterate
+:class:`TenantStores`, so a store added there is provisioned, deleted and checked everywhere;
+a tenant-owned store the cloud process builds but the list lacks fails
+tests/integration/test_tenant_lifecycle.py.
 
 Provisioning order: the record first (its token is claimed by a compare-and-set, so of two
-creators one wins), then the default device type, storage, topics, and the znode last — the
-znode is what makes every other process apply the settings (ingest's rate limit and decoders,
-the stages' live settings). Ingest accepts a new tenant's events as soon as it sees the record
-(its cache of unknown tenants lasts seconds). A failure midway removes what was made.
+creators one wins; the registry starts the tenant's storage empty), then the default device
+type, every listed store — each first purged of anything an earlier tenant of the same token
+left (a write in flight during its deletion), then provisioned —, topics, and the znode last:
+the znode is what makes every other process apply the settings (ingest's rate limit and
+decoders, the stages' live settings). Ingest accepts a new tenant's events as soon as it sees
+the record (its cache of unknown tenants lasts seconds). A failure midway removes what was made.
 
-Deprovisioning goes the other way round: the record first (ingest refuses the tenant's events
-once its cache expires, at once in this process), the znode (every watching process forgets the
-tenant: settings, caches), the topics, then the data. The tenants of the configuration file
-cannot be deleted while they are configured: every start would create them again.
+Deprovisioning goes the other way round: the record with the registry's data first (ingest
+refuses the tenant's events once its cache expires, at once in this process), the znode (every
+watching process forgets the tenant: settings, caches), the topics, then every listed store
+(users — whose tokens stop working at once —, rules and presence intervals, device states,
+site records, connectors with their dead letters, batch operations, schedules and their runs,
+edge directory entries, invocations, events). The tenants of the configuration file cannot be
+deleted while they are configured: every start would create them again.
+
+A tenant's *incarnation* is its record's ``created_ms``: a tenant deleted and created again
+under the same token is another incarnation, which what caches the old one (the connectors
+stage's connectors, in any process) must notice (cloud/connectors/stage.py checks it).
 
 Settings are :class:`~fieldgate.cloud.zkconfig_models.TenantSettings`, validated exactly like a
 znode (bad values → InvalidRequest naming the key), kept in the record's ``settings_json`` and,
@@ -30,18 +43,25 @@ import json
 import logging
 import re
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
 from fieldgate.cloud.registration import default_device_type
-from fieldgate.cloud.store import EventStore, InvocationStore, Page, Registry
+from fieldgate.cloud.store import EventStore, InvocationStore, Page, Registry, TenantOwned
 from fieldgate.cloud.zkconfig_models import TENANT_PATTERN, TenantSettings, TenantSettingsRegistry
 from fieldgate.config import validate
 from fieldgate.errors import ConfigError
 from fieldgate.v1 import model_pb2 as model
 
 if TYPE_CHECKING:
+    from fieldgate.cloud.api.users import UserStore
+    from fieldgate.cloud.batch.store import BatchStore
     from fieldgate.cloud.bus import Bus
+    from fieldgate.cloud.connectors.store import ConnectorStore
+    from fieldgate.cloud.store.edges import EdgeDirectory
+    from fieldgate.cloud.store.site import SiteStore
+    from fieldgate.cloud.store.state import DeviceStateStore
     from fieldgate.cloud.zkconfig import ZkConfigSource
 
 log = logging.getLogger(__name__)
@@ -108,14 +128,43 @@ def check_token(token: str) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TenantStores:
+    """THE list of the stores that keep data of a tenant, besides the registry (which holds the
+    tenant's record; module docstring). Every field is a
+    :class:`~fieldgate.cloud.store.TenantOwned` store; the order is the order of deletion
+    (users first: their tokens stop working at once). ``rules_zk`` is ZooKeeper's copy of the
+    tenants' rule sets (``/fieldgate/<instance>/rules/<t>``, cloud/rules/zk.py), when
+    ZooKeeper is configured: left behind, it would give a new tenant of the token the old
+    rules at the next start."""
+
+    users: UserStore
+    states: DeviceStateStore  # device states, rules, presence intervals
+    site: SiteStore
+    connectors: ConnectorStore  # connectors, dead letters
+    batch: BatchStore  # batch operations, schedules and their runs
+    edges: EdgeDirectory
+    invocations: InvocationStore
+    events: EventStore
+    rules_zk: TenantOwned | None = None
+
+    def owned(self) -> list[tuple[str, TenantOwned]]:
+        """(name, store) of every store present, in the order of deletion."""
+        out: list[tuple[str, TenantOwned]] = []
+        for f in fields(self):
+            store = getattr(self, f.name)
+            if store is not None:
+                out.append((f.name, store))
+        return out
+
+
 class TenantAdmin:
     """Creates, changes and removes tenants with everything they own (module docstring)."""
 
     def __init__(
         self,
         registry: Registry,
-        event_store: EventStore,
-        invocations: InvocationStore,
+        stores: TenantStores,
         bus: Bus,
         *,
         configured: Collection[str] = (),
@@ -124,8 +173,7 @@ class TenantAdmin:
         on_deleted: Callable[[str], None] | None = None,
     ) -> None:
         self._registry = registry
-        self._events = event_store
-        self._invocations = invocations
+        self._stores = stores
         self._bus = bus
         self._configured = frozenset(configured)
         self._live = live
@@ -161,8 +209,13 @@ class TenantAdmin:
         record = await self._registry.create_tenant(tenant_record(settings))
         try:
             await self._registry.create_device_type(token, default_device_type(settings.default_device_type))
-            await self._events.ensure_tenant(token)
-            await self._invocations.ensure_tenant(token)
+            for name, store in self._stores.owned():
+                store.forget_tenant(token)
+                if await store.delete_tenant(token):
+                    log.warning(
+                        "tenant %s: removed what an earlier tenant of that token left in %s", token, name
+                    )
+                await store.ensure_tenant(token)
             await self._bus.ensure_tenant_topics(token)
             await self._publish(settings)
         except BaseException:
@@ -195,8 +248,9 @@ class TenantAdmin:
         the matching ``confirm``; Conflict for a tenant of the configuration file."""
         if confirm != token:
             raise ConfirmationRequired(
-                f"deleting tenant {token[:70]!r} removes all its devices, events and invocations: "
-                f"repeat its token to confirm (?confirm={token[:70]})"
+                f"deleting tenant {token[:70]!r} removes all its users, devices, events, invocations, "
+                f"rules, connectors, batch operations and schedules: repeat its token to confirm "
+                f"(?confirm={token[:70]})"
             )
         if self.is_configured(token):
             raise Conflict(
@@ -226,10 +280,10 @@ class TenantAdmin:
         if self._on_deleted is not None:
             self._on_deleted(token)
         removed += [f"topic {t}" for t in await self._bus.delete_tenant_topics(token)]
-        if await self._invocations.delete_tenant(token):
-            removed.append("invocations")
-        if await self._events.delete_tenant(token):
-            removed.append("events")
+        for name, store in self._stores.owned():
+            store.forget_tenant(token)
+            if await store.delete_tenant(token):
+                removed.append(name)
         return removed
 
 

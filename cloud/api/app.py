@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from fieldgate import __version__
 from fieldgate.cloud.api.access import Permission, check_routes, public
 from fieldgate.cloud.api.api_docs import api_docs_router
-from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, auth_router
+from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, UserSessions, auth_router
 from fieldgate.cloud.api.customers import CustomerManagement
 from fieldgate.cloud.api.dashboard import DashboardFiles, dashboard_router, install_spa_fallback
 from fieldgate.cloud.api.errors import install_error_handlers
@@ -81,6 +81,7 @@ def create_api(
     edges: EdgeDirectory | None = None,
     static_dir: Path | None = None,
     live_keepalive_s: float = 15.0,
+    sessions: UserSessions | None = None,
 ) -> FastAPI:
     """The REST API over the given stores.
 
@@ -97,6 +98,8 @@ def create_api(
     owner, who also closes its streams before stopping the server) serves ``/api/v1/live``;
     ``edges`` (the edge directory) feeds ``/api/v1/edges``; ``static_dir`` is the dashboard
     build to serve (default: the package's, cloud/api/dashboard.py).
+    ``sessions`` checks each token's user (cloud/api/auth.py; the process's own, so that its
+    tenant deletions clear it; a new one over ``users`` by default).
     """
     del invocations  # read through ``commands``
     app = FastAPI(
@@ -113,7 +116,11 @@ def create_api(
     app.include_router(api_docs_router(app), dependencies=[Depends(public())])
     install_error_handlers(app)
     authority = TokenAuthority(secret, auth.token_ttl_s, previous_secrets)
-    policy = AccessPolicy(authority, registry)
+    # Every request checks that the token's user still is what the token says (cloud/api/auth.py);
+    # the routes' own user changes clear that check's cache at once.
+    sessions = sessions if sessions is not None else UserSessions(users)
+    users = sessions.tracking(users)
+    policy = AccessPolicy(authority, registry, sessions)
     mgmt = Management(registry, event_store, site)
 
     fleet = FleetQueries(registry, mgmt, commands, states=state_store, site=site, edges=edges)

@@ -1,12 +1,21 @@
 """Bearer tokens for the REST (and gRPC) APIs: issue on password login, verify on every request.
 
 Tokens are JWTs signed with HS256. They carry the user (``sub``), the user's tenant
-(``tenant``), role (``role``) and, for customer users, customer (``customer``); the header
-names the signing key (``kid``, a hash of the key, never the key). Every route takes the
-tenant from the verified token and from nowhere else — no URL or body can name another tenant;
-only an instance admin may ask for another tenant (``X-Fieldgate-Tenant``, cloud/api/access.py).
-There is no server-side session: a token is valid until ``exp`` (``auth.token_ttl_s``), and a
-role change or a deleted user takes effect when the user's current token expires.
+(``tenant``), role (``role``), for customer users customer (``customer``), and the user's
+generation (``gen``, cloud/api/users.py); the header names the signing key (``kid``, a hash of
+the key, never the key). Every route takes the tenant from the verified token and from nowhere
+else — no URL or body can name another tenant; only an instance admin may ask for another
+tenant (``X-Fieldgate-Tenant``, cloud/api/access.py).
+
+**Revocation at once** (:class:`UserSessions`): a token is valid until ``exp``
+(``auth.token_ttl_s``) *and* only while its user still exists with the generation, tenant,
+role and customer the token names — checked on every request (REST here, gRPC in
+cloud/grpc_api.py) against the user store, through a per-process cache of at most
+:data:`SESSION_CACHE_S` seconds that the process's own user changes clear at once. So a
+deleted user, a demoted one, one whose customer or password changed, and every user of a
+deleted tenant are refused (401) at once by the replica that made the change and within
+``SESSION_CACHE_S`` by every other replica. Tokens from before generations carry none and are
+refused: their users log in again.
 
 **Key rotation without downtime**: tokens are signed with the current key and verified with the
 current key or any previous one (``auth.previous_secret_keys`` / ``previous_secret_files``).
@@ -44,15 +53,17 @@ from fieldgate.cloud.api.access import (
     public,
 )
 from fieldgate.cloud.api.models import error_docs
-from fieldgate.cloud.api.users import TENANT_PATTERN, Users
+from fieldgate.cloud.api.users import LEGACY_ROLE, TENANT_PATTERN, UserRecord, Users
 from fieldgate.cloud.store import Registry
 from fieldgate.timeutil import now_ms
 
-__all__ = ["AccessPolicy", "LoginThrottle", "Principal", "TokenAuthority", "auth_router"]
+__all__ = ["AccessPolicy", "LoginThrottle", "Principal", "TokenAuthority", "UserSessions", "auth_router"]
 
 TOKEN_URL = "/api/v1/auth/token"
 _ALGORITHM = "HS256"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+#: How long one process trusts what it read of a user (module docstring, "Revocation at once").
+SESSION_CACHE_S = 1.0
 
 
 class TokenOut(BaseModel):
@@ -77,12 +88,14 @@ class TokenAuthority:
         self._keys = {key_id(s): s for s in (*previous, secret)}
         self.ttl_s = ttl_s
 
-    def issue(self, principal: Principal) -> str:
+    def issue(self, principal: Principal, generation: str = "") -> str:
+        """A token of ``principal``; ``generation`` is its user's (cloud/api/users.py)."""
         now_s = now_ms() // 1000
         claims: dict[str, object] = {
             "sub": principal.user,
             "tenant": principal.tenant,
             "role": principal.role.value,
+            "gen": generation,
             "iat": now_s,
             "exp": now_s + self.ttl_s,
         }
@@ -91,8 +104,13 @@ class TokenAuthority:
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM, headers={"kid": self._kid})
 
     def verify(self, token: str) -> Principal:
-        """The token's principal; HTTP 401 for anything expired, forged, malformed, signed with
-        a key that is no longer accepted, or without a role (tokens from before roles)."""
+        """The token's principal (its signature and claims only: :class:`UserSessions` checks
+        its user); HTTP 401 for anything expired, forged, malformed, signed with a key that is
+        no longer accepted, or without a role (tokens from before roles)."""
+        return self.decode(token)[0]
+
+    def decode(self, token: str) -> tuple[Principal, str | None]:
+        """:meth:`verify`, and the token's user generation (None: a token from before them)."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self._keys.get(kid) if isinstance(kid, str) else None
@@ -114,9 +132,131 @@ class TokenAuthority:
             raise _unauthorized("invalid token (unknown role)") from err
         if (parsed is Role.CUSTOMER) != isinstance(customer, str) or customer == "":
             raise _unauthorized("invalid token (customer)")
-        return Principal(
+        generation = claims.get("gen")
+        principal = Principal(
             user=user, tenant=tenant, role=parsed, customer=customer if isinstance(customer, str) else None
         )
+        return principal, generation if isinstance(generation, str) else None
+
+
+class UserSessions:
+    """Whether a token's user still is what the token says (module docstring, "Revocation at
+    once"): the user exists, with the token's generation, role, customer and tenant.
+
+    What it read of a user is kept for ``cache_s`` seconds (a bounded LRU map), so a dashboard's
+    burst of requests costs one read; :meth:`forget` and :meth:`forget_tenant` drop entries at
+    once (this process's own changes), :meth:`tracking` wraps a user store so that its changes
+    do. ``users`` None: tokens are checked by signature and claims only (tests of servicers
+    that sign tokens for users no store holds)."""
+
+    def __init__(
+        self,
+        users: Users | None,
+        *,
+        cache_s: float = SESSION_CACHE_S,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._users = users
+        self._cache_s = cache_s
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, UserRecord | None]] = OrderedDict()
+
+    async def principal(self, authority: TokenAuthority, token: str) -> Principal:
+        """The token's principal if its signature, claims and user hold; HTTP 401 otherwise."""
+        who, generation = authority.decode(token)
+        if self._users is None:
+            return who
+        if generation is None:
+            raise _unauthorized("token from before user generations: log in again")
+        user = await self._user(who.user)
+        if user is None or not _holds(user, who, generation):
+            # Read again before refusing: a token issued after a change this cache predates.
+            self._entries.pop(who.user, None)
+            user = await self._user(who.user)
+            if user is None or not _holds(user, who, generation):
+                raise _unauthorized("token revoked: its user was deleted or changed (log in again)")
+        return who
+
+    async def _user(self, name: str) -> UserRecord | None:
+        now = self._clock()
+        entry = self._entries.get(name)
+        if entry is not None and now - entry[0] < self._cache_s:
+            return entry[1]
+        assert self._users is not None
+        found = await self._users.get(name)
+        self._entries[name] = (now, found)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return found
+
+    def forget(self, user: str) -> None:
+        self._entries.pop(user, None)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop what is cached of the tenant's users (the tenant was deleted)."""
+        for name in [n for n, (_t, u) in self._entries.items() if u is not None and u.tenant == tenant]:
+            del self._entries[name]
+
+    def tracking(self, users: Users) -> Users:
+        """``users``, with every change of a user also dropping it from this cache."""
+        return _TrackedUsers(users, self)
+
+
+def _holds(user: UserRecord, who: Principal, generation: str) -> bool:
+    return (
+        user.generation == generation
+        and user.role is who.role
+        and user.customer == who.customer
+        and (not user.tenant or user.tenant == who.tenant)
+    )
+
+
+class _TrackedUsers:
+    """A user store whose changes drop the user from a :class:`UserSessions` cache at once."""
+
+    def __init__(self, users: Users, sessions: UserSessions) -> None:
+        self._users = users
+        self._sessions = sessions
+
+    async def authenticate(self, user: str, password: str) -> UserRecord | None:
+        return await self._users.authenticate(user, password)
+
+    async def get(self, user: str) -> UserRecord | None:
+        return await self._users.get(user)
+
+    async def list_users(self, tenant: str | None = None) -> list[UserRecord]:
+        return await self._users.list_users(tenant)
+
+    async def create(
+        self,
+        user: str,
+        password: str,
+        *,
+        tenant: str = "default",
+        role: Role = LEGACY_ROLE,
+        customer: str | None = None,
+    ) -> bool:
+        try:
+            return await self._users.create(user, password, tenant=tenant, role=role, customer=customer)
+        finally:
+            self._sessions.forget(user)
+
+    async def update(
+        self, user: str, *, password: str | None = None, role: Role | None = None, customer: str | None = None
+    ) -> UserRecord | None:
+        try:
+            return await self._users.update(user, password=password, role=role, customer=customer)
+        finally:
+            self._sessions.forget(user)
+
+    async def delete(self, user: str) -> bool:
+        try:
+            return await self._users.delete(user)
+        finally:
+            self._sessions.forget(user)
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -208,22 +348,23 @@ TenantHeader = Annotated[
 class AccessPolicy:
     """Builds the dependency each REST route declares: :meth:`require`."""
 
-    def __init__(self, authority: TokenAuthority, registry: Registry) -> None:
+    def __init__(self, authority: TokenAuthority, registry: Registry, sessions: UserSessions) -> None:
         self._authority = authority
         self._registry = registry
+        self._sessions = sessions
 
     def require(self, permission: Permission) -> PrincipalDependency:
         """A dependency yielding the caller's :class:`Principal`: 401 without a valid token, 403
         if its role lacks ``permission`` or it asks for a tenant it may not act for, 404 for an
         unknown tenant."""
-        authority, registry = self._authority, self._registry
+        authority, registry, sessions = self._authority, self._registry, self._sessions
 
         async def principal(
             token: Annotated[str | None, Depends(_bearer)], tenant: TenantHeader = None
         ) -> Principal:
             if not token:
                 raise _unauthorized("not authenticated")
-            who = authority.verify(token)
+            who = await sessions.principal(authority, token)
             if not who.may(permission):
                 raise forbidden(f"role {who.role.value} may not do this ({permission.value} needed)")
             if tenant is None or tenant == who.tenant:
@@ -275,6 +416,7 @@ def auth_router(
         principal = Principal(
             user=found.name, tenant=found.tenant or default_tenant, role=found.role, customer=found.customer
         )
-        return TokenOut(access_token=authority.issue(principal), expires_in=authority.ttl_s)
+        token = authority.issue(principal, found.generation)
+        return TokenOut(access_token=token, expires_in=authority.ttl_s)
 
     return router

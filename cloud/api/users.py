@@ -13,6 +13,14 @@ ADD COLUMN``, Cassandra ``ALTER TABLE … ADD``) are ``tenant-admin``: that is w
 allowed before, so nobody is locked out by an upgrade; ``fieldgate up`` makes ``admin`` the
 instance admin at start.
 
+**Generations** (docs/security.md, "Tokens"): every user has a ``generation``, a random value
+replaced whenever what a token of the user claims stops being true — the password, the role,
+the customer or the tenant changes, or the user is deleted (a user created again under the
+same name gets a new one). Tokens carry it, and every request compares it with the stored one
+(:class:`fieldgate.cloud.api.auth.UserSessions`), so such a change ends the user's tokens at
+once instead of at their expiry. ``delete_tenant`` removes every user of a tenant (the store
+is one of the tenant-owned stores, :class:`fieldgate.cloud.tenants.TenantStores`).
+
 Two stores share that hashing (:class:`PasswordHasher`): :class:`SqliteUsers`, one small SQLite
 file (logins are rare, so each call opens its own connection in a worker thread; hashing takes
 tens of milliseconds and must not stall the event loop), and :class:`CassandraUsers`, a table
@@ -28,8 +36,9 @@ import logging
 import re
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +47,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.errors import InvalidRequest, StoreError
+from fieldgate.cloud.store import TenantOwned
 from fieldgate.timeutil import now_ms
 
 if TYPE_CHECKING:
@@ -79,18 +89,26 @@ _SQLITE_MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE users ADD COLUMN customer TEXT",
             "ALTER TABLE users ADD COLUMN phc TEXT",  # argon2id PHC string; NULL: scrypt columns
         ],
-    )
+    ),
+    (2, ["ALTER TABLE users ADD COLUMN generation TEXT"]),  # NULL: a user from before generations
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
-    """A user as the API shows it (never the hash)."""
+    """A user as the API shows it (never the hash). ``generation`` is what its tokens must carry
+    (module docstring); it does not take part in comparisons."""
 
     name: str
     tenant: str
     role: Role
     customer: str | None = None
+    generation: str = field(default="", compare=False)
+
+
+def new_generation() -> str:
+    """A fresh user generation (module docstring)."""
+    return secrets.token_hex(8)
 
 
 class Users(Protocol):
@@ -119,8 +137,9 @@ class Users(Protocol):
     async def delete(self, user: str) -> bool: ...
 
 
-class UserStore(Users, Protocol):
-    """A user store as the cloud process runs it (SQLite or Cassandra)."""
+class UserStore(Users, TenantOwned, Protocol):
+    """A user store as the cloud process runs it (SQLite or Cassandra); ``delete_tenant``
+    deletes every user of the tenant."""
 
     async def start(self) -> None: ...
 
@@ -236,12 +255,23 @@ class PasswordHasher:
             return False
 
 
-def _record(name: Any, tenant: Any, role: Any, customer: Any) -> UserRecord:
+def _record(name: Any, tenant: Any, role: Any, customer: Any, generation: Any = None) -> UserRecord:
     try:
         parsed = Role(role) if role else LEGACY_ROLE
     except ValueError:
         parsed = Role.VIEWER  # an unknown role stored by a newer version: the least one
-    return UserRecord(str(name), str(tenant), parsed, str(customer) if customer else None)
+    return UserRecord(
+        str(name), str(tenant), parsed, str(customer) if customer else None, str(generation or "")
+    )
+
+
+def _same_claims(current: UserRecord | None, tenant: str, role: Role, customer: str | None) -> bool:
+    """Whether ``current`` already has this tenant, role and customer (a token of it stays true)."""
+    return current is not None and (current.tenant, current.role, current.customer) == (
+        tenant,
+        role,
+        customer,
+    )
 
 
 class SqliteUsers:
@@ -295,19 +325,29 @@ class SqliteUsers:
         role: Role = LEGACY_ROLE,
         customer: str | None = None,
     ) -> None:
-        """Create ``user`` or replace its password, tenant, role and customer."""
+        """Create ``user`` or replace its password, tenant, role and customer (with a new
+        generation). A user that already has exactly these is left alone, so a restart that
+        sets the admin's password again does not end the admin's tokens."""
         parsed = check_new_user(user, password, tenant, role, customer)
 
         def write() -> None:
-            h = self._hasher.hash(password)
             with closing(self._connect()) as conn, conn:
+                row = conn.execute(
+                    "SELECT phc, salt, hash, n, r, p, tenant, role, customer FROM users WHERE name = ?",
+                    (user,),
+                ).fetchone()
+                if row is not None and _same_claims(_record(user, *row[6:9]), tenant, parsed, customer):
+                    stored = PasswordHash(row[0], bytes(row[1]), bytes(row[2]), *row[3:6])
+                    if self._hasher.verify(password, stored)[0]:
+                        return
+                h = self._hasher.hash(password)
                 conn.execute(
-                    "INSERT INTO users (name, tenant, salt, hash, n, r, p, updated_ms, role, customer, phc) "
-                    "VALUES (?, ?, x'', x'', 0, 0, 0, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                    "tenant=excluded.tenant, salt=x'', hash=x'', n=0, r=0, p=0, "
+                    "INSERT INTO users (name, tenant, salt, hash, n, r, p, updated_ms, role, customer, phc, "
+                    "generation) VALUES (?, ?, x'', x'', 0, 0, 0, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                    "SET tenant=excluded.tenant, salt=x'', hash=x'', n=0, r=0, p=0, "
                     "updated_ms=excluded.updated_ms, role=excluded.role, customer=excluded.customer, "
-                    "phc=excluded.phc",
-                    (user, tenant, now_ms(), parsed.value, customer, h.phc),
+                    "phc=excluded.phc, generation=excluded.generation",
+                    (user, tenant, now_ms(), parsed.value, customer, h.phc, new_generation()),
                 )
 
         await asyncio.to_thread(write)
@@ -329,9 +369,9 @@ class SqliteUsers:
             h = self._hasher.hash(password)
             with closing(self._connect()) as conn, conn:
                 cur = conn.execute(
-                    "INSERT INTO users (name, tenant, salt, hash, n, r, p, updated_ms, role, customer, phc) "
-                    "VALUES (?, ?, x'', x'', 0, 0, 0, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
-                    (user, tenant, now_ms(), parsed.value, customer, h.phc),
+                    "INSERT INTO users (name, tenant, salt, hash, n, r, p, updated_ms, role, customer, phc, "
+                    "generation) VALUES (?, ?, x'', x'', 0, 0, 0, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                    (user, tenant, now_ms(), parsed.value, customer, h.phc, new_generation()),
                 )
                 return cur.rowcount == 1
 
@@ -343,7 +383,7 @@ class SqliteUsers:
         def check() -> UserRecord | None:
             with closing(self._connect()) as conn:
                 row = conn.execute(
-                    "SELECT phc, salt, hash, n, r, p, tenant, role, customer FROM users WHERE name = ?",
+                    "SELECT phc, salt, hash, n, r, p, tenant, role, customer, generation FROM users WHERE name = ?",
                     (user,),
                 ).fetchone()
                 stored = (
@@ -359,7 +399,7 @@ class SqliteUsers:
                             "updated_ms = ? WHERE name = ? AND coalesce(phc, '') = ? AND hash = ?",
                             (self._hasher.hash(password).phc, now_ms(), user, row[0] or "", row[2]),
                         )
-                return _record(user, row[6], row[7], row[8])
+                return _record(user, *row[6:10])
 
         return await asyncio.to_thread(check)
 
@@ -370,7 +410,7 @@ class SqliteUsers:
         def read() -> UserRecord | None:
             with closing(self._connect()) as conn:
                 row = conn.execute(
-                    "SELECT name, tenant, role, customer FROM users WHERE name = ?", (user,)
+                    "SELECT name, tenant, role, customer, generation FROM users WHERE name = ?", (user,)
                 ).fetchone()
             return None if row is None else _record(*row)
 
@@ -382,7 +422,8 @@ class SqliteUsers:
         def read() -> list[UserRecord]:
             with closing(self._connect()) as conn:
                 rows = conn.execute(
-                    "SELECT name, tenant, role, customer FROM users WHERE ? IS NULL OR tenant = ? ORDER BY name",
+                    "SELECT name, tenant, role, customer, generation FROM users "
+                    "WHERE ? IS NULL OR tenant = ? ORDER BY name",
                     (tenant, tenant),
                 ).fetchall()
             return [_record(*row) for row in rows]
@@ -405,6 +446,10 @@ class SqliteUsers:
         if password is not None:
             check_password(password)
 
+        # A new password, role or customer ends the user's tokens (module docstring).
+        changed = password is not None or (new_role, new_customer) != (current.role, current.customer)
+        generation = new_generation() if changed else current.generation
+
         def write() -> bool:
             phc = self._hasher.hash(password).phc if password is not None else None
             with closing(self._connect()) as conn, conn:
@@ -414,14 +459,14 @@ class SqliteUsers:
                         (phc, user),
                     )
                 cur = conn.execute(
-                    "UPDATE users SET role = ?, customer = ?, updated_ms = ? WHERE name = ?",
-                    (new_role.value, new_customer, now_ms(), user),
+                    "UPDATE users SET role = ?, customer = ?, updated_ms = ?, generation = ? WHERE name = ?",
+                    (new_role.value, new_customer, now_ms(), generation or None, user),
                 )
                 return cur.rowcount == 1
 
         if not await asyncio.to_thread(write):
             return None
-        return UserRecord(user, current.tenant, new_role, new_customer)
+        return UserRecord(user, current.tenant, new_role, new_customer, generation)
 
     async def delete(self, user: str) -> bool:
         def write() -> bool:
@@ -429,6 +474,21 @@ class SqliteUsers:
                 return conn.execute("DELETE FROM users WHERE name = ?", (user,)).rowcount == 1
 
         return await asyncio.to_thread(write)
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Nothing to provision: users of a tenant are rows of the one file."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete every user of ``tenant``; False if it had none."""
+
+        def write() -> bool:
+            with closing(self._connect()) as conn, conn:
+                return conn.execute("DELETE FROM users WHERE tenant = ?", (tenant,)).rowcount > 0
+
+        return await asyncio.to_thread(write)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Nothing cached: every call reads the file."""
 
     async def tenant_of(self, user: str) -> str | None:
         found = await self.get(user)
@@ -466,18 +526,20 @@ class CassandraUsers:
                 # version is recorded by now, or this second attempt applies it.
                 await asyncio.sleep(1)
                 await self._db.migrate(ks, "users", cassandra_migrations(ks), replication=self._replication)
-            cols = "name, tenant, salt, hash, n, r, p, updated_ms, role, customer, phc"
+            cols = "name, tenant, salt, hash, n, r, p, updated_ms, role, customer, phc, generation"
+            values = "VALUES (?, ?, null, null, null, null, null, ?, ?, ?, ?, ?)"
             self._stmts = await self._db.prepare(
                 {
-                    "upsert": f"INSERT INTO {ks}.users ({cols}) VALUES (?, ?, null, null, null, null, null, ?, ?, ?, ?)",
-                    "create": f"INSERT INTO {ks}.users ({cols}) VALUES (?, ?, null, null, null, null, null, ?, ?, ?, ?)"
-                    " IF NOT EXISTS",
-                    "hash": f"SELECT phc, salt, hash, n, r, p, tenant, role, customer FROM {ks}.users WHERE name = ?",
+                    "upsert": f"INSERT INTO {ks}.users ({cols}) {values}",
+                    "create": f"INSERT INTO {ks}.users ({cols}) {values} IF NOT EXISTS",
+                    "hash": f"SELECT phc, salt, hash, n, r, p, tenant, role, customer, generation"
+                    f" FROM {ks}.users WHERE name = ?",
                     "rehash": f"UPDATE {ks}.users SET phc = ?, salt = null, hash = null, n = null, r = null,"
                     " p = null, updated_ms = ? WHERE name = ? IF EXISTS",
-                    "get": f"SELECT name, tenant, role, customer FROM {ks}.users WHERE name = ?",
-                    "all": f"SELECT name, tenant, role, customer FROM {ks}.users",
-                    "set_role": f"UPDATE {ks}.users SET role = ?, customer = ?, updated_ms = ? WHERE name = ? IF EXISTS",
+                    "get": f"SELECT name, tenant, role, customer, generation FROM {ks}.users WHERE name = ?",
+                    "all": f"SELECT name, tenant, role, customer, generation FROM {ks}.users",
+                    "set_role": f"UPDATE {ks}.users SET role = ?, customer = ?, updated_ms = ?, generation = ?"
+                    " WHERE name = ? IF EXISTS",
                     "delete": f"DELETE FROM {ks}.users WHERE name = ? IF EXISTS",
                 },
                 ks,
@@ -505,10 +567,17 @@ class CassandraUsers:
         role: Role = LEGACY_ROLE,
         customer: str | None = None,
     ) -> None:
-        """Create ``user`` or replace its password, tenant and role; the last write wins."""
+        """Create ``user`` or replace its password, tenant and role (with a new generation); the
+        last write wins. A user that already has exactly these is left alone."""
         parsed = check_new_user(user, password, tenant, role, customer)
+        rows = await self._db.execute(self._stmt("hash"), (user,))
+        if rows and _same_claims(_record(user, *rows[0][6:9]), tenant, parsed, customer):
+            stored = _cassandra_hash(rows[0])
+            if (await asyncio.to_thread(self._hasher.verify, password, stored))[0]:
+                return
         h = await asyncio.to_thread(self._hasher.hash, password)
-        await self._db.execute(self._stmt("upsert"), (user, tenant, now_ms(), parsed.value, customer, h.phc))
+        params = (user, tenant, now_ms(), parsed.value, customer, h.phc, new_generation())
+        await self._db.execute(self._stmt("upsert"), params)
 
     async def create(
         self,
@@ -523,23 +592,20 @@ class CassandraUsers:
         user at once, one wins and the other's password is never stored); whether this call did."""
         parsed = check_new_user(user, password, tenant, role, customer)
         h = await asyncio.to_thread(self._hasher.hash, password)
-        params = (user, tenant, now_ms(), parsed.value, customer, h.phc)
+        params = (user, tenant, now_ms(), parsed.value, customer, h.phc, new_generation())
         rows = await self._db.execute(self._stmt("create"), params)
         return bool(rows and rows[0][0])
 
     async def authenticate(self, user: str, password: str) -> UserRecord | None:
         rows = await self._db.execute(self._stmt("hash"), (user,))
-        stored = None
-        if rows:
-            phc, salt, digest, n, r, p = rows[0][:6]
-            stored = PasswordHash(phc, bytes(salt or b""), bytes(digest or b""), n or 0, r or 0, p or 0)
+        stored = _cassandra_hash(rows[0]) if rows else None
         ok, rehash = await asyncio.to_thread(self._hasher.verify, password, stored)
         if not ok or not rows:
             return None
         if rehash:
             h = await asyncio.to_thread(self._hasher.hash, password)
             await self._db.execute(self._stmt("rehash"), (h.phc, now_ms(), user))
-        return _record(user, *rows[0][6:9])
+        return _record(user, *rows[0][6:10])
 
     async def verify(self, user: str, password: str) -> bool:
         return await self.authenticate(user, password) is not None
@@ -562,18 +628,36 @@ class CassandraUsers:
             return None
         new_customer = customer if customer is not None or role is not None else current.customer
         new_role = check_role(role if role is not None else current.role, new_customer)
+        # A new password, role or customer ends the user's tokens (module docstring).
+        changed = password is not None or (new_role, new_customer) != (current.role, current.customer)
+        generation = new_generation() if changed else current.generation
         if password is not None:
             check_password(password)
             h = await asyncio.to_thread(self._hasher.hash, password)
             await self._db.execute(self._stmt("rehash"), (h.phc, now_ms(), user))
-        rows = await self._db.execute(self._stmt("set_role"), (new_role.value, new_customer, now_ms(), user))
+        rows = await self._db.execute(
+            self._stmt("set_role"), (new_role.value, new_customer, now_ms(), generation or None, user)
+        )
         if not (rows and rows[0][0]):
             return None
-        return UserRecord(user, current.tenant, new_role, new_customer)
+        return UserRecord(user, current.tenant, new_role, new_customer, generation)
 
     async def delete(self, user: str) -> bool:
         rows = await self._db.execute(self._stmt("delete"), (user,))
         return bool(rows and rows[0][0])
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Nothing to provision: users of a tenant are rows of the instance keyspace's table."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete every user of ``tenant`` (a scan of the small table); False if it had none."""
+        found = await self.list_users(tenant)
+        for user in found:
+            await self._db.execute(self._stmt("delete"), (user.name,))
+        return bool(found)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Nothing cached: every call reads the table."""
 
     async def tenant_of(self, user: str) -> str | None:
         found = await self.get(user)
@@ -595,4 +679,11 @@ def cassandra_migrations(ks: str) -> list[tuple[int, list[str]]]:
         ),
         # Roles and argon2id (a null role is a user from before roles: tenant-admin).
         (2, [f"ALTER TABLE {ks}.users ADD (role text, customer text, phc text)"]),
+        # Token generations (null: a user from before them; its next change sets one).
+        (3, [f"ALTER TABLE {ks}.users ADD generation text"]),
     ]
+
+
+def _cassandra_hash(row: Sequence[Any]) -> PasswordHash:
+    phc, salt, digest, n, r, p = row[:6]
+    return PasswordHash(phc, bytes(salt or b""), bytes(digest or b""), n or 0, r or 0, p or 0)

@@ -257,6 +257,13 @@ class BatchOperations:
 
     # -- the runner --------------------------------------------------------------------------
 
+    def forget_tenant(self, tenant: str) -> None:
+        """The tenant was deleted: stop tracking its operations (its store rows are gone)."""
+        for keys in (self._active, self._mirrored):
+            for key in [k for k in keys if k[0] == tenant]:
+                keys.pop(key, None)
+        self._cancelled = {k for k in self._cancelled if k[0] != tenant}
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batch-operations")

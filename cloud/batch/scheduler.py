@@ -103,6 +103,11 @@ class Scheduler:
         self.lost_claims = 0  # due times another replica claimed first
         self.taken_over = 0  # claims of a replica that did not finish, run again here
 
+    def forget_tenant(self, tenant: str) -> None:
+        """The tenant was deleted: forget the due times handled for its schedules."""
+        for key in [k for k in self._seen if k[0] == tenant]:
+            del self._seen[key]
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="scheduler")

@@ -34,7 +34,8 @@ from fieldgate.cloud.batch.models import (
 )
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.errors import Conflict, NotFound, StoreError
-from fieldgate.cloud.store._sqlite import SqliteWorker, check_page, require_tenant, transaction
+from fieldgate.cloud.store import TenantOwned
+from fieldgate.cloud.store._sqlite import SqliteWorker, check_page, require_tenant, transaction, valid_tenant
 from fieldgate.cloud.store._tenant_keyspace import TenantKeyspaceStore
 from fieldgate.timeutil import now_ms
 
@@ -45,7 +46,10 @@ MAX_ROWS = 10_000
 _UNFINISHED = (OperationStatus.PENDING.value, OperationStatus.RUNNING.value)
 
 
-class BatchStore(Protocol):
+class BatchStore(TenantOwned, Protocol):
+    """Batch operations with their elements, schedules and their runs; ``delete_tenant``
+    removes all of them."""
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -173,9 +177,25 @@ class SqliteBatchStore:
     async def stop(self) -> None:
         await self._worker.stop()
 
+    def _path(self, tenant: str) -> Path:
+        return self.root / f"{require_tenant(tenant)}.db"
+
     def _conn(self, tenant: str, *, create: bool = True) -> sqlite3.Connection | None:
-        path = self.root / f"{require_tenant(tenant)}.db"
-        return self._worker.connect(path, _SCHEMA, create=create)
+        return self._worker.connect(self._path(tenant), _SCHEMA, create=create)
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``<tenant>.db`` now (otherwise its first operation or schedule creates it)."""
+        await self._worker.run(self._conn, tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete ``<tenant>.db``: operations, elements, schedules and their runs."""
+        if not valid_tenant(tenant):
+            return False
+        return await self._worker.run(self._worker.remove, self._path(tenant))
+
+    def forget_tenant(self, tenant: str) -> None:
+        if valid_tenant(tenant):
+            self._worker.close_soon(self._path(tenant))
 
     def _must(self, tenant: str) -> sqlite3.Connection:
         conn = self._conn(tenant)
@@ -482,6 +502,7 @@ class CassandraBatchStore(TenantKeyspaceStore):
     """:class:`BatchStore` in each tenant's keyspace (see the module docstring)."""
 
     component = "batch"
+    tables = ("batch_operations", "batch_elements", "schedules", "schedule_runs")
     migrations = staticmethod(_cassandra_migrations)
 
     async def _all_elements(self, tenant: str, op_id: str) -> list[BatchElement]:

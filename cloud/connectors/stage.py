@@ -45,6 +45,17 @@ the API (in this process or another) takes effect without a restart. The same lo
 dead letters marked for re-drive and queues them again (removed from the dead letters once
 delivered). Connections go only where the operator's
 :class:`~fieldgate.cloud.connectors.targets.TargetPolicy` allows.
+
+**Tenant incarnations** (cloud/tenants.py): a tenant deleted and created again under the same
+token must never have its events delivered to the old tenant's connectors, which this stage
+may still hold — in a process nobody told of the deletion, for up to ``refresh_s``. So after
+every poll the stage reads the record of each tenant the polled records belong to (one read
+per tenant and poll) and compares its ``created_ms`` with the one its connectors were loaded
+for: a tenant that is gone has its connectors and positions dropped and its records skipped; a
+new incarnation has them dropped and loaded again from the store. The records were produced
+before the poll, so a record checked this way is never newer than the incarnation it is
+delivered for; records older than the incarnation's creation (an earlier tenant's, still on
+the bus) are skipped too (counted in ``stats.skipped_other_incarnation``).
 """
 
 from __future__ import annotations
@@ -123,6 +134,7 @@ class ConnectorStageStats:
     replays: int = 0  # the group's offsets moved back by someone else (a replay)
     gone: int = 0  # records a connector should have had that the bus no longer keeps
     position_failures: int = 0
+    skipped_other_incarnation: int = 0  # records of a deleted tenant, or of an earlier one of its token
     last_error: str = ""
 
 
@@ -175,6 +187,8 @@ class ConnectorStage:
         self._committed: dict[str, dict[int, int]] = {}
         self._committed_saved: dict[str, dict[int, int]] = {}
         self._loaded: set[str] = set()
+        # tenant -> created_ms of the record its runners were loaded for (module docstring)
+        self._incarnations: dict[str, int] = {}
         self._tracked: dict[tuple[str, int], deque[_Tracked]] = {}
         self._in_flight = 0
         # This consumer session: the offset after the last record read per partition, seeks
@@ -245,11 +259,57 @@ class ConnectorStage:
 
     async def refresh(self) -> None:
         """Re-read every tenant's connectors and re-drive requests (also every refresh_s)."""
-        tenants = {t.token for t in await self._registry.list_tenants()} | self._loaded
-        for tenant in sorted(tenants):
+        records = {t.token: t.created_ms for t in await self._registry.list_tenants()}
+        for tenant in sorted(set(records) | self._loaded):
+            await self._incarnation(tenant, records.get(tenant))
+            if tenant not in records:
+                continue  # deleted: what the stage held of it is gone
             await self._sync(tenant, await self._store.list_connectors(tenant))
             await self._redrive(tenant)
         self.stats.refreshes += 1
+
+    async def _incarnation(self, tenant: str, created_ms: int | None) -> None:
+        """The tenant's record says ``created_ms`` (None: it has none): drop its connectors and
+        their positions if they were loaded for another incarnation (module docstring)."""
+        if created_ms is None:
+            self._incarnations.pop(tenant, None)
+        elif self._incarnations.setdefault(tenant, created_ms) == created_ms:
+            return
+        else:
+            self._incarnations[tenant] = created_ms
+        if tenant not in self._loaded and not self.runners.get(tenant):
+            return
+        async with self._sync_lock:
+            for cid, runner in list(self.runners.pop(tenant, {}).items()):
+                log.info("connector %s/%s dropped: its tenant was deleted", tenant, cid)
+                self._progress.pop((tenant, cid), None)
+                await runner.delete()
+            self._committed.pop(tenant, None)
+            self._committed_saved.pop(tenant, None)
+            self._loaded.discard(tenant)
+            topic = topic_name(tenant, PERSISTED, self._prefix)
+            for session in (self._read_next, self._seek_to, self._sought, self._seek_attempts):
+                for tp in [tp for tp in session if tp[0] == topic]:
+                    session.pop(tp, None)
+        for cache in (self._devices, self._assignments, self._members, self._area_paths):
+            cache.clear()
+
+    async def _check_incarnations(self, records: Sequence[Record]) -> None:
+        """Read the record of each tenant of ``records`` (after they were polled)."""
+        tenants: set[str] = set()
+        for record in records:
+            with contextlib.suppress(ValueError):
+                tenants.add(parse_topic(record.topic, self._prefix)[0])
+        for tenant in sorted(tenants):
+            found = await self._retry(functools.partial(self._registry.get_tenant, tenant))
+            await self._incarnation(tenant, found.created_ms if found is not None else None)
+
+    def _of_this_incarnation(self, tenant: str, record: Record) -> bool:
+        created_ms = self._incarnations.get(tenant)
+        if created_ms is None or record.timestamp_ms < created_ms:
+            self.stats.skipped_other_incarnation += 1  # a deleted tenant's, or an earlier one's
+            return False
+        return True
 
     async def _sync(self, tenant: str, specs: Sequence[ConnectorSpec]) -> None:
         async with self._sync_lock:
@@ -382,6 +442,7 @@ class ConnectorStage:
                         async with asyncio.timeout(s.poll_timeout_s):
                             await self._settled.wait()
                 records = await consumer.poll(s.max_records, s.poll_timeout_s)
+                await self._check_incarnations(records)
                 for record in records:
                     if self._stopping.is_set():
                         break
@@ -499,7 +560,7 @@ class ConnectorStage:
             tenant = None
         sought = self._sought.pop(key, None)
         runners: list[ConnectorRunner] = []
-        if tenant is not None:
+        if tenant is not None and self._of_this_incarnation(tenant, record):
             runners = await self._runners_for(tenant)
             self._notice_replay(tenant, record, sought, runners)
             if runners and not await self._in_place(tenant, record, sought, runners):

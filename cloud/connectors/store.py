@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.connectors.models import ConnectorSpec
 from fieldgate.cloud.errors import Conflict, NotFound, StoreError
-from fieldgate.cloud.store._sqlite import SqliteWorker, require_tenant, transaction
+from fieldgate.cloud.store import TenantOwned
+from fieldgate.cloud.store._sqlite import SqliteWorker, require_tenant, transaction, valid_tenant
 from fieldgate.cloud.store._tenant_keyspace import TenantKeyspaceStore
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ class DeadLetter:
     redrive: bool = False
 
 
-class ConnectorStore(Protocol):
+class ConnectorStore(TenantOwned, Protocol):
+    """Connector definitions and dead letters; ``delete_tenant`` removes both."""
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -173,9 +176,25 @@ class SqliteConnectorStore:
     async def stop(self) -> None:
         await self._worker.stop()
 
+    def _path(self, tenant: str) -> Path:
+        return self.root / f"{require_tenant(tenant)}.db"
+
     def _conn(self, tenant: str, *, create: bool = True) -> sqlite3.Connection | None:
-        path = self.root / f"{require_tenant(tenant)}.db"
-        return self._worker.connect(path, _SCHEMA, create=create)
+        return self._worker.connect(self._path(tenant), _SCHEMA, create=create)
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``<tenant>.db`` now (otherwise its first connector creates it)."""
+        await self._worker.run(self._conn, tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete ``<tenant>.db``: every connector of the tenant and every dead letter."""
+        if not valid_tenant(tenant):
+            return False
+        return await self._worker.run(self._worker.remove, self._path(tenant))
+
+    def forget_tenant(self, tenant: str) -> None:
+        if valid_tenant(tenant):
+            self._worker.close_soon(self._path(tenant))
 
     async def list_connectors(self, tenant: str) -> list[ConnectorSpec]:
         def run() -> list[str]:
@@ -402,6 +421,7 @@ class CassandraConnectorStore(TenantKeyspaceStore):
     """:class:`ConnectorStore` in each tenant's keyspace (see the module docstring)."""
 
     component = "connectors"
+    tables = ("connectors", "connector_dead_letters")
     migrations = staticmethod(_cassandra_migrations)
 
     async def list_connectors(self, tenant: str) -> list[ConnectorSpec]:

@@ -80,6 +80,11 @@ class RuleBook:
         entry = self._sets.get(tenant)
         return entry[1] if entry is not None else None
 
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop the tenant's cached set (the tenant was deleted: a new one of the token starts
+        from the store, empty)."""
+        self._sets.pop(tenant, None)
+
     def put(self, tenant: str, rules: RuleSet) -> None:
         """Use ``rules`` for ``tenant`` from now on (they are already stored)."""
         self._sets[tenant] = (self._clock(), rules)

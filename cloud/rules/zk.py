@@ -7,6 +7,10 @@ znode would create an empty one, which every service would read as that tenant's
 kazoo's callback thread only hands the bytes to the asyncio loop, where each version is
 validated (:class:`~fieldgate.cloud.rules.model.RuleSet`) — an invalid one is logged, counted
 and ignored, and the previous set stays in force.
+
+A deleted tenant's set is deleted with it (:meth:`ZkRules.delete_tenant`; this is one of the
+tenant-owned stores, cloud/tenants.py): left behind, every process would install it into the
+store of a new tenant of the same token at its next start.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
-from kazoo.exceptions import KazooException  # type: ignore[import-untyped]
+from kazoo.exceptions import KazooException, NoNodeError  # type: ignore[import-untyped]
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
@@ -96,6 +100,30 @@ class ZkRules:
             await asyncio.to_thread(write)
         except KazooException as err:
             raise ZkConfigError(f"zookeeper: cannot write {path}: {err}") from err
+
+    # -- tenant lifecycle (cloud/tenants.py) -------------------------------------------------
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Nothing to provision: a tenant's znode is written with its first rule change."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete the tenant's rules znode; False if there was none."""
+        client = self._client
+        if client is None:
+            raise ZkConfigError("zookeeper rules source is not started")
+        self.forget_tenant(tenant)
+        path = self.tenant_path(tenant)
+        try:
+            await asyncio.to_thread(client.delete, path)
+        except NoNodeError:
+            return False
+        except KazooException as err:
+            raise ZkConfigError(f"zookeeper: cannot delete {path}: {err}") from err
+        return True
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget the last set applied for the tenant (a new tenant of the token starts over)."""
+        self._current.pop(tenant, None)
 
     async def watch(self, callback: RulesCallback) -> None:
         """``callback(tenant, rules)`` on the loop for every new valid version of a tenant's set."""

@@ -4,18 +4,21 @@ tenants, customer types, customers, device types, devices, assignments, invocati
 Implementations keep each tenant's data apart (a database or keyspace per tenant); no method
 takes a query that spans tenants.
 
-Tenant lifecycle (docs/operations/distributed.md, "Tenants"): ``create_tenant`` /
-``ensure_tenant`` of the registry and ``ensure_tenant`` of the event and invocation stores
-provision a tenant's storage at once (files, or its keyspace with every table);
-``delete_tenant`` removes it with all its data; ``forget_tenant`` only drops what one instance
-caches about a tenant another process deleted.
+Tenant lifecycle (docs/operations/distributed.md, "Tenants"): the registry holds the tenant's
+record (``create_tenant`` claims the token and starts the registry's storage empty;
+``delete_tenant`` removes the record with the registry's data). Every other store that keeps
+data of a tenant is :class:`TenantOwned`: ``ensure_tenant`` provisions its storage at once,
+``delete_tenant`` removes everything it keeps of the tenant, ``forget_tenant`` only drops what
+one instance caches about a tenant (another process deleted it). The one list of those stores
+is :class:`fieldgate.cloud.tenants.TenantStores`: provisioning, deletion, the processes' forget
+path and the lifecycle tests all iterate it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -63,7 +66,25 @@ class Page(Generic[T]):
     page_size: int
 
 
-class EventStore(Protocol):
+@runtime_checkable
+class TenantOwned(Protocol):
+    """A store that keeps data of each tenant (see the module docstring).
+
+    ``delete_tenant`` never creates anything (a store with no storage for the tenant answers
+    False), and ``ensure_tenant`` after ``delete_tenant`` gives empty storage: a tenant created
+    again under the same token inherits nothing."""
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Provision the tenant's storage now (idempotent; may do nothing)."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Remove everything this store keeps of the tenant; False if there was nothing."""
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop this instance's caches of the tenant (another process deleted it)."""
+
+
+class EventStore(TenantOwned, Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -179,7 +200,7 @@ class Registry(Protocol):
     async def release_assignment(self, tenant: str, token: str) -> model.Assignment: ...
 
 
-class InvocationStore(Protocol):
+class InvocationStore(TenantOwned, Protocol):
     """Command invocations and their status (queued, delivered, answered, failed, expired, late)."""
 
     async def start(self) -> None: ...

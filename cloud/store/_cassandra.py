@@ -45,6 +45,7 @@ __all__ = [
     "Migration",
     "instance_keyspace",
     "keyspace_name",
+    "table_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,19 @@ def keyspace_name(tenant: str, prefix: str = KEYSPACE_PREFIX) -> str:
         digest = hashlib.sha1(tenant.encode()).hexdigest()[:12]
         name = f"{prefix}_{body[: 32 - len(prefix)].rstrip('_')}_h{digest}"
     return name
+
+
+def table_names(migrations: Iterable[Migration], keyspace: str) -> tuple[str, ...]:
+    """The tables the ``migrations`` create in ``keyspace`` (what a store's ``delete_tenant``
+    empties, derived so that a table added by a later migration is not forgotten)."""
+    pattern = re.compile(rf"CREATE TABLE IF NOT EXISTS {re.escape(keyspace)}\.(\w+)")
+    names: list[str] = []
+    for _version, statements in migrations:
+        for stmt in statements:
+            found = pattern.search(stmt)
+            if found and found.group(1) not in names:
+                names.append(found.group(1))
+    return tuple(names)
 
 
 def instance_keyspace(prefix: str = KEYSPACE_PREFIX) -> str:
@@ -219,6 +233,18 @@ class CassandraSession:
         return dict(zip(texts, prepared, strict=True))
 
     # ------------------------------------------------------------------ schema
+
+    async def empty_tables(
+        self, keyspace: str, tables: Iterable[str], *, limit: asyncio.Semaphore | None = None
+    ) -> bool:
+        """``TRUNCATE`` each of ``tables`` that holds a row (an empty one is left alone: a
+        truncate costs a flush on every replica); whether any held one."""
+        had = False
+        for table in tables:
+            if await self.execute(f"SELECT * FROM {keyspace}.{table} LIMIT 1", limit=limit):
+                await self.execute(f"TRUNCATE {keyspace}.{table}", limit=limit)
+                had = True
+        return had
 
     async def keyspace_exists(self, keyspace: str) -> bool:
         rows = await self.execute(

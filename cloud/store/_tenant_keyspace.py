@@ -3,6 +3,11 @@
 first callers share one migration, a failed one is tried again — and statements run with a
 bounded number in flight. The Cassandra driver is imported only when a keyspace is first used,
 so the modules that subclass this load without it.
+
+The tenant lifecycle (:class:`~fieldgate.cloud.store.TenantOwned`) is here once: ``ensure_tenant``
+migrates the component's ``tables`` into the keyspace, ``delete_tenant`` empties them (never
+creating a keyspace that is not there: the registry drops the keyspace itself) and
+``forget_tenant`` forgets that the keyspace was migrated.
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fieldgate.cloud.store._sqlite import require_tenant
+from fieldgate.cloud.store._sqlite import require_tenant, valid_tenant
 
 if TYPE_CHECKING:
     from fieldgate.cloud.store._cassandra import CassandraSession
+
 
 class TenantKeyspaceStore:
     """Subclasses name their ``component`` (its schema version is recorded under that name) and
     the ``migrations`` for a keyspace; statements use ``{ks}`` for the tenant's keyspace."""
 
     component: str
+    #: The component's tables in a tenant keyspace (what ``delete_tenant`` empties).
+    tables: tuple[str, ...]
 
     @staticmethod
     def migrations(ks: str) -> list[tuple[int, list[str]]]:
@@ -51,7 +59,9 @@ class TenantKeyspaceStore:
             ks = keyspace_name(tenant, self._prefix)
 
             async def migrate() -> str:
-                await self._session.migrate(ks, self.component, self.migrations(ks), replication=self._replication)
+                await self._session.migrate(
+                    ks, self.component, self.migrations(ks), replication=self._replication
+                )
                 return ks
 
             fut = self._ready[tenant] = asyncio.ensure_future(migrate())
@@ -60,3 +70,28 @@ class TenantKeyspaceStore:
     async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         ks = await self._ks(tenant)
         return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
+
+    # -- tenant lifecycle ------------------------------------------------------------------
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Migrate the component's tables into the tenant's keyspace now."""
+        await self._ks(tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Empty the component's tables of the tenant; False if it has no keyspace."""
+        from fieldgate.cloud.store._cassandra import keyspace_name
+
+        self.forget_tenant(tenant)
+        if not valid_tenant(tenant):
+            return False
+        ks = keyspace_name(tenant, self._prefix)
+        if not await self._session.keyspace_exists(ks):
+            return False
+        await self._ks(tenant)  # the keyspace exists: make sure the tables do
+        for table in self.tables:
+            await self._session.execute(f"TRUNCATE {ks}.{table}", limit=self._limit)
+        return True
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget that the tenant's keyspace was migrated (it was dropped, or is about to be)."""
+        self._ready.pop(tenant, None)

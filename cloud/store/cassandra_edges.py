@@ -14,7 +14,7 @@ from typing import Any
 
 from fieldgate.cloud.errors import StoreError
 from fieldgate.cloud.store._cassandra import KEYSPACE_PREFIX, CassandraSession, Migration, instance_keyspace
-from fieldgate.cloud.store.edges import MAX_EDGES, EdgeRecord, EdgeReport
+from fieldgate.cloud.store.edges import MAX_EDGES, EdgeRecord, EdgeReport, without_tenant
 
 COMPONENT = "edges"
 _BUCKET = 0
@@ -45,6 +45,8 @@ def _statements(ks: str) -> dict[str, str]:
         " WHERE bucket = ? AND edge_id = ? IF session = ?",
         "list": f"SELECT edge_id, session, version, connected_ms, last_seen_ms, tenants, report"
         f" FROM {ks}.edges WHERE bucket = ? LIMIT {MAX_EDGES}",
+        "drop_tenant": f"UPDATE {ks}.edges SET tenants = tenants - ? WHERE bucket = ? AND edge_id = ?",
+        "delete": f"DELETE FROM {ks}.edges WHERE bucket = ? AND edge_id = ?",
     }
 
 
@@ -112,3 +114,26 @@ class CassandraEdgeDirectory:
             )
             for e, s, v, c, ls, ts, r in rows
         ]
+
+    # ------------------------------------------------------------------ tenants
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Nothing to provision: ingest writes an edge's record when it sees the edge."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Take ``tenant`` out of every edge's record; delete the records left with none (an
+        ingest replica that still carries another tenant for that edge writes it again at its
+        next heartbeat)."""
+        changed = False
+        for edge in await self.list_edges():
+            if tenant not in edge.tenants:
+                continue
+            changed = True
+            if without_tenant(edge.tenants, tenant) is None:
+                await self._run("delete", [_BUCKET, edge.edge_id])
+            else:
+                await self._run("drop_tenant", [{tenant}, _BUCKET, edge.edge_id])
+        return changed
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Nothing cached per tenant."""

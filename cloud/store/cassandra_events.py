@@ -64,6 +64,7 @@ from fieldgate.cloud.store._cassandra import (
     CassandraSession,
     Migration,
     keyspace_name,
+    table_names,
 )
 from fieldgate.cloud.store._cassandra import TENANT_RE as _TENANT_RE
 from fieldgate.v1 import events_pb2 as pb
@@ -281,15 +282,19 @@ class CassandraEventStore:
         await self._open(tenant, create=True)
 
     async def delete_tenant(self, tenant: str) -> bool:
-        """``DROP KEYSPACE`` of the tenant (its events, and the registry tables beside them);
-        False if it had none."""
+        """Empty the event tables of the tenant's keyspace (every event); False if it had none.
+        The keyspace itself, shared with the tenant's other stores, is the registry's to drop
+        (a creation purges leftovers with this, after the registry made a fresh keyspace)."""
+        self.forget_tenant(tenant)
         if not _TENANT_RE.match(tenant):
             return False
-        existed = await self.keyspace_exists(tenant)
-        if existed:
-            await self._run(f"DROP KEYSPACE IF EXISTS {keyspace_name(tenant, self._prefix)}")
-        self.forget_tenant(tenant)
-        return existed
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return False
+        ks = keyspace_name(tenant, self._prefix)
+        return await self._db.empty_tables(
+            ks, table_names(_migrations(ks, self._replication), ks), limit=self._sem
+        )
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget the tenant's prepared statements (its keyspace was dropped)."""

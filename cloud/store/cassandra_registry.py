@@ -35,6 +35,7 @@ it (Cassandra has no OFFSET), like the event store's day partitions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import uuid
@@ -58,6 +59,8 @@ from fieldgate.cloud.store.sqlite_registry import apply_status, check_requested,
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CassandraInvocationStore", "CassandraRegistry", "next_status"]
 
@@ -151,6 +154,8 @@ def _tenant_migrations(ks: str) -> list[Migration]:
 
 
 SCHEMA_VERSION = 2
+#: The invocation store's tables among the registry's (what its ``delete_tenant`` empties).
+_INVOCATION_TABLES = ("invocations", "queued_invocations", "queued_invocations_by_device")
 
 
 def _parse(cls: type[M], data: bytes) -> M:
@@ -433,6 +438,10 @@ class CassandraRegistry(_CassandraStore):
         rows = await self._run(self._instance_stmt("ins_tenant"), (stored.token, self._seq.next(), data))
         if not _applied(rows):
             raise Conflict(f"tenant {stored.token!r} already exists")
+        # The token was free: a keyspace of that name is what an earlier tenant of the token
+        # left (a write in flight during its deletion). The new tenant starts empty.
+        if await self._drop_keyspace(stored.token):
+            log.warning("tenant %s: dropped the keyspace an earlier tenant of that token left", stored.token)
         await self._open(stored.token, create=True)
         self._known_tenants.add(stored.token)
         return stored
@@ -883,12 +892,16 @@ class CassandraInvocationStore(_CassandraStore):
         await self.ensure_tenant_keyspace(tenant)
 
     async def delete_tenant(self, tenant: str) -> bool:
-        """Forget the tenant in ``invocation_tenants`` and drop its keyspace (its invocations
-        with everything else of the tenant); False if it had none."""
+        """Forget the tenant in ``invocation_tenants`` and empty the invocation tables of its
+        keyspace; False if they were empty. The keyspace is the registry's to drop."""
+        self.forget_tenant(tenant)
         if not valid_tenant(tenant):
             return False
         await self._run(self._instance_stmt("del_tenant"), (_BUCKET, tenant))
-        return await self._drop_keyspace(tenant)
+        ks = keyspace_name(tenant, self._prefix)
+        if await self._open(tenant, create=False) is None:  # no keyspace (dropped already)
+            return False
+        return await self._db.empty_tables(ks, _INVOCATION_TABLES, limit=self._sem)
 
     def forget_tenant(self, tenant: str) -> None:
         super().forget_tenant(tenant)

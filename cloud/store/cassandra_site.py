@@ -237,8 +237,12 @@ class CassandraSiteStore(SiteStoreBase):
 
     # --- tenants -------------------------------------------------------------------------------
 
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create the site tables in the tenant's keyspace now."""
+        await self._open(tenant, create=True)
+
     async def delete_tenant(self, tenant: str) -> bool:
-        """Drop the site tables of the tenant (the registry drops its whole keyspace)."""
+        """Empty the site tables of the tenant (the registry drops its whole keyspace)."""
         ctx = await self._open(tenant, create=False)
         if ctx is None:
             return False

@@ -31,6 +31,7 @@ from fieldgate.cloud.store.state import MISSING, PRESENT, DeviceState, Presence,
 
 COMPONENT = "state"
 _BUCKET = 0
+_TABLES = ("device_state", "device_presence", "state_rules")
 
 
 def _migrations(ks: str) -> list[Migration]:
@@ -122,6 +123,27 @@ class CassandraStateStore:
         if not self._started:
             raise StoreError("cassandra state store is not started")
         return await self._db.execute(statement, params, limit=self._sem)
+
+    # ------------------------------------------------------------------ tenants
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create the state tables in the tenant's keyspace now."""
+        await self._open(tenant, create=True)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Empty the state tables (device states, presence, rules and presence intervals) of
+        the tenant's keyspace; False without a keyspace (the registry drops the keyspace)."""
+        ctx = await self._open(tenant, create=False)
+        if ctx is None:
+            return False
+        ks = keyspace_name(tenant, self._prefix)
+        for table in _TABLES:
+            await self._run(f"TRUNCATE {ks}.{table}")
+        return True
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget the tenant's prepared statements (its keyspace was dropped)."""
+        self._tenants.pop(tenant, None)
 
     # ------------------------------------------------------------------ states
 

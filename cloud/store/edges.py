@@ -5,7 +5,9 @@ Only the ingest process sees the edge streams, but the REST API (the dashboard's
 this shared store (:mod:`fieldgate.cloud.edges` rate-limits those writes) and the API reads it.
 Two implementations: :mod:`.sqlite_edges` (``data_dir/edges.db``) and :mod:`.cassandra_edges`
 (the instance keyspace). A record is instance-wide, not per tenant: an edge may carry events
-of several tenants, listed in ``tenants`` (readers filter by it).
+of several tenants, listed in ``tenants`` (readers filter by it). Deleting a tenant
+(:meth:`EdgeDirectory.delete_tenant`) takes it out of every record and removes the records of
+edges that carried no other tenant.
 
 ``connected`` is a lease, not a flag: a record counts as connected while ``connected_ms`` is
 set and ``last_seen_ms`` is recent (:data:`STALE_AFTER_MS`), so an ingest process that died
@@ -18,6 +20,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from fieldgate.cloud.store import TenantOwned
 
 #: A connected edge's record is refreshed at least this often by ingest (heartbeat) ...
 HEARTBEAT_MS = 10_000
@@ -64,7 +68,7 @@ class EdgeRecord:
         return self.connected_ms > 0 and now_ms - self.last_seen_ms < STALE_AFTER_MS
 
 
-class EdgeDirectory(Protocol):
+class EdgeDirectory(TenantOwned, Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -88,3 +92,10 @@ def tenants_of(text: Any) -> frozenset[str]:
     if not text:
         return frozenset()
     return frozenset(str(t) for t in json.loads(text))
+
+
+def without_tenant(record_tenants: frozenset[str], tenant: str) -> frozenset[str] | None:
+    """The tenants left on an edge's record when ``tenant`` is deleted; None: delete the record
+    (it carried that tenant only). Not called for records without ``tenant``."""
+    left = record_tenants - {tenant}
+    return left or None

@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound
-from fieldgate.cloud.store import Page
+from fieldgate.cloud.store import Page, TenantOwned
 from fieldgate.timeutil import now_ms
 
 TOKEN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
@@ -162,7 +162,7 @@ def matches(record: SiteRecord, search: str | None) -> bool:
     return record.token.startswith(search) or record.name.lower().startswith(search.lower())
 
 
-class SiteStore(Protocol):
+class SiteStore(TenantOwned, Protocol):
     """Site records per tenant (see the module docstring). Errors: NotFound (an unknown record
     or a referenced one that does not exist), Conflict (a taken token), InUse (a delete of a
     referenced record; the message names the referrers), InvalidRequest (a cycle)."""
@@ -219,6 +219,9 @@ class SiteStore(Protocol):
     async def let_go(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
         """Give back what :meth:`hold` counted; a reference the holder does not hold (given
         back already, by another replica too) is not counted twice."""
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Provision the tenant's site storage now."""
 
     async def delete_tenant(self, tenant: str) -> bool:
         """Remove every site record of the tenant; False if there was none."""

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from fieldgate.cloud.errors import StoreError
 from fieldgate.cloud.store._sqlite import SqliteWorker, Synchronous, transaction
-from fieldgate.cloud.store.edges import MAX_EDGES, EdgeRecord, EdgeReport, tenants_json, tenants_of
+from fieldgate.cloud.store.edges import (
+    MAX_EDGES,
+    EdgeRecord,
+    EdgeReport,
+    tenants_json,
+    tenants_of,
+    without_tenant,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS edges (
@@ -103,3 +110,36 @@ class SqliteEdgeDirectory:
             ]
 
         return await self._worker.run(run)
+
+    # ------------------------------------------------------------------ tenants
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Nothing to provision: ingest writes an edge's record when it sees the edge."""
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Take ``tenant`` out of every edge's record; delete the records left with none."""
+
+        def run() -> bool:
+            if not self._path.exists():
+                return False
+            changed = False
+            conn = self._conn()
+            with transaction(conn):
+                for edge_id, text in conn.execute("SELECT edge_id, tenants FROM edges").fetchall():
+                    tenants = tenants_of(text)
+                    if tenant not in tenants:
+                        continue
+                    changed = True
+                    left = without_tenant(tenants, tenant)
+                    if left is None:
+                        conn.execute("DELETE FROM edges WHERE edge_id = ?", (edge_id,))
+                    else:
+                        conn.execute(
+                            "UPDATE edges SET tenants = ? WHERE edge_id = ?", (tenants_json(left), edge_id)
+                        )
+            return changed
+
+        return await self._worker.run(run)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Nothing cached per tenant."""

@@ -236,12 +236,14 @@ class SqliteRegistry:
         return tenant
 
     async def create_tenant(self, tenant: model.Tenant) -> model.Tenant:
-        """Create ``tenant`` and its database; Conflict if the token is taken."""
+        """Create ``tenant`` and its (empty) database; Conflict if the token is taken."""
         require_tenant(tenant.token)
         stored = _copy(tenant)
         if not stored.created_ms:
             stored.created_ms = now_ms()
-        return await self._worker.run(self._create_tenant, stored)
+        created = await self._worker.run(self._create_tenant, stored)
+        self._cache.forget_tenant(stored.token)  # of an earlier tenant of the token
+        return created
 
     def _create_tenant(self, tenant: model.Tenant) -> model.Tenant:
         try:
@@ -252,6 +254,9 @@ class SqliteRegistry:
                 )
         except sqlite3.IntegrityError as err:
             raise Conflict(f"tenant {tenant.token!r} already exists") from err
+        # The token was free: a registry file of that name is what an earlier tenant of the
+        # token left (a write in flight during its deletion). The new tenant starts empty.
+        self._worker.remove(self._data_dir / f"registry-{tenant.token}.db")
         self._tenant_db(tenant.token, create=True)
         self._known_tenants.add(tenant.token)
         return tenant

@@ -229,6 +229,10 @@ class SqliteSiteStore(SiteStoreBase):
 
     # --- tenants -------------------------------------------------------------------------------
 
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``site-<tenant>.db`` now (otherwise its first write creates it)."""
+        await self._worker.run(self._db, tenant)
+
     async def delete_tenant(self, tenant: str) -> bool:
         path = self._path(tenant)
         return await self._worker.run(self._worker.remove, path)

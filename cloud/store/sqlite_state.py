@@ -14,7 +14,14 @@ from pathlib import Path
 
 from fieldgate.cloud.errors import StoreError
 from fieldgate.cloud.store import Page
-from fieldgate.cloud.store._sqlite import SqliteWorker, Synchronous, check_page, require_tenant, transaction
+from fieldgate.cloud.store._sqlite import (
+    SqliteWorker,
+    Synchronous,
+    check_page,
+    require_tenant,
+    transaction,
+    valid_tenant,
+)
 from fieldgate.cloud.store.state import DeviceState, Presence, merge
 
 _SCHEMA = """
@@ -46,9 +53,28 @@ class SqliteStateStore:
     async def stop(self) -> None:
         await self._worker.stop()
 
+    def _path(self, tenant: str) -> Path:
+        return self._dir / f"state-{require_tenant(tenant)}.db"
+
     def _conn(self, tenant: str, create: bool = True) -> sqlite3.Connection | None:
-        path = self._dir / f"state-{require_tenant(tenant)}.db"
-        return self._worker.connect(path, _SCHEMA, create=create)
+        return self._worker.connect(self._path(tenant), _SCHEMA, create=create)
+
+    # ------------------------------------------------------------------ tenants
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``state-<tenant>.db`` now (otherwise its first write creates it)."""
+        require_tenant(tenant)
+        await self._worker.run(self._conn, tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete ``state-<tenant>.db``: device states, rules, presence intervals."""
+        if not valid_tenant(tenant):
+            return False
+        return await self._worker.run(self._worker.remove, self._path(tenant))
+
+    def forget_tenant(self, tenant: str) -> None:
+        if valid_tenant(tenant):
+            self._worker.close_soon(self._path(tenant))
 
     # ------------------------------------------------------------------ states
 

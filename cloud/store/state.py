@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from fieldgate.cloud.store import Page
+from fieldgate.cloud.store import Page, TenantOwned
 
 Presence = Literal["present", "missing"]
 PRESENT: Presence = "present"
@@ -223,8 +223,9 @@ def merge(old: DeviceState | None, new: DeviceState) -> DeviceState:
     )
 
 
-class DeviceStateStore(Protocol):
-    """Device states and rule configuration, per tenant (a database or keyspace each)."""
+class DeviceStateStore(TenantOwned, Protocol):
+    """Device states and rule configuration (rules, presence intervals), per tenant (a database
+    or keyspace each); ``delete_tenant`` removes all three."""
 
     async def start(self) -> None: ...
 

@@ -27,10 +27,14 @@ from fieldgate.cloud.batch.operations import BatchOperations
 from fieldgate.cloud.batch.store import SqliteBatchStore
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import AuthConfig
+from fieldgate.cloud.connectors.store import SqliteConnectorStore
 from fieldgate.cloud.invocations import CommandService
+from fieldgate.cloud.store.sqlite_edges import SqliteEdgeDirectory
 from fieldgate.cloud.store.sqlite_events import SqliteEventStore
 from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
+from fieldgate.cloud.store.sqlite_state import SqliteStateStore
+from fieldgate.cloud.tenants import TenantStores
 from fieldgate.v1 import model_pb2 as model
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -73,7 +77,24 @@ class ApiStack:
     commands: CommandService
     users: SqliteUsers
     app: FastAPI
-    site: SqliteSiteStore | None = None
+    site: SqliteSiteStore
+    batch_store: SqliteBatchStore
+    states: SqliteStateStore
+    connectors: SqliteConnectorStore
+    edges: SqliteEdgeDirectory
+
+    def tenant_stores(self) -> TenantStores:
+        """Every tenant-owned store of the stack (for a TenantAdmin over it)."""
+        return TenantStores(
+            users=self.users,
+            states=self.states,
+            site=self.site,
+            connectors=self.connectors,
+            batch=self.batch_store,
+            edges=self.edges,
+            invocations=self.invocations,
+            events=self.event_store,
+        )
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -106,10 +127,13 @@ async def api_stack(
     users = SqliteUsers(tmp_path / "users.db")
     site = SqliteSiteStore(tmp_path / "site")
     batch_store = SqliteBatchStore(tmp_path / "batch")
+    states = SqliteStateStore(tmp_path / "state")
+    connectors = SqliteConnectorStore(tmp_path / "connectors")
+    edges = SqliteEdgeDirectory(tmp_path / "edges.db")
     started: list[Any] = [batch_store]
     await batch_store.start()
     try:
-        for part in (bus, registry, invocations, event_store, users, site):
+        for part in (bus, registry, invocations, event_store, users, site, states, connectors, edges):
             await part.start()
             started.append(part)
         for tenant in TENANTS:
@@ -138,7 +162,20 @@ async def api_stack(
             site=site,
             static_dir=static_dir,
         )
-        yield ApiStack(registry, invocations, event_store, bus, commands, users, app, site)
+        yield ApiStack(
+            registry,
+            invocations,
+            event_store,
+            bus,
+            commands,
+            users,
+            app,
+            site,
+            batch_store,
+            states,
+            connectors,
+            edges,
+        )
     finally:
         for part in reversed(started):
             await part.stop()

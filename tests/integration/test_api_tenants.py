@@ -40,8 +40,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Stack]:
         live = TenantSettingsRegistry([TenantSettings(token="default"), TenantSettings(token="beta")])
         admin = TenantAdmin(
             stack.registry,
-            stack.event_store,
-            stack.invocations,
+            stack.tenant_stores(),
             stack.bus,
             configured=["default", "beta"],
             live=live,
@@ -60,7 +59,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 def files(root: Path, tenant: str) -> list[str]:
-    return sorted(p.name for p in root.rglob(f"*-{tenant}.db"))
+    return sorted(p.name for p in root.rglob(f"*{tenant}.db"))
 
 
 async def test_tenant_crud_provisions_and_removes_everything(env: Stack) -> None:
@@ -77,7 +76,15 @@ async def test_tenant_crud_provisions_and_removes_everything(env: Stack) -> None
         assert out["token"] == "acme" and out["name"] == "Acme" and not out["configured"] and out["created"]
         assert out["settings"]["max_events_per_s"] == 50 and out["settings"]["auto_register"] is False
         # Provisioned: files, the default device type, live settings.
-        assert files(env.root, "acme") == ["events-acme.db", "invocations-acme.db", "registry-acme.db"]
+        assert files(env.root, "acme") == [
+            "acme.db",  # batch operations and schedules
+            "acme.db",  # connectors
+            "events-acme.db",
+            "invocations-acme.db",
+            "registry-acme.db",
+            "site-acme.db",
+            "state-acme.db",
+        ]
         assert await env.stack.registry.get_device_type("acme", "default") is not None
         assert env.live.get("acme") is not None and env.live.get("acme").max_events_per_s == 50  # type: ignore[union-attr]
 

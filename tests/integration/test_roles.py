@@ -104,17 +104,18 @@ def test_the_throttle_map_is_bounded() -> None:
 
 
 async def test_tokens_of_the_previous_key_work_during_a_rotation_only(tmp_path: Path) -> None:
-    async with api_stack(tmp_path / "before", secret=OLD) as stack, stack.client() as client:
+    # One instance (the same stores) restarted with each configuration.
+    async with api_stack(tmp_path, secret=OLD) as stack, stack.client() as client:
         old_token = await login(client, "admin")
     # rotated: the new key is current, the old one previous — both tokens work
-    async with api_stack(tmp_path / "during", secret=SECRET, previous_secrets=(OLD,)) as stack:
+    async with api_stack(tmp_path, secret=SECRET, previous_secrets=(OLD,)) as stack:
         async with stack.client() as client:
             new_token = await login(client, "admin")
             assert new_token != old_token
             for headers in (old_token, new_token):
                 assert (await client.get("/api/v1/devices", headers=headers)).status_code == 200
     # the old key dropped: its tokens are refused, the new key's still work
-    async with api_stack(tmp_path / "after", secret=SECRET) as stack, stack.client() as client:
+    async with api_stack(tmp_path, secret=SECRET) as stack, stack.client() as client:
         r = await client.get("/api/v1/devices", headers=old_token)
         assert r.status_code == 401 and "signing key" in r.json()["detail"]
         assert (await client.get("/api/v1/devices", headers=new_token)).status_code == 200
