@@ -156,6 +156,7 @@ class _Pingable(Protocol):
     async def ping(self) -> None: ...
 
 
+@runtime_checkable
 class _ForgetsTenants(Protocol):
     """A part of the process that caches something per tenant."""
 
@@ -635,6 +636,8 @@ class CloudApp:
             caches.append(self.ingest)
         if self.edge_tracker is not None:
             caches.append(self.edge_tracker)
+        # Stages that keep per-tenant state say so with a forget_tenant of their own.
+        caches += [stage for stage in self.stages if isinstance(stage, _ForgetsTenants)]
         return caches
 
     def _apply_retention(self, settings: TenantSettings) -> None:

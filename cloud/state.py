@@ -228,6 +228,12 @@ class DeviceStateStage:
                 await task
         await self.stage.stop()
 
+    def forget_tenant(self, tenant: str) -> None:
+        """The tenant was deleted: drop its clock schedule (its devices' states are gone; a new
+        tenant of the token builds its own from the store)."""
+        self._schedules.pop(tenant, None)
+        self._loaded.discard(tenant)
+
     @property
     def clock_running(self) -> bool:
         return self._tick_task is not None and not self._tick_task.done()

@@ -86,7 +86,7 @@ def users_router(users: Users, registry: Registry, policy: AccessPolicy) -> APIR
     @router.patch("/users/{name}", responses=error_docs({404: "no such user"}))
     async def update_user(name: str, body: UserPatch, who: Admin) -> UserOut:
         """Change a user's password, role or customer (the tenant of a user never changes).
-        The new role applies from the user's next login."""
+        A change ends the user's current tokens at once (401): the user logs in again."""
         await managed(who, name)
         role = Role(body.role) if body.role is not None else None
         if role is not None:
@@ -103,7 +103,7 @@ def users_router(users: Users, registry: Registry, policy: AccessPolicy) -> APIR
         responses=error_docs({404: "no such user", 409: "that is the caller's own account"}),
     )
     async def delete_user(name: str, who: Admin) -> Response:
-        """Delete a user. Its current token stays valid until it expires (``auth.token_ttl_s``)."""
+        """Delete a user. Its tokens are refused at once (401)."""
         await managed(who, name)
         if name == who.user:
             raise Conflict("you cannot delete your own account")

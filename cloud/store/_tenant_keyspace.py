@@ -68,8 +68,24 @@ class TenantKeyspaceStore:
         return await asyncio.shield(fut)
 
     async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run ``cql`` in the tenant's keyspace. A read (``SELECT``) of a tenant whose keyspace
+        does not exist finds nothing and creates nothing: a read for a deleted tenant (a loop
+        that has not heard of the deletion yet) must not bring its keyspace back."""
+        if (
+            tenant not in self._ready
+            and cql.lstrip()[:6].upper() == "SELECT"
+            and not await self._exists(tenant)
+        ):
+            return []
         ks = await self._ks(tenant)
         return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
+
+    async def _exists(self, tenant: str) -> bool:
+        from fieldgate.cloud.store._cassandra import keyspace_name
+
+        return valid_tenant(tenant) and await self._session.keyspace_exists(
+            keyspace_name(tenant, self._prefix)
+        )
 
     # -- tenant lifecycle ------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The user store contract on every backend (SQLite file, Cassandra instance keyspace):
 verification, tenants, password change, restart, create-if-absent, refused names; roles and
 customers, update/list/delete; a store of the schema from before roles (scrypt hashes) migrated,
-its hashes replaced by argon2id at the next successful login.
+its hashes replaced by argon2id at the next successful login; the generation tokens carry,
+changed by whatever changes what a token says; a deleted tenant's users deleted.
 (The SQLite file's "never in clear" check is in tests/integration/test_api_users.py.)"""
 
 from __future__ import annotations
@@ -187,3 +188,58 @@ async def test_a_store_from_before_roles_is_migrated_and_scrypt_is_rehashed_at_l
         assert await again.verify("legacy", PW)
     finally:
         await again.stop()
+
+
+async def test_the_generation_changes_with_what_a_token_says(backend: Backend) -> None:
+    users = backend.users()
+    await users.start()
+    try:
+        assert await users.create("vera", PW, tenant="beta", role=Role.VIEWER)
+        g0 = (await users.get("vera")).generation  # type: ignore[union-attr]
+        assert g0 and (await users.authenticate("vera", PW)).generation == g0  # type: ignore[union-attr]
+        # Nothing a token says changes: the generation stays (a restart setting the same password).
+        await users.set_password("vera", PW, tenant="beta", role=Role.VIEWER)
+        assert (await users.update("vera", role=Role.VIEWER)).generation == g0  # type: ignore[union-attr]
+        assert (await users.get("vera")).generation == g0  # type: ignore[union-attr]
+        seen = {g0}
+        changes = [
+            lambda: users.update("vera", role=Role.OPERATOR),
+            lambda: users.update("vera", password="new-pw"),
+            lambda: users.set_password("vera", "new-pw", tenant="gamma", role=Role.OPERATOR),
+            lambda: users.update("vera", role=Role.CUSTOMER, customer="c1"),
+            lambda: users.update("vera", customer="c2"),
+        ]
+        for change in changes:
+            await change()
+            generation = (await users.get("vera")).generation  # type: ignore[union-attr]
+            assert generation not in seen
+            seen.add(generation)
+        # Another instance (replica) reads the same generation.
+        other = backend.users()
+        await other.start()
+        try:
+            assert (await other.get("vera")).generation == generation  # type: ignore[union-attr]
+        finally:
+            await other.stop()
+        # Deleted and created again under the same name: a new one.
+        assert await users.delete("vera")
+        assert await users.create("vera", "new-pw", tenant="gamma", role=Role.OPERATOR)
+        assert (await users.get("vera")).generation not in seen  # type: ignore[union-attr]
+    finally:
+        await users.stop()
+
+
+async def test_delete_tenant_deletes_the_tenants_users_only(backend: Backend) -> None:
+    users = backend.users()
+    await users.start()
+    try:
+        for name, tenant in (("a1", "acme"), ("a2", "acme"), ("b1", "beta")):
+            assert await users.create(name, PW, tenant=tenant)
+        assert await users.delete_tenant("acme") is True
+        assert await users.list_users("acme") == []
+        assert not await users.verify("a1", PW) and await users.verify("b1", PW)
+        assert await users.delete_tenant("acme") is False
+        await users.ensure_tenant("acme")  # nothing to provision
+        assert await users.list_users("acme") == []
+    finally:
+        await users.stop()

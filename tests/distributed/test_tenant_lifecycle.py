@@ -1,7 +1,9 @@
 """A tenant created through REST on a running distributed cloud (Kafka, Cassandra, ZooKeeper)
 is usable at once: its keyspace, topics and znode exist when the POST returns, an edge sends
 events for it and they are stored and readable — no restart; deleting it (confirmed) removes
-its keyspace, topics and znode, checked with the Cassandra, Kafka and ZooKeeper clients."""
+its keyspace, topics, znodes (settings and rules) and users (their tokens refused at once),
+checked with the Cassandra, Kafka and ZooKeeper clients; created again under the same token it
+starts empty (no events, rules or users of the old one) and an edge's new events are stored."""
 
 from __future__ import annotations
 
@@ -95,6 +97,24 @@ async def test_tenant_created_used_and_deleted_on_a_running_cloud(
                     )
                 )
                 as_tenant = {**auth, "X-Fieldgate-Tenant": tenant}
+                r = await client.post(
+                    "/api/v1/users",
+                    json={
+                        "name": f"u{run}",
+                        "password": "user-password-1",
+                        "role": "viewer",
+                        "tenant": tenant,
+                    },
+                    headers=auth,
+                )
+                assert r.status_code == 201, r.text
+                r = await client.post(
+                    "/api/v1/auth/token", data={"username": f"u{run}", "password": "user-password-1"}
+                )
+                user = {"Authorization": f"Bearer {r.json()['access_token']}"}
+                rule = {"id": "hot", "kind": "threshold", "measurement": "t", "operator": ">", "value": 1}
+                assert (await client.post("/api/v1/rules", json=rule, headers=as_tenant)).status_code == 201
+                assert zk.exists(f"/fieldgate/{zk_conf.instance}/rules/{tenant}") is not None
                 async with edge:
                     for i in range(3):
                         await asyncio.to_thread(
@@ -115,15 +135,49 @@ async def test_tenant_created_used_and_deleted_on_a_running_cloud(
                 r = await client.delete(f"/api/v1/tenants/{tenant}?confirm={tenant}", headers=auth)
                 assert r.status_code == 200, r.text
                 assert (await client.get(f"/api/v1/tenants/{tenant}", headers=auth)).status_code == 404
+                assert (await client.get("/api/v1/devices", headers=user)).status_code == 401
 
-            assert not await keyspace_exists(cassandra, ks)
-            assert zk.exists(znode) is None
+                assert not await keyspace_exists(cassandra, ks)
+                assert zk.exists(znode) is None
+                assert zk.exists(f"/fieldgate/{zk_conf.instance}/rules/{tenant}") is None
 
-            async def topics_gone() -> bool:
-                return not topics(kafka.bootstrap, prefix, tenant)
+                async def topics_gone() -> bool:
+                    return not topics(kafka.bootstrap, prefix, tenant)
 
-            await eventually(topics_gone, timeout=60, what="the tenant's topics deleted")
-            assert app.tenant_settings.get(tenant) is None
+                await eventually(topics_gone, timeout=60, what="the tenant's topics deleted")
+                assert app.tenant_settings.get(tenant) is None
+
+                # Created again under the same token: it starts empty, and takes events again.
+                r = await client.post("/api/v1/tenants", json={"token": tenant}, headers=auth)
+                assert r.status_code == 201, r.text
+                r = await client.get("/api/v1/devices/d1/events?type=measurement", headers=as_tenant)
+                assert r.status_code == 404 or r.json()["total"] == 0, r.text
+                assert (await client.get("/api/v1/rules", headers=as_tenant)).json() == {"items": []}
+                assert (await client.get(f"/api/v1/users?tenant={tenant}", headers=auth)).json() == []
+                assert (await client.get("/api/v1/devices", headers=user)).status_code == 401
+                again = EdgeAgent(
+                    EdgeConfig(
+                        edge_id=f"edge2-{run}",
+                        data_dir=tmp_path / "edge2",
+                        tenants=(tenant,),
+                        mqtt=MqttConfig(mode="embedded", port=mqtt_port),
+                        uplink=UplinkConfig(target=f"127.0.0.1:{app.grpc_port}"),
+                    )
+                )
+                async with again:
+                    for i in range(3, 5):
+                        await asyncio.to_thread(
+                            publish,
+                            mqtt_port,
+                            f"fieldgate/{tenant}/devices/d1/events",
+                            json_event(i, f"e{i}"),
+                        )
+
+                    async def stored_again() -> bool:
+                        r = await client.get("/api/v1/devices/d1/events?type=measurement", headers=as_tenant)
+                        return r.status_code == 200 and r.json()["total"] == 2
+
+                    await eventually(stored_again, timeout=120, what="the new tenant's events stored")
     finally:
         zk.stop()
         zk.close()

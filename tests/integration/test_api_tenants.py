@@ -1,12 +1,15 @@
 """Tenants and customers through REST and gRPC on the real stack (SQLite stores, embedded bus):
 who may manage tenants, provisioning and deprovisioning (files, topics), settings validated
 (422 naming the key), the confirm rule (400), the configured tenant (409), duplicate tokens
-(409), too-long strings (422), customers and their devices; and ingest's rate limit with a
-real edge uplink (nothing lost, the bucket's bound holds)."""
+(409), too-long strings (422), customers and their devices; ingest's rate limit with a
+real edge uplink (nothing lost, the bucket's bound holds); and a tenant created again under the
+same token whose events never reach the old tenant's connectors (a connectors stage nobody told
+of the deletion). Everything a deletion removes, on both backends:
+tests/contract/test_tenant_lifecycle_contract.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -15,16 +18,23 @@ import pytest
 
 from fieldgate.cloud.api.app import create_api
 from fieldgate.cloud.api.auth import TokenAuthority
-from fieldgate.cloud.bus import DECODED, STAGES, Message, topic_name
+from fieldgate.cloud.bus import DECODED, PERSISTED, STAGES, Message, topic_name
 from fieldgate.cloud.config import AuthConfig
+from fieldgate.cloud.connectors.models import ConnectorSpec
+from fieldgate.cloud.connectors.sink import Sink
+from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.cloud.ingest import TokenBucket
+from fieldgate.cloud.stage import messages_by_device
 from fieldgate.cloud.tenants import TenantAdmin
 from fieldgate.cloud.zkconfig_models import TenantSettings, TenantSettingsRegistry
+from fieldgate.timeutil import now_ms
+from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from fieldgate.v1 import services_pb2_grpc as svc_grpc
 from tests.helpers.api_stack import SECRET, ApiStack, api_stack, login
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -283,3 +293,75 @@ def test_token_bucket_holds_the_average_and_passes_big_batches() -> None:
     assert bucket.delay(100) == 0
     bucket.take(100)
     assert bucket.delay(1) == pytest.approx(8.1)
+
+
+class _Receivers:
+    """Where each connector's deliveries arrive, by the connector's URL (the receiving end of a
+    webhook: what its owner would see)."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, list[str]] = {}
+
+    def sink(self, tenant: str, spec: ConnectorSpec) -> Sink:
+        assert spec.webhook is not None
+        return _Recording(self.got.setdefault(str(spec.webhook.url), []))
+
+
+class _Recording:
+    def __init__(self, into: list[str]) -> None:
+        self._into = into
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, events: Sequence[pb.Event], *, attempt: int) -> None:
+        self._into.extend(ev.alternate_id for ev in events)
+
+
+async def test_a_tenant_created_again_never_reaches_the_old_owners_connectors(tmp_path: Path) -> None:
+    """A connectors stage that was not told of the deletion (another process; here one that
+    does not refresh its connectors for an hour) still holds the old tenant's connector: the
+    new tenant's events must not reach it, and do reach the new tenant's own."""
+    old_url, new_url = "https://old-owner.example/hook", "https://new-owner.example/hook"
+
+    def spec(url: str) -> ConnectorSpec:
+        return ConnectorSpec.model_validate({"id": "hook", "kind": "webhook", "webhook": {"url": url}})
+
+    async def send(stack: ApiStack, alts: list[str]) -> None:
+        events = [pb.Event(tenant="acme", device="d1", alternate_id=a, event_time_ms=now_ms()) for a in alts]
+        await stack.bus.publish(topic_name("acme", PERSISTED), messages_by_device(events))
+
+    receivers = _Receivers()
+    async with api_stack(tmp_path) as stack:
+        admin = TenantAdmin(stack.registry, stack.tenant_stores(), stack.bus)
+        await admin.create("acme", {})
+        await stack.connectors.create("acme", spec(old_url))
+        settings = ConnectorStageSettings(refresh_s=3600, poll_timeout_s=0.1)
+        stage = ConnectorStage(
+            stack.bus, stack.connectors, stack.registry, settings=settings, sink_factory=receivers.sink
+        )
+        await stage.start()
+        try:
+            await send(stack, ["old-1", "old-2"])
+
+            async def old_delivered() -> bool:
+                return receivers.got.get(old_url) == ["old-1", "old-2"]
+
+            await eventually(old_delivered, what="the old tenant's events at its connector")
+
+            await admin.delete("acme", "acme")  # the stage is not told
+            await admin.create("acme", {})
+            assert await stack.connectors.list_connectors("acme") == []  # inherits nothing
+            await stack.connectors.create("acme", spec(new_url))
+            await send(stack, ["new-1", "new-2"])
+
+            async def new_delivered() -> bool:
+                return receivers.got.get(new_url) == ["new-1", "new-2"]
+
+            await eventually(new_delivered, what="the new tenant's events at its own connector")
+            assert receivers.got[old_url] == ["old-1", "old-2"]
+            assert stage.runner("acme", "hook") is not None
+            assert str(stage.runner("acme", "hook").spec.webhook.url) == new_url  # type: ignore[union-attr]
+        finally:
+            await stage.stop()

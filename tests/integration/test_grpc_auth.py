@@ -240,3 +240,12 @@ async def test_cloud_app_serves_the_grpc_apis_with_the_rest_apis_tokens(tmp_path
             await stub.ListDeviceTypes(
                 svc.ListDeviceTypesRequest(tenant="beta"), metadata=bearer(tokens["admin"])
             )
+            # A deleted user's token is refused at once here too (the same check as REST's).
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.rest_port}", timeout=10) as http:
+                admin = {"Authorization": f"Bearer {tokens['admin']}"}
+                assert (await http.delete("/api/v1/users/dora", headers=admin)).status_code == 204
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ListDeviceTypes(
+                    svc.ListDeviceTypesRequest(tenant="default"), metadata=bearer(rest_token)
+                )
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in info.value.details()

@@ -1,13 +1,18 @@
-"""User management over REST, login throttling and signing-key rotation, through the real app."""
+"""User management over REST, login throttling, signing-key rotation and token revocation (a
+deleted or changed user's token refused at once), through the real app."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
+from fastapi import HTTPException
 
-from fieldgate.cloud.api.auth import LoginThrottle
+from fieldgate.cloud.api.access import Principal, Role
+from fieldgate.cloud.api.auth import SESSION_CACHE_S, LoginThrottle, TokenAuthority, UserSessions, key_id
+from fieldgate.cloud.api.users import SqliteUsers
 from tests.helpers.api_stack import SECRET, api_stack, login
 
 pytestmark = pytest.mark.integration
@@ -119,3 +124,72 @@ async def test_tokens_of_the_previous_key_work_during_a_rotation_only(tmp_path: 
         r = await client.get("/api/v1/devices", headers=old_token)
         assert r.status_code == 401 and "signing key" in r.json()["detail"]
         assert (await client.get("/api/v1/devices", headers=new_token)).status_code == 200
+
+
+async def test_a_deleted_or_changed_users_token_stops_working_at_once(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as stack, stack.client() as client:
+        admin, vera, olga, cora = [await login(client, u) for u in ("admin", "vera", "olga", "cora")]
+        for headers in (vera, olga, cora):
+            assert (await client.get("/api/v1/devices", headers=headers)).status_code == 200
+
+        # Deleted: refused at once, not at the token's expiry.
+        assert (await client.delete("/api/v1/users/vera", headers=admin)).status_code == 204
+        r = await client.get("/api/v1/devices", headers=vera)
+        assert r.status_code == 401 and "revoked" in r.json()["detail"]
+        # Created again with the same name, role and password: the old token stays refused.
+        again = {"name": "vera", "password": "vera-pw", "role": "viewer"}
+        assert (await client.post("/api/v1/users", json=again, headers=admin)).status_code == 201
+        assert (await client.get("/api/v1/devices", headers=vera)).status_code == 401
+        assert (await client.get("/api/v1/devices", headers=await login(client, "vera"))).status_code == 200
+
+        # Demoted (operator -> viewer): refused at once; a new login has the new role.
+        r = await client.patch("/api/v1/users/olga", json={"role": "viewer"}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert (await client.get("/api/v1/devices", headers=olga)).status_code == 401
+        olga = await login(client, "olga")
+        assert (await client.get("/api/v1/devices", headers=olga)).status_code == 200
+        r = await client.post("/api/v1/device-types", json={"token": "x"}, headers=olga)
+        assert r.status_code == 403  # a viewer now
+
+        # Another customer, or a new password: the same.
+        r = await client.patch("/api/v1/users/cora", json={"customer": "c2"}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert (await client.get("/api/v1/devices", headers=cora)).status_code == 401
+        r = await client.patch("/api/v1/users/olga", json={"password": "olga-new-pw"}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert (await client.get("/api/v1/devices", headers=olga)).status_code == 401
+        # A change that changes nothing a token says ends nothing.
+        vera = await login(client, "vera")
+        r = await client.patch("/api/v1/users/vera", json={"role": "viewer"}, headers=admin)
+        assert r.status_code == 200
+        assert (await client.get("/api/v1/devices", headers=vera)).status_code == 200
+
+
+async def test_another_replica_refuses_a_changed_users_token_within_its_cache_time(tmp_path: Path) -> None:
+    users = SqliteUsers(tmp_path / "users.db")
+    await users.start()
+    await users.create("uma", "pw-of-uma", role=Role.OPERATOR)
+    now = [0.0]
+    replica = UserSessions(users, clock=lambda: now[0])  # another api replica's check
+    authority = TokenAuthority(SECRET, 3600)
+    found = await users.authenticate("uma", "pw-of-uma")
+    assert found is not None
+    token = authority.issue(Principal("uma", "default", Role.OPERATOR), found.generation)
+    assert (await replica.principal(authority, token)).user == "uma"
+    await users.update("uma", role=Role.VIEWER)  # by another replica: not through this cache
+    now[0] += SESSION_CACHE_S / 2
+    assert (await replica.principal(authority, token)).role is Role.OPERATOR  # within the cache time
+    now[0] += SESSION_CACHE_S
+    with pytest.raises(HTTPException) as info:
+        await replica.principal(authority, token)
+    assert info.value.status_code == 401
+    # A token from before generations (no "gen" claim) is refused: its user logs in again.
+    legacy = jwt.encode(
+        {"sub": "uma", "tenant": "default", "role": "viewer", "exp": 2**40},
+        SECRET,
+        algorithm="HS256",
+        headers={"kid": key_id(SECRET)},
+    )
+    with pytest.raises(HTTPException) as info:
+        await replica.principal(authority, legacy)
+    assert info.value.status_code == 401 and "generations" in str(info.value.detail)
