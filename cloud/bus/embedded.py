@@ -720,7 +720,8 @@ class EmbeddedConsumer:
                     await wakeup.wait()
 
     async def commit(self, records: Sequence[Record]) -> None:
-        """Persist, per topic, the offset after the highest of ``records``."""
+        """Persist, per topic, the offset after the highest of ``records`` (at most this
+        member's position: see below)."""
         self._check()
         if self.tail:
             return  # a tail reader keeps its position in memory only
@@ -729,9 +730,16 @@ class EmbeddedConsumer:
             if rec.partition != 0:
                 raise BusError(f"embedded bus topics have only partition 0, got {rec.partition}")
             highest[rec.topic] = max(highest.get(rec.topic, -1), rec.offset)
-        if not highest:
+        # Never past what this member has read of the topic: records of a topic deleted since
+        # (a deleted tenant's, committed late) must not move the offset of the topic created
+        # again under that name, or its first records would be skipped.
+        rows = []
+        for topic, off in highest.items():
+            pos = self._positions.get(topic)
+            if pos is not None:
+                rows.append((self.group, topic, 0, min(off + 1, pos)))
+        if not rows:
             return
-        rows = [(self.group, topic, 0, off + 1) for topic, off in highest.items()]
         await self._bus._submit(_WriteOp(self._bus._new_future(), offsets=rows))
         self._bus.stats.offset_commits += 1
 

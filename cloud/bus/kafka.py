@@ -744,7 +744,16 @@ class KafkaConsumer:
         if c is None:
             raise BusError("consumer is closed")
         owned = {(tp.topic, tp.partition) for tp in c.assignment()}
-        offsets = [TopicPartition(t, p, off + 1) for (t, p), off in highest.items() if (t, p) in owned]
+        mine = [TopicPartition(t, p) for (t, p) in highest if (t, p) in owned]
+        # Never past this member's position: records of a topic deleted since (a deleted
+        # tenant's, committed late) must not move the offset of the topic created again under
+        # that name, or its first records would be skipped.
+        positions = {(tp.topic, tp.partition): tp.offset for tp in (c.position(mine) if mine else [])}
+        offsets = [
+            TopicPartition(t, p, min(off + 1, positions[(t, p)]))
+            for (t, p), off in highest.items()
+            if positions.get((t, p), -1) >= 0
+        ]
         skipped = len(highest) - len(offsets)
         if not offsets:
             return skipped, 0
