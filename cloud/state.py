@@ -232,7 +232,7 @@ class DeviceStateStage:
         """The tenant was deleted: drop its clock schedule (its devices' states are gone; a new
         tenant of the token builds its own from the store)."""
         self._schedules.pop(tenant, None)
-        self._loaded.discard(tenant)
+        self._bases.pop(tenant, None)
 
     @property
     def clock_running(self) -> bool:

@@ -141,7 +141,7 @@ class TenantStores:
     users: UserStore
     states: DeviceStateStore  # device states, rules, presence intervals
     site: SiteStore
-    connectors: ConnectorStore  # connectors, dead letters
+    connectors: ConnectorStore  # connectors, their dead letters and positions
     batch: BatchStore  # batch operations, schedules and their runs
     edges: EdgeDirectory
     invocations: InvocationStore

@@ -502,7 +502,6 @@ class CassandraBatchStore(TenantKeyspaceStore):
     """:class:`BatchStore` in each tenant's keyspace (see the module docstring)."""
 
     component = "batch"
-    tables = ("batch_operations", "batch_elements", "schedules", "schedule_runs")
     migrations = staticmethod(_cassandra_migrations)
 
     async def _all_elements(self, tenant: str, op_id: str) -> list[BatchElement]:

@@ -421,7 +421,6 @@ class CassandraConnectorStore(TenantKeyspaceStore):
     """:class:`ConnectorStore` in each tenant's keyspace (see the module docstring)."""
 
     component = "connectors"
-    tables = ("connectors", "connector_dead_letters")
     migrations = staticmethod(_cassandra_migrations)
 
     async def list_connectors(self, tenant: str) -> list[ConnectorSpec]:

@@ -5,7 +5,9 @@ bounded number in flight. The Cassandra driver is imported only when a keyspace 
 so the modules that subclass this load without it.
 
 The tenant lifecycle (:class:`~fieldgate.cloud.store.TenantOwned`) is here once: ``ensure_tenant``
-migrates the component's ``tables`` into the keyspace, ``delete_tenant`` empties them (never
+migrates the component's tables into the keyspace, ``delete_tenant`` empties every table its
+``migrations`` create (derived from them, so a table a later migration adds is not forgotten;
+never
 creating a keyspace that is not there: the registry drops the keyspace itself) and
 ``forget_tenant`` forgets that the keyspace was migrated.
 """
@@ -27,8 +29,6 @@ class TenantKeyspaceStore:
     the ``migrations`` for a keyspace; statements use ``{ks}`` for the tenant's keyspace."""
 
     component: str
-    #: The component's tables in a tenant keyspace (what ``delete_tenant`` empties).
-    tables: tuple[str, ...]
 
     @staticmethod
     def migrations(ks: str) -> list[tuple[int, list[str]]]:
@@ -94,8 +94,9 @@ class TenantKeyspaceStore:
         await self._ks(tenant)
 
     async def delete_tenant(self, tenant: str) -> bool:
-        """Empty the component's tables of the tenant; False if it has no keyspace."""
-        from fieldgate.cloud.store._cassandra import keyspace_name
+        """Empty the component's tables of the tenant; False if they held nothing (or it has no
+        keyspace)."""
+        from fieldgate.cloud.store._cassandra import keyspace_name, table_names
 
         self.forget_tenant(tenant)
         if not valid_tenant(tenant):
@@ -104,9 +105,7 @@ class TenantKeyspaceStore:
         if not await self._session.keyspace_exists(ks):
             return False
         await self._ks(tenant)  # the keyspace exists: make sure the tables do
-        for table in self.tables:
-            await self._session.execute(f"TRUNCATE {ks}.{table}", limit=self._limit)
-        return True
+        return await self._session.empty_tables(ks, table_names(self.migrations(ks), ks), limit=self._limit)
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget that the tenant's keyspace was migrated (it was dropped, or is about to be)."""

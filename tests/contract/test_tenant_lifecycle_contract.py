@@ -71,8 +71,13 @@ async def _site(app: CloudApp, t: str) -> bool:
 
 
 async def _connectors(app: CloudApp, t: str) -> bool:
+    # connectors, their dead letters, their positions on the bus (where each goes on from)
     store = app.connector_store
-    return bool(await store.list_connectors(t) or await store.count_dead_letters(t, "hook"))
+    return bool(
+        await store.list_connectors(t)
+        or await store.count_dead_letters(t, "hook")
+        or await store.positions(t)
+    )
 
 
 async def _batch(app: CloudApp, t: str) -> bool:
@@ -191,14 +196,15 @@ async def one_of_everything(app: CloudApp, client: httpx.AsyncClient, root: dict
     assert await app.batch_store.claim_run(
         T, ScheduleRun(schedule="nightly", due_ms=1, replica="r", run_ms=1)
     )
-    # A connector (disabled: no delivery is tried) and a dead letter as the stage keeps them.
+    # A connector (disabled: no delivery is tried) with its start position, and a dead letter
+    # as the stage keeps them.
     spec = {
         "id": "hook",
         "kind": "webhook",
         "enabled": False,
         "webhook": {"url": "https://hooks.example.com/x"},
     }
-    await app.connector_store.create(T, ConnectorSpec.model_validate(spec))
+    await app.connector_store.create(T, ConnectorSpec.model_validate(spec), start={0: 0})
     await app.connector_store.add_dead_letters(
         T,
         [DeadLetter(connector="hook", event_id="e1", event=b"", reason="HTTP 500", attempts=3, failed_ms=1)],
