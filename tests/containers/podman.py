@@ -75,6 +75,8 @@ class Podman:
     pods: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
+    # Containers of those pods, whose logs a failure shows (removed with their pods).
+    pod_containers: list[str] = field(default_factory=list)
 
     def __call__(
         self, *args: str | Path, check: bool = True, timeout: float = 120, input: str | None = None
@@ -134,8 +136,13 @@ class Podman:
                 raise PodmanError(f"container {name} is {state}; its log:\n{self.logs(name)}")
 
     def diagnostics(self) -> str:
-        """The state and last log lines of every container the test owns (for a failure)."""
-        parts = [f"--- {name}: {self.state(name)}\n{self.logs(name, tail=40)}" for name in self.containers]
+        """The state and last log lines of every container the test owns that still exists
+        (for a failure)."""
+        parts = []
+        for name in [*self.containers, *self.pod_containers]:
+            state = self.state(name)
+            if state != "missing":
+                parts.append(f"--- {name}: {state}\n{self.logs(name, tail=40)}")
         return "\n".join(parts)
 
     # ---- clean-up ------------------------------------------------------------------------------
@@ -169,6 +176,7 @@ class Podman:
         self.containers.clear()
         self.volumes.clear()
         self.secrets.clear()
+        self.pod_containers.clear()
         if problems:
             raise PodmanError("clean-up left something behind:\n" + "\n".join(problems))
 

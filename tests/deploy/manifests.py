@@ -73,9 +73,13 @@ def _value_args(
 
 
 def helm_template(
-    helm: Path, *values_files: Path, sets: Iterable[str] = (), set_files: Iterable[str] = ()
+    helm: Path,
+    *values_files: Path,
+    sets: Iterable[str] = (),
+    set_files: Iterable[str] = (),
+    release: str = "fg",
 ) -> list[Manifest]:
-    argv: list[str | Path] = [helm, "template", "fg", CHART, "--namespace", "fieldgate"]
+    argv: list[str | Path] = [helm, "template", release, CHART, "--namespace", "fieldgate"]
     argv += _value_args(values_files, sets, set_files)
     return load_all(run(argv).stdout)
 
