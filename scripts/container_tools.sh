@@ -184,24 +184,26 @@ fi
 
 # ---- 4. the fieldgate image -------------------------------------------------------------------
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-IMAGE=localhost/fieldgate:$VERSION
 # What the image is made of: the files the Dockerfile copies (less what .dockerignore keeps
 # out of the build context), the Dockerfile and the base image.
 SOURCE_HASH=$(
   {
     sha256sum Dockerfile
-    podman image inspect --format '{{.Id}}' "$BASE_IMAGE"
+    echo "$BASE_IMAGE"   # its tag is the key of the tarball it was imported from
     find -L pyproject.toml README.md fieldgate cloud edge firmware-sims -type f \
       ! -path '*/__pycache__/*' ! -name '*.py[cod]' ! -path '*.egg-info/*' -print0 \
       | LC_ALL=C sort -z | xargs -0 sha256sum
-  } | sha256sum | cut -c1-16
+  } | sha256sum | cut -c1-12
 )
-current=$(podman image inspect --format '{{index .Labels "io.fieldgate.source-hash"}}' "$IMAGE" 2>/dev/null || true)
-if [ "$current" = "$SOURCE_HASH" ]; then
-  step "$IMAGE is current (source hash $SOURCE_HASH)"
+# Two tags: <version>-<source hash> names exactly this build (what the tests run: another
+# checkout on the same machine building its own sources cannot swap it under them), and
+# <version> the latest build on this machine (what docs/operations/containers.md runs).
+IMAGE=localhost/fieldgate:$VERSION-$SOURCE_HASH
+LATEST=localhost/fieldgate:$VERSION
+if podman image exists "$IMAGE"; then
+  step "$IMAGE is current (its sources are unchanged)"
 else
-  old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-  step "building $IMAGE from the Dockerfile (source hash $SOURCE_HASH${current:+, was $current})"
+  step "building $IMAGE from the Dockerfile"
   # --network host and the machine's CA bundle: pip in the builder stage fetches the
   # dependencies' wheels from PyPI as the machine itself reaches it. --layers=false: nothing
   # but the image stays behind (a changed source rebuilds everything after the COPY anyway).
@@ -209,10 +211,16 @@ else
     -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     --build-arg PYTHON_IMAGE="$BASE_IMAGE" --label io.fieldgate.source-hash="$SOURCE_HASH" \
     -t "$IMAGE" -f Dockerfile . >/dev/null
-  # The image this one replaces (now untagged) is removed, unless a container still uses it.
-  if [ -n "$old_id" ] && [ "$old_id" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
-    podman rmi "$old_id" >/dev/null 2>&1 || true
-  fi
 fi
+podman tag "$IMAGE" "$LATEST"
+# Older builds: the three newest stay (other checkouts on this machine may be testing them);
+# the others lose their tag, and fieldgate builds left without any tag are removed (unless a
+# container still uses one: rmi refuses it).
+podman images --noheading --sort created --format '{{.Repository}}:{{.Tag}}' localhost/fieldgate \
+  | { grep -E -- '-[0-9a-f]{12}$' || true; } | { grep -vxF "$IMAGE" || true; } | tail -n +3 \
+  | while read -r old; do podman untag "$old" "$old" >/dev/null 2>&1 || true; done
+for old in $(podman images --quiet --filter dangling=true --filter label=io.fieldgate.source-hash); do
+  podman rmi "$old" >/dev/null 2>&1 || true
+done
 step "ready in ${SECONDS}s; CONTAINERS_CONF=$CONF"
 echo "image: $IMAGE"

@@ -2,7 +2,8 @@
 # The test command behind `make test` (and .ci/run): static checks, then the whole test suite.
 # Everything the tests need is installed by scripts/setup.sh (Debian packages, the virtualenv)
 # and here (the Kafka, ZooKeeper and Cassandra jars, through mvn, cached in
-# ~/.cache/fieldgate/jars); the tests start and stop every server they use themselves.
+# ~/.cache/fieldgate/jars; helm and kustomize; podman and fieldgate's container image); the
+# tests start and stop every server and container they use themselves.
 # Extra arguments go to both pytest runs (e.g. `bash scripts/test.sh .venv -x`).
 set -euo pipefail
 VENV=${1:-.venv}
@@ -17,9 +18,19 @@ echo "== Kafka, ZooKeeper and Cassandra jars (Maven Central through mvn; cached)
 python -m fieldgate.devservers fetch
 echo "== deploy tools: helm and kustomize (Go modules, pinned; cached in ~/.cache/fieldgate/bin)"
 bash scripts/deploy_tools.sh
+echo "== containers: podman (Debian), the base image (mmdebstrap; cached in ~/.cache/fieldgate/images), fieldgate's image from the Dockerfile (rebuilt when its sources change)"
+# Exit status 3: this machine cannot run containers (said why); tests/containers then skip.
+containers=0
+bash scripts/container_tools.sh || containers=$?
+if [ "$containers" -eq 3 ]; then
+  echo "   the container tests will be skipped"
+elif [ "$containers" -ne 0 ]; then
+  exit "$containers"
+fi
+export CONTAINERS_CONF="${FIELDGATE_CACHE_DIR:-$HOME/.cache/fieldgate}/containers/containers.conf"
 echo "== pytest: unit, integration, hil (sims), end to end on the embedded backends"
 pytest -q -p no:cacheprovider --durations=15 -m "not distributed" "${@:2}"
-echo "== pytest: distributed — real Kafka, ZooKeeper and Cassandra (and the end-to-end tests on them)"
+echo "== pytest: distributed — real Kafka, ZooKeeper and Cassandra (and the end-to-end tests on them; the image run with podman)"
 # A second run, so the JVMs never share the two cores with the timing-sensitive tests above.
 status=0
 FIELDGATE_DISTRIBUTED=1 pytest -q -p no:cacheprovider --durations=15 -m distributed "${@:2}" || status=$?

@@ -70,6 +70,11 @@ class Playable:
         name = self._deployment(service)["spec"]["template"]["spec"]["containers"][0]["name"]
         return f"{self.pod(service)}-{name}"
 
+    def limit(self, service: str, resource: str) -> str:
+        """The container's ``resources.limits[resource]`` as rendered."""
+        container = self._deployment(service)["spec"]["template"]["spec"]["containers"][0]
+        return str(container["resources"]["limits"][resource])
+
     def _deployment(self, service: str) -> Manifest:
         return next(
             d for d in self.deployments if d["spec"]["template"]["metadata"]["labels"][COMPONENT] == service

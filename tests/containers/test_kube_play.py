@@ -42,6 +42,12 @@ READY_S = 240
 ARRIVAL_S = 120
 
 
+def mebibytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in Mi (what the chart uses) as bytes."""
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2]) * 2**20
+
+
 def render(
     helm: Path,
     podman: Podman,
@@ -206,16 +212,19 @@ async def test_the_charts_deployments_play_against_real_kafka_and_cassandra(
         finally:
             device.stop()
 
-    # The pods ran as the chart says: the image's user, read-only root, no capabilities.
+    # The pods ran as the chart says: the image's user, read-only root, no capabilities, the
+    # memory limit; ingest's replica id from the downward API (its pod's name).
     for service in playable.services:
         container = playable.container(service)
-        assert podman.inspect(container, "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}") in (
-            "10001:10001 true",
-            "10001 true",
-        ), service
-        assert "CapEff:\t0000000000000000" in podman("exec", container, "cat", "/proc/1/status").stdout, (
-            service
-        )
+        user, read_only, memory = podman.inspect(
+            container, "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.Memory}}"
+        ).split()
+        assert (user.split(":")[0], read_only) == ("10001", "true"), (service, user, read_only)
+        assert int(memory) == mebibytes(playable.limit(service, "memory")), (service, memory)
+        status = podman("exec", container, "cat", "/proc/1/status").stdout
+        assert "CapEff:\t0000000000000000" in status, (service, status)
+    environ = podman("exec", playable.container("ingest"), "cat", "/proc/1/environ").stdout.split("\0")
+    assert f"FIELDGATE_CLOUD__REPLICA_ID={playable.pod('ingest')}" in environ, environ
 
     # SIGTERM, as the kubelet sends it: every service drains and exits 0 within the grace
     # period (podman's --time here: podman 4.3 does not take terminationGracePeriodSeconds).
