@@ -8,10 +8,9 @@
 #      Debian release, from the apt sources the machine already uses) — once: the tarball is
 #      cached in $CACHE/images under a key of what went into it, and imported into podman's
 #      store as localhost/debian-python:<release>-<key>;
-#   4. localhost/fieldgate:<version> from the unchanged Dockerfile (PYTHON_IMAGE = that base),
-#      built again only when what the image is made of changed: its label
-#      io.fieldgate.source-hash holds a hash of the build context's files, the Dockerfile and
-#      the base image.
+#   4. localhost/fieldgate:<version>-<source hash> (also tagged <version>) from the unchanged
+#      Dockerfile (PYTHON_IMAGE = that base), built only when no image of that source hash is
+#      in the store: the hash covers the build context's files, the Dockerfile and the base.
 # A warm run (all cached) only checks and hashes: a few seconds. $CACHE is ~/.cache/fieldgate
 # (FIELDGATE_CACHE_DIR overrides), the jars' and the deploy tools' cache.
 #
