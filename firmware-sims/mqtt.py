@@ -37,6 +37,10 @@ Design points:
   was stored exactly once. ``acked_ids()`` lists them; ``on_sent``/``on_acked`` callbacks see them
   as they go (``on_sent`` gets ``time.monotonic()`` just before the publish: on Linux that clock is
   system-wide, so another process can compute latencies from it).
+- **Timestamps** (``ts``, epoch ms) are the wall clock when the message is built, so two messages
+  of one device sent within a millisecond share one. ``distinct_ts=True`` makes each device's
+  ``ts`` strictly increase (the next millisecond when the clock has not moved on): stores that
+  key readings by (device, key, ts), such as ThingsBoard, would otherwise merge them.
 """
 
 from __future__ import annotations
@@ -163,6 +167,7 @@ class _Device:
     conn: _Connection | None = None
     generation: int = 0  # bumped by set-interval; stale heap entries are skipped
     turn: int = 0  # SiteWhere flavour: which value the next message carries
+    last_ts: int = 0  # the ts of its previous message (distinct_ts)
 
 
 class MqttDeviceSim:
@@ -193,6 +198,7 @@ class MqttDeviceSim:
         run_id: str | None = None,
         on_sent: OnSent | None = None,
         on_acked: OnAcked | None = None,
+        distinct_ts: bool = False,
     ) -> None:
         tokens = device_tokens(devices) if isinstance(devices, int) else list(devices)
         _check(bool(tokens), "at least one device")
@@ -228,6 +234,7 @@ class MqttDeviceSim:
         self.count = count
         self.duration_s = duration_s
         self.with_ids = with_ids
+        self.distinct_ts = distinct_ts
         self.max_inflight = max_inflight
         # Prefix of the event ids; a caller that must recognise its events elsewhere can set it.
         self.run_id = run_id or uuid.uuid4().hex[:8]
@@ -569,6 +576,9 @@ class MqttDeviceSim:
 
     def _publish_data(self, dev: _Device) -> None:
         ts = now_ms()
+        if self.distinct_ts:
+            ts = max(ts, dev.last_ts + 1)
+            dev.last_ts = ts
         ids: list[str] = []
         if self.fmt == "json":
             events = []

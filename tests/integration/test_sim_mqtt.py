@@ -129,6 +129,23 @@ async def test_measurements_have_documented_shape_and_all_acked_events_arrive(br
     assert sorted(received) == sorted(acked) and len(set(acked)) == 60
 
 
+async def test_distinct_ts_gives_every_message_of_a_device_its_own_timestamp(broker_port: int) -> None:
+    # Flat out, 2 devices: several messages of one device go out within a millisecond, which
+    # ThingsBoard-style stores (keyed by device, key, ts) would merge.
+    before = now_ms()
+    async with Listener(broker_port, "fieldgate/+/devices/+/events") as listener:
+        async with MqttDeviceSim(
+            port=broker_port, devices=2, rate_hz=0, count=400, with_ids=True, distinct_ts=True
+        ) as sim:
+            assert await sim.wait_done(30)
+            assert await sim.wait_acked(30)
+        await eventually(lambda: len(listener.messages()) >= 400, what="400 messages at the subscriber")
+
+    stamps = [(topic, orjson.loads(payload)["ts"]) for topic, payload in listener.messages()]
+    assert len(set(stamps)) == 400, "two messages of one device share a ts"
+    assert all(before <= ts for _, ts in stamps)
+
+
 async def test_batches_are_json_arrays(broker_port: int) -> None:
     async with Listener(broker_port, "fieldgate/+/devices/+/events") as listener:
         async with MqttDeviceSim(
