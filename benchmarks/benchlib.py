@@ -192,6 +192,7 @@ class PublisherSpec:
     device_prefix: str = "bench"
     record_times: bool = False  # return the publish time of every event (by its id number)
     timeout_s: float = 300.0
+    distinct_ts: bool = False  # each device's "ts" strictly increases (MqttDeviceSim distinct_ts)
 
 
 @dataclass
@@ -239,6 +240,7 @@ def _publisher_main(spec: PublisherSpec, out: Connection, go: Any) -> None:
         seed=1,
         on_sent=on_sent,
         on_acked=on_acked,
+        distinct_ts=spec.distinct_ts,
     )
     go.wait()
     error = None
@@ -520,3 +522,198 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         for r in rows
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- bench_peer additions
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far, from ``/proc/<pid>/stat``
+    (its own threads only: children and other processes are not counted)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3 of proc(5), utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min)"
+
+
+def mosquitto_version() -> str:
+    """``2.0.11`` (from ``mosquitto -h``), or ``?``."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [str(MOSQUITTO), "-h"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        for word in out.split():
+            if word[:1].isdigit() and word.count(".") >= 1:
+                return word
+    return "?"
+
+
+class RestartableMosquitto:
+    """A Mosquitto (fieldgate's shipped configuration) that can be stopped and started again on
+    the same port and persistence directory: an upstream outage. A clean stop (SIGTERM) makes
+    Mosquitto write its persistence file, so subscribers' sessions and the QoS 1 messages queued
+    for them survive the restart. Use as a context manager; ``stop``/``start`` in between."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="fieldgate-bench-upstream-")
+        self.workdir = Path(self._tmp.name)
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.accepting_at = math.nan  # monotonic: when the latest start accepted connections
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        if self._popen is not None:
+            raise RuntimeError("already running")
+        if not MOSQUITTO.exists():
+            raise SystemExit(f"{MOSQUITTO} not found: install the Debian package 'mosquitto'")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(mosquitto_conf(self.port, self.workdir))
+        with open(self.workdir / "mosquitto.stderr", "ab") as stderr:
+            self._popen = subprocess.Popen(
+                [str(MOSQUITTO), "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            )
+        self.starts += 1
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:  # wait_port, finer: accepting_at is when the upstream was back
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        self.accepting_at = time.monotonic()
+                        return
+                except OSError as err:
+                    if time.monotonic() > deadline or self._popen.poll() is not None:
+                        raise TimeoutError(f"Mosquitto not listening on {self.port}") from err
+                    time.sleep(0.01)
+        except TimeoutError:
+            for log_file in sorted(self.workdir.glob("mosquitto.*")):
+                print(f"--- {log_file.name}\n{log_file.read_text(errors='replace')}", file=sys.stderr)
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        popen, self._popen = self._popen, None
+        if popen is None:
+            return
+        popen.terminate()
+        try:
+            popen.wait(10)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+    def __enter__(self) -> RestartableMosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+
+class DeliveryTracker:
+    """When each event ``<run_id>-<n>`` (n = 1..size) was first seen at the delivery point, how
+    many were seen again (duplicates), and how many warm-up events (``warmup-<n>``) arrived."""
+
+    def __init__(self, run_id: str, size: int) -> None:
+        self.prefix = run_id + "-"
+        self.seen = array.array("d", [math.nan]) * size
+        self.unique = 0
+        self.duplicates = 0
+        self.warmup = 0
+        self.unknown = 0  # ids of neither kind, or beyond size
+        self.last_new = math.nan  # monotonic time of the latest first sighting
+
+    def add(self, event_id: str, t: float) -> None:
+        if event_id.startswith(self.prefix):
+            try:
+                i = int(event_id[len(self.prefix) :]) - 1
+            except ValueError:
+                self.unknown += 1
+                return
+            if not 0 <= i < len(self.seen):
+                self.unknown += 1
+            elif math.isnan(self.seen[i]):
+                self.seen[i] = t
+                self.unique += 1
+                self.last_new = t
+            else:
+                self.duplicates += 1
+        elif event_id.startswith("warmup-"):
+            self.warmup += 1
+        else:
+            self.unknown += 1
+
+
+@dataclass
+class SideResult:
+    """One scenario on one side of bench_peer.py (pickled across processes, so defined here)."""
+
+    side: str
+    scenario: str
+    delivery_point: str
+    planned: int  # messages the scenario publishes
+    acked: int  # messages the devices' broker acknowledged to the publisher
+    delivered: int  # distinct messages seen at the delivery point
+    duplicates: int
+    seconds: float  # first publish → last first sighting
+    p50_ms: float
+    p99_ms: float
+    rss_idle_mb: float
+    rss_peak_mb: float
+    cpu_s: float  # the gateway process's CPU from the first publish to the last delivery
+    backlog: int = 0  # outage: messages published while the upstream was down
+    drain_s: float = math.nan  # outage: upstream back → every message published before it delivered
+    stored: int | None = None  # fieldgate: distinct events stored in the cloud ([persisted])
+    stored_duplicates: int | None = None
+    publisher_error: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.acked - self.delivered)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_msg(self) -> float:
+        return self.cpu_s * 1000 / self.acked if self.acked else math.nan
+
+
+def delivery_summary(
+    tracker: DeliveryTracker, publish_times: Sequence[float], first_publish: float, restore_t: float | None
+) -> tuple[float, float, float, int, float]:
+    """(seconds, p50 ms, p99 ms, backlog, drain s) from the sightings and the publish times.
+
+    seconds: first publish → last first sighting. Latency per message: first sighting - the
+    moment it was handed to paho. With ``restore_t`` (the upstream came back then): backlog =
+    messages published before it and not yet delivered by then, drain = from ``restore_t`` until
+    the last message published before it was delivered."""
+    latencies: list[float] = []
+    last = math.nan
+    backlog = 0
+    drained = math.nan
+    for i in range(min(len(tracker.seen), len(publish_times))):
+        s, p = tracker.seen[i], publish_times[i]
+        if restore_t is not None and p < restore_t and not s < restore_t:
+            backlog += 1
+            if not math.isnan(s):
+                drained = s if math.isnan(drained) else max(drained, s)
+        if math.isnan(s):
+            continue
+        latencies.append((s - p) * 1000)
+        last = s if math.isnan(last) else max(last, s)
+    latencies.sort()
+    seconds = last - first_publish if latencies else 0.0
+    drain_s = drained - restore_t if restore_t is not None and not math.isnan(drained) else math.nan
+    return seconds, percentile(latencies, 50), percentile(latencies, 99), backlog, drain_s
