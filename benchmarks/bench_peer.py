@@ -168,7 +168,7 @@ def scenarios(ns: argparse.Namespace) -> list[PeerScenario]:
         ),
         "outage": PeerScenario(
             "outage",
-            f"{ns.outage_rate:g} msg/s, upstream down {ns.outage_seconds:g} s",
+            f"{ns.outage_rate:,g} msg/s, upstream down {ns.outage_seconds:g} s",
             max(1, round(ns.outage_rate * total_s)),
             rate=ns.outage_rate,
             outage_at_s=ns.outage_before,
@@ -646,16 +646,22 @@ async def fieldgate_scenario(sc: PeerScenario, devices_port: int, ns: argparse.N
             log_level="WARNING",
         )
         async with Suite(options) as suite:
-            if stage == "decoded":
-                # Register the stored-check group now: the embedded bus deletes records every
-                # group has consumed, so a group created afterwards would miss the early ones.
-                async with suite.cloud.bus.consumer(STORED_GROUP, "persisted"):
-                    pass
             reader = BusReader(suite, "bench-peer", stage, tracker)
             await reader.open()
+            # The stored check's own group on [persisted], created now: the embedded bus deletes
+            # records every group has consumed, so a group created later would miss early ones.
+            stored, stored_reader = tracker, reader
+            if stage == "decoded":
+                stored = DeliveryTracker(RUN_ID, sc.messages)
+                stored_reader = BusReader(suite, STORED_GROUP, "persisted", stored)
+                await stored_reader.open()
             load = Publisher(sc.spec(devices_port, ns))  # spawned now: its imports overlap the warm-up
             try:
-                rounds = await _fieldgate_warm_up(devices_port, reader, tracker)
+                # Warm-up until its events are stored: the devices are registered then (events of
+                # a device still being registered would pass [decoded] twice).
+                rounds = await _fieldgate_warm_up(devices_port, stored_reader, stored)
+                if stored_reader is not reader:
+                    await stored_reader.close()  # read again after the load
                 if rounds > 1:
                     notes.append(f"warm-up took {rounds} rounds")
                 edge_pid = suite.edge_pid
@@ -723,7 +729,7 @@ async def fieldgate_scenario(sc: PeerScenario, devices_port: int, ns: argparse.N
                     notes,
                 )
                 if stage == "decoded":
-                    stored = await _count_stored(suite, sc, tracker.unique, ns)
+                    await _count_stored(suite, stored, tracker.unique, ns)
                     result = dataclasses.replace(
                         result, stored=stored.unique, stored_duplicates=stored.duplicates
                     )
@@ -771,13 +777,9 @@ async def _fieldgate_warm_up(port: int, reader: BusReader, tracker: DeliveryTrac
     raise SystemExit(f"warm-up: fewer than {DEVICES} messages went through in {WARMUP_TIMEOUT_S:.0f} s")
 
 
-async def _count_stored(
-    suite: Any, sc: PeerScenario, expected: int, ns: argparse.Namespace
-) -> DeliveryTracker:
-    """After the measurement: read [persisted] from its start with the group registered before
-    the load, until as many distinct events as were accepted are there (or nothing new for
-    ``--store-idle`` s)."""
-    stored = DeliveryTracker(RUN_ID, sc.messages)
+async def _count_stored(suite: Any, stored: DeliveryTracker, expected: int, ns: argparse.Namespace) -> None:
+    """After the measurement: read [persisted] on with the group that read the warm-up, until as
+    many distinct events as were accepted are there (or nothing new for ``--store-idle`` s)."""
     reader = BusReader(suite, STORED_GROUP, "persisted", stored)
     await reader.open()
     try:
@@ -795,7 +797,6 @@ async def _count_stored(
         await reader.poll(0.5)
     finally:
         await reader.close()
-    return stored
 
 
 def _fieldgate_child(sc: PeerScenario, devices_port: int, ns: argparse.Namespace, out: Connection) -> None:
