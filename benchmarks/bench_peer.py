@@ -213,7 +213,17 @@ def ensure_peer(install: bool) -> None:
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(PEER_VENV)], check=True, timeout=300)
     subprocess.run(
-        [str(peer_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check", PEER_REQUIREMENT],
+        [
+            str(peer_python()),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--constraint",
+            str(PEER_DIR / "constraints.txt"),
+            PEER_REQUIREMENT,
+        ],
         check=True,
         timeout=900,
     )
