@@ -26,7 +26,7 @@ from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.conftest import PASSWORD, login
 from tests.e2e.test_end_to_end import events_of, publish_once
 from tests.helpers.edge_mqtt import CommandDevice
-from tests.helpers.waiting import eventually, never
+from tests.helpers.waiting import eventually, never, not_yet
 from tests.helpers.webhook_receiver import webhook_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -140,8 +140,13 @@ async def test_site_walkthrough(suite: Suite, api: httpx.AsyncClient) -> None:
         assert heat == [("raised", "critical"), ("cleared", "critical")]
         stored = [e for e in await events_of(api, "trk-1", type="measurement")]
         assert len(stored) == len(values) and all(e["assignment"] == asg["token"] for e in stored)
-        state = await _ok(api, "GET", "/api/v1/devices/trk-1/state", code=200)
-        assert state["measurements"]["t"]["value"] == 26.0
+
+        # The state stage reads what persistence stored: the last value lands there a moment later.
+        async def last_value_in_state() -> Any:
+            state = await _ok(api, "GET", "/api/v1/devices/trk-1/state", code=200)
+            return state if state["measurements"]["t"]["value"] == 26.0 else not_yet(state["measurements"])
+
+        state = await eventually(last_value_in_state, what="the last measurement in the device's state")
         assert state["location"]["lat"] == pytest.approx(OUTSIDE[0])
 
         # --- the receiver was down all along: let it recover ------------------------------------

@@ -16,7 +16,7 @@ from fieldgate.cloud.bus import DECODED, Message, topic_name
 from fieldgate.cloud.config import CloudConfig, TenantConfig
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, not_yet
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +86,9 @@ async def wait_state(api: httpx.AsyncClient, device: str, check: Any, what: str)
         if r.status_code != 200:
             return None
         body: dict[str, Any] = r.json()
-        return body if check(body) else None
+        return body if check(body) else not_yet(body)
 
-    return await eventually(probe, timeout=15, what=what)
+    return await eventually(probe, what=what)
 
 
 async def add_rule(api: httpx.AsyncClient, rule: dict[str, Any]) -> None:
@@ -116,9 +116,11 @@ async def test_threshold_with_hysteresis_and_duration(cloud: CloudApp, api: http
         await send(cloud, "tank-1", f"m{i}", T0 + dt * 1000, values={"temp": v})
     # Raised at +18 s (31 since +8 s, 10 s later) ; 29 at +20 is within the hysteresis (> 28):
     # still raised; 27.5 at +22 clears; 31 at +30 starts a new timer that never completes.
+    # The last event's state (31 was also the value at +0 s and +8 s: wait for the time).
     state = await wait_state(
-        api, "tank-1", lambda s: s["measurements"].get("temp", {}).get("value") == 31, "last"
+        api, "tank-1", lambda s: s["last_seen_ms"] == T0 + 30_000, "the last event's state"
     )
+    assert state["measurements"]["temp"]["value"] == 31
     alerts = await eventually(lambda: _n(api, "tank-1", 2), timeout=15, what="raise and clear stored")
     assert alerts == [("hot", "raised"), ("hot", "cleared")]
     raised = (await events(api, "tank-1", "alert"))[0]
@@ -127,7 +129,6 @@ async def test_threshold_with_hysteresis_and_duration(cloud: CloudApp, api: http
         api, "tank-1", lambda s: (s["last_alert"] or {}).get("state") == "cleared", "alert"
     )
     assert final["last_alert"]["rule"] == "hot" and final["raised_rules"] == []
-    assert state["last_seen_ms"] == T0 + 30_000
 
 
 async def _n(api: httpx.AsyncClient, device: str, n: int) -> list[tuple[str, str]] | None:
