@@ -304,6 +304,7 @@ class EmbeddedBus:
         self._committed[(group, name)] = target
         for member in self._members.get((group, stage), []):
             member._positions.pop(name, None)
+            member._read_high.pop(name, None)
         self._wake(stage)
         return target
 
@@ -510,6 +511,7 @@ class EmbeddedBus:
         for members in self._members.values():
             for member in members:
                 member._positions.pop(name, None)
+                member._read_high.pop(name, None)
 
     async def _trim_loop(self) -> None:
         assert self._trim_interval_s is not None
@@ -627,6 +629,9 @@ class EmbeddedConsumer:
         self._entered = False
         self._closed = False
         self._positions: dict[str, int] = {}  # topic -> next offset this member will read
+        # topic -> the offset after the highest record this member has read of the topic as it
+        # exists now (a seek back does not lower it; deleting or resetting the topic drops it).
+        self._read_high: dict[str, int] = {}
         self._rotate = 0
 
     async def __aenter__(self) -> Self:
@@ -706,6 +711,9 @@ class EmbeddedConsumer:
                         fresh = [r for r in records if self._positions.get(r.topic) == expected[r.topic]]
                         for rec in fresh:
                             self._positions[rec.topic] = rec.offset + 1
+                            self._read_high[rec.topic] = max(
+                                self._read_high.get(rec.topic, 0), rec.offset + 1
+                            )
                         self._bus.stats.polled_records += len(fresh)
                         if fresh:
                             return fresh
@@ -732,12 +740,14 @@ class EmbeddedConsumer:
             highest[rec.topic] = max(highest.get(rec.topic, -1), rec.offset)
         # Never past what this member has read of the topic: records of a topic deleted since
         # (a deleted tenant's, committed late) must not move the offset of the topic created
-        # again under that name, or its first records would be skipped.
+        # again under that name, or its first records would be skipped. What it has read, not
+        # where it reads now: after a seek back (a connector noticed late reads records again)
+        # the records read before the seek may still be committed.
         rows = []
         for topic, off in highest.items():
-            pos = self._positions.get(topic)
-            if pos is not None:
-                rows.append((self.group, topic, 0, min(off + 1, pos)))
+            high = self._read_high.get(topic)
+            if high is not None:
+                rows.append((self.group, topic, 0, min(off + 1, high)))
         if not rows:
             return
         await self._bus._submit(_WriteOp(self._bus._new_future(), offsets=rows))

@@ -624,6 +624,9 @@ class KafkaConsumer:
         self._stash: list[Record] = []
         # Written only in the consumer thread (rebalance callbacks); read anywhere.
         self._assignment: frozenset[tuple[str, int]] = frozenset()
+        # (topic, partition) -> the offset after the highest record read since it was assigned
+        # (consumer thread only; a seek back does not lower it).
+        self._read_high: dict[tuple[str, int], int] = {}
         self.rebalances = 0
 
     @property
@@ -687,11 +690,15 @@ class KafkaConsumer:
     def _on_assign(self, _c: _KConsumer, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
         self._assignment = self._assignment | {(tp.topic, tp.partition) for tp in partitions}
+        for tp in partitions:
+            self._read_high.pop((tp.topic, tp.partition), None)
         log.info("%s/%s assigned %s", self.group, self.stage, sorted(self._assignment))
 
     def _on_revoke(self, _c: _KConsumer, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assignment = self._assignment - gone
+        for key in gone:
+            self._read_high.pop(key, None)
         log.info("%s/%s revoked %d partitions", self.group, self.stage, len(gone))
 
     def _on_lost(self, c: _KConsumer, partitions: list[TopicPartition]) -> None:
@@ -725,6 +732,8 @@ class KafkaConsumer:
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             if topic is None or partition is None or offset is None:
                 continue
+            key = (topic, partition)
+            self._read_high[key] = max(self._read_high.get(key, 0), offset + 1)
             ts_type, ts = m.timestamp()
             out.append(
                 Record(
@@ -744,15 +753,15 @@ class KafkaConsumer:
         if c is None:
             raise BusError("consumer is closed")
         owned = {(tp.topic, tp.partition) for tp in c.assignment()}
-        mine = [TopicPartition(t, p) for (t, p) in highest if (t, p) in owned]
-        # Never past this member's position: records of a topic deleted since (a deleted
-        # tenant's, committed late) must not move the offset of the topic created again under
-        # that name, or its first records would be skipped.
-        positions = {(tp.topic, tp.partition): tp.offset for tp in (c.position(mine) if mine else [])}
+        # Never past what this member has read of the partition since it was assigned: records
+        # of a topic deleted since (a deleted tenant's, committed late) must not move the offset
+        # of the topic created again under that name, or its first records would be skipped.
+        # What it has read, not its position: after a seek back (a connector noticed late reads
+        # records again) the records read before the seek may still be committed.
         offsets = [
-            TopicPartition(t, p, min(off + 1, positions[(t, p)]))
+            TopicPartition(t, p, min(off + 1, self._read_high[(t, p)]))
             for (t, p), off in highest.items()
-            if positions.get((t, p), -1) >= 0
+            if (t, p) in owned and (t, p) in self._read_high
         ]
         skipped = len(highest) - len(offsets)
         if not offsets:

@@ -57,6 +57,11 @@ PUBLIC_ROUTES = {
     ("GET", "/"),
     ("GET", "/assets/{path:path}"),  # the dashboard's built files (cloud/api/dashboard.py)
     ("GET", "/healthz"),
+    # the API's own documentation, served from the package (cloud/api/api_docs.py)
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/docs/static/{path:path}"),
+    ("GET", "/redoc"),
 }
 ROLE_USERS = {Role.TENANT_ADMIN: "admin", Role.OPERATOR: "olga", Role.VIEWER: "vera", Role.CUSTOMER: "cora"}
 ROLE_USERS_ALL = {**ROLE_USERS, Role.INSTANCE_ADMIN: "root"}
