@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 import uvicorn
+from fastapi import FastAPI
 
 from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.api.app import create_api
@@ -217,6 +218,7 @@ class CloudApp:
         self._running = False
         self._build(config)
         self._rest: _EmbeddedUvicorn | None = None
+        self.rest_app: FastAPI | None = None  # the REST API served (with the ``api`` service)
         self._rest_task: asyncio.Task[None] | None = None
         self._health_server: _EmbeddedUvicorn | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -677,6 +679,7 @@ class CloudApp:
             edges=self.edge_directory,
             sessions=self.user_sessions,
         )
+        self.rest_app = api
         server = _EmbeddedUvicorn(
             uvicorn.Config(
                 api,

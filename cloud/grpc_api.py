@@ -43,7 +43,7 @@ from google.protobuf.message import Message
 from fieldgate.cloud.api.access import GRPC_METHODS, Permission, Role
 from fieldgate.cloud.api.auth import TokenAuthority, UserSessions
 from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
-from fieldgate.cloud.errors import CloudError, Conflict, InUse, InvalidRequest, NotFound
+from fieldgate.cloud.errors import CloudError, Conflict, Cycle, InUse, InvalidRequest, NotFound
 from fieldgate.cloud.invocations import CommandService
 from fieldgate.cloud.store import EventStore, InvocationStore, Registry
 from fieldgate.cloud.tls import PeerRefused, ServerTls
@@ -65,6 +65,7 @@ _TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CODES: tuple[tuple[type[CloudError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (InUse, grpc.StatusCode.FAILED_PRECONDITION),
+    (Cycle, grpc.StatusCode.FAILED_PRECONDITION),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
 )
@@ -242,6 +243,31 @@ class DeviceManagementServicer(svc_grpc.DeviceManagementServicer):
 
         return await _guarded(context, run())
 
+    async def GetDeviceType(self, request: svc.GetDeviceTypeRequest, context: Context) -> model.DeviceType:
+        async def run() -> model.DeviceType:
+            return await self._mgmt.get_device_type(await self._tenant(request.tenant), request.token)
+
+        return await _guarded(context, run())
+
+    async def UpdateDeviceType(
+        self, request: svc.UpdateDeviceTypeRequest, context: Context
+    ) -> model.DeviceType:
+        async def run() -> model.DeviceType:
+            return await self._mgmt.update_device_type(
+                await self._tenant(request.tenant), request.device_type
+            )
+
+        return await _guarded(context, run())
+
+    async def DeleteDeviceType(
+        self, request: svc.DeleteDeviceTypeRequest, context: Context
+    ) -> svc.DeleteResponse:
+        async def run() -> svc.DeleteResponse:
+            await self._mgmt.delete_device_type(await self._tenant(request.tenant), request.token)
+            return svc.DeleteResponse(token=request.token)
+
+        return await _guarded(context, run())
+
     async def ListDeviceTypes(
         self, request: svc.ListDeviceTypesRequest, context: Context
     ) -> svc.ListDeviceTypesResponse:
@@ -267,6 +293,19 @@ class DeviceManagementServicer(svc_grpc.DeviceManagementServicer):
         async def run() -> svc.ListDevicesResponse:
             p = await self._mgmt.list_devices(await self._tenant(request.tenant), *_paging(request.page))
             return svc.ListDevicesResponse(devices=p.items, total=p.total)
+
+        return await _guarded(context, run())
+
+    async def UpdateDevice(self, request: svc.UpdateDeviceRequest, context: Context) -> model.Device:
+        async def run() -> model.Device:
+            return await self._mgmt.update_device(await self._tenant(request.device.tenant), request.device)
+
+        return await _guarded(context, run())
+
+    async def DeleteDevice(self, request: svc.DeleteDeviceRequest, context: Context) -> svc.DeleteResponse:
+        async def run() -> svc.DeleteResponse:
+            await self._mgmt.delete_device(await self._tenant(request.tenant), request.token)
+            return svc.DeleteResponse(token=request.token)
 
         return await _guarded(context, run())
 
@@ -421,7 +460,7 @@ def add_grpc_api(
     from fieldgate.cloud.grpc_tenants import CustomerManagementServicer, TenantManagementServicer
 
     del invocations
-    mgmt = Management(registry, event_store, site)
+    mgmt = Management(registry, event_store, site, states=states, rules=rules)
     tenant = _TenantCheck(registry)
     dm = _Authorized(DeviceManagementServicer(mgmt, tenant), "DeviceManagement", auth)
     eq = _Authorized(EventQueriesServicer(mgmt, commands, tenant), "EventQueries", auth)

@@ -131,8 +131,10 @@ class SiteManagementServicer(svc_grpc.SiteManagementServicer):
                 )
             except ValidationError as err:
                 raise InvalidRequest(f"invalid group element: {_errors(err)}") from err
+            if await self._site.get(tenant, "device_group", request.group) is None:
+                raise NotFound(f"device group '{request.group[:140]}' does not exist")
             if el.kind == "device":
-                await self._mgmt.get_device(tenant, el.token)
+                await self._mgmt.check_devices(tenant, [el.token])
             return _element(await self._site.put_element(tenant, request.group, el))
 
         return cast(svc.GroupElementReply, await self._guarded(context, run()))

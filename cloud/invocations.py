@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS, Bus, Message, topic_name
-from fieldgate.cloud.errors import BusError, InvalidRequest, NotFound
+from fieldgate.cloud.errors import BusError, InvalidRequest, NotFound, UnknownReference
 from fieldgate.cloud.store import InvocationStore, Registry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -167,7 +167,7 @@ class CommandService:
             raise InvalidRequest(f"device type '{dev.device_type}' of device '{device}' does not exist")
         definition = next((c for c in dtype.commands if c.name == command), None)
         if definition is None:
-            raise InvalidRequest(f"unknown command '{command}' for device type '{dtype.token}'")
+            raise UnknownReference("command", command, f"device type '{dtype.token}' has no such command")
         clean = validate_params(dtype.token, definition, params)
         ttl = check_ttl(ttl_s, self._default_ttl_s)
 

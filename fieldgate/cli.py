@@ -40,6 +40,21 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
     await body(stop)
 
 
+def _admin_password() -> str | None:
+    """FIELDGATE_ADMIN_PASSWORD (None: not set), refused before anything starts if it is not a
+    password the user store would take."""
+    from fieldgate.cloud.api.users import check_password
+    from fieldgate.cloud.errors import InvalidRequest
+
+    password = os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None
+    if password is not None:
+        try:
+            check_password(password)
+        except InvalidRequest as err:
+            raise ConfigError(f"FIELDGATE_ADMIN_PASSWORD: {err}") from err
+    return password
+
+
 def _cmd_up(ns: argparse.Namespace) -> int:
     from fieldgate.southbound_sims import parse_sims
     from fieldgate.suite import Suite, SuiteOptions
@@ -55,7 +70,7 @@ def _cmd_up(ns: argparse.Namespace) -> int:
         sims=sims.get("mqtt", 0),
         southbound=tuple(k for k in sims if k != "mqtt"),
         sim_rate_hz=ns.sim_rate,
-        admin_password=os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None,
+        admin_password=_admin_password(),
         edge_process=not ns.edge_in_process or ns.distributed,
         log_level=ns.log_level,
         distributed=ns.distributed,
@@ -91,6 +106,7 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
     from fieldgate.cloud.config import CloudConfig
 
     conf = cfg.load(CloudConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_CLOUD")
+    admin_password = _admin_password()
     services = [ns.service] if ns.service else None
     app = CloudApp(conf, services)  # refuses a single service on the embedded bus (ConfigError)
 
@@ -98,7 +114,7 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
         async with app:
             generated = None
             if "api" in app.services:
-                generated = await app.ensure_admin(os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None)
+                generated = await app.ensure_admin(admin_password)
             what = ", ".join(sorted(app.services)) if ns.service else "all services"
             addresses = []
             if "api" in app.services:

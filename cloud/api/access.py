@@ -60,10 +60,15 @@ GRANTS: dict[Role, frozenset[Permission]] = {
 #: here is refused (PERMISSION_DENIED) — add it here when the proto gains one.
 GRPC_METHODS: dict[str, Permission] = {
     "fieldgate.v1.DeviceManagement.CreateDeviceType": P.WRITE,
+    "fieldgate.v1.DeviceManagement.GetDeviceType": P.READ,
     "fieldgate.v1.DeviceManagement.ListDeviceTypes": P.READ,
+    "fieldgate.v1.DeviceManagement.UpdateDeviceType": P.WRITE,
+    "fieldgate.v1.DeviceManagement.DeleteDeviceType": P.WRITE,
     "fieldgate.v1.DeviceManagement.CreateDevice": P.WRITE,
     "fieldgate.v1.DeviceManagement.GetDevice": P.READ,
     "fieldgate.v1.DeviceManagement.ListDevices": P.READ,
+    "fieldgate.v1.DeviceManagement.UpdateDevice": P.WRITE,
+    "fieldgate.v1.DeviceManagement.DeleteDevice": P.WRITE,
     "fieldgate.v1.DeviceManagement.CreateAssignment": P.WRITE,
     "fieldgate.v1.DeviceManagement.ListAssignments": P.READ,
     "fieldgate.v1.DeviceManagement.ReleaseAssignment": P.WRITE,

@@ -20,7 +20,7 @@ from fieldgate.cloud.api.api_docs import api_docs_router
 from fieldgate.cloud.api.auth import AccessPolicy, LoginThrottle, TokenAuthority, UserSessions, auth_router
 from fieldgate.cloud.api.customers import CustomerManagement
 from fieldgate.cloud.api.dashboard import DashboardFiles, dashboard_router, install_spa_fallback
-from fieldgate.cloud.api.errors import install_error_handlers
+from fieldgate.cloud.api.errors import install_error_handlers, limit_bodies
 from fieldgate.cloud.api.fleet import FleetQueries
 from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.routes_batch import batch_router
@@ -107,21 +107,21 @@ def create_api(
         version=__version__,
         description="Device management, event queries and command invocation. "
         "Get a bearer token from POST /api/v1/auth/token (OAuth2 password form).",
-        # Requests are small JSON documents; refuse bigger bodies (413) before buffering them.
-        max_body_size=MAX_BODY_BYTES,
         # Not FastAPI's /docs and /redoc: they load their scripts from a CDN (api_docs.py).
         docs_url=None,
         redoc_url=None,
     )
     app.include_router(api_docs_router(app), dependencies=[Depends(public())])
     install_error_handlers(app)
+    # Requests are small JSON documents; refuse bigger bodies (413) before buffering them.
+    limit_bodies(app, MAX_BODY_BYTES)
     authority = TokenAuthority(secret, auth.token_ttl_s, previous_secrets)
     # Every request checks that the token's user still is what the token says (cloud/api/auth.py);
     # the routes' own user changes clear that check's cache at once.
     sessions = sessions if sessions is not None else UserSessions(users)
     users = sessions.tracking(users)
     policy = AccessPolicy(authority, registry, sessions)
-    mgmt = Management(registry, event_store, site)
+    mgmt = Management(registry, event_store, site, states=state_store, rules=rules)
 
     fleet = FleetQueries(registry, mgmt, commands, states=state_store, site=site, edges=edges)
     logins = throttle if throttle is not None else LoginThrottle()
@@ -142,7 +142,7 @@ def create_api(
     if state_store is not None:  # device state and presence (cloud/state.py)
         app.include_router(state_router(mgmt, state_store, policy))
     if rules is not None:  # rules -> alerts (docs/rules.md)
-        app.include_router(rules_router(rules, policy))
+        app.include_router(rules_router(rules, policy, mgmt))
     if batch is not None:  # batch operations and schedules (cloud/batch)
         app.include_router(batch_router(batch, policy))
     if site is not None:  # areas, zones, assets, device groups (docs/model.md)

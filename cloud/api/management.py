@@ -2,8 +2,11 @@
 
 The REST routes (``fieldgate.cloud.api.*``) and the gRPC servicers (``fieldgate.cloud.grpc_api``)
 are thin adapters over :class:`Management`: the rules (a device's type must exist, tokens are
-unique, a device has at most one active assignment, page limits, event kinds) live here once, so
-both APIs refuse the same things with the same messages. Every method takes the caller's tenant
+unique, a device has at most one active assignment, nothing is deleted while something refers
+to it, page limits, event kinds) live here once, so both APIs refuse the same things with the
+same messages. A request that names another entity which does not exist (a device's type, an
+assignment's device, customer, area or asset) is refused with
+:class:`~fieldgate.cloud.errors.UnknownReference` naming it (REST 422, gRPC INVALID_ARGUMENT). Every method takes the caller's tenant
 first and passes it to the stores, which keep tenants in separate databases; nothing here can
 reach across tenants. This module imports no web or RPC framework.
 
@@ -21,15 +24,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
-from typing import TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
-from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, UnknownReference
 from fieldgate.cloud.store import AssignmentEventQuery, EventQuery, EventStore, Page, Registry
 from fieldgate.cloud.store.site import Kind, SiteStore
+from fieldgate.cloud.store.state import DeviceStateStore
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.rules.book import RuleService
 
 # Tokens end up in MQTT topic levels and URL paths: no '/', '+', '#' or whitespace.
 TOKEN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
@@ -113,12 +120,24 @@ def _check_metadata(metadata: Mapping[str, str]) -> None:
 class Management:
     """Registry and event-store operations for one caller's tenant (see the module docstring)."""
 
-    def __init__(self, registry: Registry, event_store: EventStore, site: SiteStore | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        event_store: EventStore,
+        site: SiteStore | None = None,
+        *,
+        states: DeviceStateStore | None = None,
+        rules: RuleService | None = None,
+    ) -> None:
         self._registry = registry
         self._events = event_store
         # Areas and assets an assignment names must exist there, and are held (kept from
-        # deletion) while the assignment is active. Without it they are not checked.
+        # deletion) while the assignment is active; a device in a device group is not deleted.
+        # Without it they are not checked.
         self._site = site
+        # A deleted device's state goes with it; a deleted device type's presence interval too.
+        self._states = states
+        self._rules = rules
 
     # device types -----------------------------------------------------------------------------
 
@@ -138,6 +157,39 @@ class Management:
         check_page(page, page_size)
         return await self._registry.list_device_types(tenant, page, page_size)
 
+    async def update_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        """Replace a type's name, description and commands (its token stays). Devices of the
+        type accept the new commands from the next invocation; invocations already made keep
+        theirs."""
+        check_device_type(dt)
+        return await self._registry.update_device_type(tenant, dt)
+
+    async def delete_device_type(self, tenant: str, token: str) -> None:
+        """Refused (InUse) while a device has the type, and for the tenant's default type (the
+        type auto-registration gives new devices). Its presence interval goes with it."""
+        await self.get_device_type(tenant, token)
+        record = await self._registry.get_tenant(tenant)
+        if record is not None and record.default_device_type == token:
+            raise InUse(
+                f"device type '{token}' is the tenant's default device type (given to devices that "
+                "register themselves); change the tenant's default_device_type first"
+            )
+        await self._registry.delete_device_type(tenant, token)
+        if self._rules is not None:
+            await self._rules.forget_device_type(tenant, token)
+
+    async def check_devices(self, tenant: str, tokens: Iterable[str]) -> None:
+        """UnknownReference for the first of ``tokens`` that is not a device of the tenant."""
+        for token in tokens:
+            if await self._registry.get_device(tenant, token) is None:
+                raise UnknownReference("device", token, "create it with POST /api/v1/devices")
+
+    async def check_device_types(self, tenant: str, tokens: Iterable[str]) -> None:
+        """UnknownReference for the first of ``tokens`` that is not a device type of the tenant."""
+        for token in tokens:
+            if await self._registry.get_device_type(tenant, token) is None:
+                raise UnknownReference("device type", token, "create it with POST /api/v1/device-types")
+
     # devices ----------------------------------------------------------------------------------
 
     async def create_device(self, tenant: str, device: model.Device) -> model.Device:
@@ -145,15 +197,67 @@ class Management:
         _check_metadata(device.metadata)
         if not device.device_type:
             raise InvalidRequest("device_type is required")
-        if await self._registry.get_device_type(tenant, device.device_type) is None:
-            raise InvalidRequest(f"device type '{device.device_type}' does not exist")
+        await self.check_device_types(tenant, [device.device_type])
         if await self._registry.get_device(tenant, device.token) is not None:
             raise Conflict(f"device '{device.token}' already exists")
         new = model.Device()
         new.CopyFrom(device)
         new.tenant = tenant
         new.created_ms = now_ms()
-        return await self._registry.create_device(new)
+        try:
+            return await self._registry.create_device(new)
+        except NotFound as err:  # the type was deleted since the check
+            raise UnknownReference("device type", device.device_type) from err
+
+    async def update_device(self, tenant: str, device: model.Device) -> model.Device:
+        """Replace a device's type, comments and metadata (its token stays). The new type must
+        exist (UnknownReference)."""
+        check_token("device", device.token)
+        _check_metadata(device.metadata)
+        if not device.device_type:
+            raise InvalidRequest("device_type is required")
+        await self.get_device(tenant, device.token)
+        await self.check_device_types(tenant, [device.device_type])
+        new = model.Device()
+        new.CopyFrom(device)
+        new.tenant = tenant
+        try:
+            return await self._registry.update_device(new)
+        except NotFound as err:
+            if await self._registry.get_device(tenant, device.token) is None:
+                raise NotFound(f"device '{device.token}' does not exist") from err
+            raise UnknownReference("device type", device.device_type) from err
+
+    async def delete_device(self, tenant: str, token: str) -> None:
+        """Refused (InUse) while the device has an active assignment or is an element of a
+        device group. Its events and invocations stay (history, under its token); its state
+        goes. The token is free again: a device registered under it later continues that
+        history (docs/model.md)."""
+        await self.get_device(tenant, token)
+        if self._site is not None:
+            group = await self._group_of(tenant, token)
+            if group is not None:
+                raise InUse(
+                    f"device '{token}' is an element of device group '{group}'; remove it first "
+                    f"(DELETE /api/v1/device-groups/{group}/elements/{token})"
+                )
+        await self._registry.delete_device(tenant, token)
+        if self._states is not None:
+            await self._states.delete_state(tenant, token)
+
+    async def _group_of(self, tenant: str, device: str) -> str | None:
+        """A device group that has ``device`` as a direct element, or None."""
+        assert self._site is not None
+        page = 1
+        while True:
+            p = await self._site.find(tenant, "device_group", page, MAX_PAGE_SIZE)
+            for group in p.items:
+                elements = await self._site.elements(tenant, group.token, 1, 10_000)
+                if any(e.kind == "device" and e.token == device for e in elements.items):
+                    return group.token
+            if page * MAX_PAGE_SIZE >= p.total:
+                return None
+            page += 1
 
     async def get_device(self, tenant: str, token: str, *, customer: str | None = None) -> model.Device:
         device = await self._registry.get_device(tenant, token)
@@ -204,19 +308,15 @@ class Management:
         if not assignment.device:
             raise InvalidRequest("device is required")
         if await self._registry.get_device(tenant, assignment.device) is None:
-            raise InvalidRequest(f"device '{assignment.device}' does not exist")
+            raise UnknownReference("device", assignment.device, "create it with POST /api/v1/devices")
         if assignment.customer and await self._registry.get_customer(tenant, assignment.customer) is None:
-            raise InvalidRequest(
-                f"customer '{assignment.customer[:140]}' does not exist (create it with POST /api/v1/customers)"
-            )
+            raise UnknownReference("customer", assignment.customer, "create it with POST /api/v1/customers")
         site_refs = _site_refs(assignment)
         if self._site is not None:
             for kind, token in site_refs:
                 if await self._site.get(tenant, kind, token) is None:
                     route = "areas" if kind == "area" else "assets"
-                    raise InvalidRequest(
-                        f"{kind} '{token[:140]}' does not exist (create it with POST /api/v1/{route})"
-                    )
+                    raise UnknownReference(kind, token, f"create it with POST /api/v1/{route}")
         active = await self._registry.active_assignment(tenant, assignment.device)
         if active is not None:
             raise Conflict(
@@ -231,24 +331,47 @@ class Management:
         new.active_ms = now_ms()
         new.released_ms = 0
         if self._site is None or not site_refs:
-            return await self._registry.create_assignment(new)
+            return await self._create_assignment(new)
         # Held before the assignment is stored (as the site store orders its own references):
         # a delete racing this create either sees the hold or makes the hold fail.
         holder = ("assignment", new.token)
         try:
             await self._site.hold(tenant, holder, site_refs)
         except NotFound as err:  # deleted since the check above
-            raise InvalidRequest(str(err)) from err
+            gone = [ref for ref in site_refs if await self._site.get(tenant, *ref) is None] or site_refs
+            raise UnknownReference(*gone[0]) from err
         try:
-            return await self._registry.create_assignment(new)
+            return await self._create_assignment(new)
         except BaseException:
             await self._site.let_go(tenant, holder, site_refs)
             raise
 
+    async def _create_assignment(self, new: model.Assignment) -> model.Assignment:
+        try:
+            return await self._registry.create_assignment(new)
+        except NotFound as err:  # the device was deleted since the check
+            raise UnknownReference("device", new.device) from err
+
     async def list_assignments(
-        self, tenant: str, device: str | None, page: int, page_size: int, *, customer: str | None = None
+        self,
+        tenant: str,
+        device: str | None,
+        page: int,
+        page_size: int,
+        *,
+        customer: str | None = None,
+        of_customer: str | None = None,
     ) -> Page[model.Assignment]:
+        """Newest first; ``device`` / ``of_customer``: only those of that device / naming that
+        customer (NotFound for a customer that does not exist). ``customer``: the caller's
+        scope (a customer user sees the assignments that name its customer only)."""
         check_page(page, page_size)
+        if of_customer:
+            if (customer is not None and of_customer != customer) or await self._registry.get_customer(
+                tenant, of_customer
+            ) is None:
+                raise NotFound(f"customer '{of_customer[:140]}' does not exist")
+            customer = of_customer
         if customer is None:
             return await self._registry.list_assignments(tenant, device or None, page, page_size)
         mine = [

@@ -9,11 +9,19 @@ it) and JSON-encoded protobuf fields (command params, responses) as real JSON va
 import json
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 from fieldgate.cloud.api.management import NAME_PATTERN, TOKEN_PATTERN
-from fieldgate.cloud.api.users import CUSTOMER_PATTERN, MAX_PASSWORD, TENANT_PATTERN, USER_PATTERN, UserRecord
+from fieldgate.cloud.api.users import (
+    CUSTOMER_PATTERN,
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    TENANT_PATTERN,
+    USER_PATTERN,
+    UserRecord,
+)
 from fieldgate.cloud.invocations import MAX_TTL_S
+from fieldgate.cloud.jsontypes import integral
 from fieldgate.cloud.store import Page
 from fieldgate.timeutil import ms_to_iso
 from fieldgate.v1 import events_pb2 as pb
@@ -73,19 +81,27 @@ class ErrorItem(BaseModel):
     msg: str
 
 
+class ReferenceOut(BaseModel):
+    kind: str = Field(description="what was named, e.g. 'device type'")
+    token: str
+
+
 class ErrorOut(BaseModel):
     """Every 4xx/5xx answer: ``detail`` is one readable message; validation errors also list
-    each problem under ``errors``."""
+    each problem under ``errors``; a request naming something that does not exist (a device's
+    type, an assignment's customer, ...) is a 422 that says which under ``reference``."""
 
     detail: str
     errors: list[ErrorItem] | None = None
+    reference: ReferenceOut | None = None
 
 
 _COMMON_ERRORS = {
     401: "missing, invalid or expired bearer token",
     403: "the token's role may not do this, or it asked for a tenant it may not act for",
     404: "not found (also: the tenant named by X-Fieldgate-Tenant does not exist)",
-    422: "invalid request: the detail names the field and the reason",
+    422: "invalid request: the detail names the field and the reason (``reference``: an entity the "
+    "request names that does not exist)",
 }
 
 
@@ -112,15 +128,16 @@ class CommandIn(_In):
     params: list[ParamIn] = Field(default_factory=list, max_length=64)
 
 
-class DeviceTypeIn(_In):
-    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
+class DeviceTypeChange(_In):
+    """A device type's name, description and commands (PUT replaces them all)."""
+
     name: str = Field("", max_length=200)
     description: str = Field("", max_length=2000)
     commands: list[CommandIn] = Field(default_factory=list, max_length=256)
 
-    def to_pb(self) -> model.DeviceType:
+    def to_pb(self, token: str) -> model.DeviceType:
         return model.DeviceType(
-            token=self.token,
+            token=token,
             name=self.name,
             description=self.description,
             commands=[
@@ -135,6 +152,10 @@ class DeviceTypeIn(_In):
                 for c in self.commands
             ],
         )
+
+
+class DeviceTypeIn(DeviceTypeChange):
+    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
 
 
 class ParamOut(BaseModel):
@@ -180,16 +201,21 @@ class DeviceTypeOut(BaseModel):
 # --- devices ----------------------------------------------------------------------------------
 
 
-class DeviceIn(_In):
-    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
+class DeviceChange(_In):
+    """A device's type, comments and metadata (PUT replaces them all)."""
+
     device_type: str = Field(min_length=1, max_length=128)
     comments: str = Field("", max_length=2000)
     metadata: Metadata = Field(default_factory=dict)
 
-    def to_pb(self) -> model.Device:
+    def to_pb(self, token: str) -> model.Device:
         return model.Device(
-            token=self.token, device_type=self.device_type, comments=self.comments, metadata=self.metadata
+            token=token, device_type=self.device_type, comments=self.comments, metadata=self.metadata
         )
+
+
+class DeviceIn(DeviceChange):
+    token: str = Field(max_length=128, pattern=TOKEN_PATTERN)
 
 
 class DeviceOut(BaseModel):
@@ -267,8 +293,8 @@ class AssignmentOut(BaseModel):
 class CommandRequest(_In):
     command: str = Field(min_length=1, max_length=64)
     params: dict[ParamKey, Any] = Field(default_factory=dict, max_length=64)
-    ttl_s: int | None = Field(
-        None, ge=1, le=MAX_TTL_S, description="time-to-live; default from configuration"
+    ttl_s: Annotated[int, Field(ge=1, le=MAX_TTL_S), BeforeValidator(integral), Strict()] | None = Field(
+        None, description="time-to-live; default from configuration"
     )
 
 
@@ -452,11 +478,25 @@ def event_out(e: pb.Event) -> EventOut | None:
 
 RoleName = Literal["instance-admin", "tenant-admin", "operator", "viewer", "customer"]
 UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=USER_PATTERN.pattern)]
-Password = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PASSWORD)]
+Password = Annotated[str, StringConstraints(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
 Customer = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=CUSTOMER_PATTERN.pattern)]
 
 
+# A customer user names its customer; no other user does (the document says so).
+_CUSTOMER_ROLE: dict[str, Any] = {
+    "oneOf": [
+        {
+            "properties": {"role": {"const": "customer"}, "customer": {"not": {"type": "null"}}},
+            "required": ["customer"],
+        },
+        {"properties": {"role": {"not": {"const": "customer"}}, "customer": {"type": "null"}}},
+    ]
+}
+
+
 class UserIn(_In):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_CUSTOMER_ROLE)
+
     name: UserName
     password: Password
     role: RoleName

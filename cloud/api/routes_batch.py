@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from fieldgate.cloud.api.access import Permission, Principal
 from fieldgate.cloud.api.auth import AccessPolicy
 from fieldgate.cloud.api.models import error_docs
+from fieldgate.cloud.api.paging import PageQuery
 from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.batch.models import (
     FINAL_ELEMENT,
@@ -32,7 +33,7 @@ from fieldgate.cloud.batch.models import (
 )
 from fieldgate.cloud.batch.operations import BatchOperations
 from fieldgate.cloud.batch.scheduler import next_time
-from fieldgate.cloud.errors import InvalidRequest, NotFound
+from fieldgate.cloud.errors import InvalidRequest, NotFound, UnknownReference
 from fieldgate.timeutil import now_ms
 
 OperationId = Annotated[str, Path(max_length=64, description="the batch operation's id")]
@@ -113,14 +114,10 @@ def batch_router(ops: BatchOperations, policy: AccessPolicy) -> APIRouter:
         return BatchOut(operation=op, progress=progress_of(op, {ElementStatus.PENDING.value: op.total}))
 
     @router.get("/batch-operations")
-    async def list_batches(
-        who: Command,
-        page: Annotated[int, Query(ge=1)] = 1,
-        page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> BatchList:
+    async def list_batches(who: Command, paging: PageQuery) -> BatchList:
         """The tenant's batch operations, newest first."""
-        items, total = await store.list_operations(who.tenant, page, page_size)
-        return BatchList(items=items, total=total, page=page, page_size=page_size)
+        items, total = await store.list_operations(who.tenant, paging.page, paging.page_size)
+        return BatchList(items=items, total=total, page=paging.page, page_size=paging.page_size)
 
     @router.get("/batch-operations/{operation_id}", responses=error_docs({404: "no such batch operation"}))
     async def get_batch(operation_id: OperationId, who: Command) -> BatchOut:
@@ -134,13 +131,12 @@ def batch_router(ops: BatchOperations, policy: AccessPolicy) -> APIRouter:
     async def list_batch_devices(
         operation_id: OperationId,
         who: Command,
-        page: Annotated[int, Query(ge=1)] = 1,
-        page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
+        paging: PageQuery,
     ) -> ElementList:
         """Each device's status and invocation id, by device token."""
         await ops.progress(who.tenant, operation_id)
-        items, total = await store.list_elements(who.tenant, operation_id, page, page_size)
-        return ElementList(items=items, total=total, page=page, page_size=page_size)
+        items, total = await store.list_elements(who.tenant, operation_id, paging.page, paging.page_size)
+        return ElementList(items=items, total=total, page=paging.page, page_size=paging.page_size)
 
     @router.post(
         "/batch-operations/{operation_id}/cancel",
@@ -164,6 +160,9 @@ def batch_router(ops: BatchOperations, policy: AccessPolicy) -> APIRouter:
         )
         try:
             await ops.validate(tenant, request)
+        except UnknownReference as err:  # the device, group, type or command that does not exist
+            named = {"command": "command", "device": "device"}.get(err.kind, "selection")
+            raise err.at(f"action.{named}") from err
         except InvalidRequest as err:
             field = (
                 str(err).replace("selection.devices", "device")

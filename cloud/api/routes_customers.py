@@ -8,19 +8,21 @@ route signatures at definition time, and the per-app ``Auth`` dependency is a cl
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel, Field
 
 from fieldgate.cloud.api.access import Principal
-from fieldgate.cloud.api.customers import MAX_DESCRIPTION, MAX_NAME, CustomerManagement
-from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, TOKEN_PATTERN
+from fieldgate.cloud.api.customers import MAX_DESCRIPTION, MAX_NAME, CustomerManagement, matches
+from fieldgate.cloud.api.management import TOKEN_PATTERN
 from fieldgate.cloud.api.models import DeviceOut, Metadata, PageOut, _In, error_docs, iso, page_fields
+from fieldgate.cloud.api.paging import PageQuery
 from fieldgate.cloud.errors import NotFound
+from fieldgate.cloud.store.site import OPT_TOKEN_PATTERN
 from fieldgate.v1 import model_pb2 as model
 
-PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
-PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 ERRORS = error_docs(common=True)
+# The token of a record a PUT replaces (one that is not a token cannot be a customer's).
+RecordToken = Annotated[str, Path(max_length=128, pattern=TOKEN_PATTERN)]
 
 
 class CustomerTypeChange(_In):
@@ -58,7 +60,12 @@ class CustomerTypeOut(BaseModel):
 
 class CustomerChange(_In):
     customer_type: str = Field(min_length=1, max_length=128)
-    parent: str = Field("", max_length=128, description="token of the parent customer; empty = top level")
+    parent: str = Field(
+        "",
+        max_length=128,
+        pattern=OPT_TOKEN_PATTERN,
+        description="token of the parent customer; empty = top level",
+    )
     name: str = Field("", max_length=MAX_NAME)
     description: str = Field("", max_length=MAX_DESCRIPTION)
     metadata: Metadata = Field(default_factory=dict)
@@ -136,10 +143,8 @@ def customers_router(
         return CustomerTypeOut.from_pb(ct)
 
     @router.get("/customer-types", tags=["customers"])
-    async def list_customer_types(
-        who: Auth, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[CustomerTypeOut]:
-        p = await customers.list_customer_types(who.tenant, page, page_size)
+    async def list_customer_types(who: Auth, paging: PageQuery) -> PageOut[CustomerTypeOut]:
+        p = await customers.list_customer_types(who.tenant, paging.page, paging.page_size)
         return PageOut[CustomerTypeOut](items=[CustomerTypeOut.from_pb(c) for c in p.items], **page_fields(p))
 
     @router.get("/customer-types/{token}", tags=["customers"], responses=error_docs({404: "no such type"}))
@@ -147,7 +152,9 @@ def customers_router(
         return CustomerTypeOut.from_pb(await customers.get_customer_type(who.tenant, token))
 
     @router.put("/customer-types/{token}", tags=["customers"], responses=error_docs({404: "no such type"}))
-    async def update_customer_type(token: str, body: CustomerTypeChange, who: Write) -> CustomerTypeOut:
+    async def update_customer_type(
+        token: RecordToken, body: CustomerTypeChange, who: Write
+    ) -> CustomerTypeOut:
         """Replace name, description and metadata."""
         return CustomerTypeOut.from_pb(await customers.update_customer_type(who.tenant, body.to_pb(token)))
 
@@ -164,7 +171,10 @@ def customers_router(
         status_code=status.HTTP_201_CREATED,
         tags=["customers"],
         responses=error_docs(
-            {404: "the customer type or parent does not exist", 409: "a customer with that token exists"}
+            {
+                409: "a customer with that token exists",
+                422: "invalid, or the customer type or parent does not exist",
+            }
         ),
     )
     async def create_customer(body: CustomerIn, who: Write) -> CustomerOut:
@@ -174,19 +184,26 @@ def customers_router(
     @router.get("/customers", tags=["customers"])
     async def list_customers(
         who: Auth,
+        paging: PageQuery,
         parent: Annotated[
             str | None, Query(max_length=128, description="only this customer's children")
         ] = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
+        search: Annotated[
+            str | None, Query(max_length=128, description="substring of the token or name (any case)")
+        ] = None,
     ) -> PageOut[CustomerOut]:
+        """The tenant's customers in creation order (a customer user: its own customer)."""
         if who.scope_customer is not None:
             own = await customers.get_customer(who.tenant, who.scope_customer)
-            mine = [own] if parent is None or own.parent == parent else []
+            wanted = (parent is None or own.parent == parent) and (not search or matches(own, search.lower()))
+            mine = [own] if wanted else []
             return PageOut[CustomerOut](
-                items=[CustomerOut.from_pb(c) for c in mine], page=page, page_size=page_size, total=len(mine)
+                items=[CustomerOut.from_pb(c) for c in mine],
+                page=paging.page,
+                page_size=paging.page_size,
+                total=len(mine),
             )
-        p = await customers.list_customers(who.tenant, parent, page, page_size)
+        p = await customers.list_customers(who.tenant, parent, paging.page, paging.page_size, search=search)
         return PageOut[CustomerOut](items=[CustomerOut.from_pb(c) for c in p.items], **page_fields(p))
 
     @router.get("/customers/{token}", tags=["customers"], responses=error_docs({404: "no such customer"}))
@@ -197,9 +214,15 @@ def customers_router(
     @router.put(
         "/customers/{token}",
         tags=["customers"],
-        responses=error_docs({404: "no such customer, type or parent", 422: "invalid, or a cycle"}),
+        responses=error_docs(
+            {
+                404: "no such customer",
+                409: "the new parent is below the customer (a cycle)",
+                422: "invalid, or the customer type or parent does not exist",
+            }
+        ),
     )
-    async def update_customer(token: str, body: CustomerChange, who: Write) -> CustomerOut:
+    async def update_customer(token: RecordToken, body: CustomerChange, who: Write) -> CustomerOut:
         """Replace type, parent, name, description and metadata (a parent below it: 422)."""
         return CustomerOut.from_pb(await customers.update_customer(who.tenant, body.to_pb(token)))
 
@@ -212,12 +235,10 @@ def customers_router(
     @router.get(
         "/customers/{token}/devices", tags=["customers"], responses=error_docs({404: "no such customer"})
     )
-    async def list_customer_devices(
-        token: str, who: Auth, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[DeviceOut]:
+    async def list_customer_devices(token: str, who: Auth, paging: PageQuery) -> PageOut[DeviceOut]:
         """The devices whose active assignment names this customer, by device token."""
         _visible(who, token)
-        p = await customers.customer_devices(who.tenant, token, page, page_size)
+        p = await customers.customer_devices(who.tenant, token, paging.page, paging.page_size)
         return PageOut[DeviceOut](items=[DeviceOut.from_pb(d) for d in p.items], **page_fields(p))
 
     return router

@@ -22,9 +22,10 @@ from pydantic import BaseModel
 from fieldgate.cloud.api.access import Permission, Principal, Role
 from fieldgate.cloud.api.auth import AccessPolicy
 from fieldgate.cloud.api.fleet import FleetQueries
-from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
+from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.models import InvocationOut, PageOut, error_docs, event_out, iso, page_fields
-from fieldgate.cloud.api.routes_registry import ERRORS, PageNo, PageSize
+from fieldgate.cloud.api.paging import PageQuery
+from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.live import LiveHub, Subscription, TooManyStreams
 from fieldgate.cloud.store import Registry
 from fieldgate.timeutil import now_ms
@@ -174,14 +175,13 @@ def dashboard_api_router(
     @router.get("/alerts", tags=["dashboard"])
     async def list_alerts(
         who: Read,
+        paging: PageQuery,
         state: Annotated[Literal["raised", "all"], Query(description="raised (default) or all")] = "raised",
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[DashboardAlertOut]:
         """Alerts, newest first: ``raised`` = alerts of rules raised now and device alerts of
         the last hour; ``all`` = every device's last alert and its raised rules."""
         found = await fleet.alerts(who.tenant, state, customer=who.scope_customer)
-        start = (page - 1) * page_size
+        start = paging.offset
         items = [
             DashboardAlertOut(
                 device=i.device,
@@ -195,18 +195,20 @@ def dashboard_api_router(
                 time=iso(i.alert.time_ms),
                 time_ms=i.alert.time_ms,
             )
-            for i in found[start : start + page_size]
+            for i in found[start : start + paging.page_size]
         ]
-        return PageOut[DashboardAlertOut](items=items, page=page, page_size=page_size, total=len(found))
+        return PageOut[DashboardAlertOut](
+            items=items, page=paging.page, page_size=paging.page_size, total=len(found)
+        )
 
     @router.get(
         "/devices/{token}/invocations", tags=["commands"], responses=error_docs({404: "no such device"})
     )
-    async def list_device_invocations(
-        token: str, who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[InvocationOut]:
+    async def list_device_invocations(token: str, who: Read, paging: PageQuery) -> PageOut[InvocationOut]:
         """The device's command invocations, newest first, with their status and response."""
-        p = await fleet.device_invocations(who.tenant, token, page, page_size, customer=who.scope_customer)
+        p = await fleet.device_invocations(
+            who.tenant, token, paging.page, paging.page_size, customer=who.scope_customer
+        )
         return PageOut[InvocationOut](items=[InvocationOut.from_pb(s) for s in p.items], **page_fields(p))
 
     if live is None:  # no hub in this app (e.g. tests of the resource API): no live route

@@ -4,35 +4,66 @@ time, paged. (An invocation's events are served beside the invocation, in ``rout
 No ``from __future__ import annotations`` here: see ``routes_registry``.
 """
 
-from typing import Annotated
+import re
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from fieldgate.cloud.api.access import Permission, Principal
 from fieldgate.cloud.api.auth import AccessPolicy
-from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
+from fieldgate.cloud.api.management import MAX_TIME_MS, Management
 from fieldgate.cloud.api.models import EventKind, EventOut, PageOut, error_docs, event_out, page_fields
-from fieldgate.cloud.api.routes_registry import ERRORS, PageNo, PageSize
+from fieldgate.cloud.api.paging import PageQuery
+from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.errors import InvalidRequest
 from fieldgate.cloud.store import Page
-from fieldgate.timeutil import parse_time_ms
 from fieldgate.v1 import events_pb2 as pb
 
-TIME_HELP = "ISO 8601 (e.g. 2024-05-01T12:00:00Z) or epoch milliseconds"
+TIME_HELP = "RFC 3339 (e.g. 2024-05-01T12:00:00Z) or epoch milliseconds"
+# What the document says a time is, and exactly what _time takes: an RFC 3339 date-time (a
+# calendar time with an offset) or 1-15 digits of epoch milliseconds.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_EPOCH_MS = re.compile(r"^[0-9]{1,15}$")
+TIME_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "maxLength": 64},
+        {"type": "string", "pattern": _EPOCH_MS.pattern},
+        {"type": "null"},
+    ]
+}
 
 
 def _time(name: str, value: str | None) -> int | None:
-    if value is None or value == "":
+    """Epoch ms of a bound; one before 1970 or after 9999 is the earliest or latest there is
+    (a bound, not a point: nothing is outside it)."""
+    if value is None:
         return None
+    if _EPOCH_MS.fullmatch(value):
+        return min(int(value), MAX_TIME_MS)
+    if not _RFC3339.fullmatch(value):
+        raise InvalidRequest(f"{name}: {value[:64]!r} is not an RFC 3339 time or epoch milliseconds")
+    date, _, rest = value.upper().replace("Z", "+00:00").partition("T")
+    clock, offset = rest[:-6], rest[-6:]
+    if "." in clock:  # Python takes at most 6 fraction digits
+        whole, fraction = clock.split(".")
+        clock = f"{whole}.{fraction[:6]}"
     try:
-        return parse_time_ms(value)
+        ms = int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp() * 1000)
     except (ValueError, OverflowError) as err:
-        raise InvalidRequest(f"{name}: {err}") from err
+        raise InvalidRequest(f"{name}: {value[:64]!r} is not a calendar time: {err}") from err
+    return max(0, min(ms, MAX_TIME_MS))
 
 
 TypeParam = Annotated[EventKind | None, Query(description="only events of this type")]
-SinceParam = Annotated[str | None, Query(max_length=64, description=f"inclusive lower bound: {TIME_HELP}")]
-UntilParam = Annotated[str | None, Query(max_length=64, description=f"inclusive upper bound: {TIME_HELP}")]
+SinceParam = Annotated[
+    str | None,
+    Query(max_length=64, description=f"inclusive lower bound: {TIME_HELP}", json_schema_extra=TIME_SCHEMA),
+]
+UntilParam = Annotated[
+    str | None,
+    Query(max_length=64, description=f"inclusive upper bound: {TIME_HELP}", json_schema_extra=TIME_SCHEMA),
+]
 
 
 def _page_out(p: Page[pb.Event]) -> PageOut[EventOut]:
@@ -48,11 +79,10 @@ def events_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
     async def list_device_events(
         token: str,
         who: Read,
+        paging: PageQuery,
         type: TypeParam = None,
         since: SinceParam = None,
         until: UntilParam = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[EventOut]:
         """The device's events (event time, newest first)."""
         p = await mgmt.list_events(
@@ -61,8 +91,8 @@ def events_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
             kind=type,
             since_ms=_time("since", since),
             until_ms=_time("until", until),
-            page=page,
-            page_size=page_size,
+            page=paging.page,
+            page_size=paging.page_size,
             customer=who.scope_customer,
         )
         return _page_out(p)
@@ -71,11 +101,10 @@ def events_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
     async def list_assignment_events(
         token: str,
         who: Read,
+        paging: PageQuery,
         type: TypeParam = None,
         since: SinceParam = None,
         until: UntilParam = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[EventOut]:
         """The events stamped with the assignment when they arrived (event time, newest first):
         what its device reported while the assignment was active. Still listed after release."""
@@ -85,8 +114,8 @@ def events_router(mgmt: Management, policy: AccessPolicy) -> APIRouter:
             kind=type,
             since_ms=_time("since", since),
             until_ms=_time("until", until),
-            page=page,
-            page_size=page_size,
+            page=paging.page,
+            page_size=paging.page_size,
             customer=who.scope_customer,
         )
         return _page_out(p)

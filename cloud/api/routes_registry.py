@@ -6,28 +6,36 @@ route signatures at definition time, and the per-app ``Auth`` dependency is a cl
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
+from pydantic import BaseModel
 
 from fieldgate.cloud.api.access import Permission, Principal
 from fieldgate.cloud.api.auth import AccessPolicy
 from fieldgate.cloud.api.fleet import DeviceFilter, FleetQueries
-from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Management
+from fieldgate.cloud.api.management import TOKEN_PATTERN, Management
 from fieldgate.cloud.api.models import (
     AssignmentIn,
     AssignmentOut,
+    DeviceChange,
     DeviceIn,
     DeviceOut,
+    DeviceTypeChange,
     DeviceTypeIn,
     DeviceTypeOut,
     PageOut,
     error_docs,
     page_fields,
 )
-
-PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
-PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
+from fieldgate.cloud.api.paging import PageQuery
 
 ERRORS = error_docs(common=True)
+# The token of a record a PUT replaces (one that is not a token cannot be a device's).
+RecordToken = Annotated[str, Path(max_length=128, pattern=TOKEN_PATTERN)]
+
+
+class Deleted(BaseModel):
+    token: str
+    deleted: bool = True
 
 
 def registry_router(mgmt: Management, policy: AccessPolicy, search: FleetQueries | None = None) -> APIRouter:
@@ -46,18 +54,35 @@ def registry_router(mgmt: Management, policy: AccessPolicy, search: FleetQueries
     )
     async def create_device_type(body: DeviceTypeIn, who: Write) -> DeviceTypeOut:
         """Define a device type and the commands (with typed parameters) its devices accept."""
-        return DeviceTypeOut.from_pb(await mgmt.create_device_type(who.tenant, body.to_pb()))
+        return DeviceTypeOut.from_pb(await mgmt.create_device_type(who.tenant, body.to_pb(body.token)))
 
     @router.get("/device-types", tags=["device types"])
-    async def list_device_types(
-        who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[DeviceTypeOut]:
-        p = await mgmt.list_device_types(who.tenant, page, page_size)
+    async def list_device_types(who: Read, paging: PageQuery) -> PageOut[DeviceTypeOut]:
+        p = await mgmt.list_device_types(who.tenant, paging.page, paging.page_size)
         return PageOut[DeviceTypeOut](items=[DeviceTypeOut.from_pb(d) for d in p.items], **page_fields(p))
 
     @router.get("/device-types/{token}", tags=["device types"], responses=error_docs({404: "no such type"}))
     async def get_device_type(token: str, who: Read) -> DeviceTypeOut:
         return DeviceTypeOut.from_pb(await mgmt.get_device_type(who.tenant, token))
+
+    @router.put("/device-types/{token}", tags=["device types"], responses=error_docs({404: "no such type"}))
+    async def update_device_type(token: RecordToken, body: DeviceTypeChange, who: Write) -> DeviceTypeOut:
+        """Replace the type's name, description and commands (its devices accept the new
+        commands from the next invocation on)."""
+        return DeviceTypeOut.from_pb(await mgmt.update_device_type(who.tenant, body.to_pb(token)))
+
+    @router.delete(
+        "/device-types/{token}",
+        tags=["device types"],
+        responses=error_docs(
+            {404: "no such type", 409: "a device has this type, or it is the tenant's default device type"}
+        ),
+    )
+    async def delete_device_type(token: str, who: Write) -> Deleted:
+        """Delete a device type no device has (409 naming one that has it); its presence
+        interval goes with it."""
+        await mgmt.delete_device_type(who.tenant, token)
+        return Deleted(token=token)
 
     # devices
 
@@ -69,13 +94,12 @@ def registry_router(mgmt: Management, policy: AccessPolicy, search: FleetQueries
     )
     async def create_device(body: DeviceIn, who: Write) -> DeviceOut:
         """Register a device of an existing device type (422 if the type does not exist)."""
-        return DeviceOut.from_pb(await mgmt.create_device(who.tenant, body.to_pb()))
+        return DeviceOut.from_pb(await mgmt.create_device(who.tenant, body.to_pb(body.token)))
 
     @router.get("/devices", tags=["devices"])
     async def list_devices(
         who: Read,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
+        paging: PageQuery,
         search: Annotated[str | None, Query(max_length=128, description="substring of token or name")] = None,
         device_type: Annotated[str | None, Query(max_length=128, description="only this type's")] = None,
         presence: Annotated[
@@ -93,24 +117,48 @@ def registry_router(mgmt: Management, policy: AccessPolicy, search: FleetQueries
         device type is a 404, not an empty page."""
         if devices is not None:
             f = DeviceFilter(search, device_type, presence, group, area)
-            p = await devices.list_devices(who.tenant, f, page, page_size, customer=who.scope_customer)
+            p = await devices.list_devices(
+                who.tenant, f, paging.page, paging.page_size, customer=who.scope_customer
+            )
         else:
-            p = await mgmt.list_devices(who.tenant, page, page_size, customer=who.scope_customer)
+            p = await mgmt.list_devices(
+                who.tenant, paging.page, paging.page_size, customer=who.scope_customer
+            )
         return PageOut[DeviceOut](items=[DeviceOut.from_pb(d) for d in p.items], **page_fields(p))
 
     @router.get("/devices/{token}", tags=["devices"], responses=error_docs({404: "no such device"}))
     async def get_device(token: str, who: Read) -> DeviceOut:
         return DeviceOut.from_pb(await mgmt.get_device(who.tenant, token, customer=who.scope_customer))
 
+    @router.put("/devices/{token}", tags=["devices"], responses=error_docs({404: "no such device"}))
+    async def update_device(token: RecordToken, body: DeviceChange, who: Write) -> DeviceOut:
+        """Replace the device's type, comments and metadata (422 naming the type if it does not
+        exist)."""
+        return DeviceOut.from_pb(await mgmt.update_device(who.tenant, body.to_pb(token)))
+
+    @router.delete(
+        "/devices/{token}",
+        tags=["devices"],
+        responses=error_docs(
+            {404: "no such device", 409: "the device has an active assignment or is in a device group"}
+        ),
+    )
+    async def delete_device(token: str, who: Write) -> Deleted:
+        """Delete a device without an active assignment that is in no device group (409 naming
+        what holds it). Its events and invocations stay; its token can be registered again and
+        then continues that history (docs/model.md)."""
+        await mgmt.delete_device(who.tenant, token)
+        return Deleted(token=token)
+
     @router.get(
         "/devices/{token}/assignments",
         tags=["assignments"],
         responses=error_docs({404: "no such device"}),
     )
-    async def list_device_assignments(
-        token: str, who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[AssignmentOut]:
-        p = await mgmt.device_assignments(who.tenant, token, page, page_size, customer=who.scope_customer)
+    async def list_device_assignments(token: str, who: Read, paging: PageQuery) -> PageOut[AssignmentOut]:
+        p = await mgmt.device_assignments(
+            who.tenant, token, paging.page, paging.page_size, customer=who.scope_customer
+        )
         return PageOut[AssignmentOut](items=[AssignmentOut.from_pb(a) for a in p.items], **page_fields(p))
 
     # assignments
@@ -128,11 +176,22 @@ def registry_router(mgmt: Management, policy: AccessPolicy, search: FleetQueries
     @router.get("/assignments", tags=["assignments"])
     async def list_assignments(
         who: Read,
+        paging: PageQuery,
         device: Annotated[str | None, Query(max_length=128, description="only this device's")] = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
+        customer: Annotated[
+            str | None,
+            Query(max_length=128, description="only those naming this customer (404 if none such)"),
+        ] = None,
     ) -> PageOut[AssignmentOut]:
-        p = await mgmt.list_assignments(who.tenant, device, page, page_size, customer=who.scope_customer)
+        """Assignments, newest first; the filters combine (AND)."""
+        p = await mgmt.list_assignments(
+            who.tenant,
+            device,
+            paging.page,
+            paging.page_size,
+            customer=who.scope_customer,
+            of_customer=customer,
+        )
         return PageOut[AssignmentOut](items=[AssignmentOut.from_pb(a) for a in p.items], **page_fields(p))
 
     @router.post(

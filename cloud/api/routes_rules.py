@@ -12,23 +12,43 @@ No ``from __future__ import annotations`` here: see ``routes_registry``.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Response, status
-from pydantic import Field
+from pydantic import BeforeValidator, Field, Strict
 
 from fieldgate.cloud.api.access import Permission, Principal, forbidden
 from fieldgate.cloud.api.auth import AccessPolicy
+from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.models import error_docs
 from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.errors import InvalidRequest
+from fieldgate.cloud.jsontypes import integral
 from fieldgate.cloud.rules.book import RuleService
-from fieldgate.cloud.rules.model import RULE_ID_PATTERN, Rule, rule_json
+from fieldgate.cloud.rules.model import (
+    MAX_INTERVAL_S,
+    MAX_PRESENCE_INTERVALS,
+    RULE_ID_PATTERN,
+    GeofenceRule,
+    Rule,
+    rule_json,
+)
 
 RuleId = Annotated[str, Path(pattern=RULE_ID_PATTERN)]
-Intervals = dict[
-    Annotated[str, Field(min_length=1, max_length=128)], Annotated[int, Field(ge=1, le=30 * 86_400)]
+Intervals = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=128)],
+        Annotated[int, Field(ge=1, le=MAX_INTERVAL_S), BeforeValidator(integral), Strict()],
+    ],
+    Field(max_length=MAX_PRESENCE_INTERVALS),
 ]
 
 
-def rules_router(rules: RuleService, policy: AccessPolicy) -> APIRouter:
+def checked(rule: Rule) -> Rule:
+    """What the document adds to the rule model: a geofence's points are distinct."""
+    if isinstance(rule, GeofenceRule) and len(set(rule.polygon)) != len(rule.polygon):
+        raise InvalidRequest("geofence.polygon: a point is given twice (the last point joins the first)")
+    return rule
+
+
+def rules_router(rules: RuleService, policy: AccessPolicy, mgmt: Management) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERRORS, tags=["rules"])
     Read = Annotated[Principal, Depends(policy.require(Permission.READ))]
     Write = Annotated[Principal, Depends(policy.require(Permission.WRITE))]
@@ -53,7 +73,7 @@ def rules_router(rules: RuleService, policy: AccessPolicy) -> APIRouter:
     )
     async def create_rule(body: Rule, who: Write) -> dict[str, Any]:
         """Add a rule; it applies from the next event (and clock check) in every replica."""
-        return rule_json(await rules.create(who.tenant, body))
+        return rule_json(await rules.create(who.tenant, checked(body)))
 
     @router.get("/rules/{rule_id}", responses=error_docs({404: "no such rule"}))
     async def get_rule(rule_id: RuleId, who: Read) -> dict[str, Any]:
@@ -64,7 +84,7 @@ def rules_router(rules: RuleService, policy: AccessPolicy) -> APIRouter:
         """Create or replace the rule ``rule_id`` (the body's ``id`` must be the same)."""
         if body.id != rule_id:
             raise InvalidRequest(f"id: {body.id!r} does not match the path's rule id {rule_id!r}")
-        return rule_json(await rules.replace(who.tenant, body))
+        return rule_json(await rules.replace(who.tenant, checked(body)))
 
     @router.delete(
         "/rules/{rule_id}",
@@ -81,9 +101,14 @@ def rules_router(rules: RuleService, policy: AccessPolicy) -> APIRouter:
         ``presence_interval_s`` (300 by default)."""
         return dict((await rules.list(tenant_reader(who))).presence_intervals)
 
-    @router.put("/presence-intervals")
+    @router.put(
+        "/presence-intervals",
+        responses=error_docs({422: "not whole seconds in 1 … 2592000, or a device type that does not exist"}),
+    )
     async def set_presence_intervals(body: Intervals, who: Write) -> Intervals:
-        """Replace the per-device-type presence intervals (seconds, 1 … 2592000)."""
+        """Replace the per-device-type presence intervals (whole seconds, 1 … 2592000) of
+        existing device types (a type that does not exist: 422 naming it)."""
+        await mgmt.check_device_types(who.tenant, sorted(body))
         return dict((await rules.set_presence_intervals(who.tenant, body)).presence_intervals)
 
     return router

@@ -12,18 +12,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Annotated, Literal, Self, TypeVar, cast
 
-from fastapi import APIRouter, Depends, Query, status
-from pydantic import BaseModel, Field, field_validator
+from fastapi import APIRouter, Depends, Path, Query, status
+from pydantic import BaseModel, Field, Strict, StrictFloat, field_validator
 
 from fieldgate.cloud.api.access import Principal
 from fieldgate.cloud.api.management import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE,
-    MAX_PAGE_SIZE,
     TOKEN_PATTERN,
     Management,
 )
 from fieldgate.cloud.api.models import Metadata, PageOut, _In, error_docs, iso, page_fields
+from fieldgate.cloud.api.paging import PageQuery
 from fieldgate.cloud.errors import NotFound
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.site import (
@@ -31,6 +29,7 @@ from fieldgate.cloud.store.site import (
     MAX_NAME,
     MAX_ROLES,
     MAX_ZONE_POINTS,
+    OPT_TOKEN_PATTERN,
     Area,
     AreaType,
     Asset,
@@ -45,14 +44,15 @@ from fieldgate.cloud.store.site import (
     describe,
 )
 
-PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
-PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 Search = Annotated[str | None, Query(max_length=128, description="token prefix, or name prefix (any case)")]
 RefQuery = Annotated[str | None, Query(max_length=128)]
 ERRORS = error_docs(common=True)
 RoleName = Annotated[str, Field(min_length=1, max_length=64)]
-LatLon = Annotated[list[float], Field(min_length=2, max_length=2, description="[lat, lon]")]
 RefToken = Annotated[str, Field(max_length=128, pattern=TOKEN_PATTERN)]
+# The token of a record a PUT replaces (its body cannot carry one that is not a token).
+RecordToken = Annotated[str, Path(max_length=128, pattern=TOKEN_PATTERN)]
+Lat = Annotated[StrictFloat, Field(ge=-90, le=90)]
+Lon = Annotated[StrictFloat, Field(ge=-180, le=180)]
 
 
 # --- bodies ------------------------------------------------------------------------------------
@@ -78,7 +78,12 @@ class SiteTypeIn(SiteTypeChange, _WithToken):
 
 class AreaChange(_Common):
     area_type: RefToken
-    parent: str = Field("", max_length=128, description="the parent area's token; empty = top level")
+    parent: str = Field(
+        "",
+        max_length=128,
+        pattern=OPT_TOKEN_PATTERN,
+        description="the parent area's token; empty = top level",
+    )
 
 
 class AreaIn(AreaChange, _WithToken):
@@ -86,14 +91,23 @@ class AreaIn(AreaChange, _WithToken):
 
 
 class ZoneChange(_Common):
-    polygon: list[LatLon] = Field(
-        min_length=3, max_length=MAX_ZONE_POINTS, description="[lat, lon] points, not closed"
+    # A JSON array per point (Strict(False): a strict tuple would refuse a list; the numbers stay
+    # strict); every point once, so that "at least 3 points" is what the document says.
+    polygon: list[Annotated[tuple[Lat, Lon], Strict(False)]] = Field(
+        min_length=3,
+        max_length=MAX_ZONE_POINTS,
+        description="distinct [lat, lon] points, not closed",
+        json_schema_extra={"uniqueItems": True},
     )
 
     @field_validator("polygon")
     @classmethod
-    def _points(cls, value: list[list[float]]) -> list[list[float]]:
-        check_polygon([(p[0], p[1]) for p in value])
+    def _points(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if len(set(value)) != len(value):
+            raise ValueError(
+                "a point is given twice (the polygon is not closed: the last point joins the first)"
+            )
+        check_polygon(value)
         return value
 
     def points(self) -> tuple[tuple[float, float], ...]:
@@ -160,7 +174,8 @@ class AreaOut(_Out):
 
 class ZoneOut(_Out):
     area: str
-    polygon: list[tuple[float, float]]
+    # [lat, lon] pairs as plain arrays (schemathesis cannot read a tuple's prefixItems in answers)
+    polygon: list[Annotated[list[float], Field(min_length=2, max_length=2)]]
 
 
 class AssetTypeOut(_Out):
@@ -235,17 +250,18 @@ def site_router(
         return AreaTypeOut.of(await site.create(who.tenant, AreaType(**body.model_dump())))
 
     @router.get("/area-types", tags=tag)
-    async def list_area_types(
-        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[AreaTypeOut]:
-        return page_of(AreaTypeOut, await site.find(who.tenant, "area_type", page, page_size, search=search))
+    async def list_area_types(who: Read, paging: PageQuery, search: Search = None) -> PageOut[AreaTypeOut]:
+        return page_of(
+            AreaTypeOut,
+            await site.find(who.tenant, "area_type", paging.page, paging.page_size, search=search),
+        )
 
     @router.get("/area-types/{token}", tags=tag, responses=error_docs({404: "no such area type"}))
     async def get_area_type(token: str, who: Read) -> AreaTypeOut:
         return AreaTypeOut.of(await need(who.tenant, "area_type", token))
 
     @router.put("/area-types/{token}", tags=tag, responses=error_docs({404: "no such area type"}))
-    async def update_area_type(token: str, body: SiteTypeChange, who: Write) -> AreaTypeOut:
+    async def update_area_type(token: RecordToken, body: SiteTypeChange, who: Write) -> AreaTypeOut:
         return AreaTypeOut.of(await site.update(who.tenant, AreaType(token=token, **body.model_dump())))
 
     @router.delete("/area-types/{token}", tags=tag, responses=in_use)
@@ -260,7 +276,7 @@ def site_router(
         "/areas",
         status_code=created,
         tags=tag,
-        responses=error_docs({404: "the area type or parent does not exist", 409: "token taken"}),
+        responses=error_docs({409: "token taken", 422: "invalid, or the area type or parent does not exist"}),
     )
     async def create_area(body: AreaIn, who: Write) -> AreaOut:
         return AreaOut.of(await site.create(who.tenant, Area(**body.model_dump())))
@@ -268,17 +284,19 @@ def site_router(
     @router.get("/areas", tags=tag)
     async def list_areas(
         who: Read,
+        paging: PageQuery,
         parent: Annotated[str | None, Query(max_length=128, description="only this area's children")] = None,
         search: Search = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[AreaOut]:
         ref: tuple[Kind, str] | None = None
         if parent:
             await need(who.tenant, "area", parent)
             ref = ("area", parent)
         return page_of(
-            AreaOut, await site.find(who.tenant, "area", page, page_size, search=search, referencing=ref)
+            AreaOut,
+            await site.find(
+                who.tenant, "area", paging.page, paging.page_size, search=search, referencing=ref
+            ),
         )
 
     @router.get("/areas/{token}", tags=tag, responses=error_docs({404: "no such area"}))
@@ -288,9 +306,15 @@ def site_router(
     @router.put(
         "/areas/{token}",
         tags=tag,
-        responses=error_docs({404: "no such area, type or parent", 422: "invalid, or a cycle"}),
+        responses=error_docs(
+            {
+                404: "no such area",
+                409: "the new parent is below the area (a cycle)",
+                422: "invalid, or the area type or parent does not exist",
+            }
+        ),
     )
-    async def update_area(token: str, body: AreaChange, who: Write) -> AreaOut:
+    async def update_area(token: RecordToken, body: AreaChange, who: Write) -> AreaOut:
         """Replace type, parent, name, description and metadata (a parent below it: 422)."""
         return AreaOut.of(await site.update(who.tenant, Area(token=token, **body.model_dump())))
 
@@ -310,6 +334,7 @@ def site_router(
     )
     async def create_zone(token: str, body: ZoneIn, who: Write) -> ZoneOut:
         """A zone of the area: a polygon of at least 3 [lat, lon] points."""
+        await need(who.tenant, "area", token)  # the area the path names: 404
         return ZoneOut.of(
             await site.create(
                 who.tenant, Zone(area=token, **body.model_dump(exclude={"polygon"}), polygon=body.points())
@@ -320,26 +345,31 @@ def site_router(
     async def list_area_zones(
         token: str,
         who: Read,
+        paging: PageQuery,
         search: Search = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[ZoneOut]:
         await need(who.tenant, "area", token)
-        p = await site.find(who.tenant, "zone", page, page_size, search=search, referencing=("area", token))
+        p = await site.find(
+            who.tenant, "zone", paging.page, paging.page_size, search=search, referencing=("area", token)
+        )
         return page_of(ZoneOut, p)
 
     @router.get("/zones", tags=["zones"])
-    async def list_zones(
-        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[ZoneOut]:
-        return page_of(ZoneOut, await site.find(who.tenant, "zone", page, page_size, search=search))
+    async def list_zones(who: Read, paging: PageQuery, search: Search = None) -> PageOut[ZoneOut]:
+        return page_of(
+            ZoneOut, await site.find(who.tenant, "zone", paging.page, paging.page_size, search=search)
+        )
 
     @router.get("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone"}))
     async def get_zone(token: str, who: Read) -> ZoneOut:
         return ZoneOut.of(await need(who.tenant, "zone", token))
 
-    @router.put("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone or area"}))
-    async def update_zone(token: str, body: ZoneMove, who: Write) -> ZoneOut:
+    @router.put(
+        "/zones/{token}",
+        tags=["zones"],
+        responses=error_docs({404: "no such zone", 422: "invalid, or the area does not exist"}),
+    )
+    async def update_zone(token: RecordToken, body: ZoneMove, who: Write) -> ZoneOut:
         """Replace area, polygon, name, description and metadata."""
         return ZoneOut.of(
             await site.update(
@@ -360,11 +390,10 @@ def site_router(
         return AssetTypeOut.of(await site.create(who.tenant, AssetType(**body.model_dump())))
 
     @router.get("/asset-types", tags=tag)
-    async def list_asset_types(
-        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[AssetTypeOut]:
+    async def list_asset_types(who: Read, paging: PageQuery, search: Search = None) -> PageOut[AssetTypeOut]:
         return page_of(
-            AssetTypeOut, await site.find(who.tenant, "asset_type", page, page_size, search=search)
+            AssetTypeOut,
+            await site.find(who.tenant, "asset_type", paging.page, paging.page_size, search=search),
         )
 
     @router.get("/asset-types/{token}", tags=tag, responses=error_docs({404: "no such asset type"}))
@@ -372,7 +401,7 @@ def site_router(
         return AssetTypeOut.of(await need(who.tenant, "asset_type", token))
 
     @router.put("/asset-types/{token}", tags=tag, responses=error_docs({404: "no such asset type"}))
-    async def update_asset_type(token: str, body: SiteTypeChange, who: Write) -> AssetTypeOut:
+    async def update_asset_type(token: RecordToken, body: SiteTypeChange, who: Write) -> AssetTypeOut:
         return AssetTypeOut.of(await site.update(who.tenant, AssetType(token=token, **body.model_dump())))
 
     @router.delete("/asset-types/{token}", tags=tag, responses=in_use)
@@ -385,7 +414,7 @@ def site_router(
         "/assets",
         status_code=created,
         tags=tag,
-        responses=error_docs({404: "the asset type does not exist", 409: "token taken"}),
+        responses=error_docs({409: "token taken", 422: "invalid, or the asset type does not exist"}),
     )
     async def create_asset(body: AssetIn, who: Write) -> AssetOut:
         return AssetOut.of(await site.create(who.tenant, Asset(**body.model_dump())))
@@ -393,24 +422,30 @@ def site_router(
     @router.get("/assets", tags=tag)
     async def list_assets(
         who: Read,
+        paging: PageQuery,
         asset_type: Annotated[
             str | None, Query(max_length=128, description="only assets of this type")
         ] = None,
         search: Search = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[AssetOut]:
         ref: tuple[Kind, str] | None = ("asset_type", asset_type) if asset_type else None
         return page_of(
-            AssetOut, await site.find(who.tenant, "asset", page, page_size, search=search, referencing=ref)
+            AssetOut,
+            await site.find(
+                who.tenant, "asset", paging.page, paging.page_size, search=search, referencing=ref
+            ),
         )
 
     @router.get("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset"}))
     async def get_asset(token: str, who: Read) -> AssetOut:
         return AssetOut.of(await need(who.tenant, "asset", token))
 
-    @router.put("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset or asset type"}))
-    async def update_asset(token: str, body: AssetChange, who: Write) -> AssetOut:
+    @router.put(
+        "/assets/{token}",
+        tags=tag,
+        responses=error_docs({404: "no such asset", 422: "invalid, or the asset type does not exist"}),
+    )
+    async def update_asset(token: RecordToken, body: AssetChange, who: Write) -> AssetOut:
         return AssetOut.of(await site.update(who.tenant, Asset(token=token, **body.model_dump())))
 
     @router.delete("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset"}))
@@ -427,10 +462,11 @@ def site_router(
 
     @router.get("/device-groups", tags=tag)
     async def list_device_groups(
-        who: Read, search: Search = None, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
+        who: Read, paging: PageQuery, search: Search = None
     ) -> PageOut[DeviceGroupOut]:
         return page_of(
-            DeviceGroupOut, await site.find(who.tenant, "device_group", page, page_size, search=search)
+            DeviceGroupOut,
+            await site.find(who.tenant, "device_group", paging.page, paging.page_size, search=search),
         )
 
     @router.get("/device-groups/{token}", tags=tag, responses=error_docs({404: "no such group"}))
@@ -438,7 +474,7 @@ def site_router(
         return DeviceGroupOut.of(await need(who.tenant, "device_group", token))
 
     @router.put("/device-groups/{token}", tags=tag, responses=error_docs({404: "no such group"}))
-    async def update_device_group(token: str, body: DeviceGroupChange, who: Write) -> DeviceGroupOut:
+    async def update_device_group(token: RecordToken, body: DeviceGroupChange, who: Write) -> DeviceGroupOut:
         return DeviceGroupOut.of(await site.update(who.tenant, DeviceGroup(token=token, **body.model_dump())))
 
     @router.delete("/device-groups/{token}", tags=tag, responses=in_use)
@@ -448,21 +484,19 @@ def site_router(
         return Deleted(token=token)
 
     @router.get("/device-groups/{token}/elements", tags=tag, responses=error_docs({404: "no such group"}))
-    async def list_group_elements(
-        token: str, who: Read, page: PageNo = 1, page_size: PageSize = DEFAULT_PAGE_SIZE
-    ) -> PageOut[ElementOut]:
+    async def list_group_elements(token: str, who: Read, paging: PageQuery) -> PageOut[ElementOut]:
         """Groups first, then devices, by token (customer users: only their devices)."""
         p = await site.elements(who.tenant, token, 1, 100_000)
         shown = set(await visible(who, [e.token for e in p.items if e.kind == "device"]))
         items = [e for e in p.items if e.kind == "group" or e.token in shown]
-        start = (page - 1) * page_size
+        start = paging.offset
         return PageOut[ElementOut](
             items=[
                 ElementOut(kind=e.kind, token=e.token, roles=list(e.roles))
-                for e in items[start : start + page_size]
+                for e in items[start : start + paging.page_size]
             ],
-            page=page,
-            page_size=page_size,
+            page=paging.page,
+            page_size=paging.page_size,
             total=len(items),
         )
 
@@ -470,12 +504,19 @@ def site_router(
         "/device-groups/{token}/elements",
         status_code=created,
         tags=tag,
-        responses=error_docs({404: "no such group, device or nested group", 422: "invalid, or a cycle"}),
+        responses=error_docs(
+            {
+                404: "no such group",
+                409: "the nested group contains this one (a cycle)",
+                422: "invalid, or the device or nested group does not exist",
+            }
+        ),
     )
     async def add_group_element(token: str, body: ElementIn, who: Write) -> ElementOut:
         """Add a device or a nested group with its roles (an element already there gets the new roles)."""
+        await need(who.tenant, "device_group", token)
         if body.kind == "device":
-            await mgmt.get_device(who.tenant, body.token)
+            await mgmt.check_devices(who.tenant, [body.token])
         el = await site.put_element(
             who.tenant, token, GroupElement(kind=body.kind, token=body.token, roles=tuple(body.roles))
         )

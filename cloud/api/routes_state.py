@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from fieldgate.cloud.api.access import Permission, Principal, forbidden
 from fieldgate.cloud.api.auth import AccessPolicy
-from fieldgate.cloud.api.management import DEFAULT_PAGE_SIZE, Management
+from fieldgate.cloud.api.management import Management
 from fieldgate.cloud.api.models import PageOut, error_docs, iso, page_fields
-from fieldgate.cloud.api.routes_registry import ERRORS, PageNo, PageSize
+from fieldgate.cloud.api.paging import PageQuery
+from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.errors import NotFound
 from fieldgate.cloud.store.state import DeviceState, DeviceStateStore
 
@@ -134,14 +135,15 @@ def state_router(mgmt: Management, store: DeviceStateStore, policy: AccessPolicy
     @router.get("/device-states", responses=error_docs({403: "customer users: ask per device"}))
     async def list_device_states(
         who: Read,
+        paging: PageQuery,
         presence: PresenceParam = None,
-        page: PageNo = 1,
-        page_size: PageSize = DEFAULT_PAGE_SIZE,
     ) -> PageOut[DeviceStateOut]:
         """The tenant's device states in device token order, e.g. ``?presence=missing``."""
         if who.scope_customer is not None:
             raise forbidden("the tenant-wide state listing is not open to customer users")
-        p = await store.list_states(who.tenant, presence=presence, page=page, page_size=page_size)
+        p = await store.list_states(
+            who.tenant, presence=presence, page=paging.page, page_size=paging.page_size
+        )
         return PageOut[DeviceStateOut](items=[DeviceStateOut.of(s) for s in p.items], **page_fields(p))
 
     return router

@@ -2,8 +2,12 @@
 
 A tenant admin manages the users of its own tenant and can neither see, create, change nor
 delete an instance admin (those are answered as if the user did not exist); an instance admin
-manages every user. Nobody deletes their own account (409), so an instance cannot lose its last
-admin by accident. Passwords are write-only: no answer ever contains a hash.
+manages every user. User names are unique in the whole instance (a login names no tenant), so
+a name can be taken by a user the caller may not see: creating it is refused with the same
+words whoever has it ("not available"), never "exists" and never who, so a tenant admin learns
+nothing about other tenants' users (docs/security.md). Nobody deletes their own account (409),
+so an instance cannot lose its last admin by accident. Passwords are write-only: no answer ever
+contains a hash; they are at least ``MIN_PASSWORD`` characters.
 
 No ``from __future__ import annotations`` here: see ``routes_registry``.
 """
@@ -17,7 +21,7 @@ from fieldgate.cloud.api.auth import AccessPolicy
 from fieldgate.cloud.api.models import UserIn, UserOut, UserPatch, error_docs
 from fieldgate.cloud.api.routes_registry import ERRORS
 from fieldgate.cloud.api.users import TENANT_PATTERN, UserRecord, Users
-from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.errors import Conflict, NotFound, UnknownReference
 from fieldgate.cloud.store import Registry
 
 
@@ -40,10 +44,14 @@ def users_router(users: Users, registry: Registry, policy: AccessPolicy) -> APIR
         if role is Role.INSTANCE_ADMIN and who.role is not Role.INSTANCE_ADMIN:
             raise forbidden("only instance admins may grant the instance-admin role")
 
+    async def check_customer(tenant: str, customer: str | None) -> None:
+        if customer is not None and await registry.get_customer(tenant, customer) is None:
+            raise UnknownReference("customer", customer, "create it with POST /api/v1/customers")
+
     @router.post(
         "/users",
         status_code=status.HTTP_201_CREATED,
-        responses=error_docs({409: "a user with that name exists"}),
+        responses=error_docs({409: "the name is not available (taken: by whom is not said)"}),
     )
     async def create_user(body: UserIn, who: Admin) -> UserOut:
         """Create a user of the caller's tenant (an instance admin: of any tenant)."""
@@ -53,9 +61,11 @@ def users_router(users: Users, registry: Registry, policy: AccessPolicy) -> APIR
         if not who.may_act_for(tenant):
             raise forbidden("tenant admins create users of their own tenant only")
         if tenant != who.tenant and await registry.get_tenant(tenant) is None:
-            raise InvalidRequest(f"tenant '{tenant}' does not exist")
+            raise UnknownReference("tenant", tenant)
+        await check_customer(tenant, body.customer)
         if not await users.create(body.name, body.password, tenant=tenant, role=role, customer=body.customer):
-            raise Conflict(f"user '{body.name}' already exists")
+            # Whoever has the name (this tenant, another, an instance admin): the same words.
+            raise Conflict(f"user name '{body.name}' is not available; choose another")
         return UserOut.from_record(UserRecord(body.name, tenant, role, body.customer))
 
     @router.get("/users")
@@ -83,14 +93,36 @@ def users_router(users: Users, registry: Registry, policy: AccessPolicy) -> APIR
     async def get_user(name: str, who: Admin) -> UserOut:
         return UserOut.from_record(await managed(who, name))
 
-    @router.patch("/users/{name}", responses=error_docs({404: "no such user"}))
+    @router.patch(
+        "/users/{name}",
+        responses=error_docs(
+            {
+                404: "no such user",
+                409: "the caller's own role, or a customer that does not go with the user's role",
+            }
+        ),
+    )
     async def update_user(name: str, body: UserPatch, who: Admin) -> UserOut:
         """Change a user's password, role or customer (the tenant of a user never changes).
-        A change ends the user's current tokens at once (401): the user logs in again."""
-        await managed(who, name)
+        A change ends the user's current tokens at once (401): the user logs in again. A
+        customer user has a customer and no other user has one; what is valid depends on the
+        user's role as it is, so a mismatch is a 409. Nobody changes their own role."""
+        user = await managed(who, name)
         role = Role(body.role) if body.role is not None else None
         if role is not None:
             check_grant(who, role)
+            if name == who.user and role is not user.role:
+                raise Conflict("you cannot change your own role (another admin can)")
+        new_role = role if role is not None else user.role
+        # As the store applies it: a new role without a customer drops the old one.
+        new_customer = body.customer if body.customer is not None or role is not None else user.customer
+        if new_role is Role.CUSTOMER and not new_customer:
+            raise Conflict(f"user '{name[:70]}' would be a customer user without a customer: give customer")
+        if new_role is not Role.CUSTOMER and new_customer is not None:
+            raise Conflict(
+                f"user '{name[:70]}' is not a customer user ({new_role.value}): it has no customer"
+            )
+        await check_customer(user.tenant, body.customer)
         updated = await users.update(name, password=body.password, role=role, customer=body.customer)
         if updated is None:
             raise NotFound(f"user '{name[:70]}' does not exist")

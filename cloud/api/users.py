@@ -59,6 +59,9 @@ USER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as cloud.config.TenantConfig.token
 CUSTOMER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@ -]{0,127}$")
 MAX_PASSWORD = 1024
+#: Shortest password any path accepts (REST, the admin bootstrap, the stores): NIST SP 800-63B's
+#: minimum for a password a person chooses.
+MIN_PASSWORD = 8
 #: The role of users created without one, and of users stored before roles existed.
 LEGACY_ROLE = Role.TENANT_ADMIN
 
@@ -212,8 +215,9 @@ def check_new_user(
 
 
 def check_password(password: str) -> None:
-    if not password:
-        raise InvalidRequest("password must not be empty")
+    """InvalidRequest unless ``password`` may be set (every path that sets one calls this)."""
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRequest(f"password must be at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:
         raise InvalidRequest(f"password must be at most {MAX_PASSWORD} characters")
 

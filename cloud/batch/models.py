@@ -11,17 +11,38 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
+
+from fieldgate.cloud.invocations import MAX_TTL_S
+from fieldgate.cloud.jsontypes import integral, one_of_fields
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOKEN = re.compile(r"^[^\s/#+]{1,128}$")
 MAX_DEVICES = 10_000
+#: The last instant an ISO 8601 time can name (9999-12-31T23:59:59.999Z), in epoch ms.
+MAX_TIME_MS = 253_402_300_799_999
+#: An invocation's time-to-live in a request: whole seconds (cloud/jsontypes.py).
+TtlS = Annotated[int, Field(ge=1, le=MAX_TTL_S), BeforeValidator(integral), Strict()]
+TimeMs = Annotated[int, Field(ge=0, le=MAX_TIME_MS), BeforeValidator(integral), Strict()]
 
 
 class DeviceFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=one_of_fields("device_type", "token_prefix", at_least=True),
+    )
 
     device_type: str | None = Field(default=None, min_length=1, max_length=128)
     token_prefix: str | None = Field(default=None, min_length=1, max_length=128)
@@ -36,10 +57,12 @@ class DeviceFilter(BaseModel):
 class Selection(BaseModel):
     """Exactly one of ``devices``, ``filter``, ``group``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra=one_of_fields("devices", "filter", "group")
+    )
 
-    devices: list[str] | None = Field(
-        default=None, description="explicit device tokens", max_length=MAX_DEVICES
+    devices: list[Annotated[str, Field(pattern=_TOKEN.pattern)]] | None = Field(
+        default=None, description="explicit device tokens", min_length=1, max_length=MAX_DEVICES
     )
     filter: DeviceFilter | None = Field(default=None, description="devices of the registry that match")
     group: str | None = Field(default=None, min_length=1, max_length=128, description="a device group")
@@ -91,7 +114,7 @@ class BatchRequest(BaseModel):
 
     command: str = Field(min_length=1, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
-    ttl_s: int | None = Field(
+    ttl_s: TtlS | None = Field(
         default=None, description="each invocation's time-to-live (default: the cloud's)"
     )
     selection: Selection
@@ -138,11 +161,11 @@ class CommandAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["command"] = "command"
+    kind: Literal["command"]
     device: str = Field(min_length=1, max_length=128)
     command: str = Field(min_length=1, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
-    ttl_s: int | None = None
+    ttl_s: TtlS | None = None
 
 
 class BatchAction(BaseModel):
@@ -150,23 +173,23 @@ class BatchAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["batch"] = "batch"
+    kind: Literal["batch"]
     command: str = Field(min_length=1, max_length=128)
     params: dict[str, Any] = Field(default_factory=dict)
-    ttl_s: int | None = None
+    ttl_s: TtlS | None = None
     selection: Selection
 
 
 class ScheduleIn(BaseModel):
     """``cron`` (five fields, UTC) or ``at_ms`` (one shot), and what to run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of_fields("cron", "at_ms"))
 
     id: str = Field(pattern=ID_PATTERN)
     cron: str | None = Field(default=None, max_length=200, description="e.g. '*/5 * * * *' (UTC)")
-    at_ms: int | None = Field(default=None, ge=0, description="one shot: when (ms since the epoch)")
+    at_ms: TimeMs | None = Field(default=None, description="one shot: when (ms since the epoch)")
     action: CommandAction | BatchAction = Field(discriminator="kind")
-    enabled: bool = True
+    enabled: StrictBool = True
 
     @field_validator("cron")
     @classmethod

@@ -46,7 +46,7 @@ from fieldgate.cloud.batch.models import (
     Selection,
 )
 from fieldgate.cloud.batch.store import BatchStore
-from fieldgate.cloud.errors import BusError, Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.errors import BusError, Conflict, InvalidRequest, NotFound, UnknownReference
 from fieldgate.cloud.invocations import CommandService, check_ttl, validate_params
 from fieldgate.cloud.store import Registry
 from fieldgate.tasks import cancel_and_wait
@@ -137,7 +137,7 @@ class BatchOperations:
                 if await self._registry.get_device(tenant, token) is None:
                     missing.append(token)
             if missing:
-                raise InvalidRequest(f"selection.devices: device {missing[0]!r} does not exist")
+                raise UnknownReference("device", missing[0], "named by selection.devices")
             return list(selection.devices)
         if selection.group is not None:
             if self._groups is None:
@@ -145,7 +145,7 @@ class BatchOperations:
             try:
                 members = await self._groups.members(tenant, selection.group)
             except NotFound as err:
-                raise InvalidRequest(f"selection.group: {err}") from err
+                raise UnknownReference("device group", selection.group, "named by selection.group") from err
             return list(dict.fromkeys(members))
         flt = selection.filter
         assert flt is not None
@@ -175,11 +175,11 @@ class BatchOperations:
         for type_token in sorted(types):
             dtype = await self._registry.get_device_type(tenant, type_token)
             if dtype is None:
-                raise InvalidRequest(f"selection: device type {type_token!r} does not exist")
+                raise UnknownReference("device type", type_token, "of a selected device")
             definition = next((c for c in dtype.commands if c.name == req.command), None)
             if definition is None:
-                raise InvalidRequest(
-                    f"command: unknown command {req.command!r} for device type {type_token!r}"
+                raise UnknownReference(
+                    "command", req.command, f"device type '{type_token}' has no such command"
                 )
             try:
                 validate_params(type_token, definition, req.params)

@@ -17,10 +17,23 @@ from __future__ import annotations
 import json
 import re
 import string
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    field_validator,
+    model_validator,
+)
 
+from fieldgate.cloud.jsontypes import JsonInt, integral
 from fieldgate.v1 import events_pb2 as pb
 
 CONNECTOR_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -33,6 +46,7 @@ TOPIC_FIELDS = frozenset({"tenant", "device", "type", "assignment", "connector"}
 
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_.:*?\[\]-]{1,128}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 Kind = Literal["webhook", "mqtt", "kafka"]
 Overflow = Literal["block", "dead_letter"]
@@ -63,9 +77,11 @@ class FilterSpec(_Model):
     event without an assignment matches no area/customer filter). Memberships and area parents
     are read through a short cache, so a change takes effect within 5 s."""
 
-    event_types: tuple[str, ...] = ()
+    event_types: tuple[Annotated[str, Field(json_schema_extra={"enum": list(EVENT_TYPES)})], ...] = ()
     device_types: tuple[str, ...] = ()
-    devices: tuple[str, ...] = Field((), description="device token patterns, fnmatch style")
+    devices: tuple[Annotated[str, Field(pattern=_PATTERN.pattern)], ...] = Field(
+        (), description="device token patterns, fnmatch style"
+    )
     areas: tuple[str, ...] = ()
     customers: tuple[str, ...] = ()
     groups: tuple[str, ...] = Field((), description="device group tokens (nested groups included)")
@@ -90,17 +106,17 @@ class FilterSpec(_Model):
 class DeliverySpec(_Model):
     """How hard a connector tries, and what happens when it cannot keep up."""
 
-    max_attempts: int = Field(8, ge=1, le=100)
-    initial_backoff_s: float = Field(0.5, gt=0, le=60)
-    max_backoff_s: float = Field(30.0, gt=0, le=3600)
-    timeout_s: float = Field(10.0, gt=0, le=120)
+    max_attempts: Annotated[int, Field(ge=1, le=100), BeforeValidator(integral), Strict()] = 8
+    initial_backoff_s: StrictFloat = Field(0.5, gt=0, le=60)
+    max_backoff_s: StrictFloat = Field(30.0, gt=0, le=3600)
+    timeout_s: StrictFloat = Field(10.0, gt=0, le=120)
     # Events waiting for this connector (its retry queue), in memory; then `overflow` applies.
-    queue_size: int = Field(1000, ge=1, le=100_000)
+    queue_size: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(integral), Strict()] = 1000
     # block: the stage stops reading until there is room (every connector of the stage waits);
     # dead_letter: the event goes to the connector's dead letters at once and the stage goes on.
     overflow: Overflow = "dead_letter"
     # Events per delivery (webhook: a JSON document {"events": [...]} when > 1).
-    batch_size: int = Field(1, ge=1, le=500)
+    batch_size: Annotated[int, Field(ge=1, le=500), BeforeValidator(integral), Strict()] = 1
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Self:
@@ -113,7 +129,11 @@ class WebhookSpec(_Model):
     url: AnyHttpUrl
     # HMAC-SHA256 key of the X-Fieldgate-Signature header; write-only.
     secret: SecretStr | None = Field(None, min_length=16, max_length=512)
-    headers: dict[str, str] = Field(default_factory=dict, max_length=20)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=20,
+        json_schema_extra={"propertyNames": {"pattern": _HEADER_NAME.pattern}},
+    )
 
     @field_validator("headers")
     @classmethod
@@ -122,20 +142,26 @@ class WebhookSpec(_Model):
             low = name.lower()
             if low.startswith("x-fieldgate-") or low in {"content-type", "idempotency-key", "content-length"}:
                 raise ValueError(f"header {name!r} is set by fieldgate")
-            if not re.match(r"^[A-Za-z0-9-]{1,64}$", name):
+            if not _HEADER_NAME.match(name):
                 raise ValueError(f"invalid header name {name!r}")
         return v
 
 
 class MqttSpec(_Model):
     host: str = Field(min_length=1, max_length=255)
-    port: int = Field(1883, ge=1, le=65535)
-    topic: str = Field("fieldgate/{tenant}/outbound/{device}/{type}", min_length=1, max_length=512)
+    port: Annotated[int, Field(ge=1, le=65535), BeforeValidator(integral), Strict()] = 1883
+    topic: str = Field(
+        "fieldgate/{tenant}/outbound/{device}/{type}",
+        min_length=1,
+        max_length=512,
+        # as _template checks: the known placeholders, no other braces, no wildcards
+        pattern=r"^[^#+{}]*(\{(tenant|device|type|assignment|connector)\}[^#+{}]*)*$",
+    )
     qos: Literal[1] = 1
     client_id: str = Field("", max_length=128)
     username: str | None = Field(None, max_length=256)
     password: SecretStr | None = Field(None, max_length=512)
-    tls: bool = False
+    tls: StrictBool = False
 
     @field_validator("topic")
     @classmethod
@@ -151,9 +177,9 @@ class MqttSpec(_Model):
 
 class KafkaSpec(_Model):
     bootstrap: str = Field(min_length=1, max_length=1024)
-    topic: str = Field(min_length=1, max_length=249)
+    topic: str = Field(min_length=1, max_length=249, pattern=_KAFKA_TOPIC.pattern)
     # Extra librdkafka producer properties (security.protocol, sasl.*, ...).
-    config: dict[str, str | int | bool] = Field(default_factory=dict, max_length=50)
+    config: dict[str, str | JsonInt | StrictBool] = Field(default_factory=dict, max_length=50)
     sasl_password: SecretStr | None = Field(None, max_length=512)
 
     @field_validator("topic")
@@ -178,7 +204,7 @@ class ConnectorSpec(_Model):
     id: str = Field(pattern=CONNECTOR_ID_PATTERN)
     kind: Kind
     name: str = Field("", max_length=200)
-    enabled: bool = True
+    enabled: StrictBool = True
     filter: FilterSpec = FilterSpec()
     delivery: DeliverySpec = DeliverySpec()
     webhook: WebhookSpec | None = None
@@ -222,10 +248,30 @@ class ConnectorSpec(_Model):
         return self.model_copy(update=updates) if updates else self
 
 
+# The section named by ``kind``, and no other (as ConnectorSpec._one_section checks), in the
+# document too.
+_KINDS: tuple[Kind, ...] = ("webhook", "mqtt", "kafka")
+_ONE_SECTION: dict[str, Any] = {
+    "oneOf": [
+        {
+            "properties": {
+                "kind": {"const": kind},
+                kind: {"not": {"type": "null"}},
+                **{other: {"type": "null"} for other in _KINDS if other != kind},
+            },
+            "required": ["kind", kind],
+        }
+        for kind in _KINDS
+    ]
+}
+
+
 class ConnectorIn(ConnectorSpec):
     """The REST body of POST/PUT (``updated_ms`` is set by the server)."""
 
-    updated_ms: int = Field(0, exclude=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_ONE_SECTION)
+
+    updated_ms: JsonInt = Field(0, exclude=True)
 
 
 class WebhookOut(_Model):

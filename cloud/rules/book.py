@@ -164,6 +164,17 @@ class RuleService:
             await self._changed(tenant, new)
         return new
 
+    async def forget_device_type(self, tenant: str, device_type: str) -> None:
+        """Drop the presence interval of a device type that was deleted (if it had one)."""
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            current = await self._current(tenant)
+            if device_type not in current.presence_intervals:
+                return
+            intervals = {k: v for k, v in current.presence_intervals.items() if k != device_type}
+            new = self._checked(RuleSet(rules=current.rules, presence_intervals=intervals))
+            await self._store.replace_rules(tenant, to_documents(new))
+            await self._changed(tenant, new)
+
     @staticmethod
     def _checked(rules: RuleSet) -> RuleSet:
         try:

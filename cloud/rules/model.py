@@ -22,14 +22,27 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
+from fieldgate.cloud.jsontypes import integral
 from fieldgate.config import Frozen
 
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 MEASUREMENT_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,64}$"
 MAX_RULES = 200  # per tenant: every event of a device is evaluated against each matching rule
 MAX_POLYGON_POINTS = 500
+MAX_INTERVAL_S = 30 * 86_400  # a presence interval: at most 30 days
+MAX_PRESENCE_INTERVALS = 1000  # device types with their own presence interval, per tenant
 
 Operator = Literal[">", ">=", "<", "<="]
 Level = Literal["info", "warning", "error", "critical"]
@@ -44,7 +57,7 @@ def _finite(value: float) -> float:
 class _Rule(Frozen):
     id: str = Field(pattern=RULE_ID_PATTERN, description="the rule's id; also the alert_type of its alerts")
     description: str = Field("", max_length=500)
-    enabled: bool = True
+    enabled: StrictBool = True
     level: Level = "warning"
     # Alert text; without it a message is made from the rule and the value that fired it.
     message: str = Field("", max_length=500)
@@ -70,9 +83,9 @@ class ThresholdRule(_Rule):
     kind: Literal["threshold"]
     measurement: str = Field(pattern=MEASUREMENT_PATTERN)
     operator: Operator
-    value: float
-    hysteresis: float = Field(0.0, ge=0)
-    for_s: float = Field(0.0, ge=0, le=7 * 86_400)
+    value: StrictFloat
+    hysteresis: StrictFloat = Field(0.0, ge=0)
+    for_s: StrictFloat = Field(0.0, ge=0, le=7 * 86_400)
 
     _finite_value = field_validator("value", "hysteresis")(_finite)
 
@@ -85,9 +98,9 @@ class RateOfChangeRule(_Rule):
     kind: Literal["rate_of_change"]
     measurement: str = Field(pattern=MEASUREMENT_PATTERN)
     operator: Operator
-    value: float = Field(description="change per second")
-    window_s: float = Field(gt=0, le=86_400)
-    hysteresis: float = Field(0.0, ge=0)
+    value: StrictFloat = Field(description="change per second")
+    window_s: StrictFloat = Field(gt=0, le=86_400)
+    hysteresis: StrictFloat = Field(0.0, ge=0)
 
     _finite_value = field_validator("value", "hysteresis")(_finite)
 
@@ -99,10 +112,11 @@ class MissingDataRule(_Rule):
 
     kind: Literal["missing_data"]
     measurement: str = Field(pattern=MEASUREMENT_PATTERN)
-    after_s: float = Field(gt=0, le=30 * 86_400)
+    after_s: StrictFloat = Field(gt=0, le=30 * 86_400)
 
 
-Point = tuple[float, float]
+# [lat, lon] (the bounds in the document too; _points checks them and finiteness)
+Point = tuple[Annotated[StrictFloat, Field(ge=-90, le=90)], Annotated[StrictFloat, Field(ge=-180, le=180)]]
 
 
 class GeofenceRule(_Rule):
@@ -113,6 +127,22 @@ class GeofenceRule(_Rule):
     joins the first), or ``zone`` names a zone of the tenant (docs/model.md) whose polygon is
     used (:class:`fieldgate.cloud.rules.zones.ZonePolygons`); exactly one of the two.
     """
+
+    # Exactly one of the two, in the document too; the REST API also refuses a point given
+    # twice (uniqueItems), so that "at least 3 points" there means 3 distinct ones.
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["polygon"],
+                    "properties": {"polygon": {"minItems": 3, "uniqueItems": True}, "zone": {"maxLength": 0}},
+                },
+                {"required": ["zone"], "properties": {"zone": {"minLength": 1}, "polygon": {"maxItems": 0}}},
+            ]
+        },
+    )
 
     kind: Literal["geofence"]
     on: Literal["enter", "leave"] = "leave"
@@ -155,8 +185,9 @@ class RuleSet(Frozen):
 
     rules: tuple[Rule, ...] = Field((), max_length=MAX_RULES)
     presence_intervals: dict[
-        Annotated[str, Field(min_length=1, max_length=128)], Annotated[int, Field(ge=1, le=30 * 86_400)]
-    ] = Field(default_factory=dict, max_length=1000)
+        Annotated[str, Field(min_length=1, max_length=128)],
+        Annotated[int, Field(ge=1, le=MAX_INTERVAL_S), BeforeValidator(integral), Strict()],
+    ] = Field(default_factory=dict, max_length=MAX_PRESENCE_INTERVALS)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleSet:

@@ -184,11 +184,27 @@ class Registry(Protocol):
     async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType: ...
     async def get_device_type(self, tenant: str, token: str) -> model.DeviceType | None: ...
     async def list_device_types(self, tenant: str, page: int, page_size: int) -> Page[model.DeviceType]: ...
+    async def update_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        """Replace name, description and commands; NotFound if absent."""
+
+    async def delete_device_type(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse (naming one) while a device has this type. A device
+        created or moved to the type at the same moment on another replica makes one of the
+        two fail, never both succeed."""
 
     # devices
-    async def create_device(self, device: model.Device) -> model.Device: ...
+    async def create_device(self, device: model.Device) -> model.Device:
+        """NotFound for an unknown tenant or device type; Conflict for a taken token."""
+
     async def get_device(self, tenant: str, token: str) -> model.Device | None: ...
     async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]: ...
+    async def update_device(self, device: model.Device) -> model.Device:
+        """Replace type, comments and metadata (``created_ms`` kept); NotFound if the device or
+        its (new) type does not exist."""
+
+    async def delete_device(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while the device has an ACTIVE assignment (an assignment
+        created at the same moment makes one of the two fail). Its token is free again."""
 
     # assignments
     async def create_assignment(self, assignment: model.Assignment) -> model.Assignment: ...

@@ -25,6 +25,11 @@ move (the loser re-reads and applies :func:`next_status` to what won), so two re
 moving, answering or expiring the same invocation change it once, and an answer racing the
 edge's timeout ends answered or late, never lost.
 
+Device types and devices can be changed and deleted. A device type is deleted only while no
+device has it (``devices_by_device_type``, an index), a device only while it has no active
+assignment; each delete first takes a mark by LWT (``device_type_deletions``; the device's
+``active_assignments`` slot) that a concurrent create checks after writing, and backs out on.
+
 A write is several statements (the keyed row by LWT first, then the listing rows). A process
 that dies between them leaves the entity stored but missing from its listing (its token stays
 taken); releasing an assignment again repairs a release cut short (the slot and the listing).
@@ -44,7 +49,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
-from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, StoreError
+from fieldgate.cloud.errors import Conflict, Cycle, InUse, InvalidRequest, NotFound, StoreError
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store._cassandra import (
     KEYSPACE_PREFIX,
@@ -53,7 +58,7 @@ from fieldgate.cloud.store._cassandra import (
     instance_keyspace,
     keyspace_name,
 )
-from fieldgate.cloud.store._registry_cache import RegistryCache
+from fieldgate.cloud.store._registry_cache import DEVICE_CACHE_S, RegistryCache
 from fieldgate.cloud.store._sqlite import check_page, require_tenant, valid_tenant
 from fieldgate.cloud.store.sqlite_registry import apply_status, check_requested, next_status
 from fieldgate.timeutil import now_ms
@@ -82,6 +87,8 @@ _KNOWN = frozenset(
         svc.COMMAND_STATUS_LATE,
     }
 )
+# The active-assignment slot of a device being deleted (no assignment token looks like it).
+_DELETING = "-deleting-"
 # Compare-and-set rounds of one status update before giving up (each lost round means another
 # writer moved the invocation forward, and there are only four forward moves).
 _CAS_ROUNDS = 8
@@ -150,10 +157,20 @@ def _tenant_migrations(ks: str) -> list[Migration]:
                 " customer text, device text, tok text, PRIMARY KEY ((customer), device))",
             ],
         ),
+        (
+            3,
+            [
+                # Which device has a type (a device type in use is not deleted); built for the
+                # devices stored before too.
+                f"CREATE INDEX IF NOT EXISTS devices_by_device_type ON {ks}.devices (device_type)",
+                # Device types being deleted: a device created with one meanwhile backs out.
+                f"CREATE TABLE IF NOT EXISTS {ks}.device_type_deletions (tok text PRIMARY KEY, at bigint)",
+            ],
+        ),
     ]
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The invocation store's tables among the registry's (what its ``delete_tenant`` empties).
 _INVOCATION_TABLES = ("invocations", "queued_invocations", "queued_invocations_by_device")
 
@@ -308,9 +325,10 @@ class CassandraRegistry(_CassandraStore):
     """Implements :class:`fieldgate.cloud.store.Registry` on Cassandra (see the module docstring).
 
     :meth:`get_device` is on the hot path of inbound processing: as in the SQLite registry,
-    found devices (which cannot change) are kept in a bounded in-memory cache, misses always ask
-    Cassandra (another replica may have created the device), and active assignments are cached
-    for ``assignment_cache_s`` and invalidated at once by this instance's own writes.
+    found devices are kept in a bounded in-memory cache for ``device_cache_s`` (another
+    replica's change or deletion is seen within that time), misses always ask Cassandra
+    (another replica may have created the device), and active assignments are cached for
+    ``assignment_cache_s``; this instance's own writes drop both at once.
     """
 
     def __init__(
@@ -323,13 +341,14 @@ class CassandraRegistry(_CassandraStore):
         device_cache_size: int = 100_000,
         assignment_cache_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        device_cache_s: float = DEVICE_CACHE_S,
     ) -> None:
         super().__init__(
             session, keyspace_prefix=keyspace_prefix, replication=replication, max_concurrency=max_concurrency
         )
         self._seq = _Sequence()
         self._known_tenants: set[str] = set()
-        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock)
+        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock, device_cache_s)
 
     def _instance_statements(self, ks: str) -> dict[str, str]:
         return {
@@ -350,6 +369,18 @@ class CassandraRegistry(_CassandraStore):
             " IF NOT EXISTS",
             "sel_devices": f"SELECT data FROM {ks}.devices WHERE tok = ?",
             **_by_seq_statements(ks, "devices_by_seq"),
+            "sel_device_types_seq": f"SELECT seq, data FROM {ks}.device_types WHERE tok = ?",
+            "upd_device_types": f"UPDATE {ks}.device_types SET data = ? WHERE tok = ? IF EXISTS",
+            "del_device_types": f"DELETE FROM {ks}.device_types WHERE tok = ?",
+            "del_device_types_by_seq": f"DELETE FROM {ks}.device_types_by_seq WHERE bucket = ? AND seq = ?",
+            "mark_type_deletion": f"INSERT INTO {ks}.device_type_deletions (tok, at) VALUES (?, ?) IF NOT EXISTS",
+            "unmark_type_deletion": f"DELETE FROM {ks}.device_type_deletions WHERE tok = ?",
+            "sel_type_deletion": f"SELECT at FROM {ks}.device_type_deletions WHERE tok = ?",
+            "any_device_of_type": f"SELECT tok FROM {ks}.devices WHERE device_type = ? LIMIT 1",
+            "sel_devices_seq": f"SELECT seq, data FROM {ks}.devices WHERE tok = ?",
+            "upd_devices": f"UPDATE {ks}.devices SET device_type = ?, data = ? WHERE tok = ? IF EXISTS",
+            "del_devices": f"DELETE FROM {ks}.devices WHERE tok = ? IF EXISTS",
+            "del_devices_by_seq": f"DELETE FROM {ks}.devices_by_seq WHERE bucket = ? AND seq = ?",
             "ins_assignment": f"INSERT INTO {ks}.assignments (tok, seq, device, status, data)"
             " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
             "del_assignment": f"DELETE FROM {ks}.assignments WHERE tok = ?",
@@ -540,6 +571,50 @@ class CassandraRegistry(_CassandraStore):
         ctx = await self._open(tenant, create=False)
         return await self._page(ctx, "device_types_by_seq", _BUCKET, model.DeviceType, page, page_size)
 
+    async def update_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_device_types_seq"], (dt.token,))
+        if ctx is None or not rows:
+            raise NotFound(f"device type {dt.token!r} does not exist in tenant {tenant!r}")
+        stored = _copy(dt)
+        data = stored.SerializeToString()
+        if not _applied(await self._run(ctx["upd_device_types"], (data, stored.token))):
+            raise NotFound(f"device type {dt.token!r} does not exist in tenant {tenant!r}")
+        await self._run(ctx["ins_device_types_by_seq"], (_BUCKET, rows[0][0], stored.token, data))
+        return stored
+
+    async def delete_device_type(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while a device has the type.
+
+        The type is first marked as being deleted (``device_type_deletions``, by LWT), then the
+        devices are looked up: a device created (or moved to the type) concurrently either is
+        found here, or finds the mark after storing itself and backs out (:meth:`_type_gone`),
+        so a device never keeps a deleted type."""
+        ctx = await self._open(tenant, create=False)
+        rows = [] if ctx is None else await self._run(ctx["sel_device_types_seq"], (token,))
+        if ctx is None or not rows:
+            raise NotFound(f"device type {token!r} does not exist in tenant {tenant!r}")
+        if not _applied(await self._run(ctx["mark_type_deletion"], (token, now_ms()))):
+            raise Conflict(f"device type {token!r} is being deleted by another request")
+        try:
+            user = await self._run(ctx["any_device_of_type"], (token,))
+            if user:
+                raise InUse(
+                    f"device type {token!r} is the type of device {user[0][0]!r}; delete the device or "
+                    "change its type first"
+                )
+            await self._run(ctx["del_device_types"], (token,))
+            await self._run(ctx["del_device_types_by_seq"], (_BUCKET, rows[0][0]))
+        finally:
+            await self._run(ctx["unmark_type_deletion"], (token,))
+
+    async def _type_gone(self, ctx: dict[str, Any], device_type: str) -> bool:
+        """Whether ``device_type`` no longer exists or is being deleted (checked after a device
+        naming it was written)."""
+        if await self._run(ctx["sel_type_deletion"], (device_type,)):
+            return True
+        return not await self._run(ctx["sel_device_types"], (device_type,))
+
     # ------------------------------------------------------------------ devices
 
     async def create_device(self, device: model.Device) -> model.Device:
@@ -558,8 +633,19 @@ class CassandraRegistry(_CassandraStore):
         data = stored.SerializeToString()
         if not await self._create(ctx, "devices", (stored.token, stored.device_type, data)):
             raise Conflict(f"device {stored.token!r} already exists in tenant {stored.tenant!r}")
+        if await self._type_gone(ctx, stored.device_type):  # deleted meanwhile: back out
+            await self._remove_device(ctx, stored.token)
+            raise NotFound(f"device type {stored.device_type!r} does not exist in tenant {stored.tenant!r}")
         self._cache.put_device(stored.tenant, stored.token, data)
         return _copy(stored)
+
+    async def _remove_device(self, ctx: dict[str, Any], token: str) -> bool:
+        """Delete the device's rows; False if it was not there."""
+        rows = await self._run(ctx["sel_devices_seq"], (token,))
+        if not rows or not _applied(await self._run(ctx["del_devices"], (token,))):
+            return False
+        await self._run(ctx["del_devices_by_seq"], (_BUCKET, rows[0][0]))
+        return True
 
     async def get_device(self, tenant: str, token: str) -> model.Device | None:
         """The device, or None. Found devices are served from memory after the first lookup."""
@@ -576,6 +662,60 @@ class CassandraRegistry(_CassandraStore):
         check_page(page, page_size)
         ctx = await self._open(tenant, create=False)
         return await self._page(ctx, "devices_by_seq", _BUCKET, model.Device, page, page_size)
+
+    async def update_device(self, device: model.Device) -> model.Device:
+        """Replace type, comments and metadata. A new type must exist; if it is deleted at the
+        same moment the device's old record is put back (NotFound)."""
+        if not device.device_type:
+            raise InvalidRequest("device must name a device type")
+        tenant = device.tenant
+        try:
+            ctx = await self._open(tenant, create=False)
+            rows = [] if ctx is None else await self._run(ctx["sel_devices_seq"], (device.token,))
+            if ctx is None or not rows:
+                raise NotFound(f"device {device.token!r} does not exist in tenant {tenant!r}")
+            seq, old_data = rows[0]
+            old = _parse(model.Device, old_data)
+            if not await self._run(ctx["sel_device_types"], (device.device_type,)):
+                raise NotFound(f"device type {device.device_type!r} does not exist in tenant {tenant!r}")
+            stored = _copy(device)
+            stored.created_ms = old.created_ms
+            data = stored.SerializeToString()
+            if not _applied(await self._run(ctx["upd_devices"], (stored.device_type, data, stored.token))):
+                raise NotFound(f"device {device.token!r} does not exist in tenant {tenant!r}")
+            if stored.device_type != old.device_type and await self._type_gone(ctx, stored.device_type):
+                await self._run(ctx["upd_devices"], (old.device_type, old_data, stored.token))
+                raise NotFound(f"device type {device.device_type!r} does not exist in tenant {tenant!r}")
+            await self._run(ctx["ins_devices_by_seq"], (_BUCKET, seq, stored.token, data))
+            return stored
+        finally:
+            self._cache.drop_device(tenant, device.token)
+
+    async def delete_device(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while it has an ACTIVE assignment.
+
+        The device's active-assignment slot is taken first (by LWT, with an empty record), so
+        no assignment can be made while the device goes; one made at that moment either holds
+        the slot (InUse here) or finds the device gone after claiming it and backs out."""
+        try:
+            ctx = await self._open(tenant, create=False)
+            if ctx is None or not await self._run(ctx["sel_devices"], (token,)):
+                raise NotFound(f"device {token!r} does not exist in tenant {tenant!r}")
+            if not _applied(await self._run(ctx["claim_active"], (token, _DELETING, b""))):
+                active = await self._run(ctx["sel_active"], (token,))
+                holder = bytes(active[0][0] or b"") if active else b""
+                if holder:
+                    which = _parse(model.Assignment, holder).token
+                    raise InUse(f"device {token!r} has active assignment {which!r}; release it first")
+                raise Conflict(f"device {token!r} is being deleted by another request")
+            try:
+                if not await self._remove_device(ctx, token):
+                    raise NotFound(f"device {token!r} does not exist in tenant {tenant!r}")
+            finally:
+                await self._run(ctx["free_active"], (token, _DELETING))
+        finally:
+            self._cache.drop_device(tenant, token)
+            self._cache.drop_assignment(tenant, token)
 
     # ------------------------------------------------------------------ assignments
 
@@ -606,6 +746,10 @@ class CassandraRegistry(_CassandraStore):
                 # The token is ours (we just won it): give it back, the device's slot is not.
                 await self._run(ctx["del_assignment"], (a.token,))
                 raise Conflict(f"device {a.device!r} already has an active assignment")
+            if not await self._run(ctx["sel_devices"], (a.device,)):  # deleted meanwhile: back out
+                await self._run(ctx["free_active"], (a.device, a.token))
+                await self._run(ctx["del_assignment"], (a.token,))
+                raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
             writes = [
                 self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, a.token, data)),
                 self._run(ctx["ins_assignments_by_device"], (a.device, seq, a.token, data)),
@@ -625,7 +769,7 @@ class CassandraRegistry(_CassandraStore):
         hit, cached = self._cache.assignment(tenant, device)
         if hit:
             return None if cached is None else _parse(model.Assignment, cached)
-        data = await self._get_data(tenant, "sel_active", device)
+        data = await self._get_data(tenant, "sel_active", device) or None  # b"": being deleted
         self._cache.put_assignment(tenant, device, data)
         return None if data is None else _parse(model.Assignment, data)
 
@@ -733,12 +877,12 @@ class CassandraRegistry(_CassandraStore):
         if not c.parent:
             return
         if c.parent == c.token:
-            raise InvalidRequest(f"customer {c.token!r} cannot be its own parent")
+            raise Cycle(f"customer {c.token!r} cannot be its own parent")
         seen: set[str] = set()
         current = c.parent
         while current:
             if current == c.token:
-                raise InvalidRequest(
+                raise Cycle(
                     f"parent {c.parent!r} is below customer {c.token!r}: the customer tree would have a cycle"
                 )
             if current in seen:

@@ -54,6 +54,7 @@ def _statements(ks: str) -> dict[str, str]:
     return {
         "get": f"SELECT data FROM {ks}.device_state WHERE device = ?",
         "put": f"INSERT INTO {ks}.device_state (device, data) VALUES (?, ?)",
+        "del": f"DELETE FROM {ks}.device_state WHERE device = ?",
         "pres_add": f"INSERT INTO {ks}.device_presence (presence, device) VALUES (?, ?)",
         "pres_del": f"DELETE FROM {ks}.device_presence WHERE presence = ? AND device = ?",
         "pres_count": f"SELECT count(*) FROM {ks}.device_presence WHERE presence = ?",
@@ -189,6 +190,14 @@ class CassandraStateStore:
         tokens = list(heapq.merge(*([str(r[0]) for r in rows] for rows in lists)))[offset : offset + limit]
         found = await self._read(ctx, tokens)
         return Page([found[t] for t in tokens if t in found], total, page, page_size)
+
+    async def delete_state(self, tenant: str, device: str) -> bool:
+        ctx = await self._open(tenant, create=False)
+        if ctx is None or not await self._run(ctx["get"], (device,)):
+            return False
+        await self._run(ctx["del"], (device,))
+        await asyncio.gather(*(self._run(ctx["pres_del"], (p, device)) for p in (PRESENT, MISSING)))
+        return True
 
     # ------------------------------------------------------------------ rules
 

@@ -24,7 +24,7 @@ from typing import Annotated, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound
+from fieldgate.cloud.errors import Conflict, Cycle, InUse, InvalidRequest, NotFound, UnknownReference
 from fieldgate.cloud.store import Page, TenantOwned
 from fieldgate.timeutil import now_ms
 
@@ -50,9 +50,9 @@ LABELS: dict[str, str] = {
 }
 
 Token = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN)]
-OptToken = Annotated[
-    str, StringConstraints(max_length=128, pattern=r"^(|[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})$")
-]
+#: A token or nothing (an optional reference).
+OPT_TOKEN_PATTERN = r"^(|[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127})$"
+OptToken = Annotated[str, StringConstraints(max_length=128, pattern=OPT_TOKEN_PATTERN)]
 MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 MetaValue = Annotated[str, StringConstraints(max_length=4096)]
 Role = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -163,9 +163,9 @@ def matches(record: SiteRecord, search: str | None) -> bool:
 
 
 class SiteStore(TenantOwned, Protocol):
-    """Site records per tenant (see the module docstring). Errors: NotFound (an unknown record
-    or a referenced one that does not exist), Conflict (a taken token), InUse (a delete of a
-    referenced record; the message names the referrers), InvalidRequest (a cycle)."""
+    """Site records per tenant (see the module docstring). Errors: NotFound (an unknown record),
+    UnknownReference (a referenced one that does not exist), Conflict (a taken token), InUse (a
+    delete of a referenced record; the message names the referrers), Cycle (a Conflict: a cycle)."""
 
     async def start(self) -> None: ...
 
@@ -190,15 +190,15 @@ class SiteStore(TenantOwned, Protocol):
         ``referencing``: only those that reference that record (an area's zones, children)."""
 
     async def update(self, tenant: str, record: SiteRecord) -> SiteRecord:
-        """Replace a record (``created_ms`` kept); NotFound if absent or a new reference is
-        unknown; InvalidRequest when an area's new parent is the area or below it."""
+        """Replace a record (``created_ms`` kept); NotFound if absent, UnknownReference if a new
+        reference is unknown; InvalidRequest when an area's new parent is the area or below it."""
 
     async def delete(self, tenant: str, kind: Kind, token: str) -> None:
         """NotFound if absent; InUse while referenced. A group's own elements go with it."""
 
     async def put_element(self, tenant: str, group: str, element: GroupElement) -> GroupElement:
-        """Add an element to ``group`` or replace its roles; a nested group must exist and
-        must not contain ``group`` (InvalidRequest: a cycle)."""
+        """Add an element to ``group`` (NotFound if absent) or replace its roles; a nested group
+        must exist (UnknownReference) and must not contain ``group`` (Cycle)."""
 
     async def remove_element(self, tenant: str, group: str, kind: str, token: str) -> None:
         """NotFound if the group or the element is absent."""
@@ -213,8 +213,8 @@ class SiteStore(TenantOwned, Protocol):
     async def hold(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
         """Count references from something outside the site model (``holder``, e.g.
         ``("assignment", token)``) on ``refs``, which then cannot be deleted (InUse naming the
-        holder) until :meth:`let_go`. NotFound naming the first that does not exist (then none
-        is held)."""
+        holder) until :meth:`let_go`. UnknownReference naming the first that does not exist
+        (then none is held)."""
 
     async def let_go(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
         """Give back what :meth:`hold` counted; a reference the holder does not hold (given
@@ -312,7 +312,7 @@ class SiteStoreBase:
             if not await self._incref(tenant, kind, token, src):
                 for k, t in taken:
                     await self._decref(tenant, k, t, src)
-                raise NotFound(f"{describe(kind, token)} does not exist (named by {describe(*src)})")
+                raise UnknownReference(LABELS[kind], token, f"named by {describe(*src)}")
             taken.append((kind, token))
 
     async def _give_refs(self, tenant: str, record: SiteRecord, refs: Sequence[tuple[Kind, str]]) -> None:
@@ -325,7 +325,7 @@ class SiteStoreBase:
             if not await self._incref(tenant, kind, token, holder):
                 for k, t in taken:
                     await self._drop_ref(tenant, k, t, holder)
-                raise NotFound(f"{describe(kind, token)} does not exist")
+                raise UnknownReference(LABELS[kind], token)
             taken.append((kind, token))
 
     async def let_go(self, tenant: str, holder: tuple[str, str], refs: Sequence[tuple[Kind, str]]) -> None:
@@ -338,9 +338,7 @@ class SiteStoreBase:
         parent, depth = area.parent, 0
         while parent:
             if parent in seen:
-                raise InvalidRequest(
-                    f"area '{area.token}' cannot have parent '{area.parent}': that makes a cycle"
-                )
+                raise Cycle(f"area '{area.token}' cannot have parent '{area.parent}': that makes a cycle")
             seen.add(parent)
             rec = await self.get(tenant, "area", parent)
             if rec is None or not isinstance(rec, Area):
@@ -352,7 +350,7 @@ class SiteStoreBase:
     async def create(self, tenant: str, record: SiteRecord) -> SiteRecord:
         record = record.model_copy(update={"created_ms": now_ms()})
         if isinstance(record, Area) and record.parent == record.token:
-            raise InvalidRequest(f"area '{record.token}' cannot be its own parent")
+            raise Cycle(f"area '{record.token}' cannot be its own parent")
         if await self._read(tenant, record.KIND, record.token) is not None:
             raise Conflict(f"{describe(record.KIND, record.token)} already exists")
         refs = record.refs()
@@ -430,7 +428,7 @@ class SiteStoreBase:
         src = ("device_group", group)
         nested = element.kind == "group"
         if nested and await self._contains_group(tenant, element.token, group):
-            raise InvalidRequest(
+            raise Cycle(
                 f"device group '{element.token}' cannot be an element of '{group}': that makes a cycle"
             )
         present = any(
@@ -441,7 +439,7 @@ class SiteStoreBase:
             await self._put_element_row(tenant, group, element)
             return element
         if nested and not await self._incref(tenant, "device_group", element.token, src):
-            raise NotFound(f"{describe('device_group', element.token)} does not exist")
+            raise UnknownReference("device group", element.token)
         new = await self._put_element_row(tenant, group, element)
         if nested and not new:  # another replica added it meanwhile: count it once
             await self._decref(tenant, "device_group", element.token, src)

@@ -18,18 +18,22 @@ Rules a caller will notice:
   pages. Duplicate tokens raise Conflict. :meth:`~SqliteRegistry.delete_tenant` removes the
   record and ``registry-<tenant>.db``.
 * Customers name an existing customer type and (optionally) an existing parent customer; a
-  parent that would make a cycle is InvalidRequest; a customer with children or named by an
+  parent that would make a cycle is Cycle (a Conflict); a customer with children or named by an
   ACTIVE assignment, and a customer type with customers, cannot be deleted (InUse).
-* A device must name an existing device type (NotFound otherwise).
+* A device must name an existing device type (NotFound otherwise). A device type a device has,
+  and a device with an ACTIVE assignment, cannot be deleted (InUse); each check runs in the
+  transaction of the delete (and creating a device or an assignment checks what it names in
+  its own), so the two cannot cross.
 * A device has at most one ACTIVE assignment (a partial unique index enforces it); creating a
   second raises Conflict. Releasing sets RELEASED and ``released_ms``; releasing again is a
   no-op that returns the released assignment. An assignment without a token gets a uuid4.
 * Lists are in creation order, except assignments: newest first.
-* :meth:`SqliteRegistry.get_device` is on the hot path of inbound processing. Devices cannot be
-  changed or deleted through this interface, so found devices are kept in a bounded in-memory
-  cache and later lookups skip the database thread entirely; misses always ask the database
-  (another process may have created the device). Active assignments are cached too, for a few
-  seconds (``assignment_cache_s``), and invalidated at once by this instance's own writes.
+* :meth:`SqliteRegistry.get_device` is on the hot path of inbound processing: found devices
+  are kept in a bounded in-memory cache for ``device_cache_s`` seconds (a change or deletion
+  made by another process is seen within that time; this instance's own writes drop the entry
+  at once); misses always ask the database (another process may have created the device).
+  Active assignments are cached too, for a few seconds (``assignment_cache_s``), and
+  invalidated at once by this instance's own writes.
 
 Invocation status rules (:meth:`SqliteInvocationStore.update_status`, :func:`next_status`):
 QUEUED → DELIVERED → ANSWERED, and FAILED / EXPIRED from QUEUED or DELIVERED. ANSWERED may skip
@@ -53,9 +57,9 @@ from typing import TypeAlias, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
-from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, StoreError
+from fieldgate.cloud.errors import Conflict, Cycle, InUse, InvalidRequest, NotFound, StoreError
 from fieldgate.cloud.store import Page
-from fieldgate.cloud.store._registry_cache import RegistryCache
+from fieldgate.cloud.store._registry_cache import DEVICE_CACHE_S, RegistryCache
 from fieldgate.cloud.store._sqlite import (
     SqliteWorker,
     Synchronous,
@@ -167,11 +171,12 @@ class SqliteRegistry:
         device_cache_size: int = 100_000,
         assignment_cache_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        device_cache_s: float = DEVICE_CACHE_S,
     ) -> None:
         self._data_dir = data_dir
         self._worker = SqliteWorker("registry", error=StoreError, synchronous=synchronous)
         self._known_tenants: set[str] = set()
-        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock)
+        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock, device_cache_s)
 
     async def start(self) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
@@ -344,6 +349,45 @@ class SqliteRegistry:
         )
         return Page(items, total, page, page_size)
 
+    async def update_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        """Replace the type's name, description and commands; NotFound if absent."""
+        return await self._worker.run(self._update_device_type, tenant, _copy(dt))
+
+    def _update_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            if (
+                conn is None
+                or not conn.execute(
+                    "UPDATE device_types SET data = ? WHERE token = ?", (dt.SerializeToString(), dt.token)
+                ).rowcount
+            ):
+                raise NotFound(f"device type {dt.token!r} does not exist in tenant {tenant!r}")
+        return dt
+
+    async def delete_device_type(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while a device has the type (one transaction: a device
+        cannot take the type between the check and the delete)."""
+        await self._worker.run(self._delete_device_type, tenant, token)
+
+    def _delete_device_type(self, tenant: str, token: str) -> None:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            if (
+                conn is None
+                or conn.execute("SELECT 1 FROM device_types WHERE token = ?", (token,)).fetchone() is None
+            ):
+                raise NotFound(f"device type {token!r} does not exist in tenant {tenant!r}")
+            user = conn.execute(
+                "SELECT token FROM devices WHERE device_type = ? LIMIT 1", (token,)
+            ).fetchone()
+            if user is not None:
+                raise InUse(
+                    f"device type {token!r} is the type of device {user[0]!r}; delete the device or "
+                    "change its type first"
+                )
+            conn.execute("DELETE FROM device_types WHERE token = ?", (token,))
+
     # ------------------------------------------------------------------ devices
 
     async def create_device(self, device: model.Device) -> model.Device:
@@ -360,15 +404,19 @@ class SqliteRegistry:
         self._cache.put_device(created.tenant, created.token, created.SerializeToString())
         return _copy(created)
 
-    def _create_device(self, device: model.Device) -> model.Device:
-        conn = self._writable(device.tenant)
+    @staticmethod
+    def _need_device_type(conn: sqlite3.Connection, device: model.Device) -> None:
         if (
             conn.execute("SELECT 1 FROM device_types WHERE token = ?", (device.device_type,)).fetchone()
             is None
         ):
             raise NotFound(f"device type {device.device_type!r} does not exist in tenant {device.tenant!r}")
+
+    def _create_device(self, device: model.Device) -> model.Device:
+        conn = self._writable(device.tenant)
         try:
             with transaction(conn):
+                self._need_device_type(conn, device)
                 conn.execute(
                     "INSERT INTO devices (token, device_type, data) VALUES (?, ?, ?)",
                     (device.token, device.device_type, device.SerializeToString()),
@@ -393,6 +441,59 @@ class SqliteRegistry:
         items, total = await self._worker.run(self._list, tenant, "devices", model.Device, limit, offset)
         return Page(items, total, page, page_size)
 
+    async def update_device(self, device: model.Device) -> model.Device:
+        """Replace the device's type, comments and metadata (token, tenant and ``created_ms``
+        stay); NotFound if the device or its type does not exist."""
+        if not device.device_type:
+            raise InvalidRequest("device must name a device type")
+        try:
+            updated = await self._worker.run(self._update_device, _copy(device))
+        finally:
+            self._cache.drop_device(device.tenant, device.token)
+        return _copy(updated)
+
+    def _update_device(self, device: model.Device) -> model.Device:
+        conn = self._readable(device.tenant)
+        with _maybe_transaction(conn):
+            row = (
+                None
+                if conn is None
+                else conn.execute("SELECT data FROM devices WHERE token = ?", (device.token,)).fetchone()
+            )
+            if conn is None or row is None:
+                raise NotFound(f"device {device.token!r} does not exist in tenant {device.tenant!r}")
+            self._need_device_type(conn, device)
+            device.created_ms = _parse(model.Device, row[0]).created_ms
+            conn.execute(
+                "UPDATE devices SET device_type = ?, data = ? WHERE token = ?",
+                (device.device_type, device.SerializeToString(), device.token),
+            )
+        return device
+
+    async def delete_device(self, tenant: str, token: str) -> None:
+        """NotFound if absent; InUse while it has an ACTIVE assignment (checked in the delete's
+        transaction, so an assignment cannot be made in between)."""
+        try:
+            await self._worker.run(self._delete_device, tenant, token)
+        finally:
+            self._cache.drop_device(tenant, token)
+            self._cache.drop_assignment(tenant, token)
+
+    def _delete_device(self, tenant: str, token: str) -> None:
+        conn = self._readable(tenant)
+        with _maybe_transaction(conn):
+            if (
+                conn is None
+                or conn.execute("SELECT 1 FROM devices WHERE token = ?", (token,)).fetchone() is None
+            ):
+                raise NotFound(f"device {token!r} does not exist in tenant {tenant!r}")
+            active = conn.execute(
+                "SELECT token FROM assignments WHERE device = ? AND status = ?", (token, int(_ACTIVE))
+            ).fetchone()
+            if active is not None:
+                raise InUse(f"device {token!r} has active assignment {active[0]!r}; release it first")
+            conn.execute("DELETE FROM devices WHERE token = ?", (token,))
+
     # ------------------------------------------------------------------ assignments
 
     async def create_assignment(self, assignment: model.Assignment) -> model.Assignment:
@@ -415,10 +516,10 @@ class SqliteRegistry:
 
     def _create_assignment(self, a: model.Assignment) -> model.Assignment:
         conn = self._writable(a.tenant)
-        if conn.execute("SELECT 1 FROM devices WHERE token = ?", (a.device,)).fetchone() is None:
-            raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
         try:
             with transaction(conn):
+                if conn.execute("SELECT 1 FROM devices WHERE token = ?", (a.device,)).fetchone() is None:
+                    raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
                 conn.execute(
                     "INSERT INTO assignments (token, device, status, data) VALUES (?, ?, ?, ?)",
                     (a.token, a.device, int(a.status), a.SerializeToString()),
@@ -589,13 +690,13 @@ class SqliteRegistry:
         if not c.parent:
             return
         if c.parent == c.token:
-            raise InvalidRequest(f"customer {c.token!r} cannot be its own parent")
+            raise Cycle(f"customer {c.token!r} cannot be its own parent")
         # Walk up from the new parent: meeting the customer itself means a cycle.
         seen: set[str] = set()
         current = c.parent
         while current:
             if current == c.token:
-                raise InvalidRequest(
+                raise Cycle(
                     f"parent {c.parent!r} is below customer {c.token!r}: the customer tree would have a cycle"
                 )
             if current in seen:  # a cycle already stored (cannot happen through this class)

@@ -135,6 +135,16 @@ class SqliteStateStore:
 
         return await self._worker.run(run)
 
+    async def delete_state(self, tenant: str, device: str) -> bool:
+        def run() -> bool:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return False
+            with transaction(conn):
+                return conn.execute("DELETE FROM device_state WHERE device = ?", (device,)).rowcount > 0
+
+        return await self._worker.run(run)
+
     # ------------------------------------------------------------------ rules
 
     async def get_rules(self, tenant: str) -> dict[str, str]:

@@ -242,6 +242,9 @@ class DeviceStateStore(TenantOwned, Protocol):
     ) -> Page[DeviceState]:
         """States in device token order, optionally only those ``present`` or ``missing``."""
 
+    async def delete_state(self, tenant: str, device: str) -> bool:
+        """Forget a (deleted) device's state; True if there was one."""
+
     async def get_rules(self, tenant: str) -> dict[str, str]:
         """The tenant's rule rows: id → JSON document (and PRESENCE_INTERVALS_KEY)."""
 

@@ -631,6 +631,115 @@ class ReleaseAssignmentRequest(_message.Message):
 Global___ReleaseAssignmentRequest: _TypeAlias = ReleaseAssignmentRequest  # noqa: Y015
 
 @_typing.final
+class GetDeviceTypeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    token: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceTypeRequest: _TypeAlias = GetDeviceTypeRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDeviceTypeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    DEVICE_TYPE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    @_builtins.property
+    def device_type(self) -> _model_pb2.DeviceType: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        device_type: _model_pb2.DeviceType | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_type", b"device_type"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_type", b"device_type", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeviceTypeRequest: _TypeAlias = UpdateDeviceTypeRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDeviceTypeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    token: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeviceTypeRequest: _TypeAlias = DeleteDeviceTypeRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device(self) -> _model_pb2.Device: ...
+    def __init__(
+        self,
+        *,
+        device: _model_pb2.Device | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeviceRequest: _TypeAlias = UpdateDeviceRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    token: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDeviceRequest: _TypeAlias = DeleteDeviceRequest  # noqa: Y015
+
+@_typing.final
 class ListDeviceEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1417,7 +1526,7 @@ class SiteRecordRequest(_message.Message):
     `kind` is one of area_type, area, zone, asset_type, asset, device_group. A record travels as
     the site store's JSON document (the REST API's body plus `token`, and `created_ms` in a
     reply; a zone names its `area`), validated like the REST bodies (INVALID_ARGUMENT naming the
-    field). An unknown reference is NOT_FOUND; deleting a referenced record FAILED_PRECONDITION
+    field). An unknown reference is INVALID_ARGUMENT naming it; deleting a referenced record FAILED_PRECONDITION
     naming the referrer (another record or an active assignment).
     ---------------------------------------------------------------------------
     """

@@ -99,7 +99,9 @@ class EdgeUplink:
 
 
 class DeviceManagementStub:
-    """Missing associated documentation comment in .proto file."""
+    """A reference to something that does not exist (a device's type, an assignment's device or
+    customer) is INVALID_ARGUMENT naming it; deleting what is still referenced FAILED_PRECONDITION.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -112,10 +114,25 @@ class DeviceManagementStub:
                 request_serializer=fieldgate_dot_v1_dot_services__pb2.CreateDeviceTypeRequest.SerializeToString,
                 response_deserializer=fieldgate_dot_v1_dot_model__pb2.DeviceType.FromString,
                 _registered_method=True)
+        self.GetDeviceType = channel.unary_unary(
+                '/fieldgate.v1.DeviceManagement/GetDeviceType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.GetDeviceTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.DeviceType.FromString,
+                _registered_method=True)
         self.ListDeviceTypes = channel.unary_unary(
                 '/fieldgate.v1.DeviceManagement/ListDeviceTypes',
                 request_serializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceTypesRequest.SerializeToString,
                 response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceTypesResponse.FromString,
+                _registered_method=True)
+        self.UpdateDeviceType = channel.unary_unary(
+                '/fieldgate.v1.DeviceManagement/UpdateDeviceType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.UpdateDeviceTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.DeviceType.FromString,
+                _registered_method=True)
+        self.DeleteDeviceType = channel.unary_unary(
+                '/fieldgate.v1.DeviceManagement/DeleteDeviceType',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteDeviceTypeRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.CreateDevice = channel.unary_unary(
                 '/fieldgate.v1.DeviceManagement/CreateDevice',
@@ -131,6 +148,16 @@ class DeviceManagementStub:
                 '/fieldgate.v1.DeviceManagement/ListDevices',
                 request_serializer=fieldgate_dot_v1_dot_services__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.UpdateDevice = channel.unary_unary(
+                '/fieldgate.v1.DeviceManagement/UpdateDevice',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.UpdateDeviceRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_model__pb2.Device.FromString,
+                _registered_method=True)
+        self.DeleteDevice = channel.unary_unary(
+                '/fieldgate.v1.DeviceManagement/DeleteDevice',
+                request_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteDeviceRequest.SerializeToString,
+                response_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.CreateAssignment = channel.unary_unary(
                 '/fieldgate.v1.DeviceManagement/CreateAssignment',
@@ -150,7 +177,9 @@ class DeviceManagementStub:
 
 
 class DeviceManagementServicer:
-    """Missing associated documentation comment in .proto file."""
+    """A reference to something that does not exist (a device's type, an assignment's device or
+    customer) is INVALID_ARGUMENT naming it; deleting what is still referenced FAILED_PRECONDITION.
+    """
 
     def CreateDeviceType(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -158,8 +187,28 @@ class DeviceManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeviceTypes(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDeviceType(self, request, context):
+        """Replaces name, description and commands (the token stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeviceType(self, request, context):
+        """FAILED_PRECONDITION while a device has the type, or for the tenant's default device type.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -178,6 +227,20 @@ class DeviceManagementServicer:
 
     def ListDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDevice(self, request, context):
+        """Replaces device type, comments and metadata (token and creation time stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDevice(self, request, context):
+        """FAILED_PRECONDITION while the device has an active assignment or is in a device group.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -208,10 +271,25 @@ def add_DeviceManagementServicer_to_server(servicer, server):
                     request_deserializer=fieldgate_dot_v1_dot_services__pb2.CreateDeviceTypeRequest.FromString,
                     response_serializer=fieldgate_dot_v1_dot_model__pb2.DeviceType.SerializeToString,
             ),
+            'GetDeviceType': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.GetDeviceTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.DeviceType.SerializeToString,
+            ),
             'ListDeviceTypes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeviceTypes,
                     request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceTypesRequest.FromString,
                     response_serializer=fieldgate_dot_v1_dot_services__pb2.ListDeviceTypesResponse.SerializeToString,
+            ),
+            'UpdateDeviceType': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeviceType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.UpdateDeviceTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.DeviceType.SerializeToString,
+            ),
+            'DeleteDeviceType': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeviceType,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteDeviceTypeRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
             ),
             'CreateDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDevice,
@@ -227,6 +305,16 @@ def add_DeviceManagementServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=fieldgate_dot_v1_dot_services__pb2.ListDevicesRequest.FromString,
                     response_serializer=fieldgate_dot_v1_dot_services__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'UpdateDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDevice,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.UpdateDeviceRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_model__pb2.Device.SerializeToString,
+            ),
+            'DeleteDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDevice,
+                    request_deserializer=fieldgate_dot_v1_dot_services__pb2.DeleteDeviceRequest.FromString,
+                    response_serializer=fieldgate_dot_v1_dot_services__pb2.DeleteResponse.SerializeToString,
             ),
             'CreateAssignment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAssignment,
@@ -252,7 +340,9 @@ def add_DeviceManagementServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeviceManagement:
-    """Missing associated documentation comment in .proto file."""
+    """A reference to something that does not exist (a device's type, an assignment's device or
+    customer) is INVALID_ARGUMENT naming it; deleting what is still referenced FAILED_PRECONDITION.
+    """
 
     @staticmethod
     def CreateDeviceType(request,
@@ -282,6 +372,33 @@ class DeviceManagement:
             _registered_method=True)
 
     @staticmethod
+    def GetDeviceType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceManagement/GetDeviceType',
+            fieldgate_dot_v1_dot_services__pb2.GetDeviceTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.DeviceType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListDeviceTypes(request,
             target,
             options=(),
@@ -298,6 +415,60 @@ class DeviceManagement:
             '/fieldgate.v1.DeviceManagement/ListDeviceTypes',
             fieldgate_dot_v1_dot_services__pb2.ListDeviceTypesRequest.SerializeToString,
             fieldgate_dot_v1_dot_services__pb2.ListDeviceTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeviceType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceManagement/UpdateDeviceType',
+            fieldgate_dot_v1_dot_services__pb2.UpdateDeviceTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.DeviceType.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeviceType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceManagement/DeleteDeviceType',
+            fieldgate_dot_v1_dot_services__pb2.DeleteDeviceTypeRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -379,6 +550,60 @@ class DeviceManagement:
             '/fieldgate.v1.DeviceManagement/ListDevices',
             fieldgate_dot_v1_dot_services__pb2.ListDevicesRequest.SerializeToString,
             fieldgate_dot_v1_dot_services__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceManagement/UpdateDevice',
+            fieldgate_dot_v1_dot_services__pb2.UpdateDeviceRequest.SerializeToString,
+            fieldgate_dot_v1_dot_model__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fieldgate.v1.DeviceManagement/DeleteDevice',
+            fieldgate_dot_v1_dot_services__pb2.DeleteDeviceRequest.SerializeToString,
+            fieldgate_dot_v1_dot_services__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

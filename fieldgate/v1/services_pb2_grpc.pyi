@@ -50,36 +50,73 @@ class EdgeUplinkServicer(metaclass=_abc_1.ABCMeta):
 def add_EdgeUplinkServicer_to_server(servicer: EdgeUplinkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DeviceManagementStub:
+    """A reference to something that does not exist (a device's type, an assignment's device or
+    customer) is INVALID_ARGUMENT naming it; deleting what is still referenced FAILED_PRECONDITION.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DeviceManagementAsyncStub: ...
     CreateDeviceType: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateDeviceTypeRequest, _model_pb2.DeviceType]
+    GetDeviceType: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetDeviceTypeRequest, _model_pb2.DeviceType]
     ListDeviceTypes: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListDeviceTypesRequest, _services_pb2.ListDeviceTypesResponse]
+    UpdateDeviceType: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateDeviceTypeRequest, _model_pb2.DeviceType]
+    """Replaces name, description and commands (the token stays)."""
+    DeleteDeviceType: _grpc.UnaryUnaryMultiCallable[_services_pb2.DeleteDeviceTypeRequest, _services_pb2.DeleteResponse]
+    """FAILED_PRECONDITION while a device has the type, or for the tenant's default device type."""
     CreateDevice: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateDeviceRequest, _model_pb2.Device]
     GetDevice: _grpc.UnaryUnaryMultiCallable[_services_pb2.GetDeviceRequest, _model_pb2.Device]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListDevicesRequest, _services_pb2.ListDevicesResponse]
+    UpdateDevice: _grpc.UnaryUnaryMultiCallable[_services_pb2.UpdateDeviceRequest, _model_pb2.Device]
+    """Replaces device type, comments and metadata (token and creation time stay)."""
+    DeleteDevice: _grpc.UnaryUnaryMultiCallable[_services_pb2.DeleteDeviceRequest, _services_pb2.DeleteResponse]
+    """FAILED_PRECONDITION while the device has an active assignment or is in a device group."""
     CreateAssignment: _grpc.UnaryUnaryMultiCallable[_services_pb2.CreateAssignmentRequest, _model_pb2.Assignment]
     ListAssignments: _grpc.UnaryUnaryMultiCallable[_services_pb2.ListAssignmentsRequest, _services_pb2.ListAssignmentsResponse]
     ReleaseAssignment: _grpc.UnaryUnaryMultiCallable[_services_pb2.ReleaseAssignmentRequest, _model_pb2.Assignment]
 
 @_typing.type_check_only
 class DeviceManagementAsyncStub(DeviceManagementStub):
+    """A reference to something that does not exist (a device's type, an assignment's device or
+    customer) is INVALID_ARGUMENT naming it; deleting what is still referenced FAILED_PRECONDITION.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDeviceType: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateDeviceTypeRequest, _model_pb2.DeviceType]  # type: ignore[assignment]
+    GetDeviceType: _aio.UnaryUnaryMultiCallable[_services_pb2.GetDeviceTypeRequest, _model_pb2.DeviceType]  # type: ignore[assignment]
     ListDeviceTypes: _aio.UnaryUnaryMultiCallable[_services_pb2.ListDeviceTypesRequest, _services_pb2.ListDeviceTypesResponse]  # type: ignore[assignment]
+    UpdateDeviceType: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateDeviceTypeRequest, _model_pb2.DeviceType]  # type: ignore[assignment]
+    """Replaces name, description and commands (the token stays)."""
+    DeleteDeviceType: _aio.UnaryUnaryMultiCallable[_services_pb2.DeleteDeviceTypeRequest, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+    """FAILED_PRECONDITION while a device has the type, or for the tenant's default device type."""
     CreateDevice: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateDeviceRequest, _model_pb2.Device]  # type: ignore[assignment]
     GetDevice: _aio.UnaryUnaryMultiCallable[_services_pb2.GetDeviceRequest, _model_pb2.Device]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_services_pb2.ListDevicesRequest, _services_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    UpdateDevice: _aio.UnaryUnaryMultiCallable[_services_pb2.UpdateDeviceRequest, _model_pb2.Device]  # type: ignore[assignment]
+    """Replaces device type, comments and metadata (token and creation time stay)."""
+    DeleteDevice: _aio.UnaryUnaryMultiCallable[_services_pb2.DeleteDeviceRequest, _services_pb2.DeleteResponse]  # type: ignore[assignment]
+    """FAILED_PRECONDITION while the device has an active assignment or is in a device group."""
     CreateAssignment: _aio.UnaryUnaryMultiCallable[_services_pb2.CreateAssignmentRequest, _model_pb2.Assignment]  # type: ignore[assignment]
     ListAssignments: _aio.UnaryUnaryMultiCallable[_services_pb2.ListAssignmentsRequest, _services_pb2.ListAssignmentsResponse]  # type: ignore[assignment]
     ReleaseAssignment: _aio.UnaryUnaryMultiCallable[_services_pb2.ReleaseAssignmentRequest, _model_pb2.Assignment]  # type: ignore[assignment]
 
 class DeviceManagementServicer(metaclass=_abc_1.ABCMeta):
+    """A reference to something that does not exist (a device's type, an assignment's device or
+    customer) is INVALID_ARGUMENT naming it; deleting what is still referenced FAILED_PRECONDITION.
+    """
+
     @_abc_1.abstractmethod
     def CreateDeviceType(
         self,
         request: _services_pb2.CreateDeviceTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.DeviceType, _abc.Awaitable[_model_pb2.DeviceType]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDeviceType(
+        self,
+        request: _services_pb2.GetDeviceTypeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.DeviceType, _abc.Awaitable[_model_pb2.DeviceType]]: ...
 
@@ -89,6 +126,22 @@ class DeviceManagementServicer(metaclass=_abc_1.ABCMeta):
         request: _services_pb2.ListDeviceTypesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_services_pb2.ListDeviceTypesResponse, _abc.Awaitable[_services_pb2.ListDeviceTypesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateDeviceType(
+        self,
+        request: _services_pb2.UpdateDeviceTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.DeviceType, _abc.Awaitable[_model_pb2.DeviceType]]:
+        """Replaces name, description and commands (the token stays)."""
+
+    @_abc_1.abstractmethod
+    def DeleteDeviceType(
+        self,
+        request: _services_pb2.DeleteDeviceTypeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]:
+        """FAILED_PRECONDITION while a device has the type, or for the tenant's default device type."""
 
     @_abc_1.abstractmethod
     def CreateDevice(
@@ -110,6 +163,22 @@ class DeviceManagementServicer(metaclass=_abc_1.ABCMeta):
         request: _services_pb2.ListDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_services_pb2.ListDevicesResponse, _abc.Awaitable[_services_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateDevice(
+        self,
+        request: _services_pb2.UpdateDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Device, _abc.Awaitable[_model_pb2.Device]]:
+        """Replaces device type, comments and metadata (token and creation time stay)."""
+
+    @_abc_1.abstractmethod
+    def DeleteDevice(
+        self,
+        request: _services_pb2.DeleteDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_services_pb2.DeleteResponse, _abc.Awaitable[_services_pb2.DeleteResponse]]:
+        """FAILED_PRECONDITION while the device has an active assignment or is in a device group."""
 
     @_abc_1.abstractmethod
     def CreateAssignment(

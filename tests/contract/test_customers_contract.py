@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound
+from fieldgate.cloud.errors import Conflict, Cycle, InUse, InvalidRequest, NotFound
 from fieldgate.cloud.store import Registry
 from fieldgate.v1 import model_pb2 as model
 from tests.contract.conftest import Backend
@@ -110,9 +110,9 @@ async def test_customer_tree_parents_children_and_cycles(registry: Registry) -> 
     children = await registry.list_customers("acme", "root", 1, 10)
     assert [c.token for c in children.items] == ["mid"] and children.total == 1
     # Cycles: the customer itself, or anything below it, cannot become its parent.
-    with pytest.raises(InvalidRequest, match="own parent"):
+    with pytest.raises(Cycle, match="own parent"):
         await registry.update_customer("acme", customer("root", parent="root"))
-    with pytest.raises(InvalidRequest, match="cycle"):
+    with pytest.raises(Cycle, match="cycle"):
         await registry.update_customer("acme", customer("root", parent="leaf"))
     assert (await registry.get_customer("acme", "root")).parent == ""  # type: ignore[union-attr]
     # A child cannot be orphaned by deleting its parent.

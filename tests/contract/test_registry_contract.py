@@ -1,5 +1,7 @@
 """The registry and invocation store contract, on every backend (SQLite files, Cassandra):
-CRUD, conflicts, tenants, list orders and paging, the assignment and invocation status rules.
+CRUD, conflicts, tenants, list orders and paging, the assignment and invocation status rules,
+changing and deleting device types and devices (nothing in use is deleted, also when two
+replicas race).
 
 Backend-specific behaviour lives beside: tests/unit/test_sqlite_registry.py (files) and
 tests/contract/test_cassandra_stores.py (races between replicas, keyspaces, the secret).
@@ -12,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
+from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound
 from fieldgate.cloud.store import InvocationStore, Registry
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
@@ -170,6 +172,147 @@ async def test_tenants_are_separate(registry: Registry) -> None:
     assert dt is not None and dt.name == "Globex sensor"
     # The same token may exist in both tenants.
     await registry.create_device(model.Device(token="same", tenant="globex", device_type="sensor"))
+
+
+# ---------------------------------------------------------------- changing and deleting
+
+
+async def test_device_type_update_replaces_commands(registry: Registry, backend: Backend) -> None:
+    await registry.create_device_type("acme", model.DeviceType(token="t", name="T"))
+    changed = model.DeviceType(token="t", name="Thermo", description="d")
+    changed.commands.add(name="reboot")
+    assert await registry.update_device_type("acme", changed) == changed
+    other = backend.registry()  # another replica reads the same record
+    await other.start()
+    try:
+        assert await other.get_device_type("acme", "t") == changed
+        page = await other.list_device_types("acme", 1, 10)
+        assert [d.name for d in page.items] == ["Sensor", "Thermo"]
+    finally:
+        await other.stop()
+    with pytest.raises(NotFound):
+        await registry.update_device_type("acme", model.DeviceType(token="ghost"))
+    with pytest.raises(NotFound):
+        await registry.update_device_type("nobody", model.DeviceType(token="t"))
+
+
+async def test_device_type_in_use_is_not_deleted(registry: Registry) -> None:
+    await registry.create_device_type("acme", model.DeviceType(token="t"))
+    await registry.create_device(model.Device(token="dev-1", tenant="acme", device_type="t"))
+    with pytest.raises(InUse, match="device 'dev-1'"):
+        await registry.delete_device_type("acme", "t")
+    assert await registry.get_device_type("acme", "t") is not None
+    await registry.update_device(model.Device(token="dev-1", tenant="acme", device_type="sensor"))
+    await registry.delete_device_type("acme", "t")
+    assert await registry.get_device_type("acme", "t") is None
+    assert [d.token for d in (await registry.list_device_types("acme", 1, 10)).items] == ["sensor"]
+    with pytest.raises(NotFound):
+        await registry.delete_device_type("acme", "t")
+    with pytest.raises(NotFound):  # a device cannot take a deleted type
+        await registry.create_device(model.Device(token="dev-2", tenant="acme", device_type="t"))
+    await registry.create_device_type("acme", model.DeviceType(token="t"))  # the token is free again
+
+
+async def test_device_update_keeps_token_and_creation(registry: Registry, backend: Backend) -> None:
+    created = await registry.create_device(
+        model.Device(token="dev-1", tenant="acme", device_type="sensor", comments="roof")
+    )
+    await registry.create_device_type("acme", model.DeviceType(token="t"))
+    new = model.Device(token="dev-1", tenant="acme", device_type="t", comments="cellar")
+    new.metadata["floor"] = "-1"
+    updated = await registry.update_device(new)
+    assert updated.created_ms == created.created_ms and updated.device_type == "t"
+    assert await registry.get_device("acme", "dev-1") == updated  # this instance: at once
+    other = backend.registry()
+    await other.start()
+    try:
+        assert await other.get_device("acme", "dev-1") == updated
+        assert [d.comments for d in (await other.list_devices("acme", 1, 10)).items] == ["cellar"]
+    finally:
+        await other.stop()
+    with pytest.raises(NotFound):  # an unknown type: nothing changes
+        await registry.update_device(model.Device(token="dev-1", tenant="acme", device_type="ghost"))
+    assert await registry.get_device("acme", "dev-1") == updated
+    with pytest.raises(NotFound):
+        await registry.update_device(model.Device(token="ghost", tenant="acme", device_type="t"))
+
+
+async def test_device_with_an_active_assignment_is_not_deleted(registry: Registry, backend: Backend) -> None:
+    await registry.create_device(
+        model.Device(token="dev-1", tenant="acme", device_type="sensor", comments="a")
+    )
+    a = await registry.create_assignment(model.Assignment(token="a1", tenant="acme", device="dev-1"))
+    with pytest.raises(InUse, match="'a1'"):
+        await registry.delete_device("acme", "dev-1")
+    assert await registry.get_device("acme", "dev-1") is not None
+    await registry.release_assignment("acme", a.token)
+    await registry.delete_device("acme", "dev-1")
+    assert await registry.get_device("acme", "dev-1") is None  # not served from the cache
+    assert await registry.active_assignment("acme", "dev-1") is None
+    assert (await registry.list_devices("acme", 1, 10)).total == 0
+    with pytest.raises(NotFound):
+        await registry.delete_device("acme", "dev-1")
+    with pytest.raises(NotFound):
+        await registry.create_assignment(model.Assignment(tenant="acme", device="dev-1"))
+    # The token is free again; the released assignment stays in the history.
+    again = await registry.create_device(model.Device(token="dev-1", tenant="acme", device_type="sensor"))
+    assert again.comments == ""
+    history = await registry.list_assignments("acme", "dev-1", 1, 10)
+    assert [x.token for x in history.items] == ["a1"]
+    other = backend.registry()
+    await other.start()
+    try:
+        assert await other.get_device("acme", "dev-1") == again
+        await other.create_assignment(model.Assignment(token="a2", tenant="acme", device="dev-1"))
+    finally:
+        await other.stop()
+
+
+async def test_a_delete_and_a_new_reference_never_both_win(registry: Registry, backend: Backend) -> None:
+    """Two replicas: deleting a device type while devices of it are created, and deleting a
+    device while it is assigned. Either the delete wins (the others fail) or it is refused; a
+    device never keeps a deleted type, an active assignment never names a deleted device."""
+    other = backend.registry()
+    await other.start()
+    try:
+        for round_ in range(3):
+            t = f"race-{round_}"
+            await registry.create_device_type("acme", model.DeviceType(token=t))
+            results = await asyncio.gather(
+                other.delete_device_type("acme", t),
+                *(
+                    registry.create_device(model.Device(token=f"{t}-d{i}", tenant="acme", device_type=t))
+                    for i in range(3)
+                ),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, NotFound | InUse) for r in results if isinstance(r, BaseException)), (
+                results
+            )
+            made = [r for r in results[1:] if isinstance(r, model.Device)]
+            if await registry.get_device_type("acme", t) is None:
+                assert not made
+                assert [await other.get_device("acme", f"{t}-d{i}") for i in range(3)] == [None] * 3
+            else:
+                assert isinstance(results[0], InUse) and made
+
+            d = f"{t}-dev"
+            await registry.create_device(model.Device(token=d, tenant="acme", device_type="sensor"))
+            results = await asyncio.gather(
+                other.delete_device("acme", d),
+                registry.create_assignment(model.Assignment(tenant="acme", device=d)),
+                return_exceptions=True,
+            )
+            assert all(
+                isinstance(r, NotFound | InUse | Conflict) for r in results if isinstance(r, BaseException)
+            )
+            active = await other.active_assignment("acme", d)
+            if await other.get_device("acme", d) is None:
+                assert active is None and not isinstance(results[1], model.Assignment)
+            else:
+                assert isinstance(results[0], InUse) and active is not None
+    finally:
+        await other.stop()
 
 
 # ---------------------------------------------------------------- assignments

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fieldgate.cloud.backends import build_site_store
-from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound
+from fieldgate.cloud.errors import Conflict, Cycle, InUse, NotFound, UnknownReference
 from fieldgate.cloud.store.site import (
     Area,
     AreaType,
@@ -53,9 +53,9 @@ async def test_areas_zones_and_their_references(site: SiteStore) -> None:
     await site.create(T, Zone(token="dock", area="hall-1", polygon=SQUARE, name="Dock"))
     with pytest.raises(Conflict):
         await site.create(T, Area(token="plant", area_type="building"))
-    with pytest.raises(NotFound, match="area type 'nope'"):
+    with pytest.raises(UnknownReference, match="area type 'nope'"):
         await site.create(T, Area(token="x", area_type="nope"))
-    with pytest.raises(NotFound, match="area 'nope'"):
+    with pytest.raises(UnknownReference, match="area 'nope'"):
         await site.create(T, Zone(token="z2", area="nope", polygon=SQUARE))
     got = await site.get(T, "zone", "dock")
     assert isinstance(got, Zone) and got.polygon == SQUARE and got.area == "hall-1"
@@ -72,9 +72,9 @@ async def test_areas_zones_and_their_references(site: SiteStore) -> None:
     with pytest.raises(InUse, match=r"area 'hall-1'|area 'plant'"):
         await site.delete(T, "area_type", "building")
     # cycles
-    with pytest.raises(InvalidRequest, match="cycle"):
+    with pytest.raises(Cycle, match="cycle"):
         await site.update(T, Area(token="plant", area_type="building", parent="hall-1"))
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Cycle):
         await site.update(T, Area(token="plant", area_type="building", parent="plant"))
     # moving the zone frees hall-1's reference
     await site.update(T, Zone(token="dock", area="plant", polygon=SQUARE, name="Dock 2"))
@@ -106,7 +106,7 @@ async def test_assets_paging_search_and_tenants(site: SiteStore) -> None:
     assert (await site.find(U, "asset", 1, 10)).total == 0
     assert await site.get(U, "asset_type", "pump") is None
     await site.create(U, AssetType(token="pump"))
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownReference):
         await site.create(U, Asset(token="p-0", asset_type="valve"))
 
 
@@ -131,11 +131,11 @@ async def test_device_groups_roles_nesting_and_cycles(site: SiteStore) -> None:
     # roles replaced, not added twice
     await site.put_element(T, "all", GroupElement(kind="group", token="north", roles=("r2",)))
     assert (await site.elements(T, "all", 1, 10)).total == 3
-    with pytest.raises(InvalidRequest, match="cycle"):
+    with pytest.raises(Cycle, match="cycle"):
         await site.put_element(T, "north", GroupElement(kind="group", token="all"))
-    with pytest.raises(InvalidRequest, match="cycle"):
+    with pytest.raises(Cycle, match="cycle"):
         await site.put_element(T, "north", GroupElement(kind="group", token="north"))
-    with pytest.raises(NotFound):
+    with pytest.raises(UnknownReference):
         await site.put_element(T, "north", GroupElement(kind="group", token="nope"))
     with pytest.raises(InUse, match="device group 'all'"):
         await site.delete(T, "device_group", "north")
@@ -165,14 +165,14 @@ async def test_two_replicas_race_for_a_token_and_a_delete(site: SiteStore, backe
         assert sum(not isinstance(r, BaseException) for r in results) == 1
         assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
         # a delete of the type racing new areas naming it: either the delete wins (and every
-        # create fails: NotFound) or the creates that won keep the type
+        # create fails: UnknownReference) or the creates that won keep the type
         outcome = await asyncio.gather(
             other.delete(T, "area_type", "t"),
             *(site.create(T, Area(token=f"new-{i}", area_type="t")) for i in range(3)),
             return_exceptions=True,
         )
         created = [r for r in outcome[1:] if not isinstance(r, BaseException)]
-        assert all(isinstance(r, (NotFound, InUse)) for r in outcome if isinstance(r, BaseException))
+        assert all(isinstance(r, (UnknownReference, InUse)) for r in outcome if isinstance(r, BaseException))
         still = await site.get(T, "area_type", "t")
         assert still is not None  # "same" references it, so the delete must have been refused
         assert isinstance(outcome[0], InUse)
@@ -191,7 +191,7 @@ async def test_holds_from_outside_keep_records_and_are_given_back_once(
     await site.create(T, Area(token="hall", area_type="b"))
     await site.create(T, AssetType(token="pump"))
     await site.create(T, Asset(token="p-1", asset_type="pump"))
-    with pytest.raises(NotFound, match="asset 'nope'"):
+    with pytest.raises(UnknownReference, match="asset 'nope'"):
         await site.hold(T, ("assignment", "a0"), [("area", "hall"), ("asset", "nope")])
     await site.delete(T, "area", "hall")  # nothing was kept by the failed hold
     await site.create(T, Area(token="hall", area_type="b"))

@@ -101,6 +101,17 @@ async def test_presence_listing_pages_and_moves(store: DeviceStateStore) -> None
     assert (await store.list_states("default", presence="missing")).total == 3
 
 
+async def test_a_deleted_devices_state_goes(store: DeviceStateStore) -> None:
+    await store.apply("default", [DeviceState("gone", presence="missing"), DeviceState("kept")])
+    assert await store.delete_state("default", "gone")
+    assert not await store.delete_state("default", "gone")
+    assert not await store.delete_state("nobody", "gone")
+    assert await store.get_states("default", ["gone", "kept"]) == {"kept": DeviceState("kept")}
+    every = await store.list_states("default")
+    assert [s.device for s in every.items] == ["kept"] and every.total == 1
+    assert (await store.list_states("default", presence="missing")).total == 0
+
+
 async def test_rules_rows_and_tenants_apart(store: DeviceStateStore) -> None:
     assert await store.get_rules("default") == {}
     await store.put_rule("default", "a", '{"id": "a"}')

@@ -55,15 +55,23 @@ async def test_create_never_replaces_an_existing_user(backend: Backend) -> None:
     users = backend.users()
     await users.start()
     try:
-        assert await users.create("admin", "first")
-        assert not await users.create("admin", "second", tenant="beta")
-        assert await users.verify("admin", "first") and not await users.verify("admin", "second")
+        assert await users.create("admin", "first-password")
+        assert not await users.create("admin", "second-password", tenant="beta")
+        assert await users.verify("admin", "first-password") and not await users.verify(
+            "admin", "second-password"
+        )
         assert await users.tenant_of("admin") == "default"
     finally:
         await users.stop()
 
 
-BAD = [("", "pw", "default"), ("a b", "pw", "default"), ("ok", "", "default"), ("ok", "pw", "../x")]
+BAD = [
+    ("", PW, "default"),
+    ("a b", PW, "default"),
+    ("ok", "", "default"),
+    ("ok", "seven-7", "default"),  # shorter than MIN_PASSWORD
+    ("ok", PW, "../x"),
+]
 
 
 async def test_bad_users_are_refused(backend: Backend) -> None:
@@ -96,9 +104,11 @@ async def test_roles_customers_update_list_and_delete(backend: Backend) -> None:
         assert [u.name for u in await users.list_users("beta")] == ["cora", "vera"]
         assert [u.name for u in await users.list_users()] == ["cora", "old", "root", "vera"]
 
-        promoted = await users.update("vera", role=Role.OPERATOR, password="new-pw")
+        promoted = await users.update("vera", role=Role.OPERATOR, password="new-password")
         assert promoted == UserRecord("vera", "beta", Role.OPERATOR)
-        assert await users.verify("vera", "new-pw") and not await users.verify("vera", PW)
+        assert await users.verify("vera", "new-password") and not await users.verify("vera", PW)
+        with pytest.raises(InvalidRequest, match="at least 8"):
+            await users.update("vera", password="short")
         assert await users.update("cora", customer="c2") == UserRecord("cora", "beta", Role.CUSTOMER, "c2")
         assert await users.update("cora", role=Role.VIEWER) == UserRecord("cora", "beta", Role.VIEWER)
         assert await users.update("nobody", role=Role.VIEWER) is None
@@ -112,7 +122,7 @@ async def test_roles_customers_update_list_and_delete(backend: Backend) -> None:
             await users.create("x", PW, role="wizard")  # type: ignore[arg-type]
 
         assert await users.delete("vera") and not await users.delete("vera")
-        assert await users.get("vera") is None and not await users.verify("vera", "new-pw")
+        assert await users.get("vera") is None and not await users.verify("vera", "new-password")
     finally:
         await users.stop()
 

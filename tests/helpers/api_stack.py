@@ -40,11 +40,11 @@ from fieldgate.v1 import model_pb2 as model
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 USERS: dict[str, tuple[str, str, Role, str | None]] = {
     "admin": ("admin-pw", "default", Role.TENANT_ADMIN, None),
-    "bob": ("bob-pw", "beta", Role.TENANT_ADMIN, None),
-    "root": ("root-pw", "default", Role.INSTANCE_ADMIN, None),
-    "olga": ("olga-pw", "default", Role.OPERATOR, None),
-    "vera": ("vera-pw", "default", Role.VIEWER, None),
-    "cora": ("cora-pw", "default", Role.CUSTOMER, "c1"),
+    "bob": ("bob-pw-12", "beta", Role.TENANT_ADMIN, None),
+    "root": ("root-pw-12", "default", Role.INSTANCE_ADMIN, None),
+    "olga": ("olga-pw-12", "default", Role.OPERATOR, None),
+    "vera": ("vera-pw-12", "default", Role.VIEWER, None),
+    "cora": ("cora-pw-12", "default", Role.CUSTOMER, "c1"),
 }
 TENANTS = ("default", "beta")
 

@@ -62,16 +62,17 @@ async def test_areas_zones_crud_tree_and_refusals(client: httpx.AsyncClient) -> 
         await client.post("/api/v1/areas", json={"token": "plant", "area_type": "building"})
     ).status_code == 409
     r = await client.post("/api/v1/areas", json={"token": "x", "area_type": "building", "parent": "nope"})
-    assert r.status_code == 404 and "area 'nope'" in r.json()["detail"]
+    assert r.status_code == 422 and "area 'nope'" in r.json()["detail"]
+    assert r.json()["reference"] == {"kind": "area", "token": "nope"}
     assert (
         await client.post("/api/v1/areas/nope/zones", json={"token": "z", "polygon": SQUARE})
     ).status_code == 404
 
     # cycles
     r = await client.put("/api/v1/areas/plant", json={"area_type": "building", "parent": "hall-1"})
-    assert r.status_code == 422 and "cycle" in r.json()["detail"], r.text
+    assert r.status_code == 409 and "cycle" in r.json()["detail"], r.text
     r = await client.put("/api/v1/areas/plant", json={"area_type": "building", "parent": "plant"})
-    assert r.status_code == 422
+    assert r.status_code == 409
 
     # referenced deletes: 409 naming the referrer
     r = await client.delete("/api/v1/areas/plant")
@@ -128,7 +129,7 @@ async def test_assets_and_too_long_strings(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422 and "metadata" in r.json()["detail"]
     for i in range(3):
         await ok(client.post("/api/v1/assets", json={"token": f"p-{i}", "asset_type": "pump"}), 201)
-    assert (await client.post("/api/v1/assets", json={"token": "x", "asset_type": "nope"})).status_code == 404
+    assert (await client.post("/api/v1/assets", json={"token": "x", "asset_type": "nope"})).status_code == 422
     page = await ok(client.get("/api/v1/assets?page=2&page_size=2&asset_type=pump"))
     assert page["total"] == 3 and [a["token"] for a in page["items"]] == ["p-2"]
     r = await client.delete("/api/v1/asset-types/pump")
@@ -152,9 +153,11 @@ async def test_device_groups_elements_and_resolved_devices(client: httpx.AsyncCl
     await ok(client.post("/api/v1/device-groups/all/elements", json={"kind": "group", "token": "north"}), 201)
     await ok(client.post("/api/v1/device-groups/all/elements", json={"kind": "device", "token": "d3"}), 201)
     r = await client.post("/api/v1/device-groups/all/elements", json={"kind": "device", "token": "ghost"})
-    assert r.status_code == 404
+    assert r.status_code == 422 and r.json()["reference"] == {"kind": "device", "token": "ghost"}
+    r = await client.post("/api/v1/device-groups/ghost/elements", json={"kind": "device", "token": "d3"})
+    assert r.status_code == 404  # the group the request is about
     r = await client.post("/api/v1/device-groups/north/elements", json={"kind": "group", "token": "all"})
-    assert r.status_code == 422 and "cycle" in r.json()["detail"]
+    assert r.status_code == 409 and "cycle" in r.json()["detail"]
     els = await ok(client.get("/api/v1/device-groups/all/elements"))
     assert [(e["kind"], e["token"]) for e in els["items"]] == [("group", "north"), ("device", "d3")]
     assert (await ok(client.get("/api/v1/device-groups/all/devices")))["devices"] == ["d1", "d2", "d3"]

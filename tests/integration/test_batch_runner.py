@@ -196,7 +196,7 @@ async def test_two_scheduler_replicas_run_each_due_time_once(world: World) -> No
         Schedule(
             id="every-minute",
             cron="* * * * *",
-            action=CommandAction(device="act-01", command="ping"),
+            action=CommandAction(kind="command", device="act-01", command="ping"),
             tenant=T,
             created_ms=T0 + 1_000,
             updated_ms=T0 + 1_000,
@@ -324,7 +324,7 @@ async def test_a_claim_whose_replica_died_is_taken_over_once(world: World) -> No
         Schedule(
             id="once",
             at_ms=T0,
-            action=CommandAction(device="act-05", command="ping"),
+            action=CommandAction(kind="command", device="act-05", command="ping"),
             tenant=T,
             created_ms=T0 - 1000,
             updated_ms=T0 - 1000,

@@ -393,7 +393,7 @@ async def test_site_model_and_assignment_references(
     assert codes == [
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,  # an unknown reference (the asset type)
         grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.NOT_FOUND,
     ]
@@ -408,9 +408,9 @@ async def test_site_model_and_assignment_references(
     nest = svc.GroupElementRequest(tenant="default", group="outer", element_kind="group", token="inner")
     await site.PutGroupElement(nest)
     cycle = svc.GroupElementRequest(tenant="default", group="inner", element_kind="group", token="outer")
-    assert await _code(site.PutGroupElement(cycle)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _code(site.PutGroupElement(cycle)) == grpc.StatusCode.FAILED_PRECONDITION
     ghost = svc.GroupElementRequest(tenant="default", group="outer", element_kind="device", token="ghost")
-    assert await _code(site.PutGroupElement(ghost)) == grpc.StatusCode.NOT_FOUND
+    assert await _code(site.PutGroupElement(ghost)) == grpc.StatusCode.INVALID_ARGUMENT
     devices = await site.ListGroupDevices(svc.ListGroupDevicesRequest(tenant="default", group="outer"))
     assert list(devices.devices) == ["d-1"]
     direct = svc.ListGroupDevicesRequest(tenant="default", group="outer", direct_only=True)

@@ -109,6 +109,8 @@ def _body_for(model: str, things: dict[str, str]) -> dict[str, Any]:
     samples: dict[str, dict[str, Any]] = {
         "DeviceTypeIn": {"token": f"new-type-{n}", "name": "n", "commands": []},
         "DeviceIn": {"token": f"new-dev-{n}", "device_type": things["type"]},
+        "DeviceTypeChange": {"name": "renamed", "commands": [{"name": "ping"}]},
+        "DeviceChange": {"device_type": things["type"], "comments": "changed"},
         "AssignmentIn": {"device": things["device"], "customer": "c1"},
         "CommandRequest": {"command": "ping", "params": {}},
         "UserIn": {"name": f"new-user-{n}", "password": "pw-123456", "role": "viewer"},

@@ -59,14 +59,14 @@ async def test_tenant_admins_manage_their_tenants_users_only(tmp_path: Path) -> 
         r = await client.post("/api/v1/users", json={**new, "name": "cus", "role": "customer"}, headers=admin)
         assert r.status_code == 422
         r = await client.patch(
-            "/api/v1/users/nina", json={"role": "viewer", "password": "new-pw-1"}, headers=admin
+            "/api/v1/users/nina", json={"role": "viewer", "password": "new-pw-123"}, headers=admin
         )
         assert r.status_code == 200 and r.json()["role"] == "viewer"
         assert (await token_of(client, "nina", "pw-of-nina")).status_code == 401
-        assert (await token_of(client, "nina", "new-pw-1")).status_code == 200
+        assert (await token_of(client, "nina", "new-pw-123")).status_code == 200
         assert (await client.delete("/api/v1/users/admin", headers=admin)).status_code == 409  # oneself
         assert (await client.delete("/api/v1/users/nina", headers=admin)).status_code == 204
-        assert (await token_of(client, "nina", "new-pw-1")).status_code == 401
+        assert (await token_of(client, "nina", "new-pw-123")).status_code == 401
 
         # the instance admin: every tenant's users, users for any existing tenant
         everyone = {u["name"] for u in (await client.get("/api/v1/users", headers=root)).json()}
@@ -84,21 +84,21 @@ async def test_repeated_failed_logins_are_throttled(tmp_path: Path) -> None:
     async with api_stack(tmp_path, throttle=throttle) as stack, stack.client() as client:
         for _ in range(5):
             assert (await token_of(client, "vera", "wrong")).status_code == 401
-        r = await token_of(client, "vera", "vera-pw")  # even the right password waits now
+        r = await token_of(client, "vera", "vera-pw-12")  # even the right password waits now
         assert r.status_code == 429 and r.headers["Retry-After"] == "30"
         now[0] += 31
         assert (await token_of(client, "vera", "wrong")).status_code == 401
-        r = await token_of(client, "vera", "vera-pw")
+        r = await token_of(client, "vera", "vera-pw-12")
         assert r.status_code == 429 and r.headers["Retry-After"] == "60"  # doubled
         now[0] += 61
-        assert (await token_of(client, "vera", "vera-pw")).status_code == 200  # success clears the user
+        assert (await token_of(client, "vera", "vera-pw-12")).status_code == 200  # success clears the user
         assert (await token_of(client, "vera", "wrong")).status_code == 401
         # the address: 8 failures over any user names (7 so far), then everyone from it waits
         assert (await token_of(client, "nobody-1", "x")).status_code == 401
-        r = await token_of(client, "olga", "olga-pw")
+        r = await token_of(client, "olga", "olga-pw-12")
         assert r.status_code == 429
         now[0] += 10_000  # beyond the cap: forgotten
-        assert (await token_of(client, "olga", "olga-pw")).status_code == 200
+        assert (await token_of(client, "olga", "olga-pw-12")).status_code == 200
 
 
 def test_the_throttle_map_is_bounded() -> None:
