@@ -214,8 +214,8 @@ async def test_the_generation_changes_with_what_a_token_says(backend: Backend) -
         seen = {g0}
         changes = [
             lambda: users.update("vera", role=Role.OPERATOR),
-            lambda: users.update("vera", password="new-pw"),
-            lambda: users.set_password("vera", "new-pw", tenant="gamma", role=Role.OPERATOR),
+            lambda: users.update("vera", password="new-password"),
+            lambda: users.set_password("vera", "new-password", tenant="gamma", role=Role.OPERATOR),
             lambda: users.update("vera", role=Role.CUSTOMER, customer="c1"),
             lambda: users.update("vera", customer="c2"),
         ]
@@ -233,7 +233,7 @@ async def test_the_generation_changes_with_what_a_token_says(backend: Backend) -
             await other.stop()
         # Deleted and created again under the same name: a new one.
         assert await users.delete("vera")
-        assert await users.create("vera", "new-pw", tenant="gamma", role=Role.OPERATOR)
+        assert await users.create("vera", "new-password", tenant="gamma", role=Role.OPERATOR)
         assert (await users.get("vera")).generation not in seen  # type: ignore[union-attr]
     finally:
         await users.stop()

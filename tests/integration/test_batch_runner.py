@@ -273,7 +273,7 @@ async def test_a_one_shot_schedule_set_before_its_creation_never_runs(world: Wor
     past = Schedule(
         id="past",
         at_ms=T0 - 60_000,
-        action=CommandAction(device="act-01", command="ping"),
+        action=CommandAction(kind="command", device="act-01", command="ping"),
         tenant=T,
         created_ms=T0,
         updated_ms=T0,

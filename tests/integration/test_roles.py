@@ -13,7 +13,7 @@ from fastapi import HTTPException
 from fieldgate.cloud.api.access import Principal, Role
 from fieldgate.cloud.api.auth import SESSION_CACHE_S, LoginThrottle, TokenAuthority, UserSessions, key_id
 from fieldgate.cloud.api.users import SqliteUsers
-from tests.helpers.api_stack import SECRET, api_stack, login
+from tests.helpers.api_stack import SECRET, USERS, api_stack, login
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ async def test_a_deleted_or_changed_users_token_stops_working_at_once(tmp_path: 
         r = await client.get("/api/v1/devices", headers=vera)
         assert r.status_code == 401 and "revoked" in r.json()["detail"]
         # Created again with the same name, role and password: the old token stays refused.
-        again = {"name": "vera", "password": "vera-pw", "role": "viewer"}
+        again = {"name": "vera", "password": USERS["vera"][0], "role": "viewer"}
         assert (await client.post("/api/v1/users", json=again, headers=admin)).status_code == 201
         assert (await client.get("/api/v1/devices", headers=vera)).status_code == 401
         assert (await client.get("/api/v1/devices", headers=await login(client, "vera"))).status_code == 200
@@ -152,6 +152,11 @@ async def test_a_deleted_or_changed_users_token_stops_working_at_once(tmp_path: 
         assert r.status_code == 403  # a viewer now
 
         # Another customer, or a new password: the same.
+        assert (
+            await client.post("/api/v1/customer-types", json={"token": "t"}, headers=admin)
+        ).status_code == 201
+        c2 = {"token": "c2", "customer_type": "t"}
+        assert (await client.post("/api/v1/customers", json=c2, headers=admin)).status_code == 201
         r = await client.patch("/api/v1/users/cora", json={"customer": "c2"}, headers=admin)
         assert r.status_code == 200, r.text
         assert (await client.get("/api/v1/devices", headers=cora)).status_code == 401
