@@ -502,7 +502,10 @@ async def test_command_is_queued_published_and_visible(
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"command": "reboot"}, "command 'reboot' does not exist (device type 'thermostat' has no such command)"),
+        (
+            {"command": "reboot"},
+            "command 'reboot' does not exist (device type 'thermostat' has no such command)",
+        ),
         ({"command": "configure", "params": {}}, "'seconds'"),
         ({"command": "configure", "params": {"seconds": "10"}}, "'seconds' must be of type int"),
         ({"command": "configure", "params": {"seconds": True}}, "'seconds' must be of type int"),
