@@ -270,10 +270,10 @@ async def test_malformed_payloads_are_kept_aside(suite: Suite, api: httpx.AsyncC
 
 async def test_edge_as_its_own_process(tmp_path: Path) -> None:
     """`fieldgate up`'s layout: the edge agent runs as a child process (`fieldgate edge run`)."""
-    opts = SuiteOptions(data_dir=tmp_path / "fg", admin_password="pw-proc", edge_process=True)
+    opts = SuiteOptions(data_dir=tmp_path / "fg", admin_password="pw-of-the-proc", edge_process=True)
     async with Suite(opts) as suite:
         assert suite.edge is None and suite.edge_pid != os.getpid()
-        api = await login(suite.rest_url, "pw-proc")
+        api = await login(suite.rest_url, "pw-of-the-proc")
         try:
             await asyncio.to_thread(
                 publish_once,

@@ -48,7 +48,7 @@ async def test_cloud_outage_under_load_loses_nothing(
     opts = SuiteOptions(
         data_dir=tmp_path / "fg",
         grpc_port=free_port(),
-        admin_password="pw-outage",
+        admin_password="pw-of-the-outage",
         bus=b.bus,
         store=b.store,
         zookeeper=b.zookeeper,

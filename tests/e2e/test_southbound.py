@@ -37,13 +37,13 @@ async def invoke(api: httpx.AsyncClient, device: str, command: str, params: dict
 async def test_serial_modbus_and_ble_devices_end_to_end(tmp_path: Path) -> None:
     opts = SuiteOptions(
         data_dir=tmp_path / "fg",
-        admin_password="pw-south",
+        admin_password="pw-of-the-south",
         edge_process=True,
         southbound=("serial", "modbus", "ble"),
         sim_rate_hz=5.0,
     )
     async with Suite(opts) as suite:
-        api = await login(suite.rest_url, "pw-south")
+        api = await login(suite.rest_url, "pw-of-the-south")
         try:
             for device in ("sim-serial-1", "sim-modbus-1", "sim-modbus-2", "sim-ble-env-1", "sim-ble-hr-1"):
                 await eventually(lambda d=device: measurements(api, d), timeout=30, what=f"{device} events")
