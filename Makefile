@@ -27,7 +27,7 @@ lint: setup
 proto: setup
 	$(PY) scripts/gen_proto.py
 
-# Rebuild the dashboard SPA (dashboard/) into fieldgate/cloud/api/static/dashboard (committed;
+# Rebuild the dashboard SPA (dashboard/) into fieldgate/cloud/api/rest/static/dashboard (committed;
 # Node is needed only here, never at run time).
 dashboard:
 	cd dashboard && npm ci && npm run build

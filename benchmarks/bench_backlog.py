@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import Publisher, PublisherSpec, machine_line, table
 
 from fieldgate.cloud.app import CloudApp
-from fieldgate.cloud.store import EventQuery
+from fieldgate.cloud.store.events import EventQuery
 from fieldgate.suite import Suite, SuiteOptions, free_port
 
 DEVICES = 10

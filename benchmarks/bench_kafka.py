@@ -50,12 +50,12 @@ from confluent_kafka.cimpl import NewTopic
 
 from fieldgate.cloud.bus import DECODED, ENRICHED, PERSISTED, UNREGISTERED, Message, topic_name
 from fieldgate.cloud.bus.kafka import KafkaBus
-from fieldgate.cloud.inbound import InboundProcessing
-from fieldgate.cloud.persistence import EventPersistence
-from fieldgate.cloud.registration import Registration
-from fieldgate.cloud.stage import StageSettings
-from fieldgate.cloud.store.sqlite_events import SqliteEventStore
-from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.pipeline.inbound import InboundProcessing
+from fieldgate.cloud.pipeline.persistence import EventPersistence
+from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.stage import StageSettings
+from fieldgate.cloud.store.sqlite.events import SqliteEventStore
+from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.devservers import CassandraServer, kafka_server, start_cassandra
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -236,7 +236,7 @@ async def pipeline(
 
 
 async def cassandra_rate(host: str, port: int, batches: int, per_batch: int) -> float:
-    from fieldgate.cloud.store.cassandra_events import CassandraEventStore
+    from fieldgate.cloud.store.cassandra.events import CassandraEventStore
 
     store = CassandraEventStore(host, port)
     await store.start()
@@ -423,7 +423,7 @@ def main() -> int:
             print(f"baseline: {base:,.0f} events/s", flush=True)
 
             if ns.store == "cassandra":
-                from fieldgate.cloud.store.cassandra_events import CassandraEventStore
+                from fieldgate.cloud.store.cassandra.events import CassandraEventStore
 
                 assert cass is not None
                 store: object = CassandraEventStore(cass.host, cass.port)

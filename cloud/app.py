@@ -17,13 +17,13 @@ share the stage's partitions through Kafka consumer groups):
 * ``state`` — device state, presence and rules → alerts (consumer group ``state`` on
   [persisted]; may run as several replicas; docs/rules.md);
 * ``api`` — the REST API (command requests go to the bus like everywhere else), and the
-  batch-operation runner and the scheduler (cloud/batch): they only call CommandService, so
+  batch-operation runner and the scheduler (cloud/services/batch.py, scheduler.py): they only call CommandService, so
   they need no stage of their own; several ``api`` replicas are safe (schedule runs are
   claimed once per due time, batch invocations have derived ids);
 * ``connectors`` — outbound connectors (consumer group ``connectors`` on [persisted]; may run
   as several replicas; docs/connectors.md).
 
-The bus and the stores come from :mod:`fieldgate.cloud.backends`. When
+The bus and the stores come from :mod:`fieldgate.cloud.store.backend`. When
 ``config.zookeeper`` is set, every process — whichever services it runs — reads ZooKeeper at
 start and watches it (docs/operations/zookeeper.md):
 
@@ -50,10 +50,33 @@ from typing import Any, Protocol, Self, runtime_checkable
 import uvicorn
 from fastapi import FastAPI
 
-from fieldgate.cloud.api.access import Role
-from fieldgate.cloud.api.app import create_api
-from fieldgate.cloud.api.auth import TokenAuthority, UserSessions
-from fieldgate.cloud.backends import (
+from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.rest.app import create_api
+from fieldgate.cloud.api.rest.auth import TokenAuthority, UserSessions
+from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.domain.connectors.targets import TargetPolicy
+from fieldgate.cloud.errors import CloudError
+from fieldgate.cloud.health import CloudHealth, GrpcHealth, health_app
+from fieldgate.cloud.ids import event_id
+from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorStageSettings
+from fieldgate.cloud.pipeline.delivery import CommandDelivery
+from fieldgate.cloud.pipeline.inbound import InboundProcessing
+from fieldgate.cloud.pipeline.ingest.edges import EdgeTracker
+from fieldgate.cloud.pipeline.ingest.service import EdgeSessions, IngestService
+from fieldgate.cloud.pipeline.persistence import EventPersistence
+from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.stage import ConsumerStage
+from fieldgate.cloud.pipeline.state import DeviceStateStage
+from fieldgate.cloud.pipeline.zones import ZonePolygons
+from fieldgate.cloud.services.access import Role
+from fieldgate.cloud.services.batch import BatchOperations
+from fieldgate.cloud.services.commands import CommandService
+from fieldgate.cloud.services.connectors import ConnectorAdmin
+from fieldgate.cloud.services.live import LiveHub
+from fieldgate.cloud.services.rules import RuleBook, RuleService
+from fieldgate.cloud.services.scheduler import Scheduler
+from fieldgate.cloud.services.tenants import TenantAdmin, TenantStores, record_settings, tenant_record
+from fieldgate.cloud.store.backend import (
     build_bus,
     build_cassandra,
     build_edge_directory,
@@ -66,38 +89,10 @@ from fieldgate.cloud.backends import (
     load_previous_secrets,
     load_token_secret,
 )
-from fieldgate.cloud.batch.operations import BatchOperations
-from fieldgate.cloud.batch.scheduler import Scheduler
-from fieldgate.cloud.batch.store import build_batch_store
-from fieldgate.cloud.commands import CommandDelivery
-from fieldgate.cloud.config import CloudConfig
-from fieldgate.cloud.connectors.admin import ConnectorAdmin
-from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
-from fieldgate.cloud.connectors.store import build_connector_store
-from fieldgate.cloud.connectors.targets import TargetPolicy
-from fieldgate.cloud.edges import EdgeTracker
-from fieldgate.cloud.errors import CloudError
-from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
-from fieldgate.cloud.health import CloudHealth, GrpcHealth, health_app
-from fieldgate.cloud.ids import event_id
-from fieldgate.cloud.inbound import InboundProcessing
-from fieldgate.cloud.ingest import EdgeSessions, IngestService
-from fieldgate.cloud.invocations import CommandService
-from fieldgate.cloud.live import LiveHub
-from fieldgate.cloud.persistence import EventPersistence
-from fieldgate.cloud.registration import Registration
-from fieldgate.cloud.rules.book import RuleBook, RuleService
-from fieldgate.cloud.rules.zones import ZonePolygons
-from fieldgate.cloud.stage import ConsumerStage
-from fieldgate.cloud.state import DeviceStateStage
-from fieldgate.cloud.tenants import TenantAdmin, TenantStores, record_settings, tenant_record
+from fieldgate.cloud.store.batch import build_batch_store
+from fieldgate.cloud.store.connectors import build_connector_store
 from fieldgate.cloud.tls import ServerTls
-from fieldgate.cloud.zkconfig_models import (
-    InstanceSettings,
-    TenantSettings,
-    TenantSettingsRegistry,
-    ZkConfig,
-)
+from fieldgate.cloud.zk.models import InstanceSettings, TenantSettings, TenantSettingsRegistry, ZkConfig
 from fieldgate.errors import ConfigError
 from fieldgate.v1 import model_pb2 as model
 
@@ -208,7 +203,7 @@ class CloudApp:
         self.tenant_settings.listen(self._on_tenant_settings)
         self.zk: Any = None
         if config.zookeeper is not None:
-            from fieldgate.cloud.zkconfig import ZkConfigSource
+            from fieldgate.cloud.zk.source import ZkConfigSource
 
             self.zk = ZkConfigSource(config.zookeeper.hosts, config.zookeeper.instance)
         # Instance keys changed in ZooKeeper since start (not applied: need a restart).
@@ -249,7 +244,7 @@ class CloudApp:
             self.connector_store, self.bus, self.connector_targets, topic_prefix=prefix
         )
         # Device states and rules (the state and api services); rule changes reach every
-        # replica through ZooKeeper when it is configured (cloud/rules/zk.py).
+        # replica through ZooKeeper when it is configured (cloud/zk/rules.py).
         self.state_store = build_state_store(config, cassandra=self.cassandra)
         # Areas, zones, assets, device groups (the api service; the state stage reads zones).
         self.site_store = build_site_store(config, cassandra=self.cassandra)
@@ -257,7 +252,7 @@ class CloudApp:
         # Edge agents seen by ingest (written there, read by the api's /api/v1/edges).
         self.edge_directory = build_edge_directory(config, cassandra=self.cassandra)
         self.edge_tracker = EdgeTracker(self.edge_directory) if "ingest" in self.services else None
-        # The api's live events (SSE): its own tail consumers of the bus (cloud/live.py).
+        # The api's live events (SSE): its own tail consumers of the bus (cloud/services/live.py).
         self.live = (
             LiveHub(self.bus, self.invocations, topic_prefix=prefix) if "api" in self.services else None
         )
@@ -266,7 +261,7 @@ class CloudApp:
         # The state stage evaluates the rules; api and ingest serve them (REST, gRPC) and delete a
         # deleted tenant's set.
         if config.zookeeper is not None and self.services & {"state", "api", "ingest"}:
-            from fieldgate.cloud.rules.zk import ZkRules
+            from fieldgate.cloud.zk.rules import ZkRules
 
             self.zk_rules = ZkRules(config.zookeeper.hosts, config.zookeeper.instance)
         self.rule_service = RuleService(
@@ -274,7 +269,7 @@ class CloudApp:
         )
         self.sessions = EdgeSessions()
         # Whether a token's user still is what the token says: REST and gRPC check each request
-        # (cloud/api/auth.py); a deleted tenant's users are dropped from it here.
+        # (cloud/api/rest/auth.py); a deleted tenant's users are dropped from it here.
         self.user_sessions = UserSessions(self.users)
         self.commands = CommandService(
             self.registry,
@@ -283,7 +278,7 @@ class CloudApp:
             config.default_command_ttl_s,
             topic_prefix=prefix,
         )
-        # Batch operations and schedules (the api service; cloud/batch).
+        # Batch operations and schedules (the api service; cloud/services/batch.py, scheduler.py).
         self.batch_store = build_batch_store(config, cassandra=self.cassandra)
         self.batch = BatchOperations(self.batch_store, self.registry, self.commands, groups=self.site_store)
         self.scheduler = Scheduler(
@@ -293,7 +288,7 @@ class CloudApp:
             self.batch,
             replica=config.effective_replica_id(),
         )
-        # Every store that keeps data of a tenant (THE list, cloud/tenants.py): provisioned and
+        # Every store that keeps data of a tenant (THE list, cloud/services/tenants.py): provisioned and
         # deleted with the tenant, forgotten by every process when another deletes it.
         self.tenant_stores = TenantStores(
             users=self.users,
@@ -613,7 +608,7 @@ class CloudApp:
         settings and what this process caches of it — every tenant-owned store of the list, the
         registry, and :meth:`tenant_caches` — so nothing here serves or recreates it. (The
         connectors stage also checks each tenant's incarnation itself, for processes that are
-        not told: cloud/connectors/stage.py.)"""
+        not told: cloud/pipeline/connectors/stage.py.)"""
         self.tenant_settings.remove(token)
         self.registry.forget_tenant(token)
         for _name, store in self.tenant_stores.owned():

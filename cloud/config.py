@@ -138,7 +138,7 @@ class ConnectorsConfig(Frozen):
     max_in_flight: int = Field(10_000, ge=1, le=1_000_000)
     # Networks (CIDR) connector targets may reach although they are not globally reachable:
     # by default a target that resolves to a loopback, link-local, private, unique-local,
-    # multicast or unspecified address is refused (cloud/connectors/targets.py). An operator
+    # multicast or unspecified address is refused (cloud/domain/connectors/targets.py). An operator
     # setting, for on-premises receivers; tenants cannot change it.
     allow_networks: tuple[str, ...] = Field((), max_length=256)
 

@@ -9,14 +9,6 @@ class EdgeError(FieldgateError):
     """Base of every error raised by the edge agent."""
 
 
-class DecodeError(EdgeError):
-    """A device payload could not be decoded; ``reason`` is a short human-readable cause."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class BufferFull(EdgeError):
     """The durable buffer is full and its overflow policy is ``reject_new``."""
 

@@ -43,8 +43,8 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
 def _admin_password() -> str | None:
     """FIELDGATE_ADMIN_PASSWORD (None: not set), refused before anything starts if it is not a
     password the user store would take."""
-    from fieldgate.cloud.api.users import check_password
     from fieldgate.cloud.errors import InvalidRequest
+    from fieldgate.cloud.services.users import check_password
 
     password = os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None
     if password is not None:
@@ -153,10 +153,10 @@ async def replay(
     embedded bus is private to the one process that has it open. Returns
     ``{partition: new committed offset}``.
     """
-    from fieldgate.cloud.backends import build_bus
     from fieldgate.cloud.bus import topic_name
     from fieldgate.cloud.bus.embedded import EmbeddedBus
     from fieldgate.cloud.errors import BusError
+    from fieldgate.cloud.store.backend import build_bus
 
     bus = build_bus(config, client_id="fieldgate-replay")
     await bus.start()
@@ -224,8 +224,8 @@ def _cmd_cloud_replay(ns: argparse.Namespace) -> int:
 async def _tenant_command(conf: CloudConfig, ns: argparse.Namespace) -> int:
     import json
 
-    from fieldgate.cloud.zkconfig import ZkConfigSource
-    from fieldgate.cloud.zkconfig_models import parse_tenant
+    from fieldgate.cloud.zk.models import parse_tenant
+    from fieldgate.cloud.zk.source import ZkConfigSource
 
     assert conf.zookeeper is not None
     new = None

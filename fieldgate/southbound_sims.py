@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldgate.cloud.errors import Conflict
-from fieldgate.cloud.store import Registry
+from fieldgate.cloud.store.registry import Registry
 from fieldgate.errors import ConfigError
 from fieldgate.sims import ble_gatt
 from fieldgate.sims.ble import CUSTOM_1, CUSTOM_LAYOUT, ENV_1, ENV_2, HR_1, BleSim

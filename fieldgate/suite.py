@@ -37,7 +37,6 @@ from typing import Literal, Self
 import yaml
 
 from fieldgate.cloud.app import CloudApp
-from fieldgate.cloud.backends import build_registry, build_users
 from fieldgate.cloud.config import (
     BusConfig,
     CloudConfig,
@@ -47,6 +46,7 @@ from fieldgate.cloud.config import (
     TlsConfig,
     ZookeeperConfig,
 )
+from fieldgate.cloud.store.backend import build_registry, build_users
 from fieldgate.config import validate
 from fieldgate.devservers import (
     CassandraServer,

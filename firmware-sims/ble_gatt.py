@@ -4,7 +4,7 @@ Plain data and value encoders, no D-Bus: :mod:`fieldgate.sims.ble_bluez` publish
 objects on the bus the way bluetoothd would after discovering a real peripheral, and
 :mod:`fieldgate.sims.ble` drives them (notification rate, faults). The encoders here are the
 *firmware's* view of the Bluetooth GATT formats, written independently of the edge decoders in
-:mod:`fieldgate.edge.codec.gatt` so that a round trip through both checks one against the other.
+:mod:`fieldgate.protocol.codec.gatt` so that a round trip through both checks one against the other.
 """
 
 from __future__ import annotations

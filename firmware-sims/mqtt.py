@@ -66,7 +66,7 @@ from typing import Any, Self
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from fieldgate.edge.codec import topics
+from fieldgate.protocol import topics
 from fieldgate.sims.device import (
     CommandReply,
     Sensors,

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import orjson
 
-from fieldgate.edge.codec.cobs import cobs_decode, cobs_encode, crc16_ccitt_false
-from fieldgate.edge.codec.serial_binary import (
+from fieldgate.protocol.codec.cobs import cobs_decode, cobs_encode, crc16_ccitt_false
+from fieldgate.protocol.codec.serial_binary import (
     Ack,
     Command,
     CommandResponse,
@@ -48,8 +48,8 @@ from fieldgate.edge.codec.serial_binary import (
     encode_message,
     parse_message,
 )
-from fieldgate.edge.codec.serial_frames import BinaryFramer, FrameError, LineFramer, encode_frame
-from fieldgate.edge.errors import DecodeError
+from fieldgate.protocol.codec.serial_frames import BinaryFramer, FrameError, LineFramer, encode_frame
+from fieldgate.protocol.errors import DecodeError
 from fieldgate.sims.device import Sensors, encode_command_response, handle_command, measurement
 from fieldgate.sims.errors import SimConfigError, SimError
 from fieldgate.tasks import cancel_and_wait

@@ -1,12 +1,11 @@
-"""The cloud's public APIs: REST (FastAPI) and the gRPC management services share one core.
+"""The cloud's public APIs: thin adapters over :mod:`fieldgate.cloud.services`.
 
-- ``management``: device types, devices, assignments and event queries as plain async methods
-  (the rules live here once; no framework imports)
-- ``users``: the user store (scrypt password hashes) and ``auth``: bearer tokens (JWT)
-- ``models``: the REST request/response shapes and their protobuf conversions
-- ``routes_*``: the REST endpoints; ``dashboard``: the small HTML page at ``/``
-- ``app``: :func:`~fieldgate.cloud.api.app.create_api` wires them into one FastAPI application
+- :mod:`fieldgate.cloud.api.rest`: the REST API (FastAPI): ``app`` (:func:`create_api
+  <fieldgate.cloud.api.rest.app.create_api>` wires everything into one application), ``auth``
+  (bearer tokens), ``models`` (request/response shapes and their protobuf conversions),
+  ``routes.*`` (the endpoints), ``dashboard`` and ``api_docs`` (the files under ``static/``)
+- :mod:`fieldgate.cloud.api.grpc`: the gRPC management services (``server`` registers them)
 
-The gRPC servicers live in ``fieldgate.cloud.grpc_api`` and use ``management`` too. Importing
-this package imports nothing heavy; import the submodule you need.
+Nothing imports this package but the composition (``fieldgate.cloud.app``). Importing it
+imports nothing heavy; import the submodule you need.
 """

@@ -106,7 +106,7 @@ class Bus(Protocol):
 
         ``tail=True``: an ephemeral reader that starts at the end of each topic that exists
         when it subscribes (later topics from their start), never commits and never holds back
-        retention — for live views that must not replay history (cloud/live.py)."""
+        retention — for live views that must not replay history (cloud/services/live.py)."""
 
     async def topic_end_offsets(self, topic: str) -> dict[int, int]:
         """``{partition: next offset to be written}`` of ``topic`` ({} if it does not exist):

@@ -32,7 +32,7 @@ them, and documents where it is simpler:
   tenant's topic to an offset or to the first record at/after a time; live members of that
   group pick it up on their next poll.
 
-All SQLite work runs in one worker thread (:class:`~fieldgate.cloud.store._sqlite.SqliteWorker`);
+All SQLite work runs in one worker thread (:class:`~fieldgate.cloud.sqlite_worker.SqliteWorker`);
 the event loop only keeps the small in-memory index (topics, their end offsets, committed
 offsets) that lets consumers decide without touching the disk whether anything is new.
 """
@@ -51,7 +51,7 @@ from typing import Self
 
 from fieldgate.cloud.bus import STAGES, Message, Record, parse_topic, topic_name
 from fieldgate.cloud.errors import BusError
-from fieldgate.cloud.store._sqlite import SqliteWorker, Synchronous, transaction
+from fieldgate.cloud.sqlite_worker import SqliteWorker, Synchronous, transaction
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 

@@ -1,7 +1,7 @@
 """Kafka bus: :class:`fieldgate.cloud.bus.Bus` on Apache Kafka with confluent-kafka.
 
 The distributed counterpart of the embedded SQLite log (``embedded.py``). The pipeline stages
-(``cloud/stage.py`` and the stages built on it) run on either unchanged; this module maps the
+(``cloud/pipeline/stage.py`` and the stages built on it) run on either unchanged; this module maps the
 bus contract onto Kafka:
 
 * **Topics** are ``<prefix>.tenant.<tenant>.<stage>``, created on first publish with the

@@ -2,8 +2,9 @@
 
 Only the ingest process sees the edge streams, but the REST API (the dashboard's edges page and
 ``/api/v1/fleet``) may run in another process, so ingest writes a small record per edge into
-this shared store (:mod:`fieldgate.cloud.edges` rate-limits those writes) and the API reads it.
-Two implementations: :mod:`.sqlite_edges` (``data_dir/edges.db``) and :mod:`.cassandra_edges`
+this shared store (:mod:`fieldgate.cloud.pipeline.ingest.edges` rate-limits those writes) and the
+API reads it. Two implementations: :mod:`.sqlite.edges` (``data_dir/edges.db``) and
+:mod:`.cassandra.edges`
 (the instance keyspace). A record is instance-wide, not per tenant: an edge may carry events
 of several tenants, listed in ``tenants`` (readers filter by it). Deleting a tenant
 (:meth:`EdgeDirectory.delete_tenant`) takes it out of every record and removes the records of

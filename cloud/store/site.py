@@ -2,7 +2,7 @@
 types and assets, device groups (elements: devices or nested groups, each with roles).
 
 Records are pydantic models stored as JSON documents (not protobuf): the REST API, the gRPC
-``SiteManagement`` service (which carries the same JSON, cloud/grpc_site.py), the geofence rules,
+``SiteManagement`` service (which carries the same JSON, cloud/api/grpc/site.py), the geofence rules,
 batch operations and connector filters read them, and a JSON document per record keeps both
 backends to one table of records plus one of references. Every record has a
 token (unique per tenant and kind), a name, a description, metadata and its creation time.

@@ -10,7 +10,7 @@ neither forgets a pending condition nor raises an alert twice.
 :func:`merge` is how a store combines what it holds with a newer observation: field by field,
 the value with the later event time wins, so an older event replayed or delivered late never
 overwrites newer state (the stores are idempotent and order-tolerant by construction). Both
-backends (:mod:`.sqlite_state`, :mod:`.cassandra_state`) implement :class:`DeviceStateStore`
+backends (:mod:`.sqlite.state`, :mod:`.cassandra.state`) implement :class:`DeviceStateStore`
 with this one function.
 
 The store also keeps each tenant's rule configuration (:meth:`DeviceStateStore.get_rules`):

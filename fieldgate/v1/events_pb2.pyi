@@ -71,7 +71,7 @@ class _AlertStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertState
     ALERT_STATE_CLEARED: _AlertState.ValueType  # 2
 
 class AlertState(_AlertState, metaclass=_AlertStateEnumTypeWrapper):
-    """The lifecycle of an alert raised by a rule (cloud/rules): RAISED when its condition starts
+    """The lifecycle of an alert raised by a rule (cloud/domain/rules): RAISED when its condition starts
     to hold, CLEARED when it stops. Device alerts leave it UNSPECIFIED.
     """
 

@@ -78,7 +78,7 @@ class Tenant(_message.Message):
     default_device_type: _builtins.str
     """Device type used for auto-registered devices."""
     settings_json: _builtins.str
-    """The tenant's whole settings (JSON of fieldgate.cloud.zkconfig_models.TenantSettings:
+    """The tenant's whole settings (JSON of fieldgate.cloud.zk.models.TenantSettings:
     registration policy, decoders, retention, rate limit, pipeline knobs); empty = defaults.
     """
     created_ms: _builtins.int

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from fieldgate.cloud.api.users import UserStore
-from fieldgate.cloud.backends import build_invocation_store, build_registry, build_users
 from fieldgate.cloud.config import CloudConfig, StoreConfig
-from fieldgate.cloud.store import InvocationStore, Registry
-from fieldgate.cloud.store._cassandra import CassandraSession
+from fieldgate.cloud.services.users import UserStore
+from fieldgate.cloud.store.backend import build_invocation_store, build_registry, build_users
+from fieldgate.cloud.store.cassandra.session import CassandraSession
+from fieldgate.cloud.store.invocations import InvocationStore
+from fieldgate.cloud.store.registry import Registry
 
 STORES = ["sqlite", pytest.param("cassandra", marks=pytest.mark.distributed)]
 

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fieldgate.cloud.backends import build_cassandra, load_token_secret
 from fieldgate.cloud.config import CloudConfig, StoreConfig
 from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.store import Page
-from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace, keyspace_name
-from fieldgate.cloud.store.cassandra_registry import CassandraInvocationStore, CassandraRegistry
+from fieldgate.cloud.store.backend import build_cassandra, load_token_secret
+from fieldgate.cloud.store.cassandra.registry import CassandraInvocationStore, CassandraRegistry
+from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from tests.contract.conftest import drop_keyspaces

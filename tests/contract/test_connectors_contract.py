@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from fieldgate.cloud.config import CloudConfig
-from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.store import (
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
+from fieldgate.cloud.errors import Conflict
+from fieldgate.cloud.store.connectors import (
     ANY_PARTITION,
     STAGE_OWNER,
     ConnectorStore,
     DeadLetter,
     build_connector_store,
 )
-from fieldgate.cloud.errors import Conflict
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 
 T = "default"

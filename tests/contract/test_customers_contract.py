@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fieldgate.cloud.errors import Conflict, Cycle, InUse, InvalidRequest, NotFound
-from fieldgate.cloud.store import Registry
+from fieldgate.cloud.store.registry import Registry
 from fieldgate.v1 import model_pb2 as model
 from tests.contract.conftest import Backend
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.backends import build_edge_directory
+from fieldgate.cloud.store.backend import build_edge_directory
 from fieldgate.cloud.store.edges import STALE_AFTER_MS, EdgeDirectory, EdgeRecord, EdgeReport
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 

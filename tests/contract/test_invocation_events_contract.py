@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.cloud.backends import build_event_store
-from fieldgate.cloud.invocations import REFUSED_OTHER_DEVICE
-from fieldgate.cloud.store import EventQuery, EventStore
+from fieldgate.cloud.services.commands import REFUSED_OTHER_DEVICE
+from fieldgate.cloud.store.backend import build_event_store
+from fieldgate.cloud.store.events import EventQuery, EventStore
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.contract.conftest import Backend

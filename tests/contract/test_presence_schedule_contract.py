@@ -15,15 +15,15 @@ from typing import cast
 
 import pytest
 
-from fieldgate.cloud.backends import build_registry, build_state_store
 from fieldgate.cloud.bus import Bus, Message
 from fieldgate.cloud.config import TenantConfig
-from fieldgate.cloud.rules.book import RuleBook, RuleService
-from fieldgate.cloud.rules.model import RULE_ADAPTER
-from fieldgate.cloud.state import DeviceStateStage
-from fieldgate.cloud.store import Registry
+from fieldgate.cloud.domain.rules.model import RULE_ADAPTER
+from fieldgate.cloud.pipeline.state import DeviceStateStage
+from fieldgate.cloud.services.rules import RuleBook, RuleService
+from fieldgate.cloud.store.backend import build_registry, build_state_store
+from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.store.state import DeviceState, DeviceStateStore, RuleState
-from fieldgate.cloud.zkconfig_models import TenantSettingsRegistry
+from fieldgate.cloud.zk.models import TenantSettingsRegistry
 from fieldgate.v1 import events_pb2 as pb
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound
-from fieldgate.cloud.store import InvocationStore, Registry
+from fieldgate.cloud.store.invocations import InvocationStore
+from fieldgate.cloud.store.registry import Registry
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 from tests.contract.conftest import Backend

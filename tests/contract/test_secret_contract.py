@@ -1,4 +1,4 @@
-"""The token-signing secret on every backend (backends.load_token_secret): ``auth.secret_key``
+"""The token-signing secret on every backend (store.backend.load_token_secret): ``auth.secret_key``
 wins, then ``auth.secret_file``, then the key the store generated once — the same for every
 process that asks on the same store."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from fieldgate.cloud.backends import load_token_secret
 from fieldgate.cloud.config import AuthConfig, CloudConfig
+from fieldgate.cloud.store.backend import load_token_secret
 from fieldgate.errors import ConfigError
 from tests.contract.conftest import Backend
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.cloud.backends import build_site_store
 from fieldgate.cloud.errors import Conflict, Cycle, InUse, NotFound, UnknownReference
+from fieldgate.cloud.store.backend import build_site_store
 from fieldgate.cloud.store.site import (
     Area,
     AreaType,

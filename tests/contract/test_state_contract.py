@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.backends import build_state_store
+from fieldgate.cloud.store.backend import build_state_store
 from fieldgate.cloud.store.state import (
     AlertValue,
     DeviceState,

@@ -7,7 +7,7 @@ then the tenant is deleted: its user's token is refused at once, no store holds 
 nothing of it is left on disk (files) or in Cassandra (keyspace, instance tables), and a tenant
 created again under the same token starts empty.
 
-The checks derive from the one list of tenant-owned stores (cloud/tenants.py TenantStores): a
+The checks derive from the one list of tenant-owned stores (cloud/services/tenants.py TenantStores): a
 store added to the list without a probe here fails, and so does a tenant-owned store (or a
 per-tenant cache) the cloud process builds but the list (or its forget path) lacks."""
 
@@ -21,15 +21,16 @@ import httpx
 import pytest
 
 from fieldgate.cloud.app import CloudApp
-from fieldgate.cloud.batch.models import ScheduleRun
 from fieldgate.cloud.bus import DECODED, Message, topic_name
 from fieldgate.cloud.config import TenantConfig
-from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.store import DeadLetter
+from fieldgate.cloud.domain.batch import ScheduleRun
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
 from fieldgate.cloud.ids import event_id
-from fieldgate.cloud.store import EventQuery, TenantOwned
-from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace, keyspace_name
+from fieldgate.cloud.store import TenantOwned
+from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
+from fieldgate.cloud.store.connectors import DeadLetter
 from fieldgate.cloud.store.edges import EdgeRecord
+from fieldgate.cloud.store.events import EventQuery
 from fieldgate.cloud.store.site import Kind
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from fieldgate.cloud.backends import build_event_store
 from fieldgate.cloud.errors import Conflict, NotFound
-from fieldgate.cloud.store import EventQuery, EventStore, InvocationStore, Registry
+from fieldgate.cloud.store.backend import build_event_store
+from fieldgate.cloud.store.events import EventQuery, EventStore
+from fieldgate.cloud.store.invocations import InvocationStore
+from fieldgate.cloud.store.registry import Registry
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc

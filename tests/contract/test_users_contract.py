@@ -12,10 +12,10 @@ from contextlib import closing
 
 import pytest
 
-from fieldgate.cloud.api.access import Role
-from fieldgate.cloud.api.users import LEGACY_ROLE, UserRecord, cassandra_migrations, scrypt_hash
 from fieldgate.cloud.errors import InvalidRequest
-from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace
+from fieldgate.cloud.services.access import Role
+from fieldgate.cloud.services.users import LEGACY_ROLE, UserRecord, cassandra_migrations, scrypt_hash
+from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace
 from tests.contract.conftest import Backend
 
 PW = "correct horse battery staple"

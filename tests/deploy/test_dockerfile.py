@@ -22,7 +22,7 @@ DOCKERFILE = mf.ROOT / "Dockerfile"
 # pyproject.toml [tool.setuptools.package-data]: besides the modules, these go into the wheel,
 # and every file below these directories (the dashboard's build, the assets of /docs and /redoc).
 PACKAGE_DATA = ("py.typed", "*.pyi", "*.conf", "*.xml")
-PACKAGE_DATA_DIRS = ("fieldgate/cloud/api/static",)
+PACKAGE_DATA_DIRS = ("fieldgate/cloud/api/rest/static",)
 
 
 def hadolint() -> Path:
@@ -125,7 +125,7 @@ def test_wheel_holds_the_symlinked_subpackages_and_data_files(image: tuple[df.Em
     assert "fieldgate/edge/adapters/mqtt/mosquitto-fieldgate.conf" in names
     assert {"fieldgate/devservers/poms/kafka/pom.xml", "fieldgate/devservers/poms/cassandra/pom.xml"} <= names
     # /docs and /redoc work offline: their assets (and licences) are in the package.
-    docs = "fieldgate/cloud/api/static/docs/"
+    docs = "fieldgate/cloud/api/rest/static/docs/"
     assert {docs + "swagger-ui/swagger-ui-bundle.js", docs + "redoc/redoc.standalone.js"} <= names
     assert {docs + "swagger-ui/NOTICE", docs + "redoc/LICENSE"} <= names
 

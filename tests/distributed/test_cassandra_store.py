@@ -14,13 +14,13 @@ import pytest
 
 from fieldgate.cloud.errors import InvalidRequest
 from fieldgate.cloud.ids import event_id
-from fieldgate.cloud.store import AssignmentEventQuery, EventQuery
-from fieldgate.cloud.store.cassandra_events import (
+from fieldgate.cloud.store.cassandra.events import (
     SCHEMA_VERSION,
     CassandraEventStore,
     _migrations,
     keyspace_name,
 )
+from fieldgate.cloud.store.events import AssignmentEventQuery, EventQuery
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.waiting import eventually
 

@@ -18,12 +18,12 @@ from confluent_kafka import Consumer
 
 from fieldgate.cloud.bus import PERSISTED, topic_name
 from fieldgate.cloud.bus.kafka import KafkaBus
-from fieldgate.cloud.connectors.admin import ConnectorAdmin
-from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
-from fieldgate.cloud.connectors.store import CassandraConnectorStore
-from fieldgate.cloud.store._cassandra import CassandraSession, instance_keyspace, keyspace_name
-from fieldgate.cloud.store.cassandra_registry import CassandraRegistry
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
+from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorStageSettings
+from fieldgate.cloud.services.connectors import ConnectorAdmin
+from fieldgate.cloud.store.cassandra.registry import CassandraRegistry
+from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
+from fieldgate.cloud.store.connectors import CassandraConnectorStore
 from fieldgate.devservers import CassandraServer, KafkaServer
 from fieldgate.v1 import model_pb2 as model
 from tests.helpers.connectors import FAST, LOOPBACK_TARGETS, SECRET, TENANT, make_event, publish, webhook

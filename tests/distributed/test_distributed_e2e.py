@@ -25,11 +25,11 @@ import pytest
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import DECODED, topic_name
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
-from fieldgate.cloud.registration import Registration
-from fieldgate.cloud.stage import messages_by_device
-from fieldgate.cloud.store import EventQuery
-from fieldgate.cloud.zkconfig import ZkConfigSource
-from fieldgate.cloud.zkconfig_models import TenantSettings
+from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.stage import messages_by_device
+from fieldgate.cloud.store.events import EventQuery
+from fieldgate.cloud.zk.models import TenantSettings
+from fieldgate.cloud.zk.source import ZkConfigSource
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
@@ -407,7 +407,7 @@ def _keyspace_rows(host: str, port: int, keyspace: str) -> list[str]:
 
 async def test_tenant_isolation_in_topics_keyspaces_and_api(stack: Stack) -> None:
     """Tenant A's events never appear in tenant B's Kafka topics, Cassandra keyspace or REST."""
-    from fieldgate.cloud.store.cassandra_events import keyspace_name
+    from fieldgate.cloud.store.cassandra.events import keyspace_name
 
     a, b = stack.tenant_a, stack.tenant_b
     device_a, device_b = f"only-in-{a}", f"only-in-{b}"

@@ -26,7 +26,7 @@ import pytest
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig
-from fieldgate.cloud.store import EventQuery
+from fieldgate.cloud.store.events import EventQuery
 from fieldgate.devservers import CassandraServer, KafkaServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig

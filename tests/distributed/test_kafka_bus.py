@@ -16,13 +16,13 @@ import pytest
 
 from fieldgate.cloud.bus import DECODED, ENRICHED, PERSISTED, Message, Record, topic_name
 from fieldgate.cloud.bus.kafka import KafkaBus
-from fieldgate.cloud.inbound import InboundProcessing
-from fieldgate.cloud.persistence import EventPersistence
-from fieldgate.cloud.registration import Registration
-from fieldgate.cloud.stage import StageSettings
-from fieldgate.cloud.store import EventQuery
-from fieldgate.cloud.store.sqlite_events import SqliteEventStore
-from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.pipeline.inbound import InboundProcessing
+from fieldgate.cloud.pipeline.persistence import EventPersistence
+from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.stage import StageSettings
+from fieldgate.cloud.store.events import EventQuery
+from fieldgate.cloud.store.sqlite.events import SqliteEventStore
+from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.devservers import KafkaServer
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb

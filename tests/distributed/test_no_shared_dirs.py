@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from fieldgate.cloud.app import CloudApp
-from fieldgate.cloud.backends import build_users
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
+from fieldgate.cloud.store.backend import build_users
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig

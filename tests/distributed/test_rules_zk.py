@@ -17,8 +17,8 @@ import pytest
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import DECODED, Message, topic_name
 from fieldgate.cloud.config import CloudConfig, TenantConfig
-from fieldgate.cloud.rules.model import RuleSet
-from fieldgate.cloud.rules.zk import ZkRules
+from fieldgate.cloud.domain.rules.model import RuleSet
+from fieldgate.cloud.zk.rules import ZkRules
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from tests.contract.conftest import drop_keyspaces

@@ -19,7 +19,7 @@ from kazoo.client import KazooClient  # type: ignore[import-untyped]
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import STAGES, topic_name
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
-from fieldgate.cloud.store._cassandra import CassandraSession, keyspace_name
+from fieldgate.cloud.store.cassandra.session import CassandraSession, keyspace_name
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig

@@ -31,17 +31,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import DECODED, FAILED_DECODE, topic_name
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
-from fieldgate.cloud.ingest import IngestService
-from fieldgate.cloud.persistence import EventPersistence
-from fieldgate.cloud.stage import messages_by_device
-from fieldgate.cloud.store import EventQuery
-from fieldgate.cloud.store.cassandra_events import keyspace_name
-from fieldgate.cloud.zkconfig import ZkConfigSource
-from fieldgate.cloud.zkconfig_models import InstanceSettings, PipelineSettings, TenantSettings
+from fieldgate.cloud.pipeline.ingest.service import IngestService
+from fieldgate.cloud.pipeline.persistence import EventPersistence
+from fieldgate.cloud.pipeline.stage import messages_by_device
+from fieldgate.cloud.store.cassandra.events import keyspace_name
+from fieldgate.cloud.store.events import EventQuery
+from fieldgate.cloud.zk.models import InstanceSettings, PipelineSettings, TenantSettings
+from fieldgate.cloud.zk.source import ZkConfigSource
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
-from fieldgate.edge.codec.topics import FORMAT_METADATA_KEY
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
+from fieldgate.protocol.topics import FORMAT_METADATA_KEY
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -242,7 +242,7 @@ async def test_invalid_znode_keeps_the_running_settings(
     operator = KazooClient(hosts=zookeeper.hosts, timeout=10.0)
     operator.start(10.0)
     try:
-        with caplog.at_level(logging.ERROR, logger="fieldgate.cloud.zkconfig"):
+        with caplog.at_level(logging.ERROR, logger="fieldgate.cloud.zk.source"):
             operator.set(path, b'{"decoders": ["xml"]}')
 
             async def rejected() -> bool:

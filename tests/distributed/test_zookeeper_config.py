@@ -16,13 +16,13 @@ import pytest
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 
 from fieldgate.cloud.config import BusConfig, CloudConfig, TenantConfig
-from fieldgate.cloud.zkconfig import ZkConfigSource
-from fieldgate.cloud.zkconfig_models import (
+from fieldgate.cloud.zk.models import (
     InstanceSettings,
     PipelineSettings,
     TenantSettings,
     TenantSettingsRegistry,
 )
+from fieldgate.cloud.zk.source import ZkConfigSource
 from tests.helpers.waiting import eventually, never
 
 pytestmark = pytest.mark.distributed
@@ -136,7 +136,7 @@ async def test_invalid_data_is_rejected_and_the_previous_configuration_stays(
     await source.watch_tenants(seen)
     path = source.tenant_path("acme")
 
-    with caplog.at_level(logging.ERROR, logger="fieldgate.cloud.zkconfig"):
+    with caplog.at_level(logging.ERROR, logger="fieldgate.cloud.zk.source"):
         operator.set(path, b"{not json")
         await eventually(lambda: source.stats.rejected >= 1, WAIT_S, "bad JSON is rejected")
         operator.set(path, b'{"auto_register": "sometimes", "retention_days": -1}')

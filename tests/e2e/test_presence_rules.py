@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fieldgate.edge.codec import topics
+from fieldgate.protocol import topics
 from fieldgate.suite import Suite
 from tests.e2e.test_end_to_end import events_of, publish_once
 from tests.helpers.mqtt_devices import Device

@@ -15,7 +15,7 @@ import yaml
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig
-from fieldgate.cloud.store import EventQuery
+from fieldgate.cloud.store.events import EventQuery
 from fieldgate.suite import Suite, SuiteOptions
 from tests.helpers.backends import BACKENDS, backends_for
 from tests.helpers.publisher import AckedPublisher

@@ -19,22 +19,22 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from fieldgate.cloud.api.access import Role
-from fieldgate.cloud.api.app import create_api
-from fieldgate.cloud.api.auth import LoginThrottle
-from fieldgate.cloud.api.users import SqliteUsers
-from fieldgate.cloud.batch.operations import BatchOperations
-from fieldgate.cloud.batch.store import SqliteBatchStore
+from fieldgate.cloud.api.rest.app import create_api
+from fieldgate.cloud.api.rest.auth import LoginThrottle
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import AuthConfig
-from fieldgate.cloud.connectors.store import SqliteConnectorStore
-from fieldgate.cloud.invocations import CommandService
-from fieldgate.cloud.store.sqlite_edges import SqliteEdgeDirectory
-from fieldgate.cloud.store.sqlite_events import SqliteEventStore
-from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
-from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
-from fieldgate.cloud.store.sqlite_state import SqliteStateStore
-from fieldgate.cloud.tenants import TenantStores
+from fieldgate.cloud.services.access import Role
+from fieldgate.cloud.services.batch import BatchOperations
+from fieldgate.cloud.services.commands import CommandService
+from fieldgate.cloud.services.tenants import TenantStores
+from fieldgate.cloud.services.users import SqliteUsers
+from fieldgate.cloud.store.batch import SqliteBatchStore
+from fieldgate.cloud.store.connectors import SqliteConnectorStore
+from fieldgate.cloud.store.sqlite.edges import SqliteEdgeDirectory
+from fieldgate.cloud.store.sqlite.events import SqliteEventStore
+from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite.site import SqliteSiteStore
+from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 from fieldgate.v1 import model_pb2 as model
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"

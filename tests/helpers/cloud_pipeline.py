@@ -18,17 +18,17 @@ import grpc
 from grpc import aio
 
 from fieldgate.cloud.bus.embedded import EmbeddedBus
-from fieldgate.cloud.commands import CommandDelivery
 from fieldgate.cloud.config import TenantConfig
-from fieldgate.cloud.inbound import InboundProcessing
-from fieldgate.cloud.ingest import EdgeSessions, IngestService
-from fieldgate.cloud.invocations import CommandService
-from fieldgate.cloud.persistence import EventPersistence
-from fieldgate.cloud.registration import Registration
-from fieldgate.cloud.stage import StageSettings
-from fieldgate.cloud.store import EventQuery
-from fieldgate.cloud.store.sqlite_events import SqliteEventStore
-from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.pipeline.delivery import CommandDelivery
+from fieldgate.cloud.pipeline.inbound import InboundProcessing
+from fieldgate.cloud.pipeline.ingest.service import EdgeSessions, IngestService
+from fieldgate.cloud.pipeline.persistence import EventPersistence
+from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.stage import StageSettings
+from fieldgate.cloud.services.commands import CommandService
+from fieldgate.cloud.store.events import EventQuery
+from fieldgate.cloud.store.sqlite.events import SqliteEventStore
+from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc

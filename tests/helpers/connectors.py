@@ -19,14 +19,14 @@ from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import PERSISTED, Bus, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import ConnectorsConfig
-from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.stage import GROUP, ConnectorStage, ConnectorStageSettings
-from fieldgate.cloud.connectors.store import SqliteConnectorStore
-from fieldgate.cloud.connectors.targets import TargetPolicy
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
+from fieldgate.cloud.domain.connectors.targets import TargetPolicy
 from fieldgate.cloud.ids import event_id
-from fieldgate.cloud.stage import messages_by_device
+from fieldgate.cloud.pipeline.connectors.stage import GROUP, ConnectorStage, ConnectorStageSettings
+from fieldgate.cloud.pipeline.stage import messages_by_device
+from fieldgate.cloud.store.connectors import SqliteConnectorStore
 from fieldgate.cloud.store.site import SiteStore
-from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
+from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -35,7 +35,7 @@ TENANT = "default"
 SECRET = "connector-secret-0123456789"
 FAST = ConnectorStageSettings(refresh_s=0.2, poll_timeout_s=0.1)
 #: The operator setting the tests need: their receivers listen on 127.0.0.1, which connectors
-#: may not reach by default (cloud/connectors/targets.py).
+#: may not reach by default (cloud/domain/connectors/targets.py).
 LOOPBACK_ALLOWED = ConnectorsConfig(refresh_s=0.2, allow_networks=("127.0.0.0/8",))
 #: The stage's policy from that setting.
 LOOPBACK_TARGETS = TargetPolicy.from_networks(LOOPBACK_ALLOWED.allow_networks)

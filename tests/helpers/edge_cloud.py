@@ -1,6 +1,6 @@
 """A test cloud for edge tests: a real gRPC EdgeUplink server on 127.0.0.1 that plays the peer.
 
-It is not the thing under test (the real one is ``fieldgate.cloud.ingest.IngestService``):
+It is not the thing under test (the real one is ``fieldgate.cloud.pipeline.ingest.service.IngestService``):
 it answers Hello with Welcome, records every event it receives (counting duplicates and
 unique ``(tenant, device, alternate_id)`` keys separately), acknowledges batches (or holds
 the acks back when told to), records command statuses, and can push CommandDown messages to

@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldgate.edge.codec import topics
+from fieldgate.protocol import topics
 
 
 class AckedPublisher:

@@ -1,5 +1,5 @@
 """Bearer tokens on gRPC calls for tests: a client interceptor that signs, for every request, a
-token of the tenant the request names (the gRPC APIs require one; cloud/grpc_api.py ApiAuth).
+token of the tenant the request names (the gRPC APIs require one; cloud/api/grpc/server.py ApiAuth).
 
 Tests of the servicers' own rules (unknown tenants, cross-tenant reads answered NOT_FOUND) use
 it to call as a caller entitled to the tenant they name; tests of the authentication itself
@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from fieldgate.cloud.api.access import Principal, Role
-from fieldgate.cloud.api.auth import TokenAuthority
-from fieldgate.cloud.grpc_api import request_tenant
+from fieldgate.cloud.api.grpc.server import request_tenant
+from fieldgate.cloud.api.rest.auth import TokenAuthority
+from fieldgate.cloud.services.access import Principal, Role
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

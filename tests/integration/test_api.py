@@ -10,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from fieldgate.cloud.api.auth import key_id
+from fieldgate.cloud.api.rest.auth import key_id
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb

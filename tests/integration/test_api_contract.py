@@ -27,17 +27,17 @@ from fastapi.routing import RouteContext
 from pydantic import TypeAdapter
 
 from fieldgate.cli import main
-from fieldgate.cloud.api.access import api_routes
-from fieldgate.cloud.api.app import MAX_BODY_BYTES
-from fieldgate.cloud.api.auth import TokenAuthority
-from fieldgate.cloud.api.management import MAX_PAGE, MAX_PAGE_SIZE
-from fieldgate.cloud.api.routes_tenants import PipelineChange, TenantChange, TenantIn
-from fieldgate.cloud.api.users import MIN_PASSWORD
+from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.rest.app import MAX_BODY_BYTES
+from fieldgate.cloud.api.rest.auth import TokenAuthority
+from fieldgate.cloud.api.rest.routes.tenants import PipelineChange, TenantChange, TenantIn
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig
-from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.cloud.jsontypes import integral
-from fieldgate.cloud.zkconfig_models import PipelineSettings, TenantSettings
+from fieldgate.cloud.services.access import api_routes
+from fieldgate.cloud.services.management import MAX_PAGE, MAX_PAGE_SIZE
+from fieldgate.cloud.services.users import MIN_PASSWORD
+from fieldgate.cloud.zk.models import PipelineSettings, TenantSettings
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc

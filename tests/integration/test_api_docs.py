@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fieldgate.cloud.api.api_docs import DOCS_STATIC_DIR
+from fieldgate.cloud.api.rest.api_docs import DOCS_STATIC_DIR
 from tests.helpers.api_stack import api_stack
 
 PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")

@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.services.access import Role
 
 pytestmark = pytest.mark.integration
 

@@ -16,18 +16,18 @@ import grpc
 import httpx
 import pytest
 
-from fieldgate.cloud.api.app import create_api
-from fieldgate.cloud.api.auth import TokenAuthority
+from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.rest.app import create_api
+from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.bus import DECODED, PERSISTED, STAGES, Message, topic_name
 from fieldgate.cloud.config import AuthConfig
-from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.sink import Sink
-from fieldgate.cloud.connectors.stage import ConnectorStage, ConnectorStageSettings
-from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
-from fieldgate.cloud.ingest import TokenBucket
-from fieldgate.cloud.stage import messages_by_device
-from fieldgate.cloud.tenants import TenantAdmin
-from fieldgate.cloud.zkconfig_models import TenantSettings, TenantSettingsRegistry
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
+from fieldgate.cloud.domain.connectors.sink import Sink
+from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorStageSettings
+from fieldgate.cloud.pipeline.ingest.service import TokenBucket
+from fieldgate.cloud.pipeline.stage import messages_by_device
+from fieldgate.cloud.services.tenants import TenantAdmin
+from fieldgate.cloud.zk.models import TenantSettings, TenantSettingsRegistry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.api.users import SqliteUsers
 from fieldgate.cloud.errors import InvalidRequest
+from fieldgate.cloud.services.users import SqliteUsers
 
 pytestmark = pytest.mark.integration
 

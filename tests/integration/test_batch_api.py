@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldgate.edge.codec import topics
+from fieldgate.protocol import topics
 from fieldgate.suite import Suite, SuiteOptions
 from fieldgate.timeutil import now_ms
 from tests.helpers.waiting import eventually

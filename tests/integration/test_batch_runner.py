@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.batch.models import (
+from fieldgate.cloud.bus.embedded import EmbeddedBus
+from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.domain.batch import (
     BatchRequest,
     CommandAction,
     ElementStatus,
@@ -20,14 +22,13 @@ from fieldgate.cloud.batch.models import (
     Schedule,
     Selection,
 )
-from fieldgate.cloud.batch.operations import BatchOperations, element_invocation_id
-from fieldgate.cloud.batch.scheduler import Scheduler
-from fieldgate.cloud.batch.store import BatchStore, build_batch_store
-from fieldgate.cloud.bus.embedded import EmbeddedBus
-from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.errors import Conflict
-from fieldgate.cloud.invocations import CommandService
-from fieldgate.cloud.store import InvocationStore, Registry
+from fieldgate.cloud.services.batch import BatchOperations, element_invocation_id
+from fieldgate.cloud.services.commands import CommandService
+from fieldgate.cloud.services.scheduler import Scheduler
+from fieldgate.cloud.store.batch import BatchStore, build_batch_store
+from fieldgate.cloud.store.invocations import InvocationStore
+from fieldgate.cloud.store.registry import Registry
 from fieldgate.v1 import model_pb2 as model
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 from tests.helpers.waiting import eventually, never
@@ -57,7 +58,7 @@ class World:
 
 @pytest.fixture(params=STORES)
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    from fieldgate.cloud.backends import build_invocation_store, build_registry
+    from fieldgate.cloud.store.backend import build_invocation_store, build_registry
 
     config = backend_config(request, request.param, tmp_path / "cloud")
     registry, invocations = build_registry(config), build_invocation_store(config)
@@ -264,7 +265,7 @@ async def test_one_shot_schedule_fires_once_and_a_batch_schedule_starts_an_opera
 async def test_a_one_shot_schedule_set_before_its_creation_never_runs(world: World) -> None:
     """docs/api.md: a due time before the schedule was created never runs — a one-shot time in
     the past is not overdue, it was never ahead."""
-    from fieldgate.cloud.batch.scheduler import next_time
+    from fieldgate.cloud.services.scheduler import next_time
 
     now = [T0]
     store = await world.batch_store()
@@ -290,8 +291,8 @@ async def test_a_one_shot_schedule_set_before_its_creation_never_runs(world: Wor
 
 
 async def test_a_group_selection_resolves_through_the_site_store(world: World, tmp_path: Path) -> None:
-    from fieldgate.cloud.backends import build_site_store
     from fieldgate.cloud.errors import InvalidRequest
+    from fieldgate.cloud.store.backend import build_site_store
     from fieldgate.cloud.store.site import DeviceGroup, GroupElement
 
     site = build_site_store(world.config)
@@ -314,7 +315,7 @@ async def test_a_group_selection_resolves_through_the_site_store(world: World, t
 
 
 async def test_a_claim_whose_replica_died_is_taken_over_once(world: World) -> None:
-    from fieldgate.cloud.batch.models import ScheduleRun
+    from fieldgate.cloud.domain.batch import ScheduleRun
 
     now = [T0 + 10_000]
     store = await world.batch_store()

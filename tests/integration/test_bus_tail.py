@@ -1,4 +1,4 @@
-"""Tail consumers of the embedded bus (``consumer(..., tail=True)``, used by cloud/live.py):
+"""Tail consumers of the embedded bus (``consumer(..., tail=True)``, used by cloud/services/live.py):
 they start at the end of the log, read topics created later from their start, keep no
 committed offsets and never hold back retention."""
 

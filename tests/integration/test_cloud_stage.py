@@ -12,7 +12,7 @@ import pytest
 from fieldgate.cloud.bus import DECODED, FAILED_DECODE, Message, Record, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.errors import StoreError
-from fieldgate.cloud.stage import ConsumerStage, StageSettings
+from fieldgate.cloud.pipeline.stage import ConsumerStage, StageSettings
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.waiting import eventually
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.connectors.models import ConnectorSpec
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
 from tests.helpers.connectors import (
     SECRET,
     TENANT,
@@ -193,7 +193,7 @@ async def test_filters_by_device_group_and_area(tmp_path: Path) -> None:
     assignment's area or an area above it. A device in no group, or assigned elsewhere, or an
     unknown group: nothing."""
     from fieldgate.cloud.store.site import Area, AreaType, DeviceGroup, GroupElement
-    from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
+    from fieldgate.cloud.store.sqlite.site import SqliteSiteStore
     from fieldgate.v1 import model_pb2 as model
 
     site = SqliteSiteStore(tmp_path / "site")

@@ -1,4 +1,4 @@
-"""Connectors keep their word about *which* events they send (cloud/connectors/progress.py), on
+"""Connectors keep their word about *which* events they send (cloud/pipeline/connectors/progress.py), on
 the real embedded bus and SQLite connector store with real HTTP receivers:
 
 * a connector delivers every event stored after its creation, however late the stage notices
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.connectors.admin import ConnectorAdmin
-from fieldgate.cloud.connectors.stage import ConnectorStageSettings
+from fieldgate.cloud.pipeline.connectors.stage import ConnectorStageSettings
+from fieldgate.cloud.services.connectors import ConnectorAdmin
 from tests.helpers.connectors import (
     LOOPBACK_TARGETS,
     SECRET,

@@ -1,4 +1,4 @@
-"""Connectors cannot be aimed inside (cloud/connectors/targets.py), through the whole cloud and
+"""Connectors cannot be aimed inside (cloud/domain/connectors/targets.py), through the whole cloud and
 through the stage against real receivers on 127.0.0.1:
 
 * by default a target that resolves to a loopback, link-local, private, unique-local,
@@ -23,10 +23,10 @@ import pytest
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig, ConnectorsConfig
-from fieldgate.cloud.connectors.admin import ConnectorAdmin
-from fieldgate.cloud.connectors.models import ConnectorSpec
-from fieldgate.cloud.connectors.store import DeadLetter
-from fieldgate.cloud.connectors.targets import IPAddress, TargetPolicy
+from fieldgate.cloud.domain.connectors.models import ConnectorSpec
+from fieldgate.cloud.domain.connectors.targets import IPAddress, TargetPolicy
+from fieldgate.cloud.services.connectors import ConnectorAdmin
+from fieldgate.cloud.store.connectors import DeadLetter
 from tests.helpers.connectors import (
     LOOPBACK_TARGETS,
     SECRET,

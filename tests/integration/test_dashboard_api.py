@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from fieldgate.cloud.api.access import Role
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import DECODED, Message, topic_name
 from fieldgate.cloud.config import CloudConfig, TenantConfig
-from fieldgate.cloud.live import QUEUE_SIZE
+from fieldgate.cloud.services.access import Role
+from fieldgate.cloud.services.live import QUEUE_SIZE
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.timeutil import now_ms

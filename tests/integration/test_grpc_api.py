@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fieldgate.cloud.api.auth import TokenAuthority
-from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
@@ -318,9 +318,9 @@ async def test_an_invocation_with_its_events(grpc_api: Clients) -> None:
 async def site_api(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub]]:
-    """The management services with the site model, device state and rules (cloud/grpc_site.py)."""
-    from fieldgate.cloud.rules.book import RuleBook, RuleService
-    from fieldgate.cloud.store.sqlite_state import SqliteStateStore
+    """The management services with the site model, device state and rules (cloud/api/grpc/site.py)."""
+    from fieldgate.cloud.services.rules import RuleBook, RuleService
+    from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 
     async with api_stack(tmp_path) as stack:
         states = SqliteStateStore(tmp_path / "state")

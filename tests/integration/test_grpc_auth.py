@@ -16,13 +16,13 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from fieldgate.cloud.api.access import Principal, Role
-from fieldgate.cloud.api.auth import TokenAuthority
+from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import AuthConfig, CloudConfig, TenantConfig, TlsConfig
-from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
-from fieldgate.cloud.rules.book import RuleBook, RuleService
-from fieldgate.cloud.store.sqlite_state import SqliteStateStore
+from fieldgate.cloud.services.access import Principal, Role
+from fieldgate.cloud.services.rules import RuleBook, RuleService
+from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.pki import CertificateAuthority
 from fieldgate.v1 import services_pb2 as svc
@@ -40,7 +40,7 @@ DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 def api_methods() -> Iterator[MethodDescriptor]:
     """Every method acting inside a tenant (instance-admin methods, which name none — tenant
     management — are checked in tests/integration/test_api_tenants.py)."""
-    from fieldgate.cloud.api.access import GRPC_METHODS, Permission
+    from fieldgate.cloud.services.access import GRPC_METHODS, Permission
 
     for service in svc.DESCRIPTOR.services_by_name.values():
         if service.name not in NOT_TOKEN_SERVICES:

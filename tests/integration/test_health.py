@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig, HealthConfig
-from fieldgate.cloud.store import EventQuery
+from fieldgate.cloud.store.events import EventQuery
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.edge.probes import AgentProbes

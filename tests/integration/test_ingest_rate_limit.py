@@ -12,10 +12,10 @@ import pytest
 
 from fieldgate.cloud.bus import DECODED, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
-from fieldgate.cloud.ingest import EdgeSessions, IngestService
-from fieldgate.cloud.stage import decode_batch
-from fieldgate.cloud.store.sqlite_registry import SqliteRegistry
-from fieldgate.cloud.zkconfig_models import TenantSettings, TenantSettingsRegistry
+from fieldgate.cloud.pipeline.ingest.service import EdgeSessions, IngestService
+from fieldgate.cloud.pipeline.stage import decode_batch
+from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
+from fieldgate.cloud.zk.models import TenantSettings, TenantSettingsRegistry
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.config import BufferConfig, UplinkConfig
 from fieldgate.edge.uplink import Uplink

@@ -1,7 +1,7 @@
 """Tenant and role isolation, generated from the app itself.
 
 REST: every ``RouteContext`` of the real ``create_api`` app must declare one access policy
-(cloud/api/access.py), and is then exercised with real requests against real data of tenant
+(cloud/services/access.py), and is then exercised with real requests against real data of tenant
 ``default`` (A): without a token → 401; as tenant ``beta``'s admin (B) → 403/404 or B's own
 (empty) data, never anything of A; as each role of A → 403 exactly where the role lacks the
 route's permission; as a customer user of A (customer ``c1``) → only c1's things (another
@@ -30,7 +30,9 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from fieldgate.cloud.api.access import (
+from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
+from fieldgate.cloud.api.rest.auth import TokenAuthority
+from fieldgate.cloud.services.access import (
     GRANTS,
     GRPC_METHODS,
     PUBLIC,
@@ -41,8 +43,6 @@ from fieldgate.cloud.api.access import (
     api_routes,
     route_policies,
 )
-from fieldgate.cloud.api.auth import TokenAuthority
-from fieldgate.cloud.grpc_api import ApiAuth, add_grpc_api
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.api_stack import SECRET, USERS, ApiStack, api_stack, login
@@ -55,9 +55,9 @@ A, B = "default", "beta"
 PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/token"),
     ("GET", "/"),
-    ("GET", "/assets/{path:path}"),  # the dashboard's built files (cloud/api/dashboard.py)
+    ("GET", "/assets/{path:path}"),  # the dashboard's built files (cloud/api/rest/dashboard.py)
     ("GET", "/healthz"),
-    # the API's own documentation, served from the package (cloud/api/api_docs.py)
+    # the API's own documentation, served from the package (cloud/api/rest/api_docs.py)
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/docs/static/{path:path}"),
@@ -397,7 +397,7 @@ def grpc_methods() -> Iterator[MethodDescriptor]:
 
 def test_every_grpc_method_is_in_the_access_policy() -> None:
     missing = [m.full_name for m in grpc_methods() if m.full_name not in GRPC_METHODS]
-    assert not missing, f"add these to cloud/api/access.py GRPC_METHODS: {missing}"
+    assert not missing, f"add these to cloud/services/access.py GRPC_METHODS: {missing}"
     stale = set(GRPC_METHODS) - {m.full_name for m in grpc_methods()}
     assert not stale, stale
 

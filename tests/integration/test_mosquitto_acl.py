@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fieldgate.cli import main
-from fieldgate.edge.codec import topics
+from fieldgate.protocol import topics
 from tests.helpers.mosquitto import Mosquitto, start_mosquitto
 from tests.helpers.waiting import eventually, never
 from tests.integration.test_mqtt_auth import Client

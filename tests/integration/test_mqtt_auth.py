@@ -23,9 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fieldgate.edge.adapters.mqtt import EmbeddedMqttAdapter, build_mqtt_adapter
 from fieldgate.edge.adapters.mqtt.credentials import CredentialStore, new_identity
 from fieldgate.edge.agent import EdgeAgent
-from fieldgate.edge.codec import topics
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.errors import ConfigError
+from fieldgate.protocol import topics
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.edge_cloud import TestCloud

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import pytest
 
 from fieldgate.edge.adapters.mqtt import EmbeddedMqttAdapter, build_mqtt_adapter
-from fieldgate.edge.codec import topics
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
+from fieldgate.protocol import topics
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.mqtt_devices import Device, measurement
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from fieldgate.edge.adapters.mqtt import ExternalMqttAdapter, build_mqtt_adapter
-from fieldgate.edge.codec import topics
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
+from fieldgate.protocol import topics
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.mosquitto import Mosquitto, mosquitto, start_mosquitto
 from tests.helpers.mqtt_devices import Device, measurement

@@ -16,8 +16,8 @@ import pytest
 
 from fieldgate.edge.adapters.mqtt import EmbeddedMqttAdapter, ExternalMqttAdapter
 from fieldgate.edge.agent import EdgeAgent
-from fieldgate.edge.codec import topics
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
+from fieldgate.protocol import topics
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.edge_cloud import TestCloud
 from tests.helpers.mosquitto import start_mosquitto

@@ -10,9 +10,9 @@ import jwt
 import pytest
 from fastapi import HTTPException
 
-from fieldgate.cloud.api.access import Principal, Role
-from fieldgate.cloud.api.auth import SESSION_CACHE_S, LoginThrottle, TokenAuthority, UserSessions, key_id
-from fieldgate.cloud.api.users import SqliteUsers
+from fieldgate.cloud.api.rest.auth import SESSION_CACHE_S, LoginThrottle, TokenAuthority, UserSessions, key_id
+from fieldgate.cloud.services.access import Principal, Role
+from fieldgate.cloud.services.users import SqliteUsers
 from tests.helpers.api_stack import SECRET, USERS, api_stack, login
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Geofence rules naming a zone (cloud/rules/zones.py) through the real all-in-one cloud: the
+"""Geofence rules naming a zone (cloud/pipeline/zones.py) through the real all-in-one cloud: the
 zone is made over REST, the rule names its token, a device's locations entering and leaving it
 raise and clear the alert; a zone moved over REST moves the fence; a rule naming an unknown
 zone fires nothing; inline polygons keep working beside it."""
@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from fieldgate.cloud.app import CloudApp
-from fieldgate.cloud.rules.engine import evaluate_event
-from fieldgate.cloud.rules.model import RULE_ADAPTER, GeofenceRule
-from fieldgate.cloud.rules.zones import ZonePolygons
+from fieldgate.cloud.domain.rules.engine import evaluate_event
+from fieldgate.cloud.domain.rules.model import RULE_ADAPTER, GeofenceRule
+from fieldgate.cloud.pipeline.zones import ZonePolygons
 from fieldgate.cloud.store.site import Area, AreaType, Zone
-from fieldgate.cloud.store.sqlite_site import SqliteSiteStore
+from fieldgate.cloud.store.sqlite.site import SqliteSiteStore
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.waiting import eventually
 from tests.integration.test_state_rules import T0, _n, add_rule, api, cloud, send  # noqa: F401

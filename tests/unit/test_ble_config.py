@@ -10,8 +10,8 @@ from fieldgate.config import validate
 from fieldgate.edge.adapters.ble import BleConfig, build_ble_adapter
 from fieldgate.edge.adapters.ble.config import BleDeviceConfig
 from fieldgate.edge.adapters.ble.decoding import DeviceDecoder
-from fieldgate.edge.errors import DecodeError
 from fieldgate.errors import ConfigError
+from fieldgate.protocol.errors import DecodeError
 
 
 def test_defaults_are_off_and_empty() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fieldgate.edge.codec.gatt import (
+from fieldgate.protocol.codec.gatt import (
     FieldSpec,
     Reading,
     StructDecoder,
@@ -20,7 +20,7 @@ from fieldgate.edge.codec.gatt import (
     normalize_uuid,
     standard_decoder,
 )
-from fieldgate.edge.errors import DecodeError
+from fieldgate.protocol.errors import DecodeError
 from fieldgate.sims import ble_gatt as fw
 
 

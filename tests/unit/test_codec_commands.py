@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from fieldgate.edge.codec import DecodeContext
-from fieldgate.edge.codec.commands import encode_command_json
-from fieldgate.edge.codec.json_events import decode_json
+from fieldgate.protocol.codec import DecodeContext
+from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.json_events import decode_json
 from fieldgate.v1 import events_pb2 as pb
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.commands import encode_command_json
-from fieldgate.edge.codec.formats import decoder_for
-from fieldgate.edge.codec.json_events import decode_json
-from fieldgate.edge.codec.topics import LINK_CONNECTED, LINK_DISCONNECTED, parse_inbound, parse_link_topic
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.formats import decoder_for
+from fieldgate.protocol.codec.json_events import decode_json
+from fieldgate.protocol.topics import LINK_CONNECTED, LINK_DISCONNECTED, parse_inbound, parse_link_topic
 from fieldgate.v1 import events_pb2 as pb
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocols" / "mqtt.md").read_text(encoding="utf-8")

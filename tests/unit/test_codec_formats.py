@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fieldgate.edge.codec import DecodeContext
-from fieldgate.edge.codec.formats import decoder_for
-from fieldgate.edge.codec.topics import parse_inbound
+from fieldgate.protocol.codec import DecodeContext
+from fieldgate.protocol.codec.formats import decoder_for
+from fieldgate.protocol.topics import parse_inbound
 from fieldgate.v1 import events_pb2 as pb
 
 PB_PAYLOAD = pb.EventBatch(

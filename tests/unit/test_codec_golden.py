@@ -14,11 +14,11 @@ import orjson
 import pytest
 from google.protobuf import json_format
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.commands import encode_command_json
-from fieldgate.edge.codec.formats import decoder_for
-from fieldgate.edge.codec.topics import Format
 from fieldgate.edge.errors import DeliveryError
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.formats import decoder_for
+from fieldgate.protocol.topics import Format
 from fieldgate.v1 import events_pb2 as pb
 
 GOLDEN = Path(__file__).parent / "golden"

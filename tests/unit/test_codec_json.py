@@ -5,9 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.json_events import MAX_EVENTS, MAX_ID_CHARS, decode_json
-from fieldgate.edge.errors import EdgeError
+from fieldgate.errors import FieldgateError
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.json_events import MAX_EVENTS, MAX_ID_CHARS, decode_json
+from fieldgate.protocol.errors import ProtocolError
 from fieldgate.v1 import events_pb2 as pb
 
 CTX = DecodeContext(tenant="default", device="dev-1", received_ms=1_700_000_000_000)
@@ -69,9 +70,10 @@ def test_a_topic_without_device_is_refused() -> None:
         decode_json(b'{"type":"measurement","values":{"t":1}}', DecodeContext("default", None, 0))
 
 
-def test_decode_error_belongs_to_the_edge_exception_tree() -> None:
-    with pytest.raises(EdgeError):
+def test_decode_error_belongs_to_the_protocol_exception_tree() -> None:
+    with pytest.raises(ProtocolError) as caught:
         decode_json(b"not json", CTX)
+    assert isinstance(caught.value, FieldgateError)
 
 
 def test_decoded_events_are_complete_protobuf_messages() -> None:

@@ -15,10 +15,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.json_events import decode_json
-from fieldgate.edge.codec.protobuf import decode_protobuf
-from fieldgate.edge.codec.sitewhere import decode_sitewhere
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.json_events import decode_json
+from fieldgate.protocol.codec.protobuf import decode_protobuf
+from fieldgate.protocol.codec.sitewhere import decode_sitewhere
 from fieldgate.v1 import events_pb2 as pb
 
 CTX = DecodeContext(tenant="default", device="dev-1", received_ms=1_700_000_000_000)

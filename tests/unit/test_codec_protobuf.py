@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.json_events import MAX_EVENTS
-from fieldgate.edge.codec.protobuf import decode_protobuf
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.json_events import MAX_EVENTS
+from fieldgate.protocol.codec.protobuf import decode_protobuf
 from fieldgate.v1 import events_pb2 as pb
 
 CTX = DecodeContext(tenant="default", device="dev-1", received_ms=1_700_000_000_000)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.json_events import MAX_EVENTS
-from fieldgate.edge.codec.sitewhere import decode_sitewhere
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.json_events import MAX_EVENTS
+from fieldgate.protocol.codec.sitewhere import decode_sitewhere
 from fieldgate.v1 import events_pb2 as pb
 
 CTX = DecodeContext(tenant="acme", device=None, received_ms=1_700_000_000_000)

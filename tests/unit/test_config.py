@@ -120,7 +120,7 @@ def test_zookeeper_instance_settings_keep_the_files_secrets() -> None:
     from pathlib import Path
 
     from fieldgate.cloud.config import AuthConfig, CloudConfig
-    from fieldgate.cloud.zkconfig_models import InstanceSettings, ZkConfig
+    from fieldgate.cloud.zk.models import InstanceSettings, ZkConfig
 
     base = CloudConfig(auth=AuthConfig(secret_file=Path("/etc/fieldgate/secrets/jwt-key")))
     instance = InstanceSettings.from_cloud_config(base).model_copy(update={"token_ttl_s": 120})

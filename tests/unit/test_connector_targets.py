@@ -1,5 +1,5 @@
-"""Pure parts of the connector target policy (cloud/connectors/targets.py) and of a
-connector's progress on the bus (cloud/connectors/progress.py)."""
+"""Pure parts of the connector target policy (cloud/domain/connectors/targets.py) and of a
+connector's progress on the bus (cloud/pipeline/connectors/progress.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import ipaddress
 
 import pytest
 
-from fieldgate.cloud.connectors.progress import ConnectorProgress
-from fieldgate.cloud.connectors.store import ANY_PARTITION
-from fieldgate.cloud.connectors.targets import (
+from fieldgate.cloud.domain.connectors.targets import (
     IPAddress,
     TargetPolicy,
     TargetRefused,
@@ -17,6 +15,8 @@ from fieldgate.cloud.connectors.targets import (
     kafka_hosts,
     split_host_port,
 )
+from fieldgate.cloud.pipeline.connectors.progress import ConnectorProgress
+from fieldgate.cloud.store.connectors import ANY_PARTITION
 
 INSIDE = {
     "127.0.0.1": "loopback",

@@ -12,11 +12,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from fieldgate.cloud.connectors.events import EventContext, FieldFilter, event_document
-from fieldgate.cloud.connectors.models import ConnectorIn, ConnectorOut, ConnectorSpec, FilterSpec
-from fieldgate.cloud.connectors.mqtt import render_topic
-from fieldgate.cloud.connectors.runner import backoff_s
-from fieldgate.cloud.connectors.webhook import WebhookSink, idempotency_key, sign
+from fieldgate.cloud.domain.connectors.events import EventContext, FieldFilter, event_document
+from fieldgate.cloud.domain.connectors.models import ConnectorIn, ConnectorOut, ConnectorSpec, FilterSpec
+from fieldgate.cloud.pipeline.connectors.mqtt import render_topic
+from fieldgate.cloud.pipeline.connectors.runner import backoff_s
+from fieldgate.cloud.pipeline.connectors.webhook import WebhookSink, idempotency_key, sign
 from tests.helpers.connectors import make_event
 
 HOOK = {"id": "h", "kind": "webhook", "webhook": {"url": "http://x/y", "secret": "s" * 20}}

@@ -4,8 +4,8 @@ clients serve which device, and the transitions the HealthBoard forwards."""
 from __future__ import annotations
 
 from fieldgate.edge.adapters.mqtt.link import LinkTracker, ReportedLinks
-from fieldgate.edge.codec import topics
 from fieldgate.edge.health import HealthBoard
+from fieldgate.protocol import topics
 
 
 def recorded() -> tuple[HealthBoard, list[tuple[str, bool]]]:

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from fieldgate.cloud.commands import delivery_group
 from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.pipeline.delivery import delivery_group
 from fieldgate.config import validate
 from fieldgate.edge.config import EdgeConfig
 from fieldgate.errors import ConfigError

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.cobs import cobs_decode, cobs_encode, crc16_ccitt_false
-from fieldgate.edge.codec.serial_binary import (
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.cobs import cobs_decode, cobs_encode, crc16_ccitt_false
+from fieldgate.protocol.codec.serial_binary import (
     Ack,
     Alert,
     Command,
@@ -27,7 +27,7 @@ from fieldgate.edge.codec.serial_binary import (
     parse_message,
     to_event,
 )
-from fieldgate.edge.codec.serial_frames import (
+from fieldgate.protocol.codec.serial_frames import (
     MAX_ENCODED,
     BinaryFramer,
     FrameError,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fieldgate.cloud.errors import InvalidRequest
-from fieldgate.cloud.store import AssignmentEventQuery, EventQuery
-from fieldgate.cloud.store.sqlite_events import SqliteEventStore, event_id
+from fieldgate.cloud.store.events import AssignmentEventQuery, EventQuery
+from fieldgate.cloud.store.sqlite.events import SqliteEventStore, event_id
 from fieldgate.v1 import events_pb2 as pb
 
 T0 = 1_700_000_000_000

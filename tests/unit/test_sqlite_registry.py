@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fieldgate.cloud.store.sqlite_registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fieldgate.edge.codec.topics import (
+from fieldgate.protocol.topics import (
     SUBSCRIPTIONS,
     InboundTopic,
     commands_topic,

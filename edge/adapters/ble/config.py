@@ -35,7 +35,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fieldgate.config import Frozen
-from fieldgate.edge.codec.gatt import STANDARD_DECODERS, FieldSpec, StructDecoder, normalize_uuid
+from fieldgate.protocol.codec.gatt import STANDARD_DECODERS, FieldSpec, StructDecoder, normalize_uuid
 
 _ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 

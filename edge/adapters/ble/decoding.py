@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fieldgate.edge.adapters.ble.config import BleDeviceConfig, CharacteristicConfig
-from fieldgate.edge.codec.gatt import GattDecoder, Reading, standard_decoder
-from fieldgate.edge.errors import DecodeError
+from fieldgate.protocol.codec.gatt import GattDecoder, Reading, standard_decoder
+from fieldgate.protocol.errors import DecodeError
 from fieldgate.v1 import events_pb2 as pb
 
 

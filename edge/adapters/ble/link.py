@@ -40,11 +40,12 @@ from fieldgate.edge.adapters.ble.config import BleConfig, BleDeviceConfig
 from fieldgate.edge.adapters.ble.decoding import DeviceDecoder
 from fieldgate.edge.adapters.ble.discovery import Discovery, allow_list_matcher
 from fieldgate.edge.adapters.ble.stats import BleStats
-from fieldgate.edge.codec import DecodeContext
-from fieldgate.edge.codec.commands import encode_command_json
-from fieldgate.edge.codec.json_events import decode_json
-from fieldgate.edge.errors import BufferFull, DecodeError, DeliveryError
+from fieldgate.edge.errors import BufferFull, DeliveryError
 from fieldgate.edge.health import HealthBoard
+from fieldgate.protocol.codec import DecodeContext
+from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.json_events import decode_json
+from fieldgate.protocol.errors import DecodeError
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from fieldgate.edge.codec import topics
+from fieldgate.protocol import topics
 
 
 def credentials_topic(tenant: str, device: str) -> str:

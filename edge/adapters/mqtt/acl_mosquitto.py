@@ -19,8 +19,8 @@ from collections.abc import Iterable
 
 from fieldgate.edge.adapters.mqtt.acl import tenant_commands_filter
 from fieldgate.edge.adapters.mqtt.credentials import Identity
-from fieldgate.edge.codec import topics
 from fieldgate.errors import ConfigError
+from fieldgate.protocol import topics
 
 
 def _devices(identity: Identity) -> list[str]:

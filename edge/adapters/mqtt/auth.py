@@ -42,9 +42,9 @@ from fieldgate.edge.adapters.mqtt.credentials import (
 )
 from fieldgate.edge.adapters.mqtt.dispatch import Throttle
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
-from fieldgate.edge.codec import topics
 from fieldgate.edge.config import MqttAuthConfig
 from fieldgate.errors import ConfigError
+from fieldgate.protocol import topics
 
 log = logging.getLogger(__name__)
 

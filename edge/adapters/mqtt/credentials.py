@@ -40,8 +40,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fieldgate.config import Frozen
-from fieldgate.edge.codec import topics
 from fieldgate.errors import ConfigError
+from fieldgate.protocol import topics
 
 # OWASP password storage cheat sheet, argon2id minimum configuration.
 ARGON2_TIME_COST = 2

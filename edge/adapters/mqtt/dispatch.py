@@ -26,9 +26,11 @@ from fieldgate.edge.adapters.mqtt.acl import Principal
 from fieldgate.edge.adapters.mqtt.link import LinkReports
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
-from fieldgate.edge.codec import DecodeContext, EventDecoder, topics
-from fieldgate.edge.codec.formats import decoder_for
-from fieldgate.edge.errors import BufferFull, DecodeError
+from fieldgate.edge.errors import BufferFull
+from fieldgate.protocol import topics
+from fieldgate.protocol.codec import DecodeContext, EventDecoder
+from fieldgate.protocol.codec.formats import decoder_for
+from fieldgate.protocol.errors import DecodeError
 from fieldgate.timeutil import now_ms
 
 log = logging.getLogger(__name__)

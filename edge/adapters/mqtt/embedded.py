@@ -50,12 +50,12 @@ from fieldgate.edge.adapters.mqtt.dispatch import Dispatcher
 from fieldgate.edge.adapters.mqtt.link import LinkTracker
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, filter_matches, is_wildcard, notify_online
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
-from fieldgate.edge.codec import topics
-from fieldgate.edge.codec.commands import encode_command_json
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError, EdgeError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.errors import ConfigError
+from fieldgate.protocol import topics
+from fieldgate.protocol.codec.commands import encode_command_json
 from fieldgate.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -54,11 +54,11 @@ from fieldgate.edge.adapters.mqtt.link import ReportedLinks
 from fieldgate.edge.adapters.mqtt.paho_loop import PahoAsyncioBridge
 from fieldgate.edge.adapters.mqtt.presence import DeviceRegistry, notify_online
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
-from fieldgate.edge.codec import topics
-from fieldgate.edge.codec.commands import encode_command_json
 from fieldgate.edge.config import MqttConfig
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.edge.health import HealthBoard
+from fieldgate.protocol import topics
+from fieldgate.protocol.codec.commands import encode_command_json
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
 

@@ -1,6 +1,6 @@
 """Serial adapter: microcontrollers on UARTs / USB-serial, in readable (JSON lines) or compact
 binary (COBS + CRC-16) mode. The protocol is docs/protocols/serial.md; the framers and codecs
-are in :mod:`fieldgate.edge.codec` (``serial_frames``, ``serial_binary``, ``cobs``).
+are in :mod:`fieldgate.protocol.codec` (``serial_frames``, ``serial_binary``, ``cobs``).
 """
 
 from __future__ import annotations

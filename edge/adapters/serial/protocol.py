@@ -1,7 +1,7 @@
 """Per-port protocol state: received bytes → events, acks and bad frames; commands → bytes.
 
-The link between the pure codecs (:mod:`fieldgate.edge.codec.serial_frames`,
-:mod:`~fieldgate.edge.codec.serial_binary`, :mod:`~fieldgate.edge.codec.json_events`) and the
+The link between the pure codecs (:mod:`fieldgate.protocol.codec.serial_frames`,
+:mod:`~fieldgate.protocol.codec.serial_binary`, :mod:`~fieldgate.protocol.codec.json_events`) and the
 port's task (:mod:`.port`). No I/O and no asyncio here: ``feed`` takes the bytes of one read
 and returns what they contained, so the same code is driven by a pty, real hardware or a test.
 
@@ -19,10 +19,11 @@ from typing import Protocol
 
 import orjson
 
-from fieldgate.edge.codec import DecodeContext, DecodeError
-from fieldgate.edge.codec.commands import encode_command_json
-from fieldgate.edge.codec.json_events import decode_json
-from fieldgate.edge.codec.serial_binary import (
+from fieldgate.edge.errors import DeliveryError
+from fieldgate.protocol.codec import DecodeContext, DecodeError
+from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.json_events import decode_json
+from fieldgate.protocol.codec.serial_binary import (
     ACK_STATUS,
     Ack,
     Command,
@@ -32,8 +33,7 @@ from fieldgate.edge.codec.serial_binary import (
     parse_message,
     to_event,
 )
-from fieldgate.edge.codec.serial_frames import BinaryFramer, FrameError, LineFramer
-from fieldgate.edge.errors import DeliveryError
+from fieldgate.protocol.codec.serial_frames import BinaryFramer, FrameError, LineFramer
 from fieldgate.v1 import events_pb2 as pb
 
 # Commands whose tag → invocation mapping is remembered (for late responses), per port.

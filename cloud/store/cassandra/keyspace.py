@@ -1,0 +1,112 @@
+"""A small base for stores that keep tables of their own in each tenant's Cassandra keyspace
+(batch operations, connectors): the keyspace migrated once per process and tenant — concurrent
+first callers share one migration, a failed one is tried again — and statements run with a
+bounded number in flight. The Cassandra driver is imported only when a keyspace is first used,
+so the modules that subclass this load without it.
+
+The tenant lifecycle (:class:`~fieldgate.cloud.store.TenantOwned`) is here once: ``ensure_tenant``
+migrates the component's tables into the keyspace, ``delete_tenant`` empties every table its
+``migrations`` create (derived from them, so a table a later migration adds is not forgotten;
+never
+creating a keyspace that is not there: the registry drops the keyspace itself) and
+``forget_tenant`` forgets that the keyspace was migrated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fieldgate.cloud.store.validators import require_tenant, valid_tenant
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.store.cassandra.session import CassandraSession
+
+
+class TenantKeyspaceStore:
+    """Subclasses name their ``component`` (its schema version is recorded under that name) and
+    the ``migrations`` for a keyspace; statements use ``{ks}`` for the tenant's keyspace."""
+
+    component: str
+
+    @staticmethod
+    def migrations(ks: str) -> list[tuple[int, list[str]]]:
+        raise NotImplementedError
+
+    def __init__(
+        self, session: CassandraSession, *, keyspace_prefix: str = "fg", replication: int = 1
+    ) -> None:
+        self._session = session
+        self._prefix = keyspace_prefix
+        self._replication = replication
+        self._ready: dict[str, asyncio.Future[str]] = {}
+        self._limit = asyncio.Semaphore(32)
+
+    async def start(self) -> None:
+        await self._session.start()
+
+    async def stop(self) -> None:
+        await self._session.stop()
+
+    async def _ks(self, tenant: str) -> str:
+        """The tenant's keyspace, migrated once per process (concurrent callers share it)."""
+        from fieldgate.cloud.store.cassandra.session import keyspace_name
+
+        require_tenant(tenant)
+        fut = self._ready.get(tenant)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            ks = keyspace_name(tenant, self._prefix)
+
+            async def migrate() -> str:
+                await self._session.migrate(
+                    ks, self.component, self.migrations(ks), replication=self._replication
+                )
+                return ks
+
+            fut = self._ready[tenant] = asyncio.ensure_future(migrate())
+        return await asyncio.shield(fut)
+
+    async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run ``cql`` in the tenant's keyspace. A read (``SELECT``) of a tenant whose keyspace
+        does not exist finds nothing and creates nothing: a read for a deleted tenant (a loop
+        that has not heard of the deletion yet) must not bring its keyspace back."""
+        if (
+            tenant not in self._ready
+            and cql.lstrip()[:6].upper() == "SELECT"
+            and not await self._exists(tenant)
+        ):
+            return []
+        ks = await self._ks(tenant)
+        return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
+
+    async def _exists(self, tenant: str) -> bool:
+        from fieldgate.cloud.store.cassandra.session import keyspace_name
+
+        return valid_tenant(tenant) and await self._session.keyspace_exists(
+            keyspace_name(tenant, self._prefix)
+        )
+
+    # -- tenant lifecycle ------------------------------------------------------------------
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Migrate the component's tables into the tenant's keyspace now."""
+        await self._ks(tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Empty the component's tables of the tenant; False if they held nothing (or it has no
+        keyspace)."""
+        from fieldgate.cloud.store.cassandra.session import keyspace_name, table_names
+
+        self.forget_tenant(tenant)
+        if not valid_tenant(tenant):
+            return False
+        ks = keyspace_name(tenant, self._prefix)
+        if not await self._session.keyspace_exists(ks):
+            return False
+        await self._ks(tenant)  # the keyspace exists: make sure the tables do
+        return await self._session.empty_tables(ks, table_names(self.migrations(ks), ks), limit=self._limit)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Forget that the tenant's keyspace was migrated (it was dropped, or is about to be)."""
+        self._ready.pop(tenant, None)

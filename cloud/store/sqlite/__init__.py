@@ -1,0 +1,1 @@
+"""The SQLite backends of the cloud's stores (one database file per tenant)."""

@@ -1,0 +1,183 @@
+"""SQLite device state store: ``data_dir/state/state-<tenant>.db``, one database per tenant.
+
+``device_state`` keeps one row per device (the state as JSON beside its presence, which is
+indexed for the presence listing); ``rules`` one row per rule (JSON). :meth:`apply` reads,
+merges (:func:`fieldgate.cloud.store.state.merge`) and writes in one ``BEGIN IMMEDIATE``
+transaction on the backend's one worker thread, so it is atomic and order-tolerant.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fieldgate.cloud.errors import StoreError
+from fieldgate.cloud.sqlite_worker import SqliteWorker, Synchronous, transaction
+from fieldgate.cloud.store import Page
+from fieldgate.cloud.store.state import DeviceState, Presence, merge
+from fieldgate.cloud.store.validators import check_page, require_tenant, valid_tenant
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_state (
+    device TEXT PRIMARY KEY,
+    presence TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_state_by_presence ON device_state (presence, device);
+CREATE TABLE IF NOT EXISTS rules (
+    id TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+"""
+
+_CHUNK = 500  # devices per IN (...) query
+
+
+class SqliteStateStore:
+    """Implements :class:`fieldgate.cloud.store.state.DeviceStateStore` (module docstring)."""
+
+    def __init__(self, data_dir: Path, *, synchronous: Synchronous = "FULL") -> None:
+        self._dir = data_dir
+        self._worker = SqliteWorker("state", error=StoreError, synchronous=synchronous)
+
+    async def start(self) -> None:
+        self._worker.start()
+
+    async def stop(self) -> None:
+        await self._worker.stop()
+
+    def _path(self, tenant: str) -> Path:
+        return self._dir / f"state-{require_tenant(tenant)}.db"
+
+    def _conn(self, tenant: str, create: bool = True) -> sqlite3.Connection | None:
+        return self._worker.connect(self._path(tenant), _SCHEMA, create=create)
+
+    # ------------------------------------------------------------------ tenants
+
+    async def ensure_tenant(self, tenant: str) -> None:
+        """Create ``state-<tenant>.db`` now (otherwise its first write creates it)."""
+        require_tenant(tenant)
+        await self._worker.run(self._conn, tenant)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        """Delete ``state-<tenant>.db``: device states, rules, presence intervals."""
+        if not valid_tenant(tenant):
+            return False
+        return await self._worker.run(self._worker.remove, self._path(tenant))
+
+    def forget_tenant(self, tenant: str) -> None:
+        if valid_tenant(tenant):
+            self._worker.close_soon(self._path(tenant))
+
+    # ------------------------------------------------------------------ states
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, devices: Sequence[str]) -> dict[str, DeviceState]:
+        out: dict[str, DeviceState] = {}
+        unique = list(dict.fromkeys(devices))
+        for i in range(0, len(unique), _CHUNK):
+            chunk = unique[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for device, data in conn.execute(
+                f"SELECT device, data FROM device_state WHERE device IN ({marks})", chunk
+            ):
+                out[device] = DeviceState.from_json(data)
+        return out
+
+    async def get_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
+        def run() -> dict[str, DeviceState]:
+            conn = self._conn(tenant, create=False)
+            return {} if conn is None else self._read(conn, devices)
+
+        return await self._worker.run(run)
+
+    async def apply(self, tenant: str, states: Sequence[DeviceState]) -> list[DeviceState]:
+        def run() -> list[DeviceState]:
+            conn = self._conn(tenant)
+            assert conn is not None
+            with transaction(conn):
+                stored = self._read(conn, [s.device for s in states])
+                merged: dict[str, DeviceState] = {}
+                for s in states:
+                    merged[s.device] = merge(merged.get(s.device) or stored.get(s.device), s)
+                conn.executemany(
+                    "INSERT INTO device_state (device, presence, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT (device) DO UPDATE SET presence = excluded.presence, data = excluded.data",
+                    [(m.device, m.presence, m.to_json()) for m in merged.values()],
+                )
+            return [merged[s.device] for s in states]
+
+        return await self._worker.run(run)
+
+    async def list_states(
+        self, tenant: str, *, presence: Presence | None = None, page: int = 1, page_size: int = 100
+    ) -> Page[DeviceState]:
+        limit, offset = check_page(page, page_size)
+
+        def run() -> Page[DeviceState]:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return Page([], 0, page, page_size)
+            where, args = ("WHERE presence = ?", [presence]) if presence else ("", [])
+            (total,) = conn.execute(f"SELECT count(*) FROM device_state {where}", args).fetchone()
+            rows = conn.execute(
+                f"SELECT data FROM device_state {where} ORDER BY device LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+            return Page([DeviceState.from_json(r[0]) for r in rows], int(total), page, page_size)
+
+        return await self._worker.run(run)
+
+    async def delete_state(self, tenant: str, device: str) -> bool:
+        def run() -> bool:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return False
+            with transaction(conn):
+                return conn.execute("DELETE FROM device_state WHERE device = ?", (device,)).rowcount > 0
+
+        return await self._worker.run(run)
+
+    # ------------------------------------------------------------------ rules
+
+    async def get_rules(self, tenant: str) -> dict[str, str]:
+        def run() -> dict[str, str]:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return {}
+            return {str(k): str(v) for k, v in conn.execute("SELECT id, data FROM rules ORDER BY id")}
+
+        return await self._worker.run(run)
+
+    async def put_rule(self, tenant: str, rule_id: str, document: str) -> None:
+        def run() -> None:
+            conn = self._conn(tenant)
+            assert conn is not None
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO rules (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                    (rule_id, document),
+                )
+
+        await self._worker.run(run)
+
+    async def delete_rule(self, tenant: str, rule_id: str) -> bool:
+        def run() -> bool:
+            conn = self._conn(tenant, create=False)
+            if conn is None:
+                return False
+            with transaction(conn):
+                return conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,)).rowcount > 0
+
+        return await self._worker.run(run)
+
+    async def replace_rules(self, tenant: str, documents: Mapping[str, str]) -> None:
+        def run() -> None:
+            conn = self._conn(tenant)
+            assert conn is not None
+            with transaction(conn):
+                conn.execute("DELETE FROM rules")
+                conn.executemany("INSERT INTO rules (id, data) VALUES (?, ?)", list(documents.items()))
+
+        await self._worker.run(run)
