@@ -62,9 +62,10 @@ from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorS
 from fieldgate.cloud.pipeline.delivery import CommandDelivery
 from fieldgate.cloud.pipeline.inbound import InboundProcessing
 from fieldgate.cloud.pipeline.ingest.edges import EdgeTracker
-from fieldgate.cloud.pipeline.ingest.service import EdgeSessions, IngestService
+from fieldgate.cloud.pipeline.ingest.service import IngestService
 from fieldgate.cloud.pipeline.persistence import EventPersistence
 from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.sessions import EdgeSessions
 from fieldgate.cloud.pipeline.stage import ConsumerStage
 from fieldgate.cloud.pipeline.state import DeviceStateStage
 from fieldgate.cloud.pipeline.zones import ZonePolygons

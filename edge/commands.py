@@ -46,6 +46,7 @@ import sqlite_utils
 from fieldgate.edge.adapters import Adapter
 from fieldgate.edge.config import CommandsConfig
 from fieldgate.edge.errors import DeliveryError, EdgeError
+from fieldgate.protocol.errors import EncodeError
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -256,7 +257,7 @@ class CommandRouter:
         failure: str | None = None
         try:
             await adapter.send_command(active.tenant, active.device, active.invocation)
-        except DeliveryError as err:
+        except (DeliveryError, EncodeError) as err:
             failure = str(err) or "delivery failed"
         finally:
             # The device may answer before send_command returns (on_response noted it).

@@ -10,7 +10,7 @@ terminal states are final, so the order in which they arrive does not matter):
   (idempotent; so the invocation shows in the device's event history) and, if the device's
   edge is connected *to this process*, sent down as ``CommandDown``. The status stays QUEUED
   until the edge reports; if no edge is connected here it just stays QUEUED.
-* Routes (:class:`~fieldgate.cloud.pipeline.ingest.service.EdgeSessions` route listener): when a device becomes
+* Routes (:class:`~fieldgate.cloud.pipeline.sessions.EdgeSessions` route listener): when a device becomes
   reachable — its edge connected, or it sent its first event through an edge — its QUEUED
   invocations are sent (again). The edge de-duplicates a re-sent invocation id.
 * ``CommandStatusUpdate`` from edges (status listener): DELIVERED / FAILED / EXPIRED are
@@ -19,7 +19,7 @@ terminal states are final, so the order in which they arrive does not matter):
   invocation ANSWERED with the response — only if it is the answer of the invocation's own
   device (same tenant, same device; batch invocations too). Inbound processing has already
   written the verdict into ``command_response.refused``; this stage applies the same rule
-  (:func:`~fieldgate.cloud.services.commands.response_refusal`) to the invocation it reads, and a
+  (:func:`~fieldgate.cloud.domain.commands.response_refusal`) to the invocation it reads, and a
   refused response (unknown invocation, another device's) changes nothing and is counted in
   ``stats.responses_refused``. An answer to an invocation that had already FAILED (the edge's
   response timeout) or EXPIRED makes it LATE: linked, with the response, the reason kept.
@@ -56,11 +56,9 @@ from dataclasses import dataclass
 
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS, PERSISTED, Bus, Record
 from fieldgate.cloud.config import REPLICA_ID_PATTERN
+from fieldgate.cloud.domain.commands import REFUSED_UNKNOWN, response_refusal
 from fieldgate.cloud.errors import Conflict
-
-# TODO(issue 16 phase B): EdgeSessions moves to pipeline/ingest/sessions.py (shared with delivery;
-# stages do not import each other's stage modules).
-from fieldgate.cloud.pipeline.ingest.service import EdgeSessions
+from fieldgate.cloud.pipeline.sessions import EdgeSessions
 from fieldgate.cloud.pipeline.stage import (
     ConsumerStage,
     PoisonRecord,
@@ -69,9 +67,6 @@ from fieldgate.cloud.pipeline.stage import (
     decode_event,
     tenant_of,
 )
-
-# TODO(issue 16 phase B): the refusal rule moves out of services (pipeline imports bus and store only).
-from fieldgate.cloud.services.commands import REFUSED_UNKNOWN, response_refusal
 from fieldgate.cloud.store.events import EventStore
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.tasks import cancel_and_wait

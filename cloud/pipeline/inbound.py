@@ -12,7 +12,7 @@ registration stage decides whether to register the device and sends them back he
 
 Command responses are checked here, before they are stored: a ``command_response`` is linked
 to its invocation only when the invocation (looked up in the tenant's invocation store) is for
-the device that sent it (:func:`~fieldgate.cloud.services.commands.response_refusal`). Otherwise the
+the device that sent it (:func:`~fieldgate.cloud.domain.commands.response_refusal`). Otherwise the
 reason is written into ``command_response.refused`` (whatever the device put there is
 overwritten) and counted in ``stats.responses_refused``: the event is still stored and shown
 in the device's history, but the event store does not file it under the invocation, and the
@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fieldgate.cloud.bus import DECODED, ENRICHED, UNREGISTERED, Bus, Record, topic_name
+from fieldgate.cloud.domain.commands import response_refusal
 from fieldgate.cloud.ids import DeviceIds, event_id
 from fieldgate.cloud.pipeline.stage import (
     ConsumerStage,
@@ -44,9 +45,6 @@ from fieldgate.cloud.pipeline.stage import (
     messages_by_device,
     tenant_of,
 )
-
-# TODO(issue 16 phase B): the refusal rule moves out of services (pipeline imports bus and store only).
-from fieldgate.cloud.services.commands import response_refusal
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.v1 import events_pb2 as pb

@@ -10,11 +10,8 @@ QUEUED in the invocation store and publishes the command_invocation event to the
 The invocation is stored before it is published: a crash between the two leaves a QUEUED
 invocation that expires at its time-to-live, never a command on the bus that nobody can look up.
 
-A device answers only its own commands (:func:`response_refusal`): a command_response is linked
-to an invocation only when it comes from the device the invocation was for, in the same tenant
-(batch invocations, whose ids are derived, included). Inbound processing records the verdict
-on the event (``CommandResponse.refused``) before it is stored, and the command response stage
-applies the same rule before it links anything.
+A device answers only its own commands: that rule (:func:`~fieldgate.cloud.domain.commands.response_refusal`)
+is shared with the pipeline stages that see command responses, so it lives in the domain.
 """
 
 from __future__ import annotations
@@ -99,24 +96,6 @@ def validate_params(
             continue
         out[name] = _check_value(name, param.type, params[name])
     return out
-
-
-#: ``CommandResponse.refused`` reasons: the response names no invocation of its tenant, or one
-#: for another device (which one is not said: the answering device's events may be visible to
-#: users who must not learn the other device's token).
-REFUSED_UNKNOWN = "unknown invocation"
-REFUSED_OTHER_DEVICE = "the invocation is for another device"
-
-
-def response_refusal(state: svc.InvocationState | None, tenant: str, device: str) -> str:
-    """Why a command_response of ``device`` (of ``tenant``) must not be linked to the invocation
-    ``state`` (looked up by the response's invocation id in ``tenant``): one of the ``REFUSED_*``
-    reasons, or "" when the response is the invocation's own device's and may be linked."""
-    if state is None:
-        return REFUSED_UNKNOWN
-    if state.tenant != tenant or state.device != device:
-        return REFUSED_OTHER_DEVICE
-    return ""
 
 
 def check_ttl(ttl_s: int | None, default_ttl_s: int) -> int:

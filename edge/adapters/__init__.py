@@ -44,4 +44,5 @@ class Adapter(Protocol):
         """True if a command sent now would reach the device."""
 
     async def send_command(self, tenant: str, device: str, invocation: pb.CommandInvocation) -> None:
-        """Hand the command to the device; raises DeliveryError if it cannot."""
+        """Hand the command to the device; raises DeliveryError if it cannot (EncodeError from
+        :mod:`fieldgate.protocol` if the command cannot be encoded for it)."""

@@ -15,3 +15,8 @@ class DecodeError(ProtocolError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class EncodeError(ProtocolError):
+    """A message for a device cannot be encoded (e.g. a command whose params are not a JSON
+    object); the message says why. The edge fails that one command with this reason."""

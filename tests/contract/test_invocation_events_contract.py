@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.cloud.services.commands import REFUSED_OTHER_DEVICE
+from fieldgate.cloud.domain.commands import REFUSED_OTHER_DEVICE
 from fieldgate.cloud.store.backend import build_event_store
 from fieldgate.cloud.store.events import EventQuery, EventStore
 from fieldgate.timeutil import now_ms

@@ -21,9 +21,10 @@ from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import TenantConfig
 from fieldgate.cloud.pipeline.delivery import CommandDelivery
 from fieldgate.cloud.pipeline.inbound import InboundProcessing
-from fieldgate.cloud.pipeline.ingest.service import EdgeSessions, IngestService
+from fieldgate.cloud.pipeline.ingest.service import IngestService
 from fieldgate.cloud.pipeline.persistence import EventPersistence
 from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.sessions import EdgeSessions
 from fieldgate.cloud.pipeline.stage import StageSettings
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.store.events import EventQuery

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS
-from fieldgate.cloud.services.commands import REFUSED_OTHER_DEVICE
+from fieldgate.cloud.domain.commands import REFUSED_OTHER_DEVICE
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.api_stack import THERMOSTAT, ApiStack, api_stack, login

@@ -24,7 +24,7 @@ from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.domain.connectors.models import ConnectorSpec
 from fieldgate.cloud.domain.connectors.sink import Sink
 from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorStageSettings
-from fieldgate.cloud.pipeline.ingest.service import TokenBucket
+from fieldgate.cloud.pipeline.ingest.ratelimit import TokenBucket
 from fieldgate.cloud.pipeline.stage import messages_by_device
 from fieldgate.cloud.services.tenants import TenantAdmin
 from fieldgate.cloud.zk.models import TenantSettings, TenantSettingsRegistry

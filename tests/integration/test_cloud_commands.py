@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fieldgate.cloud.domain.commands import REFUSED_OTHER_DEVICE, REFUSED_UNKNOWN
 from fieldgate.cloud.services.batch import element_invocation_id
-from fieldgate.cloud.services.commands import REFUSED_OTHER_DEVICE, REFUSED_UNKNOWN
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model

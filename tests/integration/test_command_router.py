@@ -9,6 +9,7 @@ import pytest
 
 from fieldgate.edge.commands import CommandRouter
 from fieldgate.edge.config import CommandsConfig
+from fieldgate.protocol.codec.commands import encode_command_json
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
@@ -218,3 +219,29 @@ async def test_delivered_command_awaiting_its_answer_times_out_after_a_restart(t
         assert second.adapter.delivered == []  # not delivered twice
     finally:
         await second.stop()
+
+
+class EncodingAdapter(LoopbackAdapter):
+    """Encodes each command the way the MQTT and BLE adapters do before handing it over."""
+
+    async def send_command(self, tenant: str, device: str, invocation: pb.CommandInvocation) -> None:
+        encode_command_json(invocation)
+        await super().send_command(tenant, device, invocation)
+
+
+async def test_a_command_that_cannot_be_encoded_fails_with_its_reason(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "commands.db", CommandsConfig(response_timeout_s=0.5, max_pending=5))
+    rig.adapter = EncodingAdapter()
+    rig.router = CommandRouter(rig.config, [rig.adapter], rig.path, rig.statuses)
+    await rig.start()
+    try:
+        rig.adapter.online.add(("default", "dev-1"))
+        bad = command("inv-1")
+        bad.invocation.params_json = "[30]"
+        await rig.router.on_command(bad)
+        await eventually(lambda: rig.statuses.of("inv-1") == [QUEUED, FAILED], 10)
+        assert rig.statuses.reason("inv-1") == "invocation inv-1: params must be a JSON object"
+        assert rig.adapter.delivered == []
+        assert rig.router.pending == 0
+    finally:
+        await rig.stop()

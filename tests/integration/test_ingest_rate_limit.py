@@ -12,7 +12,8 @@ import pytest
 
 from fieldgate.cloud.bus import DECODED, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
-from fieldgate.cloud.pipeline.ingest.service import EdgeSessions, IngestService
+from fieldgate.cloud.pipeline.ingest.service import IngestService
+from fieldgate.cloud.pipeline.sessions import EdgeSessions
 from fieldgate.cloud.pipeline.stage import decode_batch
 from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.cloud.zk.models import TenantSettings, TenantSettingsRegistry

@@ -14,10 +14,10 @@ import orjson
 import pytest
 from google.protobuf import json_format
 
-from fieldgate.edge.errors import DeliveryError
 from fieldgate.protocol.codec import DecodeContext, DecodeError
 from fieldgate.protocol.codec.commands import encode_command_json
 from fieldgate.protocol.codec.formats import decoder_for
+from fieldgate.protocol.errors import EncodeError
 from fieldgate.protocol.topics import Format
 from fieldgate.v1 import events_pb2 as pb
 
@@ -105,6 +105,6 @@ def test_command_message_is_byte_exact(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", COMMANDS["bad"], ids=lambda case: case["name"])
 def test_broken_command_is_refused_with_its_reason(case: dict[str, Any]) -> None:
     invocation = json_format.ParseDict(case["invocation"], pb.CommandInvocation())
-    with pytest.raises(DeliveryError) as caught:
+    with pytest.raises(EncodeError) as caught:
         encode_command_json(invocation)
     assert case["reason"] in str(caught.value)

@@ -1,4 +1,4 @@
-"""Ingest: the cloud end of the edge uplink (``EdgeUplink.Connect``), and the edge sessions.
+"""Ingest: the cloud end of the edge uplink (``EdgeUplink.Connect``).
 
 One bidirectional gRPC stream per edge agent. The edge sends ``Hello`` first (anything else
 ends the stream with INVALID_ARGUMENT), the cloud answers ``Welcome``; then the edge sends
@@ -20,7 +20,8 @@ command statuses naming a tenant the certificate does not list are refused like 
 permanent refusals (counted, ``BatchAck.rejected``), so they never reach the bus or a route.
 
 Rate limits: a tenant whose live settings set ``max_events_per_s`` gets a token bucket (per
-ingest replica; ``burst_events`` deep, one second's worth by default). A batch whose events
+ingest replica; ``burst_events`` deep, one second's worth by default;
+cloud/pipeline/ingest/ratelimit.py). A batch whose events
 would overdraw its tenant's bucket is **held**: the batches before it are published and
 acknowledged, it is not — it waits, unacknowledged, until the bucket has refilled, and the
 stream reads nothing meanwhile (the edge's in-flight window fills and its durable buffer holds
@@ -39,16 +40,14 @@ serialized event) instead of ``[decoded]``, and reported as refused in the ack. 
 that key (other adapters, presence) are not filtered. This is the first cloud stage that sees
 the format, so a change applies to the next batch.
 
-:class:`EdgeSessions` remembers which edge owns which (tenant, device) — learned from the
-events each edge sends — and sends ``CommandDown`` to the right stream. Its listeners are how
-command delivery hears that a device became reachable (a new route, or its edge reconnected)
-and about ``CommandStatusUpdate`` messages from edges.
+Edge sessions (:class:`~fieldgate.cloud.pipeline.sessions.EdgeSessions`, shared with command
+delivery): each stream opens a session there, teaches it which devices the edge carries, and
+sends the session's outbound queue (acks and commands) to the edge. Overflow policy of that
+queue: **acks block** (the stream stops reading until the edge drains its acks, which is gRPC
+flow control back to the edge); commands are refused (cloud/pipeline/sessions.py).
 
-Every stream's outbound direction is a bounded queue (``outbound_queue_size``). Overflow
-policy: **acks block** (the stream stops reading until the edge drains its acks, which is
-gRPC flow control back to the edge); **commands are refused** (``send_command`` returns False
-and counts it) — the invocation stays QUEUED in the invocation store and command delivery
-sends it again later.
+Known tenants: :class:`~fieldgate.cloud.pipeline.ingest.tenants.TenantCache` (positives for a
+minute, unknown tenants for seconds).
 
 Sharing the server: the api helper's gRPC services (device management, event queries,
 command invocations) run on the same server and port. Register them before ``start()``::
@@ -64,9 +63,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,6 +72,9 @@ from grpc import aio
 
 from fieldgate.cloud.bus import DECODED, FAILED_DECODE, Bus, Message, topic_name
 from fieldgate.cloud.errors import BusError, CloudError, StoreError
+from fieldgate.cloud.pipeline.ingest.ratelimit import RateLimits
+from fieldgate.cloud.pipeline.ingest.tenants import TenantCache
+from fieldgate.cloud.pipeline.sessions import EdgeSession, EdgeSessions
 from fieldgate.cloud.pipeline.stage import messages_by_device
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.tls import PeerRefused, ServerTls
@@ -97,185 +97,11 @@ READ_AHEAD = 64
 FEATURES = ("edge-status",)
 # Events of consecutive batches published together at most (one bus write for all of them).
 MAX_COALESCED_EVENTS = 20_000
-
-# (tenant, device) that just became reachable for commands. Called synchronously from the
-# stream handler: it must not block (put the work on the listener's own bounded queue).
-RouteListener = Callable[[str, str], None]
-# A CommandStatusUpdate from an edge; awaited, so a slow listener slows that edge's stream.
-StatusListener = Callable[[svc.CommandStatusUpdate], Awaitable[None]]
 ServicerRegistrar = Callable[[aio.Server], None]
 
 
 class ProtocolViolation(CloudError):
     """The edge broke the uplink protocol (e.g. no Hello first); its stream is ended."""
-
-
-@dataclass(slots=True)
-class SessionStats:
-    sessions_opened: int = 0
-    sessions_superseded: int = 0  # an edge reconnected while its old stream was still open
-    commands_sent: int = 0
-    commands_refused_offline: int = 0  # no connected edge owns the device
-    commands_refused_queue_full: int = 0  # the stream's outbound queue was full
-    routes_learned: int = 0
-    routes_evicted: int = 0  # least recently seen routes forgotten (max_routes)
-    status_updates: int = 0
-
-
-class EdgeSession:
-    """One connected edge stream: its identity and its bounded outbound queue."""
-
-    def __init__(self, edge_id: str, queue_size: int, tenants: frozenset[str] | None = None) -> None:
-        self.edge_id = edge_id
-        # The tenants the edge's client certificate allows (None: no client authentication,
-        # any tenant); events and statuses of other tenants are refused.
-        self.tenants = tenants
-        self.session_id = uuid.uuid4().hex
-        self.connected_ms = now_ms()
-        self.outbound: asyncio.Queue[svc.CloudMessage] = asyncio.Queue(maxsize=queue_size)
-        # Set when the session must end (superseded by a newer stream of the edge, shutdown).
-        self.closed = asyncio.Event()
-        # Set when the replica drains (SIGTERM): take no further batch, send the acks of what
-        # was committed, then end the stream with UNAVAILABLE so the edge goes elsewhere.
-        self.draining = asyncio.Event()
-        self.batches = 0
-        self.events = 0
-        self.last_seq = 0
-
-
-class EdgeSessions:
-    """Which edge owns which device, and the open stream of each edge.
-
-    Routes (tenant, device) → edge id outlive a stream: when an edge reconnects its devices
-    are reachable again at once (listeners hear of each), without waiting for new events.
-    The route table is an LRU bounded by ``max_routes`` (overflow: the least recently seen
-    device is forgotten until it sends again; counted in ``stats.routes_evicted``).
-    """
-
-    def __init__(self, *, outbound_queue_size: int = 256, max_routes: int = 100_000) -> None:
-        self.stats = SessionStats()
-        self._queue_size = outbound_queue_size
-        self._max_routes = max_routes
-        self._routes: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._active: dict[str, EdgeSession] = {}
-        self._route_listeners: list[RouteListener] = []
-        self._status_listeners: list[StatusListener] = []
-
-    # -- listeners -----------------------------------------------------------------------
-
-    def add_route_listener(self, listener: RouteListener) -> None:
-        self._route_listeners.append(listener)
-
-    def add_status_listener(self, listener: StatusListener) -> None:
-        self._status_listeners.append(listener)
-
-    def remove_route_listener(self, listener: RouteListener) -> None:
-        if listener in self._route_listeners:
-            self._route_listeners.remove(listener)
-
-    def remove_status_listener(self, listener: StatusListener) -> None:
-        if listener in self._status_listeners:
-            self._status_listeners.remove(listener)
-
-    # -- queries -------------------------------------------------------------------------
-
-    @property
-    def connected_edges(self) -> list[str]:
-        return list(self._active)
-
-    def edge_of(self, tenant: str, device: str) -> str | None:
-        """The edge that last sent events of the device (connected or not)."""
-        return self._routes.get((tenant, device))
-
-    def is_connected(self, tenant: str, device: str) -> bool:
-        edge = self._routes.get((tenant, device))
-        return edge is not None and edge in self._active
-
-    def reachable_devices(self) -> list[tuple[str, str]]:
-        """Every (tenant, device) whose edge is connected now."""
-        return [key for key, edge in self._routes.items() if edge in self._active]
-
-    async def send_command(self, tenant: str, device: str, command: svc.CommandDown) -> bool:
-        """Queue ``command`` on the stream of the device's edge; False if it cannot be now."""
-        edge = self._routes.get((tenant, device))
-        session = self._active.get(edge) if edge is not None else None
-        if session is None or session.closed.is_set():
-            self.stats.commands_refused_offline += 1
-            return False
-        try:
-            session.outbound.put_nowait(svc.CloudMessage(command=command))
-        except asyncio.QueueFull:
-            self.stats.commands_refused_queue_full += 1
-            log.warning(
-                "edge %s: outbound queue full; command %s stays queued",
-                session.edge_id,
-                command.invocation.invocation,
-            )
-            return False
-        self.stats.commands_sent += 1
-        return True
-
-    # -- called by the stream handler ----------------------------------------------------
-
-    def open(self, edge_id: str, tenants: frozenset[str] | None = None) -> EdgeSession:
-        """A new stream of ``edge_id`` (allowed ``tenants``, None = any); supersedes (ends) an
-        older stream of the same edge."""
-        old = self._active.get(edge_id)
-        if old is not None:
-            self.stats.sessions_superseded += 1
-            old.closed.set()
-            log.info("edge %s reconnected; ending its previous stream %s", edge_id, old.session_id)
-        session = EdgeSession(edge_id, self._queue_size, tenants)
-        self._active[edge_id] = session
-        self.stats.sessions_opened += 1
-        for tenant, device in [k for k, e in self._routes.items() if e == edge_id]:
-            self._notify_route(tenant, device)
-        return session
-
-    def close(self, session: EdgeSession) -> None:
-        session.closed.set()
-        if self._active.get(session.edge_id) is session:
-            del self._active[session.edge_id]
-
-    def drain_all(self) -> None:
-        """Ask every stream to finish the batch in hand and end (see :meth:`IngestService.drain`)."""
-        for session in list(self._active.values()):
-            session.draining.set()
-
-    def close_all(self) -> None:
-        """End every stream (shutdown): each handler finishes and its stream completes."""
-        for session in list(self._active.values()):
-            session.closed.set()
-
-    def learn(self, session: EdgeSession, tenant: str, devices: Iterable[str]) -> None:
-        """Record that ``devices`` sent events through ``session``'s edge."""
-        if self._active.get(session.edge_id) is not session:
-            return  # a superseded stream: its newer stream owns the routes
-        edge = session.edge_id
-        for device in devices:
-            key = (tenant, device)
-            current = self._routes.get(key)
-            if current == edge:
-                self._routes.move_to_end(key)
-                continue
-            self._routes[key] = edge
-            self._routes.move_to_end(key)
-            self.stats.routes_learned += 1
-            if len(self._routes) > self._max_routes:
-                self._routes.popitem(last=False)
-                self.stats.routes_evicted += 1
-            self._notify_route(tenant, device)
-
-    async def report_status(self, session: EdgeSession, update: svc.CommandStatusUpdate) -> None:
-        self.stats.status_updates += 1
-        if update.tenant and update.device:
-            self.learn(session, update.tenant, [update.device])
-        for listener in self._status_listeners:
-            await listener(update)
-
-    def _notify_route(self, tenant: str, device: str) -> None:
-        for listener in self._route_listeners:
-            listener(tenant, device)
 
 
 @dataclass(slots=True)
@@ -299,109 +125,6 @@ class IngestStats:
     batches_throttled: int = 0  # held unacknowledged: their tenant was over max_events_per_s
     events_throttled: int = 0  # the events of those batches (counted once per hold)
     throttled_s: float = 0.0  # time streams spent waiting for a tenant's bucket
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` stored; may go into debt (see
-    :meth:`delay`). ``clock`` is monotonic seconds (injectable for tests)."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1.0)
-        self._clock = clock
-        self._tokens = self.burst
-        self._at = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    def delay(self, n: int) -> float:
-        """Seconds until ``n`` events may pass (0: now). More than ``burst`` pass when the
-        bucket is full, leaving it in debt."""
-        self._refill()
-        need = min(float(n), self.burst)
-        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
-
-    def take(self, n: int) -> None:
-        self._refill()
-        self._tokens -= n
-
-
-class _RateLimits:
-    """The tenants' buckets, made from (and remade when) their live ``max_events_per_s`` /
-    ``burst_events`` change; tenants without a limit have none."""
-
-    def __init__(self, live: TenantSettingsRegistry | None, clock: Callable[[], float]) -> None:
-        self._live = live
-        self._clock = clock
-        self._buckets: dict[str, tuple[tuple[float, float], TokenBucket]] = {}
-
-    def bucket(self, tenant: str) -> TokenBucket | None:
-        settings = self._live.get(tenant) if self._live is not None else None
-        rate = settings.max_events_per_s if settings is not None else None
-        if rate is None or settings is None:
-            self._buckets.pop(tenant, None)
-            return None
-        key = (rate, float(settings.burst_events or max(rate, 1.0)))
-        held = self._buckets.get(tenant)
-        if held is None or held[0] != key:
-            held = self._buckets[tenant] = (key, TokenBucket(key[0], key[1], self._clock))
-        return held[1]
-
-    def reserve(self, batch: svc.EventBatchUp) -> tuple[float, str]:
-        """Take the batch's tokens from every limited tenant it names and return ``(0, "")``,
-        or take nothing and return the longest wait with the reason."""
-        counts: dict[str, int] = {}
-        for ev in batch.events:
-            counts[ev.tenant] = counts.get(ev.tenant, 0) + 1
-        wait, reason = 0.0, ""
-        buckets = []
-        for tenant, n in counts.items():
-            bucket = self.bucket(tenant)
-            if bucket is None:
-                continue
-            buckets.append((bucket, n))
-            d = bucket.delay(n)
-            if d > wait:
-                wait = d
-                reason = f"tenant {tenant!r} is over its rate limit of {bucket.rate:g} events/s"
-        if wait > 0:
-            return wait, reason
-        for bucket, n in buckets:
-            bucket.take(n)
-        return 0.0, ""
-
-    def forget(self, tenant: str) -> None:
-        self._buckets.pop(tenant, None)
-
-
-class _TenantCache:
-    """Which tenants exist: positives kept ``ttl_s``, negatives ``negative_ttl_s`` (so a
-    tenant created later is accepted within seconds); bounded (overflow: evict oldest)."""
-
-    def __init__(self, registry: Registry, ttl_s: float, negative_ttl_s: float, max_entries: int) -> None:
-        self._registry = registry
-        self._ttl = ttl_s
-        self._neg_ttl = negative_ttl_s
-        self._max = max_entries
-        self._data: OrderedDict[str, tuple[float, bool]] = OrderedDict()
-
-    def forget(self, tenant: str) -> None:
-        self._data.pop(tenant, None)
-
-    async def exists(self, tenant: str) -> bool:
-        item = self._data.get(tenant)
-        now = time.monotonic()
-        if item is not None and item[0] > now:
-            return item[1]
-        found = await self._registry.get_tenant(tenant) is not None
-        self._data[tenant] = (now + (self._ttl if found else self._neg_ttl), found)
-        self._data.move_to_end(tenant)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
-        return found
 
 
 class _Servicer(svc_grpc.EdgeUplinkServicer):
@@ -443,7 +166,7 @@ class IngestService:
         self.stats = IngestStats()
         # The shared edge directory (the dashboard's edges page), fed from the streams.
         self._edges = edges
-        self._limits = _RateLimits(tenant_settings, clock)
+        self._limits = RateLimits(tenant_settings, clock)
         # None: plaintext. With client authentication, each stream's certificate decides its
         # edge id and tenants (cloud/tls.py).
         self._tls = tls
@@ -456,7 +179,7 @@ class IngestService:
         self._max_streams = max_streams
         self._max_message_bytes = max_message_bytes
         self._grace_s = grace_s
-        self._tenants = _TenantCache(registry, tenant_cache_ttl_s, unknown_tenant_ttl_s, 10_000)
+        self._tenants = TenantCache(registry, tenant_cache_ttl_s, unknown_tenant_ttl_s, 10_000)
         self._registrars: list[ServicerRegistrar] = []
         self._server: aio.Server | None = None
         self._draining = False

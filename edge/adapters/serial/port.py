@@ -31,6 +31,7 @@ from fieldgate.edge.adapters.serial.protocol import PortProtocol, Received, buil
 from fieldgate.edge.adapters.serial.stats import SerialStats
 from fieldgate.edge.errors import BufferFull, DeliveryError, EdgeError
 from fieldgate.edge.health import HealthBoard
+from fieldgate.protocol.errors import EncodeError
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 
@@ -217,7 +218,7 @@ class SerialPort:
     async def send_command(self, invocation: pb.CommandInvocation) -> None:
         try:
             await self._send(invocation)
-        except DeliveryError as err:
+        except (DeliveryError, EncodeError) as err:
             kind = "no ack" if "no ack" in str(err) else "other"
             self._stats.count_command_failed(kind)
             raise

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import orjson
 
-# TODO(issue 16 phase B): raise a protocol EncodeError instead; the edge (router, serial port,
-# adapters, tests) then catches it beside DeliveryError. Until then protocol imports edge here.
-from fieldgate.edge.errors import DeliveryError
+from fieldgate.protocol.errors import EncodeError
 from fieldgate.v1 import events_pb2 as pb
 
 __all__ = ["encode_command_json"]
@@ -24,20 +22,20 @@ def encode_command_json(invocation: pb.CommandInvocation) -> bytes:
 
     ``params_json`` is already JSON text (the cloud validated it against the device type); it
     is parsed once more here so that a corrupt value fails this one command, with a reason the
-    command router reports as FAILED, instead of reaching the device as broken JSON.
+    command router reports as FAILED (:class:`~fieldgate.protocol.errors.EncodeError`), instead of reaching the device as broken JSON.
     """
     if not invocation.invocation:
-        raise DeliveryError("command has no invocation id")
+        raise EncodeError("command has no invocation id")
     if not invocation.command:
-        raise DeliveryError(f"invocation {invocation.invocation}: no command name")
+        raise EncodeError(f"invocation {invocation.invocation}: no command name")
     params: object = {}
     if invocation.params_json:
         try:
             params = orjson.loads(invocation.params_json)
         except orjson.JSONDecodeError as err:
-            raise DeliveryError(f"invocation {invocation.invocation}: params are not JSON: {err}") from err
+            raise EncodeError(f"invocation {invocation.invocation}: params are not JSON: {err}") from err
         if type(params) is not dict:
-            raise DeliveryError(f"invocation {invocation.invocation}: params must be a JSON object")
+            raise EncodeError(f"invocation {invocation.invocation}: params must be a JSON object")
     return orjson.dumps(
         {"invocation": invocation.invocation, "command": invocation.command, "params": params}
     )
