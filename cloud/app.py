@@ -147,13 +147,6 @@ def _running_check(stage: ConsumerStage) -> Callable[[], bool]:
 
 
 @runtime_checkable
-class _Pingable(Protocol):
-    """A bus that can answer a readiness probe (both buses do)."""
-
-    async def ping(self) -> None: ...
-
-
-@runtime_checkable
 class _ForgetsTenants(Protocol):
     """A part of the process that caches something per tenant."""
 
@@ -701,8 +694,7 @@ class CloudApp:
         each stage's task (and the REST server) is still running."""
         health = self.health
         started = {id(part) for part in self._started}
-        if isinstance(self.bus, _Pingable):
-            health.add_ready("bus", self.bus.ping)
+        health.add_ready("bus", self.bus.ping)
         probe_tenant = self.tenant_settings.tenants()[0] if self.tenant_settings.tenants() else "default"
         health.add_ready("registry", self.registry.list_tenants)
         health.add_ready("invocations", lambda: self.invocations.get(probe_tenant, "readiness-probe"))

@@ -153,33 +153,12 @@ async def replay(
     embedded bus is private to the one process that has it open. Returns
     ``{partition: new committed offset}``.
     """
-    from fieldgate.cloud.bus import topic_name
-    from fieldgate.cloud.bus.embedded import EmbeddedBus
-    from fieldgate.cloud.errors import BusError
     from fieldgate.cloud.store.backend import build_bus
 
     bus = build_bus(config, client_id="fieldgate-replay")
     await bus.start()
     try:
-        if isinstance(bus, EmbeddedBus):
-            target = await bus.reset_offsets(group, stage, tenant, to_offset=to_offset, to_time_ms=to_time_ms)
-            return {0: target}
-        # Only Kafka is left; imported here so the default installation never loads its client.
-        from fieldgate.cloud.bus.kafka import KafkaBus
-
-        if not isinstance(bus, KafkaBus):
-            raise ConfigError(f"bus {type(bus).__name__} cannot reset offsets")
-        targets = await bus.reset_offsets(group, stage, tenant, to_offset=to_offset, to_time_ms=to_time_ms)
-        # Kafka reports a refusal (a live member in the group) per partition, which the bus does
-        # not check: read the offsets back so a refused reset is never reported as done.
-        topic = topic_name(tenant, stage, bus.prefix)
-        committed = await bus.committed(group, topic)
-        if targets and any(committed.get(p) != off for p, off in targets.items()):
-            raise BusError(
-                f"cannot reset offsets of group {group!r} on {topic} (stop its consumers first): "
-                f"committed offsets are {committed}, not {targets}"
-            )
-        return targets
+        return await bus.reset_offsets(group, stage, tenant, to_offset=to_offset, to_time_ms=to_time_ms)
     finally:
         await bus.stop()
 

@@ -94,9 +94,15 @@ class Consumer(Protocol):
 
 
 class Bus(Protocol):
+    """What every part of the cloud may ask of a bus; both buses (embedded.py, kafka.py) are
+    complete implementations, so no caller needs to know which one it holds."""
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Readiness: the bus answers a real request now (BusError if it does not)."""
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Append ``messages`` to ``topic``; returns once they are durable."""
@@ -111,6 +117,26 @@ class Bus(Protocol):
     async def topic_end_offsets(self, topic: str) -> dict[int, int]:
         """``{partition: next offset to be written}`` of ``topic`` ({} if it does not exist):
         where a reader that must see everything from now on starts (a new connector)."""
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """``{partition: committed offset (next to read)}`` of ``group`` on ``topic`` ({} if the
+        group committed nothing there)."""
+
+    async def reset_offsets(
+        self,
+        group: str,
+        stage: str,
+        tenant: str,
+        *,
+        to_offset: int | None = None,
+        to_time_ms: int | None = None,
+    ) -> dict[int, int]:
+        """Move ``group``'s committed offsets of ``tenant``'s ``stage`` topic (replay or skip):
+        exactly one of ``to_offset`` (per partition, clamped to what it holds) or ``to_time_ms``
+        (per partition, the first record stamped at or after it; the end if none). Returns
+        ``{partition: new committed offset}`` ({} if the bus knows no such topic). BusError if
+        the bus refuses (Kafka: the group has live members) — a reset is never reported as done
+        when it was not."""
 
     async def ensure_tenant_topics(self, tenant: str) -> list[str]:
         """Provision every stage's topic of a new tenant; their names."""

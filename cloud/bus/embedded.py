@@ -279,12 +279,13 @@ class EmbeddedBus:
         *,
         to_offset: int | None = None,
         to_time_ms: int | None = None,
-    ) -> int:
+    ) -> dict[int, int]:
         """Move ``group``'s committed offset of ``tenant``'s ``stage`` topic (replay or skip).
 
         Give exactly one of ``to_offset`` (clamped to the topic's range) or ``to_time_ms``
         (the first record stamped at or after it; the end if none). Live members of the group
-        continue from there on their next poll. Returns the new committed offset.
+        continue from there on their next poll. Returns ``{0: new committed offset}`` (one
+        partition; a topic not written yet is reset to 0).
         """
         if (to_offset is None) == (to_time_ms is None):
             raise BusError("give exactly one of to_offset or to_time_ms")
@@ -306,7 +307,7 @@ class EmbeddedBus:
             member._positions.pop(name, None)
             member._read_high.pop(name, None)
         self._wake(stage)
-        return target
+        return {0: target}
 
     async def ensure_tenant_topics(self, tenant: str) -> list[str]:
         """The tenant's topic names (one per stage). Nothing to create here: an embedded topic
@@ -374,8 +375,14 @@ class EmbeddedBus:
         t = self._topics.get(topic)
         return {} if t is None else {0: t.end}
 
-    def committed(self, group: str, topic: str) -> int | None:
-        """The group's committed offset (next to read) of ``topic``, if any."""
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """``{0: the group's committed offset (next to read)}`` of ``topic``; {} if none."""
+        offset = self.committed_offset(group, topic)
+        return {} if offset is None else {0: offset}
+
+    def committed_offset(self, group: str, topic: str) -> int | None:
+        """The group's committed offset (next to read) of ``topic``, if any; synchronous (the
+        embedded bus keeps its offsets in memory), for tests that check it in a condition."""
         return self._committed.get((group, topic))
 
     # ---------------------------------------------------------------- internals (loop side)

@@ -541,6 +541,14 @@ class KafkaBus:
                 f"cannot reset offsets of group {group!r} on {topic} (stop its consumers first): "
                 + "; ".join(refused)
             )
+        # Not every broker reports such a refusal in the result: read the offsets back, so a
+        # refused reset is never reported as done.
+        committed = await self.committed(group, topic)
+        if any(committed.get(p) != off for p, off in targets.items()):
+            raise BusError(
+                f"cannot reset offsets of group {group!r} on {topic} (stop its consumers first): "
+                f"committed offsets are {committed}, not {targets}"
+            )
         log.info("reset group %s on %s to %s", group, topic, targets)
         return targets
 

@@ -45,7 +45,7 @@ def connectors_committed(app: CloudApp, tenant: str = TENANT) -> bool:
     """The connectors' consumer group committed all of the tenant's [persisted] topic."""
     assert isinstance(app.bus, EmbeddedBus)
     topic = topic_name(tenant, PERSISTED)
-    return app.bus.committed(GROUP, topic) == app.bus.end_offsets(PERSISTED).get(topic, 0)
+    return app.bus.committed_offset(GROUP, topic) == app.bus.end_offsets(PERSISTED).get(topic, 0)
 
 
 def make_event(i: int, device: str = "dev-1", kind: str = "measurement", tenant: str = TENANT) -> pb.Event:
@@ -89,7 +89,7 @@ class StageRig:
     stage: ConnectorStage
 
     def committed(self, tenant: str = TENANT) -> int | None:
-        return self.bus.committed(GROUP, topic_name(tenant, PERSISTED))
+        return self.bus.committed_offset(GROUP, topic_name(tenant, PERSISTED))
 
     def end(self) -> int:
         return self.bus.end_offsets(PERSISTED).get(topic_name(TENANT, PERSISTED), 0)

@@ -36,7 +36,7 @@ async def test_tail_starts_at_the_end_and_leaves_no_trace(tmp_path: Path) -> Non
             records = await collect(lambda: group.poll(timeout_s=0.2), 5, what="records")
             assert len(records) == 5
             await group.commit(records)
-        assert bus.committed("live.x", A) is None
+        assert bus.committed_offset("live.x", A) is None
         # Only the real group counts for retention: everything it committed past is trimmed.
         assert await bus.trim() == 5
     finally:

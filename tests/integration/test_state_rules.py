@@ -261,8 +261,8 @@ async def test_restart_and_replay_do_not_duplicate_alerts(tmp_path: Path) -> Non
     # Replay everything the state stage read, from the beginning, in a new process.
     app = CloudApp(config)
     await app.bus.start()
-    await app.bus.reset_offsets("state", "persisted", "default", to_offset=0)  # type: ignore[attr-defined]
-    await app.bus.reset_offsets("persistence", "enriched", "default", to_offset=0)  # type: ignore[attr-defined]
+    await app.bus.reset_offsets("state", "persisted", "default", to_offset=0)
+    await app.bus.reset_offsets("persistence", "enriched", "default", to_offset=0)
     await app.start()
     api = await _client(app)
     try:

@@ -23,12 +23,12 @@ async def test_delete_tenant_topics(tmp_path: Path) -> None:
             while len(got) < 6:
                 got += await consumer.poll(timeout_s=1)
             await consumer.commit(got)
-            assert bus.committed("inbound", acme) == 3
+            assert bus.committed_offset("inbound", acme) == 3
 
             assert await bus.delete_tenant_topics("acme") == [acme]
             assert acme not in bus.end_offsets(DECODED)
-            assert bus.committed("inbound", acme) is None
-            assert bus.committed("inbound", globex) == 3
+            assert bus.committed_offset("inbound", acme) is None
+            assert bus.committed_offset("inbound", globex) == 3
             assert await bus.delete_tenant_topics("acme") == []
 
             await bus.publish(acme, [Message(b"d", b"again")])
@@ -38,7 +38,7 @@ async def test_delete_tenant_topics(tmp_path: Path) -> None:
     # On disk too: a restarted bus has the new topic only, and globex's records.
     async with EmbeddedBus(tmp_path / "bus.db", trim_interval_s=None) as reopened:
         assert reopened.end_offsets(DECODED) == {acme: 1, globex: 3}
-        assert reopened.committed("inbound", acme) is None
+        assert reopened.committed_offset("inbound", acme) is None
 
 
 async def test_a_late_commit_of_a_deleted_topic_does_not_skip_the_new_ones_records(tmp_path: Path) -> None:
@@ -56,11 +56,11 @@ async def test_a_late_commit_of_a_deleted_topic_does_not_skip_the_new_ones_recor
         await bus.delete_tenant_topics("acme")
         await bus.publish(acme, [Message(b"d", b"new0")])
         await consumer.commit(old)  # late: the old topic's offset 3
-        assert bus.committed("inbound", acme) is None
+        assert bus.committed_offset("inbound", acme) is None
         new = await consumer.poll(timeout_s=1)
         assert [(r.offset, r.value) for r in new] == [(0, b"new0")]
         await consumer.commit(old + new)  # the old records again: never past what was read
-        assert bus.committed("inbound", acme) == 1
+        assert bus.committed_offset("inbound", acme) == 1
     # Another member of the group (a restart) starts after new0, not after the old offset 3.
     async with EmbeddedBus(tmp_path / "bus.db", trim_interval_s=None) as reopened:
         await reopened.publish(acme, [Message(b"d", b"new1")])
