@@ -186,7 +186,20 @@ def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = 
 class CloudApp:
     """Bus, stores, pipeline stages, gRPC (ingest + APIs) and REST in one process."""
 
-    def __init__(self, config: CloudConfig, services: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: CloudConfig,
+        services: Collection[str] | None = None,
+        *,
+        admin: bool = False,
+        admin_password: str | None = None,
+    ) -> None:
+        """``admin=True``: make sure user ``admin`` exists (with ``admin_password`` if given, see
+        :meth:`ensure_admin`) before the REST API serves, so a login right after readiness
+        finds it; a password generated for it is in :attr:`generated_admin_password`."""
+        self._ensure_admin_at_start = admin
+        self._admin_password = admin_password
+        self.generated_admin_password: str | None = None
         self.services = resolve_services(config, services)
         # The configuration this process was given; self.config is what it runs with (the
         # file's, or the file's with ZooKeeper's instance settings applied at start).
@@ -513,6 +526,8 @@ class CloudApp:
                 if self.live is not None:
                     await self.live.start()
                     self._started.append(self.live)
+                if self._ensure_admin_at_start:
+                    self.generated_admin_password = await self.ensure_admin(self._admin_password)
                 await self._start_rest(secret)
             if self.config.health.port is not None:
                 await self._start_health_listener()

@@ -108,13 +108,12 @@ def _cmd_cloud_run(ns: argparse.Namespace) -> int:
     conf = cfg.load(CloudConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_CLOUD")
     admin_password = _admin_password()
     services = [ns.service] if ns.service else None
-    app = CloudApp(conf, services)  # refuses a single service on the embedded bus (ConfigError)
+    # refuses a single service on the embedded bus (ConfigError)
+    app = CloudApp(conf, services, admin=True, admin_password=admin_password)
 
     async def body(stop: asyncio.Event) -> None:
         async with app:
-            generated = None
-            if "api" in app.services:
-                generated = await app.ensure_admin(admin_password)
+            generated = app.generated_admin_password
             what = ", ".join(sorted(app.services)) if ns.service else "all services"
             addresses = []
             if "api" in app.services:

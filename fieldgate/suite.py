@@ -165,7 +165,7 @@ class Suite:
                 update={"rest_port": self._rest_port, "grpc_port": self._grpc_port}
             )
         else:
-            self._cloud = CloudApp(cloud_cfg)
+            self._cloud = CloudApp(cloud_cfg, admin=True, admin_password=options.admin_password)
             self._cloud_config = cloud_cfg
         self.edge: EdgeAgent | None = None
         self.edge_proc: asyncio.subprocess.Process | None = None
@@ -248,8 +248,8 @@ class Suite:
                 await self._start_servers()
                 await self._start_cloud_processes()
             else:
-                await self.cloud.start()
-                generated = await self.cloud.ensure_admin(self.options.admin_password)
+                await self.cloud.start()  # user admin exists before the REST API serves
+                generated = self.cloud.generated_admin_password
                 if generated is not None:
                     self.admin_password = generated
             if self.options.southbound:

@@ -237,3 +237,27 @@ async def test_edge_readiness_is_false_when_its_buffer_is_full(tmp_path: Path) -
         ready = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "buffer full"
+
+
+async def test_the_admin_can_log_in_as_soon_as_the_rest_api_serves(tmp_path: Path) -> None:
+    """``fieldgate up`` and ``fieldgate cloud run api`` make user admin before REST serves: a
+    client that logs in the moment the port answers (a readiness probe, a test, an operator's
+    script) is not refused. Checked from inside the start, right after the server started."""
+    seen: list[int] = []
+
+    class Probe(CloudApp):
+        async def _start_rest(self, secret: str) -> None:
+            await super()._start_rest(secret)
+            async with httpx.AsyncClient(timeout=10) as http:
+                r = await http.post(
+                    f"http://127.0.0.1:{self.rest_port}/api/v1/auth/token",
+                    data={"username": "admin", "password": "first-login-pw"},
+                )
+                seen.append(r.status_code)
+
+    async with Probe(cloud_config(tmp_path), admin=True, admin_password="first-login-pw") as app:
+        assert seen == [200]
+        assert app.generated_admin_password is None  # a given password is used, none generated
+    generated = Probe(cloud_config(tmp_path / "second"), admin=True)
+    async with generated:
+        assert generated.generated_admin_password  # none given, none stored: generated, shown once
