@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -49,6 +48,8 @@ from fieldgate.edge.health import HealthBoard
 from fieldgate.edge.metrics import EdgeMetrics
 from fieldgate.edge.probes import AgentProbes
 from fieldgate.edge.uplink import Uplink
+from fieldgate.retry import Backoff
+from fieldgate.throttle import LogThrottle
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
@@ -66,27 +67,6 @@ MAX_PRESENCE_PENDING = 20_000
 PRESENCE_BATCH = 1000
 PRESENCE_RETRY_INITIAL_S = 0.05
 PRESENCE_RETRY_MAX_S = 1.0
-
-
-class _RateLimitedWarning:
-    def __init__(self, interval_s: float) -> None:
-        self._interval = interval_s
-        self._next = 0.0
-        self._suppressed = 0
-
-    def __call__(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._next = now + self._interval
-        if self._suppressed:
-            log.warning(
-                msg + " (%d more not logged in the last %.0fs)", *args, self._suppressed, self._interval
-            )
-            self._suppressed = 0
-        else:
-            log.warning(msg, *args)
 
 
 def build_adapters(config: EdgeConfig) -> list[Adapter]:
@@ -127,7 +107,7 @@ class EdgeAgent:
         self.probes = AgentProbes(self, self.buffer, self.uplink, config.buffer.max_events)
         self.metrics.watch(buffer=self.buffer, uplink=self.uplink, router=self.router, adapters=self.adapters)
         self._tenants = frozenset(config.tenants)
-        self._warn_reject = _RateLimitedWarning(REJECT_LOG_INTERVAL_S)
+        self._reject_log = LogThrottle(REJECT_LOG_INTERVAL_S)
         self._lifecycle = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
         self._presence_queue: deque[pb.Event] = deque()
@@ -233,12 +213,16 @@ class EdgeAgent:
     async def reject(self, payload: bytes, *, source: str, reason: str, tenant: str = "") -> None:
         """Keep an undecodable payload in the failed-decode lane (counted, logged)."""
         self.metrics.count_rejected(reason)
-        self._warn_reject(
-            "payload from %s rejected: %s (%d bytes kept in the failed-decode lane)",
-            source,
-            reason,
-            len(payload),
-        )
+        suppressed = self._reject_log.ready()
+        if suppressed is not None:
+            quiet = f" ({suppressed} more not logged in the last {REJECT_LOG_INTERVAL_S:.0f}s)"
+            log.warning(
+                "payload from %s rejected: %s (%d bytes kept in the failed-decode lane)%s",
+                source,
+                reason,
+                len(payload),
+                quiet if suppressed else "",
+            )
         await self.buffer.add_failed(source=source, tenant=tenant, reason=reason, payload=payload)
 
     async def failed_decodes(self, limit: int = 100) -> list[pb.FailedDecode]:
@@ -288,7 +272,7 @@ class EdgeAgent:
         """The one writer of link changes: in order, in batches, until closed and drained.
         While the buffer is full (``reject_new``) it retries with a capped backoff, the queue
         keeping the newest changes; what is left when the agent stops is dropped and counted."""
-        delay = PRESENCE_RETRY_INITIAL_S
+        backoff = Backoff(PRESENCE_RETRY_INITIAL_S, PRESENCE_RETRY_MAX_S)
         while True:
             if not self._presence_queue:
                 if not self._presence_open:
@@ -310,13 +294,12 @@ class EdgeAgent:
                 while len(self._presence_queue) > MAX_PRESENCE_PENDING:
                     self._presence_queue.popleft()
                     self.presence_dropped += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, PRESENCE_RETRY_MAX_S)
+                await backoff.sleep()
                 continue
             except Exception:  # task top: count, report, keep writing the next changes
                 self.presence_dropped += len(batch)
                 log.exception("%d link change(s) not recorded", len(batch))
-            delay = PRESENCE_RETRY_INITIAL_S
+            backoff.reset()
 
     # ------------------------------------------------------------------ wiring
 

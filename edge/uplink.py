@@ -14,7 +14,7 @@ Why it is shaped like this:
 - **Backpressure.** At most ``max_inflight_batches`` are unacknowledged; beyond that the
   sender waits for acks (the buffer absorbs the difference, under its own bound).
 - **Reconnect policy.** On any stream failure the uplink waits a capped exponential backoff
-  with jitter (:func:`backoff_delay`) and reconnects on a fresh channel, logging and counting
+  with jitter (:class:`fieldgate.retry.Backoff`) and reconnects on a fresh channel, logging and counting
   every attempt. The backoff starts over after a session that lived a while.
 - **Failover between cloud replicas.** ``target`` is a gRPC target, so it may name several
   ingest replicas (``ipv4:10.0.0.1:50051,10.0.0.2:50051``, or a DNS name with several
@@ -55,6 +55,7 @@ from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.config import UplinkConfig
 from fieldgate.edge.errors import EdgeError, UplinkError
 from fieldgate.errors import ConfigError
+from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -112,16 +113,6 @@ class UplinkStats:
     probe_shortcuts: int = 0  # backoff waits cut short because the cloud answered a probe
     auth_refusals: int = 0  # sessions the cloud refused for this edge's certificate
     last_error: str = ""  # why the last session failed or ended
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Capped exponential backoff with "equal jitter": a random delay in [cap/2, cap].
-
-    ``cap = min(max_s, initial_s * 2**attempt)``; the random half keeps many edges that lost
-    the cloud at the same moment from reconnecting in lockstep.
-    """
-    cap = min(max_s, initial_s * 2.0 ** min(attempt, 64))
-    return cap / 2 + rng.uniform(0.0, cap / 2)
 
 
 def _varint(value: int) -> bytes:
@@ -274,7 +265,9 @@ class Uplink:
     # ------------------------------------------------------------------ connection loop
 
     async def _run(self) -> None:
-        attempt = 0
+        backoff = Backoff(
+            self._config.backoff_initial_s, self._config.backoff_max_s, jitter=True, rng=self._rng
+        )
         loop = asyncio.get_running_loop()
         target = self._config.target
         while not self._stopping:
@@ -296,11 +289,9 @@ class Uplink:
             if self._stopping:
                 break
             if self._welcomed and loop.time() - started >= HEALTHY_SESSION_S:
-                attempt = 0
-            delay = backoff_delay(
-                attempt, self._config.backoff_initial_s, self._config.backoff_max_s, self._rng
-            )
-            attempt += 1
+                backoff.reset()
+            delay = backoff.next_delay()
+            attempt = backoff.attempt
             self.stats.reconnects += 1
             self.stats.last_backoff_s = delay
             self.stats.last_error = reason

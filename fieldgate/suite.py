@@ -60,6 +60,7 @@ from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import BufferConfig, EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.errors import ConfigError, FieldgateError
 from fieldgate.pki import CertificateAuthority, PkiError
+from fieldgate.retry import Backoff
 from fieldgate.sims.mqtt import MqttDeviceSim
 from fieldgate.southbound_sims import SouthboundSims
 from fieldgate.tasks import cancel_and_wait
@@ -122,6 +123,7 @@ DISTRIBUTED_SERVICES: tuple[str, ...] = (
 )
 # A service that dies is started again after 1, 2, 4 ... RESTART_MAX_S seconds; the backoff
 # starts over once a run lasted RESTART_RESET_S.
+RESTART_INITIAL_S = 1.0
 RESTART_MAX_S = 30.0
 RESTART_RESET_S = 60.0
 
@@ -411,7 +413,7 @@ class Suite:
     async def _supervise(self, service: str, path: Path, timeout_s: float = 180.0) -> None:
         """Echo the service's output; when it dies (a crash, a kill -9), start it again after
         a capped backoff, as a process supervisor would. Cancelled by stop()."""
-        failures = 0
+        backoff = Backoff(RESTART_INITIAL_S, RESTART_MAX_S)
         while True:
             proc = self.cloud_procs[service]
             started = time.monotonic()
@@ -421,9 +423,8 @@ class Suite:
             if self._cloud_stopping:
                 return
             if time.monotonic() - started > RESTART_RESET_S:
-                failures = 0
-            delay = min(RESTART_MAX_S, 2.0**failures)
-            failures += 1
+                backoff.reset()
+            delay = backoff.next_delay()
             log.warning(
                 "cloud service %s (pid %d) exited with code %s; starting it again in %.0fs",
                 service, proc.pid, code, delay,

@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fieldgate.cloud.bus import FAILED_DECODE, Bus, Consumer, Message, Record, parse_topic, topic_name
 from fieldgate.cloud.errors import BusError, CloudError, StoreError
+from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -119,7 +120,9 @@ class ConsumerStage:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(max(1, self._settings.concurrency))
-        self._backoff = self._settings.retry_backoff_s
+        # Re-opening the consumer and retrying a failed group (every replica's stages hit the
+        # same bus and store: jittered, so they do not come back in lockstep).
+        self._backoff = Backoff(self._settings.retry_backoff_s, self._settings.max_backoff_s, jitter=True)
         self._polling = False
 
     @property
@@ -161,8 +164,9 @@ class ConsumerStage:
             except Exception as err:  # task top: count, log, back off and re-open the consumer
                 self.stats.loop_restarts += 1
                 self.stats.last_error = _describe(err)
-                log.exception("stage %s: consumer failed, re-opening after %.2fs", self.name, self._backoff)
-                await self._pause()
+                delay = self._backoff.next_delay()
+                log.exception("stage %s: consumer failed, re-opening after %.2fs", self.name, delay)
+                await self._pause(delay)
 
     async def _consume(self, consumer: Consumer) -> None:
         s = self._settings
@@ -185,16 +189,15 @@ class ConsumerStage:
             for group in failed:
                 await consumer.seek(group[0].topic, group[0].partition, group[0].offset)
             if failed:
-                await self._pause()
+                await self._pause(self._backoff.next_delay())
             else:
-                self._backoff = s.retry_backoff_s
+                self._backoff.reset()
 
-    async def _pause(self) -> None:
-        """Sleep for the current back-off (woken early by stop) and double it."""
+    async def _pause(self, delay: float) -> None:
+        """Sleep for ``delay`` (the back-off), woken early by stop."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._backoff):
+            async with asyncio.timeout(delay):
                 await self._stopping.wait()
-        self._backoff = min(self._backoff * 2, self._settings.max_backoff_s)
 
     async def _process_group(self, group: list[Record]) -> bool:
         """True when the whole group may be committed; False to rewind and retry it."""
@@ -233,7 +236,7 @@ class ConsumerStage:
         """Handle ``records`` one by one; dead-letter each that fails ``max_attempts`` times."""
         for record in records:
             attempt = 0
-            delay = self._settings.retry_backoff_s
+            backoff = Backoff(self._settings.retry_backoff_s, self._settings.max_backoff_s)
             while True:
                 try:
                     await self._handler([record])
@@ -256,8 +259,7 @@ class ConsumerStage:
                     if attempt >= self._settings.max_attempts:
                         await self._dead_letter(record, _describe(err))
                         break
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._settings.max_backoff_s)
+                    await backoff.sleep()
 
     def _count_failure(self, err: BaseException) -> None:
         self.stats.failures += 1

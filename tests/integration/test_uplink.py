@@ -11,7 +11,7 @@ import pytest
 
 from fieldgate.edge.buffer import EventBuffer
 from fieldgate.edge.config import BufferConfig, UplinkConfig
-from fieldgate.edge.uplink import Uplink, backoff_delay, encode_batch
+from fieldgate.edge.uplink import Uplink, encode_batch
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.edge_cloud import TestCloud
@@ -52,17 +52,6 @@ async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
 
 async def no_commands(_: svc.CommandDown) -> None:
     raise AssertionError("no command expected")
-
-
-def test_backoff_grows_and_is_capped() -> None:
-    rng = random.Random(1)
-    delays = [backoff_delay(a, 0.1, 5.0, rng) for a in range(40)]
-    for attempt, d in enumerate(delays):
-        cap = min(5.0, 0.1 * 2**attempt)
-        assert cap / 2 <= d <= cap
-    assert max(delays) <= 5.0
-    assert delays[0] <= 0.1 < delays[6]
-    assert backoff_delay(10_000, 0.1, 5.0, rng) <= 5.0
 
 
 def test_pre_encoded_batch_is_a_valid_edge_message() -> None:

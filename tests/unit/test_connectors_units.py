@@ -1,12 +1,11 @@
 """Pure parts of the connectors: definitions validate (and keep secrets out of responses),
 filters decide as documented, the webhook's wire format (signature golden vector, keys), the
-MQTT topic template and the back-off schedule."""
+MQTT topic template (the back-off schedule: tests/unit/test_retry.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import random
 
 import orjson
 import pytest
@@ -15,7 +14,6 @@ from pydantic import ValidationError
 from fieldgate.cloud.domain.connectors.events import EventContext, FieldFilter, event_document
 from fieldgate.cloud.domain.connectors.models import ConnectorIn, ConnectorOut, ConnectorSpec, FilterSpec
 from fieldgate.cloud.pipeline.connectors.mqtt import render_topic
-from fieldgate.cloud.pipeline.connectors.runner import backoff_s
 from fieldgate.cloud.pipeline.connectors.webhook import WebhookSink, idempotency_key, sign
 from tests.helpers.connectors import make_event
 
@@ -97,12 +95,3 @@ def test_topic_template() -> None:
     assert (
         render_topic("out/{tenant}/{device}/{type}/{assignment}", ev, "c") == "out/default/d1/location/none"
     )
-
-
-def test_backoff_is_exponential_capped_and_jittered() -> None:
-    rng = random.Random(1)
-    delays = [backoff_s(n, 0.5, 4.0, rng) for n in range(1, 9)]
-    for n, d in enumerate(delays, start=1):
-        base = min(4.0, 0.5 * 2 ** (n - 1))
-        assert base * 0.5 <= d <= base
-    assert len({round(d, 6) for d in delays}) == len(delays)  # jittered

@@ -2,8 +2,8 @@
 
 The stage offers each matching event to the connector's :class:`ConnectorRunner`; the worker
 takes up to ``batch_size`` events from the head of the queue and delivers them through the
-connector's sink, retrying with exponential back-off and full jitter (``initial_backoff_s`` ·
-2^(attempt-1), capped at ``max_backoff_s``, times a random factor in [0.5, 1]) up to
+connector's sink, retrying with exponential back-off and jitter (:class:`fieldgate.retry.Backoff`:
+``initial_backoff_s`` · 2^(attempt-1), capped at ``max_backoff_s``, times a random factor in [0.5, 1]) up to
 ``max_attempts``; a permanent failure, or the last attempt, moves the events to the
 connector's dead letters. Either way each event's ``done`` callback runs exactly once: the
 stage commits a bus record only when all its events are done for every connector.
@@ -37,6 +37,7 @@ from fieldgate.cloud.domain.connectors.sink import DeliveryError, Sink
 from fieldgate.cloud.domain.connectors.targets import TargetPolicy
 from fieldgate.cloud.errors import StoreError
 from fieldgate.cloud.store.connectors import ConnectorStore, DeadLetter
+from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -89,12 +90,6 @@ def build_sink(tenant: str, spec: ConnectorSpec, targets: TargetPolicy | None = 
 
     assert spec.kafka is not None
     return KafkaSink(tenant, spec.id, spec.kafka, spec.delivery, targets=targets)
-
-
-def backoff_s(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
-    """Sleep before attempt ``attempt + 1``: exponential, capped, with jitter in [0.5, 1]."""
-    base = min(cap, initial * (2 ** max(0, attempt - 1)))
-    return float(base * rng.uniform(0.5, 1.0))
 
 
 class ConnectorRunner:
@@ -222,6 +217,8 @@ class ConnectorRunner:
 
     async def _deliver(self, batch: list[Item]) -> None:
         events = [it.event for it in batch]
+        d = self.spec.delivery
+        backoff = Backoff(d.initial_backoff_s, d.max_backoff_s, jitter=True, rng=self._rng)
         attempt = 0
         while True:
             attempt += 1
@@ -253,7 +250,9 @@ class ConnectorRunner:
                     self.stats.retrying = False
                     return
                 self.stats.retrying = True
-                delay = backoff_s(attempt, d.initial_backoff_s, d.max_backoff_s, self._rng)
+                # The settings in force now (the definition may have changed meanwhile).
+                backoff.initial_s, backoff.max_s = d.initial_backoff_s, d.max_backoff_s
+                delay = backoff.next_delay()
                 if failure.retry_after_s is not None:
                     delay = max(delay, min(failure.retry_after_s, d.max_backoff_s))
                 log.info(
@@ -301,7 +300,7 @@ class ConnectorRunner:
             it.done()
 
     async def _store_call(self, call: Callable[[], object]) -> None:
-        delay = _STORE_RETRY_S[0]
+        backoff = Backoff(*_STORE_RETRY_S, jitter=True)
         while True:
             try:
                 result = call()
@@ -309,6 +308,7 @@ class ConnectorRunner:
                     await result
                 return
             except StoreError as err:
+                delay = backoff.next_delay()
                 log.warning(
                     "connector %s/%s: store unavailable (%s); retrying in %.1fs",
                     self.tenant,
@@ -318,4 +318,3 @@ class ConnectorRunner:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.sleep(delay)
-                delay = min(delay * 2, _STORE_RETRY_S[1])

@@ -92,6 +92,7 @@ from fieldgate.cloud.pipeline.stage import TtlLru
 from fieldgate.cloud.store.connectors import STAGE_OWNER, ConnectorStore
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.store.site import MAX_DEPTH, Area, SiteStore
+from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -99,6 +100,8 @@ from fieldgate.v1 import events_pb2 as pb
 GROUP = "connectors"
 #: How long a device group's members and an area's parents are cached (filters by group/area).
 SITE_TTL_S = 5.0
+# The back-off of a failed registry/store/bus call or consumer doubles from retry_s up to this.
+_RETRY_MAX_S = 5.0
 
 T = TypeVar("T")
 
@@ -410,7 +413,7 @@ class ConnectorStage:
     # -- consuming -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self._settings.retry_s
+        backoff = Backoff(self._settings.retry_s, _RETRY_MAX_S, jitter=True)
         while not self._stopping.is_set():
             try:
                 async with self._bus.consumer(GROUP, PERSISTED) as consumer:
@@ -421,6 +424,7 @@ class ConnectorStage:
             except Exception as err:  # task top: count, log, back off, re-open the consumer
                 self.stats.loop_restarts += 1
                 self.stats.last_error = f"{type(err).__name__}: {err}"[:500]
+                delay = backoff.next_delay()
                 log.exception("connectors: consumer failed; re-opening in %.1fs", delay)
                 self._tracked.clear()  # the new consumer starts from the committed offsets
                 self._in_flight = 0
@@ -428,7 +432,6 @@ class ConnectorStage:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
-                delay = min(delay * 2, 5.0)
 
     async def _consume(self, consumer: Consumer) -> None:
         s = self._settings
@@ -721,16 +724,16 @@ class ConnectorStage:
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, retried with back-off while the store or bus is unavailable."""
-        delay = self._settings.retry_s
+        backoff = Backoff(self._settings.retry_s, _RETRY_MAX_S, jitter=True)
         while True:
             try:
                 return await call()
             except (StoreError, BusError, OSError) as err:
                 self.stats.lookup_retries += 1
                 self.stats.last_error = str(err)[:500]
+                delay = backoff.next_delay()
                 log.warning("connectors: %s; retrying in %.1fs", err, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _commit(self, consumer: Consumer, *, force_save: bool = False) -> None:
         """Commit each partition up to its watermark (see the module docstring) — never below

@@ -46,6 +46,7 @@ from fieldgate.protocol.codec import DecodeContext
 from fieldgate.protocol.codec.commands import encode_command_json
 from fieldgate.protocol.codec.json_events import decode_json
 from fieldgate.protocol.errors import DecodeError
+from fieldgate.retry import Backoff
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 
@@ -110,16 +111,16 @@ class DeviceLink:
     async def run(self, on_online: OnlineCallback) -> None:
         """The coordinator task (see the module docstring). Runs until cancelled."""
         tenant, device = self.key
-        backoff = self._acfg.backoff_initial_s
+        backoff = Backoff(self._acfg.backoff_initial_s, self._acfg.backoff_max_s)
         while True:
             try:
                 found = await self._discovery.find(self._match, self._acfg.scan_interval_s)
             except BLE_ERRORS as err:
                 self._stats.scan_failures += 1
                 self._health.error(tenant, device, "scan_failed")
-                log.warning("BLE %s: scanning failed: %s; retrying in %.1f s", device, err, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._acfg.backoff_max_s)
+                delay = backoff.next_delay()
+                log.warning("BLE %s: scanning failed: %s; retrying in %.1f s", device, err, delay)
+                await asyncio.sleep(delay)
                 continue
             if found is None:
                 self._stats.scan_misses += 1
@@ -138,15 +139,13 @@ class DeviceLink:
             except BLE_ERRORS as err:
                 self._stats.connect_failures += 1
                 self._health.error(tenant, device, "connect_failed")
-                log.warning("BLE %s: connect failed: %s; retrying in %.1f s", device, err, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._acfg.backoff_max_s)
+                delay = backoff.next_delay()
+                log.warning("BLE %s: connect failed: %s; retrying in %.1f s", device, err, delay)
+                await asyncio.sleep(delay)
                 continue
             if await self._session(client, gone, on_online):
-                backoff = self._acfg.backoff_initial_s
-            else:
-                backoff = min(backoff * 2, self._acfg.backoff_max_s)
-            await asyncio.sleep(backoff)
+                backoff.reset()
+            await backoff.sleep()
 
     async def _session(self, client: BleakClient, gone: asyncio.Event, on_online: OnlineCallback) -> bool:
         """Subscribe and stay until the device disconnects; True if the session was good."""

@@ -31,6 +31,7 @@ from fieldgate.edge.adapters.modbus.link import LinkError, PortError, RequestTim
 from fieldgate.edge.adapters.modbus.registers import ReadBlock, decode_block, plan_reads
 from fieldgate.edge.adapters.modbus.stats import ModbusStats
 from fieldgate.edge.health import HealthBoard
+from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class DeviceState:
     online: bool = False
     ever_online: bool = False
     next_due: float = 0.0
-    backoff_s: float = 0.0
+    # Offline: the probe's backoff, from the poll interval doubling up to the bus's
+    # ``offline_backoff_max_s`` (set by the coordinator); None while online.
+    offline_backoff: Backoff | None = None
     polls: int = 0
     probes: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -167,7 +170,7 @@ class BusCoordinator:
         """Open the port, retrying with capped exponential backoff; devices are offline meanwhile."""
         for dev in self.devices:
             self._mark_offline(dev, count=False)
-        delay = RECONNECT_INITIAL_S
+        backoff = Backoff(RECONNECT_INITIAL_S, self.config.reconnect_backoff_max_s)
         failures = 0
         while True:
             try:
@@ -179,8 +182,7 @@ class BusCoordinator:
                 self._stats.port_errors += 1
                 if failures == 1:
                     log.warning("modbus bus %s: %s; retrying with backoff", self.config.port, err.reason)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_backoff_max_s)
+            await backoff.sleep()
         if self._opened_once:
             self._stats.port_reconnects += 1
             log.info("modbus bus %s: port reopened after %d failed attempts", self.config.port, failures)
@@ -188,7 +190,7 @@ class BusCoordinator:
         now = asyncio.get_running_loop().time()
         for dev in self.devices:
             dev.next_due = now
-            dev.backoff_s = 0.0
+            dev.offline_backoff = None
 
     def _count(self, dev: DeviceState, kind: str) -> None:
         self._stats.count_error(kind)
@@ -245,10 +247,10 @@ class BusCoordinator:
         interval = dev.config.poll_interval_s
         if timed_out and not answered:
             self._mark_offline(dev)
-            dev.backoff_s = (
-                interval if dev.backoff_s == 0 else min(dev.backoff_s * 2, self.config.offline_backoff_max_s)
-            )
-            dev.next_due = now + dev.backoff_s
+            if dev.offline_backoff is None:  # never probed more often than it is polled
+                cap = max(interval, self.config.offline_backoff_max_s)
+                dev.offline_backoff = Backoff(interval, cap)
+            dev.next_due = now + dev.offline_backoff.next_delay()
             return None
         if not answered:
             dev.next_due = now + interval
@@ -262,7 +264,7 @@ class BusCoordinator:
                 log.info("modbus %s (unit %d) answers again: online", dev.config.device, dev.config.unit)
             dev.ever_online = True
         self._health.seen(dev.config.tenant, dev.config.device)
-        dev.backoff_s = 0.0
+        dev.offline_backoff = None
         if probing and len(dev.blocks) > 1:
             dev.next_due = now  # the probe read one block: read them all right away
             return went_online, {}

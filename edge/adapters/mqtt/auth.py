@@ -40,11 +40,11 @@ from fieldgate.edge.adapters.mqtt.credentials import (
     new_identity,
     verify_password,
 )
-from fieldgate.edge.adapters.mqtt.dispatch import Throttle
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
 from fieldgate.edge.config import MqttAuthConfig
 from fieldgate.errors import ConfigError
 from fieldgate.protocol import topics
+from fieldgate.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class DeviceAuthenticator:
         self._writing = asyncio.Lock()
         self._pending: OrderedDict[tuple[str, str], IssuedCredentials] = OrderedDict()
         self._dummy_hash: str | None = None
-        self._refused_log = Throttle()
-        self._reload_log = Throttle()
+        self._refused_log = LogThrottle()
+        self._reload_log = LogThrottle()
 
     @property
     def store(self) -> CredentialStore:

@@ -29,8 +29,8 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from fieldgate.edge.adapters.mqtt import acl
 from fieldgate.edge.adapters.mqtt.acl import Principal
 from fieldgate.edge.adapters.mqtt.auth import DeviceAuthenticator
-from fieldgate.edge.adapters.mqtt.dispatch import Throttle
 from fieldgate.edge.adapters.mqtt.stats import MqttStats
+from fieldgate.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class DeviceAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]
         self.stats: MqttStats | None = None
         # client id → (id of the amqtt Session it logged in on, principal)
         self._principals: dict[str, tuple[int, Principal]] = {}
-        self._denied_log = Throttle()
+        self._denied_log = LogThrottle()
 
     def principal_of(self, session: Any) -> Principal | None:
         client_id = getattr(session, "client_id", None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from collections.abc import Collection, Mapping
 
 from fieldgate.edge.adapters import EventSink
@@ -31,6 +30,7 @@ from fieldgate.protocol import topics
 from fieldgate.protocol.codec import DecodeContext, EventDecoder
 from fieldgate.protocol.codec.formats import decoder_for
 from fieldgate.protocol.errors import DecodeError
+from fieldgate.throttle import LogThrottle
 from fieldgate.timeutil import now_ms
 
 log = logging.getLogger(__name__)
@@ -51,28 +51,6 @@ class Outcome(enum.Enum):
     @property
     def acknowledge(self) -> bool:
         return self in (Outcome.ACCEPTED, Outcome.REJECTED, Outcome.IGNORED, Outcome.DENIED)
-
-
-class _Throttle:
-    """Log a recurring condition at most once per ``interval_s``, with how often it recurred."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self._interval = interval_s
-        self._next = 0.0
-        self._suppressed = 0
-
-    def ready(self) -> int | None:
-        """None if suppressed, else how many occurrences were suppressed since the last log."""
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return None
-        self._next = now + self._interval
-        count, self._suppressed = self._suppressed, 0
-        return count
-
-
-Throttle = _Throttle  # also used by the broker's authentication (rate-limited refusal logs)
 
 
 class Dispatcher:
@@ -98,9 +76,9 @@ class Dispatcher:
         self._devices = devices
         self._links = links
         self._decoders = dict(decoders) if decoders is not None else {f: decoder_for(f) for f in _FORMATS}
-        self._held_log = _Throttle()
-        self._failed_log = _Throttle()
-        self._denied_log = _Throttle()
+        self._held_log = LogThrottle()
+        self._failed_log = LogThrottle()
+        self._denied_log = LogThrottle()
 
     def wants(self, topic: str) -> bool:
         """True for topics this dispatcher handles (the embedded broker relays the others only)."""

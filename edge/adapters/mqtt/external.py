@@ -59,6 +59,7 @@ from fieldgate.edge.errors import DeliveryError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.protocol import topics
 from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
 
@@ -68,7 +69,6 @@ COMMAND_ACK_TIMEOUT_S = 10.0
 CONNACK_TIMEOUT_S = 10.0
 # On stop, messages still being handed over get this long to finish (and be acknowledged).
 STOP_DRAIN_TIMEOUT_S = 5.0
-_MAX_BACKOFF_EXPONENT = 30
 
 
 class _ConnectRefused(Exception):
@@ -93,8 +93,7 @@ class ExternalMqttAdapter:
     ) -> None:
         self._config = config
         self._tenants = frozenset(tenants)
-        self._backoff_initial = backoff_initial_s
-        self._backoff_max = backoff_max_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._high = max_inflight
         self._low = max_inflight // 2
         self._max_pending_commands = max_pending_commands
@@ -122,7 +121,6 @@ class ExternalMqttAdapter:
         self._ended: asyncio.Future[str] | None = None
         self._ready = asyncio.Event()
         self._dropping = False
-        self._attempt = 0
         self._sink_trouble = False
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -242,10 +240,7 @@ class ExternalMqttAdapter:
                 reason = f"unexpected error ({err!r})"
             if self._stopping:
                 return
-            delay = min(
-                self._backoff_max, self._backoff_initial * 2 ** min(self._attempt, _MAX_BACKOFF_EXPONENT)
-            )
-            self._attempt += 1
+            delay = self._backoff.next_delay()
             log.warning(
                 "MQTT broker %s:%d: %s; reconnecting in %.1f s",
                 self._config.host,
@@ -285,7 +280,7 @@ class ExternalMqttAdapter:
             "resumed" if session_present else "new",
         )
         if not self._sink_trouble:
-            self._attempt = 0
+            self._backoff.reset()
         reason = await self._ended
         self._ready.clear()
         return reason
@@ -367,7 +362,7 @@ class ExternalMqttAdapter:
                 self._client.ack(mid, qos)
             if outcome is Outcome.ACCEPTED and self._sink_trouble and current:
                 self._sink_trouble = False
-                self._attempt = 0
+                self._backoff.reset()
         elif qos and current:
             self._drop(f"a message on {topic} was not made durable ({outcome.value})")
 

@@ -32,6 +32,7 @@ from fieldgate.edge.adapters.serial.stats import SerialStats
 from fieldgate.edge.errors import BufferFull, DeliveryError, EdgeError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.protocol.errors import EncodeError
+from fieldgate.retry import Backoff
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # Commands awaiting an ack on one port; more are refused at once (the device is not keeping up).
 MAX_PENDING_COMMANDS = 32
+BUFFER_FULL_RETRY_INITIAL_S = 0.02
 BUFFER_FULL_RETRY_MAX_S = 1.0
 
 
@@ -74,7 +76,7 @@ class SerialPort:
     async def run(self, sink: EventSink, on_online: OnlineCallback) -> None:
         """Runs until cancelled. Catch-all at the top: an unexpected failure is logged and
         counted, the port is closed and reopened; it never ends the agent."""
-        delay = self.config.reconnect_initial_s
+        backoff = Backoff(self.config.reconnect_initial_s, self.config.reconnect_max_s)
         opened_before = False
         quiet_failures = 0
         while True:
@@ -89,8 +91,7 @@ class SerialPort:
                         "serial %s (%s/%s): %s; retrying", self.config.port, self.tenant, self.device, err
                     )
                 quiet_failures += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.reconnect_max_s)
+                await backoff.sleep()
                 continue
             quiet_failures = 0
             self._stats.ports_open += 1
@@ -119,9 +120,8 @@ class SerialPort:
                 self._close(link)
             opened_before = True
             if self._delivered:
-                delay = self.config.reconnect_initial_s
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.reconnect_max_s)
+                backoff.reset()
+            await backoff.sleep()
 
     async def _session(
         self, link: SerialLink, sink: EventSink, on_online: OnlineCallback, *, reconnect: bool
@@ -194,15 +194,14 @@ class SerialPort:
                 await sink.reject(bad.payload, source=self.source, reason=bad.reason, tenant=self.tenant)
 
     async def _deliver(self, events: list[pb.Event], sink: EventSink) -> None:
-        delay = 0.02
+        backoff = Backoff(BUFFER_FULL_RETRY_INITIAL_S, BUFFER_FULL_RETRY_MAX_S)
         while True:
             try:
                 await sink.accept(events, source=self.source)
             except BufferFull:
                 # Not reading meanwhile: the tty buffer and then the device hold the data.
                 self._stats.buffer_full_waits += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BUFFER_FULL_RETRY_MAX_S)
+                await backoff.sleep()
                 continue
             except EdgeError as err:
                 self._stats.events_failed += len(events)
