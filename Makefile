@@ -21,6 +21,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy fieldgate
 

@@ -12,6 +12,8 @@ echo "== generated protobuf code is current"
 python scripts/gen_proto.py --check
 echo "== ruff"
 ruff check .
+echo "== import boundaries (import-linter: pyproject's [tool.importlinter] contracts)"
+lint-imports --no-cache --no-logo
 echo "== mypy"
 mypy fieldgate
 echo "== Kafka, ZooKeeper and Cassandra jars (Maven Central through mvn; cached)"
