@@ -19,7 +19,7 @@ from fieldgate.cloud.config import CloudConfig, StoreConfig
 from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.backend import build_cassandra, load_token_secret
-from fieldgate.cloud.store.cassandra.registry import CassandraInvocationStore, CassandraRegistry
+from fieldgate.cloud.store.cassandra.registry import _BUCKET, CassandraInvocationStore, CassandraRegistry
 from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
@@ -209,6 +209,31 @@ async def test_two_replicas_moving_the_same_invocation_one_wins(
         )
         assert a is not None and a == b  # the loser returns the winner's state
         assert await one.get("acme", f"inv-{i}") == a
+    assert await two.list_pending("acme") == []
+
+
+@pytest.mark.distributed
+async def test_a_create_retried_after_a_crash_requeues_the_invocation(
+    invocation_replicas: tuple[CassandraInvocationStore, CassandraInvocationStore],
+) -> None:
+    """A process that died between storing an invocation and queueing it (two writes on
+    Cassandra) left a QUEUED invocation that list_pending did not show, so it was never sent;
+    the create retried with the same id (a batch runner resuming) puts it back in the queues."""
+    one, two = invocation_replicas
+    await one.create(inv(0))
+    ctx = await one._open("acme", create=False)
+    assert ctx is not None
+    seq = (await one._run(ctx["sel"], ("inv-0",)))[0][0]
+    await one._run(ctx["del_queued"], (_BUCKET, seq))  # the crash: queue entries never written
+    await one._run(ctx["del_queued_device"], ("dev-1", seq))
+    assert await two.list_pending("acme") == []
+    with pytest.raises(Conflict):
+        await two.create(inv(0))
+    assert [i.id for i in await one.list_pending("acme")] == ["inv-0"]
+    assert [i.id for i in await one.pending_for_device("acme", "dev-1")] == ["inv-0"]
+    await one.update_status("acme", "inv-0", svc.COMMAND_STATUS_DELIVERED)
+    with pytest.raises(Conflict):  # not QUEUED any more: nothing is queued again
+        await two.create(inv(0))
     assert await two.list_pending("acme") == []
 
 

@@ -138,10 +138,16 @@ async def test_restart_mid_batch_invokes_every_device_exactly_once(world: World)
     try:
 
         async def all_invoked() -> bool:
+            # The runner records the last element, then marks the operation RUNNING: wait for both.
             counts = await second.store.count_elements(T, op.id)
-            return counts.get(ElementStatus.QUEUED.value, 0) == 40
+            current = await second.store.get_operation(T, op.id)
+            return (
+                counts.get(ElementStatus.QUEUED.value, 0) == 40
+                and current is not None
+                and current.status is OperationStatus.RUNNING
+            )
 
-        await eventually(all_invoked, timeout=30, what="all 40 elements queued")
+        await eventually(all_invoked, timeout=30, what="all 40 elements queued and the operation running")
     finally:
         await second.stop()
     assert second.already_invoked >= 1  # the crashed element was found, not invoked again
@@ -155,7 +161,6 @@ async def test_restart_mid_batch_invokes_every_device_exactly_once(world: World)
     assert {q.id for q in queued} == {element_invocation_id(T, op.id, f"act-{i:02d}") for i in range(40)}
     elements, total = await second.store.list_elements(T, op.id, 1, 100)
     assert total == 40 and all(e.invocation == element_invocation_id(T, op.id, e.device) for e in elements)
-    assert (await second.store.get_operation(T, op.id)).status is OperationStatus.RUNNING  # type: ignore[union-attr]
 
 
 async def test_cancel_stops_the_elements_not_yet_invoked(world: World) -> None:

@@ -1096,15 +1096,31 @@ class CassandraInvocationStore(_CassandraStore):
             stored.SerializeToString(),
         )
         if not _applied(await self._run(ctx["ins"], params)):
+            await self._requeue_if_queued(ctx, stored.id)
             raise Conflict(f"invocation {stored.id!r} already exists")
         if stored.status == _QUEUED:
-            await self._db.gather(
-                [
-                    self._run(ctx["ins_queued"], (_BUCKET, seq, stored.id, stored.expires_ms)),
-                    self._run(ctx["ins_queued_device"], (stored.device, seq, stored.id)),
-                ]
-            )
+            await self._enqueue(ctx, seq, stored.id, stored.device, stored.expires_ms)
         return stored
+
+    async def _enqueue(
+        self, ctx: dict[str, Any], seq: Any, inv_id: str, device: str, expires_ms: int
+    ) -> None:
+        await self._db.gather(
+            [
+                self._run(ctx["ins_queued"], (_BUCKET, seq, inv_id, expires_ms)),
+                self._run(ctx["ins_queued_device"], (device, seq, inv_id)),
+            ]
+        )
+
+    async def _requeue_if_queued(self, ctx: dict[str, Any], inv_id: str) -> None:
+        """A create of an existing id: if that invocation is QUEUED, write its queue entries
+        again (same seq, so idempotent). A process that died between storing an invocation and
+        queueing it left it out of :meth:`list_pending`; the retried create (a batch runner
+        resuming, an alternate id sent again) repairs it."""
+        rows = await self._run(ctx["sel"], (inv_id,))
+        if rows and rows[0][1] == _QUEUED:
+            existing = _parse(svc.InvocationState, rows[0][2])
+            await self._enqueue(ctx, rows[0][0], existing.id, existing.device, existing.expires_ms)
 
     async def get(self, tenant: str, invocation_id: str) -> svc.InvocationState | None:
         ctx = await self._open(tenant, create=False)

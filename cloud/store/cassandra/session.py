@@ -156,6 +156,10 @@ class CassandraSession:
             port=self._port,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=self._connect_timeout_s,
+            # The driver's default (2 s) for the control connection's first queries (system
+            # tables, schema) fails the connect of a busy or just-started node, while the socket
+            # itself is up: give it the request timeout.
+            control_connection_timeout=self._request_timeout_s,
         )
         try:
             session = await asyncio.to_thread(cluster.connect)
