@@ -52,7 +52,6 @@ from fastapi import FastAPI
 
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
 from fieldgate.cloud.api.rest.app import create_api
-from fieldgate.cloud.api.rest.auth import TokenAuthority, UserSessions
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.domain.connectors.targets import TargetPolicy
 from fieldgate.cloud.errors import CloudError
@@ -70,6 +69,7 @@ from fieldgate.cloud.pipeline.stage import ConsumerStage
 from fieldgate.cloud.pipeline.state import DeviceStateStage
 from fieldgate.cloud.pipeline.zones import ZonePolygons
 from fieldgate.cloud.services.access import Role
+from fieldgate.cloud.services.auth import TokenAuthority, UserSessions
 from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.services.connectors import ConnectorAdmin
@@ -276,7 +276,7 @@ class CloudApp:
         )
         self.sessions = EdgeSessions()
         # Whether a token's user still is what the token says: REST and gRPC check each request
-        # (cloud/api/rest/auth.py); a deleted tenant's users are dropped from it here.
+        # (cloud/services/auth.py); a deleted tenant's users are dropped from it here.
         self.user_sessions = UserSessions(self.users)
         self.commands = CommandService(
             self.registry,

@@ -17,6 +17,12 @@ class StoreError(CloudError):
     """An event or registry store operation failed."""
 
 
+class Unauthenticated(CloudError):
+    """The caller's credentials prove nothing: a bearer token that is expired, forged, malformed,
+    signed with a key no longer accepted, or whose user was deleted or changed
+    (cloud/services/auth.py). REST 401 with ``WWW-Authenticate: Bearer``, gRPC UNAUTHENTICATED."""
+
+
 class NotFound(CloudError):
     """A named entity (tenant, device, device type, invocation, ...) does not exist."""
 

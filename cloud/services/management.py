@@ -27,12 +27,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, UnknownReference
+from fieldgate.cloud.errors import Conflict, InUse, InvalidRequest, NotFound, StoreError, UnknownReference
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.events import AssignmentEventQuery, EventQuery, EventStore
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.store.site import Kind, SiteStore
-from fieldgate.cloud.store.state import DeviceStateStore
+from fieldgate.cloud.store.state import DeviceState, DeviceStateStore, Presence
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -302,6 +302,32 @@ class Management:
         invocation of it); nothing to check for a caller that sees the whole tenant."""
         if customer is not None:
             await self.get_device(tenant, device, customer=customer)
+
+    # device state ---------------------------------------------------------------------------
+
+    def _state_store(self) -> DeviceStateStore:
+        if self._states is None:
+            raise StoreError("this process keeps no device state (Management built without states)")
+        return self._states
+
+    async def device_state(self, tenant: str, token: str, *, customer: str | None = None) -> DeviceState:
+        """The device's last-known state (cloud/pipeline/state.py keeps it); NotFound for a
+        device the caller cannot see, or one no event of which reached the state stage yet."""
+        await self.get_device(tenant, token, customer=customer)
+        found = (await self._state_store().get_states(tenant, [token])).get(token)
+        if found is None:
+            raise NotFound(f"device {token!r} has no state yet (no event of it reached the state stage)")
+        return found
+
+    async def list_device_states(
+        self, tenant: str, presence: Presence | None, page: int, page_size: int
+    ) -> Page[DeviceState]:
+        """The tenant's device states in device token order, of one presence or all (tenant-wide:
+        the transports refuse it to customer users)."""
+        check_page(page, page_size)
+        return await self._state_store().list_states(
+            tenant, presence=presence, page=page, page_size=page_size
+        )
 
     # assignments ------------------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ import httpx
 from fastapi import FastAPI
 
 from fieldgate.cloud.api.rest.app import create_api
-from fieldgate.cloud.api.rest.auth import LoginThrottle
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.services.access import Role
+from fieldgate.cloud.services.auth import LoginThrottle
 from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.services.tenants import TenantStores

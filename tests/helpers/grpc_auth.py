@@ -15,8 +15,8 @@ import grpc
 import grpc.aio
 
 from fieldgate.cloud.api.grpc.server import request_tenant
-from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.services.access import Principal, Role
+from fieldgate.cloud.services.auth import TokenAuthority
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

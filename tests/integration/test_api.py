@@ -10,8 +10,8 @@ import httpx
 import jwt
 import pytest
 
-from fieldgate.cloud.api.rest.auth import key_id
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS
+from fieldgate.cloud.services.auth import key_id
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc

@@ -29,12 +29,12 @@ from pydantic import TypeAdapter
 from fieldgate.cli import main
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
 from fieldgate.cloud.api.rest.app import MAX_BODY_BYTES
-from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.api.rest.routes.tenants import PipelineChange, TenantChange, TenantIn
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.jsontypes import integral
 from fieldgate.cloud.services.access import api_routes
+from fieldgate.cloud.services.auth import TokenAuthority
 from fieldgate.cloud.services.management import MAX_PAGE, MAX_PAGE_SIZE
 from fieldgate.cloud.services.users import MIN_PASSWORD
 from fieldgate.cloud.zk.models import PipelineSettings, TenantSettings

@@ -18,7 +18,6 @@ import pytest
 
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
 from fieldgate.cloud.api.rest.app import create_api
-from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.bus import DECODED, PERSISTED, STAGES, Message, topic_name
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.domain.connectors.models import ConnectorSpec
@@ -26,6 +25,7 @@ from fieldgate.cloud.domain.connectors.sink import Sink
 from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.pipeline.ingest.ratelimit import TokenBucket
 from fieldgate.cloud.pipeline.stage import messages_by_device
+from fieldgate.cloud.services.auth import TokenAuthority
 from fieldgate.cloud.services.tenants import TenantAdmin
 from fieldgate.cloud.zk.models import TenantSettings, TenantSettingsRegistry
 from fieldgate.timeutil import now_ms

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
-from fieldgate.cloud.api.rest.auth import TokenAuthority
+from fieldgate.cloud.services.auth import TokenAuthority
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc

@@ -17,10 +17,10 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
-from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import AuthConfig, CloudConfig, TenantConfig, TlsConfig
 from fieldgate.cloud.services.access import Principal, Role
+from fieldgate.cloud.services.auth import TokenAuthority
 from fieldgate.cloud.services.rules import RuleBook, RuleService
 from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 from fieldgate.cloud.tls import ServerTls

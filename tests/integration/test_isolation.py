@@ -31,7 +31,6 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
-from fieldgate.cloud.api.rest.auth import TokenAuthority
 from fieldgate.cloud.services.access import (
     GRANTS,
     GRPC_METHODS,
@@ -43,6 +42,7 @@ from fieldgate.cloud.services.access import (
     api_routes,
     route_policies,
 )
+from fieldgate.cloud.services.auth import TokenAuthority
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.api_stack import SECRET, USERS, ApiStack, api_stack, login

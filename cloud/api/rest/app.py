@@ -16,13 +16,7 @@ from pydantic import BaseModel
 
 from fieldgate import __version__
 from fieldgate.cloud.api.rest.api_docs import api_docs_router
-from fieldgate.cloud.api.rest.auth import (
-    AccessPolicy,
-    LoginThrottle,
-    TokenAuthority,
-    UserSessions,
-    auth_router,
-)
+from fieldgate.cloud.api.rest.auth import AccessPolicy, auth_router
 from fieldgate.cloud.api.rest.dashboard import DashboardFiles, dashboard_router, install_spa_fallback
 from fieldgate.cloud.api.rest.errors import install_error_handlers, limit_bodies
 from fieldgate.cloud.api.rest.routes.batch import batch_router
@@ -41,6 +35,7 @@ from fieldgate.cloud.api.rest.routes.users import users_router
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.health import CloudHealth, health_routes
 from fieldgate.cloud.services.access import Permission, check_routes, public
+from fieldgate.cloud.services.auth import LoginThrottle, TokenAuthority, UserSessions
 from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.services.connectors import ConnectorAdmin
@@ -106,7 +101,7 @@ def create_api(
     owner, who also closes its streams before stopping the server) serves ``/api/v1/live``;
     ``edges`` (the edge directory) feeds ``/api/v1/edges``; ``static_dir`` is the dashboard
     build to serve (default: the package's, cloud/api/rest/dashboard.py).
-    ``sessions`` checks each token's user (cloud/api/rest/auth.py; the process's own, so that its
+    ``sessions`` checks each token's user (cloud/services/auth.py; the process's own, so that its
     tenant deletions clear it; a new one over ``users`` by default).
     """
     del invocations  # read through ``commands``
@@ -124,7 +119,7 @@ def create_api(
     # Requests are small JSON documents; refuse bigger bodies (413) before buffering them.
     limit_bodies(app, MAX_BODY_BYTES)
     authority = TokenAuthority(secret, auth.token_ttl_s, previous_secrets)
-    # Every request checks that the token's user still is what the token says (cloud/api/rest/auth.py);
+    # Every request checks that the token's user still is what the token says (cloud/services/auth.py);
     # the routes' own user changes clear that check's cache at once.
     sessions = sessions if sessions is not None else UserSessions(users)
     users = sessions.tracking(users)
@@ -148,7 +143,7 @@ def create_api(
     if connectors is not None:
         app.include_router(connectors_router(connectors, policy.require(Permission.ADMIN)))
     if state_store is not None:  # device state and presence (cloud/pipeline/state.py)
-        app.include_router(state_router(mgmt, state_store, policy))
+        app.include_router(state_router(mgmt, policy))
     if rules is not None:  # rules -> alerts (docs/rules.md)
         app.include_router(rules_router(rules, policy, mgmt))
     if batch is not None:  # batch operations and schedules (cloud/services/batch.py, scheduler.py)

@@ -1,7 +1,8 @@
 """How the REST API answers errors: always ``{"detail": "<message>"}``, never a 500 for bad input.
 
 Domain errors raised anywhere below the routes (``fieldgate.cloud.errors``) are mapped here,
-once: NotFound → 404, Conflict → 409, InvalidRequest → 422, and a storage or bus failure → 503
+once: Unauthenticated → 401 (with ``WWW-Authenticate: Bearer``), NotFound → 404, Conflict → 409,
+InvalidRequest → 422, and a storage or bus failure → 503
 (the request may be retried; it was not the caller's fault). FastAPI's own validation errors
 (malformed JSON, wrong types, unknown fields, out-of-range query values) become a 422 whose
 ``detail`` is one readable string, with the structured list kept under ``errors``. A request
@@ -25,7 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fieldgate.cloud.errors import CloudError, Conflict, InvalidRequest, NotFound, UnknownReference
+from fieldgate.cloud.errors import (
+    CloudError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    UnknownReference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,8 @@ _STATUS: tuple[tuple[type[CloudError], int], ...] = (
     (InvalidRequest, status.HTTP_422_UNPROCESSABLE_CONTENT),
 )
 _MAX_LISTED = 10
+#: The challenge of a 401 (RFC 6750).
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def _where(loc: object) -> str:
@@ -69,6 +79,12 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_cloud_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, Unauthenticated):
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            headers=CHALLENGE,
+        )
     if isinstance(exc, UnknownReference):
         return JSONResponse(
             {"detail": str(exc), "reference": {"kind": exc.kind, "token": exc.token}},

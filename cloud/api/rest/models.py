@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Stri
 
 from fieldgate.cloud.jsontypes import integral
 from fieldgate.cloud.services.commands import MAX_TTL_S
+from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.management import NAME_PATTERN, TOKEN_PATTERN
 from fieldgate.cloud.services.users import (
     CUSTOMER_PATTERN,
@@ -23,7 +24,6 @@ from fieldgate.cloud.services.users import (
     UserRecord,
 )
 from fieldgate.cloud.store import Page
-from fieldgate.timeutil import ms_to_iso
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
@@ -51,16 +51,6 @@ ParamKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def iso(ms: int) -> str:
-    """ISO 8601 for an epoch-ms time; empty for 0 (unset) or a time no calendar can show."""
-    if ms <= 0:
-        return ""
-    try:
-        return ms_to_iso(ms)
-    except (ValueError, OverflowError, OSError):
-        return ""
 
 
 def _json_value(text: str) -> Any:

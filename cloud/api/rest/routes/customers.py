@@ -11,11 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel, Field
 
-from fieldgate.cloud.api.rest.models import DeviceOut, Metadata, PageOut, _In, error_docs, iso, page_fields
+from fieldgate.cloud.api.rest.models import DeviceOut, Metadata, PageOut, _In, error_docs, page_fields
 from fieldgate.cloud.api.rest.paging import PageQuery
 from fieldgate.cloud.errors import NotFound
 from fieldgate.cloud.services.access import Principal
 from fieldgate.cloud.services.customers import MAX_DESCRIPTION, MAX_NAME, CustomerManagement, matches
+from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.management import TOKEN_PATTERN
 from fieldgate.cloud.store.site import OPT_TOKEN_PATTERN
 from fieldgate.v1 import model_pb2 as model

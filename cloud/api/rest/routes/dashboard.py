@@ -20,10 +20,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from fieldgate.cloud.api.rest.auth import AccessPolicy
-from fieldgate.cloud.api.rest.models import InvocationOut, PageOut, error_docs, event_out, iso, page_fields
+from fieldgate.cloud.api.rest.models import InvocationOut, PageOut, error_docs, event_out, page_fields
 from fieldgate.cloud.api.rest.paging import PageQuery
 from fieldgate.cloud.api.rest.routes.registry import ERRORS
 from fieldgate.cloud.services.access import Permission, Principal, Role
+from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.fleet import FleetQueries
 from fieldgate.cloud.services.live import LiveHub, Subscription, TooManyStreams
 from fieldgate.cloud.services.management import Management

@@ -15,10 +15,11 @@ from typing import Annotated, Literal, Self, TypeVar, cast
 from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel, Field, Strict, StrictFloat, field_validator
 
-from fieldgate.cloud.api.rest.models import Metadata, PageOut, _In, error_docs, iso, page_fields
+from fieldgate.cloud.api.rest.models import Metadata, PageOut, _In, error_docs, page_fields
 from fieldgate.cloud.api.rest.paging import PageQuery
 from fieldgate.cloud.errors import NotFound
 from fieldgate.cloud.services.access import Principal
+from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.management import TOKEN_PATTERN, Management
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.site import (

@@ -19,10 +19,11 @@ from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
-from fieldgate.cloud.api.rest.models import PageOut, error_docs, iso
+from fieldgate.cloud.api.rest.models import PageOut, error_docs
 from fieldgate.cloud.api.rest.paging import PageQuery
 from fieldgate.cloud.jsontypes import integral
 from fieldgate.cloud.services.access import Principal
+from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.tenants import ConfirmationRequired, TenantAdmin
 from fieldgate.cloud.zk.models import ALL_DECODERS, PipelineSettings, TenantSettings
 from fieldgate.protocol.topics import Format
