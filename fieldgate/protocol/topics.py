@@ -3,7 +3,8 @@
 Devices publish to ``fieldgate/<tenant>/devices/<device>/events`` (JSON) or
 ``.../events/pb`` (a protobuf ``EventBatch``) and receive commands on
 ``fieldgate/<tenant>/devices/<device>/commands``. SiteWhere devices publish JSON to
-``SiteWhere/<tenant>/input/json`` and name their device inside the payload. A device (or the
+``SiteWhere/<tenant>/input/json`` or SiteWhere's protobuf messages to
+``SiteWhere/<tenant>/input/protobuf`` and name their device inside the payload. A device (or the
 gateway speaking for it) may report its own link on ``fieldgate/<tenant>/devices/<device>/link``
 — ``connected`` after connecting, ``disconnected`` as its will message — which is how an edge
 behind an external broker learns that a device went away.
@@ -19,8 +20,10 @@ ROOT = "fieldgate"
 EVENTS_FILTER = f"{ROOT}/+/devices/+/events"
 EVENTS_PB_FILTER = f"{ROOT}/+/devices/+/events/pb"
 SITEWHERE_FILTER = "SiteWhere/+/input/json"
+SITEWHERE_PB_FILTER = "SiteWhere/+/input/protobuf"
+SITEWHERE_FILTERS = (SITEWHERE_FILTER, SITEWHERE_PB_FILTER)
 LINK_FILTER = f"{ROOT}/+/devices/+/link"
-SUBSCRIPTIONS = (EVENTS_FILTER, EVENTS_PB_FILTER, SITEWHERE_FILTER, LINK_FILTER)
+SUBSCRIPTIONS = (EVENTS_FILTER, EVENTS_PB_FILTER, SITEWHERE_FILTER, SITEWHERE_PB_FILTER, LINK_FILTER)
 # Payloads of the link topic (exact text, no JSON): a will message is static, so is the contract.
 LINK_CONNECTED = "connected"
 LINK_DISCONNECTED = "disconnected"
@@ -28,7 +31,11 @@ LINK_DISCONNECTED = "disconnected"
 # Tenant and device tokens: what fits in a topic level and a URL path segment.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
+# The payload family, recorded on every event (FORMAT_METADATA_KEY) and named in a tenant's
+# ``decoders``: "sitewhere" covers both of SiteWhere's encodings.
 Format = Literal["json", "protobuf", "sitewhere"]
+# The codec that decodes a topic's payloads (one per Format, two for SiteWhere).
+Codec = Literal["json", "protobuf", "sitewhere", "sitewhere-protobuf"]
 
 # Event metadata key under which the MQTT adapter records the payload format an event was
 # decoded from (set by the edge, overwriting any device-supplied value), so the cloud can
@@ -41,6 +48,7 @@ class InboundTopic:
     tenant: str
     device: str | None  # None for SiteWhere topics: the payload names the device
     format: Format
+    codec: Codec
 
 
 def parse_inbound(topic: str) -> InboundTopic | None:
@@ -52,11 +60,13 @@ def parse_inbound(topic: str) -> InboundTopic | None:
         tenant, device = parts[1], parts[3]
         if not (TOKEN_RE.match(tenant) and TOKEN_RE.match(device)):
             return None
-        return InboundTopic(tenant, device, "protobuf" if len(parts) == 6 else "json")
-    if len(parts) == 4 and parts[0] == "SiteWhere" and parts[2] == "input" and parts[3] == "json":
-        if not TOKEN_RE.match(parts[1]):
+        fmt: Format = "protobuf" if len(parts) == 6 else "json"
+        return InboundTopic(tenant, device, fmt, fmt)
+    if len(parts) == 4 and parts[0] == "SiteWhere" and parts[2] == "input":
+        if parts[3] not in ("json", "protobuf") or not TOKEN_RE.match(parts[1]):
             return None
-        return InboundTopic(parts[1], None, "sitewhere")
+        codec: Codec = "sitewhere" if parts[3] == "json" else "sitewhere-protobuf"
+        return InboundTopic(parts[1], None, "sitewhere", codec)
     return None
 
 

@@ -58,7 +58,7 @@ def test_every_mosquitto_pub_example_decodes(topic: str, payload: bytes) -> None
     inbound = parse_inbound(topic)
     assert inbound is not None, topic
     ctx = DecodeContext(inbound.tenant, inbound.device, CTX.received_ms)
-    assert decoder_for(inbound.format)(payload, ctx)
+    assert decoder_for(inbound.codec)(payload, ctx)
 
 
 @pytest.mark.parametrize("block", _blocks("json"))

@@ -31,7 +31,7 @@ def test_each_inbound_topic_decodes_with_its_codec(topic: str, payload: bytes, d
     inbound = parse_inbound(topic)
     assert inbound is not None
     ctx = DecodeContext(inbound.tenant, inbound.device, 1_700_000_000_000)
-    (event,) = decoder_for(inbound.format)(payload, ctx)
+    (event,) = decoder_for(inbound.codec)(payload, ctx)
     assert (event.tenant, event.device, dict(event.measurement.values)) == ("default", device, {"t": 7.0})
 
 

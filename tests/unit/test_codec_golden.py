@@ -18,14 +18,15 @@ from fieldgate.protocol.codec import DecodeContext, DecodeError
 from fieldgate.protocol.codec.commands import encode_command_json
 from fieldgate.protocol.codec.formats import decoder_for
 from fieldgate.protocol.errors import EncodeError
-from fieldgate.protocol.topics import Format
+from fieldgate.protocol.topics import Codec
 from fieldgate.v1 import events_pb2 as pb
 
 GOLDEN = Path(__file__).parent / "golden"
-DECODER_FILES: dict[str, Format] = {
+DECODER_FILES: dict[str, Codec] = {
     "json_events.json": "json",
     "sitewhere.json": "sitewhere",
     "protobuf.json": "protobuf",
+    "sitewhere_protobuf.json": "sitewhere-protobuf",
 }
 
 
@@ -59,7 +60,7 @@ def _as_dict(event: pb.Event) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("fmt", "ctx", "case"), _cases("good"))
 def test_good_payload_decodes_to_the_expected_events(
-    fmt: Format, ctx: DecodeContext, case: dict[str, Any]
+    fmt: Codec, ctx: DecodeContext, case: dict[str, Any]
 ) -> None:
     events = decoder_for(fmt)(_payload(case), ctx)
     expected = [json_format.ParseDict(e, pb.Event()) for e in case["events"]]
@@ -67,9 +68,7 @@ def test_good_payload_decodes_to_the_expected_events(
 
 
 @pytest.mark.parametrize(("fmt", "ctx", "case"), _cases("bad"))
-def test_bad_payload_is_refused_with_its_reason(
-    fmt: Format, ctx: DecodeContext, case: dict[str, Any]
-) -> None:
+def test_bad_payload_is_refused_with_its_reason(fmt: Codec, ctx: DecodeContext, case: dict[str, Any]) -> None:
     with pytest.raises(DecodeError) as caught:
         decoder_for(fmt)(_payload(case), ctx)
     assert case["reason"] in caught.value.reason

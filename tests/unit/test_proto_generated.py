@@ -1,4 +1,4 @@
-"""The generated protobuf code in fieldgate/v1 must match proto/: a stale checkout fails here.
+"""The generated protobuf code in fieldgate/v1 and fieldgate/sitewhere must match proto/: a stale checkout fails here.
 
 ``scripts/gen_proto.py --check`` regenerates into a temporary directory and compares. The second
 test proves the check has teeth: in a copy of the repository it fails once a .proto changes.
@@ -34,6 +34,7 @@ def test_the_check_fails_when_a_proto_changed(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
     shutil.copytree(ROOT / "proto", tmp_path / "proto")
     shutil.copytree(ROOT / "fieldgate" / "v1", tmp_path / "fieldgate" / "v1")
+    shutil.copytree(ROOT / "fieldgate" / "sitewhere", tmp_path / "fieldgate" / "sitewhere")
     assert _check(tmp_path).returncode == 0
 
     events = tmp_path / "proto" / "fieldgate" / "v1" / "events.proto"
@@ -41,3 +42,14 @@ def test_the_check_fails_when_a_proto_changed(tmp_path: Path) -> None:
     result = _check(tmp_path)
     assert result.returncode == 1
     assert "stale generated code" in result.stdout
+
+
+def test_the_check_covers_the_sitewhere_messages(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    shutil.copytree(ROOT / "proto", tmp_path / "proto")
+    shutil.copytree(ROOT / "fieldgate" / "v1", tmp_path / "fieldgate" / "v1")
+    shutil.copytree(ROOT / "fieldgate" / "sitewhere", tmp_path / "fieldgate" / "sitewhere")
+    (tmp_path / "fieldgate" / "sitewhere" / "sitewhere3_pb2.py").write_text("# edited by hand\n")
+    result = _check(tmp_path)
+    assert result.returncode == 1
+    assert "fieldgate/sitewhere" in result.stdout

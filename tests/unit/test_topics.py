@@ -21,10 +21,17 @@ tokens = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 @pytest.mark.parametrize(
     ("topic", "expected"),
     [
-        ("fieldgate/default/devices/dev-1/events", InboundTopic("default", "dev-1", "json")),
-        ("fieldgate/default/devices/dev-1/events/pb", InboundTopic("default", "dev-1", "protobuf")),
-        ("fieldgate/acme/devices/a.b_c:d-9/events", InboundTopic("acme", "a.b_c:d-9", "json")),
-        ("SiteWhere/default/input/json", InboundTopic("default", None, "sitewhere")),
+        ("fieldgate/default/devices/dev-1/events", InboundTopic("default", "dev-1", "json", "json")),
+        (
+            "fieldgate/default/devices/dev-1/events/pb",
+            InboundTopic("default", "dev-1", "protobuf", "protobuf"),
+        ),
+        ("fieldgate/acme/devices/a.b_c:d-9/events", InboundTopic("acme", "a.b_c:d-9", "json", "json")),
+        ("SiteWhere/default/input/json", InboundTopic("default", None, "sitewhere", "sitewhere")),
+        (
+            "SiteWhere/default/input/protobuf",
+            InboundTopic("default", None, "sitewhere", "sitewhere-protobuf"),
+        ),
     ],
 )
 def test_inbound_topics_name_tenant_device_and_format(topic: str, expected: InboundTopic) -> None:
@@ -44,7 +51,7 @@ def test_inbound_topics_name_tenant_device_and_format(topic: str, expected: Inbo
         "fieldgate/default/devices/dev 1/events",
         "Fieldgate/default/devices/dev-1/events",
         "/fieldgate/default/devices/dev-1/events",
-        "SiteWhere/default/input/protobuf",
+        "SiteWhere/default/input/xml",
         "SiteWhere/default/input/json/x",
         "SiteWhere//input/json",
         "sitewhere/default/input/json",
@@ -58,8 +65,10 @@ def test_other_topics_are_not_inbound(topic: str) -> None:
 
 @given(tenant=tokens, device=tokens)
 def test_events_topic_round_trips(tenant: str, device: str) -> None:
-    assert parse_inbound(events_topic(tenant, device)) == InboundTopic(tenant, device, "json")
-    assert parse_inbound(events_topic(tenant, device) + "/pb") == InboundTopic(tenant, device, "protobuf")
+    assert parse_inbound(events_topic(tenant, device)) == InboundTopic(tenant, device, "json", "json")
+    assert parse_inbound(events_topic(tenant, device) + "/pb") == InboundTopic(
+        tenant, device, "protobuf", "protobuf"
+    )
 
 
 @given(tenant=tokens, device=tokens)

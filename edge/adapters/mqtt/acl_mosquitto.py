@@ -62,7 +62,7 @@ def acl_file(identities: Iterable[Identity], *, agent_username: str | None, site
             f"topic read {topics.EVENTS_FILTER}",
             f"topic read {topics.EVENTS_PB_FILTER}",
             f"topic read {topics.LINK_FILTER}",
-            *([f"topic read {topics.SITEWHERE_FILTER}"] if sitewhere else []),
+            *([f"topic read {f}" for f in topics.SITEWHERE_FILTERS] if sitewhere else []),
             f"topic write {topics.ROOT}/+/devices/+/commands",
             "",
         ]
@@ -79,5 +79,6 @@ def acl_file(identities: Iterable[Identity], *, agent_username: str | None, site
             out += [f"topic read {topics.commands_topic(identity.tenant, d)}" for d in levels]
         if sitewhere:
             out.append(f"topic write SiteWhere/{identity.tenant}/input/json")
+            out.append(f"topic write SiteWhere/{identity.tenant}/input/protobuf")
         out.append("")
     return "\n".join(out)

@@ -35,7 +35,7 @@ from fieldgate.timeutil import now_ms
 
 log = logging.getLogger(__name__)
 
-_FORMATS: tuple[topics.Format, ...] = ("json", "protobuf", "sitewhere")
+_CODECS: tuple[topics.Codec, ...] = ("json", "protobuf", "sitewhere", "sitewhere-protobuf")
 _LINK_UP = topics.LINK_CONNECTED.encode()
 _LINK_DOWN = topics.LINK_DISCONNECTED.encode()
 
@@ -65,7 +65,7 @@ class Dispatcher:
         sitewhere_compat: bool,
         stats: MqttStats,
         devices: DeviceRegistry,
-        decoders: Mapping[topics.Format, EventDecoder] | None = None,
+        decoders: Mapping[topics.Codec, EventDecoder] | None = None,
         links: LinkReports | None = None,
     ) -> None:
         self._sink = sink
@@ -75,7 +75,7 @@ class Dispatcher:
         self._stats = stats
         self._devices = devices
         self._links = links
-        self._decoders = dict(decoders) if decoders is not None else {f: decoder_for(f) for f in _FORMATS}
+        self._decoders = dict(decoders) if decoders is not None else {c: decoder_for(c) for c in _CODECS}
         self._held_log = LogThrottle()
         self._failed_log = LogThrottle()
         self._denied_log = LogThrottle()
@@ -87,7 +87,7 @@ class Dispatcher:
                 filter_matches(f, topic)
                 for f in (topics.EVENTS_FILTER, topics.EVENTS_PB_FILTER, topics.LINK_FILTER)
             )
-        return self._sitewhere and filter_matches(topics.SITEWHERE_FILTER, topic)
+        return self._sitewhere and any(filter_matches(f, topic) for f in topics.SITEWHERE_FILTERS)
 
     async def handle(
         self, topic: str, payload: bytes, speaker: Principal | None = None, client: str | None = None
@@ -153,12 +153,12 @@ class Dispatcher:
             )
         ctx = DecodeContext(tenant=tenant, device=inbound.device, received_ms=now_ms())
         try:
-            events = self._decoders[inbound.format](payload, ctx)
+            events = self._decoders[inbound.codec](payload, ctx)
         except DecodeError as err:
             return await self._reject("decode", payload, topic, tenant, err.reason)
         except Exception as err:
             # A codec bug must not turn this payload into a poison message redelivered forever.
-            log.exception("decoder for %s failed on a message on %s", inbound.format, topic)
+            log.exception("decoder for %s failed on a message on %s", inbound.codec, topic)
             reason = f"decoder error: {type(err).__name__}"
             return await self._reject("decode", payload, topic, tenant, reason)
         if speaker is not None:

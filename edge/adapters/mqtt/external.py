@@ -103,7 +103,7 @@ class ExternalMqttAdapter:
         self.links = ReportedLinks(self.health)
         self._waiting = DeviceRegistry(max_known_devices)
         self._filters = [
-            f for f in topics.SUBSCRIPTIONS if config.sitewhere_compat or f != topics.SITEWHERE_FILTER
+            f for f in topics.SUBSCRIPTIONS if config.sitewhere_compat or f not in topics.SITEWHERE_FILTERS
         ]
 
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,1 @@
+"""Generated protobuf code; regenerate with `python scripts/gen_proto.py`."""
