@@ -87,6 +87,37 @@ def parse_commands_topic(topic: str) -> tuple[str, str] | None:
     return None
 
 
+def sitewhere_command_topic(tenant: str, device: str) -> str:
+    """Where SiteWhere 2.x/3.x firmware takes its device type's commands (SiteWhere's default
+    ``SiteWhere/${tenant}/command/${device}``, sitewhere-java-agent ``Agent.java``)."""
+    return f"SiteWhere/{tenant}/command/{device}"
+
+
+def sitewhere_system_topic(tenant: str, device: str) -> str:
+    """Where SiteWhere 2.x/3.x firmware takes system messages (registration acknowledgements):
+    SiteWhere's default ``SiteWhere/${tenant}/system/${device}``."""
+    return f"SiteWhere/{tenant}/system/{device}"
+
+
+def parse_sitewhere_device_topic(topic: str) -> tuple[str, str, Literal["command", "system"]] | None:
+    """``(tenant, device, "command" | "system")`` of a SiteWhere device topic, or None."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == "SiteWhere" and parts[2] in ("command", "system"):
+        if TOKEN_RE.match(parts[1]) and TOKEN_RE.match(parts[3]):
+            return parts[1], parts[3], "command" if parts[2] == "command" else "system"
+    return None
+
+
+def parse_command_destination(topic: str) -> tuple[str, str] | None:
+    """``(tenant, device)`` of any topic a device takes commands on: fieldgate's commands topic
+    or SiteWhere's command or system topic (no wildcards). None for anything else."""
+    parsed = parse_commands_topic(topic)
+    if parsed is not None:
+        return parsed
+    sitewhere = parse_sitewhere_device_topic(topic)
+    return None if sitewhere is None else (sitewhere[0], sitewhere[1])
+
+
 def link_topic(tenant: str, device: str) -> str:
     return f"{ROOT}/{tenant}/devices/{device}/link"
 

@@ -1,6 +1,9 @@
 """SiteWhere devices against the embedded MQTT adapter on a real (in-process) amqtt broker:
 SiteWhere's protobuf messages on SiteWhere/<tenant>/input/protobuf arrive as fieldgate events,
-bad ones go to the failed-decode lane with their reason while good traffic continues.
+bad ones go to the failed-decode lane with their reason while good traffic continues; a
+simulated SiteWhere agent (fieldgate.sims.sitewhere_agent) registers, reports, takes commands on
+SiteWhere's command topic through the real command router and acknowledges them, and only the
+addressed device's acknowledgement answers a command.
 
 The payloads are the golden vectors of tests/unit/golden/sitewhere_protobuf.json (assembled byte
 by byte from SiteWhere's published proto definitions and framing).
@@ -8,19 +11,24 @@ by byte from SiteWhere's published proto definitions and framing).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fieldgate.edge.adapters.mqtt import EmbeddedMqttAdapter, build_mqtt_adapter
-from fieldgate.edge.config import MqttConfig
+from fieldgate.edge.commands import CommandRouter
+from fieldgate.edge.config import CommandsConfig, MqttConfig
+from fieldgate.sims.sitewhere_agent import SiteWhereAgentSim
 from fieldgate.v1 import events_pb2 as pb
+from fieldgate.v1 import services_pb2 as svc
 from tests.helpers.mqtt_devices import Device
 from tests.helpers.mqtt_sinks import OnlineRecorder, RecordingSink
-from tests.helpers.waiting import free_port
+from tests.helpers.waiting import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +133,152 @@ async def test_sitewhere_protobuf_topic_is_a_plain_topic_when_compat_is_off() ->
         assert harness.adapter.stats.messages_ignored == 1
     finally:
         await harness.adapter.stop()
+
+
+# ---------------------------------------------------------------------- commands both ways
+
+
+class RouterSink(RecordingSink):
+    """Records events and, as the edge agent does once they are durable, tells the command
+    router about every command_response (edge/agent.py)."""
+
+    router: CommandRouter | None = None
+
+    async def accept(self, events: Sequence[pb.Event], *, source: str) -> None:
+        await super().accept(events, source=source)
+        assert self.router is not None
+        for event in events:
+            if event.WhichOneof("payload") == "command_response":
+                await self.router.on_response(event.tenant, event.device, event.command_response.invocation)
+
+
+class Statuses:
+    def __init__(self) -> None:
+        self.updates: list[svc.CommandStatusUpdate] = []
+
+    async def __call__(self, update: svc.CommandStatusUpdate) -> None:
+        self.updates.append(update)
+
+    def of(self, invocation: str) -> list[int]:
+        return [u.status for u in self.updates if u.invocation == invocation]
+
+    def reason(self, invocation: str) -> str:
+        return [u.reason for u in self.updates if u.invocation == invocation][-1]
+
+
+@dataclass
+class Edge:
+    adapter: EmbeddedMqttAdapter
+    router: CommandRouter
+    sink: RouterSink
+    statuses: Statuses
+    port: int
+
+    def agent(self, device: str, **kwargs: Any) -> SiteWhereAgentSim:
+        return SiteWhereAgentSim("127.0.0.1", self.port, "acme", device, **kwargs)
+
+    async def command(self, device: str, invocation: str, name: str, params: str = "{}") -> None:
+        down = svc.CommandDown(
+            tenant="acme",
+            device=device,
+            invocation=pb.CommandInvocation(invocation=invocation, command=name, params_json=params),
+        )
+        await self.router.on_command(down)
+
+
+@pytest.fixture
+async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
+    port = free_port()
+    adapter = build_mqtt_adapter(MqttConfig(port=port), tenants=("default", "acme"))
+    assert isinstance(adapter, EmbeddedMqttAdapter)
+    statuses = Statuses()
+    router = CommandRouter(
+        CommandsConfig(response_timeout_s=30), [adapter], tmp_path / "commands.db", statuses
+    )
+    sink = RouterSink()
+    sink.router = router
+    await router.start()
+    await adapter.start(sink, router.on_online)
+    try:
+        yield Edge(adapter, router, sink, statuses, port)
+    finally:
+        await adapter.stop()
+        await router.stop()
+
+
+async def test_a_sitewhere_agent_registers_reports_and_acknowledges_commands_unchanged(edge: Edge) -> None:
+    agent = edge.agent("sw-agent-1", device_type="thermostat")
+    await asyncio.to_thread(agent.start)
+    try:
+        # Subscribing to SiteWhere's command topic makes the device online for commands.
+        await eventually(
+            lambda: edge.adapter.is_online("acme", "sw-agent-1"), what="online via SiteWhere topic"
+        )
+        await asyncio.to_thread(agent.send_registration, "area-1")
+        await asyncio.to_thread(agent.send_measurement, "temp", 21.5)
+        await eventually(lambda: len(edge.sink.events) == 2, what="registration and measurement")
+        reg, meas = edge.sink.events
+        assert (reg.device, reg.state_change.current, reg.metadata["areaToken"]) == (
+            "sw-agent-1",
+            "thermostat",
+            "area-1",
+        )
+        assert dict(meas.measurement.values) == {"temp": 21.5}
+
+        await edge.command("sw-agent-1", "inv-sw-1", "set-interval", '{"seconds": 30}')
+        received = await asyncio.to_thread(agent.commands.get, True, 10)
+        assert (received.invocation, received.name, received.parameters) == (
+            "inv-sw-1",
+            "set-interval",
+            {"seconds": 30},
+        )
+        await eventually(
+            lambda: edge.router.stats["answered"] == 1, what="the acknowledgement answers the command"
+        )
+        assert edge.statuses.of("inv-sw-1") == [svc.COMMAND_STATUS_QUEUED, svc.COMMAND_STATUS_DELIVERED]
+        assert edge.router.pending == 0
+        ack = edge.sink.events[-1]
+        assert (ack.device, ack.command_response.invocation) == ("sw-agent-1", "inv-sw-1")
+        assert json.loads(ack.command_response.response_json) == {"message": "Acknowledged set-interval"}
+        assert agent.undecodable == []
+    finally:
+        await asyncio.to_thread(agent.stop)
+
+
+async def test_only_the_addressed_device_can_acknowledge_a_command(edge: Edge) -> None:
+    target = edge.agent("sw-target", auto_ack=False)
+    other = edge.agent("sw-other", auto_ack=False)
+    await asyncio.to_thread(target.start)
+    await asyncio.to_thread(other.start)
+    try:
+        await eventually(lambda: edge.adapter.is_online("acme", "sw-target"), what="online")
+        await edge.command("sw-target", "inv-x", "ping")
+        received = await asyncio.to_thread(target.commands.get, True, 10)
+        assert received.invocation == "inv-x"
+        # Another device acknowledges the target's invocation: stored as its event, answers nothing.
+        await asyncio.to_thread(other.send_ack, "inv-x", "not mine")
+        await eventually(lambda: edge.router.stats["responses_refused"] == 1, what="foreign answer refused")
+        assert edge.router.pending == 1 and edge.router.stats["answered"] == 0
+        await asyncio.to_thread(target.send_ack, "inv-x", "pong")
+        await eventually(lambda: edge.router.stats["answered"] == 1, what="the target's answer counts")
+        assert edge.router.pending == 0
+        assert other.commands.empty()
+    finally:
+        await asyncio.to_thread(target.stop)
+        await asyncio.to_thread(other.stop)
+
+
+async def test_a_command_that_cannot_be_encoded_fails_with_its_reason(edge: Edge) -> None:
+    agent = edge.agent("sw-agent-2")
+    await asyncio.to_thread(agent.start)
+    try:
+        await eventually(lambda: edge.adapter.is_online("acme", "sw-agent-2"), what="online")
+        await edge.command("sw-agent-2", "inv-bad", "set-interval", "[30]")
+        await eventually(lambda: svc.COMMAND_STATUS_FAILED in edge.statuses.of("inv-bad"), what="failed")
+        assert "params must be a JSON object" in edge.statuses.reason("inv-bad")
+        # The device got nothing and keeps working.
+        await edge.command("sw-agent-2", "inv-good", "ping")
+        received = await asyncio.to_thread(agent.commands.get, True, 10)
+        assert received.invocation == "inv-good"
+    finally:
+        await asyncio.to_thread(agent.stop)

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from fieldgate.protocol.codec import DecodeError
+from fieldgate.protocol.codec.sitewhere_commands import encode_sitewhere_command_json
 from fieldgate.protocol.codec.sitewhere_protobuf import read_delimited, write_delimited
+from fieldgate.protocol.errors import EncodeError
 from fieldgate.sitewhere import sitewhere1_pb2 as sw1
 from fieldgate.sitewhere import sitewhere3_pb2 as sw3
+from fieldgate.v1 import events_pb2 as pb
 
 GOLDEN = json.loads(
     (Path(__file__).parent / "golden" / "sitewhere_protobuf.json").read_text(encoding="utf-8")
@@ -65,3 +68,32 @@ def test_read_delimited_walks_a_message_and_refuses_broken_prefixes() -> None:
         read_delimited(b"\xff" * 11, 0, "x")
     with pytest.raises(DecodeError, match="only 1 follow"):
         read_delimited(b"\x05a", 0, "x")
+
+
+def test_sitewhere_json_command_execution_is_byte_exact() -> None:
+    invocation = pb.CommandInvocation(
+        invocation="inv-7", command="set-interval", params_json='{"seconds": 30, "fast": true, "mode": "eco"}'
+    )
+    assert encode_sitewhere_command_json("sw-1", invocation) == (
+        b'{"command":{"command":{"name":"set-interval"},'
+        b'"invocation":{"id":"inv-7","eventType":"CommandInvocation","initiator":"REST","target":"Assignment",'
+        b'"parameterValues":{"seconds":"30","fast":"true","mode":"eco"}},'
+        b'"parameters":{"seconds":30,"fast":true,"mode":"eco"}},'
+        b'"nestingContext":{"gateway":{"token":"sw-1"}}}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("invocation", "reason"),
+    [
+        (pb.CommandInvocation(command="ping"), "no invocation id"),
+        (pb.CommandInvocation(invocation="i"), "no command name"),
+        (pb.CommandInvocation(invocation="i", command="c", params_json="{"), "params are not JSON"),
+        (pb.CommandInvocation(invocation="i", command="c", params_json="[1]"), "must be a JSON object"),
+    ],
+)
+def test_broken_sitewhere_command_is_refused_with_its_reason(
+    invocation: pb.CommandInvocation, reason: str
+) -> None:
+    with pytest.raises(EncodeError, match=reason):
+        encode_sitewhere_command_json("sw-1", invocation)

@@ -144,6 +144,23 @@ def test_acl_of_a_device_a_gateway_and_an_enrolling_client() -> None:
     assert not enrolling.speaks_for("default", "new")
 
 
+def test_sitewhere_command_and_system_topics_are_the_devices_own() -> None:
+    dev = Principal("dev-a", "default", "dev-a")
+    for topic in ("SiteWhere/default/command/dev-a", "SiteWhere/default/system/dev-a"):
+        assert acl.may_subscribe(dev, topic) and acl.may_receive(dev, topic), topic
+    for topic in (
+        "SiteWhere/default/command/dev-b",
+        "SiteWhere/other/command/dev-a",
+        "SiteWhere/default/command/+",
+        "SiteWhere/default/#",
+        "SiteWhere/default/input/protobuf",
+    ):
+        assert not acl.may_subscribe(dev, topic), topic
+    assert acl.may_publish(dev, "SiteWhere/default/input/protobuf")
+    assert not acl.may_publish(dev, "SiteWhere/other/input/protobuf")
+    assert not acl.may_publish(dev, "SiteWhere/default/command/dev-a")
+
+
 def test_mosquitto_acl_file() -> None:
     dev = new_identity("dev-a", "default", "dev-a", "password-123456")
     gw = new_identity("gw", "acme", "gw", "password-123456", devices=["pump-1"])

@@ -8,9 +8,11 @@ as a Mosquitto ACL file.
 A device identity (tenant A, device X) may
 
 - publish to ``fieldgate/A/devices/X/events`` and ``.../events/pb``, its link reports to
-  ``fieldgate/A/devices/X/link``, and to ``SiteWhere/A/input/json`` — whose payload names the
-  device, so the dispatcher refuses a message that names any device but X;
-- subscribe to (and receive) ``fieldgate/A/devices/X/commands`` only.
+  ``fieldgate/A/devices/X/link``, and to ``SiteWhere/A/input/json`` and ``.../input/protobuf``
+  — whose payload names the device, so the dispatcher refuses a message that names any device
+  but X;
+- subscribe to (and receive) ``fieldgate/A/devices/X/commands`` and SiteWhere's
+  ``SiteWhere/A/command/X`` and ``SiteWhere/A/system/X`` only.
 
 A gateway identity has the same rights for each further device its ``devices`` patterns match
 (``"*"``: every device of its tenant; only such a gateway may subscribe to the wildcard filter
@@ -87,7 +89,8 @@ def may_subscribe(principal: Principal, topic_filter: str) -> bool:
         return topic_filter == credentials_topic(principal.tenant, principal.device)
     if topic_filter == tenant_commands_filter(principal.tenant):
         return "*" in principal.patterns
-    parsed = topics.parse_commands_topic(topic_filter)  # None for any other filter, wildcards included
+    # None for any other filter, wildcards included; SiteWhere's command and system topics count.
+    parsed = topics.parse_command_destination(topic_filter)
     return parsed is not None and principal.speaks_for(*parsed)
 
 
@@ -97,5 +100,5 @@ def may_receive(principal: Principal, topic: str) -> bool:
         return True
     if principal.enrolling:
         return topic == credentials_topic(principal.tenant, principal.device)
-    parsed = topics.parse_commands_topic(topic)
+    parsed = topics.parse_command_destination(topic)
     return parsed is not None and principal.speaks_for(*parsed)

@@ -56,6 +56,7 @@ from fieldgate.edge.health import HealthBoard
 from fieldgate.errors import ConfigError
 from fieldgate.protocol import topics
 from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.sitewhere_commands import encode_sitewhere_command_json
 from fieldgate.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -205,18 +206,37 @@ class EmbeddedMqttAdapter:
         # its commands wait here until it subscribes. More specific adapters go first.
         return tenant in self._tenants
 
+    def _command_topics(self, tenant: str, device: str) -> list[str]:
+        """Where the device may take commands: fieldgate's topic, and SiteWhere's with compat on."""
+        found = [topics.commands_topic(tenant, device)]
+        if self._config.sitewhere_compat:
+            found.append(topics.sitewhere_command_topic(tenant, device))
+        return found
+
     def is_online(self, tenant: str, device: str) -> bool:
-        return bool(self._subscribers(topics.commands_topic(tenant, device)))
+        return any(self._subscribers(topic) for topic in self._command_topics(tenant, device))
 
     async def send_command(self, tenant: str, device: str, invocation: pb.CommandInvocation) -> None:
-        topic = topics.commands_topic(tenant, device)
-        payload = encode_command_json(invocation)
-        targets = self._subscribers(topic)
-        if not targets:
+        # Each subscriber gets the encoding of the topic it subscribed to: fieldgate's JSON, or
+        # SiteWhere's JSON command execution on SiteWhere/<tenant>/command/<device>.
+        sends: list[tuple[Any, str, bytes, int]] = []
+        for topic in self._command_topics(tenant, device):
+            targets = self._subscribers(topic)
+            if not targets:
+                continue
+            if topic.startswith(topics.ROOT + "/"):
+                payload = encode_command_json(invocation)
+            else:
+                payload = encode_sitewhere_command_json(device, invocation)
+            sends += [(handler, topic, payload, qos) for handler, qos in targets.values()]
+        if not sends:
             self.stats.commands_failed += 1
-            raise DeliveryError(f"device {tenant}/{device} is offline: no client subscribes to {topic}")
+            raise DeliveryError(
+                f"device {tenant}/{device} is offline: no client subscribes to "
+                + " or ".join(self._command_topics(tenant, device))
+            )
         results = await asyncio.gather(
-            *(self._publish(handler, topic, payload, qos) for handler, qos in targets.values()),
+            *(self._publish(handler, topic, payload, qos) for handler, topic, payload, qos in sends),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -259,8 +279,9 @@ class EmbeddedMqttAdapter:
         await self._announce(topic_filter)
 
     def _bind_subscriber(self, client_id: str, topic_filter: str) -> None:
-        """A client subscribed to one device's own commands topic serves that device."""
-        parsed = topics.parse_commands_topic(topic_filter)
+        """A client subscribed to one device's own commands topic (fieldgate's or, with
+        sitewhere_compat, SiteWhere's command or system topic) serves that device."""
+        parsed = self._destination(topic_filter)
         if parsed is not None and parsed[0] in self._tenants:
             self.links.bind(client_id, *parsed)
 
@@ -299,16 +320,21 @@ class EmbeddedMqttAdapter:
                 self._bind_subscriber(client_id, topic_filter)
                 await self._announce(topic_filter)
 
+    def _destination(self, topic_filter: str) -> tuple[str, str] | None:
+        if self._config.sitewhere_compat:
+            return topics.parse_command_destination(topic_filter)
+        return topics.parse_commands_topic(topic_filter)
+
     async def _announce(self, topic_filter: str) -> None:
         """Call on_online for every device whose commands topic ``topic_filter`` matches."""
         if is_wildcard(topic_filter):
             candidates = [
                 (tenant, device)
                 for tenant, device in self.devices
-                if filter_matches(topic_filter, topics.commands_topic(tenant, device))
+                if any(filter_matches(topic_filter, t) for t in self._command_topics(tenant, device))
             ]
         else:
-            parsed = topics.parse_commands_topic(topic_filter)
+            parsed = self._destination(topic_filter)
             valid = parsed is not None and parsed[0] in self._tenants and topics.TOKEN_RE.match(parsed[1])
             candidates = [parsed] if parsed is not None and valid else []
             for tenant, device in candidates:
