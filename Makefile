@@ -23,7 +23,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy fieldgate
+	$(VENV)/bin/mypy fieldgate tests hil benchmarks
 
 proto: setup
 	$(PY) scripts/gen_proto.py

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import serial  # type: ignore[import-untyped]
+import serial
 
 from fieldgate.edge.adapters.serial import SerialConfig, SerialPortConfig, build_serial_adapter
 from fieldgate.edge.agent import EdgeAgent
@@ -129,7 +129,7 @@ async def wait_done(sink: CountingSink) -> None:
 
 
 async def run_adapter(link: Path, mode: str, count: int, baud: int | None, agent_dir: Path | None) -> Result:
-    port = SerialPortConfig(port=str(link), device="bench-1", mode=mode, channels=dict(CHANNELS))  # type: ignore[arg-type]
+    port = SerialPortConfig(port=str(link), device="bench-1", mode=mode, channels=dict(CHANNELS))
     adapter = build_serial_adapter(SerialConfig(enabled=True, ports=(port,)), tenants=["default"])
     sink = CountingSink(count)
     with sim_process(link, mode, count, baud) as proc:

@@ -147,7 +147,7 @@ class Adapter1(ServiceInterface):
         self._bluez.remove_device_path(device)
 
     @dbus_method()
-    def GetDiscoveryFilters(self) -> DBusStrList:  # type: ignore[empty-body]
+    def GetDiscoveryFilters(self) -> DBusStrList:
         return ["UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable", "Pattern"]
 
 
@@ -293,7 +293,7 @@ class GattCharacteristic1(ServiceInterface):
             raise DBusError(ERR_FAILED, "Not connected")
 
     @dbus_method()
-    def ReadValue(self, options: DBusDict) -> DBusBytes:  # type: ignore[empty-body]
+    def ReadValue(self, options: DBusDict) -> DBusBytes:
         self._check_connected()
         if "read" not in self.char.flags:
             raise DBusError(ERR_NOT_PERMITTED, "Read not permitted")

@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from fieldgate.edge.adapters.modbus import ModbusAdapter, ModbusConfig, build_modbus_adapter
+from fieldgate.edge.adapters.modbus import ModbusConfig, build_modbus_adapter
+from fieldgate.edge.adapters.modbus.adapter import ModbusAdapter
 from fieldgate.sims.modbus import ModbusSlaveSim, command_map, register_map
 from fieldgate.v1 import events_pb2 as pb
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from fieldgate.edge.adapters.serial import SerialAdapter, SerialConfig, SerialPortConfig, build_serial_adapter
+from fieldgate.edge.adapters.serial import SerialConfig, SerialPortConfig, build_serial_adapter
+from fieldgate.edge.adapters.serial.adapter import SerialAdapter
 from fieldgate.sims.serial import CHANNELS, SerialDeviceSim
 
 _PORT_KEYS = (

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.edge.adapters.ble import BleAdapter, build_ble_adapter
+from fieldgate.edge.adapters.ble import build_ble_adapter
+from fieldgate.edge.adapters.ble.adapter import BleAdapter
 from fieldgate.sims import ble_gatt as fw
 from fieldgate.v1 import events_pb2 as pb
 from hil import targets_ble

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from fieldgate.edge.adapters.modbus import ModbusAdapter
+from fieldgate.edge.adapters.modbus.adapter import ModbusAdapter
 from fieldgate.v1 import events_pb2 as pb
 from hil.targets_modbus import CommandCheck, ModbusTarget, RecordingSink, modbus_target
 from tests.helpers.waiting import eventually

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fieldgate.edge.adapters.serial import SerialAdapter
+from fieldgate.edge.adapters.serial.adapter import SerialAdapter
 from fieldgate.v1 import events_pb2 as pb
 from hil.targets_serial import SerialTarget, serial_target
 from tests.helpers.serial_sinks import RecordingSink

@@ -10,12 +10,13 @@ VENV=${1:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 echo "== generated protobuf code is current"
 python scripts/gen_proto.py --check
-echo "== ruff"
+echo "== ruff (lint, and the formatting)"
 ruff check .
+ruff format --check .
 echo "== import boundaries (import-linter: pyproject's [tool.importlinter] contracts)"
 lint-imports --no-cache --no-logo
-echo "== mypy"
-mypy fieldgate
+echo "== mypy (the package strictly; tests, hil and benchmarks with unannotated test functions allowed)"
+mypy fieldgate tests hil benchmarks
 echo "== Kafka, ZooKeeper and Cassandra jars (Maven Central through mvn; cached)"
 python -m fieldgate.devservers fetch
 echo "== deploy tools: helm and kustomize (Go modules, pinned; cached in ~/.cache/fieldgate/bin)"

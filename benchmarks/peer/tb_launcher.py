@@ -17,7 +17,7 @@ def _no_update_check(self: object) -> None:
     """Replaces TBUpdater.check_for_new_version: no request leaves the machine."""
 
 
-tb_updater.TBUpdater.check_for_new_version = _no_update_check  # type: ignore[method-assign]
+tb_updater.TBUpdater.check_for_new_version = _no_update_check
 
 from thingsboard_gateway.gateway.tb_gateway_service import TBGatewayService  # noqa: E402
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.client import KazooClient  # type: ignore[import-untyped]
-from kazoo.exceptions import KazooException, NoNodeError  # type: ignore[import-untyped]
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch  # type: ignore[import-untyped]
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from pydantic import ValidationError
 
 from fieldgate.cloud.domain.rules.model import RuleSet

@@ -91,7 +91,7 @@ def grpc_health(target: str, pki: Pki, *, client_cert: bool) -> str:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         except grpc.RpcError as err:
-            return str(err.code().name)  # type: ignore[attr-defined]
+            return str(err.code().name)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 

@@ -299,19 +299,19 @@ async def test_a_delete_and_a_new_reference_never_both_win(registry: Registry, b
 
             d = f"{t}-dev"
             await registry.create_device(model.Device(token=d, tenant="acme", device_type="sensor"))
-            results = await asyncio.gather(
+            outcome = await asyncio.gather(
                 other.delete_device("acme", d),
                 registry.create_assignment(model.Assignment(tenant="acme", device=d)),
                 return_exceptions=True,
             )
             assert all(
-                isinstance(r, NotFound | InUse | Conflict) for r in results if isinstance(r, BaseException)
+                isinstance(r, NotFound | InUse | Conflict) for r in outcome if isinstance(r, BaseException)
             )
             active = await other.active_assignment("acme", d)
             if await other.get_device("acme", d) is None:
-                assert active is None and not isinstance(results[1], model.Assignment)
+                assert active is None and not isinstance(outcome[1], model.Assignment)
             else:
-                assert isinstance(results[0], InUse) and active is not None
+                assert isinstance(outcome[0], InUse) and active is not None
     finally:
         await other.stop()
 

@@ -310,7 +310,7 @@ def test_every_tenant_owned_store_of_the_cloud_is_in_the_list(tmp_path: Path) ->
     listed = {id(store) for _name, store in app.tenant_stores.owned()}
     parts = {name: value for name, value in vars(app).items() if value is not None}
     owned = {
-        name for name, value in parts.items() if isinstance(value, TenantOwned) and value is not app.registry
+        name for name, value in parts.items() if value is not app.registry and isinstance(value, TenantOwned)
     }
     assert {name for name in owned if id(parts[name]) not in listed} == set()
     assert set(PROBES) == {name for name, _store in app.tenant_stores.owned()} | {"registry"}

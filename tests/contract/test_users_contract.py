@@ -8,6 +8,7 @@ changed by whatever changes what a token says; a deleted tenant's users deleted.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 
 import pytest
@@ -212,7 +213,7 @@ async def test_the_generation_changes_with_what_a_token_says(backend: Backend) -
         assert (await users.update("vera", role=Role.VIEWER)).generation == g0  # type: ignore[union-attr]
         assert (await users.get("vera")).generation == g0  # type: ignore[union-attr]
         seen = {g0}
-        changes = [
+        changes: list[Callable[[], Awaitable[object]]] = [
             lambda: users.update("vera", role=Role.OPERATOR),
             lambda: users.update("vera", password="new-password"),
             lambda: users.set_password("vera", "new-password", tenant="gamma", role=Role.OPERATOR),

@@ -80,8 +80,8 @@ def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
         if keyword == "FROM":
             parts = rest.split()
             base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), ""), parts[0])
-            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base, name))
+            alias = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base, alias))
             continue
         stages[-1].instructions.append(Instruction(keyword, flags, rest, number))
     return global_args, stages

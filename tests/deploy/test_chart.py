@@ -50,7 +50,8 @@ def deployment(manifests: list[mf.Manifest], service: str) -> mf.Manifest:
 
 
 def container(manifests: list[mf.Manifest], service: str) -> mf.Manifest:
-    (c,) = mf.pod_spec(deployment(manifests, service))["containers"]
+    containers: list[mf.Manifest] = mf.pod_spec(deployment(manifests, service))["containers"]
+    (c,) = containers
     return c
 
 

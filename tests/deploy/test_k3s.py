@@ -22,7 +22,8 @@ def daemonset(manifests: list[mf.Manifest]) -> mf.Manifest:
 
 
 def agent(manifests: list[mf.Manifest]) -> mf.Manifest:
-    (c,) = mf.pod_spec(daemonset(manifests))["containers"]
+    containers: list[mf.Manifest] = mf.pod_spec(daemonset(manifests))["containers"]
+    (c,) = containers
     return c
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -33,17 +34,19 @@ from tests.helpers.webhook_receiver import webhook_receiver
 pytestmark = pytest.mark.distributed
 
 
-def _read_topic(bootstrap: str, topic: str, want: int, timeout_s: float = 30.0) -> list[tuple[bytes, dict]]:
+def _read_topic(
+    bootstrap: str, topic: str, want: int, timeout_s: float = 30.0
+) -> list[tuple[bytes, dict[str, Any]]]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "t-" + uuid.uuid4().hex, "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([topic])
-    out: list[tuple[bytes, dict]] = []
+    out: list[tuple[bytes, dict[str, Any]]] = []
 
     def enough() -> bool:
         msg = consumer.poll(0.5)
         if msg is not None and not msg.error():
-            out.append((msg.key(), orjson.loads(msg.value())))
+            out.append((msg.key() or b"", orjson.loads(msg.value() or b"")))
         return len(out) >= want
 
     try:

@@ -67,7 +67,7 @@ async def test_live_stream_and_edges_across_processes(suite: Suite) -> None:
 
         async def edge_reported() -> dict[str, Any] | None:
             items = (await api.get("/api/v1/edges")).json()["items"]
-            edge = next((e for e in items if e["edge_id"] == suite.options.edge_id), {})
+            edge: dict[str, Any] = next((e for e in items if e["edge_id"] == suite.options.edge_id), {})
             return edge if edge.get("buffer_depth") is not None else None
 
         edge = await eventually(edge_reported, 60, "the edge's buffer depth in /edges", interval=1)

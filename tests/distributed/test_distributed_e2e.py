@@ -375,9 +375,11 @@ def _records_of_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, byt
         def at_the_end() -> object:
             msg = consumer.poll(0.1)
             if msg is not None and not msg.error():
-                records.append((msg.topic(), msg.key() or b"", msg.value() or b""))
-                if msg.offset() + 1 >= ends[(msg.topic(), msg.partition())]:
-                    remaining.discard((msg.topic(), msg.partition()))
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                assert topic is not None and partition is not None and offset is not None
+                records.append((topic, msg.key() or b"", msg.value() or b""))
+                if offset + 1 >= ends[(topic, partition)]:
+                    remaining.discard((topic, partition))
             return True if not remaining else not_yet(f"partitions not read to the end: {sorted(remaining)}")
 
         eventually_sync(at_the_end, 60, "every partition read to the end", interval=0)

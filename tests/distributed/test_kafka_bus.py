@@ -255,10 +255,17 @@ async def test_real_pipeline_on_kafka(bus: KafkaBus, tmp_path: Path) -> None:
     registration = Registration(bus, registry, DEFAULT_TENANTS, settings=settings, topic_prefix=prefix)
     persistence = EventPersistence(bus, events, settings=settings, topic_prefix=prefix)
     parts = (registry, invocations, events, registration, inbound, persistence)
-    started: list[object] = []
+    started: list[
+        SqliteRegistry
+        | SqliteInvocationStore
+        | SqliteEventStore
+        | Registration
+        | InboundProcessing
+        | EventPersistence
+    ] = []
     try:
         for part in parts:
-            await part.start()  # type: ignore[attr-defined]
+            await part.start()
             started.append(part)
         batch = [
             measurement(f"sensor-{d}", f"alt-{d}-{i}", temperature=float(i))
@@ -306,5 +313,5 @@ async def test_real_pipeline_on_kafka(bus: KafkaBus, tmp_path: Path) -> None:
             "persistence committed [enriched]",
         )
     finally:
-        for part in reversed(started):
-            await part.stop()  # type: ignore[attr-defined]
+        for running in reversed(started):
+            await running.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
-from kazoo.client import KazooClient  # type: ignore[import-untyped]
+from kazoo.client import KazooClient
 
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.bus import STAGES, topic_name

@@ -25,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from kazoo.client import KazooClient  # type: ignore[import-untyped]
+from kazoo.client import KazooClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldgate.cloud.app import CloudApp
@@ -248,7 +248,7 @@ async def test_invalid_znode_keeps_the_running_settings(
             operator.set(path, b'{"decoders": ["xml"]}')
 
             async def rejected() -> bool:
-                return zk.stats.rejected >= 1
+                return bool(zk.stats.rejected >= 1)
 
             await eventually(rejected, timeout=WAIT_S, what="the invalid version is rejected")
             operator.set(path, b"{not json")
@@ -353,7 +353,7 @@ async def test_invalid_instance_znode_at_start_uses_the_file(
 
 async def _ttls(app: CloudApp, tenant: str, cassandra: CassandraServer) -> list[int | None]:
     """TTL (seconds left) of each row of ``tenant``'s events_by_key table."""
-    from cassandra.cluster import Cluster  # type: ignore[import-untyped]
+    from cassandra.cluster import Cluster
 
     def query() -> list[int | None]:
         cluster = Cluster(contact_points=[cassandra.host], port=cassandra.port)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from kazoo.client import KazooClient  # type: ignore[import-untyped]
+from kazoo.client import KazooClient
 
 from fieldgate.cloud.config import BusConfig, CloudConfig, TenantConfig
 from fieldgate.cloud.zk.models import (

@@ -225,7 +225,7 @@ async def test_command_waits_for_offline_device(suite: Suite, api: httpx.AsyncCl
         await asyncio.to_thread(dev.start)
 
         async def answered() -> bool:
-            return (await api.get(f"/api/v1/invocations/{inv_id}")).json()["status"] == "answered"
+            return bool((await api.get(f"/api/v1/invocations/{inv_id}")).json()["status"] == "answered")
 
         await eventually(answered, timeout=15, what="queued command delivered once the device is online")
         assert dev.received[0]["params"] == {"seconds": 5}

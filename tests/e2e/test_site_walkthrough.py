@@ -222,4 +222,4 @@ async def _want(coro: Any, n: int) -> Any:
 
 
 async def _want_eq(coro: Any, want: str) -> bool:
-    return await coro == want
+    return bool(await coro == want)

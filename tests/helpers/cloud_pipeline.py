@@ -99,7 +99,7 @@ class CloudPipeline:
             self.ingest,
         )
         for part in parts:
-            await part.start()  # type: ignore[attr-defined]
+            await part.start()
             self._started.append(part)
 
     async def stop(self) -> None:

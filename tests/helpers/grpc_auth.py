@@ -23,7 +23,8 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-class TenantTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+# grpc-stubs make the interceptor generic; grpc's class is not (it cannot be subscripted here).
+class TenantTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     """Adds ``authorization: Bearer <token of the request's tenant>`` (``fallback_tenant`` when
     the request names none, so the server's INVALID_ARGUMENT for a missing tenant shows)."""
 

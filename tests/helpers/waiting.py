@@ -86,9 +86,12 @@ async def _value(probe: Callable[[], Any]) -> Any:
     return value
 
 
+# The probe's falsy results (None, NotYet) are what it returns while waiting, so they are not in
+# the returned type. ``Callable[..., ...]``: a probe that is a lambda with default arguments
+# (``lambda d=device: ...``, binding a loop variable) is one mypy can check too.
 @overload
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[..., Awaitable[T | NotYet | None]],
     timeout: float = ...,
     what: str | None = ...,
     *,
@@ -96,7 +99,7 @@ async def eventually(
 ) -> T: ...
 @overload
 async def eventually(
-    probe: Callable[[], T],
+    probe: Callable[..., T | NotYet | None],
     timeout: float = ...,
     what: str | None = ...,
     *,

@@ -112,7 +112,7 @@ async def test_forged_expired_and_garbage_tokens_are_refused(client: httpx.Async
         headers={"kid": key_id(SECRET)},
     )
     no_tenant = jwt.encode({"sub": "admin", "exp": now_s + 60}, SECRET)
-    none_alg = jwt.encode({"sub": "admin", "tenant": "default", "exp": now_s + 60}, None, algorithm="none")
+    none_alg = jwt.encode({"sub": "admin", "tenant": "default", "exp": now_s + 60}, "", algorithm="none")
     for token in [forged, expired, no_tenant, none_alg, "garbage", ""]:
         r = await client.get("/api/v1/devices", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401, token

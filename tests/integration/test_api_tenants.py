@@ -254,8 +254,8 @@ async def test_tenant_management_over_grpc_is_for_instance_admins(env: Stack) ->
                     svc.UpdateTenantRequest(token="acme", settings_json='{"decoders": ["xml"]}'),
                     metadata=as_root,
                 )
-            assert (
-                info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "decoders" in info.value.details()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "decoders" in str(
+                info.value.details()
             )
             listed = await tm.ListTenants(svc.ListTenantsRequest(), metadata=as_root)
             assert [t.token for t in listed.tenants] == ["default", "beta", "acme"]
@@ -267,7 +267,9 @@ async def test_tenant_management_over_grpc_is_for_instance_admins(env: Stack) ->
             assert got.total == 1
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await tm.DeleteTenant(svc.DeleteTenantRequest(token="acme"), metadata=as_root)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "confirm" in info.value.details()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "confirm" in str(
+                info.value.details()
+            )
             done = await tm.DeleteTenant(
                 svc.DeleteTenantRequest(token="acme", confirm="acme"), metadata=as_root
             )

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from fieldgate.edge.adapters.ble import BleAdapter, BleConfig, build_ble_adapter
+from fieldgate.edge.adapters.ble import BleConfig, build_ble_adapter
+from fieldgate.edge.adapters.ble.adapter import BleAdapter
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import CommandsConfig, EdgeConfig, MqttConfig, UplinkConfig
 from fieldgate.edge.errors import DeliveryError

@@ -253,10 +253,10 @@ async def test_filters_by_device_group_and_area(tmp_path: Path) -> None:
         await site.stop()
 
 
-async def _letters(rig, n: int):  # type: ignore[no-untyped-def]
+async def _letters(rig, n: int):
     letters = await rig.store.list_dead_letters(TENANT, "hook", 100)
     return letters if len(letters) == n else None
 
 
-async def _count(rig) -> bool:  # type: ignore[no-untyped-def]
-    return await rig.store.count_dead_letters(TENANT, "hook") == 0
+async def _count(rig) -> bool:
+    return bool(await rig.store.count_dead_letters(TENANT, "hook") == 0)

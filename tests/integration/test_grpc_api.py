@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import pytest
@@ -61,7 +62,7 @@ async def grpc_api(tmp_path: Path) -> AsyncIterator[Clients]:
         await server.start()
         try:
             # Every call as a caller of the tenant it names (authentication: test_grpc_auth.py).
-            interceptors = [TenantTokenInterceptor(authority)]
+            interceptors = [cast(grpc.aio.ClientInterceptor, TenantTokenInterceptor(authority))]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
                 yield Clients(
                     stack,
@@ -317,7 +318,7 @@ async def test_an_invocation_with_its_events(grpc_api: Clients) -> None:
 @pytest.fixture
 async def site_api(
     tmp_path: Path,
-) -> AsyncIterator[tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub]]:
+) -> AsyncIterator[tuple[Clients, svc_grpc.SiteManagementAsyncStub, svc_grpc.DeviceStatesAsyncStub]]:
     """The management services with the site model, device state and rules (cloud/api/grpc/site.py)."""
     from fieldgate.cloud.services.rules import RuleBook, RuleService
     from fieldgate.cloud.store.sqlite.state import SqliteStateStore
@@ -341,7 +342,7 @@ async def site_api(
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
-            interceptors = [TenantTokenInterceptor(authority)]
+            interceptors = [cast(grpc.aio.ClientInterceptor, TenantTokenInterceptor(authority))]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
                 clients = Clients(
                     stack,
@@ -362,7 +363,7 @@ def _rec(kind: str, **doc: object) -> svc.SiteRecordRequest:
 
 
 async def test_site_model_and_assignment_references(
-    site_api: tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub],
+    site_api: tuple[Clients, svc_grpc.SiteManagementAsyncStub, svc_grpc.DeviceStatesAsyncStub],
 ) -> None:
     c, site, _ = site_api
     await _setup(c)
@@ -443,7 +444,7 @@ async def test_site_model_and_assignment_references(
 
 
 async def test_device_states(
-    site_api: tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub],
+    site_api: tuple[Clients, svc_grpc.SiteManagementAsyncStub, svc_grpc.DeviceStatesAsyncStub],
 ) -> None:
     from fieldgate.cloud.store.state import DeviceState, MeasurementValue
 
@@ -483,7 +484,7 @@ async def test_device_states(
 
 
 async def test_rules(
-    site_api: tuple[Clients, svc_grpc.SiteManagementStub, svc_grpc.DeviceStatesStub],
+    site_api: tuple[Clients, svc_grpc.SiteManagementAsyncStub, svc_grpc.DeviceStatesAsyncStub],
 ) -> None:
     c = site_api[0]
     rules: svc_grpc.RulesAsyncStub = c.rules  # type: ignore[attr-defined]

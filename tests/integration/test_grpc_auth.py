@@ -248,4 +248,6 @@ async def test_cloud_app_serves_the_grpc_apis_with_the_rest_apis_tokens(tmp_path
                 await stub.ListDeviceTypes(
                     svc.ListDeviceTypesRequest(tenant="default"), metadata=bearer(rest_token)
                 )
-            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in info.value.details()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in str(
+                info.value.details()
+            )

@@ -74,7 +74,7 @@ async def test_cloud_probes_answer_and_drain_turns_readiness_off(tmp_path: Path)
         assert await grpc_status(app.grpc_port) == NOT_SERVING
         # A new edge stream is refused, so the edge goes to another replica.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-            call = svc_grpc.EdgeUplinkStub(channel).Connect()
+            call = svc_grpc.EdgeUplinkStub(channel).Connect(None)  # None: the test writes
             await call.write(svc.EdgeMessage(hello=svc.Hello(edge_id="late-edge")))
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call.read()

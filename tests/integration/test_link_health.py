@@ -3,8 +3,9 @@ transitions reach the cloud as PRESENCE state changes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ async def cloud() -> AsyncIterator[TestCloud]:
         yield c
 
 
-def presence(events: dict[object, pb.Event], device: str) -> list[str]:
+def presence(events: Mapping[Any, pb.Event], device: str) -> list[str]:
     return [
         e.state_change.current
         for e in events.values()

@@ -88,7 +88,7 @@ class Client(Device):
 
     async def subscribe_code(self, topic: str) -> int:
         rc, mid = self.client.subscribe(topic, 1)
-        assert rc == mqtt.MQTT_ERR_SUCCESS
+        assert rc == mqtt.MQTT_ERR_SUCCESS and mid is not None
         event = self._subacks.setdefault(mid, threading.Event())
         assert await asyncio.to_thread(event.wait, 10), f"no SUBACK for {topic}"
         return self.suback_codes[mid][0]
@@ -129,7 +129,7 @@ async def start_agent(tmp_path: Path, cloud: TestCloud, **auth_extra: Any) -> Ha
     config = EdgeConfig(
         edge_id="edge-auth",
         data_dir=tmp_path / "edge",
-        mqtt=MqttConfig(port=port, auth=auth_config(Path("mqtt-credentials.yaml"), **auth_extra)),  # type: ignore[arg-type]
+        mqtt=MqttConfig(port=port, auth=auth_config(Path("mqtt-credentials.yaml"), **auth_extra)),
         uplink=UplinkConfig(
             target=cloud.target, batch_max_delay_ms=2, backoff_initial_s=0.05, backoff_max_s=0.5
         ),
@@ -288,7 +288,7 @@ async def test_credentials_added_while_running_take_effect(harness: Harness) -> 
 async def test_bad_credentials_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "creds.yaml"
     bad.write_text("identities:\n  - username: x\n    device: d\n    password_hash: '$argon2id$nope'\n")
-    adapter = build_mqtt_adapter(MqttConfig(port=free_port(), auth=auth_config(bad)), tenants=["default"])  # type: ignore[arg-type]
+    adapter = build_mqtt_adapter(MqttConfig(port=free_port(), auth=auth_config(bad)), tenants=["default"])
     with pytest.raises(ConfigError) as err:
         await adapter.start(RecordingSink(), OnlineRecorder())
     message = str(err.value)
@@ -296,7 +296,7 @@ async def test_bad_credentials_file_is_a_config_error_naming_the_key(tmp_path: P
     assert "identities.0.tenant: Field required" in message
     assert "identities.0.password_hash" in message
     missing = build_mqtt_adapter(
-        MqttConfig(port=free_port(), auth=auth_config(tmp_path / "absent.yaml")),  # type: ignore[arg-type]
+        MqttConfig(port=free_port(), auth=auth_config(tmp_path / "absent.yaml")),
         tenants=["default"],
     )
     with pytest.raises(ConfigError, match=r"mqtt\.auth\.credentials_file: .*absent\.yaml: cannot read"):
@@ -362,8 +362,8 @@ async def test_tls_listener_with_passwords(tmp_path: Path) -> None:
     port, tls_port = free_port(), free_port()
     config = MqttConfig(
         port=port,
-        auth=auth_config(credentials),  # type: ignore[arg-type]
-        tls={"enabled": True, "port": tls_port, "certfile": cert, "keyfile": key},  # type: ignore[arg-type]
+        auth=auth_config(credentials),
+        tls={"enabled": True, "port": tls_port, "certfile": cert, "keyfile": key},
     )
     adapter = build_mqtt_adapter(config, tenants=["default"])
     sink = RecordingSink()

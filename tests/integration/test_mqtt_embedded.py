@@ -44,7 +44,7 @@ class Embedded:
 
 async def _start(max_inflight: int | None = None, **overrides: object) -> Embedded:
     port = free_port()
-    config = MqttConfig(port=port, max_payload_bytes=MAX_PAYLOAD, **overrides)  # type: ignore[arg-type]
+    config = MqttConfig(port=port, max_payload_bytes=MAX_PAYLOAD, **overrides)
     if max_inflight is None:
         adapter = build_mqtt_adapter(config, tenants=TENANTS)
     else:

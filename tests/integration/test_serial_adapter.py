@@ -14,20 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.edge.adapters.serial import SerialAdapter, SerialConfig, SerialPortConfig, build_serial_adapter
+from fieldgate.edge.adapters.serial import SerialConfig, SerialPortConfig, build_serial_adapter
+from fieldgate.edge.adapters.serial.adapter import SerialAdapter
 from fieldgate.edge.errors import DeliveryError
 from fieldgate.errors import ConfigError
-from fieldgate.sims.serial import CHANNELS, SerialDeviceSim
+from fieldgate.sims.serial import CHANNELS, Mode, SerialDeviceSim
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.serial_sinks import RecordingSink
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-MODES = ["json", "binary"]
+MODES: list[Mode] = ["json", "binary"]
 
 
-def port_config(link: Path, device: str, mode: str, **overrides: object) -> SerialPortConfig:
+def port_config(link: Path, device: str, mode: Mode, **overrides: object) -> SerialPortConfig:
     settings: dict[str, object] = {
         "port": str(link),
         "device": device,
@@ -71,7 +72,7 @@ def connected(adapter: SerialAdapter, device: str) -> Callable[[], bool]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_measurements_arrive_with_names_and_values(tmp_path: Path, mode: str) -> None:
+async def test_measurements_arrive_with_names_and_values(tmp_path: Path, mode: Mode) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=50) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
             await eventually(lambda: len(sink.seqs()) >= 20, what="20 measurements")
@@ -86,7 +87,7 @@ async def test_measurements_arrive_with_names_and_values(tmp_path: Path, mode: s
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_commands_are_acked_then_answered(tmp_path: Path, mode: str) -> None:
+async def test_commands_are_acked_then_answered(tmp_path: Path, mode: Mode) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=5) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
             await eventually(lambda: adapter.is_online("default", "mcu-1"), what="port open")
@@ -129,7 +130,7 @@ async def test_binary_commands_need_numeric_parameters(tmp_path: Path) -> None:
     ],
 )
 async def test_each_fault_is_counted_while_good_frames_keep_flowing(
-    tmp_path: Path, mode: str, faults: list[str]
+    tmp_path: Path, mode: Mode, faults: list[str]
 ) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=100, seed=1) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
@@ -155,7 +156,7 @@ async def test_each_fault_is_counted_while_good_frames_keep_flowing(
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_unplug_and_replug_recovers_without_losing_later_frames(tmp_path: Path, mode: str) -> None:
+async def test_unplug_and_replug_recovers_without_losing_later_frames(tmp_path: Path, mode: Mode) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=100) as sim:
         async with running(port_config(sim.link, "mcu-1", mode)) as (adapter, sink):
             await eventually(lambda: len(sink.seqs()) >= 10)
@@ -182,7 +183,7 @@ async def test_unplug_and_replug_recovers_without_losing_later_frames(tmp_path: 
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_device_vanishing_mid_command_fails_the_command_only(tmp_path: Path, mode: str) -> None:
+async def test_device_vanishing_mid_command_fails_the_command_only(tmp_path: Path, mode: Mode) -> None:
     async with SerialDeviceSim(tmp_path / "tty0", mode=mode, device="mcu-1", rate_hz=20) as sim:
         port = port_config(sim.link, "mcu-1", mode, ack_timeout_s=60)
         async with running(port) as (adapter, sink):

@@ -293,6 +293,6 @@ async def test_unreachable_broker_and_bad_options_fail_clearly() -> None:
         await MqttDeviceSim(port=free_port(), devices=1).start()
     for bad in ({"batch": 0}, {"rate_hz": -1.0}, {"qos": 2}, {"devices": ["a/b"]}, {"max_inflight": 70_000}):
         with pytest.raises(SimConfigError):
-            MqttDeviceSim(**bad)  # type: ignore[arg-type]
+            MqttDeviceSim(**bad)
     with pytest.raises(SimConfigError, match="SiteWhere"):
         MqttDeviceSim(fmt="sitewhere", batch=5)

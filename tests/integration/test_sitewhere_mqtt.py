@@ -52,7 +52,7 @@ class Harness:
 
 async def _start(**overrides: object) -> Harness:
     port = free_port()
-    config = MqttConfig(port=port, **overrides)  # type: ignore[arg-type]
+    config = MqttConfig(port=port, **overrides)
     adapter = build_mqtt_adapter(config, tenants=("default", "acme"))
     assert isinstance(adapter, EmbeddedMqttAdapter)
     sink = RecordingSink()

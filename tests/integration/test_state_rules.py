@@ -16,7 +16,7 @@ from fieldgate.cloud.bus import DECODED, Message, topic_name
 from fieldgate.cloud.config import CloudConfig, TenantConfig
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
-from tests.helpers.waiting import eventually, not_yet
+from tests.helpers.waiting import NotYet, eventually, not_yet
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ async def rule_alerts(api: httpx.AsyncClient, device: str) -> list[tuple[str, st
 
 
 async def wait_state(api: httpx.AsyncClient, device: str, check: Any, what: str) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
+    async def probe() -> dict[str, Any] | NotYet | None:
         r = await api.get(f"/api/v1/devices/{device}/state")
         if r.status_code != 200:
             return None

@@ -324,7 +324,7 @@ async def test_a_raw_stream_with_the_right_certificate_but_no_hello_is_still_a_p
     async with grpc.aio.secure_channel(target(cloud), creds) as channel:
         call = channel.stream_stream(
             CONNECT_METHOD, svc.EdgeMessage.SerializeToString, svc.CloudMessage.FromString
-        )()
+        )(None)
         await call.write(svc.EdgeMessage(batch=svc.EventBatchUp(seq=1)))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call.read()

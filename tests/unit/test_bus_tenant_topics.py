@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fieldgate.cloud.bus import DECODED, STAGES, Message, topic_name
+from fieldgate.cloud.bus import DECODED, STAGES, Message, Record, topic_name
 from fieldgate.cloud.bus.embedded import EmbeddedBus
 
 
@@ -19,7 +19,7 @@ async def test_delete_tenant_topics(tmp_path: Path) -> None:
             await bus.publish(acme, [Message(b"d", f"a{i}".encode())])
             await bus.publish(globex, [Message(b"d", f"g{i}".encode())])
         async with bus.consumer("inbound", DECODED) as consumer:
-            got = []
+            got: list[Record] = []
             while len(got) < 6:
                 got += await consumer.poll(timeout_s=1)
             await consumer.commit(got)
@@ -50,7 +50,7 @@ async def test_a_late_commit_of_a_deleted_topic_does_not_skip_the_new_ones_recor
     async with bus, bus.consumer("inbound", DECODED) as consumer:
         for i in range(3):
             await bus.publish(acme, [Message(b"d", f"old{i}".encode())])
-        old = []
+        old: list[Record] = []
         while len(old) < 3:
             old += await consumer.poll(timeout_s=1)
         await bus.delete_tenant_topics("acme")

@@ -90,7 +90,9 @@ def test_documented_command_and_ack_frames() -> None:
 
 def test_event_from_measurement_uses_channel_names_and_reports_unnamed_channels() -> None:
     ctx = DecodeContext("default", "mcu-1", 1_700_000_000_000)
-    event = to_event(parse_message(DOC_BODY), ctx, {0: "temperature"})
+    msg = parse_message(DOC_BODY)
+    assert isinstance(msg, Measurement)
+    event = to_event(msg, ctx, {0: "temperature"})
     assert dict(event.measurement.values) == {"temperature": 21.5, "ch1": 45.5}
     assert (event.tenant, event.device, event.event_time_ms) == ("default", "mcu-1", 1_700_000_000_000)
     assert event.alternate_id == ""
@@ -98,7 +100,9 @@ def test_event_from_measurement_uses_channel_names_and_reports_unnamed_channels(
 
 def test_float32_values_read_as_the_decimals_firmware_meant() -> None:
     body = encode_message(Measurement(((0, 21.3),), ts_ms=1_700_000_000_123))
-    event = to_event(parse_message(body), DecodeContext("t", "d", 5), {0: "temperature"})
+    msg = parse_message(body)
+    assert isinstance(msg, Measurement)
+    event = to_event(msg, DecodeContext("t", "d", 5), {0: "temperature"})
     assert event.measurement.values["temperature"] == 21.3
     assert event.event_time_ms == 1_700_000_000_123
 

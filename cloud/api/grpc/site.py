@@ -84,7 +84,7 @@ class SiteManagementServicer(svc_grpc.SiteManagementServicer):
         tenant = await self._tenant(request.tenant)
         try:
             el = GroupElement(
-                kind=request.element_kind,  # type: ignore[arg-type]  # validated here
+                kind=request.element_kind,  # validated here
                 token=request.token,
                 roles=tuple(request.roles),
             )

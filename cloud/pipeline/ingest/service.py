@@ -131,7 +131,7 @@ class _Servicer(svc_grpc.EdgeUplinkServicer):
     def __init__(self, ingest: IngestService) -> None:
         self._ingest = ingest
 
-    async def Connect(  # type: ignore[override]
+    async def Connect(
         self,
         request_iterator: AsyncIterator[svc.EdgeMessage],
         context: aio.ServicerContext[svc.EdgeMessage, svc.CloudMessage],

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cassandra.query import BatchStatement, BatchType  # type: ignore[import-untyped]
+from cassandra.query import BatchStatement, BatchType
 
 from fieldgate.cloud.errors import InvalidRequest, StoreError
 from fieldgate.cloud.ids import completed_event, event_key

@@ -26,14 +26,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cassandra import ConsistencyLevel  # type: ignore[import-untyped]
-from cassandra.cluster import (  # type: ignore[import-untyped]
+from cassandra import ConsistencyLevel
+from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
     ExecutionProfile,
 )
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy  # type: ignore[import-untyped]
-from cassandra.query import tuple_factory  # type: ignore[import-untyped]
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import tuple_factory
 
 from fieldgate.cloud.errors import CloudError, InvalidRequest, StoreError
 from fieldgate.timeutil import now_ms

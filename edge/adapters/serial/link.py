@@ -21,7 +21,7 @@ import errno
 import os
 from typing import Any
 
-import serial  # type: ignore[import-untyped]
+import serial
 
 from fieldgate.edge.errors import EdgeError
 

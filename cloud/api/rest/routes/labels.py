@@ -128,6 +128,6 @@ def labels_router(
             async def area_label(token: str, who: Read) -> Response:
                 return await site_label(who, "area", "areas", token, fmt)
 
-        routes(fmt)  # type: ignore[arg-type]
+        routes(fmt)
 
     return router
