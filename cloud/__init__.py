@@ -9,3 +9,13 @@ sessions). :mod:`fieldgate.cloud.services` holds the transport-neutral rules tha
 :mod:`fieldgate.cloud.bus` the bus, :mod:`fieldgate.cloud.domain` pure definitions,
 :mod:`fieldgate.cloud.zk` ZooKeeper; :mod:`fieldgate.cloud.app` composes them.
 """
+
+# One module, one name: the folder is part of the package through the link fieldgate/cloud. From the
+# repository's root (on sys.path under pytest) it would import a second time under another
+# name, with its own copies of every class and registry, so that is refused.
+if __name__ != "fieldgate.cloud":
+    raise ImportError(
+        f"{__name__!r} is the repository's cloud/ folder: import it as fieldgate.cloud"
+        " (fieldgate/cloud links to it; README.md, Where things are)",
+        name=__name__,
+    )

@@ -11,3 +11,13 @@ the difference.
 
 See docs/simulators.md.
 """
+
+# One module, one name: the folder is part of the package through the link fieldgate/sims. From the
+# repository's root (on sys.path under pytest) it would import a second time under another
+# name, with its own copies of every class and registry, so that is refused.
+if __name__ != "fieldgate.sims":
+    raise ImportError(
+        f"{__name__!r} is the repository's firmware-sims/ folder: import it as fieldgate.sims"
+        " (fieldgate/sims links to it; README.md, Where things are)",
+        name=__name__,
+    )

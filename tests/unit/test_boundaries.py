@@ -9,6 +9,7 @@ added line's doing.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,35 @@ def test_a_forbidden_import_breaks_the_contract(package_copy: Path, tmp_path: Pa
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Contracts: 0 kept, 1 broken." in out, result.stdout
     assert f"{importer} -> {imported}" in out, result.stdout
+
+
+# The layout (README.md, "Where things are"): the design's top-level folders form one package
+# through the links in fieldgate/, and each is importable under that one name only.
+FOLDERS = {"fieldgate.cloud": "cloud", "fieldgate.edge": "edge", "fieldgate.sims": "firmware-sims"}
+
+
+@pytest.mark.parametrize("package", sorted(FOLDERS))
+def test_the_folders_are_the_package_through_the_links(package: str) -> None:
+    folder = ROOT / FOLDERS[package]
+    link = ROOT / "fieldgate" / package.removeprefix("fieldgate.")
+    assert link.is_symlink() and link.resolve() == folder.resolve()
+    module = importlib.import_module(package)
+    assert module.__file__ is not None
+    assert Path(module.__file__).resolve() == (folder / "__init__.py").resolve()
+
+
+@pytest.mark.parametrize("package", sorted(FOLDERS))
+def test_a_folder_imported_by_its_own_name_is_refused(package: str) -> None:
+    """From the repository's root (pytest puts it on sys.path) ``import cloud`` would load the
+    same files a second time as another module; it fails, saying what to import instead."""
+    folder = FOLDERS[package]
+    code = f"import importlib, sys\nsys.path.insert(0, {str(ROOT)!r})\nimportlib.import_module({folder!r})\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"ImportError: {folder!r} is the repository's {folder}/ folder: import it as {package}"
+        f" (fieldgate/{package.removeprefix('fieldgate.')} links to it; README.md, Where things are)"
+    )
