@@ -15,6 +15,8 @@ import pytest
 
 from fieldgate.cli import main
 from fieldgate.cloud.app import CloudApp
+from fieldgate.cloud.bus import PERSISTED
+from fieldgate.cloud.bus.embedded import EmbeddedBus
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.timeutil import now_ms
 from tests.helpers.connectors import (
@@ -24,7 +26,7 @@ from tests.helpers.connectors import (
     make_event,
     publish,
 )
-from tests.helpers.waiting import eventually, never
+from tests.helpers.waiting import collect, eventually, never
 from tests.helpers.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -153,12 +155,21 @@ async def test_replay_cli_resends_a_time_range(tmp_path: Path) -> None:
     second = [make_event(i) for i in range(3, 6)]
     async with webhook_receiver(secret=SECRET) as rx:
         async with cloud(tmp_path) as (app, api):
-            assert (await api.post("/api/v1/connectors", json=hook(rx.url))).status_code == 201
-            await publish(app.bus, first)
-            await asyncio.sleep(0.05)
-            since_ms = now_ms()
-            await asyncio.sleep(0.05)
-            await publish(app.bus, second)
+            assert isinstance(app.bus, EmbeddedBus)
+            # A group of its own that reads [persisted] and never commits: it shows the records'
+            # stored timestamps, which set the replayed window, and it keeps the records for the
+            # replay (the bus trims, every few seconds, what every group has committed).
+            async with app.bus.consumer("replay-window", PERSISTED) as reader:
+                assert (await api.post("/api/v1/connectors", json=hook(rx.url))).status_code == 201
+                await publish(app.bus, first)
+                before = await collect(lambda: reader.poll(timeout_s=0.5), 1, what="the first range's record")
+                last_before = max(r.timestamp_ms for r in before)
+                # The next records are stamped later than these (a condition, not a sleep).
+                await eventually(lambda: now_ms() > last_before, what="the clock past the first range")
+                await publish(app.bus, second)
+                after = await collect(lambda: reader.poll(timeout_s=0.5), 1, what="the second range's record")
+            since_ms = min(r.timestamp_ms for r in after)
+            assert len(before) == len(after) == 1 and last_before < since_ms  # one record per device
             await eventually(lambda: len(rx.event_ids()) == 6, what="first delivery")
             await eventually(
                 lambda: connectors_committed(app), what="the connectors group committed [persisted]"
