@@ -64,6 +64,7 @@ from fieldgate.cloud.pipeline.ingest.edges import EdgeTracker
 from fieldgate.cloud.pipeline.ingest.service import IngestService
 from fieldgate.cloud.pipeline.persistence import EventPersistence
 from fieldgate.cloud.pipeline.registration import Registration
+from fieldgate.cloud.pipeline.rules import RuleBook
 from fieldgate.cloud.pipeline.sessions import EdgeSessions
 from fieldgate.cloud.pipeline.stage import ConsumerStage
 from fieldgate.cloud.pipeline.state import DeviceStateStage
@@ -74,7 +75,7 @@ from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.services.connectors import ConnectorAdmin
 from fieldgate.cloud.services.live import LiveHub
-from fieldgate.cloud.services.rules import RuleBook, RuleService
+from fieldgate.cloud.services.rules import RuleService
 from fieldgate.cloud.services.scheduler import Scheduler
 from fieldgate.cloud.services.tenants import TenantAdmin, TenantStores, record_settings, tenant_record
 from fieldgate.cloud.store.backend import (

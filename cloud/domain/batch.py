@@ -24,10 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from fieldgate.cloud.domain.commands import MAX_TTL_S
 from fieldgate.cloud.jsontypes import integral, one_of_fields
-
-# TODO(issue 16 phase B): MAX_TTL_S belongs to the domain (domain imports no service).
-from fieldgate.cloud.services.commands import MAX_TTL_S
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOKEN = re.compile(r"^[^\s/#+]{1,128}$")

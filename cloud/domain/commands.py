@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from fieldgate.v1 import services_pb2 as svc
 
+#: The longest time-to-live of a command invocation (7 days): the command service and the batch
+#: operations' documents refuse longer ones.
+MAX_TTL_S = 7 * 24 * 3600
+
 #: ``CommandResponse.refused`` reasons: the response names no invocation of its tenant, or one
 #: for another device (which one is not said: the answering device's events may be visible to
 #: users who must not learn the other device's token).

@@ -60,6 +60,7 @@ from fieldgate.cloud.domain.rules.engine import (
 from fieldgate.cloud.domain.rules.model import MissingDataRule, RuleSet
 from fieldgate.cloud.errors import CloudError
 from fieldgate.cloud.ids import event_id
+from fieldgate.cloud.pipeline.rules import RuleBook
 from fieldgate.cloud.pipeline.stage import (
     ConsumerStage,
     StageSettings,
@@ -67,9 +68,6 @@ from fieldgate.cloud.pipeline.stage import (
     messages_by_device,
     tenant_of,
 )
-
-# TODO(issue 16 phase B): RuleBook (read by this stage) splits from RuleService (the API's).
-from fieldgate.cloud.services.rules import RuleBook
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.store.state import (
     MISSING,
@@ -80,7 +78,6 @@ from fieldgate.cloud.store.state import (
     LinkValue,
     LocationValue,
     MeasurementValue,
-    RuleState,
 )
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -538,4 +535,4 @@ class DeviceStateStage:
         return out
 
 
-__all__ = ["GROUP", "DeviceStateStage", "RuleState", "StateStats"]
+__all__ = ["GROUP", "DeviceStateStage", "StateStats"]

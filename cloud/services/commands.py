@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fieldgate.cloud.bus import COMMAND_INVOCATIONS, Bus, Message, topic_name
+from fieldgate.cloud.domain.commands import MAX_TTL_S
 from fieldgate.cloud.errors import BusError, InvalidRequest, NotFound, UnknownReference
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
@@ -31,7 +32,6 @@ from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 
-MAX_TTL_S = 7 * 24 * 3600
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 PARAM_TYPE_NAMES: dict[int, str] = {

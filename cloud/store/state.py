@@ -24,14 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from fieldgate.cloud.domain.rules.engine import RuleState
 from fieldgate.cloud.store import Page, TenantOwned
 
 Presence = Literal["present", "missing"]
 PRESENT: Presence = "present"
 MISSING: Presence = "missing"
-
-#: Key of the presence-interval document among a tenant's rule rows (rule ids cannot start with "_").
-PRESENCE_INTERVALS_KEY = "_presence_intervals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +71,6 @@ class LinkValue(Timed):
 
     status: str
     adapter: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RuleState:
-    """One rule's evaluation state for one device (kept with the device's state)."""
-
-    updated_ms: int = 0  # event time of the last event evaluated (older ones are skipped)
-    last_alternate_id: str = ""  # ... and its alternate id (a replay of it is skipped too)
-    raised: bool = False
-    since_ms: int | None = None  # threshold/rate: when the condition started to hold
-    samples: tuple[tuple[int, float], ...] = ()  # rate_of_change: (event time, value) in the window
-    seen_ms: int = 0  # missing_data: received time the measurement was last seen (or tracking began)
-
-    def newer_than(self, other: RuleState | None) -> bool:
-        return other is None or self.updated_ms >= other.updated_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +229,7 @@ class DeviceStateStore(TenantOwned, Protocol):
         """Forget a (deleted) device's state; True if there was one."""
 
     async def get_rules(self, tenant: str) -> dict[str, str]:
-        """The tenant's rule rows: id → JSON document (and PRESENCE_INTERVALS_KEY)."""
+        """The tenant's rule rows: id → JSON document (cloud/domain/rules/model.py ``to_documents``)."""
 
     async def put_rule(self, tenant: str, rule_id: str, document: str) -> None: ...
 

@@ -17,12 +17,14 @@ import pytest
 
 from fieldgate.cloud.bus import Bus, Message
 from fieldgate.cloud.config import TenantConfig
+from fieldgate.cloud.domain.rules.engine import RuleState
 from fieldgate.cloud.domain.rules.model import RULE_ADAPTER
+from fieldgate.cloud.pipeline.rules import RuleBook
 from fieldgate.cloud.pipeline.state import DeviceStateStage
-from fieldgate.cloud.services.rules import RuleBook, RuleService
+from fieldgate.cloud.services.rules import RuleService
 from fieldgate.cloud.store.backend import build_registry, build_state_store
 from fieldgate.cloud.store.registry import Registry
-from fieldgate.cloud.store.state import DeviceState, DeviceStateStore, RuleState
+from fieldgate.cloud.store.state import DeviceState, DeviceStateStore
 from fieldgate.cloud.zk.models import TenantSettingsRegistry
 from fieldgate.v1 import events_pb2 as pb
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces

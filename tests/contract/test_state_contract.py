@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fieldgate.cloud.domain.rules.engine import RuleState
 from fieldgate.cloud.store.backend import build_state_store
 from fieldgate.cloud.store.state import (
     AlertValue,
@@ -15,7 +16,6 @@ from fieldgate.cloud.store.state import (
     DeviceStateStore,
     LocationValue,
     MeasurementValue,
-    RuleState,
 )
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 

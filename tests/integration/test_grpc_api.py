@@ -320,7 +320,8 @@ async def site_api(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[Clients, svc_grpc.SiteManagementAsyncStub, svc_grpc.DeviceStatesAsyncStub]]:
     """The management services with the site model, device state and rules (cloud/api/grpc/site.py)."""
-    from fieldgate.cloud.services.rules import RuleBook, RuleService
+    from fieldgate.cloud.pipeline.rules import RuleBook
+    from fieldgate.cloud.services.rules import RuleService
     from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 
     async with api_stack(tmp_path) as stack:

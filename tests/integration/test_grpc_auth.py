@@ -19,9 +19,10 @@ from google.protobuf.message import Message
 from fieldgate.cloud.api.grpc.server import ApiAuth, add_grpc_api
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import AuthConfig, CloudConfig, TenantConfig, TlsConfig
+from fieldgate.cloud.pipeline.rules import RuleBook
 from fieldgate.cloud.services.access import Principal, Role
 from fieldgate.cloud.services.auth import TokenAuthority
-from fieldgate.cloud.services.rules import RuleBook, RuleService
+from fieldgate.cloud.services.rules import RuleService
 from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 from fieldgate.cloud.tls import ServerTls
 from fieldgate.pki import CertificateAuthority

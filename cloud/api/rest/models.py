@@ -11,8 +11,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
+from fieldgate.cloud.domain.commands import MAX_TTL_S
 from fieldgate.cloud.jsontypes import integral
-from fieldgate.cloud.services.commands import MAX_TTL_S
 from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.management import NAME_PATTERN, TOKEN_PATTERN
 from fieldgate.cloud.services.users import (

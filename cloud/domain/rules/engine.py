@@ -1,6 +1,6 @@
 """Rule evaluation as pure functions: no I/O, no clock of its own, no global state.
 
-:func:`evaluate_event` takes one rule, that rule's :class:`~fieldgate.cloud.store.state.RuleState`
+:func:`evaluate_event` takes one rule, that rule's :class:`RuleState`
 for the device (None the first time) and one event, and returns the new state and at most one
 :class:`Firing` (an alert to raise or clear). :func:`evaluate_clock` does the same for the one
 time-driven kind, ``missing_data``, given the current time. The device state stage keeps the
@@ -27,13 +27,26 @@ from fieldgate.cloud.domain.rules.model import (
     Rule,
     ThresholdRule,
 )
-
-# TODO(issue 16 phase B): RuleState is a rule definition: it moves into the domain (domain imports no
-# store).
-from fieldgate.cloud.store.state import RuleState
 from fieldgate.v1 import events_pb2 as pb
 
 MAX_RATE_SAMPLES = 64  # per device and rule: the newest samples within the window are kept
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """One rule's evaluation state for one device (the state store keeps it with the
+    device's state, cloud/store/state.py)."""
+
+    updated_ms: int = 0  # event time of the last event evaluated (older ones are skipped)
+    last_alternate_id: str = ""  # ... and its alternate id (a replay of it is skipped too)
+    raised: bool = False
+    since_ms: int | None = None  # threshold/rate: when the condition started to hold
+    samples: tuple[tuple[int, float], ...] = ()  # rate_of_change: (event time, value) in the window
+    seen_ms: int = 0  # missing_data: received time the measurement was last seen (or tracking began)
+
+    def newer_than(self, other: RuleState | None) -> bool:
+        return other is None or self.updated_ms >= other.updated_ms
+
 
 FiringState = Literal["raised", "cleared"]
 

@@ -18,6 +18,8 @@ per-device-type presence intervals the device state stage uses (overriding the t
 from __future__ import annotations
 
 import fnmatch
+import json
+import logging
 import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -30,12 +32,19 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
 
 from fieldgate.cloud.jsontypes import integral
 from fieldgate.config import Frozen
+
+log = logging.getLogger(__name__)
+
+#: Key of the presence-interval document among a tenant's rule documents (rule ids cannot start
+#: with "_"): the state store keeps one row per key.
+PRESENCE_INTERVALS_KEY = "_presence_intervals"
 
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 MEASUREMENT_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,64}$"
@@ -218,3 +227,30 @@ class RuleSet(Frozen):
 def rule_json(rule: Rule) -> dict[str, Any]:
     out: dict[str, Any] = RULE_ADAPTER.dump_python(rule, mode="json")
     return out
+
+
+# --- a tenant's rules as the state store keeps them: one JSON document per rule id -------------
+
+
+def to_documents(rules: RuleSet) -> dict[str, str]:
+    """The documents of ``rules``: rule id → JSON, and the presence intervals under
+    :data:`PRESENCE_INTERVALS_KEY`."""
+    docs = {r.id: json.dumps(rule_json(r), sort_keys=True) for r in rules.rules}
+    if rules.presence_intervals:
+        docs[PRESENCE_INTERVALS_KEY] = json.dumps(rules.presence_intervals, sort_keys=True)
+    return docs
+
+
+def from_documents(tenant: str, docs: dict[str, str]) -> RuleSet:
+    """The rule set the documents hold (an invalid one is logged and left out)."""
+    rules: list[Rule] = []
+    intervals: dict[str, int] = {}
+    for key, doc in sorted(docs.items()):
+        try:
+            if key == PRESENCE_INTERVALS_KEY:
+                intervals = {str(k): int(v) for k, v in json.loads(doc).items()}
+            else:
+                rules.append(RULE_ADAPTER.validate_json(doc))
+        except (ValidationError, ValueError, AttributeError) as err:
+            log.error("tenant %s: stored rule %r is invalid and ignored: %s", tenant, key, err)
+    return RuleSet(rules=tuple(rules), presence_intervals=intervals)
