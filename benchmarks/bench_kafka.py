@@ -55,7 +55,8 @@ from fieldgate.cloud.pipeline.persistence import EventPersistence
 from fieldgate.cloud.pipeline.registration import Registration
 from fieldgate.cloud.pipeline.stage import StageSettings
 from fieldgate.cloud.store.sqlite.events import SqliteEventStore
-from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
+from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.devservers import CassandraServer, kafka_server, start_cassandra
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb

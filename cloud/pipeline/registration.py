@@ -42,7 +42,7 @@ from fieldgate.cloud.pipeline.stage import (
     messages_by_device,
     tenant_of,
 )
-from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.registry import Registry, default_device_type
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model
@@ -53,23 +53,6 @@ if TYPE_CHECKING:
 GROUP = "registration"
 
 log = logging.getLogger(__name__)
-
-
-def default_device_type(token: str = "default") -> model.DeviceType:
-    """The device type auto-registered devices get unless configured otherwise."""
-    return model.DeviceType(
-        token=token,
-        name="Default device",
-        description="Created by fieldgate for automatically registered devices.",
-        commands=[
-            model.DeviceCommand(name="ping", description="Answer with a command response."),
-            model.DeviceCommand(
-                name="set-interval",
-                description="Change the reporting interval.",
-                params=[model.CommandParam(name="seconds", type=model.PARAM_TYPE_INT, required=True)],
-            ),
-        ],
-    )
 
 
 def registration_alternate_id(device: str) -> str:

@@ -47,14 +47,10 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
-
-# TODO(issue 16 phase B): default_device_type moves out of the registration stage (services never
-# import pipeline).
-from fieldgate.cloud.pipeline.registration import default_device_type
 from fieldgate.cloud.store import Page, TenantOwned
 from fieldgate.cloud.store.events import EventStore
 from fieldgate.cloud.store.invocations import InvocationStore
-from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.registry import Registry, default_device_type
 from fieldgate.cloud.zk.models import TENANT_PATTERN, TenantSettings, TenantSettingsRegistry
 from fieldgate.config import validate
 from fieldgate.errors import ConfigError

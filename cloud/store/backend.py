@@ -121,12 +121,12 @@ def build_invocation_store(
     """Command invocations: ``data_dir/registry/invocations-<tenant>.db`` or Cassandra."""
     store = config.store
     if store.kind == "cassandra":
-        from fieldgate.cloud.store.cassandra.registry import CassandraInvocationStore
+        from fieldgate.cloud.store.cassandra.invocations import CassandraInvocationStore
 
         return CassandraInvocationStore(
             _session(config, cassandra), keyspace_prefix=store.keyspace_prefix, replication=store.replication
         )
-    from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore
+    from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
 
     return SqliteInvocationStore(config.data_dir / "registry")
 

@@ -19,7 +19,8 @@ from fieldgate.cloud.config import CloudConfig, StoreConfig
 from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.backend import build_cassandra, load_token_secret
-from fieldgate.cloud.store.cassandra.registry import _BUCKET, CassandraInvocationStore, CassandraRegistry
+from fieldgate.cloud.store.cassandra.invocations import CassandraInvocationStore
+from fieldgate.cloud.store.cassandra.registry import BUCKET, CassandraRegistry
 from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
@@ -221,11 +222,11 @@ async def test_a_create_retried_after_a_crash_requeues_the_invocation(
     the create retried with the same id (a batch runner resuming) puts it back in the queues."""
     one, two = invocation_replicas
     await one.create(inv(0))
-    ctx = await one._open("acme", create=False)
-    assert ctx is not None
-    seq = (await one._run(ctx["sel"], ("inv-0",)))[0][0]
-    await one._run(ctx["del_queued"], (_BUCKET, seq))  # the crash: queue entries never written
-    await one._run(ctx["del_queued_device"], ("dev-1", seq))
+    row = await one._read("acme", "inv-0")
+    ctx = await one._ctx("acme")
+    assert row is not None and ctx is not None
+    await one._ks.run(ctx["del_queued"], (BUCKET, row.key))  # the crash: queue entries never written
+    await one._ks.run(ctx["del_queued_device"], ("dev-1", row.key))
     assert await two.list_pending("acme") == []
     with pytest.raises(Conflict):
         await two.create(inv(0))

@@ -22,7 +22,8 @@ from fieldgate.cloud.pipeline.registration import Registration
 from fieldgate.cloud.pipeline.stage import StageSettings
 from fieldgate.cloud.store.events import EventQuery
 from fieldgate.cloud.store.sqlite.events import SqliteEventStore
-from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
+from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.devservers import KafkaServer
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb

@@ -32,7 +32,8 @@ from fieldgate.cloud.store.batch import SqliteBatchStore
 from fieldgate.cloud.store.connectors import SqliteConnectorStore
 from fieldgate.cloud.store.sqlite.edges import SqliteEdgeDirectory
 from fieldgate.cloud.store.sqlite.events import SqliteEventStore
-from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
+from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.cloud.store.sqlite.site import SqliteSiteStore
 from fieldgate.cloud.store.sqlite.state import SqliteStateStore
 from fieldgate.v1 import model_pb2 as model

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fieldgate.cloud.store.sqlite.registry import SqliteInvocationStore, SqliteRegistry
+from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
+from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.v1 import model_pb2 as model
 from fieldgate.v1 import services_pb2 as svc
 

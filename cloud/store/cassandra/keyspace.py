@@ -15,9 +15,10 @@ creating a keyspace that is not there: the registry drops the keyspace itself) a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fieldgate.cloud.errors import StoreError
 from fieldgate.cloud.store.validators import require_tenant, valid_tenant
 
 if TYPE_CHECKING:
@@ -110,3 +111,130 @@ class TenantKeyspaceStore:
     def forget_tenant(self, tenant: str) -> None:
         """Forget that the tenant's keyspace was migrated (it was dropped, or is about to be)."""
         self._ready.pop(tenant, None)
+
+
+class PreparedKeyspaces:
+    """A component's tables in the instance keyspace and in each tenant's keyspace, with their
+    statements prepared once per process and keyspace: what the registry and the invocation
+    store run on their hot paths (a device lookup, an invocation's moves).
+
+    ``instance(name)`` is a prepared statement of the instance keyspace (migrated and prepared
+    at :meth:`start`); ``await tenant(t, create=...)`` the tenant keyspace's statements by name,
+    migrated on first use — None when the keyspace does not exist and ``create`` is false (a
+    read creates nothing). Concurrent first users of a tenant share one migration.
+    """
+
+    def __init__(
+        self,
+        session: CassandraSession,
+        component: str,
+        *,
+        what: str,
+        instance: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]],
+        tenant: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]],
+        keyspace_prefix: str = "fg",
+        replication: int = 1,
+        max_concurrency: int = 32,
+    ) -> None:
+        from fieldgate.cloud.store.cassandra.session import instance_keyspace
+
+        self.session = session
+        self.prefix = keyspace_prefix
+        self._component = component
+        self._what = what
+        self._instance_schema, self._tenant_schema = instance, tenant
+        self._instance_ks = instance_keyspace(keyspace_prefix)
+        self._replication = replication
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._started = False
+        self._inst: dict[str, Any] = {}
+        self._tenants: dict[str, dict[str, Any]] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        await self.session.start()
+        self._started = True
+        try:
+            ks = self._instance_ks
+            migrations, statements = self._instance_schema
+            await self.session.migrate(ks, self._component, migrations(ks), replication=self._replication)
+            self._inst = await self.session.prepare(statements(ks), ks)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._tenants.clear()
+        await self.session.stop()
+
+    def instance(self, name: str) -> Any:
+        self._check()
+        return self._inst[name]
+
+    def keyspace(self, tenant: str) -> str:
+        from fieldgate.cloud.store.cassandra.session import keyspace_name
+
+        return keyspace_name(tenant, self.prefix)
+
+    async def tenant(self, tenant: str, *, create: bool) -> dict[str, Any] | None:
+        ctx = self._tenants.get(tenant)
+        if ctx is not None:
+            return ctx
+        if not valid_tenant(tenant):
+            return None
+        ks = self.keyspace(tenant)
+        async with self._opening.setdefault(tenant, asyncio.Lock()):
+            ctx = self._tenants.get(tenant)
+            if ctx is not None:
+                return ctx
+            self._check()
+            if not create and not await self.session.keyspace_exists(ks):
+                return None
+            migrations, statements = self._tenant_schema
+            await self.session.migrate(ks, self._component, migrations(ks), replication=self._replication)
+            ctx = await self.session.prepare(statements(ks), ks)
+            self._tenants[tenant] = ctx
+            return ctx
+
+    async def run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        self._check()
+        return await self.session.execute(statement, params, limit=self._limit)
+
+    async def applied(self, statement: Any, params: Sequence[Any]) -> tuple[bool, tuple[Any, ...]]:
+        """Run a lightweight transaction: whether it took effect, and the row's current values
+        it returned when it did not (empty for a row that does not exist)."""
+        rows = await self.run(statement, params)
+        if not rows:
+            raise StoreError(f"{self._what}: no answer to a conditional write")
+        return bool(rows[0][0]), tuple(rows[0][1:])
+
+    def forget(self, tenant: str) -> None:
+        """Forget the tenant's statements (its keyspace was dropped, or is about to be)."""
+        self._tenants.pop(tenant, None)
+
+    async def drop(self, tenant: str) -> bool:
+        """``DROP KEYSPACE`` of the tenant (every component's tables); False if absent."""
+        self.forget(tenant)
+        if not valid_tenant(tenant):
+            return False
+        ks = self.keyspace(tenant)
+        existed = await self.session.keyspace_exists(ks)
+        if existed:
+            await self.run(f"DROP KEYSPACE IF EXISTS {ks}")
+        self.forget(tenant)
+        return existed
+
+    async def empty(self, tenant: str, tables: Sequence[str]) -> bool:
+        """Empty ``tables`` of the tenant's keyspace; False if they held nothing (or there is no
+        keyspace: nothing is created)."""
+        self.forget(tenant)
+        if await self.tenant(tenant, create=False) is None:
+            return False
+        return await self.session.empty_tables(self.keyspace(tenant), tables, limit=self._limit)
+
+    def _check(self) -> None:
+        if not self._started:
+            raise StoreError(f"{self._what} is not started")

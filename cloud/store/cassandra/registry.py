@@ -1,34 +1,33 @@
-"""Cassandra registry (tenants, device types, devices, assignments) and invocation store.
+"""Cassandra registry: the row primitives of :class:`~fieldgate.cloud.store.registry.RegistryBase`,
+so that cloud services on different machines share no files. Layout (docs/operations/cassandra.md):
 
-The distributed implementations of :class:`fieldgate.cloud.store.registry.Registry` and
-:class:`fieldgate.cloud.store.invocations.InvocationStore`, with exactly the rules of the SQLite ones
-(:mod:`fieldgate.cloud.store.sqlite.registry`), so that cloud services on different machines
-share no files. Layout (docs/operations/cassandra.md):
-
-* instance keyspace ``<prefix>__instance`` (:func:`~fieldgate.cloud.store.cassandra.session.instance_keyspace`),
-  component ``registry``: ``tenants`` (token → creation seq, data) and ``invocation_tenants``
-  (the tenants that ever stored an invocation, for :meth:`CassandraInvocationStore.expire_due`
-  over every tenant);
-* each tenant's keyspace (the event store's, :func:`keyspace_name`), component ``registry``:
-  ``device_types``, ``devices``, ``assignments`` and ``invocations`` keyed by token/id (the
-  serialized protobuf in ``data`` beside the queried columns), and for each a listing table
-  with one partition per tenant clustered by a time-based ``seq`` (creation order; assignments
-  newest first, also per device), ``active_assignments`` (device → its one ACTIVE assignment)
-  and ``queued_invocations`` / ``queued_invocations_by_device`` (what is still QUEUED, oldest
-  first).
+* instance keyspace ``<prefix>__instance``, component ``registry``: ``tenants`` (token →
+  creation seq, data) and ``invocation_tenants`` (the invocation store's list of tenants);
+* each tenant's keyspace (the event store's), component ``registry``: ``device_types``,
+  ``devices``, ``assignments``, ``customer_types``, ``customers`` (and the invocation store's
+  tables, :mod:`fieldgate.cloud.store.cassandra.invocations`) keyed by token, the serialized
+  protobuf in ``data`` beside the queried columns; for each a listing table with one partition
+  per tenant clustered by a time-based ``seq`` (creation order; assignments newest first, also
+  per device; customers also per parent), ``active_assignments`` (device → its one ACTIVE
+  assignment) and ``active_by_customer``.
 
 Races between replicas are settled by lightweight transactions (Paxos), never by a read then a
 write: ``INSERT ... IF NOT EXISTS`` for every token (a second creator gets Conflict), for a
-device's active-assignment slot (at most one ACTIVE assignment per device), for a tenant's
-record; ``UPDATE ... IF status = ?`` for an assignment's release and for every invocation status
-move (the loser re-reads and applies :func:`next_status` to what won), so two replicas
-moving, answering or expiring the same invocation change it once, and an answer racing the
-edge's timeout ends answered or late, never lost.
+device's active-assignment slot (at most one ACTIVE assignment per device) and for a tenant's
+record; ``UPDATE ... IF status = ?`` for an assignment's release.
 
-Device types and devices can be changed and deleted. A device type is deleted only while no
-device has it (``devices_by_device_type``, an index), a device only while it has no active
-assignment; each delete first takes a mark by LWT (``device_type_deletions``; the device's
-``active_assignments`` slot) that a concurrent create checks after writing, and backs out on.
+References are counted: a device type, a customer type and a customer carry ``refs``, the
+number of rows naming them (devices; customers; child customers). A new reference is counted
+(compare-and-set, ``IF seq = ? AND refs = ?``) *before* the row naming it is stored — a failed
+store gives it back — and such a row is deleted only ``IF refs = 0``: a delete racing a create
+on another replica either sees the count (InUse, and the create succeeds) or the create finds
+the row gone (NotFound, and the delete succeeds). An update or delete of a row that names
+others is conditional on the names it read (``IF device_type = ?``), so each reference is given
+back once. Rows stored before the counts existed have ``refs`` null: the first change counts
+their referrers (the index or listing tables) and stores the number. A device is deleted while
+holding its own active-assignment slot (a mark no assignment token looks like): an assignment
+made at that moment either holds the slot (InUse) or finds the device gone after claiming it
+and backs out.
 
 A write is several statements (the keyed row by LWT first, then the listing rows). A process
 that dies between them leaves the entity stored but missing from its listing (its token stays
@@ -39,62 +38,48 @@ it (Cassandra has no OFFSET), like the event store's day partitions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-from google.protobuf.message import Message as ProtoMessage
-
-from fieldgate.cloud.errors import Conflict, Cycle, InUse, InvalidRequest, NotFound, StoreError
-from fieldgate.cloud.store import Page
-from fieldgate.cloud.store._registry_cache import DEVICE_CACHE_S, RegistryCache
-from fieldgate.cloud.store.cassandra.session import (
-    KEYSPACE_PREFIX,
-    CassandraSession,
-    Migration,
-    instance_keyspace,
-    keyspace_name,
+from fieldgate.cloud.errors import StoreError
+from fieldgate.cloud.store._registry_cache import DEVICE_CACHE_S
+from fieldgate.cloud.store.cassandra.keyspace import PreparedKeyspaces
+from fieldgate.cloud.store.cassandra.session import KEYSPACE_PREFIX, CassandraSession, Migration
+from fieldgate.cloud.store.registry import (
+    ACTIVE,
+    MESSAGES,
+    RELEASED,
+    Assigned,
+    Deleted,
+    Entity,
+    Kind,
+    Ref,
+    RegistryBase,
+    Replaced,
+    Stored,
+    Walk,
+    drive_async,
+    kind_of,
+    parse,
+    references,
 )
-from fieldgate.cloud.store.sqlite.registry import apply_status, check_requested, next_status
-from fieldgate.cloud.store.validators import check_page, require_tenant, valid_tenant
-from fieldgate.timeutil import now_ms
 from fieldgate.v1 import model_pb2 as model
-from fieldgate.v1 import services_pb2 as svc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CassandraInvocationStore", "CassandraRegistry", "next_status"]
-
-M = TypeVar("M", bound=ProtoMessage)
-
 COMPONENT = "registry"
-_BUCKET = 0  # the one partition of a listing table (per tenant keyspace)
-_ACTIVE = model.ASSIGNMENT_STATUS_ACTIVE
-_RELEASED = model.ASSIGNMENT_STATUS_RELEASED
-_QUEUED = svc.COMMAND_STATUS_QUEUED
-_EXPIRED = svc.COMMAND_STATUS_EXPIRED
-_KNOWN = frozenset(
-    {
-        _QUEUED,
-        svc.COMMAND_STATUS_DELIVERED,
-        svc.COMMAND_STATUS_ANSWERED,
-        svc.COMMAND_STATUS_FAILED,
-        _EXPIRED,
-        svc.COMMAND_STATUS_LATE,
-    }
-)
+BUCKET = 0  # the one partition of a listing table (per tenant keyspace)
 # The active-assignment slot of a device being deleted (no assignment token looks like it).
 _DELETING = "-deleting-"
-# Compare-and-set rounds of one status update before giving up (each lost round means another
-# writer moved the invocation forward, and there are only four forward moves).
-_CAS_ROUNDS = 8
+_CAS_ROUNDS = 50
 
 
-def _instance_migrations(ks: str) -> list[Migration]:
+def instance_migrations(ks: str) -> list[Migration]:
     """Schema versions of the registry's tables in the instance keyspace. Append, never edit."""
     return [
         (
@@ -108,8 +93,9 @@ def _instance_migrations(ks: str) -> list[Migration]:
     ]
 
 
-def _tenant_migrations(ks: str) -> list[Migration]:
-    """Schema versions of the registry's tables in a tenant keyspace. Append, never edit."""
+def tenant_migrations(ks: str) -> list[Migration]:
+    """Schema versions of the registry's (and invocation store's) tables in a tenant keyspace.
+    Append, never edit."""
 
     def by_seq(table: str, desc: bool = False, partition: str = "bucket int") -> str:
         key = partition.split()[0]
@@ -160,34 +146,25 @@ def _tenant_migrations(ks: str) -> list[Migration]:
         (
             3,
             [
-                # Which device has a type (a device type in use is not deleted); built for the
+                # Which device has a type (the referrer a refused delete names); built for the
                 # devices stored before too.
                 f"CREATE INDEX IF NOT EXISTS devices_by_device_type ON {ks}.devices (device_type)",
-                # Device types being deleted: a device created with one meanwhile backs out.
+                # Unused since version 4 (device types being deleted, before the counts).
                 f"CREATE TABLE IF NOT EXISTS {ks}.device_type_deletions (tok text PRIMARY KEY, at bigint)",
+            ],
+        ),
+        (
+            4,
+            [  # reference counts (module docstring); null on rows stored before
+                f"ALTER TABLE {ks}.device_types ADD IF NOT EXISTS refs int",
+                f"ALTER TABLE {ks}.customer_types ADD IF NOT EXISTS refs int",
+                f"ALTER TABLE {ks}.customers ADD IF NOT EXISTS refs int",
             ],
         ),
     ]
 
 
-SCHEMA_VERSION = 3
-#: The invocation store's tables among the registry's (what its ``delete_tenant`` empties).
-_INVOCATION_TABLES = ("invocations", "queued_invocations", "queued_invocations_by_device")
-
-
-def _parse(cls: type[M], data: bytes) -> M:
-    msg = cls()
-    msg.ParseFromString(data)
-    return msg
-
-
-def _copy(msg: M) -> M:
-    out = type(msg)()
-    out.CopyFrom(msg)
-    return out
-
-
-class _Sequence:
+class TimeSeq:
     """Time-based uuids (``timeuuid``) that strictly increase within this process: the
     creation order of the listing tables. A random node id per instance keeps two processes'
     values apart; the standard library's pure-Python uuid1 path (taken when node and clock_seq
@@ -201,135 +178,159 @@ class _Sequence:
         return uuid.uuid1(node=self._node, clock_seq=self._clock_seq)
 
 
-def _parent_key(parent: str | None) -> str:
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """How a kind's rows are kept: the keyed table, its reference columns (beside ``data``) and,
+    for a referenced kind, where its referrers are found (one of them; their number)."""
+
+    name: str
+    cols: tuple[str, ...] = ()
+    referrer: tuple[Kind, str, str] | None = None
+
+
+_TABLES: dict[Kind, _Table] = {
+    "device_type": _Table(
+        "device_types",
+        referrer=(
+            "device",
+            "SELECT tok FROM {ks}.devices WHERE device_type = ? LIMIT 1",
+            "SELECT count(*) FROM {ks}.devices WHERE device_type = ?",
+        ),
+    ),
+    "device": _Table("devices", ("device_type",)),
+    "customer_type": _Table(
+        "customer_types",
+        referrer=(
+            "customer",
+            "SELECT tok FROM {ks}.customers_by_type WHERE customer_type = ? LIMIT 1",
+            "SELECT count(*) FROM {ks}.customers_by_type WHERE customer_type = ?",
+        ),
+    ),
+    "customer": _Table(
+        "customers",
+        ("customer_type", "parent"),
+        referrer=(
+            "customer",
+            "SELECT tok FROM {ks}.customers_by_parent WHERE parent = ? LIMIT 1",
+            "SELECT count(*) FROM {ks}.customers_by_parent WHERE parent = ?",
+        ),
+    ),
+}
+#: Listing tables of a kind, with the column (or constant) that is their partition key.
+_LISTINGS: dict[Kind, str] = {
+    "device_type": "device_types_by_seq",
+    "device": "devices_by_seq",
+    "customer_type": "customer_types_by_seq",
+    "customer": "customers_by_seq",
+    "assignment": "assignments_by_seq",
+}
+
+
+def parent_key(parent: str | None) -> str:
     """The ``customers_by_parent`` partition of a customer: its parent, or ``-`` for top-level
     customers (a partition key cannot be empty; no token starts with ``-``)."""
     return parent or "-"
 
 
-def _applied(rows: Sequence[tuple[Any, ...]]) -> bool:
-    """Whether a lightweight transaction took effect (its first column is ``[applied]``)."""
-    return bool(rows and rows[0][0])
+def _cols(entity: Entity) -> tuple[str, ...]:
+    return tuple(str(getattr(entity, c)) for c in _TABLES[kind_of(entity)].cols)
 
 
-class _CassandraStore:
-    """What the registry and the invocation store share: the session, the instance keyspace's
-    ``registry`` tables, and per-tenant prepared statements (opened on first use)."""
-
-    _what = "cassandra registry"
-
-    def __init__(
-        self,
-        session: CassandraSession,
-        *,
-        keyspace_prefix: str = KEYSPACE_PREFIX,
-        replication: int = 1,
-        max_concurrency: int = 32,
-    ) -> None:
-        self._db = session
-        self._prefix = keyspace_prefix
-        self._instance = instance_keyspace(keyspace_prefix)
-        self._replication = replication
-        self._sem = asyncio.Semaphore(max_concurrency)
-        self._started = False
-        self._inst: dict[str, Any] = {}
-        self._tenants: dict[str, dict[str, Any]] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
-
-    async def start(self) -> None:
-        await self._db.start()
-        self._started = True
-        try:
-            ks = self._instance
-            await self._db.migrate(ks, COMPONENT, _instance_migrations(ks), replication=self._replication)
-            self._inst = await self._db.prepare(self._instance_statements(ks), ks)
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        self._tenants.clear()
-        await self._db.stop()
-
-    def _instance_statements(self, ks: str) -> dict[str, str]:
-        return {}
-
-    def forget_tenant(self, tenant: str) -> None:
-        """Forget the tenant's prepared statements (its keyspace was dropped)."""
-        self._tenants.pop(tenant, None)
-
-    async def ensure_tenant_keyspace(self, tenant: str) -> None:
-        """Create the tenant's keyspace with this component's tables now."""
-        require_tenant(tenant)
-        await self._open(tenant, create=True)
-
-    async def _drop_keyspace(self, tenant: str) -> bool:
-        """``DROP KEYSPACE`` of the tenant (events, registry, invocations); False if absent."""
-        if not valid_tenant(tenant):
-            return False
-        ks = keyspace_name(tenant, self._prefix)
-        existed = await self._db.keyspace_exists(ks)
-        if existed:
-            await self._run(f"DROP KEYSPACE IF EXISTS {ks}")
-        self.forget_tenant(tenant)
-        return existed
-
-    def _instance_stmt(self, name: str) -> Any:
-        if not self._started:
-            raise StoreError(f"{self._what} is not started")
-        return self._inst[name]
-
-    def _tenant_statements(self, ks: str) -> dict[str, str]:
-        raise NotImplementedError
-
-    async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        if not self._started:
-            raise StoreError(f"{self._what} is not started")
-        return await self._db.execute(statement, params, limit=self._sem)
-
-    async def _open(self, tenant: str, *, create: bool) -> dict[str, Any] | None:
-        """The tenant keyspace's prepared statements; None when it does not exist and ``create``
-        is false (reads create nothing). Migrates the registry tables on first use."""
-        ctx = self._tenants.get(tenant)
-        if ctx is not None:
-            return ctx
-        if not valid_tenant(tenant):
-            return None
-        ks = keyspace_name(tenant, self._prefix)
-        async with self._opening.setdefault(tenant, asyncio.Lock()):
-            ctx = self._tenants.get(tenant)
-            if ctx is not None:
-                return ctx
-            if not self._started:
-                raise StoreError(f"{self._what} is not started")
-            if not create and not await self._db.keyspace_exists(ks):
-                return None
-            await self._db.migrate(ks, COMPONENT, _tenant_migrations(ks), replication=self._replication)
-            ctx = await self._db.prepare(self._tenant_statements(ks), ks)
-            self._tenants[tenant] = ctx
-            return ctx
-
-
-def _by_seq_statements(ks: str, table: str, key: str = "bucket") -> dict[str, str]:
+def _listing_statements(ks: str, table: str, key: str = "bucket") -> dict[str, str]:
     return {
         f"ins_{table}": f"INSERT INTO {ks}.{table} ({key}, seq, tok, data) VALUES (?, ?, ?, ?)",
+        f"del_{table}": f"DELETE FROM {ks}.{table} WHERE {key} = ? AND seq = ?",
         f"count_{table}": f"SELECT count(*) FROM {ks}.{table} WHERE {key} = ?",
         f"page_{table}": f"SELECT data FROM {ks}.{table} WHERE {key} = ? LIMIT ?",
     }
 
 
-class CassandraRegistry(_CassandraStore):
-    """Implements :class:`fieldgate.cloud.store.registry.Registry` on Cassandra (see the module docstring).
+def _row_statements(ks: str, kind: Kind, t: _Table) -> dict[str, str]:
+    cols = ", ".join(t.cols)
+    sets = "".join(f"{c} = ?, " for c in t.cols)
+    same = "".join(f" AND {c} = ?" for c in t.cols)
+    counted = t.referrer is not None
+    names = ", ".join(("tok", "seq", *t.cols, "data", *(("refs",) if counted else ())))
+    marks = ", ".join(["?"] * (3 + len(t.cols)) + (["0"] if counted else []))
+    out = {
+        f"ins_{kind}": f"INSERT INTO {ks}.{t.name} ({names}) VALUES ({marks}) IF NOT EXISTS",
+        f"sel_{kind}": f"SELECT seq, {cols + ', ' if cols else ''}data FROM {ks}.{t.name} WHERE tok = ?",
+        f"upd_{kind}": f"UPDATE {ks}.{t.name} SET {sets}data = ? WHERE tok = ? IF seq = ?{same}",
+        f"del_{kind}": f"DELETE FROM {ks}.{t.name} WHERE tok = ? IF seq = ?{same}{' AND refs = 0' if counted else ''}",
+    }
+    if t.referrer is not None:
+        out |= {
+            f"refs_{kind}": f"SELECT seq, refs FROM {ks}.{t.name} WHERE tok = ?",
+            f"set_refs_{kind}": f"UPDATE {ks}.{t.name} SET refs = ? WHERE tok = ? IF seq = ? AND refs = ?",
+            f"referrer_{kind}": t.referrer[1].format(ks=ks),
+            f"referrers_{kind}": t.referrer[2].format(ks=ks),
+        }
+    return out
 
-    :meth:`get_device` is on the hot path of inbound processing: as in the SQLite registry,
-    found devices are kept in a bounded in-memory cache for ``device_cache_s`` (another
-    replica's change or deletion is seen within that time), misses always ask Cassandra
-    (another replica may have created the device), and active assignments are cached for
-    ``assignment_cache_s``; this instance's own writes drop both at once.
-    """
+
+def _instance_statements(ks: str) -> dict[str, str]:
+    return {
+        "ins_tenant": f"INSERT INTO {ks}.tenants (tok, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
+        "upd_tenant": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ?",
+        "upd_tenant_if": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ? IF EXISTS",
+        "sel_tenant": f"SELECT data FROM {ks}.tenants WHERE tok = ?",
+        "all_tenants": f"SELECT seq, data FROM {ks}.tenants",
+        "del_tenant": f"DELETE FROM {ks}.tenants WHERE tok = ?",
+    }
+
+
+def _tenant_statements(ks: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kind, spec in _TABLES.items():
+        out |= _row_statements(ks, kind, spec)
+    for listing in _LISTINGS.values():
+        out |= _listing_statements(ks, listing)
+    return out | {
+        **_listing_statements(ks, "customers_by_parent", "parent"),
+        **_listing_statements(ks, "assignments_by_device", "device"),
+        "ins_customers_by_type": f"INSERT INTO {ks}.customers_by_type (customer_type, tok) VALUES (?, ?)",
+        "del_customers_by_type": f"DELETE FROM {ks}.customers_by_type WHERE customer_type = ? AND tok = ?",
+        "ins_assignment": f"INSERT INTO {ks}.assignments (tok, seq, device, status, data)"
+        " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+        "sel_assignment": f"SELECT seq, data FROM {ks}.assignments WHERE tok = ?",
+        "del_assignment": f"DELETE FROM {ks}.assignments WHERE tok = ?",
+        "release_assignment": f"UPDATE {ks}.assignments SET status = ?, data = ? WHERE tok = ? IF status = ?",
+        "claim_active": f"INSERT INTO {ks}.active_assignments (device, tok, data) VALUES (?, ?, ?) IF NOT EXISTS",
+        "free_active": f"DELETE FROM {ks}.active_assignments WHERE device = ? IF tok = ?",
+        "sel_active": f"SELECT tok, data FROM {ks}.active_assignments WHERE device = ?",
+        "ins_active_customer": f"INSERT INTO {ks}.active_by_customer (customer, device, tok) VALUES (?, ?, ?)",
+        "free_active_customer": f"DELETE FROM {ks}.active_by_customer WHERE customer = ? AND device = ? IF tok = ?",
+        "any_active_customer": f"SELECT tok FROM {ks}.active_by_customer WHERE customer = ? LIMIT 1",
+        "count_active_customer": f"SELECT count(*) FROM {ks}.active_by_customer WHERE customer = ?",
+        "page_active_customer": f"SELECT device FROM {ks}.active_by_customer WHERE customer = ? LIMIT ?",
+    }
+
+
+def keyspaces(
+    session: CassandraSession,
+    what: str,
+    *,
+    statements: tuple[Callable[[str], dict[str, str]], Callable[[str], dict[str, str]]],
+    keyspace_prefix: str,
+    replication: int,
+    max_concurrency: int,
+) -> PreparedKeyspaces:
+    """The registry component's keyspaces (its tables are the registry's and the invocation
+    store's) with a store's ``statements`` (of the instance keyspace, of a tenant's)."""
+    return PreparedKeyspaces(
+        session,
+        COMPONENT,
+        what=what,
+        instance=(instance_migrations, statements[0]),
+        tenant=(tenant_migrations, statements[1]),
+        keyspace_prefix=keyspace_prefix,
+        replication=replication,
+        max_concurrency=max_concurrency,
+    )
+
+
+class CassandraRegistry(RegistryBase):
+    """Implements :class:`fieldgate.cloud.store.registry.Registry` on Cassandra (module docstring)."""
 
     def __init__(
         self,
@@ -344,899 +345,349 @@ class CassandraRegistry(_CassandraStore):
         device_cache_s: float = DEVICE_CACHE_S,
     ) -> None:
         super().__init__(
-            session, keyspace_prefix=keyspace_prefix, replication=replication, max_concurrency=max_concurrency
+            device_cache_size=device_cache_size,
+            assignment_cache_s=assignment_cache_s,
+            clock=clock,
+            device_cache_s=device_cache_s,
         )
-        self._seq = _Sequence()
-        self._known_tenants: set[str] = set()
-        self._cache = RegistryCache(device_cache_size, assignment_cache_s, clock, device_cache_s)
-
-    def _instance_statements(self, ks: str) -> dict[str, str]:
-        return {
-            "ins_tenant": f"INSERT INTO {ks}.tenants (tok, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
-            "upd_tenant": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ?",
-            "sel_tenant": f"SELECT data FROM {ks}.tenants WHERE tok = ?",
-            "all_tenants": f"SELECT seq, data FROM {ks}.tenants",
-            "upd_tenant_if": f"UPDATE {ks}.tenants SET data = ? WHERE tok = ? IF EXISTS",
-            "del_tenant": f"DELETE FROM {ks}.tenants WHERE tok = ?",
-        }
-
-    def _tenant_statements(self, ks: str) -> dict[str, str]:
-        return {
-            "ins_device_types": f"INSERT INTO {ks}.device_types (tok, seq, data) VALUES (?, ?, ?) IF NOT EXISTS",
-            "sel_device_types": f"SELECT data FROM {ks}.device_types WHERE tok = ?",
-            **_by_seq_statements(ks, "device_types_by_seq"),
-            "ins_devices": f"INSERT INTO {ks}.devices (tok, seq, device_type, data) VALUES (?, ?, ?, ?)"
-            " IF NOT EXISTS",
-            "sel_devices": f"SELECT data FROM {ks}.devices WHERE tok = ?",
-            **_by_seq_statements(ks, "devices_by_seq"),
-            "sel_device_types_seq": f"SELECT seq, data FROM {ks}.device_types WHERE tok = ?",
-            "upd_device_types": f"UPDATE {ks}.device_types SET data = ? WHERE tok = ? IF EXISTS",
-            "del_device_types": f"DELETE FROM {ks}.device_types WHERE tok = ?",
-            "del_device_types_by_seq": f"DELETE FROM {ks}.device_types_by_seq WHERE bucket = ? AND seq = ?",
-            "mark_type_deletion": f"INSERT INTO {ks}.device_type_deletions (tok, at) VALUES (?, ?) IF NOT EXISTS",
-            "unmark_type_deletion": f"DELETE FROM {ks}.device_type_deletions WHERE tok = ?",
-            "sel_type_deletion": f"SELECT at FROM {ks}.device_type_deletions WHERE tok = ?",
-            "any_device_of_type": f"SELECT tok FROM {ks}.devices WHERE device_type = ? LIMIT 1",
-            "sel_devices_seq": f"SELECT seq, data FROM {ks}.devices WHERE tok = ?",
-            "upd_devices": f"UPDATE {ks}.devices SET device_type = ?, data = ? WHERE tok = ? IF EXISTS",
-            "del_devices": f"DELETE FROM {ks}.devices WHERE tok = ? IF EXISTS",
-            "del_devices_by_seq": f"DELETE FROM {ks}.devices_by_seq WHERE bucket = ? AND seq = ?",
-            "ins_assignment": f"INSERT INTO {ks}.assignments (tok, seq, device, status, data)"
-            " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-            "del_assignment": f"DELETE FROM {ks}.assignments WHERE tok = ?",
-            "sel_assignment": f"SELECT seq, data FROM {ks}.assignments WHERE tok = ?",
-            "release_assignment": f"UPDATE {ks}.assignments SET status = ?, data = ? WHERE tok = ?"
-            " IF status = ?",
-            **_by_seq_statements(ks, "assignments_by_seq"),
-            **_by_seq_statements(ks, "assignments_by_device", "device"),
-            "claim_active": f"INSERT INTO {ks}.active_assignments (device, tok, data) VALUES (?, ?, ?)"
-            " IF NOT EXISTS",
-            "free_active": f"DELETE FROM {ks}.active_assignments WHERE device = ? IF tok = ?",
-            "sel_active": f"SELECT data FROM {ks}.active_assignments WHERE device = ?",
-            "ins_active_customer": f"INSERT INTO {ks}.active_by_customer (customer, device, tok) VALUES (?, ?, ?)",
-            "free_active_customer": f"DELETE FROM {ks}.active_by_customer WHERE customer = ? AND device = ?"
-            " IF tok = ?",
-            "any_active_customer": f"SELECT tok, device FROM {ks}.active_by_customer WHERE customer = ? LIMIT 1",
-            "count_active_customer": f"SELECT count(*) FROM {ks}.active_by_customer WHERE customer = ?",
-            "page_active_customer": f"SELECT device FROM {ks}.active_by_customer WHERE customer = ? LIMIT ?",
-            # customer types
-            "ins_customer_types": f"INSERT INTO {ks}.customer_types (tok, seq, data) VALUES (?, ?, ?)"
-            " IF NOT EXISTS",
-            "sel_customer_types": f"SELECT seq, data FROM {ks}.customer_types WHERE tok = ?",
-            "upd_customer_types": f"UPDATE {ks}.customer_types SET data = ? WHERE tok = ? IF EXISTS",
-            "del_customer_types": f"DELETE FROM {ks}.customer_types WHERE tok = ?",
-            **_by_seq_statements(ks, "customer_types_by_seq"),
-            "del_customer_types_by_seq": f"DELETE FROM {ks}.customer_types_by_seq WHERE bucket = ? AND seq = ?",
-            # customers
-            "ins_customers": f"INSERT INTO {ks}.customers (tok, seq, customer_type, parent, data)"
-            " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-            "sel_customers": f"SELECT seq, customer_type, parent, data FROM {ks}.customers WHERE tok = ?",
-            "upd_customers": f"UPDATE {ks}.customers SET customer_type = ?, parent = ?, data = ? WHERE tok = ?"
-            " IF EXISTS",
-            "del_customers": f"DELETE FROM {ks}.customers WHERE tok = ?",
-            **_by_seq_statements(ks, "customers_by_seq"),
-            "del_customers_by_seq": f"DELETE FROM {ks}.customers_by_seq WHERE bucket = ? AND seq = ?",
-            **_by_seq_statements(ks, "customers_by_parent", "parent"),
-            "del_customers_by_parent": f"DELETE FROM {ks}.customers_by_parent WHERE parent = ? AND seq = ?",
-            "any_child": f"SELECT tok FROM {ks}.customers_by_parent WHERE parent = ? LIMIT 1",
-            "ins_customers_by_type": f"INSERT INTO {ks}.customers_by_type (customer_type, tok) VALUES (?, ?)",
-            "del_customers_by_type": f"DELETE FROM {ks}.customers_by_type WHERE customer_type = ? AND tok = ?",
-            "any_of_type": f"SELECT tok FROM {ks}.customers_by_type WHERE customer_type = ? LIMIT 1",
-        }
-
-    # ------------------------------------------------------------------ tenants
-
-    async def _tenant_exists(self, tenant: str) -> bool:
-        if tenant in self._known_tenants:
-            return True
-        rows = await self._run(self._instance_stmt("sel_tenant"), (tenant,))
-        if rows:
-            self._known_tenants.add(tenant)
-        return bool(rows)
-
-    async def _writable(self, tenant: str) -> dict[str, Any]:
-        """The tenant's statements for a write; NotFound for an unknown tenant."""
-        if not valid_tenant(tenant) or not await self._tenant_exists(tenant):
-            raise NotFound(f"tenant {tenant!r} does not exist")
-        ctx = await self._open(tenant, create=True)
-        assert ctx is not None
-        return ctx
-
-    async def ensure_tenant(self, tenant: model.Tenant) -> model.Tenant:
-        """Create ``tenant`` or update its settings to the given ones (configuration is the
-        source of truth); returns what is stored. The first creator's ``seq`` (list order) wins."""
-        require_tenant(tenant.token)
-        stored = _copy(tenant)
-        if not stored.created_ms:
-            current = await self.get_tenant(stored.token)
-            stored.created_ms = current.created_ms if current is not None and current.created_ms else now_ms()
-        data = stored.SerializeToString()
-        rows = await self._run(self._instance_stmt("ins_tenant"), (stored.token, self._seq.next(), data))
-        if not _applied(rows):
-            await self._run(self._instance_stmt("upd_tenant"), (data, stored.token))
-        await self._open(stored.token, create=True)
-        self._known_tenants.add(stored.token)
-        return stored
-
-    async def create_tenant(self, tenant: model.Tenant) -> model.Tenant:
-        """Create ``tenant`` (``INSERT ... IF NOT EXISTS``: of two creators one wins, the other
-        gets Conflict) and its keyspace with the registry tables."""
-        require_tenant(tenant.token)
-        stored = _copy(tenant)
-        if not stored.created_ms:
-            stored.created_ms = now_ms()
-        data = stored.SerializeToString()
-        rows = await self._run(self._instance_stmt("ins_tenant"), (stored.token, self._seq.next(), data))
-        if not _applied(rows):
-            raise Conflict(f"tenant {stored.token!r} already exists")
-        # The token was free: a keyspace of that name is what an earlier tenant of the token
-        # left (a write in flight during its deletion). The new tenant starts empty.
-        if await self._drop_keyspace(stored.token):
-            log.warning("tenant %s: dropped the keyspace an earlier tenant of that token left", stored.token)
-        await self._open(stored.token, create=True)
-        self._known_tenants.add(stored.token)
-        return stored
-
-    async def update_tenant(self, tenant: model.Tenant) -> model.Tenant:
-        """Replace an existing tenant's record (``UPDATE ... IF EXISTS``; ``created_ms`` kept)."""
-        current = await self.get_tenant(tenant.token)
-        if current is None:
-            raise NotFound(f"tenant {tenant.token[:70]!r} does not exist")
-        stored = _copy(tenant)
-        stored.created_ms = current.created_ms
-        rows = await self._run(
-            self._instance_stmt("upd_tenant_if"), (stored.SerializeToString(), stored.token)
+        self._ks = keyspaces(
+            session,
+            "cassandra registry",
+            statements=(_instance_statements, _tenant_statements),
+            keyspace_prefix=keyspace_prefix,
+            replication=replication,
+            max_concurrency=max_concurrency,
         )
-        if not _applied(rows):
-            raise NotFound(f"tenant {tenant.token!r} does not exist")
-        return stored
+        self._seq = TimeSeq()
 
-    async def delete_tenant(self, token: str) -> bool:
-        """Delete the tenant's record, then ``DROP KEYSPACE`` of its keyspace (registry,
-        invocations and events). False if neither existed."""
-        if not valid_tenant(token):
-            return False
-        existed = await self.get_tenant(token) is not None
-        await self._run(self._instance_stmt("del_tenant"), (token,))
-        self.forget_tenant(token)
-        dropped = await self._drop_keyspace(token)
-        return existed or dropped
+    async def start(self) -> None:
+        await self._ks.start()
 
-    def forget_tenant(self, tenant: str) -> None:
-        """Forget what this instance caches of ``tenant`` (statements, found devices, active
-        assignments): another process (or this one) deleted it."""
-        super().forget_tenant(tenant)
-        self._known_tenants.discard(tenant)
-        self._cache.forget_tenant(tenant)
+    async def stop(self) -> None:
+        await self._ks.stop()
 
-    async def get_tenant(self, token: str) -> model.Tenant | None:
-        if not valid_tenant(token):
-            return None
-        rows = await self._run(self._instance_stmt("sel_tenant"), (token,))
-        return _parse(model.Tenant, rows[0][0]) if rows else None
+    # --- tenants -------------------------------------------------------------------------------
 
-    async def list_tenants(self) -> list[model.Tenant]:
-        """Every tenant in creation order (the table is small: one row per tenant)."""
-        rows = await self._run(self._instance_stmt("all_tenants"))
+    async def _tenant_read(self, token: str) -> model.Tenant | None:
+        rows = await self._ks.run(self._ks.instance("sel_tenant"), (token,))
+        return parse(model.Tenant, rows[0][0]) if rows else None
+
+    async def _tenant_all(self) -> list[model.Tenant]:
+        rows = await self._ks.run(self._ks.instance("all_tenants"))  # small: one row per tenant
         rows.sort(key=lambda r: (r[0].time, r[0].bytes))
-        return [_parse(model.Tenant, data) for _, data in rows]
+        return [parse(model.Tenant, data) for _, data in rows]
 
-    # ------------------------------------------------------------------ shared
+    async def _tenant_insert(self, tenant: model.Tenant) -> bool:
+        params = (tenant.token, self._seq.next(), tenant.SerializeToString())
+        applied, _ = await self._ks.applied(self._ks.instance("ins_tenant"), params)
+        return applied
 
-    async def _get_data(self, tenant: str, stmt: str, key: str) -> bytes | None:
-        ctx = await self._open(tenant, create=False)
+    async def _tenant_put(self, tenant: model.Tenant) -> None:
+        if not await self._tenant_insert(tenant):  # the first creator's seq (list order) stays
+            await self._ks.run(self._ks.instance("upd_tenant"), (tenant.SerializeToString(), tenant.token))
+
+    async def _tenant_replace(self, tenant: model.Tenant) -> bool:
+        params = (tenant.SerializeToString(), tenant.token)
+        applied, _ = await self._ks.applied(self._ks.instance("upd_tenant_if"), params)
+        return applied
+
+    async def _tenant_delete(self, token: str) -> bool:
+        existed = await self._tenant_read(token) is not None
+        await self._ks.run(self._ks.instance("del_tenant"), (token,))
+        return existed
+
+    async def _storage_create(self, tenant: str, *, fresh: bool) -> None:
+        if fresh and await self._ks.drop(tenant):
+            log.warning("tenant %s: dropped the keyspace an earlier tenant of that token left", tenant)
+        await self._ks.tenant(tenant, create=True)
+
+    async def _storage_drop(self, tenant: str) -> bool:
+        """``DROP KEYSPACE`` of the tenant: registry, invocations and events."""
+        return await self._ks.drop(tenant)
+
+    def _storage_forget(self, tenant: str) -> None:
+        self._ks.forget(tenant)
+
+    # --- reference counts ----------------------------------------------------------------------
+
+    async def _count(self, ctx: dict[str, Any], ref: Ref, delta: int) -> bool:
+        """Add ``delta`` to ``ref``'s count by compare-and-set (0: only make a null count, of a
+        row stored before the counts, a number). False if the row does not exist."""
+        for _ in range(_CAS_ROUNDS):
+            rows = await self._ks.run(ctx[f"refs_{ref.kind}"], (ref.token,))
+            if not rows:
+                return False
+            seq, current = rows[0]
+            if current is None:  # count what names it now (a new referrer is stored after this)
+                ((n,),) = await self._ks.run(ctx[f"referrers_{ref.kind}"], (ref.token,))
+                new = int(n) + max(delta, 0)
+            elif delta == 0:
+                return True
+            else:
+                new = max(int(current) + delta, 0)
+            applied, _ = await self._ks.applied(ctx[f"set_refs_{ref.kind}"], (new, ref.token, seq, current))
+            if applied:
+                return True
+        raise StoreError(f"registry: reference count of {ref} contended, try again")
+
+    async def _take(self, ctx: dict[str, Any], refs: Sequence[Ref]) -> Ref | None:
+        """Count a reference on each of ``refs``; the first that does not exist (then none)."""
+        taken: list[Ref] = []
+        for ref in refs:
+            if not await self._count(ctx, ref, 1):
+                await self._give(ctx, taken)
+                return ref
+            taken.append(ref)
+        return None
+
+    async def _give(self, ctx: dict[str, Any], refs: Sequence[Ref]) -> None:
+        for ref in refs:
+            await self._count(ctx, ref, -1)
+
+    async def _settle(self, ctx: dict[str, Any], refs: Sequence[Ref]) -> None:
+        """Make the counts of ``refs`` numbers before a row naming them goes (see :meth:`_count`)."""
+        for ref in refs:
+            await self._count(ctx, ref, 0)
+
+    # --- rows ----------------------------------------------------------------------------------
+
+    async def _get(self, tenant: str, kind: Kind, token: str) -> bytes | None:
+        ctx = await self._ks.tenant(tenant, create=False)
         if ctx is None:
             return None
-        rows = await self._run(ctx[stmt], (key,))
+        rows = await self._ks.run(ctx["sel_assignment" if kind == "assignment" else f"sel_{kind}"], (token,))
         return bytes(rows[0][-1]) if rows else None
 
-    async def _create(self, ctx: dict[str, Any], table: str, params: tuple[Any, ...]) -> bool:
-        """The keyed row by LWT, then (when it won) the listing row. False: the token is taken."""
-        token, data = params[0], params[-1]
-        seq = self._seq.next()
-        if not _applied(await self._run(ctx[f"ins_{table}"], (token, seq, *params[1:]))):
-            return False
-        await self._run(ctx[f"ins_{table}_by_seq"], (_BUCKET, seq, token, data))
-        return True
-
     async def _page(
-        self, ctx: dict[str, Any] | None, table: str, key: Any, cls: type[M], page: int, page_size: int
-    ) -> Page[M]:
-        limit, offset = check_page(page, page_size)
+        self, tenant: str, kind: Kind, limit: int, offset: int, of: str | None = None
+    ) -> tuple[list[bytes], int]:
+        ctx = await self._ks.tenant(tenant, create=False)
         if ctx is None:
-            return Page([], 0, page, page_size)
-        counted, rows = await self._db.gather(
-            [self._run(ctx[f"count_{table}"], (key,)), self._run(ctx[f"page_{table}"], (key, offset + limit))]
+            return [], 0
+        key: int | str = BUCKET
+        table = _LISTINGS[kind]
+        if of is not None:
+            table, key = (
+                ("customers_by_parent", parent_key(of))
+                if kind == "customer"
+                else ("assignments_by_device", of)
+            )
+        counted, rows = await self._ks.session.gather(
+            [
+                self._ks.run(ctx[f"count_{table}"], (key,)),
+                self._ks.run(ctx[f"page_{table}"], (key, offset + limit)),
+            ]
         )
         total = int(counted[0][0]) if counted else 0
-        return Page([_parse(cls, r[0]) for r in rows[offset:]], total, page, page_size)
+        return [bytes(r[0]) for r in rows[offset:]], total
 
-    # ------------------------------------------------------------------ device types
+    async def _list_rows(self, ctx: dict[str, Any], entity: Entity, seq: Any, old: Entity | None) -> None:
+        """Write the listing rows of ``entity`` (stored with ``seq``), moving a customer's from
+        what ``old`` named."""
+        kind, data, run = kind_of(entity), entity.SerializeToString(), self._ks.run
+        writes = [run(ctx[f"ins_{_LISTINGS[kind]}"], (BUCKET, seq, entity.token, data))]
+        if isinstance(entity, model.Customer):
+            writes.append(
+                run(ctx["ins_customers_by_parent"], (parent_key(entity.parent), seq, entity.token, data))
+            )
+            if not isinstance(old, model.Customer) or old.customer_type != entity.customer_type:
+                writes.append(run(ctx["ins_customers_by_type"], (entity.customer_type, entity.token)))
+            if isinstance(old, model.Customer) and old.parent != entity.parent:
+                writes.append(run(ctx["del_customers_by_parent"], (parent_key(old.parent), seq)))
+            if isinstance(old, model.Customer) and old.customer_type != entity.customer_type:
+                writes.append(run(ctx["del_customers_by_type"], (old.customer_type, entity.token)))
+        await self._ks.session.gather(writes)
 
-    async def create_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
-        if not dt.token:
-            raise InvalidRequest("device type token must not be empty")
-        stored = _copy(dt)
-        ctx = await self._writable(tenant)
-        if not await self._create(ctx, "device_types", (stored.token, stored.SerializeToString())):
-            raise Conflict(f"device type {stored.token!r} already exists in tenant {tenant!r}")
-        return stored
+    async def _unlist_rows(self, ctx: dict[str, Any], old: Entity, seq: Any) -> None:
+        run = self._ks.run
+        writes = [run(ctx[f"del_{_LISTINGS[kind_of(old)]}"], (BUCKET, seq))]
+        if isinstance(old, model.Customer):
+            writes.append(run(ctx["del_customers_by_parent"], (parent_key(old.parent), seq)))
+            writes.append(run(ctx["del_customers_by_type"], (old.customer_type, old.token)))
+        await self._ks.session.gather(writes)
 
-    async def get_device_type(self, tenant: str, token: str) -> model.DeviceType | None:
-        data = await self._get_data(tenant, "sel_device_types", token)
-        return None if data is None else _parse(model.DeviceType, data)
-
-    async def list_device_types(self, tenant: str, page: int, page_size: int) -> Page[model.DeviceType]:
-        check_page(page, page_size)
-        ctx = await self._open(tenant, create=False)
-        return await self._page(ctx, "device_types_by_seq", _BUCKET, model.DeviceType, page, page_size)
-
-    async def update_device_type(self, tenant: str, dt: model.DeviceType) -> model.DeviceType:
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_device_types_seq"], (dt.token,))
-        if ctx is None or not rows:
-            raise NotFound(f"device type {dt.token!r} does not exist in tenant {tenant!r}")
-        stored = _copy(dt)
-        data = stored.SerializeToString()
-        if not _applied(await self._run(ctx["upd_device_types"], (data, stored.token))):
-            raise NotFound(f"device type {dt.token!r} does not exist in tenant {tenant!r}")
-        await self._run(ctx["ins_device_types_by_seq"], (_BUCKET, rows[0][0], stored.token, data))
-        return stored
-
-    async def delete_device_type(self, tenant: str, token: str) -> None:
-        """NotFound if absent; InUse while a device has the type.
-
-        The type is first marked as being deleted (``device_type_deletions``, by LWT), then the
-        devices are looked up: a device created (or moved to the type) concurrently either is
-        found here, or finds the mark after storing itself and backs out (:meth:`_type_gone`),
-        so a device never keeps a deleted type."""
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_device_types_seq"], (token,))
-        if ctx is None or not rows:
-            raise NotFound(f"device type {token!r} does not exist in tenant {tenant!r}")
-        if not _applied(await self._run(ctx["mark_type_deletion"], (token, now_ms()))):
-            raise Conflict(f"device type {token!r} is being deleted by another request")
-        try:
-            user = await self._run(ctx["any_device_of_type"], (token,))
-            if user:
-                raise InUse(
-                    f"device type {token!r} is the type of device {user[0][0]!r}; delete the device or "
-                    "change its type first"
-                )
-            await self._run(ctx["del_device_types"], (token,))
-            await self._run(ctx["del_device_types_by_seq"], (_BUCKET, rows[0][0]))
-        finally:
-            await self._run(ctx["unmark_type_deletion"], (token,))
-
-    async def _type_gone(self, ctx: dict[str, Any], device_type: str) -> bool:
-        """Whether ``device_type`` no longer exists or is being deleted (checked after a device
-        naming it was written)."""
-        if await self._run(ctx["sel_type_deletion"], (device_type,)):
-            return True
-        return not await self._run(ctx["sel_device_types"], (device_type,))
-
-    # ------------------------------------------------------------------ devices
-
-    async def create_device(self, device: model.Device) -> model.Device:
-        """Store ``device`` (``created_ms`` defaults to now). NotFound for an unknown tenant or
-        device type, Conflict for a duplicate token."""
-        if not device.token:
-            raise InvalidRequest("device token must not be empty")
-        if not device.device_type:
-            raise InvalidRequest("device must name a device type")
-        stored = _copy(device)
-        if not stored.created_ms:
-            stored.created_ms = now_ms()
-        ctx = await self._writable(stored.tenant)
-        if not await self._run(ctx["sel_device_types"], (stored.device_type,)):
-            raise NotFound(f"device type {stored.device_type!r} does not exist in tenant {stored.tenant!r}")
-        data = stored.SerializeToString()
-        if not await self._create(ctx, "devices", (stored.token, stored.device_type, data)):
-            raise Conflict(f"device {stored.token!r} already exists in tenant {stored.tenant!r}")
-        if await self._type_gone(ctx, stored.device_type):  # deleted meanwhile: back out
-            await self._remove_device(ctx, stored.token)
-            raise NotFound(f"device type {stored.device_type!r} does not exist in tenant {stored.tenant!r}")
-        self._cache.put_device(stored.tenant, stored.token, data)
-        return _copy(stored)
-
-    async def _remove_device(self, ctx: dict[str, Any], token: str) -> bool:
-        """Delete the device's rows; False if it was not there."""
-        rows = await self._run(ctx["sel_devices_seq"], (token,))
-        if not rows or not _applied(await self._run(ctx["del_devices"], (token,))):
-            return False
-        await self._run(ctx["del_devices_by_seq"], (_BUCKET, rows[0][0]))
-        return True
-
-    async def get_device(self, tenant: str, token: str) -> model.Device | None:
-        """The device, or None. Found devices are served from memory after the first lookup."""
-        cached = self._cache.device(tenant, token)
-        if cached is not None:
-            return _parse(model.Device, cached)
-        data = await self._get_data(tenant, "sel_devices", token)
-        if data is None:
+    async def _read(self, ctx: dict[str, Any], kind: Kind, token: str) -> tuple[Any, Entity] | None:
+        """The row's seq and entity."""
+        rows = await self._ks.run(ctx[f"sel_{kind}"], (token,))
+        if not rows:
             return None
-        self._cache.put_device(tenant, token, data)
-        return _parse(model.Device, data)
+        entity: Entity = MESSAGES[kind]()
+        entity.ParseFromString(rows[0][-1])
+        return rows[0][0], entity
 
-    async def list_devices(self, tenant: str, page: int, page_size: int) -> Page[model.Device]:
-        check_page(page, page_size)
-        ctx = await self._open(tenant, create=False)
-        return await self._page(ctx, "devices_by_seq", _BUCKET, model.Device, page, page_size)
+    async def _insert(self, tenant: str, entity: Entity, refs: Sequence[Ref]) -> Stored:
+        ctx = await self._ks.tenant(tenant, create=True)
+        assert ctx is not None
+        missing = await self._take(ctx, refs)
+        if missing is not None:
+            return missing
+        kind, seq = kind_of(entity), self._seq.next()
+        params = (entity.token, seq, *_cols(entity), entity.SerializeToString())
+        applied, _ = await self._ks.applied(ctx[f"ins_{kind}"], params)
+        if not applied:
+            await self._give(ctx, refs)
+            return "taken"
+        await self._list_rows(ctx, entity, seq, None)
+        return "stored"
 
-    async def update_device(self, device: model.Device) -> model.Device:
-        """Replace type, comments and metadata. A new type must exist; if it is deleted at the
-        same moment the device's old record is put back (NotFound)."""
-        if not device.device_type:
-            raise InvalidRequest("device must name a device type")
-        tenant = device.tenant
-        try:
-            ctx = await self._open(tenant, create=False)
-            rows = [] if ctx is None else await self._run(ctx["sel_devices_seq"], (device.token,))
-            if ctx is None or not rows:
-                raise NotFound(f"device {device.token!r} does not exist in tenant {tenant!r}")
-            seq, old_data = rows[0]
-            old = _parse(model.Device, old_data)
-            if not await self._run(ctx["sel_device_types"], (device.device_type,)):
-                raise NotFound(f"device type {device.device_type!r} does not exist in tenant {tenant!r}")
-            stored = _copy(device)
-            stored.created_ms = old.created_ms
-            data = stored.SerializeToString()
-            if not _applied(await self._run(ctx["upd_devices"], (stored.device_type, data, stored.token))):
-                raise NotFound(f"device {device.token!r} does not exist in tenant {tenant!r}")
-            if stored.device_type != old.device_type and await self._type_gone(ctx, stored.device_type):
-                await self._run(ctx["upd_devices"], (old.device_type, old_data, stored.token))
-                raise NotFound(f"device type {device.device_type!r} does not exist in tenant {tenant!r}")
-            await self._run(ctx["ins_devices_by_seq"], (_BUCKET, seq, stored.token, data))
-            return stored
-        finally:
-            self._cache.drop_device(tenant, device.token)
-
-    async def delete_device(self, tenant: str, token: str) -> None:
-        """NotFound if absent; InUse while it has an ACTIVE assignment.
-
-        The device's active-assignment slot is taken first (by LWT, with an empty record), so
-        no assignment can be made while the device goes; one made at that moment either holds
-        the slot (InUse here) or finds the device gone after claiming it and backs out."""
-        try:
-            ctx = await self._open(tenant, create=False)
-            if ctx is None or not await self._run(ctx["sel_devices"], (token,)):
-                raise NotFound(f"device {token!r} does not exist in tenant {tenant!r}")
-            if not _applied(await self._run(ctx["claim_active"], (token, _DELETING, b""))):
-                active = await self._run(ctx["sel_active"], (token,))
-                holder = bytes(active[0][0] or b"") if active else b""
-                if holder:
-                    which = _parse(model.Assignment, holder).token
-                    raise InUse(f"device {token!r} has active assignment {which!r}; release it first")
-                raise Conflict(f"device {token!r} is being deleted by another request")
+    async def _replace(self, tenant: str, entity: Entity, refs: Sequence[Ref], walk: Walk | None) -> Replaced:
+        ctx = await self._ks.tenant(tenant, create=False)
+        kind = kind_of(entity)
+        for _ in range(_CAS_ROUNDS):
+            found = None if ctx is None else await self._read(ctx, kind, entity.token)
+            if ctx is None or found is None:
+                return "missing"
+            seq, old = found
+            old_refs = references(old)
+            added = [r for r in refs if r not in old_refs]
+            dropped = [r for r in old_refs if r not in refs]
+            await self._settle(ctx, dropped)
+            missing = await self._take(ctx, added)
+            if missing is not None:
+                return missing
             try:
-                if not await self._remove_device(ctx, token):
-                    raise NotFound(f"device {token!r} does not exist in tenant {tenant!r}")
-            finally:
-                await self._run(ctx["free_active"], (token, _DELETING))
-        finally:
-            self._cache.drop_device(tenant, token)
-            self._cache.drop_assignment(tenant, token)
+                if walk is not None:
+                    await drive_async(walk, lambda token: self._parent_of(ctx, token))
+                    walk = None
+            except BaseException:
+                await self._give(ctx, added)
+                raise
+            params = (*_cols(entity), entity.SerializeToString(), entity.token, seq, *_cols(old))
+            applied, _ = await self._ks.applied(ctx[f"upd_{kind}"], params)
+            if applied:
+                await self._give(ctx, dropped)
+                await self._list_rows(ctx, entity, seq, old)
+                return "stored"
+            await self._give(ctx, added)  # changed (or deleted) meanwhile: read again
+        raise StoreError(f"registry: {kind} {entity.token!r} contended, try again")
 
-    # ------------------------------------------------------------------ assignments
+    async def _parent_of(self, ctx: dict[str, Any], token: str) -> str | None:
+        found = await self._read(ctx, "customer", token)
+        return found[1].parent if found is not None and isinstance(found[1], model.Customer) else None
 
-    async def create_assignment(self, assignment: model.Assignment) -> model.Assignment:
-        """Store an ACTIVE assignment (token defaults to a uuid4, ``active_ms`` to now).
-        NotFound for an unknown tenant or device; Conflict for a duplicate token or when the
-        device already has an active assignment (its ``active_assignments`` slot is taken)."""
-        if not assignment.device:
-            raise InvalidRequest("assignment must name a device")
-        a = _copy(assignment)
-        if not a.token:
-            a.token = uuid.uuid4().hex
-        a.status = _ACTIVE
-        a.released_ms = 0
-        if not a.active_ms:
-            a.active_ms = now_ms()
+    async def _delete(self, tenant: str, kind: Kind, token: str) -> Deleted:
+        ctx = await self._ks.tenant(tenant, create=False)
+        if ctx is None or await self._read(ctx, kind, token) is None:
+            return "missing"
+        if kind != "device":
+            return await self._delete_row(ctx, kind, token)
+        claimed, _ = await self._ks.applied(ctx["claim_active"], (token, _DELETING, b""))
+        if not claimed:
+            rows = await self._ks.run(ctx["sel_active"], (token,))
+            holder = str(rows[0][0]) if rows else ""
+            return Ref("assignment", holder) if holder and holder != _DELETING else "busy"
         try:
-            ctx = await self._writable(a.tenant)
-            if not await self._run(ctx["sel_devices"], (a.device,)):
-                raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
-            data = a.SerializeToString()
-            seq = self._seq.next()
-            if not _applied(
-                await self._run(ctx["ins_assignment"], (a.token, seq, a.device, int(_ACTIVE), data))
-            ):
-                raise Conflict(f"assignment {a.token!r} already exists in tenant {a.tenant!r}")
-            if not _applied(await self._run(ctx["claim_active"], (a.device, a.token, data))):
-                # The token is ours (we just won it): give it back, the device's slot is not.
-                await self._run(ctx["del_assignment"], (a.token,))
-                raise Conflict(f"device {a.device!r} already has an active assignment")
-            if not await self._run(ctx["sel_devices"], (a.device,)):  # deleted meanwhile: back out
-                await self._run(ctx["free_active"], (a.device, a.token))
-                await self._run(ctx["del_assignment"], (a.token,))
-                raise NotFound(f"device {a.device!r} does not exist in tenant {a.tenant!r}")
-            writes = [
-                self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, a.token, data)),
-                self._run(ctx["ins_assignments_by_device"], (a.device, seq, a.token, data)),
-            ]
-            if a.customer:
-                writes.append(self._run(ctx["ins_active_customer"], (a.customer, a.device, a.token)))
-            await self._db.gather(writes)
-            return a
+            return await self._delete_row(ctx, kind, token)
         finally:
-            self._cache.drop_assignment(a.tenant, a.device)
+            await self._ks.run(ctx["free_active"], (token, _DELETING))
 
-    async def get_assignment(self, tenant: str, token: str) -> model.Assignment | None:
-        data = await self._get_data(tenant, "sel_assignment", token)
-        return None if data is None else _parse(model.Assignment, data)
+    async def _delete_row(self, ctx: dict[str, Any], kind: Kind, token: str) -> Deleted:
+        counted = _TABLES[kind].referrer is not None
+        for _ in range(_CAS_ROUNDS):
+            found = await self._read(ctx, kind, token)
+            if found is None:
+                return "missing"
+            seq, old = found
+            if kind == "customer":  # a child first (the count says it), then active assignments
+                child = await self._ks.run(ctx["referrer_customer"], (token,))
+                if child:
+                    return Ref("customer", str(child[0][0]))
+                active = await self._ks.run(ctx["any_active_customer"], (token,))
+                if active:
+                    return Ref("assignment", str(active[0][0]))
+            if counted:
+                await self._settle(ctx, [Ref(kind, token)])
+            await self._settle(ctx, references(old))
+            applied, _ = await self._ks.applied(ctx[f"del_{kind}"], (token, seq, *_cols(old)))
+            if applied:
+                await self._unlist_rows(ctx, old, seq)
+                await self._give(ctx, references(old))
+                return "deleted"
+            if counted:
+                refs = await self._ks.run(ctx[f"refs_{kind}"], (token,))
+                if refs and refs[0][0] == seq and refs[0][1]:
+                    referrer = _TABLES[kind].referrer
+                    assert referrer is not None
+                    one = await self._ks.run(ctx[f"referrer_{kind}"], (token,))
+                    return Ref(referrer[0], str(one[0][0]) if one else "")
+        raise StoreError(f"registry: {kind} {token!r} contended, try again")
 
-    async def active_assignment(self, tenant: str, device: str) -> model.Assignment | None:
-        hit, cached = self._cache.assignment(tenant, device)
-        if hit:
-            return None if cached is None else _parse(model.Assignment, cached)
-        data = await self._get_data(tenant, "sel_active", device) or None  # b"": being deleted
-        self._cache.put_assignment(tenant, device, data)
-        return None if data is None else _parse(model.Assignment, data)
+    # --- assignments ---------------------------------------------------------------------------
 
-    async def list_assignments(
-        self, tenant: str, device: str | None, page: int, page_size: int
-    ) -> Page[model.Assignment]:
-        """A tenant's (or one device's) assignments, newest first."""
-        check_page(page, page_size)
-        ctx = await self._open(tenant, create=False)
-        if device is None:
-            return await self._page(ctx, "assignments_by_seq", _BUCKET, model.Assignment, page, page_size)
-        return await self._page(ctx, "assignments_by_device", device, model.Assignment, page, page_size)
+    async def _assign(self, assignment: model.Assignment) -> Assigned:
+        a, run = assignment, self._ks.run
+        ctx = await self._ks.tenant(a.tenant, create=True)
+        assert ctx is not None
+        if not await run(ctx["sel_device"], (a.device,)):
+            return Ref("device", a.device)
+        data, seq = a.SerializeToString(), self._seq.next()
+        applied, _ = await self._ks.applied(
+            ctx["ins_assignment"], (a.token, seq, a.device, int(ACTIVE), data)
+        )
+        if not applied:
+            return "taken"
+        claimed, _ = await self._ks.applied(ctx["claim_active"], (a.device, a.token, data))
+        if not claimed:  # the token is ours (we just won it): give it back, the device's slot is not
+            await run(ctx["del_assignment"], (a.token,))
+            return "busy"
+        if not await run(ctx["sel_device"], (a.device,)):  # deleted meanwhile: back out
+            await run(ctx["free_active"], (a.device, a.token))
+            await run(ctx["del_assignment"], (a.token,))
+            return Ref("device", a.device)
+        writes = [
+            run(ctx["ins_assignments_by_seq"], (BUCKET, seq, a.token, data)),
+            run(ctx["ins_assignments_by_device"], (a.device, seq, a.token, data)),
+        ]
+        if a.customer:
+            writes.append(run(ctx["ins_active_customer"], (a.customer, a.device, a.token)))
+        await self._ks.session.gather(writes)
+        return "stored"
 
-    async def release_assignment(self, tenant: str, token: str) -> model.Assignment:
-        """Mark the assignment RELEASED (idempotent). NotFound if there is no such assignment.
+    async def _active(self, tenant: str, device: str) -> bytes | None:
+        ctx = await self._ks.tenant(tenant, create=False)
+        rows = [] if ctx is None else await self._ks.run(ctx["sel_active"], (device,))
+        return bytes(rows[0][1]) if rows and rows[0][1] else None  # b"": being deleted
 
-        The status moves by compare-and-set (``IF status = ACTIVE``): of two replicas releasing
-        at once one writes, the other returns what it wrote. Then the device's slot is freed
-        (``IF tok = ?``: a newer assignment's slot is never touched) and the listing rows are
-        rewritten — also when the assignment was released already, which repairs a release that
-        a crash cut short."""
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_assignment"], (token,))
+    async def _release(self, tenant: str, released: model.Assignment) -> model.Assignment | None:
+        """The status moves by compare-and-set (``IF status = ACTIVE``); then the device's slot
+        is freed (``IF tok = ?``: a newer assignment's slot is never touched) and the listing
+        rows are rewritten — also when it was released already (repairs a release cut short)."""
+        ctx = await self._ks.tenant(tenant, create=False)
+        rows = [] if ctx is None else await self._ks.run(ctx["sel_assignment"], (released.token,))
         if ctx is None or not rows:
-            raise NotFound(f"assignment {token!r} does not exist in tenant {tenant!r}")
+            return None
         seq, data = rows[0]
-        a = _parse(model.Assignment, data)
-        if a.status != _RELEASED:
-            a.status = _RELEASED
-            a.released_ms = now_ms()
-            data = a.SerializeToString()
-            won = await self._run(ctx["release_assignment"], (int(_RELEASED), data, token, int(_ACTIVE)))
-            if not _applied(won):
-                again = await self._run(ctx["sel_assignment"], (token,))
-                if not again:
-                    raise NotFound(f"assignment {token!r} does not exist in tenant {tenant!r}")
-                seq, data = again[0]
-                a = _parse(model.Assignment, data)
-        await self._run(ctx["free_active"], (a.device, token))
-        await self._db.gather(
+        token, run = released.token, self._ks.run
+        if parse(model.Assignment, data).status != RELEASED:
+            params = (int(RELEASED), released.SerializeToString(), token, int(ACTIVE))
+            won, _ = await self._ks.applied(ctx["release_assignment"], params)
+            again = [] if won else await run(ctx["sel_assignment"], (token,))
+            if not won and not again:
+                return None
+            data = released.SerializeToString() if won else again[0][1]
+        a = parse(model.Assignment, data)
+        await run(ctx["free_active"], (a.device, token))
+        await self._ks.session.gather(
             [
-                self._run(ctx["ins_assignments_by_seq"], (_BUCKET, seq, token, data)),
-                self._run(ctx["ins_assignments_by_device"], (a.device, seq, token, data)),
+                run(ctx["ins_assignments_by_seq"], (BUCKET, seq, token, data)),
+                run(ctx["ins_assignments_by_device"], (a.device, seq, token, data)),
             ]
         )
         if a.customer:
-            await self._run(ctx["free_active_customer"], (a.customer, a.device, token))
-        self._cache.drop_assignment(tenant, a.device)
+            await run(ctx["free_active_customer"], (a.customer, a.device, token))
         return a
 
-    # ------------------------------------------------------------------ customer types
-
-    async def create_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
-        if not ct.token:
-            raise InvalidRequest("customer type token must not be empty")
-        stored = _copy(ct)
-        if not stored.created_ms:
-            stored.created_ms = now_ms()
-        ctx = await self._writable(tenant)
-        if not await self._create(ctx, "customer_types", (stored.token, stored.SerializeToString())):
-            raise Conflict(f"customer type {stored.token!r} already exists in tenant {tenant!r}")
-        return stored
-
-    async def get_customer_type(self, tenant: str, token: str) -> model.CustomerType | None:
-        data = await self._get_data(tenant, "sel_customer_types", token)
-        return None if data is None else _parse(model.CustomerType, data)
-
-    async def list_customer_types(self, tenant: str, page: int, page_size: int) -> Page[model.CustomerType]:
-        check_page(page, page_size)
-        ctx = await self._open(tenant, create=False)
-        return await self._page(ctx, "customer_types_by_seq", _BUCKET, model.CustomerType, page, page_size)
-
-    async def update_customer_type(self, tenant: str, ct: model.CustomerType) -> model.CustomerType:
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_customer_types"], (ct.token,))
-        if ctx is None or not rows:
-            raise NotFound(f"customer type {ct.token!r} does not exist in tenant {tenant!r}")
-        seq, data = rows[0]
-        stored = _copy(ct)
-        stored.created_ms = _parse(model.CustomerType, data).created_ms
-        data = stored.SerializeToString()
-        if not _applied(await self._run(ctx["upd_customer_types"], (data, stored.token))):
-            raise NotFound(f"customer type {ct.token!r} does not exist in tenant {tenant!r}")
-        await self._run(ctx["ins_customer_types_by_seq"], (_BUCKET, seq, stored.token, data))
-        return stored
-
-    async def delete_customer_type(self, tenant: str, token: str) -> None:
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_customer_types"], (token,))
-        if ctx is None or not rows:
-            raise NotFound(f"customer type {token!r} does not exist in tenant {tenant!r}")
-        user = await self._run(ctx["any_of_type"], (token,))
-        if user:
-            raise InUse(
-                f"customer type {token!r} is the type of customer {user[0][0]!r}; delete or change it first"
-            )
-        await self._run(ctx["del_customer_types"], (token,))
-        await self._run(ctx["del_customer_types_by_seq"], (_BUCKET, rows[0][0]))
-
-    # ------------------------------------------------------------------ customers
-
-    async def _check_customer_refs(self, ctx: dict[str, Any], tenant: str, c: model.Customer) -> None:
-        if not await self._run(ctx["sel_customer_types"], (c.customer_type,)):
-            raise NotFound(f"customer type {c.customer_type!r} does not exist in tenant {tenant!r}")
-        if not c.parent:
-            return
-        if c.parent == c.token:
-            raise Cycle(f"customer {c.token!r} cannot be its own parent")
-        seen: set[str] = set()
-        current = c.parent
-        while current:
-            if current == c.token:
-                raise Cycle(
-                    f"parent {c.parent!r} is below customer {c.token!r}: the customer tree would have a cycle"
-                )
-            if current in seen:
-                break
-            seen.add(current)
-            rows = await self._run(ctx["sel_customers"], (current,))
-            if not rows:
-                if current == c.parent:
-                    raise NotFound(f"parent customer {c.parent!r} does not exist in tenant {tenant!r}")
-                break
-            current = str(rows[0][2] or "")
-
-    async def create_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
-        if not customer.token:
-            raise InvalidRequest("customer token must not be empty")
-        if not customer.customer_type:
-            raise InvalidRequest("customer must name a customer type")
-        c = _copy(customer)
-        if not c.created_ms:
-            c.created_ms = now_ms()
-        ctx = await self._writable(tenant)
-        await self._check_customer_refs(ctx, tenant, c)
-        data = c.SerializeToString()
-        seq = self._seq.next()
-        if not _applied(
-            await self._run(ctx["ins_customers"], (c.token, seq, c.customer_type, c.parent, data))
-        ):
-            raise Conflict(f"customer {c.token!r} already exists in tenant {tenant!r}")
-        await self._db.gather(
+    async def _customer_devices(
+        self, tenant: str, customer: str, limit: int, offset: int
+    ) -> tuple[list[bytes], int]:
+        ctx = await self._ks.tenant(tenant, create=False)
+        if ctx is None:
+            return [], 0
+        counted, rows = await self._ks.session.gather(
             [
-                self._run(ctx["ins_customers_by_seq"], (_BUCKET, seq, c.token, data)),
-                self._run(ctx["ins_customers_by_parent"], (_parent_key(c.parent), seq, c.token, data)),
-                self._run(ctx["ins_customers_by_type"], (c.customer_type, c.token)),
+                self._ks.run(ctx["count_active_customer"], (customer,)),
+                self._ks.run(ctx["page_active_customer"], (customer, offset + limit)),
             ]
         )
-        return c
-
-    async def get_customer(self, tenant: str, token: str) -> model.Customer | None:
-        data = await self._get_data(tenant, "sel_customers", token)
-        return None if data is None else _parse(model.Customer, data)
-
-    async def list_customers(
-        self, tenant: str, parent: str | None, page: int, page_size: int
-    ) -> Page[model.Customer]:
-        check_page(page, page_size)
-        ctx = await self._open(tenant, create=False)
-        if parent is None:
-            return await self._page(ctx, "customers_by_seq", _BUCKET, model.Customer, page, page_size)
-        return await self._page(ctx, "customers_by_parent", parent, model.Customer, page, page_size)
-
-    async def update_customer(self, tenant: str, customer: model.Customer) -> model.Customer:
-        if not customer.customer_type:
-            raise InvalidRequest("customer must name a customer type")
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_customers"], (customer.token,))
-        if ctx is None or not rows:
-            raise NotFound(f"customer {customer.token!r} does not exist in tenant {tenant!r}")
-        seq, old_type, old_parent, old_data = rows[0]
-        c = _copy(customer)
-        c.created_ms = _parse(model.Customer, old_data).created_ms
-        await self._check_customer_refs(ctx, tenant, c)
-        data = c.SerializeToString()
-        if not _applied(await self._run(ctx["upd_customers"], (c.customer_type, c.parent, data, c.token))):
-            raise NotFound(f"customer {customer.token!r} does not exist in tenant {tenant!r}")
-        writes = [
-            self._run(ctx["ins_customers_by_seq"], (_BUCKET, seq, c.token, data)),
-            self._run(ctx["ins_customers_by_parent"], (_parent_key(c.parent), seq, c.token, data)),
-        ]
-        if (old_parent or "") != c.parent:
-            writes.append(self._run(ctx["del_customers_by_parent"], (_parent_key(old_parent), seq)))
-        if old_type != c.customer_type:
-            writes.append(self._run(ctx["del_customers_by_type"], (old_type, c.token)))
-            writes.append(self._run(ctx["ins_customers_by_type"], (c.customer_type, c.token)))
-        await self._db.gather(writes)
-        return c
-
-    async def delete_customer(self, tenant: str, token: str) -> None:
-        ctx = await self._open(tenant, create=False)
-        rows = [] if ctx is None else await self._run(ctx["sel_customers"], (token,))
-        if ctx is None or not rows:
-            raise NotFound(f"customer {token!r} does not exist in tenant {tenant!r}")
-        seq, ctype, parent, _ = rows[0]
-        child = await self._run(ctx["any_child"], (token,))
-        if child:
-            raise InUse(f"customer {token!r} has child customer {child[0][0]!r}; delete or move it first")
-        active = await self._run(ctx["any_active_customer"], (token,))
-        if active:
-            raise InUse(
-                f"customer {token!r} is named by active assignment {active[0][0]!r} of device "
-                f"{active[0][1]!r}; release it first"
-            )
-        await self._run(ctx["del_customers"], (token,))
-        await self._db.gather(
-            [
-                self._run(ctx["del_customers_by_seq"], (_BUCKET, seq)),
-                self._run(ctx["del_customers_by_parent"], (_parent_key(parent), seq)),
-                self._run(ctx["del_customers_by_type"], (ctype, token)),
-            ]
-        )
-
-    async def customer_devices(
-        self, tenant: str, customer: str, page: int, page_size: int
-    ) -> Page[model.Device]:
-        limit, offset = check_page(page, page_size)
-        ctx = await self._open(tenant, create=False)
-        if ctx is None:
-            return Page([], 0, page, page_size)
-        counted, rows = await self._db.gather(
-            [
-                self._run(ctx["count_active_customer"], (customer,)),
-                self._run(ctx["page_active_customer"], (customer, offset + limit)),
-            ]
-        )
-        found = await self._db.gather(self._run(ctx["sel_devices"], (r[0],)) for r in rows[offset:])
-        devices = [_parse(model.Device, f[0][-1]) for f in found if f]
-        return Page(devices, int(counted[0][0]) if counted else 0, page, page_size)
-
-
-# ---------------------------------------------------------------------- invocations
-
-
-class CassandraInvocationStore(_CassandraStore):
-    """Implements :class:`fieldgate.cloud.store.invocations.InvocationStore` on Cassandra: ``invocations``
-    in the tenant's keyspace, moved only by compare-and-set on ``status``."""
-
-    _what = "cassandra invocation store"
-
-    def __init__(
-        self,
-        session: CassandraSession,
-        *,
-        keyspace_prefix: str = KEYSPACE_PREFIX,
-        replication: int = 1,
-        max_concurrency: int = 32,
-    ) -> None:
-        super().__init__(
-            session, keyspace_prefix=keyspace_prefix, replication=replication, max_concurrency=max_concurrency
-        )
-        self._seq = _Sequence()
-        self._listed: set[str] = set()  # tenants known to be in invocation_tenants
-
-    def _instance_statements(self, ks: str) -> dict[str, str]:
-        return {
-            "ins_tenant": f"INSERT INTO {ks}.invocation_tenants (bucket, tenant) VALUES (?, ?)",
-            "del_tenant": f"DELETE FROM {ks}.invocation_tenants WHERE bucket = ? AND tenant = ?",
-            "all_tenants": f"SELECT tenant FROM {ks}.invocation_tenants WHERE bucket = ?",
-        }
-
-    async def ensure_tenant(self, tenant: str) -> None:
-        """Create the tenant's keyspace with the invocation (registry) tables now."""
-        await self.ensure_tenant_keyspace(tenant)
-
-    async def delete_tenant(self, tenant: str) -> bool:
-        """Forget the tenant in ``invocation_tenants`` and empty the invocation tables of its
-        keyspace; False if they were empty. The keyspace is the registry's to drop."""
-        self.forget_tenant(tenant)
-        if not valid_tenant(tenant):
-            return False
-        await self._run(self._instance_stmt("del_tenant"), (_BUCKET, tenant))
-        ks = keyspace_name(tenant, self._prefix)
-        if await self._open(tenant, create=False) is None:  # no keyspace (dropped already)
-            return False
-        return await self._db.empty_tables(ks, _INVOCATION_TABLES, limit=self._sem)
-
-    def forget_tenant(self, tenant: str) -> None:
-        super().forget_tenant(tenant)
-        self._listed.discard(tenant)
-
-    def _tenant_statements(self, ks: str) -> dict[str, str]:
-        return {
-            "ins": f"INSERT INTO {ks}.invocations (id, seq, device, status, expires_ms, data)"
-            " VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
-            "sel": f"SELECT seq, status, data FROM {ks}.invocations WHERE id = ?",
-            "cas": f"UPDATE {ks}.invocations SET status = ?, data = ? WHERE id = ? IF status = ?",
-            "ins_queued": f"INSERT INTO {ks}.queued_invocations (bucket, seq, id, expires_ms) VALUES (?, ?, ?, ?)",
-            "ins_queued_device": f"INSERT INTO {ks}.queued_invocations_by_device (device, seq, id)"
-            " VALUES (?, ?, ?)",
-            "del_queued": f"DELETE FROM {ks}.queued_invocations WHERE bucket = ? AND seq = ?",
-            "del_queued_device": f"DELETE FROM {ks}.queued_invocations_by_device WHERE device = ? AND seq = ?",
-            "queued": f"SELECT seq, id, expires_ms FROM {ks}.queued_invocations WHERE bucket = ?",
-            "queued_device": f"SELECT seq, id FROM {ks}.queued_invocations_by_device WHERE device = ?",
-        }
-
-    async def create(self, inv: svc.InvocationState) -> svc.InvocationState:
-        """Store a new invocation (status defaults to QUEUED, times to now). Conflict if the
-        id exists; InvalidRequest without id, tenant or device."""
-        require_tenant(inv.tenant)
-        if not inv.id or not inv.device:
-            raise InvalidRequest("an invocation needs an id and a device")
-        stored = _copy(inv)
-        if stored.status == svc.COMMAND_STATUS_UNSPECIFIED:
-            stored.status = _QUEUED
-        if stored.status not in _KNOWN:
-            raise InvalidRequest(f"unknown command status {stored.status}")
-        if not stored.created_ms:
-            stored.created_ms = now_ms()
-        if not stored.updated_ms:
-            stored.updated_ms = stored.created_ms
-        ctx = await self._open(stored.tenant, create=True)
-        assert ctx is not None
-        if stored.tenant not in self._listed:
-            await self._run(self._instance_stmt("ins_tenant"), (_BUCKET, stored.tenant))
-            self._listed.add(stored.tenant)
-        seq = self._seq.next()
-        params = (
-            stored.id,
-            seq,
-            stored.device,
-            int(stored.status),
-            stored.expires_ms,
-            stored.SerializeToString(),
-        )
-        if not _applied(await self._run(ctx["ins"], params)):
-            await self._requeue_if_queued(ctx, stored.id)
-            raise Conflict(f"invocation {stored.id!r} already exists")
-        if stored.status == _QUEUED:
-            await self._enqueue(ctx, seq, stored.id, stored.device, stored.expires_ms)
-        return stored
-
-    async def _enqueue(
-        self, ctx: dict[str, Any], seq: Any, inv_id: str, device: str, expires_ms: int
-    ) -> None:
-        await self._db.gather(
-            [
-                self._run(ctx["ins_queued"], (_BUCKET, seq, inv_id, expires_ms)),
-                self._run(ctx["ins_queued_device"], (device, seq, inv_id)),
-            ]
-        )
-
-    async def _requeue_if_queued(self, ctx: dict[str, Any], inv_id: str) -> None:
-        """A create of an existing id: if that invocation is QUEUED, write its queue entries
-        again (same seq, so idempotent). A process that died between storing an invocation and
-        queueing it left it out of :meth:`list_pending`; the retried create (a batch runner
-        resuming, an alternate id sent again) repairs it."""
-        rows = await self._run(ctx["sel"], (inv_id,))
-        if rows and rows[0][1] == _QUEUED:
-            existing = _parse(svc.InvocationState, rows[0][2])
-            await self._enqueue(ctx, rows[0][0], existing.id, existing.device, existing.expires_ms)
-
-    async def get(self, tenant: str, invocation_id: str) -> svc.InvocationState | None:
-        ctx = await self._open(tenant, create=False)
-        if ctx is None:
-            return None
-        rows = await self._run(ctx["sel"], (invocation_id,))
-        return _parse(svc.InvocationState, rows[0][2]) if rows else None
-
-    async def update_status(
-        self,
-        tenant: str,
-        invocation_id: str,
-        status: svc.CommandStatus.ValueType,
-        *,
-        reason: str = "",
-        response_json: str | None = None,
-    ) -> svc.InvocationState | None:
-        """Move an invocation forward; None if it does not exist. Terminal states are final
-        (except failed → late on an answer); backwards or repeated updates are ignored and the
-        current state returned."""
-        check_requested(status)
-        ctx = await self._open(tenant, create=False)
-        if ctx is None:
-            return None
-
-        def moved(inv: svc.InvocationState) -> svc.InvocationState:
-            new = apply_status(inv, status, reason, response_json, now_ms())
-            assert new is not None  # _move asked next_status first, on the same status
-            return new
-
-        state, _ = await self._move(
-            ctx, invocation_id, lambda current: next_status(current, status) is not None, moved
-        )
-        return state
-
-    async def _move(
-        self,
-        ctx: dict[str, Any],
-        invocation_id: str,
-        allowed: Callable[[svc.CommandStatus.ValueType], bool],
-        change: Callable[[svc.InvocationState], svc.InvocationState],
-    ) -> tuple[svc.InvocationState | None, bool]:
-        """Read; if ``allowed(current status)``, compare-and-set the ``change``d state on the
-        status read. A lost round re-reads what the other writer stored and decides again.
-        Returns the state now stored (None: no such invocation) and whether this call moved it."""
-        for _ in range(_CAS_ROUNDS):
-            rows = await self._run(ctx["sel"], (invocation_id,))
-            if not rows:
-                return None, False
-            seq, current, data = rows[0]
-            inv = _parse(svc.InvocationState, data)
-            if not allowed(current):
-                return inv, False
-            new = change(inv)
-            cas = (int(new.status), new.SerializeToString(), invocation_id, current)
-            if _applied(await self._run(ctx["cas"], cas)):
-                if current == _QUEUED:
-                    await self._db.gather(
-                        [
-                            self._run(ctx["del_queued"], (_BUCKET, seq)),
-                            self._run(ctx["del_queued_device"], (new.device, seq)),
-                        ]
-                    )
-                return new, True
-        raise StoreError(f"invocation {invocation_id!r}: status still contended after {_CAS_ROUNDS} rounds")
-
-    async def pending_for_device(self, tenant: str, device: str) -> list[svc.InvocationState]:
-        """Invocations still QUEUED for ``device``, oldest first."""
-        ctx = await self._open(tenant, create=False)
-        if ctx is None:
-            return []
-        rows = await self._run(ctx["queued_device"], (device,))
-        return await self._still_queued(ctx, [(seq, inv_id) for seq, inv_id in rows])
-
-    async def list_pending(self, tenant: str) -> list[svc.InvocationState]:
-        """Every QUEUED invocation of ``tenant``, oldest first (e.g. to re-send after a restart)."""
-        ctx = await self._open(tenant, create=False)
-        if ctx is None:
-            return []
-        rows = await self._run(ctx["queued"], (_BUCKET,))
-        return await self._still_queued(ctx, [(seq, inv_id) for seq, inv_id, _ in rows])
-
-    async def _still_queued(
-        self, ctx: dict[str, Any], entries: list[tuple[Any, str]]
-    ) -> list[svc.InvocationState]:
-        """The invocations of queue entries (oldest first) that are QUEUED in ``invocations``,
-        the source of truth (an entry outlives its move when a process dies in between)."""
-        found = await self._db.gather(self._run(ctx["sel"], (inv_id,)) for _, inv_id in entries)
-        return [_parse(svc.InvocationState, rows[0][2]) for rows in found if rows and rows[0][1] == _QUEUED]
-
-    async def expire_due(self, now_ms: int, tenant: str | None = None) -> list[svc.InvocationState]:
-        """Mark QUEUED invocations whose ``expires_ms`` (non-zero) has passed as EXPIRED
-        (reason "ttl expired"), in every tenant or one; returns them. DELIVERED ones are left to
-        the edge's response timeout. Each move is a compare-and-set: two replicas sweeping at
-        once expire every invocation once between them."""
-        if tenant is not None:
-            tenants = [tenant]
-        else:
-            tenants = [str(r[0]) for r in await self._run(self._instance_stmt("all_tenants"), (_BUCKET,))]
-        now = now_ms
-
-        def expired(inv: svc.InvocationState) -> svc.InvocationState:
-            inv.status = _EXPIRED
-            inv.reason = "ttl expired"
-            inv.updated_ms = max(now, inv.updated_ms)
-            return inv
-
-        out: list[svc.InvocationState] = []
-        for t in tenants:
-            ctx = await self._open(t, create=False)
-            if ctx is None:
-                continue
-            rows = await self._run(ctx["queued"], (_BUCKET,))
-            due = [inv_id for _, inv_id, expires in rows if expires and 0 < expires <= now]
-            for inv_id in due:
-                state, moved = await self._move(ctx, inv_id, lambda current: current == _QUEUED, expired)
-                if moved and state is not None:
-                    out.append(state)
-        return out
+        found = await self._ks.session.gather(self._ks.run(ctx["sel_device"], (r[0],)) for r in rows[offset:])
+        return [bytes(f[0][-1]) for f in found if f], int(counted[0][0]) if counted else 0
