@@ -4,24 +4,30 @@ are in the site store. Reading needs ``read`` (site records are the tenant's str
 device types: customer users read them too, but see only their customer's devices in a
 group); changing needs ``write``. Bodies are strict (unknown fields, wrong types → 422).
 
+The six kinds share one set of routes (create, list, get, replace, delete: :func:`_crud`), each
+kind described once in :data:`_KINDS` — its bodies, answer, tag, list filter and the errors
+each route documents — so the paths, route names (operation ids) and OpenAPI document are what
+one hand-written block per kind gave. The group element routes are the device groups' own.
+
 No ``from __future__ import annotations`` here: FastAPI reads the route signatures at
 definition time, and the per-app dependencies are closure locals.
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Literal, Self, TypeVar, cast
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel, Field, Strict, StrictFloat, field_validator
 
 from fieldgate.cloud.api.rest.models import Metadata, PageOut, _In, error_docs, page_fields
-from fieldgate.cloud.api.rest.paging import PageQuery
-from fieldgate.cloud.errors import NotFound
+from fieldgate.cloud.api.rest.paging import PageQuery, Paging
 from fieldgate.cloud.services.access import Principal
 from fieldgate.cloud.services.documents import iso
 from fieldgate.cloud.services.management import TOKEN_PATTERN, Management
-from fieldgate.cloud.store import Page
+from fieldgate.cloud.services.site import SiteService
 from fieldgate.cloud.store.site import (
     MAX_DESCRIPTION,
     MAX_NAME,
@@ -39,7 +45,6 @@ from fieldgate.cloud.store.site import (
     SiteStore,
     Zone,
     check_polygon,
-    describe,
 )
 
 Search = Annotated[str | None, Query(max_length=128, description="token prefix, or name prefix (any case)")]
@@ -108,9 +113,6 @@ class ZoneChange(_Common):
         check_polygon(value)
         return value
 
-    def points(self) -> tuple[tuple[float, float], ...]:
-        return tuple((p[0], p[1]) for p in self.polygon)
-
 
 class ZoneIn(ZoneChange, _WithToken):
     pass
@@ -158,9 +160,6 @@ class _Out(BaseModel):
         return cls(**{k: v for k, v in fields.items() if k in cls.model_fields}, created=iso(r.created_ms))
 
 
-OutT = TypeVar("OutT", bound=_Out)
-
-
 class AreaTypeOut(_Out):
     pass
 
@@ -205,6 +204,139 @@ class Deleted(BaseModel):
     deleted: bool = True
 
 
+@dataclass(frozen=True)
+class _ListFilter:
+    """A list route's query parameter that keeps only the records referencing one record."""
+
+    name: str  # the query parameter
+    kind: Kind  # what it names
+    description: str
+    must_exist: bool  # a name that does not exist: 404 (else simply nothing is found)
+
+
+@dataclass(frozen=True)
+class _SiteKind:
+    """How the REST API serves one kind of site record: its bodies, answer and tag, and the
+    documented errors of each route (the OpenAPI document says them). Its routes are named after
+    the kind (``create_area_type``, ``list_area_types``, ...) under ``/area-types``."""
+
+    record: type[SiteRecord]
+    body_in: type[_In]  # POST's body
+    body_change: type[_In]  # PUT's body
+    out: type[_Out]
+    tag: str
+    created: dict[int, str]  # POST's documented errors
+    updated: dict[int, str] | None = None  # PUT's (default: 404 no such <label>)
+    label: str = ""  # in "no such <label>" (default: the kind's name)
+    referenced: bool = True  # may be referenced: DELETE answers 409 while it is
+    create_doc: str | None = None
+    update_doc: str | None = None
+    delete_doc: str | None = None
+    list_filter: _ListFilter | None = None
+    # A kind whose records belong to a record of another (zones: to an area) is created under
+    # that record's path (``/areas/{token}/zones``, naming it in the field ``owner[1]``) and
+    # listed there too (route ``list_<owner[3]>``): (owner kind, field, path, list route).
+    owner: tuple[Kind, str, str, str] | None = None
+
+    @property
+    def kind(self) -> Kind:
+        return self.record.KIND
+
+    @property
+    def path(self) -> str:
+        return "/" + self.kind.replace("_", "-") + "s"
+
+    def no_such(self) -> str:
+        return f"no such {self.label or self.kind.replace('_', ' ')}"
+
+
+_KINDS: tuple[_SiteKind, ...] = (
+    _SiteKind(
+        AreaType,
+        SiteTypeIn,
+        SiteTypeChange,
+        AreaTypeOut,
+        tag="areas",
+        created={409: "token taken"},
+        delete_doc="409 while an area has this type.",
+    ),
+    _SiteKind(
+        Area,
+        AreaIn,
+        AreaChange,
+        AreaOut,
+        tag="areas",
+        created={409: "token taken", 422: "invalid, or the area type or parent does not exist"},
+        updated={
+            404: "no such area",
+            409: "the new parent is below the area (a cycle)",
+            422: "invalid, or the area type or parent does not exist",
+        },
+        update_doc="Replace type, parent, name, description and metadata (a parent below it: 422).",
+        delete_doc="409 while a child area or a zone names it.",
+        list_filter=_ListFilter("parent", "area", "only this area's children", must_exist=True),
+    ),
+    _SiteKind(
+        Zone,
+        ZoneIn,
+        ZoneMove,
+        ZoneOut,
+        tag="zones",
+        created={404: "no such area", 409: "token taken"},
+        updated={404: "no such zone", 422: "invalid, or the area does not exist"},
+        referenced=False,
+        create_doc="A zone of the area: a polygon of at least 3 [lat, lon] points.",
+        update_doc="Replace area, polygon, name, description and metadata.",
+        owner=("area", "area", "/areas/{token}/zones", "area_zones"),
+    ),
+    _SiteKind(
+        AssetType,
+        SiteTypeIn,
+        SiteTypeChange,
+        AssetTypeOut,
+        tag="assets",
+        created={409: "token taken"},
+        delete_doc="409 while an asset has this type.",
+    ),
+    _SiteKind(
+        Asset,
+        AssetIn,
+        AssetChange,
+        AssetOut,
+        tag="assets",
+        created={409: "token taken", 422: "invalid, or the asset type does not exist"},
+        updated={404: "no such asset", 422: "invalid, or the asset type does not exist"},
+        referenced=False,
+        list_filter=_ListFilter("asset_type", "asset_type", "only assets of this type", must_exist=False),
+    ),
+    _SiteKind(
+        DeviceGroup,
+        DeviceGroupIn,
+        DeviceGroupChange,
+        DeviceGroupOut,
+        tag="device groups",
+        created={409: "token taken"},
+        label="group",
+        delete_doc="409 while the group is an element of another group; its own elements go with it.",
+    ),
+)
+
+
+def _endpoint(
+    call: Callable[..., Awaitable[Any]], params: list[inspect.Parameter], returns: Any
+) -> Callable[..., Awaitable[Any]]:
+    """``call`` (which takes its parameters by name) with the signature FastAPI reads: the
+    parameters and answer a route of one kind declares."""
+    call.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    return call
+
+
+def _param(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default
+    )
+
+
 def site_router(
     site: SiteStore,
     mgmt: Management,
@@ -212,280 +344,157 @@ def site_router(
     write: Callable[..., Awaitable[Principal]],
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=ERRORS)
+    service = SiteService(site, mgmt)
+    reader: Any = Annotated[Principal, Depends(read)]
+    writer: Any = Annotated[Principal, Depends(write)]
+    for k in _KINDS:
+        _crud(router, site, service, k, reader, writer)
+    _group_elements(router, site, service, read, write)
+    return router
+
+
+def _crud(
+    router: APIRouter, site: SiteStore, service: SiteService, k: _SiteKind, read: Any, write: Any
+) -> None:
+    """The five routes of kind ``k`` (create, list, get, replace, delete; a kind with an owner:
+    created and listed under the owner's path too)."""
+    one = f"{k.path}/{{token}}"
+    tags: list[str | Enum] = [k.tag]
+    out = k.out
+    no_such = error_docs({404: k.no_such()})
+
+    async def page(
+        who: Principal, paging: Paging, search: str | None, ref: tuple[Kind, str] | None
+    ) -> PageOut[Any]:
+        p = await site.find(who.tenant, k.kind, paging.page, paging.page_size, search=search, referencing=ref)
+        return PageOut[out](items=[out.of(r) for r in p.items], **page_fields(p))  # type: ignore[valid-type]
+
+    async def create(**kw: Any) -> _Out:
+        who: Principal = kw["who"]
+        fields = kw["body"].model_dump()
+        if k.owner is not None:
+            owner_kind, field, _, _ = k.owner
+            await service.get(who.tenant, owner_kind, kw["token"])  # the record the path names: 404
+            fields = {field: kw["token"], **fields}
+        return out.of(await site.create(who.tenant, k.record(**fields)))
+
+    create_params = [_param("body", k.body_in), _param("who", write)]
+    if k.owner is not None:
+        create_params.insert(0, _param("token", str))
+    router.add_api_route(
+        k.path if k.owner is None else k.owner[2],
+        _endpoint(create, create_params, out),
+        methods=["POST"],
+        name=f"create_{k.kind}",
+        description=k.create_doc,
+        status_code=status.HTTP_201_CREATED,
+        tags=tags,
+        responses=error_docs(k.created),
+    )
+    if k.owner is not None:
+        owner_kind = k.owner[0]
+
+        async def list_owned(**kw: Any) -> PageOut[Any]:
+            who: Principal = kw["who"]
+            await service.get(who.tenant, owner_kind, kw["token"])
+            return await page(who, kw["paging"], kw["search"], (owner_kind, kw["token"]))
+
+        params = [_param("token", str), _param("who", read), _param("paging", PageQuery)]
+        params.append(_param("search", Search, None))
+        router.add_api_route(
+            k.owner[2],
+            _endpoint(list_owned, params, PageOut[out]),  # type: ignore[valid-type]
+            methods=["GET"],
+            name=f"list_{k.owner[3]}",
+            tags=tags,
+            responses=error_docs({404: f"no such {owner_kind}"}),
+        )
+
+    async def list_all(**kw: Any) -> PageOut[Any]:
+        who: Principal = kw["who"]
+        ref: tuple[Kind, str] | None = None
+        f = k.list_filter
+        if f is not None and kw[f.name]:
+            if f.must_exist:
+                await service.get(who.tenant, f.kind, kw[f.name])
+            ref = (f.kind, kw[f.name])
+        return await page(who, kw["paging"], kw["search"], ref)
+
+    params = [_param("who", read), _param("paging", PageQuery)]
+    if k.list_filter is not None:
+        query = Query(max_length=128, description=k.list_filter.description)
+        params.append(_param(k.list_filter.name, Annotated[str | None, query], None))
+    params.append(_param("search", Search, None))
+    router.add_api_route(
+        k.path,
+        _endpoint(list_all, params, PageOut[out]),  # type: ignore[valid-type]
+        methods=["GET"],
+        name=f"list_{k.kind}s",
+        tags=tags,
+    )
+
+    async def get(**kw: Any) -> _Out:
+        return out.of(await service.get(kw["who"].tenant, k.kind, kw["token"]))
+
+    router.add_api_route(
+        one,
+        _endpoint(get, [_param("token", str), _param("who", read)], out),
+        methods=["GET"],
+        name=f"get_{k.kind}",
+        tags=tags,
+        responses=no_such,
+    )
+
+    async def update(**kw: Any) -> _Out:
+        fields = {"token": kw["token"], **kw["body"].model_dump()}
+        return out.of(await site.update(kw["who"].tenant, k.record(**fields)))
+
+    router.add_api_route(
+        one,
+        _endpoint(
+            update, [_param("token", RecordToken), _param("body", k.body_change), _param("who", write)], out
+        ),
+        methods=["PUT"],
+        name=f"update_{k.kind}",
+        description=k.update_doc,
+        tags=tags,
+        responses=error_docs(k.updated) if k.updated is not None else no_such,
+    )
+
+    async def delete(**kw: Any) -> Deleted:
+        await site.delete(kw["who"].tenant, k.kind, kw["token"])
+        return Deleted(token=kw["token"])
+
+    in_use = {404: "no such entity", 409: "still referenced (the detail says by what)"}
+    router.add_api_route(
+        one,
+        _endpoint(delete, [_param("token", str), _param("who", write)], Deleted),
+        methods=["DELETE"],
+        name=f"delete_{k.kind}",
+        description=k.delete_doc,
+        tags=tags,
+        responses=error_docs(in_use) if k.referenced else no_such,
+    )
+
+
+def _group_elements(
+    router: APIRouter,
+    site: SiteStore,
+    service: SiteService,
+    read: Callable[..., Awaitable[Principal]],
+    write: Callable[..., Awaitable[Principal]],
+) -> None:
+    """The routes of a device group's elements and devices."""
     Read = Annotated[Principal, Depends(read)]
     Write = Annotated[Principal, Depends(write)]
-    in_use = error_docs({404: "no such entity", 409: "still referenced (the detail says by what)"})
-    created = status.HTTP_201_CREATED
-
-    async def need(tenant: str, kind: Kind, token: str) -> SiteRecord:
-        record = await site.get(tenant, kind, token)
-        if record is None:
-            raise NotFound(f"{describe(kind, token)} does not exist")
-        return record
-
-    async def visible(who: Principal, devices: Sequence[str]) -> list[str]:
-        """A customer user sees only its customer's devices among a group's."""
-        if who.scope_customer is None:
-            return list(devices)
-        out = []
-        for d in devices:
-            try:
-                await mgmt.get_device(who.tenant, d, customer=who.scope_customer)
-            except NotFound:
-                continue
-            out.append(d)
-        return out
-
-    def page_of(out: type[OutT], p: Page[SiteRecord]) -> PageOut[OutT]:
-        page = PageOut[out](items=[out.of(r) for r in p.items], **page_fields(p))  # type: ignore[valid-type]
-        return cast("PageOut[OutT]", page)
-
-    # area types ---------------------------------------------------------------------------------
-    tag: list[str | Enum] = ["areas"]
-
-    @router.post("/area-types", status_code=created, tags=tag, responses=error_docs({409: "token taken"}))
-    async def create_area_type(body: SiteTypeIn, who: Write) -> AreaTypeOut:
-        return AreaTypeOut.of(await site.create(who.tenant, AreaType(**body.model_dump())))
-
-    @router.get("/area-types", tags=tag)
-    async def list_area_types(who: Read, paging: PageQuery, search: Search = None) -> PageOut[AreaTypeOut]:
-        return page_of(
-            AreaTypeOut,
-            await site.find(who.tenant, "area_type", paging.page, paging.page_size, search=search),
-        )
-
-    @router.get("/area-types/{token}", tags=tag, responses=error_docs({404: "no such area type"}))
-    async def get_area_type(token: str, who: Read) -> AreaTypeOut:
-        return AreaTypeOut.of(await need(who.tenant, "area_type", token))
-
-    @router.put("/area-types/{token}", tags=tag, responses=error_docs({404: "no such area type"}))
-    async def update_area_type(token: RecordToken, body: SiteTypeChange, who: Write) -> AreaTypeOut:
-        return AreaTypeOut.of(await site.update(who.tenant, AreaType(token=token, **body.model_dump())))
-
-    @router.delete("/area-types/{token}", tags=tag, responses=in_use)
-    async def delete_area_type(token: str, who: Write) -> Deleted:
-        """409 while an area has this type."""
-        await site.delete(who.tenant, "area_type", token)
-        return Deleted(token=token)
-
-    # areas --------------------------------------------------------------------------------------
-
-    @router.post(
-        "/areas",
-        status_code=created,
-        tags=tag,
-        responses=error_docs({409: "token taken", 422: "invalid, or the area type or parent does not exist"}),
-    )
-    async def create_area(body: AreaIn, who: Write) -> AreaOut:
-        return AreaOut.of(await site.create(who.tenant, Area(**body.model_dump())))
-
-    @router.get("/areas", tags=tag)
-    async def list_areas(
-        who: Read,
-        paging: PageQuery,
-        parent: Annotated[str | None, Query(max_length=128, description="only this area's children")] = None,
-        search: Search = None,
-    ) -> PageOut[AreaOut]:
-        ref: tuple[Kind, str] | None = None
-        if parent:
-            await need(who.tenant, "area", parent)
-            ref = ("area", parent)
-        return page_of(
-            AreaOut,
-            await site.find(
-                who.tenant, "area", paging.page, paging.page_size, search=search, referencing=ref
-            ),
-        )
-
-    @router.get("/areas/{token}", tags=tag, responses=error_docs({404: "no such area"}))
-    async def get_area(token: str, who: Read) -> AreaOut:
-        return AreaOut.of(await need(who.tenant, "area", token))
-
-    @router.put(
-        "/areas/{token}",
-        tags=tag,
-        responses=error_docs(
-            {
-                404: "no such area",
-                409: "the new parent is below the area (a cycle)",
-                422: "invalid, or the area type or parent does not exist",
-            }
-        ),
-    )
-    async def update_area(token: RecordToken, body: AreaChange, who: Write) -> AreaOut:
-        """Replace type, parent, name, description and metadata (a parent below it: 422)."""
-        return AreaOut.of(await site.update(who.tenant, Area(token=token, **body.model_dump())))
-
-    @router.delete("/areas/{token}", tags=tag, responses=in_use)
-    async def delete_area(token: str, who: Write) -> Deleted:
-        """409 while a child area or a zone names it."""
-        await site.delete(who.tenant, "area", token)
-        return Deleted(token=token)
-
-    # zones --------------------------------------------------------------------------------------
-
-    @router.post(
-        "/areas/{token}/zones",
-        status_code=created,
-        tags=["zones"],
-        responses=error_docs({404: "no such area", 409: "token taken"}),
-    )
-    async def create_zone(token: str, body: ZoneIn, who: Write) -> ZoneOut:
-        """A zone of the area: a polygon of at least 3 [lat, lon] points."""
-        await need(who.tenant, "area", token)  # the area the path names: 404
-        return ZoneOut.of(
-            await site.create(
-                who.tenant, Zone(area=token, **body.model_dump(exclude={"polygon"}), polygon=body.points())
-            )
-        )
-
-    @router.get("/areas/{token}/zones", tags=["zones"], responses=error_docs({404: "no such area"}))
-    async def list_area_zones(
-        token: str,
-        who: Read,
-        paging: PageQuery,
-        search: Search = None,
-    ) -> PageOut[ZoneOut]:
-        await need(who.tenant, "area", token)
-        p = await site.find(
-            who.tenant, "zone", paging.page, paging.page_size, search=search, referencing=("area", token)
-        )
-        return page_of(ZoneOut, p)
-
-    @router.get("/zones", tags=["zones"])
-    async def list_zones(who: Read, paging: PageQuery, search: Search = None) -> PageOut[ZoneOut]:
-        return page_of(
-            ZoneOut, await site.find(who.tenant, "zone", paging.page, paging.page_size, search=search)
-        )
-
-    @router.get("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone"}))
-    async def get_zone(token: str, who: Read) -> ZoneOut:
-        return ZoneOut.of(await need(who.tenant, "zone", token))
-
-    @router.put(
-        "/zones/{token}",
-        tags=["zones"],
-        responses=error_docs({404: "no such zone", 422: "invalid, or the area does not exist"}),
-    )
-    async def update_zone(token: RecordToken, body: ZoneMove, who: Write) -> ZoneOut:
-        """Replace area, polygon, name, description and metadata."""
-        return ZoneOut.of(
-            await site.update(
-                who.tenant, Zone(token=token, **body.model_dump(exclude={"polygon"}), polygon=body.points())
-            )
-        )
-
-    @router.delete("/zones/{token}", tags=["zones"], responses=error_docs({404: "no such zone"}))
-    async def delete_zone(token: str, who: Write) -> Deleted:
-        await site.delete(who.tenant, "zone", token)
-        return Deleted(token=token)
-
-    # asset types and assets ---------------------------------------------------------------------
-    tag = ["assets"]
-
-    @router.post("/asset-types", status_code=created, tags=tag, responses=error_docs({409: "token taken"}))
-    async def create_asset_type(body: SiteTypeIn, who: Write) -> AssetTypeOut:
-        return AssetTypeOut.of(await site.create(who.tenant, AssetType(**body.model_dump())))
-
-    @router.get("/asset-types", tags=tag)
-    async def list_asset_types(who: Read, paging: PageQuery, search: Search = None) -> PageOut[AssetTypeOut]:
-        return page_of(
-            AssetTypeOut,
-            await site.find(who.tenant, "asset_type", paging.page, paging.page_size, search=search),
-        )
-
-    @router.get("/asset-types/{token}", tags=tag, responses=error_docs({404: "no such asset type"}))
-    async def get_asset_type(token: str, who: Read) -> AssetTypeOut:
-        return AssetTypeOut.of(await need(who.tenant, "asset_type", token))
-
-    @router.put("/asset-types/{token}", tags=tag, responses=error_docs({404: "no such asset type"}))
-    async def update_asset_type(token: RecordToken, body: SiteTypeChange, who: Write) -> AssetTypeOut:
-        return AssetTypeOut.of(await site.update(who.tenant, AssetType(token=token, **body.model_dump())))
-
-    @router.delete("/asset-types/{token}", tags=tag, responses=in_use)
-    async def delete_asset_type(token: str, who: Write) -> Deleted:
-        """409 while an asset has this type."""
-        await site.delete(who.tenant, "asset_type", token)
-        return Deleted(token=token)
-
-    @router.post(
-        "/assets",
-        status_code=created,
-        tags=tag,
-        responses=error_docs({409: "token taken", 422: "invalid, or the asset type does not exist"}),
-    )
-    async def create_asset(body: AssetIn, who: Write) -> AssetOut:
-        return AssetOut.of(await site.create(who.tenant, Asset(**body.model_dump())))
-
-    @router.get("/assets", tags=tag)
-    async def list_assets(
-        who: Read,
-        paging: PageQuery,
-        asset_type: Annotated[
-            str | None, Query(max_length=128, description="only assets of this type")
-        ] = None,
-        search: Search = None,
-    ) -> PageOut[AssetOut]:
-        ref: tuple[Kind, str] | None = ("asset_type", asset_type) if asset_type else None
-        return page_of(
-            AssetOut,
-            await site.find(
-                who.tenant, "asset", paging.page, paging.page_size, search=search, referencing=ref
-            ),
-        )
-
-    @router.get("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset"}))
-    async def get_asset(token: str, who: Read) -> AssetOut:
-        return AssetOut.of(await need(who.tenant, "asset", token))
-
-    @router.put(
-        "/assets/{token}",
-        tags=tag,
-        responses=error_docs({404: "no such asset", 422: "invalid, or the asset type does not exist"}),
-    )
-    async def update_asset(token: RecordToken, body: AssetChange, who: Write) -> AssetOut:
-        return AssetOut.of(await site.update(who.tenant, Asset(token=token, **body.model_dump())))
-
-    @router.delete("/assets/{token}", tags=tag, responses=error_docs({404: "no such asset"}))
-    async def delete_asset(token: str, who: Write) -> Deleted:
-        await site.delete(who.tenant, "asset", token)
-        return Deleted(token=token)
-
-    # device groups ------------------------------------------------------------------------------
-    tag = ["device groups"]
-
-    @router.post("/device-groups", status_code=created, tags=tag, responses=error_docs({409: "token taken"}))
-    async def create_device_group(body: DeviceGroupIn, who: Write) -> DeviceGroupOut:
-        return DeviceGroupOut.of(await site.create(who.tenant, DeviceGroup(**body.model_dump())))
-
-    @router.get("/device-groups", tags=tag)
-    async def list_device_groups(
-        who: Read, paging: PageQuery, search: Search = None
-    ) -> PageOut[DeviceGroupOut]:
-        return page_of(
-            DeviceGroupOut,
-            await site.find(who.tenant, "device_group", paging.page, paging.page_size, search=search),
-        )
-
-    @router.get("/device-groups/{token}", tags=tag, responses=error_docs({404: "no such group"}))
-    async def get_device_group(token: str, who: Read) -> DeviceGroupOut:
-        return DeviceGroupOut.of(await need(who.tenant, "device_group", token))
-
-    @router.put("/device-groups/{token}", tags=tag, responses=error_docs({404: "no such group"}))
-    async def update_device_group(token: RecordToken, body: DeviceGroupChange, who: Write) -> DeviceGroupOut:
-        return DeviceGroupOut.of(await site.update(who.tenant, DeviceGroup(token=token, **body.model_dump())))
-
-    @router.delete("/device-groups/{token}", tags=tag, responses=in_use)
-    async def delete_device_group(token: str, who: Write) -> Deleted:
-        """409 while the group is an element of another group; its own elements go with it."""
-        await site.delete(who.tenant, "device_group", token)
-        return Deleted(token=token)
+    tag: list[str | Enum] = ["device groups"]
 
     @router.get("/device-groups/{token}/elements", tags=tag, responses=error_docs({404: "no such group"}))
     async def list_group_elements(token: str, who: Read, paging: PageQuery) -> PageOut[ElementOut]:
         """Groups first, then devices, by token (customer users: only their devices)."""
         p = await site.elements(who.tenant, token, 1, 100_000)
-        shown = set(await visible(who, [e.token for e in p.items if e.kind == "device"]))
+        devices = [e.token for e in p.items if e.kind == "device"]
+        shown = set(await service.visible_devices(who.tenant, devices, who.scope_customer))
         items = [e for e in p.items if e.kind == "group" or e.token in shown]
         start = paging.offset
         return PageOut[ElementOut](
@@ -500,7 +509,7 @@ def site_router(
 
     @router.post(
         "/device-groups/{token}/elements",
-        status_code=created,
+        status_code=status.HTTP_201_CREATED,
         tags=tag,
         responses=error_docs(
             {
@@ -512,10 +521,7 @@ def site_router(
     )
     async def add_group_element(token: str, body: ElementIn, who: Write) -> ElementOut:
         """Add a device or a nested group with its roles (an element already there gets the new roles)."""
-        await need(who.tenant, "device_group", token)
-        if body.kind == "device":
-            await mgmt.check_devices(who.tenant, [body.token])
-        el = await site.put_element(
+        el = await service.put_element(
             who.tenant, token, GroupElement(kind=body.kind, token=body.token, roles=tuple(body.roles))
         )
         return ElementOut(kind=el.kind, token=el.token, roles=list(el.roles))
@@ -542,6 +548,8 @@ def site_router(
     ) -> DeviceTokensOut:
         """The group's device tokens (nested groups resolved), sorted, without duplicates."""
         devices = await site.members(who.tenant, token, recursive=recursive)
-        return DeviceTokensOut(group=token, recursive=recursive, devices=await visible(who, devices))
-
-    return router
+        return DeviceTokensOut(
+            group=token,
+            recursive=recursive,
+            devices=await service.visible_devices(who.tenant, devices, who.scope_customer),
+        )
