@@ -86,6 +86,10 @@ class MqttConfig(Frozen):
     max_payload_bytes: int = Field(256 * 1024, ge=64)
     # Also accept SiteWhere's JSON device messages on SiteWhere/<tenant>/input/json.
     sitewhere_compat: bool = True
+    # With sitewhere_compat: the tenant SiteWhere 1.x firmware belongs to on 1.x's tenant-less
+    # default topics (SiteWhere/input/json|protobuf in, SiteWhere/commands/<device> out; embedded
+    # broker without mqtt.auth, docs/protocols/sitewhere.md). None: those topics are not served.
+    sitewhere_1x_tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     keepalive_s: int = Field(30, ge=5)
     # Embedded broker only: device credentials and topic ACLs, and MQTT over TLS.
     auth: MqttAuthConfig = MqttAuthConfig()
@@ -93,6 +97,11 @@ class MqttConfig(Frozen):
 
     @model_validator(mode="after")
     def _embedded_only(self) -> MqttConfig:
+        if self.sitewhere_1x_tenant is not None and self.auth.mode != "none":
+            raise ValueError(
+                "sitewhere_1x_tenant: SiteWhere 1.x's tenant-less topics cannot be checked per device; "
+                "with auth, give 1.x firmware the tenant's topics (SiteWhere/<tenant>/...)"
+            )
         if self.mode == "external" and (self.auth.mode != "none" or self.tls.enabled):
             raise ValueError(
                 "auth and tls configure the embedded broker; with mode external the broker "

@@ -22,6 +22,10 @@ EVENTS_PB_FILTER = f"{ROOT}/+/devices/+/events/pb"
 SITEWHERE_FILTER = "SiteWhere/+/input/json"
 SITEWHERE_PB_FILTER = "SiteWhere/+/input/protobuf"
 SITEWHERE_FILTERS = (SITEWHERE_FILTER, SITEWHERE_PB_FILTER)
+# SiteWhere 1.x's default topics had no tenant level (SiteWhere/input/protobuf in the Arduino and
+# Java agents, "SiteWhere/commands/%s" / "SiteWhere/system/%s" in its hardware-id-topic-extractor);
+# an edge serves them for one configured tenant (mqtt.sitewhere_1x_tenant).
+SITEWHERE_1X_FILTERS = ("SiteWhere/input/json", "SiteWhere/input/protobuf")
 LINK_FILTER = f"{ROOT}/+/devices/+/link"
 SUBSCRIPTIONS = (EVENTS_FILTER, EVENTS_PB_FILTER, SITEWHERE_FILTER, SITEWHERE_PB_FILTER, LINK_FILTER)
 # Payloads of the link topic (exact text, no JSON): a will message is static, so is the contract.
@@ -51,9 +55,15 @@ class InboundTopic:
     codec: Codec
 
 
-def parse_inbound(topic: str) -> InboundTopic | None:
-    """The meaning of an inbound topic, or None if it is not one of fieldgate's."""
+def parse_inbound(topic: str, sitewhere_1x_tenant: str | None = None) -> InboundTopic | None:
+    """The meaning of an inbound topic, or None if it is not one of fieldgate's. SiteWhere 1.x's
+    tenant-less ``SiteWhere/input/{json,protobuf}`` belong to ``sitewhere_1x_tenant`` (if any)."""
     parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == "SiteWhere" and parts[1] == "input" and sitewhere_1x_tenant:
+        if parts[2] not in ("json", "protobuf"):
+            return None
+        codec1: Codec = "sitewhere" if parts[2] == "json" else "sitewhere-protobuf"
+        return InboundTopic(sitewhere_1x_tenant, None, "sitewhere", codec1)
     if len(parts) in (5, 6) and parts[0] == ROOT and parts[2] == "devices" and parts[4] == "events":
         if len(parts) == 6 and parts[5] != "pb":
             return None
@@ -99,22 +109,40 @@ def sitewhere_system_topic(tenant: str, device: str) -> str:
     return f"SiteWhere/{tenant}/system/{device}"
 
 
-def parse_sitewhere_device_topic(topic: str) -> tuple[str, str, Literal["command", "system"]] | None:
-    """``(tenant, device, "command" | "system")`` of a SiteWhere device topic, or None."""
+def sitewhere_1x_command_topic(device: str) -> str:
+    """SiteWhere 1.x's default command topic (``commandTopicExpr`` ``SiteWhere/commands/%s``)."""
+    return f"SiteWhere/commands/{device}"
+
+
+def sitewhere_1x_system_topic(device: str) -> str:
+    """SiteWhere 1.x's default system topic (``systemTopicExpr`` ``SiteWhere/system/%s``)."""
+    return f"SiteWhere/system/{device}"
+
+
+def parse_sitewhere_device_topic(
+    topic: str, sitewhere_1x_tenant: str | None = None
+) -> tuple[str, str, Literal["command", "system"]] | None:
+    """``(tenant, device, "command" | "system")`` of a SiteWhere device topic, or None. The 1.x
+    topics (``SiteWhere/commands/<device>``, ``SiteWhere/system/<device>``) count only with
+    ``sitewhere_1x_tenant``."""
     parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == "SiteWhere" and parts[1] in ("commands", "system"):
+        if sitewhere_1x_tenant and TOKEN_RE.match(parts[2]):
+            return sitewhere_1x_tenant, parts[2], "command" if parts[1] == "commands" else "system"
+        return None
     if len(parts) == 4 and parts[0] == "SiteWhere" and parts[2] in ("command", "system"):
         if TOKEN_RE.match(parts[1]) and TOKEN_RE.match(parts[3]):
             return parts[1], parts[3], "command" if parts[2] == "command" else "system"
     return None
 
 
-def parse_command_destination(topic: str) -> tuple[str, str] | None:
+def parse_command_destination(topic: str, sitewhere_1x_tenant: str | None = None) -> tuple[str, str] | None:
     """``(tenant, device)`` of any topic a device takes commands on: fieldgate's commands topic
     or SiteWhere's command or system topic (no wildcards). None for anything else."""
     parsed = parse_commands_topic(topic)
     if parsed is not None:
         return parsed
-    sitewhere = parse_sitewhere_device_topic(topic)
+    sitewhere = parse_sitewhere_device_topic(topic, sitewhere_1x_tenant)
     return None if sitewhere is None else (sitewhere[0], sitewhere[1])
 
 

@@ -282,3 +282,58 @@ async def test_a_command_that_cannot_be_encoded_fails_with_its_reason(edge: Edge
         assert received.invocation == "inv-good"
     finally:
         await asyncio.to_thread(agent.stop)
+
+
+# ------------------------------------------------------------- SiteWhere 1.x tenant-less topics
+
+
+async def test_sitewhere_1x_topics_serve_the_configured_tenant() -> None:
+    harness = await _start(sitewhere_1x_tenant="acme")
+    try:
+        dev = await harness.device()
+        try:
+            await dev.publish_acked("SiteWhere/input/protobuf", _vector("good", "1.x DEVICEMEASUREMENT"))
+            await dev.publish_acked(
+                "SiteWhere/input/json",
+                {
+                    "hardwareId": "ard-2",
+                    "type": "DeviceMeasurements",
+                    "request": {"measurements": {"t": 1.5}},
+                },
+            )
+            assert not harness.adapter.is_online("acme", "ard-1")
+            await dev.subscribe("SiteWhere/commands/ard-1")
+            await eventually(lambda: harness.adapter.is_online("acme", "ard-1"), what="online via 1.x topic")
+            await harness.adapter.send_command(
+                "acme", "ard-1", pb.CommandInvocation(invocation="inv-1x", command="ping")
+            )
+            topic, payload = await dev.next_message()
+        finally:
+            await dev.close()
+        assert topic == "SiteWhere/commands/ard-1"
+        assert json.loads(payload)["command"]["invocation"]["id"] == "inv-1x"
+        assert [(e.tenant, e.device) for e in harness.sink.events] == [("acme", "ard-1"), ("acme", "ard-2")]
+        # The 1.x topics belong to the configured tenant only: not to another tenant's device.
+        assert not harness.adapter.is_online("default", "ard-1")
+    finally:
+        await harness.adapter.stop()
+
+
+async def test_sitewhere_1x_topics_are_plain_topics_unless_configured(harness: Harness) -> None:
+    dev = await harness.device()
+    try:
+        await dev.publish_acked("SiteWhere/input/protobuf", _vector("good", "1.x DEVICEMEASUREMENT"))
+        await dev.subscribe("SiteWhere/commands/ard-1")
+    finally:
+        await dev.close()
+    assert harness.sink.events == [] and harness.sink.rejected == []
+    assert harness.adapter.stats.messages_ignored == 1
+    assert not harness.adapter.is_online("default", "ard-1")
+
+
+def test_sitewhere_1x_tenant_needs_a_broker_without_auth(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tenant-less topics"):
+        MqttConfig(
+            sitewhere_1x_tenant="acme",
+            auth={"mode": "password", "credentials_file": tmp_path / "c.json"},
+        )

@@ -100,3 +100,23 @@ def test_every_inbound_topic_is_covered_by_exactly_one_subscription(
     assert sum(_matches(pattern, topic) for pattern in SUBSCRIPTIONS) == 1
     assert sum(_matches(pattern, f"SiteWhere/{tenant}/input/json") for pattern in SUBSCRIPTIONS) == 1
     assert not any(_matches(pattern, commands_topic(tenant, device)) for pattern in SUBSCRIPTIONS)
+
+
+def test_sitewhere_1x_topics_belong_to_the_configured_tenant_only() -> None:
+    from fieldgate.protocol import topics
+
+    assert topics.parse_inbound("SiteWhere/input/protobuf") is None
+    assert topics.parse_inbound("SiteWhere/input/protobuf", "acme") == InboundTopic(
+        "acme", None, "sitewhere", "sitewhere-protobuf"
+    )
+    assert topics.parse_inbound("SiteWhere/input/json", "acme") == InboundTopic(
+        "acme", None, "sitewhere", "sitewhere"
+    )
+    assert topics.parse_inbound("SiteWhere/input/xml", "acme") is None
+    assert topics.parse_command_destination("SiteWhere/commands/ard-1") is None
+    assert topics.parse_command_destination("SiteWhere/commands/ard-1", "acme") == ("acme", "ard-1")
+    assert topics.parse_command_destination("SiteWhere/system/ard-1", "acme") == ("acme", "ard-1")
+    assert topics.parse_command_destination("SiteWhere/commands/+", "acme") is None
+    assert topics.parse_command_destination("SiteWhere/acme/command/sw-1") == ("acme", "sw-1")
+    assert topics.parse_command_destination("SiteWhere/acme/system/sw-1") == ("acme", "sw-1")
+    assert topics.parse_command_destination("SiteWhere/acme/other/sw-1") is None

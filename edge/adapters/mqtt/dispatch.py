@@ -67,11 +67,13 @@ class Dispatcher:
         devices: DeviceRegistry,
         decoders: Mapping[topics.Codec, EventDecoder] | None = None,
         links: LinkReports | None = None,
+        sitewhere_1x_tenant: str | None = None,
     ) -> None:
         self._sink = sink
         self._tenants = frozenset(tenants)
         self._max_payload = max_payload_bytes
         self._sitewhere = sitewhere_compat
+        self._sitewhere_1x = sitewhere_1x_tenant if sitewhere_compat else None
         self._stats = stats
         self._devices = devices
         self._links = links
@@ -87,6 +89,8 @@ class Dispatcher:
                 filter_matches(f, topic)
                 for f in (topics.EVENTS_FILTER, topics.EVENTS_PB_FILTER, topics.LINK_FILTER)
             )
+        if self._sitewhere_1x is not None and topic in topics.SITEWHERE_1X_FILTERS:
+            return True
         return self._sitewhere and any(filter_matches(f, topic) for f in topics.SITEWHERE_FILTERS)
 
     async def handle(
@@ -130,7 +134,7 @@ class Dispatcher:
         link = topics.parse_link_topic(topic)
         if link is not None:
             return await self._link(topic, payload, link, client)
-        inbound = topics.parse_inbound(topic)
+        inbound = topics.parse_inbound(topic, self._sitewhere_1x)
         if inbound is None or (inbound.format == "sitewhere" and not self._sitewhere):
             if self.wants(topic):
                 # Structurally one of ours, but a level is not a valid tenant/device token.

@@ -129,6 +129,7 @@ class EmbeddedMqttAdapter:
             tenants=self._tenants,
             max_payload_bytes=self._config.max_payload_bytes,
             sitewhere_compat=self._config.sitewhere_compat,
+            sitewhere_1x_tenant=self._config.sitewhere_1x_tenant,
             stats=self.stats,
             devices=self.devices,
             links=self.links,
@@ -211,6 +212,8 @@ class EmbeddedMqttAdapter:
         found = [topics.commands_topic(tenant, device)]
         if self._config.sitewhere_compat:
             found.append(topics.sitewhere_command_topic(tenant, device))
+            if tenant == self._config.sitewhere_1x_tenant:
+                found.append(topics.sitewhere_1x_command_topic(device))
         return found
 
     def is_online(self, tenant: str, device: str) -> bool:
@@ -322,7 +325,7 @@ class EmbeddedMqttAdapter:
 
     def _destination(self, topic_filter: str) -> tuple[str, str] | None:
         if self._config.sitewhere_compat:
-            return topics.parse_command_destination(topic_filter)
+            return topics.parse_command_destination(topic_filter, self._config.sitewhere_1x_tenant)
         return topics.parse_commands_topic(topic_filter)
 
     async def _announce(self, topic_filter: str) -> None:

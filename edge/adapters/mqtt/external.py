@@ -105,6 +105,8 @@ class ExternalMqttAdapter:
         self._filters = [
             f for f in topics.SUBSCRIPTIONS if config.sitewhere_compat or f not in topics.SITEWHERE_FILTERS
         ]
+        if config.sitewhere_compat and config.sitewhere_1x_tenant is not None:
+            self._filters += topics.SITEWHERE_1X_FILTERS
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
@@ -139,6 +141,7 @@ class ExternalMqttAdapter:
             tenants=self._tenants,
             max_payload_bytes=self._config.max_payload_bytes,
             sitewhere_compat=self._config.sitewhere_compat,
+            sitewhere_1x_tenant=self._config.sitewhere_1x_tenant,
             stats=self.stats,
             devices=self.devices,
             links=self.links,
