@@ -93,6 +93,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cloud]:
         yield c
 
 
+@pytest.mark.timeout(TIMEOUT_S + 60)  # the run's own bound, not pytest's 300 s default
 def test_the_api_keeps_its_document(cloud: _Cloud) -> None:
     command = [
         sys.executable,
