@@ -90,6 +90,10 @@ class MqttConfig(Frozen):
     # default topics (SiteWhere/input/json|protobuf in, SiteWhere/commands/<device> out; embedded
     # broker without mqtt.auth, docs/protocols/sitewhere.md). None: those topics are not served.
     sitewhere_1x_tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    # External broker only (the embedded broker sees which topic a device subscribed to): the
+    # tenants whose devices are SiteWhere firmware; their commands go to
+    # SiteWhere/<tenant>/command/<device> in SiteWhere's JSON encoding instead of fieldgate's topic.
+    sitewhere_command_tenants: list[str] = []
     keepalive_s: int = Field(30, ge=5)
     # Embedded broker only: device credentials and topic ACLs, and MQTT over TLS.
     auth: MqttAuthConfig = MqttAuthConfig()
@@ -97,6 +101,11 @@ class MqttConfig(Frozen):
 
     @model_validator(mode="after")
     def _embedded_only(self) -> MqttConfig:
+        if self.sitewhere_command_tenants and (self.mode != "external" or not self.sitewhere_compat):
+            raise ValueError(
+                "sitewhere_command_tenants is for mode external with sitewhere_compat (the embedded "
+                "broker sends SiteWhere devices their commands where they subscribed)"
+            )
         if self.sitewhere_1x_tenant is not None and self.auth.mode != "none":
             raise ValueError(
                 "sitewhere_1x_tenant: SiteWhere 1.x's tenant-less topics cannot be checked per device; "

@@ -272,3 +272,35 @@ async def test_broker_not_there_at_start_is_retried(tmp_path: Path) -> None:
             broker.stop()
     finally:
         await agent.stop()
+
+
+async def test_sitewhere_tenants_get_commands_on_sitewhere_topics(mosquitto: Mosquitto) -> None:
+    config = _config(mosquitto.port, "edge-sw").model_copy(update={"sitewhere_command_tenants": ["acme"]})
+    adapter = ExternalMqttAdapter(config, tenants=TENANTS, backoff_initial_s=0.1, backoff_max_s=1.0)
+    await adapter.start(RecordingSink(), OnlineRecorder())
+    dev = await _device(mosquitto)
+    try:
+        async with asyncio.timeout(10):
+            await adapter.wait_ready()
+        await dev.subscribe(topics.sitewhere_command_topic("acme", "sw-1"))
+        await dev.subscribe(topics.commands_topic("default", "fg-1"))
+        invocation = pb.CommandInvocation(invocation="inv-sw", command="ping")
+        await adapter.send_command("acme", "sw-1", invocation)
+        topic, payload = await dev.next_message()
+        assert topic == "SiteWhere/acme/command/sw-1"
+        assert json.loads(payload)["command"]["invocation"]["id"] == "inv-sw"
+        # Other tenants keep fieldgate's topic and format.
+        await adapter.send_command("default", "fg-1", invocation)
+        topic, payload = await dev.next_message()
+        assert (topic, json.loads(payload)["invocation"]) == (
+            "fieldgate/default/devices/fg-1/commands",
+            "inv-sw",
+        )
+    finally:
+        await dev.close()
+        await adapter.stop()
+
+
+def test_sitewhere_command_tenants_are_for_the_external_broker() -> None:
+    with pytest.raises(ValueError, match="sitewhere_command_tenants"):
+        MqttConfig(sitewhere_command_tenants=["acme"])

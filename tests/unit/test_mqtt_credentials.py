@@ -176,9 +176,15 @@ def test_mosquitto_acl_file() -> None:
     assert "topic read fieldgate/acme/devices/pump-1/commands" in blocks["user gw"]
     assert "topic write fieldgate/+/devices/+/commands" in blocks["user edge"]
     assert "SiteWhere" not in text
-    assert "topic write SiteWhere/default/input/json" in acl_mosquitto.acl_file(
-        [dev], agent_username=None, sitewhere=True
-    )
+    sw = acl_mosquitto.acl_file([dev, gw], agent_username="edge", sitewhere=True)
+    sw_blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in sw.split("\n\n") if b.startswith("user")}
+    assert "topic write SiteWhere/default/input/json" in sw_blocks["user dev-a"]
+    assert "topic write SiteWhere/default/input/protobuf" in sw_blocks["user dev-a"]
+    assert "topic read SiteWhere/default/command/dev-a" in sw_blocks["user dev-a"]
+    assert "topic read SiteWhere/acme/command/pump-1" in sw_blocks["user gw"]
+    assert "topic read SiteWhere/default/command/pump-1" not in sw_blocks["user gw"]
+    assert "topic write SiteWhere/+/command/+" in sw_blocks["user edge"]
+    assert "topic read SiteWhere/+/input/protobuf" in sw_blocks["user edge"]
     with pytest.raises(ConfigError, match="cannot be written as a Mosquitto ACL"):
         acl_mosquitto.acl_file(
             [new_identity("g", "t", "g", "password-123456", devices=["sim-*"])], agent_username=None

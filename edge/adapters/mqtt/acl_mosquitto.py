@@ -8,7 +8,9 @@ edge agent gets a user of its own that reads every device's events and writes th
 
 Mosquitto cannot look into a payload, so the SiteWhere topic (whose payload names the device)
 is granted only when asked for (``sitewhere=True``): a device allowed to write
-``SiteWhere/<tenant>/input/json`` can then send events for any device of its tenant.
+``SiteWhere/<tenant>/input/json`` (and ``.../protobuf``) can then send events for any device of
+its tenant. It also reads its SiteWhere command topic ``SiteWhere/<tenant>/command/<device>``,
+which the agent writes (``mqtt.sitewhere_command_tenants``).
 
 Pure text rendering: no I/O here (the CLI writes the files).
 """
@@ -64,6 +66,7 @@ def acl_file(identities: Iterable[Identity], *, agent_username: str | None, site
             f"topic read {topics.LINK_FILTER}",
             *([f"topic read {f}" for f in topics.SITEWHERE_FILTERS] if sitewhere else []),
             f"topic write {topics.ROOT}/+/devices/+/commands",
+            *(["topic write SiteWhere/+/command/+"] if sitewhere else []),
             "",
         ]
     for identity in identities:
@@ -80,5 +83,6 @@ def acl_file(identities: Iterable[Identity], *, agent_username: str | None, site
         if sitewhere:
             out.append(f"topic write SiteWhere/{identity.tenant}/input/json")
             out.append(f"topic write SiteWhere/{identity.tenant}/input/protobuf")
+            out += [f"topic read {topics.sitewhere_command_topic(identity.tenant, d)}" for d in levels]
         out.append("")
     return "\n".join(out)

@@ -59,6 +59,7 @@ from fieldgate.edge.errors import DeliveryError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.protocol import topics
 from fieldgate.protocol.codec.commands import encode_command_json
+from fieldgate.protocol.codec.sitewhere_commands import encode_sitewhere_command_json
 from fieldgate.retry import Backoff
 from fieldgate.tasks import cancel_and_wait
 from fieldgate.v1 import events_pb2 as pb
@@ -191,8 +192,13 @@ class ExternalMqttAdapter:
         if len(self._pending_commands) >= self._max_pending_commands:
             self.stats.commands_failed += 1
             raise DeliveryError("too many commands waiting for the broker's acknowledgement")
-        topic = topics.commands_topic(tenant, device)
-        info = client.publish(topic, encode_command_json(invocation), qos=1)
+        if tenant in self._config.sitewhere_command_tenants:
+            topic = topics.sitewhere_command_topic(tenant, device)
+            payload = encode_sitewhere_command_json(device, invocation)
+        else:
+            topic = topics.commands_topic(tenant, device)
+            payload = encode_command_json(invocation)
+        info = client.publish(topic, payload, qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.stats.commands_failed += 1
             raise DeliveryError(f"publishing to {topic} failed: {mqtt.error_string(info.rc)}")
