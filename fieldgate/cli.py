@@ -1,8 +1,8 @@
 """The ``fieldgate`` command line.
 
 fieldgate up                    cloud + edge agent + embedded broker + simulated devices
-fieldgate cloud run [--config] [service]  the all-in-one cloud process, or one service
-                                (inbound, registration, event-store, ingest, api) on Kafka
+fieldgate cloud run [--config] [service]  the all-in-one cloud process, or one service on
+                                Kafka (fieldgate.cloud.composition.SERVICES)
 fieldgate cloud replay ...      move a consumer group's offsets on one tenant's stage topic
 fieldgate cloud tenant show|set ...   a tenant's live settings in ZooKeeper (validated)
 fieldgate cloud descriptors     write the protobuf FileDescriptorSet of the topics' payloads
@@ -396,19 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     cloud = sub.add_parser("cloud", help="cloud services").add_subparsers(dest="cloud_cmd", required=True)
     cr = cloud.add_parser("run", help="run the all-in-one cloud process, or one service of it")
     cr.add_argument("--config", help="YAML file (docs/configuration.md); FIELDGATE_CLOUD__* env overrides")
+    from fieldgate.cloud.composition import SERVICE_ALIASES, SERVICES
+
     cr.add_argument(
         "service",
         nargs="?",
-        choices=[
-            "inbound",
-            "registration",
-            "event-store",
-            "state",
-            "command-delivery",
-            "ingest",
-            "api",
-            "connectors",
-        ],
+        choices=[*SERVICES, *SERVICE_ALIASES],
         help="run only this service (needs bus.kind: kafka; command-delivery runs within ingest, "
         "which hosts the edge streams it delivers to; docs/operations/distributed.md)",
     )

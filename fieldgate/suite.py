@@ -37,6 +37,7 @@ from typing import Literal, Self
 import yaml
 
 from fieldgate.cloud.app import CloudApp
+from fieldgate.cloud.composition import SERVICES
 from fieldgate.cloud.config import (
     BusConfig,
     CloudConfig,
@@ -110,17 +111,6 @@ class SuiteOptions:
     zookeeper: ZookeeperConfig | None = None
 
 
-# The cloud services of distributed mode, in start order (``fieldgate cloud run <service>``):
-# ingest (gRPC uplink + command delivery) first, the REST api last, once the stages consume.
-DISTRIBUTED_SERVICES: tuple[str, ...] = (
-    "ingest",
-    "inbound",
-    "registration",
-    "event-store",
-    "state",
-    "connectors",
-    "api",
-)
 # A service that dies is started again after 1, 2, 4 ... RESTART_MAX_S seconds; the backoff
 # starts over once a run lasted RESTART_RESET_S.
 RESTART_INITIAL_S = 1.0
@@ -319,7 +309,7 @@ class Suite:
         """Register the sims' devices (with their commands) in the cloud's registry: the
         in-process app's, or in distributed mode the services' (Cassandra)."""
         if not self.options.distributed:
-            await sims.register(self.cloud.registry)
+            await sims.register(self.cloud.parts.registry)
             return
         registry = build_registry(self._distributed_config())
         await registry.start()
@@ -389,7 +379,8 @@ class Suite:
         env = {k: v for k, v in os.environ.items() if k != "FIELDGATE_ADMIN_PASSWORD"}
         env["PYTHONUNBUFFERED"] = "1"
         self._cloud_env = env
-        for service in DISTRIBUTED_SERVICES:
+        # One process per service (``fieldgate cloud run <service>``), in SERVICES' start order.
+        for service in SERVICES:
             await self._spawn_service(service, path, timeout_s)
             self._cloud_supervisors.append(
                 asyncio.create_task(self._supervise(service, path), name=f"supervise-{service}")

@@ -1,15 +1,15 @@
 """Tenants as first-class objects: create (provision), read, update and delete (deprovision).
 
 A tenant owns: its registry record (with its settings) and the registry's data, the data of
-every store listed in :class:`TenantStores` — THE one list of tenant-owned stores —, its bus
-topics (one per stage) and, with ZooKeeper configured, its znode
+every store listed in :class:`fieldgate.cloud.composition.TenantStores` — THE one list of
+tenant-owned stores —, its bus topics (one per stage) and, with ZooKeeper configured, its znode
 ``/fieldgate/<instance>/tenants/<t>``. :class:`TenantAdmin` is the one place that creates and
 removes all of them, for the REST routes (cloud/api/rest/routes/tenants.py) and the gRPC
 ``TenantManagement`` service alike; the rules and messages live here once. Provisioning,
 deletion, the processes' forget path (cloud/app.py) and the lifecycle tests all iterate
-:class:`TenantStores`, so a store added there is provisioned, deleted and checked everywhere;
-a tenant-owned store the cloud process builds but the list lacks fails
-tests/integration/test_tenant_lifecycle.py.
+that list, so a store added there is provisioned, deleted and checked everywhere; a
+tenant-owned store the cloud process builds but the list lacks fails
+tests/contract/test_tenant_lifecycle_contract.py.
 
 Provisioning order: the record first (its token is claimed by a compare-and-set, so of two
 creators one wins; the registry starts the tenant's storage empty), then the default device
@@ -43,13 +43,10 @@ import json
 import logging
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fieldgate.cloud.errors import Conflict, InvalidRequest, NotFound
 from fieldgate.cloud.store import Page, TenantOwned
-from fieldgate.cloud.store.events import EventStore
-from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry, default_device_type
 from fieldgate.cloud.zk.models import TENANT_PATTERN, TenantSettings, TenantSettingsRegistry
 from fieldgate.config import validate
@@ -58,12 +55,6 @@ from fieldgate.v1 import model_pb2 as model
 
 if TYPE_CHECKING:
     from fieldgate.cloud.bus import Bus
-    from fieldgate.cloud.services.users import UserStore
-    from fieldgate.cloud.store.batch import BatchStore
-    from fieldgate.cloud.store.connectors import ConnectorStore
-    from fieldgate.cloud.store.edges import EdgeDirectory
-    from fieldgate.cloud.store.site import SiteStore
-    from fieldgate.cloud.store.state import DeviceStateStore
     from fieldgate.cloud.zk.source import ZkConfigSource
 
 log = logging.getLogger(__name__)
@@ -130,34 +121,13 @@ def check_token(token: str) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class TenantStores:
-    """THE list of the stores that keep data of a tenant, besides the registry (which holds the
-    tenant's record; module docstring). Every field is a
-    :class:`~fieldgate.cloud.store.TenantOwned` store; the order is the order of deletion
-    (users first: their tokens stop working at once). ``rules_zk`` is ZooKeeper's copy of the
-    tenants' rule sets (``/fieldgate/<instance>/rules/<t>``, cloud/zk/rules.py), when
-    ZooKeeper is configured: left behind, it would give a new tenant of the token the old
-    rules at the next start."""
-
-    users: UserStore
-    states: DeviceStateStore  # device states, rules, presence intervals
-    site: SiteStore
-    connectors: ConnectorStore  # connectors, their dead letters and positions
-    batch: BatchStore  # batch operations, schedules and their runs
-    edges: EdgeDirectory
-    invocations: InvocationStore
-    events: EventStore
-    rules_zk: TenantOwned | None = None
+class OwnedStores(Protocol):
+    """The stores that keep data of a tenant besides the registry: THE list is
+    :class:`fieldgate.cloud.composition.TenantStores` (module docstring)."""
 
     def owned(self) -> list[tuple[str, TenantOwned]]:
-        """(name, store) of every store present, in the order of deletion."""
-        out: list[tuple[str, TenantOwned]] = []
-        for f in fields(self):
-            store = getattr(self, f.name)
-            if store is not None:
-                out.append((f.name, store))
-        return out
+        """(name, store) of every store, in the order of deletion."""
+        ...
 
 
 class TenantAdmin:
@@ -166,7 +136,7 @@ class TenantAdmin:
     def __init__(
         self,
         registry: Registry,
-        stores: TenantStores,
+        stores: OwnedStores,
         bus: Bus,
         *,
         configured: Collection[str] = (),

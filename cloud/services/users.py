@@ -19,7 +19,7 @@ the customer or the tenant changes, or the user is deleted (a user created again
 same name gets a new one). Tokens carry it, and every request compares it with the stored one
 (:class:`fieldgate.cloud.api.rest.auth.UserSessions`), so such a change ends the user's tokens at
 once instead of at their expiry. ``delete_tenant`` removes every user of a tenant (the store
-is one of the tenant-owned stores, :class:`fieldgate.cloud.services.tenants.TenantStores`).
+is one of the tenant-owned stores, :class:`fieldgate.cloud.composition.TenantStores`).
 
 Two stores share that hashing (:class:`PasswordHasher`): :class:`SqliteUsers`, one small SQLite
 file (logins are rare, so each call opens its own connection in a worker thread; hashing takes

@@ -10,8 +10,8 @@ record (``create_tenant`` claims the token and starts the registry's storage emp
 data of a tenant is :class:`TenantOwned`: ``ensure_tenant`` provisions its storage at once,
 ``delete_tenant`` removes everything it keeps of the tenant, ``forget_tenant`` only drops what
 one instance caches about a tenant (another process deleted it). The one list of those stores
-is :class:`fieldgate.cloud.services.tenants.TenantStores`: provisioning, deletion, the processes' forget
-path and the lifecycle tests all iterate it.
+is :class:`fieldgate.cloud.composition.TenantStores`: provisioning, deletion, the processes'
+forget path and the lifecycle tests all iterate it.
 """
 
 from __future__ import annotations

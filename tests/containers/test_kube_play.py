@@ -22,7 +22,7 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from fieldgate.cloud.app import SERVICES
+from fieldgate.cloud.composition import SERVICES
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from tests.containers.kube import Playable, for_podman
 from tests.containers.podman import STOP_TIMEOUT_S, Podman

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fieldgate.cloud.app import SERVICES
+from fieldgate.cloud.composition import SERVICES
 from tests.containers.kube import COMPONENT, PROBES, Playable, for_podman
 from tests.deploy import manifests as mf
 

@@ -7,12 +7,13 @@ then the tenant is deleted: its user's token is refused at once, no store holds 
 nothing of it is left on disk (files) or in Cassandra (keyspace, instance tables), and a tenant
 created again under the same token starts empty.
 
-The checks derive from the one list of tenant-owned stores (cloud/services/tenants.py TenantStores): a
+The checks derive from the one list of tenant-owned stores (cloud/composition.py TenantStores): a
 store added to the list without a probe here fails, and so does a tenant-owned store (or a
 per-tenant cache) the cloud process builds but the list (or its forget path) lacks."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ Probe = Callable[[CloudApp, str], Awaitable[bool]]
 
 
 async def _registry(app: CloudApp, t: str) -> bool:
-    reg = app.registry
+    reg = app.parts.registry
     return bool(
         (await reg.list_devices(t, 1, 10)).total
         or await reg.get_device_type(t, "sensor") is not None
@@ -59,21 +60,23 @@ async def _registry(app: CloudApp, t: str) -> bool:
 
 
 async def _users(app: CloudApp, t: str) -> bool:
-    return bool(await app.users.list_users(t))
+    return bool(await app.parts.users.list_users(t))
 
 
 async def _states(app: CloudApp, t: str) -> bool:
     # device states, rules and presence intervals (one rule row each)
-    return bool((await app.state_store.list_states(t)).total or await app.state_store.get_rules(t))
+    return bool(
+        (await app.parts.state_store.list_states(t)).total or await app.parts.state_store.get_rules(t)
+    )
 
 
 async def _site(app: CloudApp, t: str) -> bool:
-    return any([(await app.site_store.find(t, kind, 1, 10)).total for kind in SITE_KINDS])
+    return any([(await app.parts.site_store.find(t, kind, 1, 10)).total for kind in SITE_KINDS])
 
 
 async def _connectors(app: CloudApp, t: str) -> bool:
     # connectors, their dead letters, their positions on the bus (where each goes on from)
-    store = app.connector_store
+    store = app.parts.connector_store
     return bool(
         await store.list_connectors(t)
         or await store.count_dead_letters(t, "hook")
@@ -82,7 +85,7 @@ async def _connectors(app: CloudApp, t: str) -> bool:
 
 
 async def _batch(app: CloudApp, t: str) -> bool:
-    store = app.batch_store
+    store = app.parts.batch_store
     return bool(
         (await store.list_operations(t, 1, 10))[1]
         or await store.list_schedules(t)
@@ -91,15 +94,17 @@ async def _batch(app: CloudApp, t: str) -> bool:
 
 
 async def _edges(app: CloudApp, t: str) -> bool:
-    return any(t in e.tenants or e.edge_id == "edge-only-acme" for e in await app.edge_directory.list_edges())
+    return any(
+        t in e.tenants or e.edge_id == "edge-only-acme" for e in await app.parts.edge_directory.list_edges()
+    )
 
 
 async def _invocations(app: CloudApp, t: str) -> bool:
-    return bool(await app.invocations.list_pending(t))
+    return bool(await app.parts.invocations.list_pending(t))
 
 
 async def _events(app: CloudApp, t: str) -> bool:
-    return bool((await app.event_store.list_device_events(EventQuery(tenant=t, device="d1"))).total)
+    return bool((await app.parts.event_store.list_device_events(EventQuery(tenant=t, device="d1"))).total)
 
 
 #: One probe per tenant-owned store of the list, and the registry.
@@ -194,7 +199,7 @@ async def one_of_everything(app: CloudApp, client: httpx.AsyncClient, root: dict
         },
     )
     # A run of the schedule as the scheduler records it (its next due time is hours away).
-    assert await app.batch_store.claim_run(
+    assert await app.parts.batch_store.claim_run(
         T, ScheduleRun(schedule="nightly", due_ms=1, replica="r", run_ms=1)
     )
     # A connector (disabled: no delivery is tried) with its start position, and a dead letter
@@ -205,29 +210,29 @@ async def one_of_everything(app: CloudApp, client: httpx.AsyncClient, root: dict
         "enabled": False,
         "webhook": {"url": "https://hooks.example.com/x"},
     }
-    await app.connector_store.create(T, ConnectorSpec.model_validate(spec), start={0: 0})
-    await app.connector_store.add_dead_letters(
+    await app.parts.connector_store.create(T, ConnectorSpec.model_validate(spec), start={0: 0})
+    await app.parts.connector_store.add_dead_letters(
         T,
         [DeadLetter(connector="hook", event_id="e1", event=b"", reason="HTTP 500", attempts=3, failed_ms=1)],
     )
     # Edges ingest has seen: one carrying only this tenant, one carrying another tenant too.
     now = now_ms()
-    await app.edge_directory.put(
+    await app.parts.edge_directory.put(
         EdgeRecord("edge-only-acme", "s1", connected_ms=now, last_seen_ms=now, tenants=frozenset({T}))
     )
-    await app.edge_directory.put(
+    await app.parts.edge_directory.put(
         EdgeRecord("edge-shared", "s2", connected_ms=now, last_seen_ms=now, tenants=frozenset({T, "default"}))
     )
     # An event through the pipeline: stored, and the device's state.
     ev = pb.Event(tenant=T, device="d1", alternate_id="a1", event_time_ms=now, received_time_ms=now)
     ev.measurement.values["t"] = 21.5
     batch = pb.EventBatch(events=[ev])
-    await app.bus.publish(topic_name(T, DECODED), [Message(b"d1", batch.SerializeToString())])
+    await app.parts.bus.publish(topic_name(T, DECODED), [Message(b"d1", batch.SerializeToString())])
     stored = event_id(T, "d1", "a1")
 
     async def through() -> bool:
-        states = await app.state_store.get_states(T, ["d1"])
-        return await app.event_store.get_event(T, stored) is not None and "d1" in states
+        states = await app.parts.state_store.get_states(T, ["d1"])
+        return await app.parts.event_store.get_event(T, stored) is not None and "d1" in states
 
     await eventually(through, timeout=60, what="the event stored and the device state written")
     return admin
@@ -276,7 +281,7 @@ async def test_deleting_a_tenant_deletes_everything_it_owns(cloud: CloudApp, bac
         assert await holding(cloud, T) == []
         assert await nothing_on_disk(cloud, backend) == []
         # An edge that carried another tenant too stays, without this one.
-        shared = [e for e in await cloud.edge_directory.list_edges() if e.edge_id == "edge-shared"]
+        shared = [e for e in await cloud.parts.edge_directory.list_edges() if e.edge_id == "edge-shared"]
         assert [e.tenants for e in shared] == [frozenset({"default"})]
         # The other tenant kept everything.
         assert (await client.get("/api/v1/device-types/default", headers=root)).status_code == 200
@@ -295,7 +300,7 @@ async def test_deleting_a_tenant_deletes_everything_it_owns(cloud: CloudApp, bac
 
 
 async def test_deleting_a_tenant_with_nothing_creates_nothing(cloud: CloudApp, backend: Backend) -> None:
-    for name, store in cloud.tenant_stores.owned():
+    for name, store in cloud.parts.tenant_stores.owned():
         assert await store.delete_tenant("ghost") is False, name
     assert await nothing_on_disk(cloud, backend, "ghost") == []
 
@@ -307,15 +312,19 @@ def test_every_tenant_owned_store_of_the_cloud_is_in_the_list(tmp_path: Path) ->
     from fieldgate.cloud.config import CloudConfig
 
     app = CloudApp(CloudConfig(data_dir=tmp_path, grpc_port=0, rest_port=0))
-    listed = {id(store) for _name, store in app.tenant_stores.owned()}
-    parts = {name: value for name, value in vars(app).items() if value is not None}
+    listed = {id(store) for _name, store in app.parts.tenant_stores.owned()}
+    # What the process holds: its shared parts (cloud/composition.py Parts) and its own attributes.
+    shared = {f.name: getattr(app.parts, f.name) for f in dataclasses.fields(app.parts)}
+    parts = {name: value for name, value in {**vars(app), **shared}.items() if value is not None}
     owned = {
-        name for name, value in parts.items() if value is not app.registry and isinstance(value, TenantOwned)
+        name
+        for name, value in parts.items()
+        if value is not app.parts.registry and isinstance(value, TenantOwned)
     }
     assert {name for name in owned if id(parts[name]) not in listed} == set()
-    assert set(PROBES) == {name for name, _store in app.tenant_stores.owned()} | {"registry"}
-    forgotten = listed | {id(app.registry)} | {id(c) for c in app.tenant_caches()}
-    caching = [*parts.items(), *((f"stage {type(s).__name__}", s) for s in app.stages)]
+    assert set(PROBES) == {name for name, _store in app.parts.tenant_stores.owned()} | {"registry"}
+    forgotten = listed | {id(app.parts.registry)} | {id(c) for c in app.tenant_caches()}
+    caching = [*parts.items(), *((f"stage {type(s).__name__}", s) for s in app.runs)]
     missing = [
         name
         for name, value in caching

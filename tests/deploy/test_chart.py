@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fieldgate import config as cfg
-from fieldgate.cloud.app import SERVICES
+from fieldgate.cloud.composition import SERVICES
 from fieldgate.cloud.config import CloudConfig
 from tests.deploy import manifests as mf
 

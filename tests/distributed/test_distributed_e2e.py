@@ -62,10 +62,10 @@ class Stack:
         return f"http://127.0.0.1:{self.app.rest_port}"
 
     def registration(self) -> Registration:
-        return next(s for s in self.app.stages if isinstance(s, Registration))
+        return next(s for s in self.app.runs if isinstance(s, Registration))
 
     async def stored(self, tenant: str, device: str) -> list[Any]:
-        page = await self.app.event_store.list_device_events(
+        page = await self.app.parts.event_store.list_device_events(
             EventQuery(tenant=tenant, device=device, page_size=1000)
         )
         return list(page.items)
@@ -94,7 +94,7 @@ async def stack(
     await app.start()
     try:
         for t in tenants:
-            await app.users.set_password(f"user-{t}", PASSWORD, tenant=t)
+            await app.parts.users.set_password(f"user-{t}", PASSWORD, tenant=t)
         mqtt_port = free_port()
         edge = EdgeAgent(
             EdgeConfig(
@@ -204,14 +204,14 @@ async def test_auto_register_switched_off_live_in_zookeeper(stack: Stack) -> Non
         )
     # Tenant B (unchanged) still registers unknown devices and stores their events.
     await eventually(lambda: stack.stored(b, "stranger-1"), timeout=ARRIVAL_S, what="tenant B's new device")
-    assert await app.registry.get_device(b, "stranger-1") is not None
+    assert await app.parts.registry.get_device(b, "stranger-1") is not None
 
     # Tenant A keeps the unknown device's events in [unregistered]: not registered, not stored.
     async def kept() -> bool:
         return stack.registration().stats.events_kept_unregistered > kept_before
 
     await eventually(kept, timeout=ARRIVAL_S, what="tenant A's event kept unregistered")
-    assert await app.registry.get_device(a, "stranger-1") is None
+    assert await app.parts.registry.get_device(a, "stranger-1") is None
     assert await stack.stored(a, "stranger-1") == []
     # Tenant A's known device still flows.
     await asyncio.to_thread(
@@ -291,7 +291,7 @@ async def test_inbound_replica_killed_under_load_loses_and_duplicates_nothing(
     # share the [decoded] partitions.
     async with CloudApp(config, ["registration", "event-store", "ingest"]) as app:
         for d in devices:  # registered up front: inbound sends their events straight on
-            await app.registry.create_device(
+            await app.parts.registry.create_device(
                 model.Device(token=d, tenant=tenant, device_type="default", created_ms=now_ms())
             )
         replicas = [
@@ -313,7 +313,7 @@ async def test_inbound_replica_killed_under_load_loses_and_duplicates_nothing(
                     )
                     for d in devices
                 ]
-                await app.bus.publish(topic_name(tenant, DECODED, prefix), messages_by_device(batch))
+                await app.parts.bus.publish(topic_name(tenant, DECODED, prefix), messages_by_device(batch))
                 sent += len(batch)
                 if r == rounds // 3:
                     # Both replicas are working before one of them dies.
@@ -333,7 +333,7 @@ async def test_inbound_replica_killed_under_load_loses_and_duplicates_nothing(
 
             await eventually(all_stored, timeout=ARRIVAL_S, interval=1.0, what="every event stored")
             for d in devices:
-                page = await app.event_store.list_device_events(
+                page = await app.parts.event_store.list_device_events(
                     EventQuery(tenant=tenant, device=d, kind="measurement", page_size=1000)
                 )
                 alternates = [ev.alternate_id for ev in page.items]
@@ -346,7 +346,7 @@ async def test_inbound_replica_killed_under_load_loses_and_duplicates_nothing(
 
 async def _count_stored(app: CloudApp, tenant: str, devices: list[str], *, at_least: int) -> bool:
     for d in devices:
-        page = await app.event_store.list_device_events(
+        page = await app.parts.event_store.list_device_events(
             EventQuery(tenant=tenant, device=d, kind="measurement", page_size=1000)
         )
         if len(page.items) < at_least:

@@ -80,7 +80,7 @@ def _connected_to(logs: dict[str, Path], edge_id: str) -> list[str]:
 
 
 async def _measurements(app: CloudApp, tenant: str, device: str) -> list[float]:
-    page = await app.event_store.list_device_events(
+    page = await app.parts.event_store.list_device_events(
         EventQuery(tenant=tenant, device=device, kind="measurement", page_size=1000)
     )
     return [dict(ev.measurement.values).get("n", -1.0) for ev in page.items]
@@ -110,9 +110,9 @@ async def test_edge_fails_over_and_commands_follow_it(
     logs = {name: tmp_path / f"ingest-{name}.log" for name in ports}
 
     async with CloudApp(config, ["inbound", "registration", "event-store", "api"]) as app:
-        await app.users.set_password("user", PASSWORD, tenant=tenant)
+        await app.parts.users.set_password("user", PASSWORD, tenant=tenant)
         # Known to the registry, silent until after the failover.
-        await app.registry.create_device(
+        await app.parts.registry.create_device(
             model.Device(token="late-1", tenant=tenant, device_type="default", created_ms=now_ms())
         )
         replicas = {name: await _start_service(files[name], "ingest", logs[name]) for name in ports}

@@ -60,7 +60,7 @@ async def send(app: CloudApp, device: str, alt: str, t: int, temp: float) -> Non
     )
     ev.measurement.values["temp"] = temp
     data = pb.EventBatch(events=[ev]).SerializeToString()
-    await app.bus.publish(
+    await app.parts.bus.publish(
         topic_name("default", DECODED, app.config.bus.topic_prefix), [Message(device.encode(), data)]
     )
 
@@ -96,7 +96,7 @@ async def test_rule_changes_reach_the_state_service_through_zookeeper(
         assert (await client.post("/api/v1/rules", json=rule)).status_code == 201
 
         async def installed() -> bool:
-            rs = pipeline.rule_book.cached("default")
+            rs = pipeline.parts.rule_book.cached("default")
             return rs is not None and rs.get("hot") is not None
 
         await eventually(installed, timeout=30, what="rule in the state process")
@@ -148,10 +148,10 @@ async def test_rule_changes_reach_the_state_service_through_zookeeper(
 
 
 def _value(app: CloudApp) -> float | None:
-    rs = app.rule_book.cached("default")
+    rs = app.parts.rule_book.cached("default")
     rule = rs.get("hot") if rs is not None else None
     return getattr(rule, "value", None)
 
 
 def _rejected(app: CloudApp) -> bool:
-    return app.zk_rules is not None and app.zk_rules.stats.rejected > 0
+    return app.parts.zk_rules is not None and app.parts.zk_rules.stats.rejected > 0

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fieldgate.cloud.composition import SERVICES
 from fieldgate.suite import Suite, SuiteOptions
 from tests.e2e.test_end_to_end import events_of, publish_once
 from tests.helpers.edge_mqtt import CommandDevice
@@ -47,15 +48,7 @@ async def api(suite: Suite) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_publish_and_command_round_trip(suite: Suite, api: httpx.AsyncClient) -> None:
     # Each cloud service is its own process, and the edge agent too.
-    assert set(suite.cloud_procs) == {
-        "ingest",
-        "inbound",
-        "registration",
-        "event-store",
-        "state",
-        "connectors",
-        "api",
-    }
+    assert set(suite.cloud_procs) == set(SERVICES)
     assert suite.edge_proc is not None and suite.edge is None
     await asyncio.to_thread(
         publish_once,

@@ -96,7 +96,7 @@ class Stack:
         publish(self.mqtt_port, topic, pb_event(value, f"{device}-pb-{value}"))
 
     async def values(self, tenant: str, device: str) -> set[float]:
-        page = await self.app.event_store.list_device_events(
+        page = await self.app.parts.event_store.list_device_events(
             EventQuery(tenant=tenant, device=device, page_size=1000)
         )
         return {v for ev in page.items for v in ev.measurement.values.values()}
@@ -119,14 +119,14 @@ class Stack:
         return self.app.ingest
 
     def persistence(self) -> EventPersistence:
-        return next(s for s in self.app.stages if isinstance(s, EventPersistence))
+        return next(s for s in self.app.runs if isinstance(s, EventPersistence))
 
 
 async def failed_decodes(app: CloudApp, tenant: str, group: str) -> list[pb.FailedDecode]:
     """Everything in ``tenant``'s [failed-decode] topic so far (a fresh consumer group)."""
     out: list[pb.FailedDecode] = []
     want = topic_name(tenant, FAILED_DECODE, app.config.bus.topic_prefix)
-    async with app.bus.consumer(group, FAILED_DECODE) as consumer:
+    async with app.parts.bus.consumer(group, FAILED_DECODE) as consumer:
         for _ in range(6):
             records = await consumer.poll(500, 0.5)
             out.extend(pb.FailedDecode.FromString(r.value) for r in records if r.topic == want)
@@ -171,7 +171,7 @@ async def test_decoders_change_live_for_one_tenant(stack: Stack) -> None:
         await asyncio.to_thread(stack.send_json, t, "d1", 1.0)
     for t in (a, b):
         await eventually(lambda t=t: stack.has(t, "d1", 1.0), timeout=WAIT_S, what=f"{t}: JSON before")
-    page = await stack.app.event_store.list_device_events(EventQuery(tenant=a, device="d1"))
+    page = await stack.app.parts.event_store.list_device_events(EventQuery(tenant=a, device="d1"))
     (measured,) = [ev for ev in page.items if ev.WhichOneof("payload") == "measurement"]
     assert measured.metadata[FORMAT_METADATA_KEY] == "json"  # the edge says how it decoded
 
@@ -394,15 +394,17 @@ async def test_retention_changes_live_on_kafka_and_cassandra(
             received_time_ms=t,
             measurement=pb.Measurement(values={"v": float(n)}),
         )
-        await app.bus.publish(topic_name(tenant, DECODED, prefix), messages_by_device([ev]))
+        await app.parts.bus.publish(topic_name(tenant, DECODED, prefix), messages_by_device([ev]))
 
     async def stored(app: CloudApp, tenant: str, n: int) -> bool:
-        page = await app.event_store.list_device_events(EventQuery(tenant=tenant, device="d1", page_size=100))
+        page = await app.parts.event_store.list_device_events(
+            EventQuery(tenant=tenant, device="d1", page_size=100)
+        )
         return len(page.items) >= n
 
     async with CloudApp(config) as app, ZkConfigSource(zk_conf.hosts, zk_conf.instance) as zk:
         for t in (a, b):  # registered up front: no registration event among the rows
-            await app.registry.create_device(
+            await app.parts.registry.create_device(
                 model.Device(token="d1", tenant=t, device_type="default", created_ms=now_ms())
             )
             await send(app, t, 1)

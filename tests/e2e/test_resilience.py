@@ -28,7 +28,7 @@ async def stored_ids(cloud: CloudApp, device: str) -> list[str]:
     ids: list[str] = []
     page = 1
     while True:
-        res = await cloud.event_store.list_device_events(
+        res = await cloud.parts.event_store.list_device_events(
             EventQuery(tenant="default", device=device, kind="measurement", page=page, page_size=1000)
         )
         ids += [e.alternate_id for e in res.items]

@@ -21,12 +21,12 @@ from fastapi import FastAPI
 
 from fieldgate.cloud.api.rest.app import create_api
 from fieldgate.cloud.bus.embedded import EmbeddedBus
+from fieldgate.cloud.composition import TenantStores
 from fieldgate.cloud.config import AuthConfig
 from fieldgate.cloud.services.access import Role
 from fieldgate.cloud.services.auth import LoginThrottle
 from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
-from fieldgate.cloud.services.tenants import TenantStores
 from fieldgate.cloud.services.users import SqliteUsers
 from fieldgate.cloud.store.batch import SqliteBatchStore
 from fieldgate.cloud.store.connectors import SqliteConnectorStore

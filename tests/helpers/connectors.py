@@ -43,9 +43,9 @@ LOOPBACK_TARGETS = TargetPolicy.from_networks(LOOPBACK_ALLOWED.allow_networks)
 
 def connectors_committed(app: CloudApp, tenant: str = TENANT) -> bool:
     """The connectors' consumer group committed all of the tenant's [persisted] topic."""
-    assert isinstance(app.bus, EmbeddedBus)
+    assert isinstance(app.parts.bus, EmbeddedBus)
     topic = topic_name(tenant, PERSISTED)
-    return app.bus.committed_offset(GROUP, topic) == app.bus.end_offsets(PERSISTED).get(topic, 0)
+    return app.parts.bus.committed_offset(GROUP, topic) == app.parts.bus.end_offsets(PERSISTED).get(topic, 0)
 
 
 def make_event(i: int, device: str = "dev-1", kind: str = "measurement", tenant: str = TENANT) -> pb.Event:

@@ -61,7 +61,7 @@ class _Cloud:
             async with CloudApp(self._config) as app:
                 # The fuzzer's own account: a name it cannot guess (it may change "admin").
                 user, password = f"fuzz-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
-                await app.users.set_password(user, password, role=Role.INSTANCE_ADMIN)
+                await app.parts.users.set_password(user, password, role=Role.INSTANCE_ADMIN)
                 self.url = f"http://127.0.0.1:{app.rest_port}"
                 async with httpx.AsyncClient(base_url=self.url) as client:
                     r = await client.post("/api/v1/auth/token", data={"username": user, "password": password})

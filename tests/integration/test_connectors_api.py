@@ -123,7 +123,7 @@ async def test_dead_letters_over_rest_and_redrive(tmp_path: Path) -> None:
         rx.mode = "500"
         assert (await api.post("/api/v1/connectors", json=hook(rx.url, max_attempts=2))).status_code == 201
         # No waiting for the stage to notice the connector: it delivers from its creation on.
-        await publish(app.bus, events)
+        await publish(app.parts.bus, events)
 
         async def letters() -> dict[str, Any] | None:
             body = (await api.get("/api/v1/connectors/hook/dead-letters")).json()
@@ -155,18 +155,18 @@ async def test_replay_cli_resends_a_time_range(tmp_path: Path) -> None:
     second = [make_event(i) for i in range(3, 6)]
     async with webhook_receiver(secret=SECRET) as rx:
         async with cloud(tmp_path) as (app, api):
-            assert isinstance(app.bus, EmbeddedBus)
+            assert isinstance(app.parts.bus, EmbeddedBus)
             # A group of its own that reads [persisted] and never commits: it shows the records'
             # stored timestamps, which set the replayed window, and it keeps the records for the
             # replay (the bus trims, every few seconds, what every group has committed).
-            async with app.bus.consumer("replay-window", PERSISTED) as reader:
+            async with app.parts.bus.consumer("replay-window", PERSISTED) as reader:
                 assert (await api.post("/api/v1/connectors", json=hook(rx.url))).status_code == 201
-                await publish(app.bus, first)
+                await publish(app.parts.bus, first)
                 before = await collect(lambda: reader.poll(timeout_s=0.5), 1, what="the first range's record")
                 last_before = max(r.timestamp_ms for r in before)
                 # The next records are stamped later than these (a condition, not a sleep).
                 await eventually(lambda: now_ms() > last_before, what="the clock past the first range")
-                await publish(app.bus, second)
+                await publish(app.parts.bus, second)
                 after = await collect(lambda: reader.poll(timeout_s=0.5), 1, what="the second range's record")
             since_ms = min(r.timestamp_ms for r in after)
             assert len(before) == len(after) == 1 and last_before < since_ms  # one record per device

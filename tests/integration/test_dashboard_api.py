@@ -49,7 +49,7 @@ async def cloud(tmp_path: Path) -> AsyncIterator[CloudApp]:
     await app.start()
     await app.ensure_admin(PASSWORD)  # admin: instance admin
     for user, (tenant, role) in USERS.items():
-        await app.users.set_password(user, PASSWORD, tenant=tenant, role=role)
+        await app.parts.users.set_password(user, PASSWORD, tenant=tenant, role=role)
     assert app.live is not None
     await eventually(lambda: app.live is not None and app.live.ready, what="live hub subscribed")
     yield app
@@ -81,7 +81,9 @@ def _event(tenant: str, device: str, alt: str, value: float) -> pb.Event:
 
 async def send(app: CloudApp, tenant: str, device: str, *events: pb.Event) -> None:
     batch = pb.EventBatch(events=list(events))
-    await app.bus.publish(topic_name(tenant, DECODED), [Message(device.encode(), batch.SerializeToString())])
+    await app.parts.bus.publish(
+        topic_name(tenant, DECODED), [Message(device.encode(), batch.SerializeToString())]
+    )
 
 
 async def registered(app: CloudApp, tenant: str, device: str, alt: str | None = None) -> None:
@@ -576,7 +578,9 @@ async def test_customer_stream_sees_only_its_devices(cloud: CloudApp, ted: httpx
     assert r.status_code == 201, r.text
     r = await ted.post("/api/v1/assignments", json={"device": "mine", "customer": "c1"})
     assert r.status_code == 201, r.text
-    await cloud.users.set_password("cora", PASSWORD, tenant="default", role=Role.CUSTOMER, customer="c1")
+    await cloud.parts.users.set_password(
+        "cora", PASSWORD, tenant="default", role=Role.CUSTOMER, customer="c1"
+    )
     cora = await login(cloud, "cora")
     try:
         assert (await cora.get("/api/v1/live", params={"device": "theirs"})).status_code == 404

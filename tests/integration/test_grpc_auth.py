@@ -215,7 +215,7 @@ async def test_cloud_app_serves_the_grpc_apis_with_the_rest_apis_tokens(tmp_path
     )
     async with CloudApp(config) as app:
         await app.ensure_admin("pw-for-the-test")
-        await app.users.set_password("dora", "pw-of-dora", tenant="default", role=Role.TENANT_ADMIN)
+        await app.parts.users.set_password("dora", "pw-of-dora", tenant="default", role=Role.TENANT_ADMIN)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.rest_port}", timeout=10) as http:
             tokens = {}
             for user, password in (("admin", "pw-for-the-test"), ("dora", "pw-of-dora")):

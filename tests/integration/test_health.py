@@ -20,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fieldgate.cloud.app import CloudApp
+from fieldgate.cloud.composition import Part
 from fieldgate.cloud.config import CloudConfig, HealthConfig
 from fieldgate.cloud.store.events import EventQuery
 from fieldgate.edge.agent import EdgeAgent
@@ -85,7 +86,7 @@ async def test_a_dead_stage_fails_liveness_not_only_readiness(tmp_path: Path) ->
     async with CloudApp(cloud_config(tmp_path)) as app, httpx.AsyncClient(timeout=10) as http:
         base = f"http://127.0.0.1:{app.health_port}"
         assert (await http.get(base + "/healthz")).status_code == 200
-        inbound = next(s for s in app.stages if type(s).__name__ == "InboundProcessing")
+        inbound = next(s for s in app.runs if type(s).__name__ == "InboundProcessing")
         task = inbound.stage._task
         assert task is not None
         task.cancel()  # as if the stage's task had crashed
@@ -106,7 +107,7 @@ async def _stored(app: CloudApp, device: str) -> list[str]:
     ids: list[str] = []
     page = 1
     while True:
-        res = await app.event_store.list_device_events(
+        res = await app.parts.event_store.list_device_events(
             EventQuery(tenant="default", device=device, kind="measurement", page=page, page_size=1000)
         )
         ids += [e.alternate_id for e in res.items]
@@ -246,8 +247,10 @@ async def test_the_admin_can_log_in_as_soon_as_the_rest_api_serves(tmp_path: Pat
     seen: list[int] = []
 
     class Probe(CloudApp):
-        async def _start_rest(self, secret: str) -> None:
-            await super()._start_rest(secret)
+        async def _start_run(self, part: Part) -> None:
+            await super()._start_run(part)
+            if part is not self._rest:
+                return
             async with httpx.AsyncClient(timeout=10) as http:
                 r = await http.post(
                     f"http://127.0.0.1:{self.rest_port}/api/v1/auth/token",

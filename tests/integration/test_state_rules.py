@@ -63,7 +63,7 @@ async def send(app: CloudApp, device: str, alt: str, t: int, **payload: Any) -> 
     elif "lat" in payload:
         ev.location.latitude, ev.location.longitude = payload["lat"], payload["lon"]
     batch = pb.EventBatch(events=[ev])
-    await app.bus.publish(
+    await app.parts.bus.publish(
         topic_name("default", DECODED), [Message(device.encode(), batch.SerializeToString())]
     )
 
@@ -260,9 +260,9 @@ async def test_restart_and_replay_do_not_duplicate_alerts(tmp_path: Path) -> Non
         await app.stop()
     # Replay everything the state stage read, from the beginning, in a new process.
     app = CloudApp(config)
-    await app.bus.start()
-    await app.bus.reset_offsets("state", "persisted", "default", to_offset=0)
-    await app.bus.reset_offsets("persistence", "enriched", "default", to_offset=0)
+    await app.parts.bus.start()
+    await app.parts.bus.reset_offsets("state", "persisted", "default", to_offset=0)
+    await app.parts.bus.reset_offsets("persistence", "enriched", "default", to_offset=0)
     await app.start()
     api = await _client(app)
     try:
@@ -270,7 +270,7 @@ async def test_restart_and_replay_do_not_duplicate_alerts(tmp_path: Path) -> Non
         async def replayed() -> bool:
             return all(
                 not s.stage.stats.records == 0
-                for s in app.stages
+                for s in app.runs
                 if hasattr(s, "stage") and s.stage.name == "state"
             )
 

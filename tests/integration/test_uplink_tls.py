@@ -104,7 +104,7 @@ def target(app: CloudApp) -> str:
 
 async def stored(app: CloudApp, tenant: str, device: str, alternate_ids: list[str]) -> list[bool]:
     return [
-        await app.event_store.get_event(tenant, event_id(tenant, device, alt)) is not None
+        await app.parts.event_store.get_event(tenant, event_id(tenant, device, alt)) is not None
         for alt in alternate_ids
     ]
 
@@ -192,7 +192,7 @@ async def test_a_hello_naming_another_edge_is_refused(cloud: CloudApp, pki: Pki,
         assert "edge-a" in uplink.stats.last_error
         assert not uplink.connected and uplink.stats.sessions == 0
         assert cloud.ingest is not None and cloud.ingest.stats.streams_unauthenticated >= 1
-        assert cloud.sessions.connected_edges == []
+        assert cloud.parts.sessions.connected_edges == []
         assert buffer.depth == 3
     finally:
         await uplink.stop()
@@ -255,7 +255,7 @@ async def test_an_edge_of_tenant_b_cannot_send_or_route_for_tenant_a(
         assert cloud.ingest.stats.rejected_foreign_tenant == 7
         assert uplink.stats.events_refused == 7  # reported in BatchAck.rejected
         assert await stored(cloud, "default", "a-dev", [e.alternate_id for e in theirs]) == [False] * 7
-        assert await cloud.registry.get_device("default", "a-dev") is None
+        assert await cloud.parts.registry.get_device("default", "a-dev") is None
         # A command status naming tenant A's device must not make this edge its route.
         await uplink.send_status(
             svc.CommandStatusUpdate(
@@ -267,8 +267,8 @@ async def test_an_edge_of_tenant_b_cannot_send_or_route_for_tenant_a(
         )  # a later ack confirms it was read
         await eventually(lambda: buffer.depth == 0, 20, "buffer acked")
         assert cloud.ingest.stats.statuses_foreign_tenant == 1
-        assert cloud.sessions.edge_of("default", "a-dev") is None
-        assert cloud.sessions.edge_of("beta", "b-dev") == "edge-b"
+        assert cloud.parts.sessions.edge_of("default", "a-dev") is None
+        assert cloud.parts.sessions.edge_of("beta", "b-dev") == "edge-b"
     finally:
         await uplink.stop()
 

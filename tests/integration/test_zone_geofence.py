@@ -30,7 +30,7 @@ async def test_a_device_entering_and_leaving_a_zone(cloud: CloudApp, api: httpx.
     assert (await api.post("/api/v1/areas", json={"token": "depot", "area_type": "site"})).status_code == 201
     r = await api.post("/api/v1/areas/depot/zones", json={"token": "yard", "polygon": YARD, "name": "Yard"})
     assert r.status_code == 201, r.text
-    await cloud.zone_polygons.refresh("default")  # what the refresh loop does every refresh_s
+    await cloud.parts.zone_polygons.refresh("default")  # what the refresh loop does every refresh_s
     await add_rule(api, {"id": "in-yard", "kind": "geofence", "on": "enter", "zone": "yard", "level": "info"})
     path = [(51.5, 13.5), (52.5, 13.5), (52.6, 13.6), (54.0, 13.5), (52.2, 13.2)]
     for i, (lat, lon) in enumerate(path):
@@ -41,7 +41,7 @@ async def test_a_device_entering_and_leaving_a_zone(cloud: CloudApp, api: httpx.
     far = [[10.0, 10.0], [10.0, 11.0], [11.0, 11.0]]
     r = await api.put("/api/v1/zones/yard", json={"area": "depot", "polygon": far})
     assert r.status_code == 200, r.text
-    await cloud.zone_polygons.refresh("default")
+    await cloud.parts.zone_polygons.refresh("default")
     await send(cloud, "truck-1", "l9", T0 + 9000, lat=52.2, lon=13.2)
     alerts = await eventually(lambda: _n(api, "truck-1", 4), timeout=15, what="cleared by the moved zone")
     assert alerts[-1] == ("in-yard", "cleared")
@@ -99,7 +99,7 @@ async def test_a_deleted_tenants_site_records_go_with_it(cloud: CloudApp, api: h
     assert (await api.delete("/api/v1/tenants/acme?confirm=acme")).status_code == 200
 
     async def gone() -> bool | None:
-        return True if await cloud.site_store.get("acme", "area_type", "site") is None else None
+        return True if await cloud.parts.site_store.get("acme", "area_type", "site") is None else None
 
     await eventually(gone, timeout=10, what="site records of the deleted tenant removed")
     assert (await api.post("/api/v1/tenants", json={"token": "acme"})).status_code == 201
