@@ -73,11 +73,12 @@ async def test_cloud_probes_answer_and_drain_turns_readiness_off(tmp_path: Path)
         # Still alive: draining is not a reason to be restarted.
         assert (await http.get(f"http://127.0.0.1:{app.health_port}/healthz")).status_code == 200
         assert await grpc_status(app.grpc_port) == NOT_SERVING
-        # A new edge stream is refused, so the edge goes to another replica.
+        # A new edge stream is refused, so the edge goes to another replica. The refusal may
+        # come before the hello is written (the server ends the stream at once) or after it.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
             call = svc_grpc.EdgeUplinkStub(channel).Connect(None)  # None: the test writes
-            await call.write(svc.EdgeMessage(hello=svc.Hello(edge_id="late-edge")))
             with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.write(svc.EdgeMessage(hello=svc.Hello(edge_id="late-edge")))
                 await call.read()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
