@@ -40,7 +40,7 @@ DEVICES = 10
 async def stored(cloud: CloudApp, prefix: str) -> int:
     total = 0
     for n in range(1, DEVICES + 1):
-        page = await cloud.event_store.list_device_events(
+        page = await cloud.parts.event_store.list_device_events(
             EventQuery("default", f"{prefix}-{n:04d}", kind="measurement", page_size=1)
         )
         total += page.total

@@ -97,7 +97,7 @@ async def run_fieldgate(
         )
         async with Suite(options) as suite:
             spec = dataclasses.replace(spec, port=suite.mqtt_port)
-            bus = suite.cloud.bus
+            bus = suite.cloud.parts.bus
             async with bus.consumer("bench", "persisted") as consumer:
                 seen = array.array("d", [math.nan]) * scenario.events
                 counters = {"run": 0, "warmup": 0, "dup": 0}
@@ -214,7 +214,7 @@ async def _progress(suite: object) -> str:
     from typing import Any
 
     s: Any = suite
-    stages = {type(st).__name__: st for st in s.cloud.stages}
+    stages = {type(st).__name__: st for st in s.cloud.runs}
 
     def sample() -> list[int]:
         edge = s.edge
@@ -227,7 +227,7 @@ async def _progress(suite: object) -> str:
             stages["EventPersistence"].stats.stored,
             stages["EventPersistence"].stats.store_calls,
             stages["InboundProcessing"].stage.stats.polls,
-            s.cloud.bus.stats.write_transactions,
+            s.cloud.parts.bus.stats.write_transactions,
             edge.buffer.stats.commits,
         ]
 

@@ -615,7 +615,7 @@ class BusReader:
         return self._consumer is not None
 
     async def open(self) -> None:
-        consumer = self._suite.cloud.bus.consumer(self._group, self._stage)
+        consumer = self._suite.cloud.parts.bus.consumer(self._group, self._stage)
         await consumer.__aenter__()
         self._consumer = consumer
 

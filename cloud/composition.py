@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from fieldgate.cloud.domain.connectors.targets import TargetPolicy
     from fieldgate.cloud.health import CloudHealth, GrpcHealth
     from fieldgate.cloud.pipeline.ingest.service import IngestService
+    from fieldgate.cloud.pipeline.rules import RuleBook
     from fieldgate.cloud.pipeline.sessions import EdgeSessions
     from fieldgate.cloud.pipeline.zones import ZonePolygons
     from fieldgate.cloud.services.auth import UserSessions
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     from fieldgate.cloud.services.commands import CommandService
     from fieldgate.cloud.services.connectors import ConnectorAdmin
     from fieldgate.cloud.services.live import LiveHub
-    from fieldgate.cloud.pipeline.rules import RuleBook
     from fieldgate.cloud.services.rules import RuleService
     from fieldgate.cloud.services.scheduler import Scheduler
     from fieldgate.cloud.services.tenants import TenantAdmin
@@ -250,13 +250,13 @@ def build_parts(
     the process's forget path, called when this process deletes a tenant."""
     from fieldgate.cloud.domain.connectors.targets import TargetPolicy
     from fieldgate.cloud.health import CloudHealth
+    from fieldgate.cloud.pipeline.rules import RuleBook
     from fieldgate.cloud.pipeline.sessions import EdgeSessions
     from fieldgate.cloud.pipeline.zones import ZonePolygons
     from fieldgate.cloud.services.auth import UserSessions
     from fieldgate.cloud.services.batch import BatchOperations
     from fieldgate.cloud.services.commands import CommandService
     from fieldgate.cloud.services.connectors import ConnectorAdmin
-    from fieldgate.cloud.pipeline.rules import RuleBook
     from fieldgate.cloud.services.rules import RuleService
     from fieldgate.cloud.services.scheduler import Scheduler
     from fieldgate.cloud.services.tenants import TenantAdmin

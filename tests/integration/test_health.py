@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.composition import Part
 from fieldgate.cloud.config import CloudConfig, HealthConfig
+from fieldgate.cloud.pipeline.inbound import InboundProcessing
 from fieldgate.cloud.store.events import EventQuery
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
@@ -87,7 +88,7 @@ async def test_a_dead_stage_fails_liveness_not_only_readiness(tmp_path: Path) ->
     async with CloudApp(cloud_config(tmp_path)) as app, httpx.AsyncClient(timeout=10) as http:
         base = f"http://127.0.0.1:{app.health_port}"
         assert (await http.get(base + "/healthz")).status_code == 200
-        inbound = next(s for s in app.runs if type(s).__name__ == "InboundProcessing")
+        inbound = next(s for s in app.runs if isinstance(s, InboundProcessing))
         task = inbound.stage._task
         assert task is not None
         task.cancel()  # as if the stage's task had crashed
