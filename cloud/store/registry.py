@@ -292,6 +292,11 @@ def copy(msg: M) -> M:
     return out
 
 
+def no_tenant(tenant: str) -> NotFound:
+    """The error of a write for a tenant that does not exist (or was deleted meanwhile)."""
+    return NotFound(f"tenant {tenant!r} does not exist")
+
+
 def _in(tenant: str) -> str:
     return f"in tenant {tenant!r}"
 
@@ -467,7 +472,7 @@ class RegistryBase:
         if tenant in self._known_tenants:
             return
         if not valid_tenant(tenant) or await self._tenant_read(tenant) is None:
-            raise NotFound(f"tenant {tenant!r} does not exist")
+            raise no_tenant(tenant)
         self._known_tenants.add(tenant)
 
     # --- shared --------------------------------------------------------------------------------

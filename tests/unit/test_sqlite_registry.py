@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from fieldgate.cloud.errors import NotFound
 from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
 from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.v1 import model_pb2 as model
@@ -38,6 +41,27 @@ async def test_a_database_per_tenant_and_none_for_reads(tmp_path: Path) -> None:
     finally:
         await invocations.stop()
         await registry.stop()
+
+
+async def test_a_write_never_brings_a_deleted_tenant_back(tmp_path: Path) -> None:
+    """The tenant check of a write runs in the write's worker job: a tenant deleted after this
+    instance last saw it (here by another instance on the same files; in one process, between
+    the check and the write) gets NotFound, not an empty ``registry-<tenant>.db`` again."""
+    one, other = SqliteRegistry(tmp_path), SqliteRegistry(tmp_path)
+    await one.start()
+    await other.start()
+    try:
+        await one.ensure_tenant(model.Tenant(token="acme"))
+        await one.create_device_type("acme", model.DeviceType(token="sensor"))
+        assert await other.delete_tenant("acme")
+        with pytest.raises(NotFound):
+            await one.create_device(model.Device(token="d1", tenant="acme", device_type="sensor"))
+        with pytest.raises(NotFound):
+            await one.create_assignment(model.Assignment(tenant="acme", device="d1"))
+        assert files(tmp_path) == {"tenants.db"}
+    finally:
+        await other.stop()
+        await one.stop()
 
 
 async def test_tenant_tokens_cannot_name_files_outside_data_dir(tmp_path: Path) -> None:

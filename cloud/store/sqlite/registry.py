@@ -38,6 +38,7 @@ from fieldgate.cloud.store.registry import (
     Walk,
     drive,
     kind_of,
+    no_tenant,
     parse,
 )
 from fieldgate.v1 import model_pb2 as model
@@ -169,6 +170,16 @@ class SqliteRegistry(RegistryBase):
     def _db(self, tenant: str, *, create: bool = False) -> sqlite3.Connection | None:
         return self._worker.connect(self._path(tenant), _REGISTRY_SCHEMA, create=create)
 
+    def _write_db(self, tenant: str) -> sqlite3.Connection:
+        """The tenant's database for a write that may create it: NotFound unless the tenant's
+        record exists, checked in the write's worker job — a tenant deleted since the caller's
+        check is not brought back as an empty file (the worker runs one job at a time)."""
+        if self._tenants().execute("SELECT 1 FROM tenants WHERE token = ?", (tenant,)).fetchone() is None:
+            raise no_tenant(tenant)
+        conn = self._db(tenant, create=True)
+        assert conn is not None
+        return conn
+
     # --- tenants -------------------------------------------------------------------------------
 
     async def _tenant_read(self, token: str) -> model.Tenant | None:
@@ -269,8 +280,7 @@ class SqliteRegistry(RegistryBase):
         params = (entity.token, *_columns(entity), entity.SerializeToString())
 
         def run() -> Stored:
-            conn = self._db(tenant, create=True)
-            assert conn is not None
+            conn = self._write_db(tenant)
             with transaction(conn):
                 missing = self._missing(conn, refs)
                 if missing is not None:
@@ -334,8 +344,7 @@ class SqliteRegistry(RegistryBase):
         a = assignment
 
         def run() -> Assigned:
-            conn = self._db(a.tenant, create=True)
-            assert conn is not None
+            conn = self._write_db(a.tenant)
             with transaction(conn):
                 missing = self._missing(conn, [Ref("device", a.device)])
                 if missing is not None:
