@@ -60,8 +60,13 @@ def server_properties(host: str, port: int, controller_port: int, log_dir: Path)
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, url-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, url-safe base64 without padding, never starting
+    with "-" (StorageTool would read it as an option: 1 id in 64; Kafka's own
+    ``Uuid.randomUuid`` draws again too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _broker_listed(bootstrap: str) -> bool:
