@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from fieldgate.cloud.services.rules import RuleService
     from fieldgate.cloud.services.scheduler import Scheduler
     from fieldgate.cloud.services.tenants import TenantAdmin
-    from fieldgate.cloud.services.users import UserStore
     from fieldgate.cloud.store import TenantOwned
     from fieldgate.cloud.store.batch import BatchStore
     from fieldgate.cloud.store.cassandra.session import CassandraSession
@@ -77,6 +76,7 @@ if TYPE_CHECKING:
     from fieldgate.cloud.store.registry import Registry
     from fieldgate.cloud.store.site import SiteStore
     from fieldgate.cloud.store.state import DeviceStateStore
+    from fieldgate.cloud.store.users import UserStore
     from fieldgate.cloud.webserver import HttpServer
     from fieldgate.cloud.zk.models import TenantSettingsRegistry
     from fieldgate.cloud.zk.rules import ZkRules
@@ -260,6 +260,7 @@ def build_parts(
     from fieldgate.cloud.services.rules import RuleService
     from fieldgate.cloud.services.scheduler import Scheduler
     from fieldgate.cloud.services.tenants import TenantAdmin
+    from fieldgate.cloud.services.users import PasswordHasher
     from fieldgate.cloud.store.backend import (
         build_bus,
         build_cassandra,
@@ -280,7 +281,7 @@ def build_parts(
     registry = build_registry(config, cassandra=cassandra)
     invocations = build_invocation_store(config, cassandra=cassandra)
     event_store = build_event_store(config, tenants=[t.token for t in config.tenants], cassandra=cassandra)
-    users = build_users(config, cassandra=cassandra)
+    users = build_users(config, PasswordHasher(), cassandra=cassandra)
     connector_store = build_connector_store(config, cassandra=cassandra)
     connector_targets = TargetPolicy.from_networks(config.connectors.allow_networks)
     state_store = build_state_store(config, cassandra=cassandra)

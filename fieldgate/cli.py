@@ -43,8 +43,8 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
 def _admin_password() -> str | None:
     """FIELDGATE_ADMIN_PASSWORD (None: not set), refused before anything starts if it is not a
     password the user store would take."""
+    from fieldgate.cloud.domain.users import check_password
     from fieldgate.cloud.errors import InvalidRequest
-    from fieldgate.cloud.services.users import check_password
 
     password = os.environ.get("FIELDGATE_ADMIN_PASSWORD") or None
     if password is not None:

@@ -47,6 +47,7 @@ from fieldgate.cloud.config import (
     TlsConfig,
     ZookeeperConfig,
 )
+from fieldgate.cloud.services.users import PasswordHasher
 from fieldgate.cloud.store.backend import build_registry, build_users
 from fieldgate.config import validate
 from fieldgate.devservers import (
@@ -355,7 +356,7 @@ class Suite:
         admin yet (as ensure_admin would) and keeps the stored one after."""
         password = self.options.admin_password
         if password is None:
-            users = build_users(self._distributed_config())
+            users = build_users(self._distributed_config(), PasswordHasher())
             await users.start()
             try:
                 if not await users.exists("admin"):

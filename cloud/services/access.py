@@ -30,13 +30,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, status
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-
-class Role(StrEnum):
-    INSTANCE_ADMIN = "instance-admin"
-    TENANT_ADMIN = "tenant-admin"
-    OPERATOR = "operator"
-    VIEWER = "viewer"
-    CUSTOMER = "customer"
+from fieldgate.cloud.domain.users import Role as Role  # the roles are the domain's (named here for the API)
 
 
 class Permission(StrEnum):

@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import jwt
 
+from fieldgate.cloud.domain.users import LEGACY_ROLE, UserRecord
 from fieldgate.cloud.errors import Unauthenticated
 from fieldgate.cloud.services.access import Principal, Role
-from fieldgate.cloud.services.users import LEGACY_ROLE, UserRecord, Users
+from fieldgate.cloud.store.users import Users
 from fieldgate.timeutil import now_ms
 
 __all__ = ["SESSION_CACHE_S", "LoginThrottle", "TokenAuthority", "UserSessions", "key_id"]

@@ -19,13 +19,10 @@ from typing import TYPE_CHECKING
 
 from fieldgate.cloud.bus import Bus
 from fieldgate.cloud.config import CloudConfig
-
-# TODO(issue 16 phase B): the user stores move to store/users.py and store/{sqlite,cassandra}/users.py;
-# this module becomes the StorageBackend provider (store imports no service).
-from fieldgate.cloud.services.users import UserStore
 from fieldgate.cloud.store.events import EventStore
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.users import Hasher, UserStore
 from fieldgate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -175,18 +172,24 @@ def build_site_store(config: CloudConfig, *, cassandra: CassandraSession | None 
     return SqliteSiteStore(config.data_dir / "site")
 
 
-def build_users(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> UserStore:
-    """The REST API's users: ``data_dir/users.db`` or the instance keyspace."""
+def build_users(
+    config: CloudConfig, hasher: Hasher, *, cassandra: CassandraSession | None = None
+) -> UserStore:
+    """The REST API's users: ``data_dir/users.db`` or the instance keyspace; passwords hashed
+    by ``hasher`` (the user service's policy, :class:`fieldgate.cloud.services.users.PasswordHasher`)."""
     store = config.store
     if store.kind == "cassandra":
-        from fieldgate.cloud.services.users import CassandraUsers
+        from fieldgate.cloud.store.cassandra.users import CassandraUsers
 
         return CassandraUsers(
-            _session(config, cassandra), keyspace_prefix=store.keyspace_prefix, replication=store.replication
+            _session(config, cassandra),
+            hasher,
+            keyspace_prefix=store.keyspace_prefix,
+            replication=store.replication,
         )
-    from fieldgate.cloud.services.users import SqliteUsers
+    from fieldgate.cloud.store.sqlite.users import SqliteUsers
 
-    return SqliteUsers(config.data_dir / "users.db")
+    return SqliteUsers(config.data_dir / "users.db", hasher)
 
 
 async def load_token_secret(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> str:

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from fieldgate.cloud.config import CloudConfig, StoreConfig
-from fieldgate.cloud.services.users import UserStore
+from fieldgate.cloud.services.users import PasswordHasher
 from fieldgate.cloud.store.backend import build_invocation_store, build_registry, build_users
 from fieldgate.cloud.store.cassandra.session import CassandraSession
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.users import UserStore
 
 STORES = ["sqlite", pytest.param("cassandra", marks=pytest.mark.distributed)]
 
@@ -37,7 +38,7 @@ class Backend:
         return build_invocation_store(self.config)
 
     def users(self) -> UserStore:
-        return build_users(self.config)
+        return build_users(self.config, PasswordHasher())
 
 
 def backend_config(request: pytest.FixtureRequest, kind: str, data_dir: Path) -> CloudConfig:

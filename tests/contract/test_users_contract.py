@@ -13,10 +13,12 @@ from contextlib import closing
 
 import pytest
 
+from fieldgate.cloud.domain.users import LEGACY_ROLE, UserRecord
 from fieldgate.cloud.errors import InvalidRequest
 from fieldgate.cloud.services.access import Role
-from fieldgate.cloud.services.users import LEGACY_ROLE, UserRecord, cassandra_migrations, scrypt_hash
+from fieldgate.cloud.services.users import scrypt_hash
 from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace
+from fieldgate.cloud.store.cassandra.users import cassandra_migrations
 from tests.contract.conftest import Backend
 
 PW = "correct horse battery staple"

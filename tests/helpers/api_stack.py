@@ -27,7 +27,7 @@ from fieldgate.cloud.services.access import Role
 from fieldgate.cloud.services.auth import LoginThrottle
 from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
-from fieldgate.cloud.services.users import SqliteUsers
+from fieldgate.cloud.services.users import PasswordHasher
 from fieldgate.cloud.store.batch import SqliteBatchStore
 from fieldgate.cloud.store.connectors import SqliteConnectorStore
 from fieldgate.cloud.store.sqlite.edges import SqliteEdgeDirectory
@@ -36,6 +36,7 @@ from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore
 from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.cloud.store.sqlite.site import SqliteSiteStore
 from fieldgate.cloud.store.sqlite.state import SqliteStateStore
+from fieldgate.cloud.store.sqlite.users import SqliteUsers
 from fieldgate.v1 import model_pb2 as model
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -125,7 +126,7 @@ async def api_stack(
     invocations = SqliteInvocationStore(tmp_path / "registry")
     event_store = SqliteEventStore(tmp_path / "events")
     bus = EmbeddedBus(tmp_path / "bus.db")
-    users = SqliteUsers(tmp_path / "users.db")
+    users = SqliteUsers(tmp_path / "users.db", PasswordHasher())
     site = SqliteSiteStore(tmp_path / "site")
     batch_store = SqliteBatchStore(tmp_path / "batch")
     states = SqliteStateStore(tmp_path / "state")

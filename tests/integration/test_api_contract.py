@@ -32,11 +32,11 @@ from fieldgate.cloud.api.rest.app import MAX_BODY_BYTES
 from fieldgate.cloud.api.rest.routes.tenants import PipelineChange, TenantChange, TenantIn
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import CloudConfig
+from fieldgate.cloud.domain.users import MIN_PASSWORD
 from fieldgate.cloud.jsontypes import integral
 from fieldgate.cloud.services.access import api_routes
 from fieldgate.cloud.services.auth import TokenAuthority
 from fieldgate.cloud.services.management import MAX_PAGE, MAX_PAGE_SIZE
-from fieldgate.cloud.services.users import MIN_PASSWORD
 from fieldgate.cloud.zk.models import PipelineSettings, TenantSettings
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model

@@ -12,7 +12,8 @@ import pytest
 from fieldgate.cloud.errors import Unauthenticated
 from fieldgate.cloud.services.access import Principal, Role
 from fieldgate.cloud.services.auth import SESSION_CACHE_S, LoginThrottle, TokenAuthority, UserSessions, key_id
-from fieldgate.cloud.services.users import SqliteUsers
+from fieldgate.cloud.services.users import PasswordHasher
+from fieldgate.cloud.store.sqlite.users import SqliteUsers
 from tests.helpers.api_stack import SECRET, USERS, api_stack, login
 
 pytestmark = pytest.mark.integration
@@ -171,7 +172,7 @@ async def test_a_deleted_or_changed_users_token_stops_working_at_once(tmp_path: 
 
 
 async def test_another_replica_refuses_a_changed_users_token_within_its_cache_time(tmp_path: Path) -> None:
-    users = SqliteUsers(tmp_path / "users.db")
+    users = SqliteUsers(tmp_path / "users.db", PasswordHasher())
     await users.start()
     await users.create("uma", "pw-of-uma", role=Role.OPERATOR)
     now = [0.0]

@@ -45,13 +45,13 @@ from fieldgate.cloud.services.live import LiveHub
 from fieldgate.cloud.services.management import Management
 from fieldgate.cloud.services.rules import RuleService
 from fieldgate.cloud.services.tenants import TenantAdmin
-from fieldgate.cloud.services.users import Users
 from fieldgate.cloud.store.edges import EdgeDirectory
 from fieldgate.cloud.store.events import EventStore
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.store.site import SiteStore
 from fieldgate.cloud.store.state import DeviceStateStore
+from fieldgate.cloud.store.users import Users
 
 MAX_BODY_BYTES = 1024 * 1024
 

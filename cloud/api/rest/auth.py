@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from fieldgate.cloud.api.rest.errors import CHALLENGE
 from fieldgate.cloud.api.rest.models import error_docs
+from fieldgate.cloud.domain.users import TENANT_PATTERN
 from fieldgate.cloud.services.access import (
     TENANT_HEADER,
     Permission,
@@ -31,8 +32,8 @@ from fieldgate.cloud.services.access import (
     public,
 )
 from fieldgate.cloud.services.auth import LoginThrottle, TokenAuthority, UserSessions
-from fieldgate.cloud.services.users import TENANT_PATTERN, Users
 from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.users import Users
 
 __all__ = ["AccessPolicy", "auth_router"]
 

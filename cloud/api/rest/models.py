@@ -12,10 +12,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 from fieldgate.cloud.domain.commands import MAX_TTL_S
-from fieldgate.cloud.jsontypes import integral
-from fieldgate.cloud.services.documents import iso
-from fieldgate.cloud.services.management import NAME_PATTERN, TOKEN_PATTERN
-from fieldgate.cloud.services.users import (
+from fieldgate.cloud.domain.users import (
     CUSTOMER_PATTERN,
     MAX_PASSWORD,
     MIN_PASSWORD,
@@ -23,6 +20,9 @@ from fieldgate.cloud.services.users import (
     USER_PATTERN,
     UserRecord,
 )
+from fieldgate.cloud.jsontypes import integral
+from fieldgate.cloud.services.documents import iso
+from fieldgate.cloud.services.management import NAME_PATTERN, TOKEN_PATTERN
 from fieldgate.cloud.store import Page
 from fieldgate.v1 import events_pb2 as pb
 from fieldgate.v1 import model_pb2 as model

@@ -19,10 +19,11 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from fieldgate.cloud.api.rest.auth import AccessPolicy
 from fieldgate.cloud.api.rest.models import UserIn, UserOut, UserPatch, error_docs
 from fieldgate.cloud.api.rest.routes.registry import ERRORS
+from fieldgate.cloud.domain.users import TENANT_PATTERN, UserRecord
 from fieldgate.cloud.errors import Conflict, NotFound, UnknownReference
 from fieldgate.cloud.services.access import Permission, Principal, Role, forbidden
-from fieldgate.cloud.services.users import TENANT_PATTERN, UserRecord, Users
 from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.users import Users
 
 
 def users_router(users: Users, registry: Registry, policy: AccessPolicy) -> APIRouter:
