@@ -18,6 +18,11 @@ the moment the buffer is open until after the adapters stopped, so a port that d
 at start, and every link the agent's own stop takes down, are reported too (the latter reach
 the cloud with the next start, with the time they happened).
 
+Under systemd (``Type=notify``, :mod:`fieldgate.edge.systemd`): ``READY=1`` once started,
+``WATCHDOG=1`` from the event-loop heartbeat of the probes (run whenever the unit has a
+watchdog, metrics port or not), ``STATUS=`` with the buffer depth and the uplink's state when
+they change, ``STOPPING=1`` when the stop begins.
+
 Start order: buffer → link queue → command router → adapters → uplink → metrics endpoint;
 ``stop`` undoes whatever was started, in reverse, and is idempotent. Unacknowledged events and
 pending commands stay on disk for the next start.
@@ -47,6 +52,7 @@ from fieldgate.edge.errors import BufferFull, EdgeError
 from fieldgate.edge.health import HealthBoard
 from fieldgate.edge.metrics import EdgeMetrics
 from fieldgate.edge.probes import AgentProbes
+from fieldgate.edge.systemd import Notifier
 from fieldgate.edge.uplink import Uplink
 from fieldgate.retry import Backoff
 from fieldgate.throttle import LogThrottle
@@ -89,9 +95,16 @@ class EdgeAgent:
     """One edge agent. ``async with EdgeAgent(config) as agent: ...`` or ``start()``/``stop()``.
 
     With ``adapters=None`` the adapters are built from the configuration (:func:`build_adapters`).
+    ``notifier``: systemd's notify socket (:meth:`Notifier.from_environ`), or None.
     """
 
-    def __init__(self, config: EdgeConfig, adapters: Sequence[Adapter] | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        adapters: Sequence[Adapter] | None = None,
+        *,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         if adapters is None:
             adapters = build_adapters(config)
@@ -104,7 +117,21 @@ class EdgeAgent:
             config.uplink, config.edge_id, self.buffer, self.router.on_command, outbox=self.router
         )
         self.metrics = EdgeMetrics()
-        self.probes = AgentProbes(self, self.buffer, self.uplink, config.buffer.max_events)
+        self.notifier = notifier
+        self._watchdog = notifier is not None and notifier.watchdog_s is not None
+        # The heartbeat pings the watchdog: at least three beats per watchdog period.
+        beat_s = 1.0
+        if notifier is not None and notifier.watchdog_s is not None:
+            beat_s = min(beat_s, notifier.watchdog_s / 3)
+        self.probes = AgentProbes(
+            self,
+            self.buffer,
+            self.uplink,
+            config.buffer.max_events,
+            interval_s=beat_s,
+            on_beat=self._on_beat if notifier is not None else None,
+        )
+        self._status = ""
         self.metrics.watch(buffer=self.buffer, uplink=self.uplink, router=self.router, adapters=self.adapters)
         self._tenants = frozenset(config.tenants)
         self._reject_log = LogThrottle(REJECT_LOG_INTERVAL_S)
@@ -143,9 +170,10 @@ class EdgeAgent:
                     stack.push_async_callback(adapter.stop)
                 await self.uplink.start()
                 stack.push_async_callback(self.uplink.stop)
-                if self.config.metrics_port:
+                if self.config.metrics_port or self._watchdog:
                     await self.probes.start()
                     stack.push_async_callback(self.probes.stop)
+                if self.config.metrics_port:
                     self.metrics.serve(self.config.metrics_port, self.config.metrics_host, self.probes)
                     stack.callback(self.metrics.close)
                 self._stack = stack.pop_all()
@@ -157,12 +185,17 @@ class EdgeAgent:
                 ", ".join(a.name for a in self.adapters) or "none",
                 self.config.uplink.target,
             )
+            if self.notifier is not None:
+                self._status = self._status_line()
+                self.notifier.ready(self._status)
 
     async def stop(self) -> None:
         """Stop adapters first (no new input), then uplink, router and buffer. Idempotent."""
         async with self._lifecycle:
             stack, self._stack = self._stack, None
             if stack is not None:
+                if self.notifier is not None:
+                    self.notifier.stopping(f"stopping ({self.buffer.depth} events buffered)")
                 await stack.aclose()
                 log.info("edge agent %s stopped (%d events buffered)", self.config.edge_id, self.buffer.depth)
 
@@ -300,6 +333,26 @@ class EdgeAgent:
                 self.presence_dropped += len(batch)
                 log.exception("%d link change(s) not recorded", len(batch))
             backoff.reset()
+
+    # ------------------------------------------------------------------ systemd
+
+    def _status_line(self) -> str:
+        uplink = "cloud connected" if self.uplink.connected else "cloud not connected"
+        return f"{self.buffer.depth} events buffered, {uplink}"
+
+    def _on_beat(self) -> None:
+        """Every heartbeat of the event loop: the watchdog ping, and the status when it changed."""
+        notifier = self.notifier
+        if notifier is None:
+            return
+        lines = ["WATCHDOG=1"] if self._watchdog else []
+        if self.running:
+            status = self._status_line()
+            if status != self._status:
+                self._status = status
+                lines.append(f"STATUS={status}")
+        if lines:
+            notifier.notify(*lines)
 
     # ------------------------------------------------------------------ wiring
 

@@ -4,7 +4,8 @@ The metrics HTTP server runs in a thread of its own, so an HTTP answer alone wou
 that the thread lives. Liveness therefore rests on a **heartbeat** of the agent's event loop:
 a task stamps the time every ``interval_s``; the loop is live while the stamp is younger than
 ``stale_s`` (a loop blocked that long — a stuck call in the event loop — is what a restart
-fixes). Readiness: the agent has started (buffer open, adapters and broker up) and its buffer
+fixes). Under systemd the same heartbeat pings the unit's watchdog (``on_beat``, see
+:mod:`fieldgate.edge.systemd`): a blocked loop stops the pings, and systemd restarts the agent. Readiness: the agent has started (buffer open, adapters and broker up) and its buffer
 is not full — a full buffer refuses devices' events (``reject_new``) or evicts the oldest
 (``drop_oldest``), which an operator must hear of. A cloud outage does *not* make the agent
 unready: buffering through it is the agent's job. The body says the rest (uplink connected,
@@ -62,6 +63,7 @@ class AgentProbes:
         interval_s: float = 1.0,
         stale_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self._agent = agent
         self._buffer = buffer
@@ -70,6 +72,7 @@ class AgentProbes:
         self._interval_s = interval_s
         self._stale_s = stale_s
         self._clock = clock
+        self._on_beat = on_beat
         self._beat: float | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -84,6 +87,8 @@ class AgentProbes:
     async def _heartbeat(self) -> None:
         while True:
             self._beat = self._clock()
+            if self._on_beat is not None:
+                self._on_beat()
             await asyncio.sleep(self._interval_s)
 
     def liveness(self) -> ProbeResult:

@@ -7,7 +7,8 @@ fieldgate cloud replay ...      move a consumer group's offsets on one tenant's 
 fieldgate cloud tenant show|set ...   a tenant's live settings in ZooKeeper (validated)
 fieldgate cloud descriptors     write the protobuf FileDescriptorSet of the topics' payloads
 fieldgate cloud decode ...      kcat -f '%S:%s' output of a stage topic → JSON lines
-fieldgate edge run --config F   one edge agent
+fieldgate edge run --config F   one edge agent (sd_notify under a Type=notify systemd unit)
+fieldgate edge unit-devices --config F [--apply UNIT]   the device nodes the agent's unit may open
 fieldgate sim mqtt ...          simulated MQTT devices
 fieldgate mqtt credentials add|remove|list, mqtt mosquitto-files   MQTT device credentials
 fieldgate config check edge|cloud F   validate a configuration file
@@ -268,11 +269,13 @@ def _cmd_edge_run(ns: argparse.Namespace) -> int:
     from fieldgate import config as cfg
     from fieldgate.edge.agent import EdgeAgent
     from fieldgate.edge.config import EdgeConfig
+    from fieldgate.edge.systemd import Notifier
 
     conf = cfg.load(EdgeConfig, Path(ns.config) if ns.config else None, env_prefix="FIELDGATE_EDGE")
+    notifier = Notifier.from_environ()
 
     async def body(stop: asyncio.Event) -> None:
-        async with EdgeAgent(conf) as agent:
+        async with EdgeAgent(conf, notifier=notifier) as agent:
             adapters = ", ".join(a.name for a in agent.adapters) or "none"
             mqtt = f" (MQTT {conf.mqtt.host}:{conf.mqtt.port}, {conf.mqtt.mode})" if conf.mqtt.enabled else ""
             print(
@@ -281,7 +284,36 @@ def _cmd_edge_run(ns: argparse.Namespace) -> int:
             )
             await stop.wait()
 
-    asyncio.run(_until_signalled(body))
+    try:
+        asyncio.run(_until_signalled(body))
+    finally:
+        if notifier is not None:
+            notifier.close()
+    return 0
+
+
+def _cmd_edge_unit_devices(ns: argparse.Namespace) -> int:
+    """Print the unit's device drop-in, or apply it to a unit (its ExecStartPre=, as root)."""
+    from fieldgate import config as cfg
+    from fieldgate.edge.config import EdgeConfig
+    from fieldgate.edge.systemd import UnitDevicesError, apply_unit_devices, unit_devices
+
+    path = Path(ns.config)
+    conf = cfg.load(EdgeConfig, path, env_prefix="FIELDGATE_EDGE")
+    try:
+        devices = unit_devices(conf)
+        for port in devices.absent:
+            print(
+                f"fieldgate: {port} is not there now: not allowed until the agent's next start",
+                file=sys.stderr,
+            )
+        if ns.apply:
+            apply_unit_devices(devices, ns.apply)
+            print(f"{ns.apply}: DevicePolicy=closed, devices: {' '.join(devices.devices) or 'none'}")
+        else:
+            sys.stdout.write(devices.dropin(str(path)))
+    except UnitDevicesError as err:
+        raise ConfigError(str(err)) from err
     return 0
 
 
@@ -477,6 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     er = edge.add_parser("run", help="run an edge agent")
     er.add_argument("--config", help="YAML file (docs/configuration.md); FIELDGATE_EDGE__* env overrides")
     er.set_defaults(func=_cmd_edge_run)
+    ud = edge.add_parser(
+        "unit-devices",
+        help="the device nodes the edge agent's systemd unit may open (docs/operations/gateways.md)",
+        description="The serial and Modbus ports of the configuration, as DeviceAllow= lines of a "
+        "systemd drop-in (printed), or applied to UNIT for this boot with systemctl set-property "
+        "--runtime (the packaged unit does this in ExecStartPre=).",
+    )
+    ud.add_argument("--config", required=True, help="the edge agent's YAML file")
+    ud.add_argument("--apply", metavar="UNIT", help="set DevicePolicy=closed and these devices on UNIT")
+    ud.set_defaults(func=_cmd_edge_unit_devices)
 
     sim = sub.add_parser("sim", help="simulated devices").add_subparsers(dest="sim_cmd", required=True)
     sm = sim.add_parser("mqtt", help="simulated MQTT devices")
