@@ -4,8 +4,8 @@ session by scripts/build_deb.sh and scripts/build_image.sh, and a fresh root fil
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest

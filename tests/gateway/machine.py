@@ -48,7 +48,9 @@ def script(name: str, *args: str) -> dict[str, str]:
     if proc.returncode == CANNOT:
         pytest.skip(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
-        raise MachineError(f"scripts/{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise MachineError(
+            f"scripts/{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return {
         k.strip(): v.strip()
         for k, sep, v in (line.partition(": ") for line in proc.stdout.splitlines())
@@ -61,7 +63,9 @@ def can_boot() -> None:
     if os.geteuid() != 0:
         pytest.skip("booting root filesystems with systemd-nspawn needs root")
     if shutil.which("systemd-nspawn") is None or shutil.which("nsenter") is None:
-        pytest.skip("systemd-nspawn is not installed: bash scripts/gateway_base.sh installs it (systemd-container)")
+        pytest.skip(
+            "systemd-nspawn is not installed: bash scripts/gateway_base.sh installs it (systemd-container)"
+        )
 
 
 def unpack(tarball: Path, root: Path) -> Path:
@@ -87,14 +91,24 @@ class Machine:
         self.boot()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.poweroff()
 
     def boot(self) -> None:
         with self.log.open("ab") as out:
             self._proc = subprocess.Popen(
-                ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--private-network",
-                 "--console=pipe", "-D", str(self.root)],
+                [
+                    "systemd-nspawn",
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--private-network",
+                    "--console=pipe",
+                    "-D",
+                    str(self.root),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -136,7 +150,9 @@ class Machine:
             check=False,
         )
         if check and done.returncode != 0:
-            raise MachineError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            raise MachineError(
+                f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+            )
         return done
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 120) -> str:
@@ -153,7 +169,13 @@ class Machine:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)  # nspawn: the container's systemd powers off
+        # The root filesystem is thrown away: no orderly shutdown, systemd reboots at once.
+        self.run("systemctl", "poweroff", "--force", "--force", check=False, timeout=30)
+        try:
+            proc.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

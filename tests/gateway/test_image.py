@@ -47,12 +47,16 @@ def test_tarball_first_boot(gateway_image: dict[str, Path], tmp_path: Path) -> N
             assert len(m.sh("cat /etc/machine-id").strip()) == 32
             assert m.sh("hostname").strip() == "fieldgate"
             # No claim file: the enrollment unit's condition skips it.
-            enroll = m.show(ENROLL, "ConditionResult", "ActiveState", "UnitFileState", "ExecMainStartTimestampMonotonic")
+            enroll = m.show(
+                ENROLL, "ConditionResult", "ActiveState", "UnitFileState", "ExecMainStartTimestampMonotonic"
+            )
             assert enroll["UnitFileState"] == "enabled"
             assert enroll["ConditionResult"] == "no" and enroll["ActiveState"] == "inactive"
             assert enroll["ExecMainStartTimestampMonotonic"] == "0"
             # A claim file on the boot partition: the hook runs, and says enrollment is not built.
-            m.sh("mkdir -p /boot/efi/fieldgate; printf 'cloud=https://cloud.example\\nclaim=fgc-test\\n' > /boot/efi/fieldgate/claim")
+            m.sh(
+                "mkdir -p /boot/efi/fieldgate; printf 'cloud=https://cloud.example\\nclaim=fgc-test\\n' > /boot/efi/fieldgate/claim"
+            )
             m.run("systemctl", "start", ENROLL, check=False)
             assert m.show(ENROLL, "Result")["Result"] == "exit-code"
             assert "zero-touch enrollment is not built" in m.journal(ENROLL)
@@ -114,7 +118,9 @@ def _feed_serial(path: Path, stop: threading.Event) -> None:
 def test_raw_image_boots_in_qemu(gateway_image: dict[str, Path], tmp_path: Path) -> None:
     qemu = shutil.which("qemu-system-x86_64")
     if os.uname().machine != "x86_64" or qemu is None or not OVMF.exists():
-        pytest.skip("qemu-system-x86_64 and OVMF are needed (bash scripts/gateway_base.sh installs them on amd64)")
+        pytest.skip(
+            "qemu-system-x86_64 and OVMF are needed (bash scripts/gateway_base.sh installs them on amd64)"
+        )
     disk = tmp_path / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(gateway_image["image"]), str(disk)], check=True, timeout=300)
     # A boot entry of this test's copy: the image's own kernel, initramfs and root, plus a
@@ -123,7 +129,11 @@ def test_raw_image_boots_in_qemu(gateway_image: dict[str, Path], tmp_path: Path)
     esp = f"{disk}{ESP_OFFSET}"
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     entry = subprocess.run(
-        ["mtype", "-i", esp, "::/loader/entries/fieldgate.conf"], capture_output=True, text=True, check=True, env=env
+        ["mtype", "-i", esp, "::/loader/entries/fieldgate.conf"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout
     (tmp_path / "check.sh").write_text(CHECK)
     (tmp_path / "test.conf").write_text(

@@ -49,7 +49,7 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
     (fresh_root / "var/tmp" / gateway_deb.name).write_bytes(gateway_deb.read_bytes())
     with Machine(fresh_root, tmp_path / "nspawn.log") as m:
         # apt, offline: every dependency is in the base; a missing one fails here.
-        m.run("apt-get", "install", "-y", "--no-download", f"/var/tmp/{gateway_deb.name}", timeout=300)
+        m.run("apt-get", "install", "-y", f"/var/tmp/{gateway_deb.name}", timeout=300)
 
         # The user, its groups, the configuration, the venv slot.
         groups = m.run("id", "-nG", "fieldgate").stdout.split()
@@ -59,10 +59,19 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
         assert m.sh("stat -c '%U:%G %a' /etc/fieldgate/edge.yaml").strip() == "root:fieldgate 640"
 
         # Started by the package, active once the agent said READY=1, under its sandbox.
-        first = eventually_sync(lambda: active(m), timeout=120, what="the unit active", interval=0.5)
+        eventually_sync(lambda: active(m), timeout=120, what="the unit active", interval=0.5)
         props = m.show(
-            UNIT, "Type", "User", "WatchdogUSec", "Restart", "ProtectSystem", "NoNewPrivileges",
-            "StateDirectory", "DevicePolicy", "StatusText", "UnitFileState",
+            UNIT,
+            "Type",
+            "User",
+            "WatchdogUSec",
+            "Restart",
+            "ProtectSystem",
+            "NoNewPrivileges",
+            "StateDirectory",
+            "DevicePolicy",
+            "StatusText",
+            "UnitFileState",
         )
         assert props["Type"] == "notify" and props["User"] == "fieldgate"
         assert props["WatchdogUSec"] == "30s" and props["Restart"] == "on-failure"
@@ -70,18 +79,41 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
         assert props["StateDirectory"] == "fieldgate" and props["DevicePolicy"] == "closed"
         assert props["UnitFileState"] == "enabled"
         assert "events buffered" in props["StatusText"]
-        assert m.sh("stat -c %U /proc/$(systemctl show -p MainPID --value fieldgate-edge)").strip() == "fieldgate"
+        assert (
+            m.sh("stat -c %U /proc/$(systemctl show -p MainPID --value fieldgate-edge)").strip()
+            == "fieldgate"
+        )
         # The sandbox, seen from the agent's own mount namespace: /etc is read-only even for
         # root there, its state directory is not.
         main = m.show(UNIT, "MainPID")["MainPID"]
-        write = "touch {0} 2>&1 && echo {0} written || true"
-        seen = m.run("nsenter", "-t", main, "-m", "--", "sh", "-c",
-                     write.format("/etc/fieldgate/x") + "; " + write.format("/var/lib/fieldgate/x")).stdout
-        assert "/var/lib/fieldgate/x written" in seen and "Read-only file system" in seen, seen
+        write = "; ".join(
+            f"touch {p} 2>/dev/null && echo {p} written || echo {p} refused"
+            for p in ("/etc/fieldgate/x", "/usr/x", "/home/x", "/var/lib/fieldgate/x")
+        )
+        seen = m.run("nsenter", "-t", main, "-m", "--", "sh", "-c", write).stdout.split("\n")
+        assert seen[:4] == [
+            "/etc/fieldgate/x refused",
+            "/usr/x refused",
+            "/home/x refused",
+            "/var/lib/fieldgate/x written",
+        ]
         m.run("rm", "-f", "/var/lib/fieldgate/x")
 
         # No cloud: what a device sends is buffered on disk.
-        m.run(FIELDGATE, "sim", "mqtt", "--device", "boiler-1", "--count", "20", "--rate", "0", "--qos", "1", timeout=180)
+        m.run(
+            FIELDGATE,
+            "sim",
+            "mqtt",
+            "--device",
+            "boiler-1",
+            "--count",
+            "20",
+            "--rate",
+            "0",
+            "--qos",
+            "1",
+            timeout=180,
+        )
         eventually_sync(lambda: buffered(m, 20), timeout=60, what="20 events buffered")
         assert m.sh("test -s /var/lib/fieldgate/buffer.db && echo yes").strip() == "yes"
 
@@ -94,7 +126,7 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
         )
         before = eventually_sync(lambda: active(m), timeout=120, what="the unit active again", interval=0.5)
         assert isinstance(before, dict)
-        m.run("kill", "-STOP", before["MainPID"])
+        m.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", UNIT)
         after = eventually_sync(
             lambda: (p := active(m)) and p["MainPID"] != before["MainPID"] and p,  # type: ignore[index]
             timeout=120,
@@ -114,24 +146,35 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
             "EOF\n"
             "systemctl restart fieldgate-edge"
         )
-        eventually_sync(lambda: active(m), timeout=120, what="the unit active with serial ports", interval=0.5)
+        eventually_sync(
+            lambda: active(m), timeout=120, what="the unit active with serial ports", interval=0.5
+        )
         allowed = m.show(UNIT, "DeviceAllow")["DeviceAllow"]
         assert "/dev/ttyFG0 rw" in allowed and "/dev/ttyFG1 rw" in allowed, allowed
         printed = m.run(FIELDGATE, "edge", "unit-devices", "--config", "/etc/fieldgate/edge.yaml").stdout
         assert "DeviceAllow=/dev/ttyFG0 rw\nDeviceAllow=/dev/ttyFG1 rw\n" in printed
         # A configuration that does not load stops the start before the agent runs, saying why.
-        m.sh("cp /etc/fieldgate/edge.yaml /root/edge.yaml; echo 'uplink: {batch_max_events: 0}' >> /etc/fieldgate/edge.yaml")
+        m.sh(
+            "cp /etc/fieldgate/edge.yaml /root/edge.yaml; echo 'uplink: {batch_max_events: 0}' >> /etc/fieldgate/edge.yaml"
+        )
         m.run("systemctl", "restart", UNIT, check=False)
         assert m.show(UNIT, "ActiveState")["ActiveState"] in ("failed", "activating")
         assert "batch_max_events" in m.journal(UNIT)
-        m.sh("cp /root/edge.yaml /etc/fieldgate/edge.yaml; systemctl reset-failed fieldgate-edge; systemctl restart fieldgate-edge")
+        m.sh(
+            "cp /root/edge.yaml /etc/fieldgate/edge.yaml; systemctl reset-failed fieldgate-edge; systemctl restart fieldgate-edge"
+        )
         eventually_sync(lambda: active(m), timeout=120, what="the unit active after the fix", interval=0.5)
 
         # apt remove: the agent and its venv go; the buffer and the configuration stay.
         m.run("apt-get", "remove", "-y", "fieldgate-edge", timeout=300)
         assert m.show(UNIT, "ActiveState")["ActiveState"] in ("inactive", "failed")
         assert m.sh("ls /opt/fieldgate 2>/dev/null | wc -l").strip() == "0"
-        assert m.sh("test -s /var/lib/fieldgate/buffer.db && test -f /etc/fieldgate/edge.yaml && echo kept").strip() == "kept"
+        assert (
+            m.sh(
+                "test -s /var/lib/fieldgate/buffer.db && test -f /etc/fieldgate/edge.yaml && echo kept"
+            ).strip()
+            == "kept"
+        )
         # apt purge: both go.
         m.run("apt-get", "purge", "-y", "fieldgate-edge", timeout=300)
         assert m.sh("ls -d /var/lib/fieldgate /etc/fieldgate 2>/dev/null | wc -l").strip() == "0"
