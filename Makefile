@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup run test lint proto bench clean dashboard
+.PHONY: setup run test lint proto bench clean dashboard deb image
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ proto: setup
 # Node is needed only here, never at run time).
 dashboard:
 	cd dashboard && npm ci && npm run build
+
+# The edge agent as a Debian package, and a flashable gateway image with it (as root, on Debian;
+# docs/operations/gateways.md). ARCH=arm64 DEB=<arm64 package> for an arm64 image.
+deb:
+	bash scripts/build_deb.sh
+
+image:
+	bash scripts/build_image.sh $(if $(ARCH),--arch $(ARCH)) $(if $(DEB),--deb $(DEB))
 
 bench: setup
 	$(PY) benchmarks/bench_ingest.py $(ARGS)

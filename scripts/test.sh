@@ -30,10 +30,19 @@ if [ "$containers" -eq 3 ]; then
 elif [ "$containers" -ne 0 ]; then
   exit "$containers"
 fi
+echo "== gateways: mmdebstrap, systemd-nspawn, qemu (Debian), the gateway base root filesystem (cached in ~/.cache/fieldgate/images)"
+# Exit status 3: this machine cannot make it (said why); tests/gateway then skip.
+gateway=0
+bash scripts/gateway_base.sh || gateway=$?
+if [ "$gateway" -eq 3 ]; then
+  echo "   the gateway tests will be skipped"
+elif [ "$gateway" -ne 0 ]; then
+  exit "$gateway"
+fi
 export CONTAINERS_CONF="${FIELDGATE_CACHE_DIR:-$HOME/.cache/fieldgate}/containers/containers.conf"
 echo "== pytest: unit, integration, hil (sims), end to end on the embedded backends"
 pytest -q -p no:cacheprovider --durations=15 -m "not distributed" "${@:2}"
-echo "== pytest: distributed — real Kafka, ZooKeeper and Cassandra (and the end-to-end tests on them; the image run with podman)"
+echo "== pytest: distributed — real Kafka, ZooKeeper and Cassandra (and the end-to-end tests on them; the image run with podman; the gateway package and image booted)"
 # A second run, so the JVMs never share the two cores with the timing-sensitive tests above.
 status=0
 FIELDGATE_DISTRIBUTED=1 pytest -q -p no:cacheprovider --durations=15 -m distributed "${@:2}" || status=$?
