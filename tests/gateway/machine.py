@@ -88,7 +88,11 @@ class Machine:
         self.pid1 = 0
 
     def __enter__(self) -> Self:
-        self.boot()
+        try:
+            self.boot()
+        except BaseException:
+            self.poweroff()
+            raise
         return self
 
     def __exit__(
