@@ -13,7 +13,10 @@
 #      version (the venv runs on it);
 #   3. dpkg-deb --root-owner-group builds the package.
 # The package is rebuilt only when what goes into it changed (a hash of the sources, packaging/
-# and this script, kept beside the .deb): a warm run takes about a second.
+# and this script, kept beside the .deb): a warm run takes about a second. The venv with the
+# dependencies alone is cached in $CACHE/gateway (keyed on the dependency list, the Python and
+# the version's path), so a changed checkout costs a pip install of fieldgate itself, no more.
+# gzip, not xz: xz over ~100 MB of venv takes minutes on a small machine.
 #
 # Usage: bash scripts/build_deb.sh [--out DIR] [--force]
 #   --out DIR   where the .deb goes (default dist/)
@@ -68,9 +71,19 @@ fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fieldgate-deb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM INT
 STAGE=$WORK/root
 SLOT=/opt/fieldgate/$VERSION
 mkdir -p "$STAGE/opt/fieldgate"
+CACHE=${FIELDGATE_CACHE_DIR:-$HOME/.cache/fieldgate}/gateway
+DEPS_KEY=$(
+  {
+    echo "$SLOT $ARCH $("$PYTHON" --version) $(dpkg-query -W -f='${Version}' python3 2>/dev/null)"
+    "$PYTHON" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print(p["project"]["dependencies"], p["build-system"]["requires"])'
+    sed -n '/^# ---- 1\./,/^# ---- 2\./p' scripts/build_deb.sh
+  } | sha256sum | cut -c1-16
+)
+DEPS_TAR=$CACHE/edge-venv-$ARCH-$DEPS_KEY.tar
 
 # ---- 1. the venv, at its final path -------------------------------------------------------------
 step "venv $SLOT (python $PYMINOR) with this checkout and its dependencies"
@@ -80,14 +93,32 @@ unshare_opts=(--mount --propagation private)
 mkdir -p "$WORK/src"
 tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' --exclude=.venv -cf - \
   pyproject.toml README.md fieldgate cloud edge firmware-sims | tar -C "$WORK/src" -xf -
-unshare "${unshare_opts[@]}" env STAGE="$STAGE" SLOT="$SLOT" SRC="$WORK/src" PYTHON="$PYTHON" bash -euo pipefail -c '
+if [ -s "$DEPS_TAR" ]; then
+  step "the dependencies' venv: cached $(basename "$DEPS_TAR")"
+  mkdir -p "$STAGE$SLOT"
+  tar -C "$STAGE$SLOT" -xf "$DEPS_TAR"
+fi
+mkdir -p "$CACHE"
+unshare "${unshare_opts[@]}" env STAGE="$STAGE" SLOT="$SLOT" SRC="$WORK/src" PYTHON="$PYTHON" DEPS_TAR="$DEPS_TAR" \
+    BUILD_REQUIRES="$("$PYTHON" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])')" bash -euo pipefail -c '
   # An overlay over /opt: what is there stays visible (a pip find-links directory, say), what
   # is written lands in the staging tree. A plain bind mount where overlays are not allowed.
   mkdir -p "$STAGE.work"
   mount -t overlay overlay -o "lowerdir=/opt,upperdir=$STAGE/opt,workdir=$STAGE.work" /opt 2>/dev/null \
     || mount --bind "$STAGE/opt" /opt
-  "$PYTHON" -m venv "$SLOT"
-  "$SLOT/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location "$SRC"
+  pip=("$SLOT/bin/python" -m pip --disable-pip-version-check)
+  if [ ! -x "$SLOT/bin/python" ]; then
+    # Not cached: the venv with the dependencies (and the build backend fieldgate needs), compiled, kept.
+    "$PYTHON" -m venv "$SLOT"
+    "${pip[@]}" install --quiet --no-warn-script-location $BUILD_REQUIRES
+    "${pip[@]}" install --quiet --no-warn-script-location "$SRC"
+    "${pip[@]}" uninstall --quiet --yes fieldgate
+    "$SLOT/bin/python" -m compileall -q -j 0 "$SLOT/lib" >/dev/null
+    tar -C "$SLOT" -cf "$DEPS_TAR.tmp.$$" . && mv "$DEPS_TAR.tmp.$$" "$DEPS_TAR"
+    find "$(dirname "$DEPS_TAR")" -maxdepth 1 -name "edge-venv-*.tar" ! -name "$(basename "$DEPS_TAR")" -delete
+  fi
+  "${pip[@]}" install --quiet --no-warn-script-location --no-deps --no-build-isolation "$SRC"
+  "${pip[@]}" check >/dev/null
   mkdir -p "$SLOT/share/fieldgate"
   "$SLOT/bin/python" -m pip list --disable-pip-version-check --format=freeze --exclude pip --exclude setuptools \
     > "$SLOT/share/fieldgate/versions.txt"
@@ -142,7 +173,7 @@ echo /etc/fieldgate/edge.yaml > "$STAGE/DEBIAN/conffiles"
 
 # ---- 3. the package ------------------------------------------------------------------------------------
 step "dpkg-deb"
-dpkg-deb --root-owner-group --build "$STAGE" "$DEB.tmp" >/dev/null
+dpkg-deb --root-owner-group -Zgzip --build "$STAGE" "$DEB.tmp" >/dev/null
 mv "$DEB.tmp" "$DEB"
 echo "$SOURCE_HASH" > "$DEB.source-hash"
 step "$(basename "$DEB"): $(du -h "$DEB" | cut -f1), Depends: $DEPENDS; built in ${SECONDS}s"

@@ -92,6 +92,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 R=$WORK/rootfs
 mkdir -p "$R"
 step "root filesystem from $(basename "$BASE")"

@@ -9,14 +9,23 @@ a scope (``--keep-unit``); the container's systemd gets a cgroup hierarchy of it
 The scripts that build what is booted (scripts/build_deb.sh, build_image.sh, gateway_base.sh)
 are run through :func:`script`, which turns their exit status 3 ("this machine cannot") into a
 skip with their reason.
+
+Nothing outlives the tests: every root filesystem and disk copy lives in a :class:`RunDir`
+(``/var/tmp/fieldgate-gateway-tests/<pytest's pid>``). nspawn and qemu get a parent-death
+signal (pytest killed: nspawn powers its container off, qemu dies), and every session first
+sweeps the run directories of sessions that are gone (killed with SIGKILL, say): processes whose
+root is inside them (an orphaned container's systemd and its services), qemu processes they
+started, then the directories themselves.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -29,6 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 CANNOT = 3
 BUILD_TIMEOUT_S = 1800
 BOOT_TIMEOUT_S = 120
+RUNS = Path("/var/tmp/fieldgate-gateway-tests")
+MARK = "FIELDGATE_GATEWAY_TEST"  # in the environment of the qemu processes a session starts
+_PR_SET_PDEATHSIG = 1
 
 
 class MachineError(RuntimeError):
@@ -37,23 +49,34 @@ class MachineError(RuntimeError):
 
 def script(name: str, *args: str) -> dict[str, str]:
     """Run scripts/<name> and return its ``key: value`` lines; skip on exit status 3."""
-    proc = subprocess.run(
+    # Its own process group, all killed if the test is interrupted (dpkg-deb, tar, pip: not
+    # only bash), with a parent-death signal should pytest itself be killed.
+    with subprocess.Popen(
         ["bash", str(REPO / "scripts" / name), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=BUILD_TIMEOUT_S,
-        check=False,
         cwd=REPO,
-    )
+        start_new_session=True,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=BUILD_TIMEOUT_S)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise
     if proc.returncode == CANNOT:
-        pytest.skip(proc.stderr.strip().splitlines()[-1])
+        pytest.skip(stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
-        raise MachineError(
-            f"scripts/{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
+        raise MachineError(f"scripts/{name} exited {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     return {
         k.strip(): v.strip()
-        for k, sep, v in (line.partition(": ") for line in proc.stdout.splitlines())
+        for k, sep, v in (line.partition(": ") for line in stdout.splitlines())
         if sep and not k.startswith("==")
     }
 
@@ -76,6 +99,85 @@ def unpack(tarball: Path, root: Path) -> Path:
         timeout=600,
     )
     return root
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when the process that started it dies."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+    return preexec
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not: it only waits for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _pids() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+
+
+def sweep(run: Path) -> list[str]:
+    """Kill what a session left under ``run`` and remove it; returns what was killed."""
+    killed: list[str] = []
+    prefix = str(run.resolve()) + "/"
+    mark = f"{MARK}={run.name}".encode()
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        try:
+            root = os.readlink(f"/proc/{pid}/root") + "/"
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if root.startswith(prefix) or mark in environ:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{pid} ({comm})")
+            except ProcessLookupError:
+                pass
+    pids = [int(p.split()[0]) for p in killed]
+
+    def gone() -> object:
+        alive = [p for p in pids if _alive(p)]
+        return not_yet(alive) if alive else True
+
+    eventually_sync(gone, timeout=30, what="the killed processes gone")
+    shutil.rmtree(run, ignore_errors=True)
+    return killed
+
+
+class RunDir:
+    """This session's directory of root filesystems and disks, and the sweep of older ones."""
+
+    def __init__(self) -> None:
+        self.path = RUNS / str(os.getpid())
+
+    def __enter__(self) -> Path:
+        RUNS.mkdir(parents=True, exist_ok=True)
+        for old in RUNS.iterdir():
+            if old.name.isdigit() and old != self.path and not _alive(int(old.name)):
+                left = sweep(old)
+                if left:
+                    print(f"gateway tests: killed what an earlier session left: {', '.join(left)}")
+        self.path.mkdir(exist_ok=True)
+        return self.path
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        left = sweep(self.path)
+        if left and et is None:
+            raise MachineError(f"the gateway tests left processes running: {', '.join(left)}")
 
 
 class Machine:
@@ -116,8 +218,12 @@ class Machine:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # pytest killed: nspawn powers the container off (SIGTERM is its poweroff).
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
-        self.pid1 = eventually_sync(self._find_init, timeout=BOOT_TIMEOUT_S, what="the container's systemd")
+        pid1 = eventually_sync(self._find_init, timeout=BOOT_TIMEOUT_S, what="the container's systemd")
+        assert pid1 is not None
+        self.pid1 = pid1
         eventually_sync(
             self._booted, timeout=BOOT_TIMEOUT_S, what="the container's boot to finish", interval=0.5
         )

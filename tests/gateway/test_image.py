@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.machine import Machine, unpack
+from tests.gateway.machine import MARK, Machine, die_with_parent, unpack
 from tests.helpers.waiting import eventually_sync, not_yet
 
 pytestmark = [pytest.mark.distributed, pytest.mark.gateway, pytest.mark.timeout(1200)]
@@ -38,32 +39,29 @@ def active(m: Machine, unit: str) -> object:
     return props if props["ActiveState"] == "active" else not_yet(props)
 
 
-def test_tarball_first_boot(gateway_image: dict[str, Path], tmp_path: Path) -> None:
-    root = unpack(gateway_image["tarball"], tmp_path / "root")
+def test_tarball_first_boot(gateway_image: dict[str, Path], scratch: Path, tmp_path: Path) -> None:
+    root = unpack(gateway_image["tarball"], scratch / "root")
     assert (root / "etc/machine-id").read_text() == ""  # made on first boot, per gateway
-    try:
-        with Machine(root, tmp_path / "nspawn.log") as m:
-            eventually_sync(lambda: active(m, UNIT), timeout=120, what="the agent active", interval=0.5)
-            assert len(m.sh("cat /etc/machine-id").strip()) == 32
-            assert m.sh("hostname").strip() == "fieldgate"
-            # No claim file: the enrollment unit's condition skips it.
-            enroll = m.show(
-                ENROLL, "ConditionResult", "ActiveState", "UnitFileState", "ExecMainStartTimestampMonotonic"
-            )
-            assert enroll["UnitFileState"] == "enabled"
-            assert enroll["ConditionResult"] == "no" and enroll["ActiveState"] == "inactive"
-            assert enroll["ExecMainStartTimestampMonotonic"] == "0"
-            # A claim file on the boot partition: the hook runs, and says enrollment is not built.
-            m.sh(
-                "mkdir -p /boot/efi/fieldgate; printf 'cloud=https://cloud.example\\nclaim=fgc-test\\n' > /boot/efi/fieldgate/claim"
-            )
-            m.run("systemctl", "start", ENROLL, check=False)
-            assert m.show(ENROLL, "Result")["Result"] == "exit-code"
-            assert "zero-touch enrollment is not built" in m.journal(ENROLL)
-            assert m.sh("test -f /boot/efi/fieldgate/claim && echo kept").strip() == "kept"
-            assert m.show(UNIT, "ActiveState")["ActiveState"] == "active"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with Machine(root, tmp_path / "nspawn.log") as m:
+        eventually_sync(lambda: active(m, UNIT), timeout=120, what="the agent active", interval=0.5)
+        assert len(m.sh("cat /etc/machine-id").strip()) == 32
+        assert m.sh("hostname").strip() == "fieldgate"
+        # No claim file: the enrollment unit's condition skips it.
+        enroll = m.show(
+            ENROLL, "ConditionResult", "ActiveState", "UnitFileState", "ExecMainStartTimestampMonotonic"
+        )
+        assert enroll["UnitFileState"] == "enabled"
+        assert enroll["ConditionResult"] == "no" and enroll["ActiveState"] == "inactive"
+        assert enroll["ExecMainStartTimestampMonotonic"] == "0"
+        # A claim file on the boot partition: the hook runs, and says enrollment is not built.
+        m.sh(
+            "mkdir -p /boot/efi/fieldgate; printf 'cloud=https://cloud.example\\nclaim=fgc-test\\n' > /boot/efi/fieldgate/claim"
+        )
+        m.run("systemctl", "start", ENROLL, check=False)
+        assert m.show(ENROLL, "Result")["Result"] == "exit-code"
+        assert "zero-touch enrollment is not built" in m.journal(ENROLL)
+        assert m.sh("test -f /boot/efi/fieldgate/claim && echo kept").strip() == "kept"
+        assert m.show(UNIT, "ActiveState")["ActiveState"] == "active"
 
 
 CHECK = r"""
@@ -97,8 +95,15 @@ say "done"
 """
 
 
-def _feed_serial(path: Path, stop: threading.Event) -> None:
-    """The device on qemu's second UART: a JSON line every 0.2 s while the guest runs."""
+def _feed_serial(path: Path, checks: Path, stop: threading.Event) -> None:
+    """The device on qemu's second UART: a JSON line every 0.2 s once the guest's agent is up.
+
+    Not before: the firmware and the boot loader read every UART as a keyboard, and a key
+    pressed during systemd-boot's zero timeout stops it in its menu."""
+    while not stop.is_set() and "check: agent active" not in (
+        checks.read_text(errors="replace") if checks.exists() else ""
+    ):
+        stop.wait(0.2)
     sock = None
     while not stop.is_set():
         try:
@@ -115,13 +120,13 @@ def _feed_serial(path: Path, stop: threading.Event) -> None:
         sock.close()
 
 
-def test_raw_image_boots_in_qemu(gateway_image: dict[str, Path], tmp_path: Path) -> None:
+def test_raw_image_boots_in_qemu(gateway_image: dict[str, Path], scratch: Path, tmp_path: Path) -> None:
     qemu = shutil.which("qemu-system-x86_64")
     if os.uname().machine != "x86_64" or qemu is None or not OVMF.exists():
         pytest.skip(
             "qemu-system-x86_64 and OVMF are needed (bash scripts/gateway_base.sh installs them on amd64)"
         )
-    disk = tmp_path / "disk.img"
+    disk = scratch / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(gateway_image["image"]), str(disk)], check=True, timeout=300)
     # A boot entry of this test's copy: the image's own kernel, initramfs and root, plus a
     # command run once the system is up, which writes its findings to the third UART and
@@ -161,9 +166,16 @@ def test_raw_image_boots_in_qemu(gateway_image: dict[str, Path], tmp_path: Path)
         "-serial", f"file:{checks}",
     ]  # fmt: skip
     stop = threading.Event()
-    feeder = threading.Thread(target=_feed_serial, args=(serial, stop), daemon=True)
+    feeder = threading.Thread(target=_feed_serial, args=(serial, checks, stop), daemon=True)
     with (tmp_path / "qemu.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, MARK: scratch.parent.name},
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
         try:
             eventually_sync(serial.exists, timeout=30, what="qemu's serial socket")
             feeder.start()

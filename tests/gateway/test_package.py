@@ -127,12 +127,20 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
         before = eventually_sync(lambda: active(m), timeout=120, what="the unit active again", interval=0.5)
         assert isinstance(before, dict)
         m.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", UNIT)
+
+        def restarted() -> object:
+            props = active(m)
+            if isinstance(props, dict) and props["MainPID"] != before["MainPID"]:
+                return props
+            return not_yet(props)
+
         after = eventually_sync(
-            lambda: (p := active(m)) and p["MainPID"] != before["MainPID"] and p,  # type: ignore[index]
+            restarted,
             timeout=120,
             what="the hung agent restarted",
             interval=0.5,
         )
+        assert isinstance(after, dict)
         assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
         assert "Watchdog timeout" in m.journal(UNIT)
         eventually_sync(lambda: buffered(m, 20), timeout=60, what="the buffer intact after the restart")
