@@ -143,7 +143,9 @@ def test_raw_image_boots_in_qemu(gateway_image: dict[str, Path], scratch: Path, 
     (tmp_path / "check.sh").write_text(CHECK)
     (tmp_path / "test.conf").write_text(
         entry.replace("title fieldgate gateway", "title test of fieldgate gateway").rstrip("\n")
-        + ' systemd.run="/bin/sh /boot/efi/check.sh" systemd.run_success_action=poweroff'
+        # The boot partition is mounted with nofail: nothing orders it before the command.
+        + " systemd.run=\"/bin/sh -c 'systemctl start boot-efi.mount && exec sh /boot/efi/check.sh'\""
+        + " systemd.run_success_action=poweroff"
         " systemd.run_failure_action=poweroff\n"
     )
     (tmp_path / "loader.conf").write_text("default test.conf\ntimeout 0\n")

@@ -157,8 +157,9 @@ def test_install_run_watchdog_remove_purge(fresh_root: Path, gateway_deb: Path, 
         eventually_sync(
             lambda: active(m), timeout=120, what="the unit active with serial ports", interval=0.5
         )
-        allowed = m.show(UNIT, "DeviceAllow")["DeviceAllow"]
-        assert "/dev/ttyFG0 rw" in allowed and "/dev/ttyFG1 rw" in allowed, allowed
+        # One DeviceAllow= line per device (Machine.show keeps one value per property).
+        allowed = m.run("systemctl", "show", UNIT, "--property=DeviceAllow").stdout.splitlines()
+        assert sorted(allowed) == ["DeviceAllow=/dev/ttyFG0 rw", "DeviceAllow=/dev/ttyFG1 rw"], allowed
         printed = m.run(FIELDGATE, "edge", "unit-devices", "--config", "/etc/fieldgate/edge.yaml").stdout
         assert "DeviceAllow=/dev/ttyFG0 rw\nDeviceAllow=/dev/ttyFG1 rw\n" in printed
         # A configuration that does not load stops the start before the agent runs, saying why.
