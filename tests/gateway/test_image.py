@@ -71,6 +71,9 @@ wait_active() {
   for i in $(seq 300); do [ "$(systemctl is-active fieldgate-edge)" = active ] && return 0; sleep 1; done
   return 1
 }
+# systemd.run= boots into the command (kernel-command-line.service is the default target): the
+# normal boot's target is started from here, with the units it enables.
+systemctl start multi-user.target
 wait_active && say "agent active" || say "agent NOT active: $(systemctl status fieldgate-edge --no-pager | tail -n 5)"
 say "enroll $(systemctl show -p ConditionResult --value fieldgate-enroll) $(systemctl show -p ActiveState --value fieldgate-enroll)"
 say "root $(findmnt -n -o SOURCE /) esp $(findmnt -n -o FSTYPE /boot/efi)"
