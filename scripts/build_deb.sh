@@ -16,7 +16,7 @@
 # and this script, kept beside the .deb): a warm run takes about a second. The venv with the
 # dependencies alone is cached in $CACHE/gateway (keyed on the dependency list, the Python and
 # the version's path), so a changed checkout costs a pip install of fieldgate itself, no more.
-# gzip, not xz: xz over ~100 MB of venv takes minutes on a small machine.
+# gzip -1, not xz: xz over ~150 MB of venv takes minutes on a small machine.
 #
 # Usage: bash scripts/build_deb.sh [--out DIR] [--force]
 #   --out DIR   where the .deb goes (default dist/)
@@ -173,7 +173,7 @@ echo /etc/fieldgate/edge.yaml > "$STAGE/DEBIAN/conffiles"
 
 # ---- 3. the package ------------------------------------------------------------------------------------
 step "dpkg-deb"
-dpkg-deb --root-owner-group -Zgzip --build "$STAGE" "$DEB.tmp" >/dev/null
+dpkg-deb --root-owner-group -Zgzip -z1 --build "$STAGE" "$DEB.tmp" >/dev/null
 mv "$DEB.tmp" "$DEB"
 echo "$SOURCE_HASH" > "$DEB.source-hash"
 step "$(basename "$DEB"): $(du -h "$DEB" | cut -f1), Depends: $DEPENDS; built in ${SECONDS}s"
