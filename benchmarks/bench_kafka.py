@@ -238,8 +238,9 @@ async def pipeline(
 
 async def cassandra_rate(host: str, port: int, batches: int, per_batch: int) -> float:
     from fieldgate.cloud.store.cassandra.events import CassandraEventStore
+    from fieldgate.cloud.store.cassandra.session import CassandraSession
 
-    store = CassandraEventStore(host, port)
+    store = CassandraEventStore(CassandraSession(host, port))
     await store.start()
     try:
         await store.add(TENANT, make_events("cwarm", 10))  # creates the keyspace (not timed)
@@ -425,9 +426,10 @@ def main() -> int:
 
             if ns.store == "cassandra":
                 from fieldgate.cloud.store.cassandra.events import CassandraEventStore
+                from fieldgate.cloud.store.cassandra.session import CassandraSession
 
                 assert cass is not None
-                store: object = CassandraEventStore(cass.host, cass.port)
+                store: object = CassandraEventStore(CassandraSession(cass.host, cass.port))
             else:
                 store = SqliteEventStore(work / "events")
             res = asyncio.run(pipeline(kafka.bootstrap, work, messages, ns.devices, ns.partitions, store))

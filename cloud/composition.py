@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     from fieldgate.cloud.services.scheduler import Scheduler
     from fieldgate.cloud.services.tenants import TenantAdmin
     from fieldgate.cloud.store import TenantOwned
+    from fieldgate.cloud.store.backend import StorageBackend
     from fieldgate.cloud.store.batch import BatchStore
-    from fieldgate.cloud.store.cassandra.session import CassandraSession
     from fieldgate.cloud.store.connectors import ConnectorStore
     from fieldgate.cloud.store.edges import EdgeDirectory
     from fieldgate.cloud.store.events import EventStore
@@ -160,16 +160,16 @@ class TokenKeys:
     store's, generated once and shared) and the previous ones, loaded at start: the REST API
     signs tokens with it, the gRPC APIs (on ingest) verify them."""
 
-    def __init__(self, config: CloudConfig, cassandra: CassandraSession | None) -> None:
+    def __init__(self, config: CloudConfig, storage: StorageBackend) -> None:
         self._config = config
-        self._cassandra = cassandra
+        self._storage = storage
         self._secret: str | None = None
         self.previous: list[str] = []
 
     async def start(self) -> None:
-        from fieldgate.cloud.store.backend import load_previous_secrets, load_token_secret
+        from fieldgate.cloud.store.backend import load_previous_secrets
 
-        self._secret = await load_token_secret(self._config, cassandra=self._cassandra)
+        self._secret = await self._storage.token_secret()
         self.previous = load_previous_secrets(self._config)
 
     async def stop(self) -> None:
@@ -191,8 +191,9 @@ class Parts:
     # Live per-tenant settings (the file's tenants, then ZooKeeper's); stages consult them per batch.
     tenant_settings: TenantSettingsRegistry
     bus: Bus
-    # One Cassandra connection shared by the stores (None on SQLite).
-    cassandra: CassandraSession | None
+    # Where the stores keep their data: SQLite files in data_dir, or Cassandra (one connection
+    # shared by the stores); every store comes from it.
+    storage: StorageBackend
     registry: Registry
     invocations: InvocationStore
     event_store: EventStore
@@ -248,6 +249,7 @@ def build_parts(
     """Build (not start) the shared parts of a process running ``services`` with ``config``.
     ``configured_tenants`` are the file's (they cannot be deleted); ``on_tenant_deleted`` is
     the process's forget path, called when this process deletes a tenant."""
+    from fieldgate.cloud.bus import build_bus
     from fieldgate.cloud.domain.connectors.targets import TargetPolicy
     from fieldgate.cloud.health import CloudHealth
     from fieldgate.cloud.pipeline.rules import RuleBook
@@ -261,33 +263,21 @@ def build_parts(
     from fieldgate.cloud.services.scheduler import Scheduler
     from fieldgate.cloud.services.tenants import TenantAdmin
     from fieldgate.cloud.services.users import PasswordHasher
-    from fieldgate.cloud.store.backend import (
-        build_bus,
-        build_cassandra,
-        build_edge_directory,
-        build_event_store,
-        build_invocation_store,
-        build_registry,
-        build_site_store,
-        build_state_store,
-        build_users,
-    )
-    from fieldgate.cloud.store.batch import build_batch_store
-    from fieldgate.cloud.store.connectors import build_connector_store
+    from fieldgate.cloud.store.backend import storage_backend
 
     prefix = config.bus.topic_prefix
     bus = build_bus(config, client_id="fieldgate-" + "-".join(sorted(services)))
-    cassandra = build_cassandra(config)
-    registry = build_registry(config, cassandra=cassandra)
-    invocations = build_invocation_store(config, cassandra=cassandra)
-    event_store = build_event_store(config, tenants=[t.token for t in config.tenants], cassandra=cassandra)
-    users = build_users(config, PasswordHasher(), cassandra=cassandra)
-    connector_store = build_connector_store(config, cassandra=cassandra)
+    storage = storage_backend(config)
+    registry = storage.registry()
+    invocations = storage.invocations()
+    event_store = storage.events(tenants=[t.token for t in config.tenants])
+    users = storage.users(PasswordHasher())
+    connector_store = storage.connectors()
     connector_targets = TargetPolicy.from_networks(config.connectors.allow_networks)
-    state_store = build_state_store(config, cassandra=cassandra)
-    site_store = build_site_store(config, cassandra=cassandra)
-    edge_directory = build_edge_directory(config, cassandra=cassandra)
-    batch_store = build_batch_store(config, cassandra=cassandra)
+    state_store = storage.state()
+    site_store = storage.site()
+    edge_directory = storage.edges()
+    batch_store = storage.batch()
     rule_book = RuleBook(state_store)
     zk_rules: ZkRules | None = None
     # The state stage evaluates the rules; api and ingest serve them (REST, gRPC) and delete a
@@ -314,7 +304,7 @@ def build_parts(
         services=services,
         tenant_settings=tenant_settings,
         bus=bus,
-        cassandra=cassandra,
+        storage=storage,
         registry=registry,
         invocations=invocations,
         event_store=event_store,
@@ -345,7 +335,7 @@ def build_parts(
             zk=zk,
             on_deleted=on_tenant_deleted,
         ),
-        token_keys=TokenKeys(config, cassandra),
+        token_keys=TokenKeys(config, storage),
         health=CloudHealth(),
     )
 

@@ -153,7 +153,7 @@ async def replay(
     embedded bus is private to the one process that has it open. Returns
     ``{partition: new committed offset}``.
     """
-    from fieldgate.cloud.store.backend import build_bus
+    from fieldgate.cloud.bus import build_bus
 
     bus = build_bus(config, client_id="fieldgate-replay")
     await bus.start()

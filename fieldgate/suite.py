@@ -48,7 +48,7 @@ from fieldgate.cloud.config import (
     ZookeeperConfig,
 )
 from fieldgate.cloud.services.users import PasswordHasher
-from fieldgate.cloud.store.backend import build_registry, build_users
+from fieldgate.cloud.store.backend import storage_backend
 from fieldgate.config import validate
 from fieldgate.devservers import (
     CassandraServer,
@@ -312,7 +312,7 @@ class Suite:
         if not self.options.distributed:
             await sims.register(self.cloud.parts.registry)
             return
-        registry = build_registry(self._distributed_config())
+        registry = storage_backend(self._distributed_config()).registry()
         await registry.start()
         try:
             await sims.register(registry)
@@ -356,7 +356,7 @@ class Suite:
         admin yet (as ensure_admin would) and keeps the stored one after."""
         password = self.options.admin_password
         if password is None:
-            users = build_users(self._distributed_config(), PasswordHasher())
+            users = storage_backend(self._distributed_config()).users(PasswordHasher())
             await users.start()
             try:
                 if not await users.exists("admin"):

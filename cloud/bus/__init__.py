@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
+
+if TYPE_CHECKING:
+    from fieldgate.cloud.config import CloudConfig
 
 # Stages (topic suffixes). SiteWhere's names in brackets.
 DECODED = "decoded"  # events accepted from edges [decoded-events]
@@ -146,3 +149,24 @@ class Bus(Protocol):
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget cached knowledge of the tenant's topics (another process deleted them)."""
+
+
+def build_bus(config: CloudConfig, *, client_id: str = "fieldgate") -> Bus:
+    """The pipeline's bus ``config.bus.kind`` names: Kafka, or the embedded SQLite log in
+    ``data_dir/bus.db``. ``client_id`` names this process to Kafka (its logs and metrics). The
+    Kafka client library is imported only when chosen."""
+    bus = config.bus
+    if bus.kind == "kafka":
+        from fieldgate.cloud.bus.kafka import KafkaBus
+
+        return KafkaBus(
+            bus.bootstrap,
+            prefix=bus.topic_prefix,
+            partitions=bus.partitions,
+            replication=bus.replication,
+            client_id=client_id,
+            tenants=[t.token for t in config.tenants],
+        )
+    from fieldgate.cloud.bus.embedded import EmbeddedBus
+
+    return EmbeddedBus(config.data_dir / "bus.db")

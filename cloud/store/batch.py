@@ -22,9 +22,8 @@ import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.domain.batch import (
     BatchElement,
     BatchOperation,
@@ -39,9 +38,6 @@ from fieldgate.cloud.store import TenantOwned
 from fieldgate.cloud.store.cassandra.keyspace import TenantKeyspaceStore
 from fieldgate.cloud.store.validators import check_page, require_tenant, valid_tenant
 from fieldgate.timeutil import now_ms
-
-if TYPE_CHECKING:
-    from fieldgate.cloud.store.cassandra.session import CassandraSession
 
 MAX_ROWS = 10_000
 _UNFINISHED = (OperationStatus.PENDING.value, OperationStatus.RUNNING.value)
@@ -684,16 +680,3 @@ class CassandraBatchStore(TenantKeyspaceStore):
             ScheduleRun(schedule=r[0], due_ms=r[1], replica=r[2], run_ms=r[3], result=r[4] or "")
             for r in rows
         ]
-
-
-def build_batch_store(config: CloudConfig, *, cassandra: CassandraSession | None = None) -> BatchStore:
-    """``data_dir/batch/<tenant>.db`` or the tenant keyspaces (the instance's Cassandra session)."""
-    store = config.store
-    if store.kind == "cassandra":
-        from fieldgate.cloud.store.cassandra.session import CassandraSession
-
-        session = cassandra or CassandraSession(list(store.hosts), store.port)
-        return CassandraBatchStore(
-            session, keyspace_prefix=store.keyspace_prefix, replication=store.replication
-        )
-    return SqliteBatchStore(config.data_dir / "batch")

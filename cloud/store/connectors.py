@@ -31,18 +31,14 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.domain.connectors.models import ConnectorSpec
 from fieldgate.cloud.errors import Conflict, NotFound, StoreError
 from fieldgate.cloud.sqlite_worker import SqliteWorker, transaction
 from fieldgate.cloud.store import TenantOwned
 from fieldgate.cloud.store.cassandra.keyspace import TenantKeyspaceStore
 from fieldgate.cloud.store.validators import require_tenant, valid_tenant
-
-if TYPE_CHECKING:
-    from fieldgate.cloud.store.cassandra.session import CassandraSession
 
 #: Most dead letters one call returns or marks (the API pages through more with ``limit``).
 MAX_DEAD_LETTERS = 10_000
@@ -559,18 +555,3 @@ class CassandraConnectorStore(TenantKeyspaceStore):
                 for eid in event_ids
             )
         )
-
-
-def build_connector_store(
-    config: CloudConfig, *, cassandra: CassandraSession | None = None
-) -> ConnectorStore:
-    """``data_dir/connectors/<tenant>.db`` on SQLite, the tenant keyspaces on Cassandra."""
-    store = config.store
-    if store.kind == "cassandra":
-        from fieldgate.cloud.store.cassandra.session import CassandraSession as _Session
-
-        session = cassandra or _Session(list(store.hosts), store.port)
-        return CassandraConnectorStore(
-            session, keyspace_prefix=store.keyspace_prefix, replication=store.replication
-        )
-    return SqliteConnectorStore(config.data_dir / "connectors")

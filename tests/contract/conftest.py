@@ -14,10 +14,16 @@ import pytest
 
 from fieldgate.cloud.config import CloudConfig, StoreConfig
 from fieldgate.cloud.services.users import PasswordHasher
-from fieldgate.cloud.store.backend import build_invocation_store, build_registry, build_users
+from fieldgate.cloud.store.backend import StorageBackend, storage_backend
+from fieldgate.cloud.store.batch import BatchStore
 from fieldgate.cloud.store.cassandra.session import CassandraSession
+from fieldgate.cloud.store.connectors import ConnectorStore
+from fieldgate.cloud.store.edges import EdgeDirectory
+from fieldgate.cloud.store.events import EventStore
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
+from fieldgate.cloud.store.site import SiteStore
+from fieldgate.cloud.store.state import DeviceStateStore
 from fieldgate.cloud.store.users import UserStore
 
 STORES = ["sqlite", pytest.param("cassandra", marks=pytest.mark.distributed)]
@@ -25,20 +31,41 @@ STORES = ["sqlite", pytest.param("cassandra", marks=pytest.mark.distributed)]
 
 @dataclass(frozen=True)
 class Backend:
-    """Builds stores on one backend; each call is a new instance (as another replica would be)
-    on the same data."""
+    """Builds stores on one backend; each call is a new instance on the same data, with a
+    provider (on Cassandra: a connection) of its own, as another replica's would be."""
 
     kind: str
     config: CloudConfig
 
+    def storage(self) -> StorageBackend:
+        return storage_backend(self.config)
+
     def registry(self) -> Registry:
-        return build_registry(self.config)
+        return self.storage().registry()
 
     def invocations(self) -> InvocationStore:
-        return build_invocation_store(self.config)
+        return self.storage().invocations()
 
     def users(self) -> UserStore:
-        return build_users(self.config, PasswordHasher())
+        return self.storage().users(PasswordHasher())
+
+    def events(self) -> EventStore:
+        return self.storage().events()
+
+    def state(self) -> DeviceStateStore:
+        return self.storage().state()
+
+    def site(self) -> SiteStore:
+        return self.storage().site()
+
+    def edges(self) -> EdgeDirectory:
+        return self.storage().edges()
+
+    def batch(self) -> BatchStore:
+        return self.storage().batch()
+
+    def connectors(self) -> ConnectorStore:
+        return self.storage().connectors()
 
 
 def backend_config(request: pytest.FixtureRequest, kind: str, data_dir: Path) -> CloudConfig:

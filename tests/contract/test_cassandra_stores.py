@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fieldgate.cloud.config import CloudConfig, StoreConfig
 from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.store import Page
-from fieldgate.cloud.store.backend import build_cassandra, load_token_secret
+from fieldgate.cloud.store.backend import CassandraBackend, storage_backend
 from fieldgate.cloud.store.cassandra.invocations import CassandraInvocationStore
 from fieldgate.cloud.store.cassandra.registry import BUCKET, CassandraRegistry
 from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
@@ -83,9 +83,7 @@ def config_for(cassandra: Any) -> CloudConfig:
 
 
 def session(config: CloudConfig) -> CassandraSession:
-    s = build_cassandra(config)
-    assert s is not None
-    return s
+    return CassandraBackend(config).session
 
 
 @dataclass
@@ -254,9 +252,9 @@ async def test_two_replicas_expiring_at_once_expire_each_invocation_once(
 @pytest.mark.distributed
 async def test_replicas_get_or_create_the_same_token_secret(instances: Instances) -> None:
     config = instances.config()
-    keys = await asyncio.gather(*(load_token_secret(config) for _ in range(4)))  # a session each
+    keys = await asyncio.gather(*(storage_backend(config).token_secret() for _ in range(4)))  # a session each
     assert len(set(keys)) == 1 and len(keys[0]) >= 32
-    other_instance = await load_token_secret(instances.config())
+    other_instance = await storage_backend(instances.config()).token_secret()
     assert other_instance != keys[0]
 
 

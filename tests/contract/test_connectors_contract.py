@@ -12,12 +12,12 @@ import pytest
 from fieldgate.cloud.config import CloudConfig
 from fieldgate.cloud.domain.connectors.models import ConnectorSpec
 from fieldgate.cloud.errors import Conflict
+from fieldgate.cloud.store.backend import storage_backend
 from fieldgate.cloud.store.connectors import (
     ANY_PARTITION,
     STAGE_OWNER,
     ConnectorStore,
     DeadLetter,
-    build_connector_store,
 )
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 
@@ -37,7 +37,7 @@ async def config(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 async def _store(config: CloudConfig) -> ConnectorStore:
-    store = build_connector_store(config)
+    store = storage_backend(config).connectors()
     await store.start()
     return store
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.cloud.store.backend import build_edge_directory
+from fieldgate.cloud.store.backend import storage_backend
 from fieldgate.cloud.store.edges import STALE_AFTER_MS, EdgeDirectory, EdgeRecord, EdgeReport
 from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 
@@ -17,7 +17,7 @@ from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 @pytest.fixture(params=STORES)
 async def directory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EdgeDirectory]:
     config = backend_config(request, request.param, tmp_path / "cloud")
-    d = build_edge_directory(config)
+    d = storage_backend(config).edges()
     await d.start()
     yield d
     await d.stop()

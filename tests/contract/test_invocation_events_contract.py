@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fieldgate.cloud.domain.commands import REFUSED_OTHER_DEVICE
-from fieldgate.cloud.store.backend import build_event_store
 from fieldgate.cloud.store.events import EventQuery, EventStore
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
@@ -21,7 +20,7 @@ from tests.contract.conftest import Backend
 
 @pytest.fixture
 async def events(backend: Backend) -> AsyncIterator[EventStore]:
-    store = build_event_store(backend.config)
+    store = backend.events()
     await store.start()
     yield store
     await store.stop()

@@ -22,7 +22,7 @@ from fieldgate.cloud.domain.rules.model import RULE_ADAPTER
 from fieldgate.cloud.pipeline.rules import RuleBook
 from fieldgate.cloud.pipeline.state import DeviceStateStage
 from fieldgate.cloud.services.rules import RuleService
-from fieldgate.cloud.store.backend import build_registry, build_state_store
+from fieldgate.cloud.store.backend import storage_backend
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.cloud.store.state import DeviceState, DeviceStateStore
 from fieldgate.cloud.zk.models import TenantSettingsRegistry
@@ -94,8 +94,8 @@ class Env:
 @pytest.fixture(params=STORES)
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
     config = backend_config(request, request.param, tmp_path / "cloud")
-    store = build_state_store(config)
-    registry = build_registry(config)
+    store = storage_backend(config).state()
+    registry = storage_backend(config).registry()
     await store.start()
     await registry.start()
     yield Env(store, registry, Clock())

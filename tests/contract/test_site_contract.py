@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fieldgate.cloud.errors import Conflict, Cycle, InUse, NotFound, UnknownReference
-from fieldgate.cloud.store.backend import build_site_store
 from fieldgate.cloud.store.site import (
     Area,
     AreaType,
@@ -33,14 +32,14 @@ SQUARE = ((52.0, 13.0), (52.0, 13.1), (52.1, 13.1), (52.1, 13.0))
 
 @pytest.fixture
 async def site(backend: Backend) -> AsyncIterator[SiteStore]:
-    store = build_site_store(backend.config)
+    store = backend.site()
     await store.start()
     yield store
     await store.stop()
 
 
 async def _replica(backend: Backend) -> SiteStore:
-    other = build_site_store(backend.config)
+    other = backend.site()
     await other.start()
     return other
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fieldgate.cloud.domain.rules.engine import RuleState
-from fieldgate.cloud.store.backend import build_state_store
+from fieldgate.cloud.store.backend import storage_backend
 from fieldgate.cloud.store.state import (
     AlertValue,
     DeviceState,
@@ -23,7 +23,7 @@ from tests.contract.conftest import STORES, backend_config, drop_keyspaces
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeviceStateStore]:
     config = backend_config(request, request.param, tmp_path / "cloud")
-    s = build_state_store(config)
+    s = storage_backend(config).state()
     await s.start()
     yield s
     await s.stop()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import pytest
 
 from fieldgate.cloud.errors import Conflict, NotFound
-from fieldgate.cloud.store.backend import build_event_store
 from fieldgate.cloud.store.events import EventQuery, EventStore
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
@@ -29,7 +28,7 @@ class Stores:
 
 @pytest.fixture
 async def stores(backend: Backend) -> AsyncIterator[Stores]:
-    s = Stores(backend.registry(), build_event_store(backend.config), backend.invocations())
+    s = Stores(backend.registry(), backend.events(), backend.invocations())
     for part in (s.registry, s.events, s.invocations):
         await part.start()
     yield s

@@ -20,6 +20,7 @@ from fieldgate.cloud.store.cassandra.events import (
     _migrations,
     keyspace_name,
 )
+from fieldgate.cloud.store.cassandra.session import CassandraSession
 from fieldgate.cloud.store.events import AssignmentEventQuery, EventQuery
 from fieldgate.v1 import events_pb2 as pb
 from tests.helpers.waiting import eventually
@@ -66,7 +67,7 @@ def alert(tenant: str, device: str = "dev-1", *, t: int = T0) -> pb.Event:
 
 
 def make_store(cassandra: Any, **kw: Any) -> CassandraEventStore:
-    return CassandraEventStore(cassandra.host, cassandra.port, **kw)
+    return CassandraEventStore(CassandraSession(cassandra.host, cassandra.port), **kw)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 from fieldgate.cloud.app import CloudApp
 from fieldgate.cloud.config import BusConfig, CloudConfig, StoreConfig, TenantConfig, ZookeeperConfig
 from fieldgate.cloud.services.users import PasswordHasher
-from fieldgate.cloud.store.backend import build_users
+from fieldgate.cloud.store.backend import storage_backend
 from fieldgate.devservers import CassandraServer, KafkaServer, ZooKeeperServer
 from fieldgate.edge.agent import EdgeAgent
 from fieldgate.edge.config import EdgeConfig, MqttConfig, UplinkConfig
@@ -108,7 +108,7 @@ async def test_replicas_without_a_common_directory_share_tenant_users_key_and_co
     logs = {name: tmp_path / name / "service.log" for name in ports}
 
     # A user of the tenant, created straight in the store the replicas share.
-    users = build_users(base, PasswordHasher())
+    users = storage_backend(base).users(PasswordHasher())
     await users.start()
     try:
         await users.set_password("user", PASSWORD, tenant=tenant)

@@ -26,7 +26,8 @@ from fieldgate.cloud.errors import Conflict
 from fieldgate.cloud.services.batch import BatchOperations, element_invocation_id
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.services.scheduler import Scheduler
-from fieldgate.cloud.store.batch import BatchStore, build_batch_store
+from fieldgate.cloud.store.backend import storage_backend
+from fieldgate.cloud.store.batch import BatchStore
 from fieldgate.cloud.store.invocations import InvocationStore
 from fieldgate.cloud.store.registry import Registry
 from fieldgate.v1 import model_pb2 as model
@@ -50,7 +51,7 @@ class World:
 
     async def batch_store(self) -> BatchStore:
         """A new store object on the same data (another process, or the same one restarted)."""
-        store = build_batch_store(self.config)
+        store = storage_backend(self.config).batch()
         await store.start()
         self.stores.append(store)
         return store
@@ -58,10 +59,9 @@ class World:
 
 @pytest.fixture(params=STORES)
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    from fieldgate.cloud.store.backend import build_invocation_store, build_registry
-
     config = backend_config(request, request.param, tmp_path / "cloud")
-    registry, invocations = build_registry(config), build_invocation_store(config)
+    storage = storage_backend(config)
+    registry, invocations = storage.registry(), storage.invocations()
     bus = EmbeddedBus(tmp_path / "bus.db")
     for part in (bus, registry, invocations):
         await part.start()
@@ -297,10 +297,9 @@ async def test_a_one_shot_schedule_set_before_its_creation_never_runs(world: Wor
 
 async def test_a_group_selection_resolves_through_the_site_store(world: World, tmp_path: Path) -> None:
     from fieldgate.cloud.errors import InvalidRequest
-    from fieldgate.cloud.store.backend import build_site_store
     from fieldgate.cloud.store.site import DeviceGroup, GroupElement
 
-    site = build_site_store(world.config)
+    site = storage_backend(world.config).site()
     await site.start()
     try:
         await site.create(T, DeviceGroup(token="valves"))

@@ -230,8 +230,7 @@ class CassandraEventStore:
 
     def __init__(
         self,
-        hosts: str | Sequence[str],
-        port: int = 9042,
+        session: CassandraSession,
         *,
         replication: int = 1,
         ttl_s_by_tenant: Mapping[str, int] | None = None,
@@ -239,9 +238,6 @@ class CassandraEventStore:
         dedupe: Dedupe = "read",
         tenants: Iterable[str] = (),
         keyspace_prefix: str = KEYSPACE_PREFIX,
-        request_timeout_s: float = 20.0,
-        connect_timeout_s: float = 30.0,
-        session: CassandraSession | None = None,
     ) -> None:
         self._replication = replication
         self._ttl: dict[str, int] = dict(ttl_s_by_tenant or {})
@@ -250,10 +246,7 @@ class CassandraEventStore:
         self._initial_tenants = list(tenants)
         keyspace_name("x", keyspace_prefix)  # validates the prefix
         self._prefix = keyspace_prefix
-        # A session shared with the process's other Cassandra stores, or one of its own.
-        self._db = session or CassandraSession(
-            hosts, port, request_timeout_s=request_timeout_s, connect_timeout_s=connect_timeout_s
-        )
+        self._db = session  # shared with the process's other Cassandra stores, or its own
         self._started = False
         self._sem = asyncio.Semaphore(max_concurrency)
         self._tenants: dict[str, _Tenant] = {}
