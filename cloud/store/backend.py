@@ -173,13 +173,13 @@ class SqliteBackend(_Backend):
 
     def batch(self) -> BatchStore:
         """``data_dir/batch/<tenant>.db``."""
-        from fieldgate.cloud.store.batch import SqliteBatchStore
+        from fieldgate.cloud.store.sqlite.batch import SqliteBatchStore
 
         return SqliteBatchStore(self.data_dir / "batch")
 
     def connectors(self) -> ConnectorStore:
         """``data_dir/connectors/<tenant>.db``."""
-        from fieldgate.cloud.store.connectors import SqliteConnectorStore
+        from fieldgate.cloud.store.sqlite.connectors import SqliteConnectorStore
 
         return SqliteConnectorStore(self.data_dir / "connectors")
 
@@ -259,14 +259,14 @@ class CassandraBackend(_Backend):
         )
 
     def batch(self) -> BatchStore:
-        from fieldgate.cloud.store.batch import CassandraBatchStore
+        from fieldgate.cloud.store.cassandra.batch import CassandraBatchStore
 
         return CassandraBatchStore(
             self.session, keyspace_prefix=self.keyspace_prefix, replication=self.replication
         )
 
     def connectors(self) -> ConnectorStore:
-        from fieldgate.cloud.store.connectors import CassandraConnectorStore
+        from fieldgate.cloud.store.cassandra.connectors import CassandraConnectorStore
 
         return CassandraConnectorStore(
             self.session, keyspace_prefix=self.keyspace_prefix, replication=self.replication

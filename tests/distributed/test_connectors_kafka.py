@@ -22,9 +22,9 @@ from fieldgate.cloud.bus.kafka import KafkaBus
 from fieldgate.cloud.domain.connectors.models import ConnectorSpec
 from fieldgate.cloud.pipeline.connectors.stage import ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.services.connectors import ConnectorAdmin
+from fieldgate.cloud.store.cassandra.connectors import CassandraConnectorStore
 from fieldgate.cloud.store.cassandra.registry import CassandraRegistry
 from fieldgate.cloud.store.cassandra.session import CassandraSession, instance_keyspace, keyspace_name
-from fieldgate.cloud.store.connectors import CassandraConnectorStore
 from fieldgate.devservers import CassandraServer, KafkaServer
 from fieldgate.v1 import model_pb2 as model
 from tests.helpers.connectors import FAST, LOOPBACK_TARGETS, SECRET, TENANT, make_event, publish, webhook

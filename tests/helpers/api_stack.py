@@ -28,8 +28,8 @@ from fieldgate.cloud.services.auth import LoginThrottle
 from fieldgate.cloud.services.batch import BatchOperations
 from fieldgate.cloud.services.commands import CommandService
 from fieldgate.cloud.services.users import PasswordHasher
-from fieldgate.cloud.store.batch import SqliteBatchStore
-from fieldgate.cloud.store.connectors import SqliteConnectorStore
+from fieldgate.cloud.store.sqlite.batch import SqliteBatchStore
+from fieldgate.cloud.store.sqlite.connectors import SqliteConnectorStore
 from fieldgate.cloud.store.sqlite.edges import SqliteEdgeDirectory
 from fieldgate.cloud.store.sqlite.events import SqliteEventStore
 from fieldgate.cloud.store.sqlite.invocations import SqliteInvocationStore

@@ -24,8 +24,8 @@ from fieldgate.cloud.domain.connectors.targets import TargetPolicy
 from fieldgate.cloud.ids import event_id
 from fieldgate.cloud.pipeline.connectors.stage import GROUP, ConnectorStage, ConnectorStageSettings
 from fieldgate.cloud.pipeline.stage import messages_by_device
-from fieldgate.cloud.store.connectors import SqliteConnectorStore
 from fieldgate.cloud.store.site import SiteStore
+from fieldgate.cloud.store.sqlite.connectors import SqliteConnectorStore
 from fieldgate.cloud.store.sqlite.registry import SqliteRegistry
 from fieldgate.timeutil import now_ms
 from fieldgate.v1 import events_pb2 as pb
