@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from fieldgate.cloud.errors import StoreError
-from fieldgate.cloud.sqlite_worker import SqliteWorker, Synchronous, transaction
+from fieldgate.cloud.sqlite_worker import transaction
 from fieldgate.cloud.store import Page
+from fieldgate.cloud.store.sqlite.files import TenantFileStore
 from fieldgate.cloud.store.state import DeviceState, Presence, merge
-from fieldgate.cloud.store.validators import check_page, require_tenant, valid_tenant
+from fieldgate.cloud.store.validators import check_page
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
@@ -34,41 +33,13 @@ CREATE TABLE IF NOT EXISTS rules (
 _CHUNK = 500  # devices per IN (...) query
 
 
-class SqliteStateStore:
-    """Implements :class:`fieldgate.cloud.store.state.DeviceStateStore` (module docstring)."""
+class SqliteStateStore(TenantFileStore):
+    """Implements :class:`fieldgate.cloud.store.state.DeviceStateStore` (module docstring) in
+    ``<root>/state-<tenant>.db``: device states, rules, presence intervals."""
 
-    def __init__(self, data_dir: Path, *, synchronous: Synchronous = "FULL") -> None:
-        self._dir = data_dir
-        self._worker = SqliteWorker("state", error=StoreError, synchronous=synchronous)
-
-    async def start(self) -> None:
-        self._worker.start()
-
-    async def stop(self) -> None:
-        await self._worker.stop()
-
-    def _path(self, tenant: str) -> Path:
-        return self._dir / f"state-{require_tenant(tenant)}.db"
-
-    def _conn(self, tenant: str, create: bool = True) -> sqlite3.Connection | None:
-        return self._worker.connect(self._path(tenant), _SCHEMA, create=create)
-
-    # ------------------------------------------------------------------ tenants
-
-    async def ensure_tenant(self, tenant: str) -> None:
-        """Create ``state-<tenant>.db`` now (otherwise its first write creates it)."""
-        require_tenant(tenant)
-        await self._worker.run(self._conn, tenant)
-
-    async def delete_tenant(self, tenant: str) -> bool:
-        """Delete ``state-<tenant>.db``: device states, rules, presence intervals."""
-        if not valid_tenant(tenant):
-            return False
-        return await self._worker.run(self._worker.remove, self._path(tenant))
-
-    def forget_tenant(self, tenant: str) -> None:
-        if valid_tenant(tenant):
-            self._worker.close_soon(self._path(tenant))
+    name = "state"
+    schema = _SCHEMA
+    file_prefix = "state-"
 
     # ------------------------------------------------------------------ states
 
