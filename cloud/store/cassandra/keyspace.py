@@ -119,7 +119,7 @@ class PreparedKeyspaces:
     store run on their hot paths (a device lookup, an invocation's moves).
 
     ``instance(name)`` is a prepared statement of the instance keyspace (migrated and prepared
-    at :meth:`start`); ``await tenant(t, create=...)`` the tenant keyspace's statements by name,
+    at :meth:`start`; a component without ``instance`` tables has none); ``await tenant(t, create=...)`` the tenant keyspace's statements by name,
     migrated on first use — None when the keyspace does not exist and ``create`` is false (a
     read creates nothing). Concurrent first users of a tenant share one migration.
     """
@@ -130,7 +130,8 @@ class PreparedKeyspaces:
         component: str,
         *,
         what: str,
-        instance: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]],
+        instance: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]]
+        | None = None,
         tenant: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]],
         keyspace_prefix: str = "fg",
         replication: int = 1,
@@ -154,6 +155,8 @@ class PreparedKeyspaces:
     async def start(self) -> None:
         await self.session.start()
         self._started = True
+        if self._instance_schema is None:  # tables in tenant keyspaces only
+            return
         try:
             ks = self._instance_ks
             migrations, statements = self._instance_schema
@@ -169,6 +172,10 @@ class PreparedKeyspaces:
         self._started = False
         self._tenants.clear()
         await self.session.stop()
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def instance(self, name: str) -> Any:
         self._check()

@@ -15,17 +15,16 @@ Tables:
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from fieldgate.cloud.errors import StoreError
+from fieldgate.cloud.store.cassandra.keyspace import PreparedKeyspaces
 from fieldgate.cloud.store.cassandra.session import (
     KEYSPACE_PREFIX,
     CassandraSession,
     Migration,
-    keyspace_name,
 )
 from fieldgate.cloud.store.site import MAX_RECORDS, DeleteOutcome, GroupElement, Kind, SiteStoreBase
 from fieldgate.cloud.store.validators import valid_tenant
@@ -86,48 +85,27 @@ class CassandraSiteStore(SiteStoreBase):
         replication: int = 1,
         max_concurrency: int = 32,
     ) -> None:
-        self._db = session
-        self._prefix = keyspace_prefix
-        self._replication = replication
-        self._sem = asyncio.Semaphore(max_concurrency)
-        self._started = False
-        self._tenants: dict[str, dict[str, Any]] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        self._ks = PreparedKeyspaces(
+            session,
+            COMPONENT,
+            what="cassandra site store",
+            tenant=(_migrations, _statements),
+            keyspace_prefix=keyspace_prefix,
+            replication=replication,
+            max_concurrency=max_concurrency,
+        )
 
     async def start(self) -> None:
-        if self._started:
-            return
-        await self._db.start()
-        self._started = True
+        if not self._ks.started:
+            await self._ks.start()
 
     async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        self._tenants.clear()
-        await self._db.stop()
+        await self._ks.stop()
 
     async def _open(self, tenant: str, *, create: bool = True) -> dict[str, Any] | None:
-        ctx = self._tenants.get(tenant)
-        if ctx is not None:
-            return ctx
-        if not valid_tenant(tenant):
-            if create:
-                raise StoreError(f"invalid tenant token {tenant!r}")
-            return None
-        ks = keyspace_name(tenant, self._prefix)
-        async with self._opening.setdefault(tenant, asyncio.Lock()):
-            ctx = self._tenants.get(tenant)
-            if ctx is not None:
-                return ctx
-            if not self._started:
-                raise StoreError("cassandra site store is not started")
-            if not create and not await self._db.keyspace_exists(ks):
-                return None
-            await self._db.migrate(ks, COMPONENT, _migrations(ks), replication=self._replication)
-            ctx = await self._db.prepare(_statements(ks), ks)
-            self._tenants[tenant] = ctx
-            return ctx
+        if create and not valid_tenant(tenant):
+            raise StoreError(f"invalid tenant token {tenant!r}")
+        return await self._ks.tenant(tenant, create=create)
 
     async def _ctx(self, tenant: str) -> dict[str, Any]:
         ctx = await self._open(tenant)
@@ -135,9 +113,7 @@ class CassandraSiteStore(SiteStoreBase):
         return ctx
 
     async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        if not self._started:
-            raise StoreError("cassandra site store is not started")
-        return await self._db.execute(statement, params, limit=self._sem)
+        return await self._ks.run(statement, params)
 
     async def _applied(self, statement: Any, params: Sequence[Any]) -> tuple[bool, tuple[Any, ...]]:
         rows = await self._run(statement, params)
@@ -251,10 +227,10 @@ class CassandraSiteStore(SiteStoreBase):
         ctx = await self._open(tenant, create=False)
         if ctx is None:
             return False
-        ks = keyspace_name(tenant, self._prefix)
+        ks = self._ks.keyspace(tenant)
         for table in ("site_records", "site_refs", "site_elements"):
             await self._run(f"TRUNCATE {ks}.{table}")
         return True
 
     def forget_tenant(self, tenant: str) -> None:
-        self._tenants.pop(tenant, None)
+        self._ks.forget(tenant)
