@@ -116,13 +116,12 @@ async def test_agent_ready_watchdog_from_the_loop_and_stopping(
         blocked_from = time.monotonic()
         time.sleep(1.0)  # noqa: ASYNC251 -- blocks the loop on purpose
         blocked_to = time.monotonic()
-        await eventually(
-            lambda: any(
-                t > blocked_to and "WATCHDOG=1" in m
-                for t, m in (notify_socket.drain() and notify_socket.messages)
-            ),
-            what="pings again after the block",
-        )
+
+        def pinged_after_block() -> bool:
+            notify_socket.drain()  # takes in what arrived
+            return any(t > blocked_to and "WATCHDOG=1" in m for t, m in notify_socket.messages)
+
+        await eventually(pinged_after_block, what="pings again after the block")
         during = [
             m for t, m in notify_socket.messages if blocked_from + 0.05 < t < blocked_to and "WATCHDOG=1" in m
         ]
