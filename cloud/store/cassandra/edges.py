@@ -8,17 +8,11 @@ stream (maybe on another ingest replica) superseded cannot mark the edge disconn
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from fieldgate.cloud.errors import StoreError
-from fieldgate.cloud.store.cassandra.session import (
-    KEYSPACE_PREFIX,
-    CassandraSession,
-    Migration,
-    instance_keyspace,
-)
+from fieldgate.cloud.store.cassandra.keyspace import PreparedKeyspaces
+from fieldgate.cloud.store.cassandra.session import KEYSPACE_PREFIX, CassandraSession, Migration
 from fieldgate.cloud.store.edges import MAX_EDGES, EdgeRecord, EdgeReport, without_tenant
 
 COMPONENT = "edges"
@@ -66,33 +60,25 @@ class CassandraEdgeDirectory:
         replication: int = 1,
         max_concurrency: int = 8,
     ) -> None:
-        self._db = session
-        self._ks = instance_keyspace(keyspace_prefix)
-        self._replication = replication
-        self._sem = asyncio.Semaphore(max_concurrency)
-        self._stmts: dict[str, Any] | None = None
+        self._ks = PreparedKeyspaces(
+            session,
+            COMPONENT,
+            what="cassandra edge directory",
+            instance=(_migrations, _statements),
+            keyspace_prefix=keyspace_prefix,
+            replication=replication,
+            max_concurrency=max_concurrency,
+        )
 
     async def start(self) -> None:
-        if self._stmts is not None:
-            return
-        await self._db.start()
-        try:
-            await self._db.migrate(self._ks, COMPONENT, _migrations(self._ks), replication=self._replication)
-            self._stmts = await self._db.prepare(_statements(self._ks), self._ks)
-        except BaseException:
-            await self._db.stop()
-            raise
+        if not self._ks.started:
+            await self._ks.start()
 
     async def stop(self) -> None:
-        if self._stmts is None:
-            return
-        self._stmts = None
-        await self._db.stop()
+        await self._ks.stop()
 
     async def _run(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        if self._stmts is None:
-            raise StoreError("cassandra edge directory is not started")
-        return await self._db.execute(self._stmts[name], params, limit=self._sem)
+        return await self._ks.run(self._ks.instance(name), params)
 
     async def put(self, record: EdgeRecord) -> None:
         head = [record.session, record.version, record.connected_ms, record.last_seen_ms, set(record.tenants)]

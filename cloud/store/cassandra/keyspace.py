@@ -119,7 +119,8 @@ class PreparedKeyspaces:
     store run on their hot paths (a device lookup, an invocation's moves).
 
     ``instance(name)`` is a prepared statement of the instance keyspace (migrated and prepared
-    at :meth:`start`; a component without ``instance`` tables has none); ``await tenant(t, create=...)`` the tenant keyspace's statements by name,
+    at :meth:`start`; a component without ``instance`` tables has none, one without ``tenant``
+    tables has no tenant statements); ``await tenant(t, create=...)`` the tenant keyspace's statements by name,
     migrated on first use — None when the keyspace does not exist and ``create`` is false (a
     read creates nothing). Concurrent first users of a tenant share one migration.
     """
@@ -132,7 +133,8 @@ class PreparedKeyspaces:
         what: str,
         instance: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]]
         | None = None,
-        tenant: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]],
+        tenant: tuple[Callable[[str], list[tuple[int, list[str]]]], Callable[[str], dict[str, str]]]
+        | None = None,
         keyspace_prefix: str = "fg",
         replication: int = 1,
         max_concurrency: int = 32,
@@ -200,6 +202,8 @@ class PreparedKeyspaces:
             self._check()
             if not create and not await self.session.keyspace_exists(ks):
                 return None
+            if self._tenant_schema is None:
+                raise StoreError(f"{self._what} has no tables in a tenant's keyspace")
             migrations, statements = self._tenant_schema
             await self.session.migrate(ks, self._component, migrations(ks), replication=self._replication)
             ctx = await self.session.prepare(statements(ks), ks)
