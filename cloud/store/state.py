@@ -11,7 +11,8 @@ neither forgets a pending condition nor raises an alert twice.
 the value with the later event time wins, so an older event replayed or delivered late never
 overwrites newer state (the stores are idempotent and order-tolerant by construction). Both
 backends (:mod:`.sqlite.state`, :mod:`.cassandra.state`) implement :class:`DeviceStateStore`
-with this one function.
+with this one function, through :class:`StateStoreBase`, which holds the rules (a batch merged
+in order, each device once; page checks; the result order) over the backends' row primitives.
 
 The store also keeps each tenant's rule configuration (:meth:`DeviceStateStore.get_rules`):
 one JSON document per rule, plus the per-device-type presence intervals.
@@ -20,12 +21,13 @@ one JSON document per rule, plus the per-device-type presence intervals.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from fieldgate.cloud.domain.rules.engine import RuleState
 from fieldgate.cloud.store import Page, TenantOwned
+from fieldgate.cloud.store.validators import check_page
 
 Presence = Literal["present", "missing"]
 PRESENT: Presence = "present"
@@ -238,3 +240,63 @@ class DeviceStateStore(TenantOwned, Protocol):
 
     async def replace_rules(self, tenant: str, documents: Mapping[str, str]) -> None:
         """Make the tenant's rule rows exactly ``documents``."""
+
+
+def merge_batch(stored: Mapping[str, DeviceState], states: Sequence[DeviceState]) -> dict[str, DeviceState]:
+    """Each device's stored state with its observations in ``states`` merged over it in order
+    (a device seen twice in one batch gets both); only the devices of ``states``."""
+    merged: dict[str, DeviceState] = {}
+    for s in states:
+        merged[s.device] = merge(merged.get(s.device) or stored.get(s.device), s)
+    return merged
+
+
+class StateStoreBase:
+    """The device-state rules of :class:`DeviceStateStore` over a backend's row primitives (a
+    state row per device, listed by presence then device); the rule rows are primitives
+    themselves (``get_rules``, ``put_rule``, ``delete_rule``, ``replace_rules`` in the
+    backends)."""
+
+    # --- primitives (backends) -----------------------------------------------------------------
+
+    async def _read_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
+        """The stored states of ``devices`` (each once); {} if the tenant has no tables (a read
+        creates nothing)."""
+        raise NotImplementedError
+
+    async def _update_states(
+        self,
+        tenant: str,
+        devices: Sequence[str],
+        change: Callable[[dict[str, DeviceState]], dict[str, DeviceState]],
+    ) -> dict[str, DeviceState]:
+        """Read the stored states of ``devices`` (each once), store ``change(stored)`` and return
+        it — in one transaction where the backend has them (creates the tenant's tables)."""
+        raise NotImplementedError
+
+    async def _states_page(
+        self, tenant: str, presence: Presence | None, limit: int, offset: int
+    ) -> tuple[list[DeviceState], int] | None:
+        """One page of states in device token order (only ``presence`` if given) and the count
+        of all that match; None if the tenant has no tables."""
+        raise NotImplementedError
+
+    # --- the rules -----------------------------------------------------------------------------
+
+    async def get_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
+        return await self._read_states(tenant, list(dict.fromkeys(devices)))
+
+    async def apply(self, tenant: str, states: Sequence[DeviceState]) -> list[DeviceState]:
+        devices = list(dict.fromkeys(s.device for s in states))
+        merged = await self._update_states(tenant, devices, lambda stored: merge_batch(stored, states))
+        return [merged[s.device] for s in states]
+
+    async def list_states(
+        self, tenant: str, *, presence: Presence | None = None, page: int = 1, page_size: int = 100
+    ) -> Page[DeviceState]:
+        limit, offset = check_page(page, page_size)
+        found = await self._states_page(tenant, presence, limit, offset)
+        if found is None:
+            return Page([], 0, page, page_size)
+        rows, total = found
+        return Page(rows, total, page, page_size)

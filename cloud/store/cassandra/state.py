@@ -8,8 +8,8 @@ Tables (docs/operations/cassandra.md conventions: a listing partition per tenant
   only when its presence changes (a delete and an insert), not on every event;
 * ``state_rules`` — one partition of rule rows (id → JSON).
 
-:meth:`CassandraStateStore.apply` reads, merges (:func:`fieldgate.cloud.store.state.merge`)
-and writes. That is not atomic across processes: it relies on one writer per device, which
+:meth:`CassandraStateStore.apply` (the rules in :class:`~fieldgate.cloud.store.state.StateStoreBase`)
+reads, merges (:func:`fieldgate.cloud.store.state.merge`) and writes. That is not atomic across processes: it relies on one writer per device, which
 the pipeline gives — a device's events are keyed by its token, so one replica of the ``state``
 stage owns its partition (presence changes found by another replica's clock check are sent
 through the pipeline to the owner, not written here). The merge keeps even a stale writer
@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fieldgate.cloud.errors import StoreError
-from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.cassandra.keyspace import PreparedKeyspaces
 from fieldgate.cloud.store.cassandra.session import (
     KEYSPACE_PREFIX,
     CassandraSession,
     Migration,
 )
-from fieldgate.cloud.store.state import MISSING, PRESENT, DeviceState, Presence, merge
-from fieldgate.cloud.store.validators import check_page, valid_tenant
+from fieldgate.cloud.store.state import MISSING, PRESENT, DeviceState, Presence, StateStoreBase
+from fieldgate.cloud.store.validators import valid_tenant
 
 COMPONENT = "state"
 _BUCKET = 0
@@ -71,7 +70,7 @@ def _statements(ks: str) -> dict[str, str]:
     }
 
 
-class CassandraStateStore:
+class CassandraStateStore(StateStoreBase):
     """Implements :class:`fieldgate.cloud.store.state.DeviceStateStore` (module docstring)."""
 
     def __init__(
@@ -131,21 +130,23 @@ class CassandraStateStore:
     # ------------------------------------------------------------------ states
 
     async def _read(self, ctx: dict[str, Any], devices: Sequence[str]) -> dict[str, DeviceState]:
-        unique = list(dict.fromkeys(devices))
-        rows = await asyncio.gather(*(self._run(ctx["get"], (d,)) for d in unique))
-        return {d: DeviceState.from_json(r[0][0]) for d, r in zip(unique, rows, strict=True) if r}
+        rows = await asyncio.gather(*(self._run(ctx["get"], (d,)) for d in devices))
+        return {d: DeviceState.from_json(r[0][0]) for d, r in zip(devices, rows, strict=True) if r}
 
-    async def get_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
+    async def _read_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
         ctx = await self._open(tenant, create=False)
         return {} if ctx is None else await self._read(ctx, devices)
 
-    async def apply(self, tenant: str, states: Sequence[DeviceState]) -> list[DeviceState]:
+    async def _update_states(
+        self,
+        tenant: str,
+        devices: Sequence[str],
+        change: Callable[[dict[str, DeviceState]], dict[str, DeviceState]],
+    ) -> dict[str, DeviceState]:
         ctx = await self._open(tenant, create=True)
         assert ctx is not None
-        stored = await self._read(ctx, [s.device for s in states])
-        merged: dict[str, DeviceState] = {}
-        for s in states:
-            merged[s.device] = merge(merged.get(s.device) or stored.get(s.device), s)
+        stored = await self._read(ctx, devices)
+        changed = change(stored)
 
         async def write(m: DeviceState) -> None:
             before = stored.get(m.device)
@@ -155,23 +156,22 @@ class CassandraStateStore:
                 other = MISSING if m.presence == PRESENT else PRESENT
                 await self._run(ctx["pres_del"], (other, m.device))
 
-        await asyncio.gather(*(write(m) for m in merged.values()))
-        return [merged[s.device] for s in states]
+        await asyncio.gather(*(write(m) for m in changed.values()))
+        return changed
 
-    async def list_states(
-        self, tenant: str, *, presence: Presence | None = None, page: int = 1, page_size: int = 100
-    ) -> Page[DeviceState]:
-        limit, offset = check_page(page, page_size)
+    async def _states_page(
+        self, tenant: str, presence: Presence | None, limit: int, offset: int
+    ) -> tuple[list[DeviceState], int] | None:
         ctx = await self._open(tenant, create=False)
         if ctx is None:
-            return Page([], 0, page, page_size)
+            return None
         wanted: tuple[Presence, ...] = (presence,) if presence else (PRESENT, MISSING)
         counts = await asyncio.gather(*(self._run(ctx["pres_count"], (p,)) for p in wanted))
         total = sum(int(c[0][0]) for c in counts)
         lists = await asyncio.gather(*(self._run(ctx["pres_page"], (p, offset + limit)) for p in wanted))
         tokens = list(heapq.merge(*([str(r[0]) for r in rows] for rows in lists)))[offset : offset + limit]
-        found = await self._read(ctx, tokens)
-        return Page([found[t] for t in tokens if t in found], total, page, page_size)
+        found = await self._read(ctx, list(dict.fromkeys(tokens)))
+        return [found[t] for t in tokens if t in found], total
 
     async def delete_state(self, tenant: str, device: str) -> bool:
         ctx = await self._open(tenant, create=False)

@@ -1,21 +1,20 @@
 """SQLite device state store: ``data_dir/state/state-<tenant>.db``, one database per tenant.
 
 ``device_state`` keeps one row per device (the state as JSON beside its presence, which is
-indexed for the presence listing); ``rules`` one row per rule (JSON). :meth:`apply` reads,
-merges (:func:`fieldgate.cloud.store.state.merge`) and writes in one ``BEGIN IMMEDIATE``
-transaction on the backend's one worker thread, so it is atomic and order-tolerant.
+indexed for the presence listing); ``rules`` one row per rule (JSON). The rules are in
+:class:`~fieldgate.cloud.store.state.StateStoreBase`; its ``apply`` reads, merges and writes
+here in one ``BEGIN IMMEDIATE`` transaction on the backend's one worker thread, so it is atomic
+and order-tolerant.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from fieldgate.cloud.sqlite_worker import transaction
-from fieldgate.cloud.store import Page
 from fieldgate.cloud.store.sqlite.files import TenantFileStore
-from fieldgate.cloud.store.state import DeviceState, Presence, merge
-from fieldgate.cloud.store.validators import check_page
+from fieldgate.cloud.store.state import DeviceState, Presence, StateStoreBase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
@@ -33,7 +32,7 @@ CREATE TABLE IF NOT EXISTS rules (
 _CHUNK = 500  # devices per IN (...) query
 
 
-class SqliteStateStore(TenantFileStore):
+class SqliteStateStore(StateStoreBase, TenantFileStore):
     """Implements :class:`fieldgate.cloud.store.state.DeviceStateStore` (module docstring) in
     ``<root>/state-<tenant>.db``: device states, rules, presence intervals."""
 
@@ -46,9 +45,8 @@ class SqliteStateStore(TenantFileStore):
     @staticmethod
     def _read(conn: sqlite3.Connection, devices: Sequence[str]) -> dict[str, DeviceState]:
         out: dict[str, DeviceState] = {}
-        unique = list(dict.fromkeys(devices))
-        for i in range(0, len(unique), _CHUNK):
-            chunk = unique[i : i + _CHUNK]
+        for i in range(0, len(devices), _CHUNK):
+            chunk = devices[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for device, data in conn.execute(
                 f"SELECT device, data FROM device_state WHERE device IN ({marks})", chunk
@@ -56,47 +54,46 @@ class SqliteStateStore(TenantFileStore):
                 out[device] = DeviceState.from_json(data)
         return out
 
-    async def get_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
+    async def _read_states(self, tenant: str, devices: Sequence[str]) -> dict[str, DeviceState]:
         def run() -> dict[str, DeviceState]:
             conn = self._conn(tenant, create=False)
             return {} if conn is None else self._read(conn, devices)
 
         return await self._worker.run(run)
 
-    async def apply(self, tenant: str, states: Sequence[DeviceState]) -> list[DeviceState]:
-        def run() -> list[DeviceState]:
-            conn = self._conn(tenant)
-            assert conn is not None
+    async def _update_states(
+        self,
+        tenant: str,
+        devices: Sequence[str],
+        change: Callable[[dict[str, DeviceState]], dict[str, DeviceState]],
+    ) -> dict[str, DeviceState]:
+        def run() -> dict[str, DeviceState]:
+            conn = self._must(tenant)
             with transaction(conn):
-                stored = self._read(conn, [s.device for s in states])
-                merged: dict[str, DeviceState] = {}
-                for s in states:
-                    merged[s.device] = merge(merged.get(s.device) or stored.get(s.device), s)
+                changed = change(self._read(conn, devices))
                 conn.executemany(
                     "INSERT INTO device_state (device, presence, data) VALUES (?, ?, ?) "
                     "ON CONFLICT (device) DO UPDATE SET presence = excluded.presence, data = excluded.data",
-                    [(m.device, m.presence, m.to_json()) for m in merged.values()],
+                    [(m.device, m.presence, m.to_json()) for m in changed.values()],
                 )
-            return [merged[s.device] for s in states]
+            return changed
 
         return await self._worker.run(run)
 
-    async def list_states(
-        self, tenant: str, *, presence: Presence | None = None, page: int = 1, page_size: int = 100
-    ) -> Page[DeviceState]:
-        limit, offset = check_page(page, page_size)
-
-        def run() -> Page[DeviceState]:
+    async def _states_page(
+        self, tenant: str, presence: Presence | None, limit: int, offset: int
+    ) -> tuple[list[DeviceState], int] | None:
+        def run() -> tuple[list[DeviceState], int] | None:
             conn = self._conn(tenant, create=False)
             if conn is None:
-                return Page([], 0, page, page_size)
+                return None
             where, args = ("WHERE presence = ?", [presence]) if presence else ("", [])
             (total,) = conn.execute(f"SELECT count(*) FROM device_state {where}", args).fetchone()
             rows = conn.execute(
                 f"SELECT data FROM device_state {where} ORDER BY device LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ).fetchall()
-            return Page([DeviceState.from_json(r[0]) for r in rows], int(total), page, page_size)
+            return [DeviceState.from_json(r[0]) for r in rows], int(total)
 
         return await self._worker.run(run)
 
