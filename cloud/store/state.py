@@ -251,6 +251,10 @@ def merge_batch(stored: Mapping[str, DeviceState], states: Sequence[DeviceState]
     return merged
 
 
+#: What :meth:`StateStoreBase.apply` makes of the stored states it is given (by device).
+Change = Callable[[dict[str, DeviceState]], dict[str, DeviceState]]
+
+
 class StateStoreBase:
     """The device-state rules of :class:`DeviceStateStore` over a backend's row primitives (a
     state row per device, listed by presence then device); the rule rows are primitives
@@ -265,10 +269,7 @@ class StateStoreBase:
         raise NotImplementedError
 
     async def _update_states(
-        self,
-        tenant: str,
-        devices: Sequence[str],
-        change: Callable[[dict[str, DeviceState]], dict[str, DeviceState]],
+        self, tenant: str, devices: Sequence[str], change: Change
     ) -> dict[str, DeviceState]:
         """Read the stored states of ``devices`` (each once), store ``change(stored)`` and return
         it — in one transaction where the backend has them (creates the tenant's tables)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fieldgate.cloud.errors import StoreError
@@ -30,7 +30,7 @@ from fieldgate.cloud.store.cassandra.session import (
     CassandraSession,
     Migration,
 )
-from fieldgate.cloud.store.state import MISSING, PRESENT, DeviceState, Presence, StateStoreBase
+from fieldgate.cloud.store.state import MISSING, PRESENT, Change, DeviceState, Presence, StateStoreBase
 from fieldgate.cloud.store.validators import valid_tenant
 
 COMPONENT = "state"
@@ -138,10 +138,7 @@ class CassandraStateStore(StateStoreBase):
         return {} if ctx is None else await self._read(ctx, devices)
 
     async def _update_states(
-        self,
-        tenant: str,
-        devices: Sequence[str],
-        change: Callable[[dict[str, DeviceState]], dict[str, DeviceState]],
+        self, tenant: str, devices: Sequence[str], change: Change
     ) -> dict[str, DeviceState]:
         ctx = await self._open(tenant, create=True)
         assert ctx is not None

@@ -10,11 +10,11 @@ and order-tolerant.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from fieldgate.cloud.sqlite_worker import transaction
 from fieldgate.cloud.store.sqlite.files import TenantFileStore
-from fieldgate.cloud.store.state import DeviceState, Presence, StateStoreBase
+from fieldgate.cloud.store.state import Change, DeviceState, Presence, StateStoreBase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
@@ -62,10 +62,7 @@ class SqliteStateStore(StateStoreBase, TenantFileStore):
         return await self._worker.run(run)
 
     async def _update_states(
-        self,
-        tenant: str,
-        devices: Sequence[str],
-        change: Callable[[dict[str, DeviceState]], dict[str, DeviceState]],
+        self, tenant: str, devices: Sequence[str], change: Change
     ) -> dict[str, DeviceState]:
         def run() -> dict[str, DeviceState]:
             conn = self._must(tenant)
