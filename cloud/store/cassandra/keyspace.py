@@ -1,8 +1,9 @@
 """A small base for stores that keep tables of their own in each tenant's Cassandra keyspace
-(batch operations, connectors): the keyspace migrated once per process and tenant — concurrent
-first callers share one migration, a failed one is tried again — and statements run with a
-bounded number in flight. The Cassandra driver is imported only when a keyspace is first used,
-so the modules that subclass this load without it.
+(batch operations, connectors): the keyspace migrated once per process and tenant through
+:class:`PreparedKeyspaces`, like every Cassandra store's — concurrent first callers share one
+migration, a failed one is tried again — and statements run with a bounded number in flight.
+The Cassandra driver is imported only when a keyspace is first used, so the modules that
+subclass this load without it.
 
 The tenant lifecycle (:class:`~fieldgate.cloud.store.TenantOwned`) is here once: ``ensure_tenant``
 migrates the component's tables into the keyspace, ``delete_tenant`` empties every table its
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
 
 class TenantKeyspaceStore:
     """Subclasses name their ``component`` (its schema version is recorded under that name) and
-    the ``migrations`` for a keyspace; statements use ``{ks}`` for the tenant's keyspace."""
+    the ``migrations`` for a keyspace; statements use ``{ks}`` for the tenant's keyspace. The
+    keyspace is opened (migrated once per process and tenant) by :class:`PreparedKeyspaces`,
+    like the other Cassandra stores'; these stores' statements are not prepared (they are not
+    on a hot path)."""
 
     component: str
 
@@ -38,55 +42,39 @@ class TenantKeyspaceStore:
     def __init__(
         self, session: CassandraSession, *, keyspace_prefix: str = "fg", replication: int = 1
     ) -> None:
-        self._session = session
-        self._prefix = keyspace_prefix
-        self._replication = replication
-        self._ready: dict[str, asyncio.Future[str]] = {}
-        self._limit = asyncio.Semaphore(32)
+        self._keyspaces = PreparedKeyspaces(
+            session,
+            self.component,
+            what=f"cassandra {self.component} store",
+            tenant=(self.migrations, _no_statements),
+            keyspace_prefix=keyspace_prefix,
+            replication=replication,
+        )
 
     async def start(self) -> None:
-        await self._session.start()
+        if not self._keyspaces.started:
+            await self._keyspaces.start()
 
     async def stop(self) -> None:
-        await self._session.stop()
+        await self._keyspaces.stop()
 
     async def _ks(self, tenant: str) -> str:
         """The tenant's keyspace, migrated once per process (concurrent callers share it)."""
-        from fieldgate.cloud.store.cassandra.session import keyspace_name
-
         require_tenant(tenant)
-        fut = self._ready.get(tenant)
-        if fut is None or (fut.done() and fut.exception() is not None):
-            ks = keyspace_name(tenant, self._prefix)
-
-            async def migrate() -> str:
-                await self._session.migrate(
-                    ks, self.component, self.migrations(ks), replication=self._replication
-                )
-                return ks
-
-            fut = self._ready[tenant] = asyncio.ensure_future(migrate())
-        return await asyncio.shield(fut)
+        await self._keyspaces.tenant(tenant, create=True)
+        return self._keyspaces.keyspace(tenant)
 
     async def _run(self, tenant: str, cql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run ``cql`` in the tenant's keyspace. A read (``SELECT``) of a tenant whose keyspace
         does not exist finds nothing and creates nothing: a read for a deleted tenant (a loop
         that has not heard of the deletion yet) must not bring its keyspace back."""
-        if (
-            tenant not in self._ready
-            and cql.lstrip()[:6].upper() == "SELECT"
-            and not await self._exists(tenant)
-        ):
-            return []
-        ks = await self._ks(tenant)
-        return await self._session.execute(cql.replace("{ks}", ks), tuple(params), limit=self._limit)
-
-    async def _exists(self, tenant: str) -> bool:
-        from fieldgate.cloud.store.cassandra.session import keyspace_name
-
-        return valid_tenant(tenant) and await self._session.keyspace_exists(
-            keyspace_name(tenant, self._prefix)
-        )
+        if cql.lstrip()[:6].upper() == "SELECT":
+            if await self._keyspaces.tenant(tenant, create=False) is None:
+                return []
+            ks = self._keyspaces.keyspace(tenant)
+        else:
+            ks = await self._ks(tenant)
+        return await self._keyspaces.run(cql.replace("{ks}", ks), tuple(params))
 
     # -- tenant lifecycle ------------------------------------------------------------------
 
@@ -97,20 +85,20 @@ class TenantKeyspaceStore:
     async def delete_tenant(self, tenant: str) -> bool:
         """Empty the component's tables of the tenant; False if they held nothing (or it has no
         keyspace)."""
-        from fieldgate.cloud.store.cassandra.session import keyspace_name, table_names
+        from fieldgate.cloud.store.cassandra.session import table_names
 
-        self.forget_tenant(tenant)
         if not valid_tenant(tenant):
             return False
-        ks = keyspace_name(tenant, self._prefix)
-        if not await self._session.keyspace_exists(ks):
-            return False
-        await self._ks(tenant)  # the keyspace exists: make sure the tables do
-        return await self._session.empty_tables(ks, table_names(self.migrations(ks), ks), limit=self._limit)
+        ks = self._keyspaces.keyspace(tenant)
+        return await self._keyspaces.empty(tenant, table_names(self.migrations(ks), ks))
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget that the tenant's keyspace was migrated (it was dropped, or is about to be)."""
-        self._ready.pop(tenant, None)
+        self._keyspaces.forget(tenant)
+
+
+def _no_statements(ks: str) -> dict[str, str]:
+    return {}
 
 
 class PreparedKeyspaces:
