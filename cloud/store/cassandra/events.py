@@ -48,7 +48,6 @@ row included.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,9 +55,10 @@ from typing import Any, Literal
 
 from cassandra.query import BatchStatement, BatchType
 
-from fieldgate.cloud.errors import InvalidRequest, StoreError
+from fieldgate.cloud.errors import InvalidRequest
 from fieldgate.cloud.ids import completed_event, event_key
 from fieldgate.cloud.store import Page
+from fieldgate.cloud.store.cassandra.keyspace import PreparedKeyspaces
 from fieldgate.cloud.store.cassandra.session import (
     KEYSPACE_PREFIX,
     CassandraSession,
@@ -130,6 +130,56 @@ def _migrations(ks: str, replication: int) -> list[Migration]:
             ],
         ),
     ]
+
+
+def _statements(ks: str) -> dict[str, str]:
+    """The prepared statements of a tenant keyspace, by the field names of :class:`_Tenant`."""
+    ttl = "USING TTL ?"
+    return {
+        "ins_key": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?) {ttl}",
+        "ins_key_lwt": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?)"
+        f" IF NOT EXISTS {ttl}",
+        "sel_key": f"SELECT id, data FROM {ks}.events_by_key WHERE key = ?",
+        "sel_key_exists": f"SELECT key FROM {ks}.events_by_key WHERE key = ?",
+        "ins_alias": f"INSERT INTO {ks}.event_aliases (id, key) VALUES (?, ?) {ttl}",
+        "sel_alias": f"SELECT key FROM {ks}.event_aliases WHERE id = ?",
+        "ins_device": f"INSERT INTO {ks}.events_by_device"
+        f" (device, day, event_time_ms, received_time_ms, key, data) VALUES (?, ?, ?, ?, ?, ?) {ttl}",
+        "ins_device_kind": f"INSERT INTO {ks}.events_by_device_kind"
+        " (device, kind, day, event_time_ms, received_time_ms, key, data)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?) {ttl}",
+        "ins_day": f"INSERT INTO {ks}.device_days (device, kind, day) VALUES (?, ?, ?) {ttl}",
+        "ins_invocation": f"INSERT INTO {ks}.events_by_invocation (invocation, event_time_ms, key, data)"
+        f" VALUES (?, ?, ?, ?) {ttl}",
+        "sel_invocation": f"SELECT data FROM {ks}.events_by_invocation WHERE invocation = ? LIMIT ?",
+        "sel_days": f"SELECT day FROM {ks}.device_days WHERE device = ? AND kind = ? AND day >= ? AND day <= ?",
+        "count_device": f"SELECT count(*) FROM {ks}.events_by_device WHERE device = ? AND day = ?"
+        " AND event_time_ms >= ? AND event_time_ms <= ?",
+        "count_device_kind": f"SELECT count(*) FROM {ks}.events_by_device_kind WHERE device = ?"
+        " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
+        "page_device": f"SELECT data FROM {ks}.events_by_device WHERE device = ? AND day = ?"
+        " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+        "page_device_kind": f"SELECT data FROM {ks}.events_by_device_kind WHERE device = ? AND kind = ?"
+        " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+        "ins_assignment": f"INSERT INTO {ks}.events_by_assignment"
+        " (assignment, day, event_time_ms, received_time_ms, key, data) VALUES (?, ?, ?, ?, ?, ?)"
+        f" {ttl}",
+        "ins_assignment_kind": f"INSERT INTO {ks}.events_by_assignment_kind"
+        " (assignment, kind, day, event_time_ms, received_time_ms, key, data)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?) {ttl}",
+        "ins_assignment_day": f"INSERT INTO {ks}.assignment_days (assignment, kind, day) VALUES (?, ?, ?)"
+        f" {ttl}",
+        "sel_assignment_days": f"SELECT day FROM {ks}.assignment_days WHERE assignment = ? AND kind = ?"
+        " AND day >= ? AND day <= ?",
+        "count_assignment": f"SELECT count(*) FROM {ks}.events_by_assignment WHERE assignment = ?"
+        " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
+        "count_assignment_kind": f"SELECT count(*) FROM {ks}.events_by_assignment_kind"
+        " WHERE assignment = ? AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
+        "page_assignment": f"SELECT data FROM {ks}.events_by_assignment WHERE assignment = ? AND day = ?"
+        " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+        "page_assignment_kind": f"SELECT data FROM {ks}.events_by_assignment_kind WHERE assignment = ?"
+        " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
+    }
 
 
 SCHEMA_VERSION = 2
@@ -247,16 +297,24 @@ class CassandraEventStore:
         keyspace_name("x", keyspace_prefix)  # validates the prefix
         self._prefix = keyspace_prefix
         self._db = session  # shared with the process's other Cassandra stores, or its own
-        self._started = False
-        self._sem = asyncio.Semaphore(max_concurrency)
-        self._tenants: dict[str, _Tenant] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        self._ks = PreparedKeyspaces(
+            session,
+            "events",
+            what="cassandra event store",
+            tenant=(self._migrations, _statements),
+            keyspace_prefix=keyspace_prefix,
+            replication=replication,
+            max_concurrency=max_concurrency,
+        )
+        self._tenants: dict[str, _Tenant] = {}  # the statements of PreparedKeyspaces, as fields
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _migrations(self, ks: str) -> list[Migration]:
+        return _migrations(ks, self._replication)
+
     async def start(self) -> None:
-        await self._db.start()
-        self._started = True
+        await self._ks.start()
         try:
             for tenant in self._initial_tenants:
                 await self._open(tenant, create=True)
@@ -265,11 +323,8 @@ class CassandraEventStore:
             raise
 
     async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
         self._tenants.clear()
-        await self._db.stop()
+        await self._ks.stop()
 
     async def ensure_tenant(self, tenant: str) -> None:
         """Create and migrate the tenant's keyspace (every event table) now."""
@@ -282,17 +337,13 @@ class CassandraEventStore:
         self.forget_tenant(tenant)
         if not _TENANT_RE.match(tenant):
             return False
-        ctx = await self._open(tenant, create=False)
-        if ctx is None:
-            return False
         ks = keyspace_name(tenant, self._prefix)
-        return await self._db.empty_tables(
-            ks, table_names(_migrations(ks, self._replication), ks), limit=self._sem
-        )
+        return await self._ks.empty(tenant, table_names(self._migrations(ks), ks))
 
     def forget_tenant(self, tenant: str) -> None:
         """Forget the tenant's prepared statements (its keyspace was dropped)."""
         self._tenants.pop(tenant, None)
+        self._ks.forget(tenant)
 
     def set_ttl(self, tenant: str, ttl_s: int | None) -> None:
         """Change a tenant's event TTL for later writes (e.g. from ZooKeeper settings)."""
@@ -305,9 +356,7 @@ class CassandraEventStore:
 
     async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Execute asynchronously, at most ``max_concurrency`` requests of this store in flight."""
-        if not self._started:
-            raise StoreError("cassandra event store is not started")
-        return await self._db.execute(statement, params, limit=self._sem)
+        return await self._ks.run(statement, params)
 
     async def _gather(self, calls: Iterable[Any]) -> list[list[tuple[Any, ...]]]:
         return await self._db.gather(calls)
@@ -319,72 +368,12 @@ class CassandraEventStore:
         ctx = self._tenants.get(tenant)
         if ctx is not None:
             return ctx
-        ks = keyspace_name(tenant, self._prefix)
-        lock = self._opening.setdefault(tenant, asyncio.Lock())
-        async with lock:
-            ctx = self._tenants.get(tenant)
-            if ctx is not None:
-                return ctx
-            exists = await self._run(
-                "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s", (ks,)
-            )
-            if not exists and not create:
-                return None
-            await self._db.migrate(
-                ks, "events", _migrations(ks, self._replication), replication=self._replication
-            )
-            ctx = await self._prepare(ks)
-            self._tenants[tenant] = ctx
-            return ctx
-
-    async def _prepare(self, ks: str) -> _Tenant:
-        ttl = "USING TTL ?"
-        texts = {
-            "ins_key": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?) {ttl}",
-            "ins_key_lwt": f"INSERT INTO {ks}.events_by_key (key, id, device, data) VALUES (?, ?, ?, ?)"
-            f" IF NOT EXISTS {ttl}",
-            "sel_key": f"SELECT id, data FROM {ks}.events_by_key WHERE key = ?",
-            "sel_key_exists": f"SELECT key FROM {ks}.events_by_key WHERE key = ?",
-            "ins_alias": f"INSERT INTO {ks}.event_aliases (id, key) VALUES (?, ?) {ttl}",
-            "sel_alias": f"SELECT key FROM {ks}.event_aliases WHERE id = ?",
-            "ins_device": f"INSERT INTO {ks}.events_by_device"
-            f" (device, day, event_time_ms, received_time_ms, key, data) VALUES (?, ?, ?, ?, ?, ?) {ttl}",
-            "ins_device_kind": f"INSERT INTO {ks}.events_by_device_kind"
-            " (device, kind, day, event_time_ms, received_time_ms, key, data)"
-            f" VALUES (?, ?, ?, ?, ?, ?, ?) {ttl}",
-            "ins_day": f"INSERT INTO {ks}.device_days (device, kind, day) VALUES (?, ?, ?) {ttl}",
-            "ins_invocation": f"INSERT INTO {ks}.events_by_invocation (invocation, event_time_ms, key, data)"
-            f" VALUES (?, ?, ?, ?) {ttl}",
-            "sel_invocation": f"SELECT data FROM {ks}.events_by_invocation WHERE invocation = ? LIMIT ?",
-            "sel_days": f"SELECT day FROM {ks}.device_days WHERE device = ? AND kind = ? AND day >= ? AND day <= ?",
-            "count_device": f"SELECT count(*) FROM {ks}.events_by_device WHERE device = ? AND day = ?"
-            " AND event_time_ms >= ? AND event_time_ms <= ?",
-            "count_device_kind": f"SELECT count(*) FROM {ks}.events_by_device_kind WHERE device = ?"
-            " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
-            "page_device": f"SELECT data FROM {ks}.events_by_device WHERE device = ? AND day = ?"
-            " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
-            "page_device_kind": f"SELECT data FROM {ks}.events_by_device_kind WHERE device = ? AND kind = ?"
-            " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
-            "ins_assignment": f"INSERT INTO {ks}.events_by_assignment"
-            " (assignment, day, event_time_ms, received_time_ms, key, data) VALUES (?, ?, ?, ?, ?, ?)"
-            f" {ttl}",
-            "ins_assignment_kind": f"INSERT INTO {ks}.events_by_assignment_kind"
-            " (assignment, kind, day, event_time_ms, received_time_ms, key, data)"
-            f" VALUES (?, ?, ?, ?, ?, ?, ?) {ttl}",
-            "ins_assignment_day": f"INSERT INTO {ks}.assignment_days (assignment, kind, day) VALUES (?, ?, ?)"
-            f" {ttl}",
-            "sel_assignment_days": f"SELECT day FROM {ks}.assignment_days WHERE assignment = ? AND kind = ?"
-            " AND day >= ? AND day <= ?",
-            "count_assignment": f"SELECT count(*) FROM {ks}.events_by_assignment WHERE assignment = ?"
-            " AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
-            "count_assignment_kind": f"SELECT count(*) FROM {ks}.events_by_assignment_kind"
-            " WHERE assignment = ? AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ?",
-            "page_assignment": f"SELECT data FROM {ks}.events_by_assignment WHERE assignment = ? AND day = ?"
-            " AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
-            "page_assignment_kind": f"SELECT data FROM {ks}.events_by_assignment_kind WHERE assignment = ?"
-            " AND kind = ? AND day = ? AND event_time_ms >= ? AND event_time_ms <= ? LIMIT ?",
-        }
-        return _Tenant(keyspace=ks, **await self._db.prepare(texts, ks))
+        ks = keyspace_name(tenant, self._prefix)  # validates the token
+        statements = await self._ks.tenant(tenant, create=create)
+        if statements is None:
+            return None
+        ctx = self._tenants[tenant] = _Tenant(keyspace=ks, **statements)
+        return ctx
 
     # ------------------------------------------------------------------ writes
 
