@@ -11,6 +11,7 @@ is unique per test, since the servers are shared by the session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import sys
@@ -390,6 +391,7 @@ def _records_of_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, byt
 
 def _keyspace_rows(host: str, port: int, keyspace: str) -> list[str]:
     """Every row of every table of ``keyspace``, as text."""
+    from cassandra import InvalidRequest
     from cassandra.cluster import Cluster
 
     cluster = Cluster([host], port=port)
@@ -402,7 +404,24 @@ def _keyspace_rows(host: str, port: int, keyspace: str) -> list[str]:
             )
         ]
         assert tables, f"no tables in {keyspace}"
-        return [repr(tuple(row)) for t in tables for row in session.execute(f"SELECT * FROM {keyspace}.{t}")]
+
+        def rows_of(table: str) -> tuple[list[str]] | None:
+            # A store of another process may be creating its tables in the keyspace right now
+            # (the batch store migrates a tenant's keyspace on first use): system_schema lists
+            # such a table a moment before it can be read.
+            try:
+                return ([repr(tuple(row)) for row in session.execute(f"SELECT * FROM {keyspace}.{table}")],)
+            except InvalidRequest as err:
+                if "does not exist" not in str(err):
+                    raise
+                return None
+
+        rows: list[str] = []
+        for table in tables:
+            found = eventually_sync(functools.partial(rows_of, table), 30, f"{keyspace}.{table} readable")
+            assert found is not None
+            rows.extend(found[0])
+        return rows
     finally:
         cluster.shutdown()
 
